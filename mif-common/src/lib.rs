@@ -1,0 +1,230 @@
+//! Types shared by mif's kernel programs (`mif-ebpf`) and its userspace (`mif`).
+//!
+//! Every type here is a map key or value: `#[repr(C)]`, padding spelled out
+//! as named fields so that both sides agree byte for byte and the verifier
+//! never sees uninitialised stack. Changing any layout here requires bumping
+//! [`LAYOUT_VERSION`], which versions the pin directory so an old daemon's
+//! pinned maps are never reopened with a new layout.
+#![no_std]
+
+/// Version of the map layouts and program semantics. Part of the pin path.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Most PvDs one instance manages; the PvD table is an array of this size.
+pub const MAX_PVDS: u32 = 64;
+/// Most PvDs one policy may list in its preference order.
+pub const MAX_PREFER: usize = 8;
+/// Most policies (cgroups with a policy) one instance holds.
+pub const MAX_POLICIES: u32 = 131_072;
+/// Most (policy, PvD) counter slots.
+pub const MAX_COUNTERS: u32 = 262_144;
+/// Deepest cgroup level the policy walk looks at. cgroup trees on real hosts
+/// (systemd slices, kubepods) are under 10 levels deep.
+pub const MAX_CGROUP_DEPTH: u32 = 32;
+
+/// Names of the maps and programs, as the kernel and the pin directory know them.
+/// The kernel cuts object names to 15 characters: keep them short.
+pub mod names {
+    pub const MAP_POLICIES: &str = "MIF_POLICIES";
+    pub const MAP_PVDS: &str = "MIF_PVDS";
+    pub const MAP_COUNTERS: &str = "MIF_COUNTERS";
+    pub const MAP_PVD_META: &str = "MIF_PVD_META";
+    pub const MAP_INSTANCE: &str = "MIF_INSTANCE";
+    /// All maps, as pinned in the pin directory.
+    pub const MAPS: [&str; 5] = [
+        MAP_POLICIES,
+        MAP_PVDS,
+        MAP_COUNTERS,
+        MAP_PVD_META,
+        MAP_INSTANCE,
+    ];
+    pub const PROG_SOCK_CREATE: &str = "mif_sock_create";
+    pub const PROG_CONNECT4: &str = "mif_connect4";
+    pub const PROG_CONNECT6: &str = "mif_connect6";
+    pub const PROG_SENDMSG4: &str = "mif_sendmsg4";
+    pub const PROG_SENDMSG6: &str = "mif_sendmsg6";
+    /// All programs, in attach order.
+    pub const PROGRAMS: [&str; 5] = [
+        PROG_SOCK_CREATE,
+        PROG_CONNECT4,
+        PROG_CONNECT6,
+        PROG_SENDMSG4,
+        PROG_SENDMSG6,
+    ];
+    /// Globals set at load time.
+    pub const GLOBAL_SETTINGS: &str = "MIF_SETTINGS";
+}
+
+/// Load-time settings of one instance, a read-only global of the programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Network namespace cookie of the namespace this instance steers; sockets
+    /// created in any other namespace are left alone.
+    pub netns_cookie: u64,
+    /// Bits of the socket mark that belong to mif.
+    pub mark_mask: u32,
+    /// Position of the lowest bit of `mark_mask` (mark = (pvd + 1) << shift).
+    pub mark_shift: u32,
+    /// Level of the cgroup the programs are attached to; the policy walk stops there.
+    pub attach_level: u32,
+    pub _pad: u32,
+}
+
+/// Policy flag: refuse the socket when no preferred PvD is available.
+pub const POLICY_STRICT: u8 = 1 << 0;
+/// Policy flag: also bind the socket to the PvD's interface (`SO_BINDTODEVICE`).
+pub const POLICY_BIND_DEVICE: u8 = 1 << 1;
+
+/// Slot in `prefer` that lists no PvD.
+pub const NO_PVD: u8 = u8::MAX;
+
+/// Value of the policy map, keyed by cgroup id (the cgroup2 directory's inode).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Stable id of the policy, the counters' key.
+    pub id: u32,
+    /// PvD indices in order of preference; unused slots hold [`NO_PVD`].
+    pub prefer: [u8; MAX_PREFER],
+    /// `POLICY_*` flags.
+    pub flags: u8,
+    pub _pad: [u8; 3],
+}
+
+impl Policy {
+    pub const fn is_strict(&self) -> bool {
+        self.flags & POLICY_STRICT != 0
+    }
+    pub const fn binds_device(&self) -> bool {
+        self.flags & POLICY_BIND_DEVICE != 0
+    }
+}
+
+/// PvD flag: usable for IPv4 (link up, an IPv4 address and an IPv4 default route).
+pub const PVD_AVAIL_V4: u32 = 1 << 0;
+/// PvD flag: usable for IPv6.
+pub const PVD_AVAIL_V6: u32 = 1 << 1;
+
+/// Value of the PvD array, indexed by PvD index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pvd {
+    /// Socket mark of this PvD (already shifted into the mask).
+    pub mark: u32,
+    /// Interface index, for hard binds.
+    pub ifindex: u32,
+    /// `PVD_AVAIL_*` flags.
+    pub flags: u32,
+    /// Source address for IPv4, network byte order as the kernel keeps it.
+    pub addr4: u32,
+    /// Source address for IPv6, four words in network byte order.
+    pub addr6: [u32; 4],
+}
+
+impl Pvd {
+    pub const fn available(&self, family_v6: bool) -> bool {
+        let bit = if family_v6 {
+            PVD_AVAIL_V6
+        } else {
+            PVD_AVAIL_V4
+        };
+        self.flags & bit != 0
+    }
+}
+
+/// Longest PvD name kept in the kernel (bytes, NUL-padded).
+pub const PVD_NAME_LEN: usize = 16;
+
+/// What the programs do not need but an operator reading the pinned maps
+/// does: the PvD's name and routing table. Written by the daemon only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PvdMeta {
+    pub name: [u8; PVD_NAME_LEN],
+    pub table: u32,
+    pub _pad: u32,
+}
+
+/// Key of the counter map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CounterKey {
+    pub policy: u32,
+    /// PvD index, or [`COUNTER_NO_PVD`] for refusals and pass-throughs.
+    pub pvd: u32,
+}
+
+/// The `pvd` of counters that belong to no PvD.
+pub const COUNTER_NO_PVD: u32 = u32::MAX;
+
+/// Per-CPU counters of one (policy, PvD).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Sockets given this PvD's mark.
+    pub steered: u64,
+    /// Of those, sockets that got it because an earlier PvD was unavailable.
+    pub fallback: u64,
+    /// Sockets refused because the strict policy had no available PvD.
+    pub refused: u64,
+    /// Sockets left untouched because the policy had no available PvD.
+    pub unsteered: u64,
+    /// Source addresses bound at connect().
+    pub bound: u64,
+    /// Source addresses set on unconnected sendmsg().
+    pub src_set: u64,
+}
+
+/// Mark of the PvD with `index`, given the mask's lowest bit.
+pub const fn pvd_mark(index: u32, shift: u32) -> u32 {
+    (index + 1) << shift
+}
+
+/// PvD index carried by `mark`, if the mark is one of ours.
+pub const fn pvd_from_mark(mark: u32, mask: u32, shift: u32) -> Option<u32> {
+    let v = (mark & mask) >> shift;
+    if v == 0 || v > MAX_PVDS {
+        None
+    } else {
+        Some(v - 1)
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), made only of integers, with padding
+    // spelled out as fields, so every bit pattern is valid.
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::Policy {}
+    unsafe impl aya::Pod for super::Pvd {}
+    unsafe impl aya::Pod for super::CounterKey {}
+    unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::PvdMeta {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_round_trip_through_the_mask() {
+        let (mask, shift) = (0x00ff_0000, 16);
+        for index in 0..MAX_PVDS {
+            let mark = pvd_mark(index, shift);
+            assert_eq!(mark & !mask, 0);
+            assert_eq!(pvd_from_mark(mark | 0x1234, mask, shift), Some(index));
+        }
+        assert_eq!(pvd_from_mark(0x1234, mask, shift), None);
+    }
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(core::mem::size_of::<Settings>(), 24);
+        assert_eq!(core::mem::size_of::<Policy>(), 16);
+        assert_eq!(core::mem::size_of::<Pvd>(), 32);
+        assert_eq!(core::mem::size_of::<CounterKey>(), 8);
+        assert_eq!(core::mem::size_of::<Counters>(), 48);
+        assert_eq!(core::mem::size_of::<PvdMeta>(), 24);
+    }
+}

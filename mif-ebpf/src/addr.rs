@@ -1,0 +1,66 @@
+//! Socket address layouts for `bpf_bind` and address tests. Addresses are in
+//! network byte order, as the kernel stores them in the context.
+
+pub const AF_INET: u32 = 2;
+pub const AF_INET6: u32 = 10;
+
+#[repr(C)]
+pub struct SockaddrIn {
+    family: u16,
+    port: u16,
+    addr: u32,
+    zero: [u8; 8],
+}
+
+impl SockaddrIn {
+    /// `addr` in network byte order; port 0 so connect() picks the port
+    /// (a fixed port would serialise connects on it).
+    pub fn new(addr: u32) -> Self {
+        Self {
+            family: AF_INET as u16,
+            port: 0,
+            addr,
+            zero: [0; 8],
+        }
+    }
+}
+
+#[repr(C)]
+pub struct SockaddrIn6 {
+    family: u16,
+    port: u16,
+    flowinfo: u32,
+    addr: [u32; 4],
+    scope_id: u32,
+}
+
+impl SockaddrIn6 {
+    pub fn new(addr: [u32; 4]) -> Self {
+        Self {
+            family: AF_INET6 as u16,
+            port: 0,
+            flowinfo: 0,
+            addr,
+            scope_id: 0,
+        }
+    }
+}
+
+/// 127.0.0.0/8; the first octet is the lowest byte of a network-order u32 on
+/// bpfel.
+#[inline(always)]
+pub fn is_loopback4(addr: u32) -> bool {
+    addr.to_ne_bytes()[0] == 127
+}
+
+/// ::1
+#[inline(always)]
+pub fn is_loopback6(addr: &[u32; 4]) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == 0 && addr[3] == u32::from_ne_bytes([0, 0, 0, 1])
+}
+
+/// ::ffff:a.b.c.d
+#[inline(always)]
+pub fn is_v4_mapped(addr: &[u32; 4]) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+}

@@ -1,0 +1,156 @@
+//! Finding the cgroup2 hierarchy and naming cgroups in it.
+//!
+//! Hosts may run cgroup v1 and v2 side by side (hybrid: v2 at
+//! `/sys/fs/cgroup/unified`), so the mount is always read from
+//! `/proc/self/mounts`, never assumed.
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no cgroup2 hierarchy is mounted (looked in /proc/self/mounts)")]
+    NoCgroup2,
+    #[error("cannot read /proc/self/mounts")]
+    Mounts(#[source] std::io::Error),
+    #[error("cgroup {rel} does not exist in the cgroup2 hierarchy at {}", mount.display())]
+    Missing { rel: String, mount: PathBuf },
+    #[error("cannot open cgroup {}", path.display())]
+    Io { path: PathBuf, #[source] source: std::io::Error },
+}
+
+/// The mounted cgroup2 hierarchy.
+#[derive(Debug, Clone)]
+pub struct Cgroup2 {
+    mount: PathBuf,
+}
+
+/// One cgroup2 directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    /// Path relative to the cgroup2 root, starting with `/`.
+    pub rel: String,
+    pub path: PathBuf,
+    /// The cgroup id, as `bpf_get_current_cgroup_id()` reports it: the inode.
+    pub id: u64,
+    /// Depth below the cgroup2 root (the root is level 0).
+    pub level: u32,
+}
+
+/// The cgroup2 mount point named in mount table text (the format of
+/// /proc/self/mounts).
+pub fn cgroup2_mount_in(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_source, target, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount_path(target)))
+    })
+}
+
+/// /proc/self/mounts escapes spaces and friends as octal (`\040`).
+fn unescape_mount_path(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let digits: String = chars.clone().take(3).collect();
+            if digits.len() == 3 {
+                if let Ok(v) = u8::from_str_radix(&digits, 8) {
+                    out.push(v as char);
+                    chars.nth(2);
+                    continue;
+                }
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Cgroup2 {
+    pub fn find() -> Result<Self, CgroupError> {
+        let mounts = fs::read_to_string("/proc/self/mounts").map_err(CgroupError::Mounts)?;
+        let mount = cgroup2_mount_in(&mounts).ok_or(CgroupError::NoCgroup2)?;
+        Ok(Self { mount })
+    }
+
+    pub fn mount(&self) -> &Path {
+        &self.mount
+    }
+
+    /// The cgroup at `rel` (relative to the cgroup2 root), which must exist.
+    pub fn resolve(&self, rel: &str) -> Result<Cgroup, CgroupError> {
+        let rel = crate::config::normalize_cgroup(rel);
+        let path = self.mount.join(rel.trim_start_matches('/'));
+        let meta = fs::metadata(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => CgroupError::Missing { rel: rel.clone(), mount: self.mount.clone() },
+            _ => CgroupError::Io { path: path.clone(), source: e },
+        })?;
+        if !meta.is_dir() {
+            return Err(CgroupError::Missing { rel, mount: self.mount.clone() });
+        }
+        let level = rel.split('/').filter(|c| !c.is_empty()).count() as u32;
+        Ok(Cgroup { rel, path, id: meta.ino(), level })
+    }
+
+    /// Paths (relative to the root) of the cgroups with the given ids, found
+    /// by walking the tree below `under`. Ids not found are left out.
+    pub fn paths_of(&self, under: &str, ids: &HashSet<u64>) -> HashMap<u64, String> {
+        let mut found = HashMap::new();
+        let start = self.mount.join(under.trim_start_matches('/'));
+        let mut stack = vec![start];
+        while let Some(dir) = stack.pop() {
+            if found.len() == ids.len() {
+                break;
+            }
+            let Ok(meta) = fs::metadata(&dir) else { continue };
+            if ids.contains(&meta.ino()) {
+                let rel = dir.strip_prefix(&self.mount).unwrap_or(&dir);
+                found.insert(meta.ino(), format!("/{}", rel.display()));
+            }
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(entry.path());
+                }
+            }
+        }
+        found
+    }
+}
+
+impl Cgroup {
+    /// Whether `self` is `ancestor` or lies below it.
+    pub fn is_within(&self, ancestor: &Cgroup) -> bool {
+        ancestor.rel == "/" || self.rel == ancestor.rel || self.rel.starts_with(&format!("{}/", ancestor.rel))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_on_hybrid_hosts() {
+        let mounts = "cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n";
+        assert_eq!(cgroup2_mount_in(mounts), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(cgroup2_mount_in("proc /proc proc rw 0 0\n"), None);
+        assert_eq!(
+            cgroup2_mount_in("none /mnt/my\\040cg cgroup2 rw 0 0\n"),
+            Some(PathBuf::from("/mnt/my cg"))
+        );
+    }
+
+    #[test]
+    fn within_is_by_path_component() {
+        let cg = |rel: &str| Cgroup { rel: rel.into(), path: PathBuf::new(), id: 0, level: 0 };
+        assert!(cg("/a/b").is_within(&cg("/a")));
+        assert!(cg("/a").is_within(&cg("/a")));
+        assert!(cg("/a").is_within(&cg("/")));
+        assert!(!cg("/ab").is_within(&cg("/a")));
+    }
+}

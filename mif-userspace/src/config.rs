@@ -1,0 +1,417 @@
+//! The daemon's policy file (TOML): which PvDs exist beyond the implicit
+//! one-per-interface, and which cgroup prefers which PvDs.
+//!
+//! Parsing and checking are pure so they can be unit-tested without root;
+//! every error names the file, line, field and value at fault.
+use std::{
+    collections::HashSet,
+    fmt,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use mif_common::{MAX_PREFER, PVD_NAME_LEN};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A checked configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub path: PathBuf,
+    pub pvds: Vec<PvdConfig>,
+    pub policies: Vec<PolicyConfig>,
+}
+
+/// An explicit PvD: a name for an interface that may not exist yet, and
+/// optionally a fixed mark or routing table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PvdConfig {
+    pub name: String,
+    pub interface: String,
+    pub mark: Option<u32>,
+    pub table: Option<u32>,
+    pub line: usize,
+}
+
+/// How a policy holds its sockets to the PvD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BindMode {
+    /// Socket mark only: routing by the PvD's table and source address.
+    #[default]
+    Mark,
+    /// Also SO_BINDTODEVICE to the PvD's interface.
+    Device,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// cgroup path relative to the cgroup2 root, starting with `/`.
+    pub cgroup: String,
+    /// PvD names in order of preference.
+    pub prefer: Vec<String>,
+    pub strict: bool,
+    pub bind: BindMode,
+    pub line: usize,
+}
+
+/// Where in the file a problem is, and what it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem is the file as a whole.
+    pub line: usize,
+    /// Dotted field name, e.g. `policy.prefer`.
+    pub field: String,
+    pub value: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        if !self.value.is_empty() {
+            write!(f, " = {}", self.value)?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    pvd: Vec<Spanned<RawPvd>>,
+    #[serde(default)]
+    policy: Vec<Spanned<RawPolicy>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPvd {
+    name: Spanned<String>,
+    interface: Option<Spanned<String>>,
+    mark: Option<Spanned<i64>>,
+    table: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    cgroup: Spanned<String>,
+    prefer: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    strict: bool,
+    #[serde(default)]
+    bind: BindMode,
+}
+
+/// Line (1-based) of a byte offset in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Checker<'_> {
+    fn error(&self, span: Range<usize>, field: &str, value: impl fmt::Display, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line: line_of(self.text, span.start),
+            field: field.to_string(),
+            value: value.to_string(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Reads and parses `path`. Checks that need the host (interfaces, cgroups)
+/// are made by [`Config::check_prefer`] and the daemon.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: 0,
+        field: String::new(),
+        value: String::new(),
+        problem: format!("cannot read: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Parses configuration text; `path` is only used in errors.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let checker = Checker { file: path, text };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: e.span().map_or(0, |s| line_of(text, s.start)),
+        field: String::new(),
+        value: String::new(),
+        problem: e.message().to_string(),
+    })?;
+
+    let mut pvds = Vec::new();
+    let mut names = HashSet::new();
+    for pvd in raw.pvd {
+        let line = line_of(text, pvd.span().start);
+        let pvd = pvd.into_inner();
+        let name = pvd.name.get_ref().clone();
+        if name.is_empty() || name.len() >= PVD_NAME_LEN || !name.chars().all(is_name_char) {
+            return Err(checker.error(
+                pvd.name.span(),
+                "pvd.name",
+                format!("{name:?}"),
+                format!("PvD names are 1 to {} characters of letters, digits, '-', '_' and '.'", PVD_NAME_LEN - 1),
+            ));
+        }
+        if !names.insert(name.clone()) {
+            return Err(checker.error(pvd.name.span(), "pvd.name", format!("{name:?}"), "declared twice"));
+        }
+        let interface = match pvd.interface {
+            Some(i) if i.get_ref().is_empty() => {
+                return Err(checker.error(i.span(), "pvd.interface", "\"\"", "must name an interface"))
+            }
+            Some(i) => i.into_inner(),
+            // A PvD named after its interface, declared so it may appear later.
+            None => name.clone(),
+        };
+        let mark = pvd
+            .mark
+            .map(|m| to_u32(&checker, m, "pvd.mark"))
+            .transpose()?;
+        let table = pvd
+            .table
+            .map(|t| to_u32(&checker, t, "pvd.table"))
+            .transpose()?;
+        pvds.push(PvdConfig { name, interface, mark, table, line });
+    }
+
+    let mut policies = Vec::new();
+    let mut cgroups = HashSet::new();
+    for policy in raw.policy {
+        let line = line_of(text, policy.span().start);
+        let policy = policy.into_inner();
+        let cgroup = policy.cgroup.get_ref();
+        if let Err(problem) = check_cgroup_path(cgroup) {
+            return Err(checker.error(policy.cgroup.span(), "policy.cgroup", format!("{cgroup:?}"), problem));
+        }
+        let cgroup = normalize_cgroup(cgroup);
+        if !cgroups.insert(cgroup.clone()) {
+            return Err(checker.error(
+                policy.cgroup.span(),
+                "policy.cgroup",
+                format!("{cgroup:?}"),
+                "a policy for this cgroup is already defined above",
+            ));
+        }
+        let prefer_span = policy.prefer.span();
+        let prefer_items = policy.prefer.into_inner();
+        if prefer_items.is_empty() || prefer_items.len() > MAX_PREFER {
+            return Err(checker.error(
+                prefer_span,
+                "policy.prefer",
+                format!("{} entries", prefer_items.len()),
+                format!("list 1 to {MAX_PREFER} PvDs"),
+            ));
+        }
+        let mut seen = HashSet::new();
+        let mut prefer = Vec::new();
+        for item in prefer_items {
+            if !seen.insert(item.get_ref().clone()) {
+                return Err(checker.error(item.span(), "policy.prefer", format!("{:?}", item.get_ref()), "listed twice"));
+            }
+            prefer.push(item.into_inner());
+        }
+        policies.push(PolicyConfig { cgroup, prefer, strict: policy.strict, bind: policy.bind, line });
+    }
+
+    Ok(Config { path: path.to_path_buf(), pvds, policies })
+}
+
+fn to_u32(checker: &Checker<'_>, v: Spanned<i64>, field: &str) -> Result<u32, ConfigError> {
+    let n = *v.get_ref();
+    u32::try_from(n).map_err(|_| checker.error(v.span(), field, n, "must be between 0 and 4294967295"))
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+/// A cgroup path as written in policies: absolute within cgroup2, no `..`.
+pub fn check_cgroup_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err("must start with '/' (paths are relative to the cgroup2 root)".into());
+    }
+    if path.split('/').any(|c| c == ".." || c == ".") {
+        return Err("must not contain '.' or '..' components".into());
+    }
+    Ok(())
+}
+
+/// `/a//b/` → `/a/b`; `/` stays `/`.
+pub fn normalize_cgroup(path: &str) -> String {
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    format!("/{}", parts.join("/"))
+}
+
+impl Config {
+    /// Checks that every preferred PvD is known: an explicit `[[pvd]]` or an
+    /// interface that exists now (an implicit PvD).
+    pub fn check_prefer(&self, interfaces: &HashSet<String>) -> Result<(), ConfigError> {
+        let explicit: HashSet<&str> = self.pvds.iter().map(|p| p.name.as_str()).collect();
+        for policy in &self.policies {
+            for name in &policy.prefer {
+                if !explicit.contains(name.as_str()) && !interfaces.contains(name) {
+                    return Err(self.error_at(
+                        policy.line,
+                        "policy.prefer",
+                        format!("{name:?}"),
+                        "unknown PvD: neither a [[pvd]] name nor an existing interface (declare a [[pvd]] for an interface that appears later)",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks explicit marks against the mark mask.
+    pub fn check_marks(&self, mask: u32) -> Result<(), ConfigError> {
+        for pvd in &self.pvds {
+            if let Some(mark) = pvd.mark {
+                let shift = mask.trailing_zeros();
+                if mark == 0 || mark & !mask != 0 || mif_common::pvd_from_mark(mark, mask, shift).is_none() {
+                    return Err(self.error_at(
+                        pvd.line,
+                        "pvd.mark",
+                        format!("{mark:#x}"),
+                        format!("outside the mark mask {mask:#x} (or beyond the {} PvDs mif holds)", mif_common::MAX_PVDS),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn error_at(&self, line: usize, field: &str, value: impl fmt::Display, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.path.clone(),
+            line,
+            field: field.into(),
+            value: value.to_string(),
+            problem: problem.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("mif.toml"), text)
+    }
+
+    #[test]
+    fn parses_policies_and_pvds() {
+        let config = parse_str(
+            r#"
+[[pvd]]
+name = "cell"
+interface = "wwan0"
+mark = 0x05000000
+
+[[policy]]
+cgroup = "/apps.slice//browser.scope/"
+prefer = ["wlan0", "cell"]
+strict = true
+bind = "device"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.pvds[0].interface, "wwan0");
+        assert_eq!(config.pvds[0].mark, Some(0x0500_0000));
+        let p = &config.policies[0];
+        assert_eq!(p.cgroup, "/apps.slice/browser.scope");
+        assert_eq!(p.prefer, ["wlan0", "cell"]);
+        assert!(p.strict);
+        assert_eq!(p.bind, BindMode::Device);
+        assert_eq!(p.line, 7);
+    }
+
+    #[test]
+    fn malformed_toml_names_the_line() {
+        let err = parse_str("[[policy]]\ncgroup = \"/a\"\nprefer = [\"x\"\n").unwrap_err();
+        assert_eq!(err.file, Path::new("mif.toml"));
+        assert!(err.line >= 3, "{err}");
+    }
+
+    #[test]
+    fn unknown_field_is_refused() {
+        let err = parse_str("[[policy]]\ncgroup = \"/a\"\nprefer = [\"x\"]\nprefered = 1\n").unwrap_err();
+        assert!(err.to_string().contains("prefered"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_policy_names_field_line_and_value() {
+        let err = parse_str(
+            "[[policy]]\ncgroup = \"/a\"\nprefer = [\"x\"]\n[[policy]]\ncgroup = \"/a/\"\nprefer = [\"y\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!((err.line, err.field.as_str(), err.value.as_str()), (5, "policy.cgroup", "\"/a\""));
+        assert_eq!(
+            err.to_string(),
+            "mif.toml:5: policy.cgroup = \"/a\": a policy for this cgroup is already defined above"
+        );
+    }
+
+    #[test]
+    fn relative_and_dotted_cgroups_are_refused() {
+        for bad in ["a/b", "/a/../b", "/./a"] {
+            let text = format!("[[policy]]\ncgroup = {bad:?}\nprefer = [\"x\"]\n");
+            let err = parse_str(&text).unwrap_err();
+            assert_eq!(err.field, "policy.cgroup", "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn prefer_must_be_short_and_unique() {
+        let err = parse_str("[[policy]]\ncgroup = \"/a\"\nprefer = []\n").unwrap_err();
+        assert_eq!(err.field, "policy.prefer");
+        let err = parse_str("[[policy]]\ncgroup = \"/a\"\nprefer = [\"x\", \"x\"]\n").unwrap_err();
+        assert_eq!(err.value, "\"x\"");
+    }
+
+    #[test]
+    fn unknown_pvd_is_reported_with_its_policy_line() {
+        let config = parse_str("\n[[policy]]\ncgroup = \"/a\"\nprefer = [\"wlan0\", \"wwan9\"]\n").unwrap();
+        let interfaces = HashSet::from(["wlan0".to_string()]);
+        let err = config.check_prefer(&interfaces).unwrap_err();
+        assert_eq!((err.line, err.value.as_str()), (2, "\"wwan9\""));
+        assert!(err.problem.contains("unknown PvD"));
+    }
+
+    #[test]
+    fn marks_must_fit_the_mask() {
+        let config = parse_str("[[pvd]]\nname = \"v\"\nmark = 0x100\n").unwrap();
+        let err = config.check_marks(0x7f00_0000).unwrap_err();
+        assert_eq!((err.field.as_str(), err.value.as_str()), ("pvd.mark", "0x100"));
+        let config = parse_str("[[pvd]]\nname = \"v\"\nmark = 0x01000000\n").unwrap();
+        config.check_marks(0x7f00_0000).unwrap();
+    }
+
+    #[test]
+    fn pvd_names_are_checked() {
+        let err = parse_str("[[pvd]]\nname = \"a name with spaces\"\n").unwrap_err();
+        assert_eq!(err.field, "pvd.name");
+        let err = parse_str("[[pvd]]\nname = \"a\"\n[[pvd]]\nname = \"a\"\n").unwrap_err();
+        assert_eq!((err.line, err.problem.as_str()), (4, "declared twice"));
+    }
+}

@@ -1,0 +1,19 @@
+//! mif: steer each application's traffic to a provisioning domain (PvD) on a
+//! multi-homed Linux host, in the kernel, by cgroup.
+//!
+//! Data flow: netlink (interfaces, addresses, routes) → [`pvd`] state →
+//! [`plan`] (desired maps and routing) → [`kernel_maps`] and [`netlink`] →
+//! the kernel, where the programs of `mif-ebpf` steer each new socket.
+pub mod cgroup;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod instance;
+pub mod kernel_maps;
+pub mod loader;
+pub mod netlink;
+pub mod netns;
+pub mod pins;
+pub mod plan;
+pub mod pvd;
+pub mod report;

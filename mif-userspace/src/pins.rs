@@ -1,0 +1,121 @@
+//! Where mif pins its maps and links on bpffs, and making sure bpffs is there.
+//!
+//! Layout: `<pin dir>/v<LAYOUT_VERSION>/maps/<MAP>` and `.../links/<program>`.
+//! The version in the path means a daemon with another map layout never
+//! reopens these pins as if they were its own.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use mif_common::LAYOUT_VERSION;
+
+/// The magic number of bpffs in statfs(2).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Where bpffs is conventionally mounted, and where mif mounts it if absent.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("pin directory {} is not on bpffs; mount one there (mount -t bpf bpf DIR) or choose a directory below {DEFAULT_BPFFS}", .0.display())]
+    NotBpffs(PathBuf),
+    #[error("cannot mount bpffs at {DEFAULT_BPFFS}")]
+    Mount(#[source] nix::Error),
+    #[error("cannot prepare pin directory {}", path.display())]
+    Io { path: PathBuf, #[source] source: std::io::Error },
+}
+
+#[derive(Debug, Clone)]
+pub struct PinDir {
+    root: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The directory the user named.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The versioned directory holding this layout's pins.
+    pub fn versioned(&self) -> PathBuf {
+        self.root.join(format!("v{LAYOUT_VERSION}"))
+    }
+
+    pub fn maps(&self) -> PathBuf {
+        self.versioned().join("maps")
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps().join(name)
+    }
+
+    pub fn links(&self) -> PathBuf {
+        self.versioned().join("links")
+    }
+
+    pub fn link(&self, program: &str) -> PathBuf {
+        self.links().join(program)
+    }
+
+    /// Whether programs of this layout are pinned here (a daemon runs, or one
+    /// died without cleaning up).
+    pub fn has_links(&self) -> bool {
+        fs::read_dir(self.links()).is_ok_and(|mut d| d.next().is_some())
+    }
+
+    /// Makes sure the pin directory is on bpffs (mounting bpffs at
+    /// /sys/fs/bpf when the directory is below it and nothing is mounted
+    /// there yet) and creates the versioned directories.
+    pub fn prepare(&self) -> Result<(), PinError> {
+        if !self.on_bpffs() {
+            if self.root.starts_with(DEFAULT_BPFFS) && !is_bpffs(Path::new(DEFAULT_BPFFS)) {
+                fs::create_dir_all(DEFAULT_BPFFS).map_err(|source| PinError::Io { path: DEFAULT_BPFFS.into(), source })?;
+                nix::mount::mount(
+                    Some("bpf"),
+                    DEFAULT_BPFFS,
+                    Some("bpf"),
+                    nix::mount::MsFlags::empty(),
+                    Some("mode=0700"),
+                )
+                .map_err(PinError::Mount)?;
+            }
+            if !self.on_bpffs() {
+                return Err(PinError::NotBpffs(self.root.clone()));
+            }
+        }
+        for dir in [self.maps(), self.links()] {
+            fs::create_dir_all(&dir).map_err(|source| PinError::Io { path: dir.clone(), source })?;
+        }
+        Ok(())
+    }
+
+    /// Whether the nearest existing ancestor of the pin directory is bpffs.
+    fn on_bpffs(&self) -> bool {
+        let mut dir = self.root.as_path();
+        loop {
+            if dir.exists() {
+                return is_bpffs(dir);
+            }
+            match dir.parent() {
+                Some(parent) => dir = parent,
+                None => return false,
+            }
+        }
+    }
+
+    /// Removes the pin directories mif created, if they are empty. Pins of
+    /// another layout version (another daemon) are left alone.
+    pub fn remove_dirs(&self) {
+        for dir in [self.maps(), self.links(), self.versioned(), self.root.clone()] {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}

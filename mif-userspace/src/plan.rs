@@ -1,0 +1,203 @@
+//! From PvD state and policies to what the kernel should hold: map entries
+//! and per-PvD routing. Pure, so every decision is unit-testable.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use mif_common::{
+    Policy, Pvd, PvdMeta, MAX_PREFER, NO_PVD, POLICY_BIND_DEVICE, POLICY_STRICT, PVD_AVAIL_V4,
+    PVD_AVAIL_V6, PVD_NAME_LEN,
+};
+
+use crate::{config::BindMode, netlink::PvdRouting, pvd::PvdState};
+
+/// A policy bound to a real cgroup, its PvD names already resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedPolicy {
+    pub id: u32,
+    pub cgroup_id: u64,
+    pub cgroup: String,
+    pub prefer: Vec<String>,
+    pub strict: bool,
+    pub bind: BindMode,
+}
+
+/// Rule priorities and the mark mask, shared by all PvDs of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleOptions {
+    pub mark_mask: u32,
+    pub mark_priority: u32,
+    pub source_priority: u32,
+}
+
+/// Everything mif wants in the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub pvds: Vec<(u32, Pvd, PvdMeta)>,
+    pub policies: Vec<(u64, Policy)>,
+    pub routing: Vec<PvdRouting>,
+}
+
+pub fn desired(pvds: &[PvdState], policies: &[ResolvedPolicy], rules: &RuleOptions) -> Desired {
+    let index_of: HashMap<&str, u32> = pvds.iter().map(|p| (p.name.as_str(), p.index)).collect();
+    Desired {
+        pvds: pvds.iter().map(|p| (p.index, kernel_pvd(p), meta(p))).collect(),
+        policies: policies.iter().map(|p| (p.cgroup_id, kernel_policy(p, &index_of))).collect(),
+        routing: pvds.iter().filter_map(|p| routing(p, rules)).collect(),
+    }
+}
+
+fn kernel_pvd(p: &PvdState) -> Pvd {
+    let mut flags = 0;
+    if p.available4() {
+        flags |= PVD_AVAIL_V4;
+    }
+    if p.available6() {
+        flags |= PVD_AVAIL_V6;
+    }
+    Pvd {
+        mark: p.mark,
+        ifindex: p.ifindex.unwrap_or(0),
+        flags,
+        addr4: p.addr4.map_or(0, ipv4_word),
+        addr6: p.addr6.map_or([0; 4], ipv6_words),
+    }
+}
+
+fn meta(p: &PvdState) -> PvdMeta {
+    let mut name = [0u8; PVD_NAME_LEN];
+    let bytes = p.name.as_bytes();
+    let n = bytes.len().min(PVD_NAME_LEN - 1);
+    name[..n].copy_from_slice(&bytes[..n]);
+    PvdMeta { name, table: p.table, _pad: 0 }
+}
+
+fn kernel_policy(p: &ResolvedPolicy, index_of: &HashMap<&str, u32>) -> Policy {
+    let mut prefer = [NO_PVD; MAX_PREFER];
+    let indices = p.prefer.iter().filter_map(|name| index_of.get(name.as_str()));
+    for (slot, index) in prefer.iter_mut().zip(indices) {
+        *slot = *index as u8;
+    }
+    let mut flags = 0;
+    if p.strict {
+        flags |= POLICY_STRICT;
+    }
+    if p.bind == BindMode::Device {
+        flags |= POLICY_BIND_DEVICE;
+    }
+    Policy { id: p.id, prefer, flags, _pad: [0; 3] }
+}
+
+/// The routing of a PvD whose interface exists: its table (default routers,
+/// on-link prefixes, and an unreachable default so marked traffic never
+/// falls through to another network) and rules for its mark and sources.
+fn routing(p: &PvdState, rules: &RuleOptions) -> Option<PvdRouting> {
+    let ifindex = p.ifindex?;
+    let sources: Vec<IpAddr> = p.addr4.map(IpAddr::V4).into_iter().chain(p.addr6.map(IpAddr::V6)).collect();
+    Some(PvdRouting {
+        name: p.name.clone(),
+        table: p.table,
+        ifindex,
+        gateway4: p.gateway4,
+        gateway6: p.gateway6,
+        prefixes: p.prefixes.clone(),
+        sources,
+        mark: p.mark,
+        mark_mask: rules.mark_mask,
+        mark_priority: rules.mark_priority,
+        source_priority: rules.source_priority,
+    })
+}
+
+/// An IPv4 address as the kernel keeps it in socket contexts: network order.
+pub fn ipv4_word(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+pub fn ipv4_from_word(w: u32) -> Ipv4Addr {
+    Ipv4Addr::from(w.to_ne_bytes())
+}
+
+pub fn ipv6_words(a: Ipv6Addr) -> [u32; 4] {
+    let o = a.octets();
+    [0, 1, 2, 3].map(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+}
+
+pub fn ipv6_from_words(w: [u32; 4]) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (i, word) in w.iter().enumerate() {
+        o[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    Ipv6Addr::from(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pvd(index: u32, name: &str, up: bool) -> PvdState {
+        PvdState {
+            index,
+            name: name.into(),
+            interface: name.into(),
+            ifindex: Some(10 + index),
+            up,
+            addr4: Some(Ipv4Addr::new(198, 18, index as u8, 2)),
+            addr6: None,
+            gateway4: Some(Ipv4Addr::new(198, 18, index as u8, 1)),
+            gateway6: None,
+            prefixes: vec![],
+            mark: (index + 1) << 24,
+            table: 100 + index,
+        }
+    }
+
+    const RULES: RuleOptions = RuleOptions { mark_mask: 0x7f00_0000, mark_priority: 9000, source_priority: 9001 };
+
+    #[test]
+    fn policies_become_index_lists_with_flags() {
+        let pvds = [pvd(0, "wlan0", true), pvd(1, "wwan0", false)];
+        let policy = ResolvedPolicy {
+            id: 7,
+            cgroup_id: 4242,
+            cgroup: "/a".into(),
+            prefer: vec!["wwan0".into(), "wlan0".into()],
+            strict: true,
+            bind: BindMode::Device,
+        };
+        let d = desired(&pvds, &[policy], &RULES);
+        let (cg, p) = d.policies[0];
+        assert_eq!(cg, 4242);
+        assert_eq!(p.id, 7);
+        assert_eq!(&p.prefer[..3], &[1, 0, NO_PVD]);
+        assert!(p.is_strict() && p.binds_device());
+    }
+
+    #[test]
+    fn availability_and_addresses_reach_the_kernel_form() {
+        let pvds = [pvd(0, "wlan0", true), pvd(1, "wwan0", false)];
+        let d = desired(&pvds, &[], &RULES);
+        let (_, up, meta) = d.pvds[0];
+        assert_eq!(up.flags, PVD_AVAIL_V4);
+        assert_eq!(ipv4_from_word(up.addr4), Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(&meta.name[..6], b"wlan0\0");
+        assert_eq!(d.pvds[1].1.flags, 0, "a down link is not available");
+        assert_eq!(d.routing.len(), 2);
+        assert_eq!(d.routing[1].sources, [IpAddr::V4(Ipv4Addr::new(198, 18, 1, 2))]);
+    }
+
+    #[test]
+    fn absent_interfaces_get_no_routing() {
+        let mut absent = pvd(0, "tun0", false);
+        absent.ifindex = None;
+        assert!(desired(&[absent], &[], &RULES).routing.is_empty());
+    }
+
+    #[test]
+    fn address_words_round_trip() {
+        let a: Ipv6Addr = "2001:db8:1::2".parse().unwrap();
+        assert_eq!(ipv6_from_words(ipv6_words(a)), a);
+        assert_eq!(ipv4_word(Ipv4Addr::new(127, 0, 0, 1)).to_ne_bytes()[0], 127);
+    }
+}

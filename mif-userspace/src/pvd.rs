@@ -1,0 +1,390 @@
+//! The PvD model: which provisioning domains exist, their addresses, routers
+//! and availability, derived purely from the configuration and what netlink
+//! reports about the interfaces.
+//!
+//! Every non-loopback interface forms an implicit PvD named after it
+//! (RFC 7556 §2); `[[pvd]]` entries name PvDs explicitly, which also lets a
+//! policy name an interface that does not exist yet.
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use mif_common::MAX_PVDS;
+
+use crate::{config::Config, netlink::{Interface, InterfaceAddr}};
+
+/// Instance-wide routing numbers: how PvD indices become marks and tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Numbering {
+    pub mark_mask: u32,
+    pub table_base: u32,
+}
+
+impl Numbering {
+    pub fn mark_shift(&self) -> u32 {
+        self.mark_mask.trailing_zeros()
+    }
+
+    pub fn mark_of(&self, index: u32) -> u32 {
+        mif_common::pvd_mark(index, self.mark_shift())
+    }
+
+    /// How many PvD indices the mask can carry (mark values 1..=n).
+    pub fn capacity(&self) -> u32 {
+        (self.mark_mask >> self.mark_shift()).min(MAX_PVDS)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NumberingError {
+    #[error("mark mask {0:#x} must be one run of contiguous bits")]
+    NotContiguous(u32),
+    #[error("mark mask {0:#x} is too small: it must hold at least 3 bits (7 PvDs)")]
+    TooSmall(u32),
+}
+
+/// Checks a mark mask: contiguous bits, room for a useful number of PvDs.
+pub fn check_mark_mask(mask: u32) -> Result<(), NumberingError> {
+    if mask == 0 {
+        return Err(NumberingError::TooSmall(mask));
+    }
+    let shifted = mask >> mask.trailing_zeros();
+    if shifted & (shifted + 1) != 0 {
+        return Err(NumberingError::NotContiguous(mask));
+    }
+    if shifted.count_ones() < 3 {
+        return Err(NumberingError::TooSmall(mask));
+    }
+    Ok(())
+}
+
+/// One PvD as mif sees it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PvdState {
+    pub index: u32,
+    pub name: String,
+    pub interface: String,
+    /// None while the interface does not exist.
+    pub ifindex: Option<u32>,
+    pub up: bool,
+    pub addr4: Option<Ipv4Addr>,
+    pub addr6: Option<Ipv6Addr>,
+    pub gateway4: Option<Ipv4Addr>,
+    pub gateway6: Option<Ipv6Addr>,
+    /// On-link prefixes of the interface's global addresses.
+    pub prefixes: Vec<(IpAddr, u8)>,
+    pub mark: u32,
+    pub table: u32,
+}
+
+impl PvdState {
+    /// Usable for IPv4: link up, an IPv4 source and an IPv4 default router.
+    pub fn available4(&self) -> bool {
+        self.up && self.addr4.is_some() && self.gateway4.is_some()
+    }
+
+    pub fn available6(&self) -> bool {
+        self.up && self.addr6.is_some() && self.gateway6.is_some()
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PvdError {
+    #[error("{file}:{line}: pvd.interface = {interface:?}: already claimed by PvD {other:?}")]
+    InterfaceClaimed { file: String, line: usize, interface: String, other: String },
+    #[error("{file}:{line}: pvd.{field} = {value}: already used by PvD {other:?}")]
+    Duplicate { file: String, line: usize, field: &'static str, value: String, other: String },
+    #[error("too many PvDs: the mark mask holds {capacity}, the configuration declares {declared}")]
+    TooMany { capacity: u32, declared: usize },
+}
+
+/// The PvDs of `config` over `interfaces`, with stable indices: explicit PvDs
+/// with a mark get the index their mark encodes, other explicit PvDs the
+/// lowest free indices in file order, then implicit PvDs by interface name.
+/// Implicit PvDs beyond the capacity are left out (returned second).
+pub fn build(
+    config: &Config,
+    interfaces: &[Interface],
+    numbering: &Numbering,
+) -> Result<(Vec<PvdState>, Vec<String>), PvdError> {
+    let file = config.path.display().to_string();
+    let capacity = numbering.capacity();
+    if config.pvds.len() > capacity as usize {
+        return Err(PvdError::TooMany { capacity, declared: config.pvds.len() });
+    }
+
+    let mut by_index: BTreeMap<u32, (String, String, Option<u32>)> = BTreeMap::new();
+    let mut claimed: BTreeMap<String, String> = BTreeMap::new();
+    let mut tables: BTreeMap<u32, String> = BTreeMap::new();
+
+    // Explicit PvDs with a fixed mark first: their index is not ours to pick.
+    let shift = numbering.mark_shift();
+    let (fixed, floating): (Vec<_>, Vec<_>) = config.pvds.iter().partition(|p| p.mark.is_some());
+    let mut pending = Vec::new();
+    for pvd in fixed.iter().chain(floating.iter()) {
+        if let Some(other) = claimed.insert(pvd.interface.clone(), pvd.name.clone()) {
+            return Err(PvdError::InterfaceClaimed {
+                file: file.clone(),
+                line: pvd.line,
+                interface: pvd.interface.clone(),
+                other,
+            });
+        }
+        let index = match pvd.mark {
+            Some(mark) => {
+                // check_marks has vouched that it decodes.
+                let index = mif_common::pvd_from_mark(mark, numbering.mark_mask, shift).unwrap_or(0);
+                if let Some((other, _, _)) = by_index.get(&index) {
+                    return Err(PvdError::Duplicate {
+                        file: file.clone(),
+                        line: pvd.line,
+                        field: "mark",
+                        value: format!("{mark:#x}"),
+                        other: other.clone(),
+                    });
+                }
+                index
+            }
+            None => first_free(&by_index, capacity).unwrap_or(capacity),
+        };
+        if let Some(table) = pvd.table {
+            if let Some(other) = tables.insert(table, pvd.name.clone()) {
+                return Err(PvdError::Duplicate {
+                    file: file.clone(),
+                    line: pvd.line,
+                    field: "table",
+                    value: table.to_string(),
+                    other,
+                });
+            }
+        }
+        by_index.insert(index, (pvd.name.clone(), pvd.interface.clone(), pvd.table));
+        pending.push(index);
+    }
+
+    let mut implicit: Vec<&Interface> = interfaces
+        .iter()
+        .filter(|i| !i.loopback && !claimed.contains_key(&i.name))
+        .collect();
+    implicit.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut skipped = Vec::new();
+    for interface in implicit {
+        match first_free(&by_index, capacity) {
+            Some(index) => {
+                by_index.insert(index, (interface.name.clone(), interface.name.clone(), None));
+            }
+            None => skipped.push(interface.name.clone()),
+        }
+    }
+
+    let pvds = by_index
+        .into_iter()
+        .map(|(index, (name, interface, table))| {
+            let table = table.unwrap_or(numbering.table_base + index);
+            let found = interfaces.iter().find(|i| i.name == interface);
+            state(index, name, interface, found, numbering.mark_of(index), table)
+        })
+        .collect();
+    Ok((pvds, skipped))
+}
+
+fn first_free<V>(taken: &BTreeMap<u32, V>, capacity: u32) -> Option<u32> {
+    (0..capacity).find(|i| !taken.contains_key(i))
+}
+
+fn state(
+    index: u32,
+    name: String,
+    interface: String,
+    found: Option<&Interface>,
+    mark: u32,
+    table: u32,
+) -> PvdState {
+    let Some(link) = found else {
+        return PvdState {
+            index,
+            name,
+            interface,
+            ifindex: None,
+            up: false,
+            addr4: None,
+            addr6: None,
+            gateway4: None,
+            gateway6: None,
+            prefixes: Vec::new(),
+            mark,
+            table,
+        };
+    };
+    let addr4 = best_source(&link.addrs, false).and_then(|a| match a {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    });
+    let addr6 = best_source(&link.addrs, true).and_then(|a| match a {
+        IpAddr::V6(a) => Some(a),
+        IpAddr::V4(_) => None,
+    });
+    PvdState {
+        index,
+        name,
+        interface,
+        ifindex: Some(link.index),
+        up: link.up,
+        addr4,
+        addr6,
+        gateway4: link.gateways4.first().copied(),
+        gateway6: link.gateways6.first().copied(),
+        prefixes: on_link_prefixes(&link.addrs),
+        mark,
+        table,
+    }
+}
+
+/// The source address a PvD binds for a family, chosen as RFC 6724 would
+/// among the interface's own: global scope only (rule 2), usable (not
+/// tentative), preferred over deprecated (rule 3); among equals, stable
+/// addresses over temporary ones because the bound address must outlive
+/// privacy rotation for long connections, then the first listed.
+pub fn best_source(addrs: &[InterfaceAddr], v6: bool) -> Option<IpAddr> {
+    addrs
+        .iter()
+        .filter(|a| a.addr.is_ipv6() == v6 && a.scope == 0 && !a.tentative)
+        .filter(|a| !is_special(&a.addr))
+        .min_by_key(|a| (a.deprecated, a.temporary))
+        .map(|a| a.addr)
+}
+
+/// Addresses that are never a PvD's source even when scoped global.
+fn is_special(addr: &IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => a.is_loopback() || a.is_unspecified() || a.is_link_local(),
+        IpAddr::V6(a) => a.is_loopback() || a.is_unspecified() || (a.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+fn on_link_prefixes(addrs: &[InterfaceAddr]) -> Vec<(IpAddr, u8)> {
+    let mut seen = HashSet::new();
+    addrs
+        .iter()
+        .filter(|a| a.scope == 0 && !is_special(&a.addr))
+        .filter(|a| a.prefix_len < if a.addr.is_ipv6() { 128 } else { 32 })
+        .map(|a| (network(a.addr, a.prefix_len), a.prefix_len))
+        .filter(|p| seen.insert(*p))
+        .collect()
+}
+
+/// `addr` with the host bits of a `/len` prefix cleared.
+pub fn network(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::parse;
+
+    fn addr(a: &str, len: u8) -> InterfaceAddr {
+        InterfaceAddr { addr: a.parse().unwrap(), prefix_len: len, scope: 0, deprecated: false, tentative: false, temporary: false }
+    }
+
+    fn iface(name: &str, index: u32, addrs: Vec<InterfaceAddr>, gw4: Option<&str>, gw6: Option<&str>) -> Interface {
+        Interface {
+            name: name.into(),
+            index,
+            up: true,
+            loopback: name == "lo",
+            addrs,
+            gateways4: gw4.into_iter().map(|g| g.parse().unwrap()).collect(),
+            gateways6: gw6.into_iter().map(|g| g.parse().unwrap()).collect(),
+        }
+    }
+
+    const NUMBERING: Numbering = Numbering { mark_mask: 0x7f00_0000, table_base: 20_100 };
+
+    #[test]
+    fn implicit_pvds_per_interface_with_availability() {
+        let config = parse(Path::new("c.toml"), "").unwrap();
+        let interfaces = vec![
+            iface("lo", 1, vec![addr("127.0.0.1", 8)], None, None),
+            iface("wwan0", 3, vec![addr("198.18.1.2", 24)], Some("198.18.1.1"), None),
+            iface("wlan0", 2, vec![addr("198.18.0.2", 24), addr("2001:db8::2", 64)], Some("198.18.0.1"), Some("2001:db8::1")),
+        ];
+        let (pvds, skipped) = build(&config, &interfaces, &NUMBERING).unwrap();
+        assert!(skipped.is_empty());
+        let names: Vec<_> = pvds.iter().map(|p| (p.index, p.name.as_str())).collect();
+        assert_eq!(names, [(0, "wlan0"), (1, "wwan0")]);
+        assert!(pvds[0].available4() && pvds[0].available6());
+        assert!(pvds[1].available4() && !pvds[1].available6());
+        assert_eq!(pvds[1].mark, 0x0200_0000);
+        assert_eq!(pvds[1].table, 20_101);
+        assert_eq!(pvds[0].prefixes, [("198.18.0.0".parse().unwrap(), 24), ("2001:db8::".parse().unwrap(), 64)]);
+    }
+
+    #[test]
+    fn explicit_pvds_keep_their_marks_and_may_be_absent() {
+        let config = parse(
+            Path::new("c.toml"),
+            "[[pvd]]\nname = \"cell\"\ninterface = \"wwan0\"\nmark = 0x05000000\ntable = 77\n[[pvd]]\nname = \"vpn\"\ninterface = \"tun0\"\n",
+        )
+        .unwrap();
+        let interfaces = vec![iface("wwan0", 3, vec![addr("198.18.1.2", 24)], Some("198.18.1.1"), None)];
+        let (pvds, _) = build(&config, &interfaces, &NUMBERING).unwrap();
+        let cell = pvds.iter().find(|p| p.name == "cell").unwrap();
+        assert_eq!((cell.index, cell.mark, cell.table, cell.ifindex), (4, 0x0500_0000, 77, Some(3)));
+        let vpn = pvds.iter().find(|p| p.name == "vpn").unwrap();
+        assert_eq!((vpn.index, vpn.ifindex, vpn.available4()), (0, None, false));
+        // wwan0 is claimed by "cell": no implicit PvD for it.
+        assert_eq!(pvds.len(), 2);
+    }
+
+    #[test]
+    fn an_interface_claimed_twice_is_an_error() {
+        let config = parse(Path::new("c.toml"), "[[pvd]]\nname = \"a\"\ninterface = \"x\"\n[[pvd]]\nname = \"b\"\ninterface = \"x\"\n").unwrap();
+        let err = build(&config, &[], &NUMBERING).unwrap_err();
+        assert!(matches!(err, PvdError::InterfaceClaimed { line: 4, .. }), "{err}");
+    }
+
+    #[test]
+    fn source_choice_prefers_global_preferred_stable() {
+        let mut deprecated = addr("2001:db8::10", 64);
+        deprecated.deprecated = true;
+        let mut temporary = addr("2001:db8::20", 64);
+        temporary.temporary = true;
+        let mut link_local = addr("fe80::1", 64);
+        link_local.scope = 253;
+        let stable = addr("2001:db8::30", 64);
+        let addrs = vec![link_local, deprecated.clone(), temporary.clone(), stable];
+        assert_eq!(best_source(&addrs, true), Some("2001:db8::30".parse().unwrap()));
+        assert_eq!(best_source(&[deprecated.clone(), temporary], true), Some("2001:db8::20".parse().unwrap()));
+        assert_eq!(best_source(&[deprecated], true), Some("2001:db8::10".parse().unwrap()));
+        assert_eq!(best_source(&[addr("10.0.0.1", 8)], true), None);
+    }
+
+    #[test]
+    fn mark_masks_are_checked() {
+        assert_eq!(check_mark_mask(0x7f00_0000), Ok(()));
+        assert_eq!(check_mark_mask(0x0500_0000), Err(NumberingError::NotContiguous(0x0500_0000)));
+        assert_eq!(check_mark_mask(0x3), Err(NumberingError::TooSmall(0x3)));
+        assert_eq!(Numbering { mark_mask: 0xff, table_base: 0 }.capacity(), 64);
+        assert_eq!(Numbering { mark_mask: 0x70, table_base: 0 }.capacity(), 7);
+    }
+
+    #[test]
+    fn network_clears_host_bits() {
+        assert_eq!(network("198.18.3.77".parse().unwrap(), 24), "198.18.3.0".parse::<IpAddr>().unwrap());
+        assert_eq!(network("2001:db8:1::9".parse().unwrap(), 48), "2001:db8:1::".parse::<IpAddr>().unwrap());
+        assert_eq!(network("1.2.3.4".parse().unwrap(), 0), "0.0.0.0".parse::<IpAddr>().unwrap());
+    }
+}

@@ -1,0 +1,226 @@
+//! What the kernel holds, in a form for people (tables) and scripts (JSON).
+use std::{collections::HashSet, net::IpAddr};
+
+use mif_common::{Counters, NO_PVD, PVD_AVAIL_V4, PVD_AVAIL_V6};
+use serde::Serialize;
+
+use crate::{
+    cgroup::Cgroup2,
+    kernel_maps::KernelMaps,
+    plan::{ipv4_from_word, ipv6_from_words},
+};
+
+#[derive(Debug, Serialize)]
+pub struct MapsReport {
+    pub instance: Option<InstanceReport>,
+    pub pvds: Vec<PvdReport>,
+    pub policies: Vec<PolicyReport>,
+    pub counters: Vec<CounterReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InstanceReport {
+    pub mark_mask: String,
+    pub attach_level: u32,
+    pub netns_cookie: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PvdReport {
+    pub index: u32,
+    pub name: String,
+    pub mark: String,
+    pub table: Option<u32>,
+    pub ifindex: u32,
+    pub available_v4: bool,
+    pub available_v6: bool,
+    pub addr4: Option<IpAddr>,
+    pub addr6: Option<IpAddr>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PolicyReport {
+    pub id: u32,
+    pub cgroup_id: u64,
+    /// None when no cgroup with that id exists any more.
+    pub cgroup: Option<String>,
+    pub prefer: Vec<String>,
+    pub strict: bool,
+    pub bind: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CounterReport {
+    pub policy: u32,
+    /// None for events that belong to no PvD (refusals, pass-throughs).
+    pub pvd: Option<String>,
+    pub steered: u64,
+    pub fallback: u64,
+    pub refused: u64,
+    pub unsteered: u64,
+    pub bound: u64,
+    pub src_set: u64,
+}
+
+impl MapsReport {
+    pub fn read(maps: &KernelMaps) -> Self {
+        let settings = maps.settings();
+        let pvds: Vec<PvdReport> = maps
+            .pvds()
+            .into_iter()
+            .map(|(index, pvd, meta)| PvdReport {
+                index,
+                name: meta.map_or_else(|| format!("#{index}"), |m| name_of(&m.name)),
+                mark: format!("{:#x}", pvd.mark),
+                table: meta.map(|m| m.table),
+                ifindex: pvd.ifindex,
+                available_v4: pvd.flags & PVD_AVAIL_V4 != 0,
+                available_v6: pvd.flags & PVD_AVAIL_V6 != 0,
+                addr4: (pvd.addr4 != 0).then(|| IpAddr::V4(ipv4_from_word(pvd.addr4))),
+                addr6: (pvd.addr6 != [0; 4]).then(|| IpAddr::V6(ipv6_from_words(pvd.addr6))),
+            })
+            .collect();
+        let pvd_name = |index: u32| {
+            pvds.iter().find(|p| p.index == index).map_or_else(|| format!("#{index}"), |p| p.name.clone())
+        };
+
+        let raw_policies = maps.policies();
+        let ids: HashSet<u64> = raw_policies.iter().map(|(id, _)| *id).collect();
+        let paths = Cgroup2::find().map(|c| c.paths_of("/", &ids)).unwrap_or_default();
+        let policies = raw_policies
+            .into_iter()
+            .map(|(cgroup_id, p)| PolicyReport {
+                id: p.id,
+                cgroup_id,
+                cgroup: paths.get(&cgroup_id).cloned(),
+                prefer: p.prefer.iter().take_while(|&&i| i != NO_PVD).map(|&i| pvd_name(u32::from(i))).collect(),
+                strict: p.is_strict(),
+                bind: if p.binds_device() { "device" } else { "mark" },
+            })
+            .collect();
+
+        let mut counters: Vec<CounterReport> = maps
+            .counters()
+            .into_iter()
+            .map(|(key, c)| counter_report(key.policy, (key.pvd != mif_common::COUNTER_NO_PVD).then(|| pvd_name(key.pvd)), &c))
+            .collect();
+        counters.sort_by(|a, b| (a.policy, &a.pvd).cmp(&(b.policy, &b.pvd)));
+
+        Self {
+            instance: settings.map(|s| InstanceReport {
+                mark_mask: format!("{:#x}", s.mark_mask),
+                attach_level: s.attach_level,
+                netns_cookie: s.netns_cookie,
+            }),
+            pvds,
+            policies,
+            counters,
+        }
+    }
+
+    /// Text tables for people.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out += "PvDs\n";
+        let mut rows = vec![vec!["INDEX", "NAME", "MARK", "TABLE", "IFINDEX", "IPV4", "IPV6"].into_iter().map(String::from).collect()];
+        for p in &self.pvds {
+            rows.push(vec![
+                p.index.to_string(),
+                p.name.clone(),
+                p.mark.clone(),
+                p.table.map_or("-".into(), |t| t.to_string()),
+                p.ifindex.to_string(),
+                family(p.available_v4, p.addr4),
+                family(p.available_v6, p.addr6),
+            ]);
+        }
+        out += &table(&rows);
+        out += "\nPolicies\n";
+        let mut rows = vec![vec!["ID", "CGROUP", "CGROUP ID", "PREFER", "STRICT", "BIND"].into_iter().map(String::from).collect()];
+        for p in &self.policies {
+            rows.push(vec![
+                p.id.to_string(),
+                p.cgroup.clone().unwrap_or_else(|| "(gone)".into()),
+                p.cgroup_id.to_string(),
+                p.prefer.join(","),
+                if p.strict { "yes" } else { "no" }.into(),
+                p.bind.into(),
+            ]);
+        }
+        out += &table(&rows);
+        out += "\nCounters\n";
+        let mut rows = vec![vec!["POLICY", "PVD", "STEERED", "FALLBACK", "REFUSED", "UNSTEERED", "BOUND", "SRC SET"]
+            .into_iter()
+            .map(String::from)
+            .collect()];
+        for c in &self.counters {
+            rows.push(vec![
+                c.policy.to_string(),
+                c.pvd.clone().unwrap_or_else(|| "-".into()),
+                c.steered.to_string(),
+                c.fallback.to_string(),
+                c.refused.to_string(),
+                c.unsteered.to_string(),
+                c.bound.to_string(),
+                c.src_set.to_string(),
+            ]);
+        }
+        out += &table(&rows);
+        out
+    }
+}
+
+fn counter_report(policy: u32, pvd: Option<String>, c: &Counters) -> CounterReport {
+    CounterReport {
+        policy,
+        pvd,
+        steered: c.steered,
+        fallback: c.fallback,
+        refused: c.refused,
+        unsteered: c.unsteered,
+        bound: c.bound,
+        src_set: c.src_set,
+    }
+}
+
+fn family(available: bool, addr: Option<IpAddr>) -> String {
+    match (available, addr) {
+        (true, Some(a)) => a.to_string(),
+        (false, Some(a)) => format!("{a} (unavailable)"),
+        _ => "-".into(),
+    }
+}
+
+fn name_of(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Left-aligned columns separated by two spaces.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..rows.first().map_or(0, Vec::len))
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            let line: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+            format!("{}\n", line.join("  ").trim_end())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let rows = vec![vec!["A".to_string(), "BB".into()], vec!["long".into(), "x".into()]];
+        assert_eq!(table(&rows), "A     BB\nlong  x\n");
+    }
+
+    #[test]
+    fn names_stop_at_nul() {
+        assert_eq!(name_of(b"wlan0\0\0\0"), "wlan0");
+    }
+}
