@@ -19,7 +19,11 @@ pub enum CgroupError {
     #[error("cgroup {rel} does not exist in the cgroup2 hierarchy at {}", mount.display())]
     Missing { rel: String, mount: PathBuf },
     #[error("cannot open cgroup {}", path.display())]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The mounted cgroup2 hierarchy.
@@ -86,14 +90,28 @@ impl Cgroup2 {
         let rel = crate::config::normalize_cgroup(rel);
         let path = self.mount.join(rel.trim_start_matches('/'));
         let meta = fs::metadata(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => CgroupError::Missing { rel: rel.clone(), mount: self.mount.clone() },
-            _ => CgroupError::Io { path: path.clone(), source: e },
+            std::io::ErrorKind::NotFound => CgroupError::Missing {
+                rel: rel.clone(),
+                mount: self.mount.clone(),
+            },
+            _ => CgroupError::Io {
+                path: path.clone(),
+                source: e,
+            },
         })?;
         if !meta.is_dir() {
-            return Err(CgroupError::Missing { rel, mount: self.mount.clone() });
+            return Err(CgroupError::Missing {
+                rel,
+                mount: self.mount.clone(),
+            });
         }
         let level = rel.split('/').filter(|c| !c.is_empty()).count() as u32;
-        Ok(Cgroup { rel, path, id: meta.ino(), level })
+        Ok(Cgroup {
+            rel,
+            path,
+            id: meta.ino(),
+            level,
+        })
     }
 
     /// Paths (relative to the root) of the cgroups with the given ids, found
@@ -106,12 +124,16 @@ impl Cgroup2 {
             if found.len() == ids.len() {
                 break;
             }
-            let Ok(meta) = fs::metadata(&dir) else { continue };
+            let Ok(meta) = fs::metadata(&dir) else {
+                continue;
+            };
             if ids.contains(&meta.ino()) {
                 let rel = dir.strip_prefix(&self.mount).unwrap_or(&dir);
                 found.insert(meta.ino(), format!("/{}", rel.display()));
             }
-            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 if entry.file_type().is_ok_and(|t| t.is_dir()) {
                     stack.push(entry.path());
@@ -125,7 +147,9 @@ impl Cgroup2 {
 impl Cgroup {
     /// Whether `self` is `ancestor` or lies below it.
     pub fn is_within(&self, ancestor: &Cgroup) -> bool {
-        ancestor.rel == "/" || self.rel == ancestor.rel || self.rel.starts_with(&format!("{}/", ancestor.rel))
+        ancestor.rel == "/"
+            || self.rel == ancestor.rel
+            || self.rel.starts_with(&format!("{}/", ancestor.rel))
     }
 }
 
@@ -137,7 +161,10 @@ mod tests {
     fn finds_cgroup2_on_hybrid_hosts() {
         let mounts = "cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n\
                       cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n";
-        assert_eq!(cgroup2_mount_in(mounts), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            cgroup2_mount_in(mounts),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
         assert_eq!(cgroup2_mount_in("proc /proc proc rw 0 0\n"), None);
         assert_eq!(
             cgroup2_mount_in("none /mnt/my\\040cg cgroup2 rw 0 0\n"),
@@ -147,7 +174,12 @@ mod tests {
 
     #[test]
     fn within_is_by_path_component() {
-        let cg = |rel: &str| Cgroup { rel: rel.into(), path: PathBuf::new(), id: 0, level: 0 };
+        let cg = |rel: &str| Cgroup {
+            rel: rel.into(),
+            path: PathBuf::new(),
+            id: 0,
+            level: 0,
+        };
         assert!(cg("/a/b").is_within(&cg("/a")));
         assert!(cg("/a").is_within(&cg("/a")));
         assert!(cg("/a").is_within(&cg("/")));

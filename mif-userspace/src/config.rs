@@ -114,7 +114,11 @@ struct RawPolicy {
 
 /// Line (1-based) of a byte offset in `text`.
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 struct Checker<'a> {
@@ -123,7 +127,13 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn error(&self, span: Range<usize>, field: &str, value: impl fmt::Display, problem: impl Into<String>) -> ConfigError {
+    fn error(
+        &self,
+        span: Range<usize>,
+        field: &str,
+        value: impl fmt::Display,
+        problem: impl Into<String>,
+    ) -> ConfigError {
         ConfigError {
             file: self.file.to_path_buf(),
             line: line_of(self.text, span.start),
@@ -169,15 +179,28 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 pvd.name.span(),
                 "pvd.name",
                 format!("{name:?}"),
-                format!("PvD names are 1 to {} characters of letters, digits, '-', '_' and '.'", PVD_NAME_LEN - 1),
+                format!(
+                    "PvD names are 1 to {} characters of letters, digits, '-', '_' and '.'",
+                    PVD_NAME_LEN - 1
+                ),
             ));
         }
         if !names.insert(name.clone()) {
-            return Err(checker.error(pvd.name.span(), "pvd.name", format!("{name:?}"), "declared twice"));
+            return Err(checker.error(
+                pvd.name.span(),
+                "pvd.name",
+                format!("{name:?}"),
+                "declared twice",
+            ));
         }
         let interface = match pvd.interface {
             Some(i) if i.get_ref().is_empty() => {
-                return Err(checker.error(i.span(), "pvd.interface", "\"\"", "must name an interface"))
+                return Err(checker.error(
+                    i.span(),
+                    "pvd.interface",
+                    "\"\"",
+                    "must name an interface",
+                ))
             }
             Some(i) => i.into_inner(),
             // A PvD named after its interface, declared so it may appear later.
@@ -191,7 +214,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             .table
             .map(|t| to_u32(&checker, t, "pvd.table"))
             .transpose()?;
-        pvds.push(PvdConfig { name, interface, mark, table, line });
+        pvds.push(PvdConfig {
+            name,
+            interface,
+            mark,
+            table,
+            line,
+        });
     }
 
     let mut policies = Vec::new();
@@ -201,7 +230,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let policy = policy.into_inner();
         let cgroup = policy.cgroup.get_ref();
         if let Err(problem) = check_cgroup_path(cgroup) {
-            return Err(checker.error(policy.cgroup.span(), "policy.cgroup", format!("{cgroup:?}"), problem));
+            return Err(checker.error(
+                policy.cgroup.span(),
+                "policy.cgroup",
+                format!("{cgroup:?}"),
+                problem,
+            ));
         }
         let cgroup = normalize_cgroup(cgroup);
         if !cgroups.insert(cgroup.clone()) {
@@ -226,19 +260,35 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let mut prefer = Vec::new();
         for item in prefer_items {
             if !seen.insert(item.get_ref().clone()) {
-                return Err(checker.error(item.span(), "policy.prefer", format!("{:?}", item.get_ref()), "listed twice"));
+                return Err(checker.error(
+                    item.span(),
+                    "policy.prefer",
+                    format!("{:?}", item.get_ref()),
+                    "listed twice",
+                ));
             }
             prefer.push(item.into_inner());
         }
-        policies.push(PolicyConfig { cgroup, prefer, strict: policy.strict, bind: policy.bind, line });
+        policies.push(PolicyConfig {
+            cgroup,
+            prefer,
+            strict: policy.strict,
+            bind: policy.bind,
+            line,
+        });
     }
 
-    Ok(Config { path: path.to_path_buf(), pvds, policies })
+    Ok(Config {
+        path: path.to_path_buf(),
+        pvds,
+        policies,
+    })
 }
 
 fn to_u32(checker: &Checker<'_>, v: Spanned<i64>, field: &str) -> Result<u32, ConfigError> {
     let n = *v.get_ref();
-    u32::try_from(n).map_err(|_| checker.error(v.span(), field, n, "must be between 0 and 4294967295"))
+    u32::try_from(n)
+        .map_err(|_| checker.error(v.span(), field, n, "must be between 0 and 4294967295"))
 }
 
 fn is_name_char(c: char) -> bool {
@@ -287,12 +337,18 @@ impl Config {
         for pvd in &self.pvds {
             if let Some(mark) = pvd.mark {
                 let shift = mask.trailing_zeros();
-                if mark == 0 || mark & !mask != 0 || mif_common::pvd_from_mark(mark, mask, shift).is_none() {
+                if mark == 0
+                    || mark & !mask != 0
+                    || mif_common::pvd_from_mark(mark, mask, shift).is_none()
+                {
                     return Err(self.error_at(
                         pvd.line,
                         "pvd.mark",
                         format!("{mark:#x}"),
-                        format!("outside the mark mask {mask:#x} (or beyond the {} PvDs mif holds)", mif_common::MAX_PVDS),
+                        format!(
+                            "outside the mark mask {mask:#x} (or beyond the {} PvDs mif holds)",
+                            mif_common::MAX_PVDS
+                        ),
                     ));
                 }
             }
@@ -300,7 +356,13 @@ impl Config {
         Ok(())
     }
 
-    pub fn error_at(&self, line: usize, field: &str, value: impl fmt::Display, problem: impl Into<String>) -> ConfigError {
+    pub fn error_at(
+        &self,
+        line: usize,
+        field: &str,
+        value: impl fmt::Display,
+        problem: impl Into<String>,
+    ) -> ConfigError {
         ConfigError {
             file: self.path.clone(),
             line,
@@ -355,7 +417,8 @@ bind = "device"
 
     #[test]
     fn unknown_field_is_refused() {
-        let err = parse_str("[[policy]]\ncgroup = \"/a\"\nprefer = [\"x\"]\nprefered = 1\n").unwrap_err();
+        let err =
+            parse_str("[[policy]]\ncgroup = \"/a\"\nprefer = [\"x\"]\nprefered = 1\n").unwrap_err();
         assert!(err.to_string().contains("prefered"), "{err}");
     }
 
@@ -365,7 +428,10 @@ bind = "device"
             "[[policy]]\ncgroup = \"/a\"\nprefer = [\"x\"]\n[[policy]]\ncgroup = \"/a/\"\nprefer = [\"y\"]\n",
         )
         .unwrap_err();
-        assert_eq!((err.line, err.field.as_str(), err.value.as_str()), (5, "policy.cgroup", "\"/a\""));
+        assert_eq!(
+            (err.line, err.field.as_str(), err.value.as_str()),
+            (5, "policy.cgroup", "\"/a\"")
+        );
         assert_eq!(
             err.to_string(),
             "mif.toml:5: policy.cgroup = \"/a\": a policy for this cgroup is already defined above"
@@ -391,7 +457,8 @@ bind = "device"
 
     #[test]
     fn unknown_pvd_is_reported_with_its_policy_line() {
-        let config = parse_str("\n[[policy]]\ncgroup = \"/a\"\nprefer = [\"wlan0\", \"wwan9\"]\n").unwrap();
+        let config =
+            parse_str("\n[[policy]]\ncgroup = \"/a\"\nprefer = [\"wlan0\", \"wwan9\"]\n").unwrap();
         let interfaces = HashSet::from(["wlan0".to_string()]);
         let err = config.check_prefer(&interfaces).unwrap_err();
         assert_eq!((err.line, err.value.as_str()), (2, "\"wwan9\""));
@@ -402,7 +469,10 @@ bind = "device"
     fn marks_must_fit_the_mask() {
         let config = parse_str("[[pvd]]\nname = \"v\"\nmark = 0x100\n").unwrap();
         let err = config.check_marks(0x7f00_0000).unwrap_err();
-        assert_eq!((err.field.as_str(), err.value.as_str()), ("pvd.mark", "0x100"));
+        assert_eq!(
+            (err.field.as_str(), err.value.as_str()),
+            ("pvd.mark", "0x100")
+        );
         let config = parse_str("[[pvd]]\nname = \"v\"\nmark = 0x01000000\n").unwrap();
         config.check_marks(0x7f00_0000).unwrap();
     }

@@ -39,7 +39,11 @@ pub struct Installed {
     ebpf: Option<Ebpf>,
 }
 
-pub async fn prepare(config_path: &PathBuf, opts: &InstanceOptions, netlink: &Netlink) -> anyhow::Result<Prepared> {
+pub async fn prepare(
+    config_path: &PathBuf,
+    opts: &InstanceOptions,
+    netlink: &Netlink,
+) -> anyhow::Result<Prepared> {
     pvd::check_mark_mask(opts.mark_mask).context("--mark-mask")?;
     let config = config::load(config_path)?;
     config.check_marks(opts.mark_mask)?;
@@ -48,12 +52,18 @@ pub async fn prepare(config_path: &PathBuf, opts: &InstanceOptions, netlink: &Ne
     let attach = cgroup2.resolve(&opts.cgroup).context("--cgroup")?;
     let cgroups = resolve_policy_cgroups(&config, &cgroup2, &attach)?;
 
-    let interfaces = netlink.interfaces().await.context("reading interfaces from netlink")?;
+    let interfaces = netlink
+        .interfaces()
+        .await
+        .context("reading interfaces from netlink")?;
     let names: HashSet<String> = interfaces.iter().map(|i| i.name.clone()).collect();
     config.check_prefer(&names)?;
     let (pvds, skipped) = pvd::build(&config, &interfaces, &opts.numbering())?;
     if !skipped.is_empty() {
-        warn!("more interfaces than the mark mask holds PvDs for; no PvD for: {}", skipped.join(", "));
+        warn!(
+            "more interfaces than the mark mask holds PvDs for; no PvD for: {}",
+            skipped.join(", ")
+        );
     }
 
     let policies: Vec<ResolvedPolicy> = config
@@ -72,17 +82,28 @@ pub async fn prepare(config_path: &PathBuf, opts: &InstanceOptions, netlink: &Ne
         .collect();
     let desired = plan::desired(&pvds, &policies, &opts.rules());
     let settings = Settings {
-        netns_cookie: netns::current_netns_cookie().context("reading this network namespace's cookie")?,
+        netns_cookie: netns::current_netns_cookie()
+            .context("reading this network namespace's cookie")?,
         mark_mask: opts.mark_mask,
         mark_shift: opts.mark_mask.trailing_zeros(),
         attach_level: attach.level,
         _pad: 0,
     };
-    Ok(Prepared { pvds, policies, desired, settings, attach })
+    Ok(Prepared {
+        pvds,
+        policies,
+        desired,
+        settings,
+        attach,
+    })
 }
 
 /// Each policy's cgroup, which must exist and lie within the attach cgroup.
-fn resolve_policy_cgroups(config: &Config, cgroup2: &Cgroup2, attach: &Cgroup) -> anyhow::Result<Vec<Cgroup>> {
+fn resolve_policy_cgroups(
+    config: &Config,
+    cgroup2: &Cgroup2,
+    attach: &Cgroup,
+) -> anyhow::Result<Vec<Cgroup>> {
     config
         .policies
         .iter()
@@ -90,7 +111,10 @@ fn resolve_policy_cgroups(config: &Config, cgroup2: &Cgroup2, attach: &Cgroup) -
             let cg = cgroup2.resolve(&p.cgroup).map_err(|e| {
                 let problem = match e {
                     CgroupError::Missing { mount, .. } => {
-                        format!("no such cgroup in the cgroup2 hierarchy at {}", mount.display())
+                        format!(
+                            "no such cgroup in the cgroup2 hierarchy at {}",
+                            mount.display()
+                        )
                     }
                     e => e.to_string(),
                 };
@@ -102,7 +126,10 @@ fn resolve_policy_cgroups(config: &Config, cgroup2: &Cgroup2, attach: &Cgroup) -
                         p.line,
                         "policy.cgroup",
                         format!("{:?}", p.cgroup),
-                        format!("outside the cgroup mif attaches to ({}); see --cgroup", attach.rel),
+                        format!(
+                            "outside the cgroup mif attaches to ({}); see --cgroup",
+                            attach.rel
+                        ),
                     )
                     .into());
             }
@@ -113,7 +140,11 @@ fn resolve_policy_cgroups(config: &Config, cgroup2: &Cgroup2, attach: &Cgroup) -
 
 /// Installs maps, routing and programs, in that order: programs come last so
 /// no socket is ever marked for a PvD whose routing is not there yet.
-pub async fn install(prepared: &Prepared, opts: &InstanceOptions, netlink: &Netlink) -> anyhow::Result<Installed> {
+pub async fn install(
+    prepared: &Prepared,
+    opts: &InstanceOptions,
+    netlink: &Netlink,
+) -> anyhow::Result<Installed> {
     let pins = opts.pins();
     if pins.has_links() {
         bail!(
@@ -127,7 +158,11 @@ pub async fn install(prepared: &Prepared, opts: &InstanceOptions, netlink: &Netl
     // starting or stopping: ours to discard.
     loader::unpin_maps(&pins);
 
-    let mut installed = Installed { pins, routing: Vec::new(), ebpf: None };
+    let mut installed = Installed {
+        pins,
+        routing: Vec::new(),
+        ebpf: None,
+    };
     match install_steps(prepared, netlink, &mut installed).await {
         Ok(()) => Ok(installed),
         Err(e) => {
@@ -137,8 +172,14 @@ pub async fn install(prepared: &Prepared, opts: &InstanceOptions, netlink: &Netl
     }
 }
 
-async fn install_steps(prepared: &Prepared, netlink: &Netlink, installed: &mut Installed) -> anyhow::Result<()> {
-    let ebpf = installed.ebpf.insert(loader::load(&prepared.settings, &installed.pins)?);
+async fn install_steps(
+    prepared: &Prepared,
+    netlink: &Netlink,
+    installed: &mut Installed,
+) -> anyhow::Result<()> {
+    let ebpf = installed
+        .ebpf
+        .insert(loader::load(&prepared.settings, &installed.pins)?);
     KernelMaps::open(&installed.pins)?.write(&prepared.settings, &prepared.desired)?;
     for routing in &prepared.desired.routing {
         installed.routing.push(routing.clone());

@@ -27,8 +27,10 @@ pub struct InstanceOptions {
     #[arg(long, default_value_t = 20100, value_name = "BASE")]
     pub table_base: u32,
 
-    /// Priority of the `fwmark` rules; the `from <PvD address>` rules use the
-    /// next one. Must come before the main table's rule (32766).
+    /// Priority of the `from <PvD address>` rules; the `fwmark` rules use the
+    /// next one. Source first: a socket the application bound to some PvD's
+    /// address leaves by that PvD, whatever its mark (RFC 8028: the first
+    /// hop follows the source). Must come before the main table (32766).
     #[arg(long, default_value_t = 9000, value_name = "PRIO")]
     pub rule_priority: u32,
 }
@@ -39,14 +41,17 @@ impl InstanceOptions {
     }
 
     pub fn numbering(&self) -> Numbering {
-        Numbering { mark_mask: self.mark_mask, table_base: self.table_base }
+        Numbering {
+            mark_mask: self.mark_mask,
+            table_base: self.table_base,
+        }
     }
 
     pub fn rules(&self) -> RuleOptions {
         RuleOptions {
             mark_mask: self.mark_mask,
-            mark_priority: self.rule_priority,
-            source_priority: self.rule_priority + 1,
+            source_priority: self.rule_priority,
+            mark_priority: self.rule_priority + 1,
         }
     }
 }

@@ -12,9 +12,18 @@ pub enum MapsError {
     #[error("no mif maps are pinned at {dir} (is the daemon running with this --pin-dir?)")]
     NotPinned { dir: String },
     #[error("cannot open pinned map {name}")]
-    Open { name: &'static str, #[source] source: Box<MapError> },
+    Open {
+        name: &'static str,
+        #[source]
+        source: Box<MapError>,
+    },
     #[error("cannot {action} map {name}")]
-    Update { name: &'static str, action: &'static str, #[source] source: Box<MapError> },
+    Update {
+        name: &'static str,
+        action: &'static str,
+        #[source]
+        source: Box<MapError>,
+    },
 }
 
 pub struct KernelMaps {
@@ -28,17 +37,28 @@ pub struct KernelMaps {
 fn open(pins: &PinDir, name: &'static str) -> Result<Map, MapsError> {
     let path = pins.map(name);
     if !path.exists() {
-        return Err(MapsError::NotPinned { dir: pins.versioned().display().to_string() });
+        return Err(MapsError::NotPinned {
+            dir: pins.versioned().display().to_string(),
+        });
     }
-    let data = MapData::from_pin(&path).map_err(|e| MapsError::Open { name, source: Box::new(e) })?;
-    Map::from_map_data(data).map_err(|e| MapsError::Open { name, source: Box::new(e) })
+    let data = MapData::from_pin(&path).map_err(|e| MapsError::Open {
+        name,
+        source: Box::new(e),
+    })?;
+    Map::from_map_data(data).map_err(|e| MapsError::Open {
+        name,
+        source: Box::new(e),
+    })
 }
 
 macro_rules! typed {
     ($pins:expr, $name:expr) => {
         open($pins, $name)?
             .try_into()
-            .map_err(|e| MapsError::Open { name: $name, source: Box::new(e) })?
+            .map_err(|e| MapsError::Open {
+                name: $name,
+                source: Box::new(e),
+            })?
     };
 }
 
@@ -57,24 +77,52 @@ impl KernelMaps {
     /// policies that point at them; stale entries are removed last, so a
     /// socket created meanwhile sees either the old or the new state.
     pub fn write(&mut self, settings: &Settings, desired: &Desired) -> Result<(), MapsError> {
-        let fail = |name, action| move |e| MapsError::Update { name, action, source: Box::new(e) };
-        self.instance.set(0, settings, 0).map_err(fail(names::MAP_INSTANCE, "write"))?;
+        let fail = |name, action| {
+            move |e| MapsError::Update {
+                name,
+                action,
+                source: Box::new(e),
+            }
+        };
+        self.instance
+            .set(0, settings, 0)
+            .map_err(fail(names::MAP_INSTANCE, "write"))?;
         for (index, pvd, meta) in &desired.pvds {
-            self.meta.insert(index, meta, 0).map_err(fail(names::MAP_PVD_META, "write"))?;
-            self.pvds.insert(index, pvd, 0).map_err(fail(names::MAP_PVDS, "write"))?;
+            self.meta
+                .insert(index, meta, 0)
+                .map_err(fail(names::MAP_PVD_META, "write"))?;
+            self.pvds
+                .insert(index, pvd, 0)
+                .map_err(fail(names::MAP_PVDS, "write"))?;
         }
         for (cgroup_id, policy) in &desired.policies {
-            self.policies.insert(cgroup_id, policy, 0).map_err(fail(names::MAP_POLICIES, "write"))?;
+            self.policies
+                .insert(cgroup_id, policy, 0)
+                .map_err(fail(names::MAP_POLICIES, "write"))?;
         }
         let keep: HashSet<u64> = desired.policies.iter().map(|(k, _)| *k).collect();
-        let stale: Vec<u64> = self.policies.keys().filter_map(Result::ok).filter(|k| !keep.contains(k)).collect();
+        let stale: Vec<u64> = self
+            .policies
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keep.contains(k))
+            .collect();
         for key in stale {
-            self.policies.remove(&key).map_err(fail(names::MAP_POLICIES, "remove from"))?;
+            self.policies
+                .remove(&key)
+                .map_err(fail(names::MAP_POLICIES, "remove from"))?;
         }
         let keep: HashSet<u32> = desired.pvds.iter().map(|(k, _, _)| *k).collect();
-        let stale: Vec<u32> = self.pvds.keys().filter_map(Result::ok).filter(|k| !keep.contains(k)).collect();
+        let stale: Vec<u32> = self
+            .pvds
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keep.contains(k))
+            .collect();
         for key in stale {
-            self.pvds.remove(&key).map_err(fail(names::MAP_PVDS, "remove from"))?;
+            self.pvds
+                .remove(&key)
+                .map_err(fail(names::MAP_PVDS, "remove from"))?;
             let _ = self.meta.remove(&key);
         }
         Ok(())

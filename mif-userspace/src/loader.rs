@@ -14,7 +14,7 @@ use mif_common::{names, Settings};
 use crate::pins::PinDir;
 
 /// The kernel programs, built by build.rs and embedded so `mif` is one file.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mif"));
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mif-ebpf"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -25,11 +25,25 @@ pub enum LoadError {
     #[error("the kernel refused program {program}:\n{log}")]
     Verifier { program: &'static str, log: String },
     #[error("cannot {action} program {program}")]
-    Program { program: &'static str, action: &'static str, #[source] source: Box<ProgramError> },
+    Program {
+        program: &'static str,
+        action: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
     #[error("cannot open cgroup {}", path.display())]
-    Cgroup { path: std::path::PathBuf, #[source] source: std::io::Error },
+    Cgroup {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot pin the link of {program} at {}", path.display())]
-    Pin { program: &'static str, path: std::path::PathBuf, #[source] source: Box<dyn std::error::Error + Send + Sync> },
+    Pin {
+        program: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Loads the programs with this instance's settings. Maps are pinned by name
@@ -45,36 +59,65 @@ pub fn load(settings: &Settings, pins: &PinDir) -> Result<Ebpf, LoadError> {
 /// Verifies and attaches every program to `cgroup` and pins each link, so
 /// steering outlives this process until the pins are removed.
 pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pins: &PinDir) -> Result<(), LoadError> {
-    let cgroup_fd = File::open(cgroup).map_err(|source| LoadError::Cgroup { path: cgroup.to_path_buf(), source })?;
+    let cgroup_fd = File::open(cgroup).map_err(|source| LoadError::Cgroup {
+        path: cgroup.to_path_buf(),
+        source,
+    })?;
     for program in names::PROGRAMS {
         let link = attach_one(ebpf, program, &cgroup_fd)?;
         let path = pins.link(program);
-        link.pin(&path)
-            .map_err(|e| LoadError::Pin { program, path: path.clone(), source: Box::new(e) })?;
+        link.pin(&path).map_err(|e| LoadError::Pin {
+            program,
+            path: path.clone(),
+            source: Box::new(e),
+        })?;
     }
     Ok(())
 }
 
 fn attach_one(ebpf: &mut Ebpf, program: &'static str, cgroup: &File) -> Result<FdLink, LoadError> {
-    let prog = ebpf.program_mut(program).ok_or(LoadError::MissingProgram(program))?;
-    let fail = |action: &'static str| move |e: ProgramError| match e {
-        ProgramError::LoadError { verifier_log, .. } => LoadError::Verifier { program, log: verifier_log.to_string() },
-        e => LoadError::Program { program, action, source: Box::new(e) },
+    let prog = ebpf
+        .program_mut(program)
+        .ok_or(LoadError::MissingProgram(program))?;
+    let fail = |action: &'static str| {
+        move |e: ProgramError| match e {
+            ProgramError::LoadError { verifier_log, .. } => LoadError::Verifier {
+                program,
+                log: verifier_log.to_string(),
+            },
+            e => LoadError::Program {
+                program,
+                action,
+                source: Box::new(e),
+            },
+        }
     };
     // Single: with bpf_link the other modes are refused (EINVAL), and links
     // stack with other programs on the same cgroup anyway.
     let link: FdLink = if program == names::PROG_SOCK_CREATE {
         let prog: &mut CgroupSock = prog.try_into().map_err(fail("type-check"))?;
         prog.load().map_err(fail("load"))?;
-        let id = prog.attach(cgroup, CgroupAttachMode::Single).map_err(fail("attach"))?;
+        let id = prog
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(fail("attach"))?;
         let link = prog.take_link(id).map_err(fail("take the link of"))?;
-        link.try_into().map_err(|e| LoadError::Pin { program, path: Default::default(), source: Box::new(e) })?
+        link.try_into().map_err(|e| LoadError::Pin {
+            program,
+            path: Default::default(),
+            source: Box::new(e),
+        })?
     } else {
         let prog: &mut CgroupSockAddr = prog.try_into().map_err(fail("type-check"))?;
         prog.load().map_err(fail("load"))?;
-        let id = prog.attach(cgroup, CgroupAttachMode::Single).map_err(fail("attach"))?;
+        let id = prog
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(fail("attach"))?;
         let link = prog.take_link(id).map_err(fail("take the link of"))?;
-        link.try_into().map_err(|e| LoadError::Pin { program, path: Default::default(), source: Box::new(e) })?
+        link.try_into().map_err(|e| LoadError::Pin {
+            program,
+            path: Default::default(),
+            source: Box::new(e),
+        })?
     };
     Ok(link)
 }

@@ -22,7 +22,11 @@ pub enum PinError {
     #[error("cannot mount bpffs at {DEFAULT_BPFFS}")]
     Mount(#[source] nix::Error),
     #[error("cannot prepare pin directory {}", path.display())]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -73,7 +77,10 @@ impl PinDir {
     pub fn prepare(&self) -> Result<(), PinError> {
         if !self.on_bpffs() {
             if self.root.starts_with(DEFAULT_BPFFS) && !is_bpffs(Path::new(DEFAULT_BPFFS)) {
-                fs::create_dir_all(DEFAULT_BPFFS).map_err(|source| PinError::Io { path: DEFAULT_BPFFS.into(), source })?;
+                fs::create_dir_all(DEFAULT_BPFFS).map_err(|source| PinError::Io {
+                    path: DEFAULT_BPFFS.into(),
+                    source,
+                })?;
                 nix::mount::mount(
                     Some("bpf"),
                     DEFAULT_BPFFS,
@@ -88,7 +95,10 @@ impl PinDir {
             }
         }
         for dir in [self.maps(), self.links()] {
-            fs::create_dir_all(&dir).map_err(|source| PinError::Io { path: dir.clone(), source })?;
+            fs::create_dir_all(&dir).map_err(|source| PinError::Io {
+                path: dir.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -110,7 +120,12 @@ impl PinDir {
     /// Removes the pin directories mif created, if they are empty. Pins of
     /// another layout version (another daemon) are left alone.
     pub fn remove_dirs(&self) {
-        for dir in [self.maps(), self.links(), self.versioned(), self.root.clone()] {
+        for dir in [
+            self.maps(),
+            self.links(),
+            self.versioned(),
+            self.root.clone(),
+        ] {
             let _ = fs::remove_dir(dir);
         }
     }

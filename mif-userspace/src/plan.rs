@@ -42,8 +42,14 @@ pub struct Desired {
 pub fn desired(pvds: &[PvdState], policies: &[ResolvedPolicy], rules: &RuleOptions) -> Desired {
     let index_of: HashMap<&str, u32> = pvds.iter().map(|p| (p.name.as_str(), p.index)).collect();
     Desired {
-        pvds: pvds.iter().map(|p| (p.index, kernel_pvd(p), meta(p))).collect(),
-        policies: policies.iter().map(|p| (p.cgroup_id, kernel_policy(p, &index_of))).collect(),
+        pvds: pvds
+            .iter()
+            .map(|p| (p.index, kernel_pvd(p), meta(p)))
+            .collect(),
+        policies: policies
+            .iter()
+            .map(|p| (p.cgroup_id, kernel_policy(p, &index_of)))
+            .collect(),
         routing: pvds.iter().filter_map(|p| routing(p, rules)).collect(),
     }
 }
@@ -70,12 +76,19 @@ fn meta(p: &PvdState) -> PvdMeta {
     let bytes = p.name.as_bytes();
     let n = bytes.len().min(PVD_NAME_LEN - 1);
     name[..n].copy_from_slice(&bytes[..n]);
-    PvdMeta { name, table: p.table, _pad: 0 }
+    PvdMeta {
+        name,
+        table: p.table,
+        _pad: 0,
+    }
 }
 
 fn kernel_policy(p: &ResolvedPolicy, index_of: &HashMap<&str, u32>) -> Policy {
     let mut prefer = [NO_PVD; MAX_PREFER];
-    let indices = p.prefer.iter().filter_map(|name| index_of.get(name.as_str()));
+    let indices = p
+        .prefer
+        .iter()
+        .filter_map(|name| index_of.get(name.as_str()));
     for (slot, index) in prefer.iter_mut().zip(indices) {
         *slot = *index as u8;
     }
@@ -86,7 +99,12 @@ fn kernel_policy(p: &ResolvedPolicy, index_of: &HashMap<&str, u32>) -> Policy {
     if p.bind == BindMode::Device {
         flags |= POLICY_BIND_DEVICE;
     }
-    Policy { id: p.id, prefer, flags, _pad: [0; 3] }
+    Policy {
+        id: p.id,
+        prefer,
+        flags,
+        _pad: [0; 3],
+    }
 }
 
 /// The routing of a PvD whose interface exists: its table (default routers,
@@ -94,14 +112,26 @@ fn kernel_policy(p: &ResolvedPolicy, index_of: &HashMap<&str, u32>) -> Policy {
 /// falls through to another network) and rules for its mark and sources.
 fn routing(p: &PvdState, rules: &RuleOptions) -> Option<PvdRouting> {
     let ifindex = p.ifindex?;
-    let sources: Vec<IpAddr> = p.addr4.map(IpAddr::V4).into_iter().chain(p.addr6.map(IpAddr::V6)).collect();
+    // The kernel refuses routes over a link that is down (ENETDOWN); such a
+    // PvD's table holds only the unreachable default until it comes up.
+    let (gateway4, gateway6, prefixes) = if p.up {
+        (p.gateway4, p.gateway6, p.prefixes.clone())
+    } else {
+        (None, None, Vec::new())
+    };
+    let sources: Vec<IpAddr> = p
+        .addr4
+        .map(IpAddr::V4)
+        .into_iter()
+        .chain(p.addr6.map(IpAddr::V6))
+        .collect();
     Some(PvdRouting {
         name: p.name.clone(),
         table: p.table,
         ifindex,
-        gateway4: p.gateway4,
-        gateway6: p.gateway6,
-        prefixes: p.prefixes.clone(),
+        gateway4,
+        gateway6,
+        prefixes,
         sources,
         mark: p.mark,
         mark_mask: rules.mark_mask,
@@ -153,7 +183,11 @@ mod tests {
         }
     }
 
-    const RULES: RuleOptions = RuleOptions { mark_mask: 0x7f00_0000, mark_priority: 9000, source_priority: 9001 };
+    const RULES: RuleOptions = RuleOptions {
+        mark_mask: 0x7f00_0000,
+        mark_priority: 9000,
+        source_priority: 9001,
+    };
 
     #[test]
     fn policies_become_index_lists_with_flags() {
@@ -184,7 +218,10 @@ mod tests {
         assert_eq!(&meta.name[..6], b"wlan0\0");
         assert_eq!(d.pvds[1].1.flags, 0, "a down link is not available");
         assert_eq!(d.routing.len(), 2);
-        assert_eq!(d.routing[1].sources, [IpAddr::V4(Ipv4Addr::new(198, 18, 1, 2))]);
+        assert_eq!(
+            d.routing[1].sources,
+            [IpAddr::V4(Ipv4Addr::new(198, 18, 1, 2))]
+        );
     }
 
     #[test]

@@ -12,7 +12,10 @@ use std::{
 
 use mif_common::MAX_PVDS;
 
-use crate::{config::Config, netlink::{Interface, InterfaceAddr}};
+use crate::{
+    config::Config,
+    netlink::{Interface, InterfaceAddr},
+};
 
 /// Instance-wide routing numbers: how PvD indices become marks and tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,10 +95,23 @@ impl PvdState {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PvdError {
     #[error("{file}:{line}: pvd.interface = {interface:?}: already claimed by PvD {other:?}")]
-    InterfaceClaimed { file: String, line: usize, interface: String, other: String },
+    InterfaceClaimed {
+        file: String,
+        line: usize,
+        interface: String,
+        other: String,
+    },
     #[error("{file}:{line}: pvd.{field} = {value}: already used by PvD {other:?}")]
-    Duplicate { file: String, line: usize, field: &'static str, value: String, other: String },
-    #[error("too many PvDs: the mark mask holds {capacity}, the configuration declares {declared}")]
+    Duplicate {
+        file: String,
+        line: usize,
+        field: &'static str,
+        value: String,
+        other: String,
+    },
+    #[error(
+        "too many PvDs: the mark mask holds {capacity}, the configuration declares {declared}"
+    )]
     TooMany { capacity: u32, declared: usize },
 }
 
@@ -111,7 +127,10 @@ pub fn build(
     let file = config.path.display().to_string();
     let capacity = numbering.capacity();
     if config.pvds.len() > capacity as usize {
-        return Err(PvdError::TooMany { capacity, declared: config.pvds.len() });
+        return Err(PvdError::TooMany {
+            capacity,
+            declared: config.pvds.len(),
+        });
     }
 
     let mut by_index: BTreeMap<u32, (String, String, Option<u32>)> = BTreeMap::new();
@@ -134,7 +153,8 @@ pub fn build(
         let index = match pvd.mark {
             Some(mark) => {
                 // check_marks has vouched that it decodes.
-                let index = mif_common::pvd_from_mark(mark, numbering.mark_mask, shift).unwrap_or(0);
+                let index =
+                    mif_common::pvd_from_mark(mark, numbering.mark_mask, shift).unwrap_or(0);
                 if let Some((other, _, _)) = by_index.get(&index) {
                     return Err(PvdError::Duplicate {
                         file: file.clone(),
@@ -172,7 +192,10 @@ pub fn build(
     for interface in implicit {
         match first_free(&by_index, capacity) {
             Some(index) => {
-                by_index.insert(index, (interface.name.clone(), interface.name.clone(), None));
+                by_index.insert(
+                    index,
+                    (interface.name.clone(), interface.name.clone(), None),
+                );
             }
             None => skipped.push(interface.name.clone()),
         }
@@ -183,7 +206,14 @@ pub fn build(
         .map(|(index, (name, interface, table))| {
             let table = table.unwrap_or(numbering.table_base + index);
             let found = interfaces.iter().find(|i| i.name == interface);
-            state(index, name, interface, found, numbering.mark_of(index), table)
+            state(
+                index,
+                name,
+                interface,
+                found,
+                numbering.mark_of(index),
+                table,
+            )
         })
         .collect();
     Ok((pvds, skipped))
@@ -259,7 +289,9 @@ pub fn best_source(addrs: &[InterfaceAddr], v6: bool) -> Option<IpAddr> {
 fn is_special(addr: &IpAddr) -> bool {
     match addr {
         IpAddr::V4(a) => a.is_loopback() || a.is_unspecified() || a.is_link_local(),
-        IpAddr::V6(a) => a.is_loopback() || a.is_unspecified() || (a.segments()[0] & 0xffc0) == 0xfe80,
+        IpAddr::V6(a) => {
+            a.is_loopback() || a.is_unspecified() || (a.segments()[0] & 0xffc0) == 0xfe80
+        }
     }
 }
 
@@ -296,10 +328,23 @@ mod tests {
     use crate::config::parse;
 
     fn addr(a: &str, len: u8) -> InterfaceAddr {
-        InterfaceAddr { addr: a.parse().unwrap(), prefix_len: len, scope: 0, deprecated: false, tentative: false, temporary: false }
+        InterfaceAddr {
+            addr: a.parse().unwrap(),
+            prefix_len: len,
+            scope: 0,
+            deprecated: false,
+            tentative: false,
+            temporary: false,
+        }
     }
 
-    fn iface(name: &str, index: u32, addrs: Vec<InterfaceAddr>, gw4: Option<&str>, gw6: Option<&str>) -> Interface {
+    fn iface(
+        name: &str,
+        index: u32,
+        addrs: Vec<InterfaceAddr>,
+        gw4: Option<&str>,
+        gw6: Option<&str>,
+    ) -> Interface {
         Interface {
             name: name.into(),
             index,
@@ -311,15 +356,30 @@ mod tests {
         }
     }
 
-    const NUMBERING: Numbering = Numbering { mark_mask: 0x7f00_0000, table_base: 20_100 };
+    const NUMBERING: Numbering = Numbering {
+        mark_mask: 0x7f00_0000,
+        table_base: 20_100,
+    };
 
     #[test]
     fn implicit_pvds_per_interface_with_availability() {
         let config = parse(Path::new("c.toml"), "").unwrap();
         let interfaces = vec![
             iface("lo", 1, vec![addr("127.0.0.1", 8)], None, None),
-            iface("wwan0", 3, vec![addr("198.18.1.2", 24)], Some("198.18.1.1"), None),
-            iface("wlan0", 2, vec![addr("198.18.0.2", 24), addr("2001:db8::2", 64)], Some("198.18.0.1"), Some("2001:db8::1")),
+            iface(
+                "wwan0",
+                3,
+                vec![addr("198.18.1.2", 24)],
+                Some("198.18.1.1"),
+                None,
+            ),
+            iface(
+                "wlan0",
+                2,
+                vec![addr("198.18.0.2", 24), addr("2001:db8::2", 64)],
+                Some("198.18.0.1"),
+                Some("2001:db8::1"),
+            ),
         ];
         let (pvds, skipped) = build(&config, &interfaces, &NUMBERING).unwrap();
         assert!(skipped.is_empty());
@@ -329,7 +389,13 @@ mod tests {
         assert!(pvds[1].available4() && !pvds[1].available6());
         assert_eq!(pvds[1].mark, 0x0200_0000);
         assert_eq!(pvds[1].table, 20_101);
-        assert_eq!(pvds[0].prefixes, [("198.18.0.0".parse().unwrap(), 24), ("2001:db8::".parse().unwrap(), 64)]);
+        assert_eq!(
+            pvds[0].prefixes,
+            [
+                ("198.18.0.0".parse().unwrap(), 24),
+                ("2001:db8::".parse().unwrap(), 64)
+            ]
+        );
     }
 
     #[test]
@@ -339,10 +405,19 @@ mod tests {
             "[[pvd]]\nname = \"cell\"\ninterface = \"wwan0\"\nmark = 0x05000000\ntable = 77\n[[pvd]]\nname = \"vpn\"\ninterface = \"tun0\"\n",
         )
         .unwrap();
-        let interfaces = vec![iface("wwan0", 3, vec![addr("198.18.1.2", 24)], Some("198.18.1.1"), None)];
+        let interfaces = vec![iface(
+            "wwan0",
+            3,
+            vec![addr("198.18.1.2", 24)],
+            Some("198.18.1.1"),
+            None,
+        )];
         let (pvds, _) = build(&config, &interfaces, &NUMBERING).unwrap();
         let cell = pvds.iter().find(|p| p.name == "cell").unwrap();
-        assert_eq!((cell.index, cell.mark, cell.table, cell.ifindex), (4, 0x0500_0000, 77, Some(3)));
+        assert_eq!(
+            (cell.index, cell.mark, cell.table, cell.ifindex),
+            (4, 0x0500_0000, 77, Some(3))
+        );
         let vpn = pvds.iter().find(|p| p.name == "vpn").unwrap();
         assert_eq!((vpn.index, vpn.ifindex, vpn.available4()), (0, None, false));
         // wwan0 is claimed by "cell": no implicit PvD for it.
@@ -351,9 +426,16 @@ mod tests {
 
     #[test]
     fn an_interface_claimed_twice_is_an_error() {
-        let config = parse(Path::new("c.toml"), "[[pvd]]\nname = \"a\"\ninterface = \"x\"\n[[pvd]]\nname = \"b\"\ninterface = \"x\"\n").unwrap();
+        let config = parse(
+            Path::new("c.toml"),
+            "[[pvd]]\nname = \"a\"\ninterface = \"x\"\n[[pvd]]\nname = \"b\"\ninterface = \"x\"\n",
+        )
+        .unwrap();
         let err = build(&config, &[], &NUMBERING).unwrap_err();
-        assert!(matches!(err, PvdError::InterfaceClaimed { line: 4, .. }), "{err}");
+        assert!(
+            matches!(err, PvdError::InterfaceClaimed { line: 4, .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -366,25 +448,60 @@ mod tests {
         link_local.scope = 253;
         let stable = addr("2001:db8::30", 64);
         let addrs = vec![link_local, deprecated.clone(), temporary.clone(), stable];
-        assert_eq!(best_source(&addrs, true), Some("2001:db8::30".parse().unwrap()));
-        assert_eq!(best_source(&[deprecated.clone(), temporary], true), Some("2001:db8::20".parse().unwrap()));
-        assert_eq!(best_source(&[deprecated], true), Some("2001:db8::10".parse().unwrap()));
+        assert_eq!(
+            best_source(&addrs, true),
+            Some("2001:db8::30".parse().unwrap())
+        );
+        assert_eq!(
+            best_source(&[deprecated.clone(), temporary], true),
+            Some("2001:db8::20".parse().unwrap())
+        );
+        assert_eq!(
+            best_source(&[deprecated], true),
+            Some("2001:db8::10".parse().unwrap())
+        );
         assert_eq!(best_source(&[addr("10.0.0.1", 8)], true), None);
     }
 
     #[test]
     fn mark_masks_are_checked() {
         assert_eq!(check_mark_mask(0x7f00_0000), Ok(()));
-        assert_eq!(check_mark_mask(0x0500_0000), Err(NumberingError::NotContiguous(0x0500_0000)));
+        assert_eq!(
+            check_mark_mask(0x0500_0000),
+            Err(NumberingError::NotContiguous(0x0500_0000))
+        );
         assert_eq!(check_mark_mask(0x3), Err(NumberingError::TooSmall(0x3)));
-        assert_eq!(Numbering { mark_mask: 0xff, table_base: 0 }.capacity(), 64);
-        assert_eq!(Numbering { mark_mask: 0x70, table_base: 0 }.capacity(), 7);
+        assert_eq!(
+            Numbering {
+                mark_mask: 0xff,
+                table_base: 0
+            }
+            .capacity(),
+            64
+        );
+        assert_eq!(
+            Numbering {
+                mark_mask: 0x70,
+                table_base: 0
+            }
+            .capacity(),
+            7
+        );
     }
 
     #[test]
     fn network_clears_host_bits() {
-        assert_eq!(network("198.18.3.77".parse().unwrap(), 24), "198.18.3.0".parse::<IpAddr>().unwrap());
-        assert_eq!(network("2001:db8:1::9".parse().unwrap(), 48), "2001:db8:1::".parse::<IpAddr>().unwrap());
-        assert_eq!(network("1.2.3.4".parse().unwrap(), 0), "0.0.0.0".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            network("198.18.3.77".parse().unwrap(), 24),
+            "198.18.3.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            network("2001:db8:1::9".parse().unwrap(), 48),
+            "2001:db8:1::".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            network("1.2.3.4".parse().unwrap(), 0),
+            "0.0.0.0".parse::<IpAddr>().unwrap()
+        );
     }
 }

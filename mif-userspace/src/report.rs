@@ -81,19 +81,28 @@ impl MapsReport {
             })
             .collect();
         let pvd_name = |index: u32| {
-            pvds.iter().find(|p| p.index == index).map_or_else(|| format!("#{index}"), |p| p.name.clone())
+            pvds.iter()
+                .find(|p| p.index == index)
+                .map_or_else(|| format!("#{index}"), |p| p.name.clone())
         };
 
         let raw_policies = maps.policies();
         let ids: HashSet<u64> = raw_policies.iter().map(|(id, _)| *id).collect();
-        let paths = Cgroup2::find().map(|c| c.paths_of("/", &ids)).unwrap_or_default();
+        let paths = Cgroup2::find()
+            .map(|c| c.paths_of("/", &ids))
+            .unwrap_or_default();
         let policies = raw_policies
             .into_iter()
             .map(|(cgroup_id, p)| PolicyReport {
                 id: p.id,
                 cgroup_id,
                 cgroup: paths.get(&cgroup_id).cloned(),
-                prefer: p.prefer.iter().take_while(|&&i| i != NO_PVD).map(|&i| pvd_name(u32::from(i))).collect(),
+                prefer: p
+                    .prefer
+                    .iter()
+                    .take_while(|&&i| i != NO_PVD)
+                    .map(|&i| pvd_name(u32::from(i)))
+                    .collect(),
                 strict: p.is_strict(),
                 bind: if p.binds_device() { "device" } else { "mark" },
             })
@@ -102,7 +111,13 @@ impl MapsReport {
         let mut counters: Vec<CounterReport> = maps
             .counters()
             .into_iter()
-            .map(|(key, c)| counter_report(key.policy, (key.pvd != mif_common::COUNTER_NO_PVD).then(|| pvd_name(key.pvd)), &c))
+            .map(|(key, c)| {
+                counter_report(
+                    key.policy,
+                    (key.pvd != mif_common::COUNTER_NO_PVD).then(|| pvd_name(key.pvd)),
+                    &c,
+                )
+            })
             .collect();
         counters.sort_by(|a, b| (a.policy, &a.pvd).cmp(&(b.policy, &b.pvd)));
 
@@ -122,7 +137,12 @@ impl MapsReport {
     pub fn render(&self) -> String {
         let mut out = String::new();
         out += "PvDs\n";
-        let mut rows = vec![vec!["INDEX", "NAME", "MARK", "TABLE", "IFINDEX", "IPV4", "IPV6"].into_iter().map(String::from).collect()];
+        let mut rows = vec![
+            vec!["INDEX", "NAME", "MARK", "TABLE", "IFINDEX", "IPV4", "IPV6"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        ];
         for p in &self.pvds {
             rows.push(vec![
                 p.index.to_string(),
@@ -136,7 +156,12 @@ impl MapsReport {
         }
         out += &table(&rows);
         out += "\nPolicies\n";
-        let mut rows = vec![vec!["ID", "CGROUP", "CGROUP ID", "PREFER", "STRICT", "BIND"].into_iter().map(String::from).collect()];
+        let mut rows = vec![
+            vec!["ID", "CGROUP", "CGROUP ID", "PREFER", "STRICT", "BIND"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        ];
         for p in &self.policies {
             rows.push(vec![
                 p.id.to_string(),
@@ -149,10 +174,19 @@ impl MapsReport {
         }
         out += &table(&rows);
         out += "\nCounters\n";
-        let mut rows = vec![vec!["POLICY", "PVD", "STEERED", "FALLBACK", "REFUSED", "UNSTEERED", "BOUND", "SRC SET"]
-            .into_iter()
-            .map(String::from)
-            .collect()];
+        let mut rows = vec![vec![
+            "POLICY",
+            "PVD",
+            "STEERED",
+            "FALLBACK",
+            "REFUSED",
+            "UNSTEERED",
+            "BOUND",
+            "SRC SET",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect()];
         for c in &self.counters {
             rows.push(vec![
                 c.policy.to_string(),
@@ -203,7 +237,11 @@ pub fn table(rows: &[Vec<String>]) -> String {
         .collect();
     rows.iter()
         .map(|r| {
-            let line: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+            let line: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
             format!("{}\n", line.join("  ").trim_end())
         })
         .collect()
@@ -215,7 +253,10 @@ mod tests {
 
     #[test]
     fn tables_align_columns() {
-        let rows = vec![vec!["A".to_string(), "BB".into()], vec!["long".into(), "x".into()]];
+        let rows = vec![
+            vec!["A".to_string(), "BB".into()],
+            vec!["long".into(), "x".into()],
+        ];
         assert_eq!(table(&rows), "A     BB\nlong  x\n");
     }
 

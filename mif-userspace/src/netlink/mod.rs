@@ -1,0 +1,108 @@
+//! rtnetlink access for mif: listing interfaces, and installing the routing
+//! table and ip rules that make a PvD's socket mark select its interface.
+//!
+//! Everything mif installs carries the routing protocol [`MIF_PROTOCOL`]
+//! (`proto 241` in `ip route`/`ip rule`), so it can be told apart from, and
+//! never disturbs, what other tools put in the same namespace.
+
+mod error;
+mod install;
+mod interfaces;
+mod plan;
+#[cfg(test)]
+mod tests;
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt;
+use netlink_packet_route::route::RouteMessage;
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+pub use self::{
+    error::NetlinkError,
+    interfaces::{Interface, InterfaceAddr},
+    plan::{PvdRouting, MIF_PROTOCOL},
+};
+
+/// An rtnetlink connection to one network namespace.
+#[derive(Debug, Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens an rtnetlink socket in the calling thread's network namespace
+    /// (a socket stays in the namespace it was created in, whatever thread
+    /// later uses it), spawning the connection task on the current tokio
+    /// runtime.
+    pub fn connect() -> Result<Self, NetlinkError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(NetlinkError::NoRuntime)?;
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+        // The task ends once every clone of the handle is dropped.
+        runtime.spawn(connection);
+        Ok(Self { handle })
+    }
+
+    /// Every interface with its state, addresses and default gateways (from
+    /// the main table).
+    pub async fn interfaces(&self) -> Result<Vec<Interface>, NetlinkError> {
+        let links: Vec<_> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| NetlinkError::Dump {
+                what: "links",
+                source,
+            })?;
+        let addrs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| NetlinkError::Dump {
+                what: "addresses",
+                source,
+            })?;
+        let mut routes = self.routes_v4().await?;
+        routes.extend(self.routes_v6().await?);
+        Ok(interfaces::assemble(&links, &addrs, &routes))
+    }
+
+    /// All IPv4 routes of all tables. Without `NETLINK_GET_STRICT_CHK` the
+    /// kernel ignores any filter in the request, so callers filter.
+    async fn routes_v4(&self) -> Result<Vec<RouteMessage>, NetlinkError> {
+        self.dump_routes(
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            "ipv4 routes",
+        )
+        .await
+    }
+
+    /// All IPv6 routes of all tables, like [`Self::routes_v4`].
+    async fn routes_v6(&self) -> Result<Vec<RouteMessage>, NetlinkError> {
+        self.dump_routes(
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+            "ipv6 routes",
+        )
+        .await
+    }
+
+    async fn dump_routes(
+        &self,
+        request: RouteMessage,
+        what: &'static str,
+    ) -> Result<Vec<RouteMessage>, NetlinkError> {
+        self.handle
+            .route()
+            .get(request)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| NetlinkError::Dump { what, source })
+    }
+}

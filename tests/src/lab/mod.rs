@@ -1,0 +1,314 @@
+//! A disposable multi-homed machine for end-to-end tests.
+//!
+//! [`Lab::new`] builds, from real kernel objects:
+//!
+//! - a "host" network namespace, the machine mif runs on;
+//! - per network, a "router" namespace joined to the host by a veth pair
+//!   whose host end has the given name (`wlan0`, ...), see [`topology`] for
+//!   the address plan; every network has a default route in the main
+//!   table, network 0 with the lowest metric (so unsteered traffic leaves
+//!   by it), and the lab adds no ip rules (steering is mif's job);
+//! - in every router, the same "internet" address ([`INTERNET_V4`],
+//!   [`INTERNET_V6`]) served by `lab-peer serve`, which answers with the
+//!   network's name and the client's source address;
+//! - a private cgroup directory under the cgroup2 mount.
+//!
+//! Traffic only ever goes to addresses inside these namespaces. Everything
+//! is removed on drop, also while a failing test unwinds: child processes
+//! first (they pin namespaces and cgroups), then namespaces, then cgroups
+//! deepest-first.
+//!
+//! The `lab-peer` binary is found through [`lab_peer_path`]: `$MIF_LAB_PEER`
+//! if set, else next to the test executable or one directory up.
+//!
+//! ```no_run
+//! use std::net::IpAddr;
+//! use mif_tests::lab::{Lab, Proto, INTERNET_V4};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let lab = Lab::new(&["wlan0", "wwan0"])?;
+//! let browser = lab.create_cgroup("apps/browser")?;
+//! // ... start mif with lab.spawn_in(None, mif, args), steering
+//! // lab.cgroup_rel() + "/apps/browser" to wwan0 ...
+//! let reply = lab.client(Some(&browser), Proto::Tcp, IpAddr::V4(INTERNET_V4), None)?;
+//! assert_eq!(reply.network, "wwan0");
+//! assert_eq!(reply.source, IpAddr::V4(lab.network(1).host_v4));
+//! # Ok(())
+//! # }
+//! ```
+
+mod cgroup;
+mod exec;
+mod names;
+mod netns;
+mod peer;
+mod topology;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+pub use cgroup::cgroup2_mount;
+pub use exec::LabChild;
+pub use peer::{
+    lab_peer_path, ClientFailure, ClientReply, Family, Proto, SockMark, LAB_PEER_ENV, PEER_PORT,
+};
+pub use topology::{Network, INTERNET_V4, INTERNET_V6};
+
+use cgroup::CgroupTree;
+use names::LabNames;
+
+/// How long [`Lab::output_in`] lets a program run.
+pub const OUTPUT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether the tests can build labs at all (namespaces, veths and cgroups
+/// all need root).
+pub fn running_as_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Returns early from a test, with a note on stderr, unless running as
+/// root.
+#[macro_export]
+macro_rules! skip_unless_root {
+    () => {
+        if !$crate::lab::running_as_root() {
+            eprintln!("skipping {}:{}: the lab needs root", file!(), line!());
+            return;
+        }
+    };
+}
+
+/// One lab; see the module documentation.
+#[derive(Debug)]
+pub struct Lab {
+    host_ns: String,
+    networks: Vec<Network>,
+    peer: PathBuf,
+    cgroups: CgroupTree,
+    /// Namespaces in creation order, so drop deletes exactly what exists.
+    namespaces: Vec<String>,
+    children: Mutex<Vec<LabChild>>,
+}
+
+impl Lab {
+    /// Builds a lab with one network per host-side interface name, using
+    /// the `lab-peer` found by [`lab_peer_path`]. Returns once every
+    /// router's peer accepts connections.
+    pub fn new(interfaces: &[&str]) -> Result<Self> {
+        Self::with_peer(interfaces, lab_peer_path()?)
+    }
+
+    /// Like [`Lab::new`] with an explicit `lab-peer` binary, e.g.
+    /// `env!("CARGO_BIN_EXE_lab-peer")`.
+    pub fn with_peer(interfaces: &[&str], peer: impl Into<PathBuf>) -> Result<Self> {
+        topology::check_names(interfaces)?;
+        let names = LabNames::next();
+        let networks = interfaces
+            .iter()
+            .enumerate()
+            .map(|(i, name)| Network::plan(i, name, names.router_ns(i)))
+            .collect::<Result<Vec<_>>>()?;
+
+        // From here on every created object is recorded in `lab` first, so
+        // an error half-way drops the lab and removes what exists.
+        let mut lab = Lab {
+            host_ns: names.host_ns(),
+            networks,
+            peer: peer.into(),
+            cgroups: CgroupTree::create(&names.cgroup())?,
+            namespaces: Vec::new(),
+            children: Mutex::new(Vec::new()),
+        };
+        lab.build().context("building the lab")?;
+        Ok(lab)
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let host = self.host_ns.clone();
+        self.add_namespace(&host)?;
+        netns::ip(Some(&host), &["link", "set", "lo", "up"])?;
+        for i in 0..self.networks.len() {
+            let router = self.networks[i].router_ns.clone();
+            self.add_namespace(&router)?;
+            self.networks[i].wire(&host)?;
+        }
+        for network in &self.networks {
+            network.add_default_routes(&host)?;
+        }
+        for i in 0..self.networks.len() {
+            self.start_peer(i)?;
+        }
+        Ok(())
+    }
+
+    fn add_namespace(&mut self, name: &str) -> Result<()> {
+        netns::add(name)?;
+        self.namespaces.push(name.to_owned());
+        Ok(())
+    }
+
+    /// Name of the host namespace (for `ip -n`).
+    pub fn host_ns_name(&self) -> &str {
+        &self.host_ns
+    }
+
+    /// `/run/netns/<host>`, for setns(2) or `nsenter --net=`.
+    pub fn host_ns_path(&self) -> PathBuf {
+        netns::ns_path(&self.host_ns)
+    }
+
+    pub fn networks(&self) -> &[Network] {
+        &self.networks
+    }
+
+    /// Network `i`, in the order given to [`Lab::new`]. Panics if out of range.
+    pub fn network(&self, i: usize) -> &Network {
+        &self.networks[i]
+    }
+
+    /// The network whose host-side interface is `name`.
+    pub fn network_named(&self, name: &str) -> Option<&Network> {
+        self.networks.iter().find(|n| n.name == name)
+    }
+
+    /// The lab's own cgroup directory (absolute).
+    pub fn cgroup_root(&self) -> &Path {
+        self.cgroups.root()
+    }
+
+    /// The lab's cgroup relative to the cgroup2 mount, starting with `/`.
+    pub fn cgroup_rel(&self) -> String {
+        self.cgroups.rel().to_owned()
+    }
+
+    /// `mkdir -p` of `rel` (e.g. `apps/browser`) under the lab's cgroup;
+    /// returns the absolute path. Removed when the lab drops.
+    pub fn create_cgroup(&self, rel: &str) -> Result<PathBuf> {
+        self.cgroups.create_child(rel)
+    }
+
+    /// A command that starts in the host namespace and, if given, in
+    /// `cgroup` (see [`Lab::create_cgroup`]). Spawning it is up to the
+    /// caller; [`Lab::spawn`] also registers it for kill-on-drop.
+    pub fn command_in<S: AsRef<OsStr>>(
+        &self,
+        cgroup: Option<&Path>,
+        program: impl AsRef<OsStr>,
+        args: impl IntoIterator<Item = S>,
+    ) -> Result<Command> {
+        exec::command_in_ns(&self.host_ns_path(), cgroup, program, args)
+    }
+
+    /// A command that starts in router `i`'s namespace.
+    pub fn command_in_router<S: AsRef<OsStr>>(
+        &self,
+        i: usize,
+        program: impl AsRef<OsStr>,
+        args: impl IntoIterator<Item = S>,
+    ) -> Result<Command> {
+        let ns = netns::ns_path(&self.networks[i].router_ns);
+        exec::command_in_ns(&ns, None, program, args)
+    }
+
+    /// Spawns `cmd` (typically from [`Lab::command_in`]) and kills it when
+    /// the lab drops.
+    pub fn spawn(&self, mut cmd: Command) -> Result<LabChild> {
+        let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+        let child = LabChild::new(child);
+        self.lock_children().push(child.clone());
+        Ok(child)
+    }
+
+    /// Spawns `program` in the host namespace (and `cgroup`), stdin null,
+    /// stdout/stderr inherited; killed when the lab drops.
+    pub fn spawn_in<S: AsRef<OsStr>>(
+        &self,
+        cgroup: Option<&Path>,
+        program: impl AsRef<OsStr>,
+        args: impl IntoIterator<Item = S>,
+    ) -> Result<LabChild> {
+        let mut cmd = self.command_in(cgroup, program, args)?;
+        cmd.stdin(Stdio::null());
+        self.spawn(cmd)
+    }
+
+    /// Runs `program` in the host namespace (and `cgroup`) to completion;
+    /// kills it and fails after [`OUTPUT_TIMEOUT`]. A non-zero exit is not
+    /// an error here: look at `status`.
+    pub fn output_in<S: AsRef<OsStr>>(
+        &self,
+        cgroup: Option<&Path>,
+        program: impl AsRef<OsStr>,
+        args: impl IntoIterator<Item = S>,
+    ) -> Result<Output> {
+        self.output(self.command_in(cgroup, program, args)?, OUTPUT_TIMEOUT)
+    }
+
+    /// Runs an already built command to completion with a timeout.
+    pub fn output(&self, cmd: Command, timeout: Duration) -> Result<Output> {
+        exec::output_with_timeout(cmd, timeout)
+    }
+
+    /// `ip -n <host> args...`; returns stdout, fails with ip's stderr.
+    pub fn ip_host<S: AsRef<OsStr>>(&self, args: &[S]) -> Result<String> {
+        netns::ip(Some(&self.host_ns), args)
+    }
+
+    /// `ip -n <router i> args...`; returns stdout, fails with ip's stderr.
+    pub fn ip_router<S: AsRef<OsStr>>(&self, i: usize, args: &[S]) -> Result<String> {
+        netns::ip(Some(&self.networks[i].router_ns), args)
+    }
+
+    /// The ifindex of a host-namespace interface (e.g. to compare with a
+    /// socket's SO_BINDTOIFINDEX).
+    pub fn host_ifindex(&self, name: &str) -> Result<u32> {
+        let json = self.ip_host(&["-j", "link", "show", "dev", name])?;
+        let links: serde_json::Value = serde_json::from_str(&json).context("parsing ip -j")?;
+        match links[0]["ifindex"].as_u64() {
+            Some(ifindex) => Ok(u32::try_from(ifindex)?),
+            None => bail!("no ifindex for {name} in {json}"),
+        }
+    }
+
+    fn lock_children(&self) -> MutexGuard<'_, Vec<LabChild>> {
+        self.children.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Best-effort teardown: every step runs even if an earlier one failed,
+    /// and failures are reported, never panicked on (a panic while a test
+    /// is already unwinding would abort the whole test binary).
+    fn teardown(&mut self) {
+        for child in self.lock_children().drain(..) {
+            if let Err(e) = child.kill() {
+                eprintln!("lab cleanup: killing pid {}: {e:#}", child.pid());
+            }
+        }
+        // Anything else in the lab's cgroups (e.g. forks of spawned
+        // programs) would keep them busy.
+        if let Err(e) = self.cgroups.kill_all() {
+            eprintln!(
+                "lab cleanup: cgroup.kill in {}: {e}",
+                self.cgroups.root().display()
+            );
+        }
+        for ns in self.namespaces.drain(..).rev() {
+            if let Err(e) = netns::delete(&ns) {
+                eprintln!("lab cleanup: {e:#}");
+            }
+        }
+        if let Err(e) = self.cgroups.remove() {
+            eprintln!("lab cleanup: {e:#}");
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}

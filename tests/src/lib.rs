@@ -1,0 +1,4 @@
+//! Support code for mif's end-to-end tests.
+
+pub mod lab;
+pub mod mif;

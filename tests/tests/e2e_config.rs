@@ -1,0 +1,139 @@
+//! End-to-end: bad configuration is refused with a message naming file,
+//! line, field and value, and leaves nothing attached, pinned or routed;
+//! a good one shows up in `mif maps --json` and is removed on stop.
+use mif_tests::{
+    lab::{Family, Lab},
+    mif::{run_mif, write_config, Daemon, Instance},
+    skip_unless_root,
+};
+
+/// What mif could have left in the host namespace: rules and our routes.
+fn routing_state(lab: &Lab) -> (String, String) {
+    let rules =
+        lab.ip_host(&["rule", "show"]).unwrap() + &lab.ip_host(&["-6", "rule", "show"]).unwrap();
+    let routes = lab.ip_host(&["route", "show", "table", "all"]).unwrap()
+        + &lab
+            .ip_host(&["-6", "route", "show", "table", "all"])
+            .unwrap();
+    (rules, routes)
+}
+
+#[test]
+fn bad_configuration_is_refused_clearly_and_changes_nothing() {
+    skip_unless_root!();
+    let lab = Lab::new(&["wlan0", "wwan0"]).unwrap();
+    let app = lab.create_cgroup("app").unwrap();
+    let rel = lab.cgroup_rel();
+    let instance = Instance::for_lab(&lab);
+    let before = routing_state(&lab);
+
+    let cases: Vec<(String, Vec<String>, &str)> = vec![
+        ("[[policy]]\ncgroup = \"/x\"\nprefer = [\"wlan0\"\n".into(), vec![], ": invalid array"),
+        (
+            format!("[[policy]]\ncgroup = \"{rel}/app\"\nprefer = [\"wlan0\", \"wwan9\"]\n"),
+            vec![],
+            ":1: policy.prefer = \"wwan9\": unknown PvD",
+        ),
+        (
+            format!("[[policy]]\ncgroup = \"{rel}/nope\"\nprefer = [\"wlan0\"]\n"),
+            vec![],
+            ":1: policy.cgroup = ",
+        ),
+        (
+            format!("\n[[policy]]\ncgroup = \"{rel}/app\"\nprefer = [\"wlan0\"]\n[[policy]]\ncgroup = \"{rel}/app\"\nprefer = [\"wwan0\"]\n"),
+            vec![],
+            ":6: policy.cgroup = ",
+        ),
+        (
+            "[[pvd]]\nname = \"cell\"\ninterface = \"wwan0\"\nmark = 0x10\n".into(),
+            vec![],
+            ":1: pvd.mark = 0x10: outside the mark mask",
+        ),
+        (
+            // A cgroup outside the subtree mif attaches to.
+            "[[policy]]\ncgroup = \"/\"\nprefer = [\"wlan0\"]\n".into(),
+            vec![],
+            "outside the cgroup mif attaches to",
+        ),
+        (String::new(), vec!["--mark-mask".into(), "0x5".into()], "mark mask 0x5"),
+    ];
+    for (toml, extra, expected) in cases {
+        let path = write_config(&lab, &toml).unwrap();
+        let mut args = vec![
+            "daemon".to_string(),
+            "--config".into(),
+            path.display().to_string(),
+        ];
+        args.extend(instance.args());
+        args.extend(extra);
+        let out = run_mif(&lab, &args).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted:\n{toml}");
+        assert!(
+            stderr.contains(expected),
+            "for\n{toml}\nexpected {expected:?} in: {stderr}"
+        );
+        if expected.starts_with(':') {
+            assert!(
+                stderr.contains(&path.display().to_string()),
+                "no file name in: {stderr}"
+            );
+        }
+        assert!(!instance.pin_dir.exists(), "pins left behind for\n{toml}");
+        assert_eq!(routing_state(&lab), before, "routing changed for\n{toml}");
+        assert_eq!(
+            lab.sockmark(Some(&app), Family::V4).unwrap().mark,
+            0,
+            "a program stayed attached"
+        );
+    }
+}
+
+#[test]
+fn maps_shows_the_policy_and_stop_removes_everything() {
+    skip_unless_root!();
+    let lab = Lab::new(&["wlan0", "wwan0"]).unwrap();
+    lab.create_cgroup("apps/browser").unwrap();
+    let before = routing_state(&lab);
+    let cgroup = format!("{}/apps/browser", lab.cgroup_rel());
+    let config = format!(
+        "[[policy]]\ncgroup = {cgroup:?}\nprefer = [\"wwan0\", \"wlan0\"]\nstrict = true\n"
+    );
+    let daemon = Daemon::start(&lab, &config).unwrap();
+
+    let maps = daemon.maps_json().unwrap();
+    let policies = maps["policies"].as_array().unwrap();
+    assert_eq!(policies.len(), 1, "{maps:#}");
+    assert_eq!(policies[0]["cgroup"], cgroup.as_str());
+    assert_eq!(policies[0]["prefer"], serde_json::json!(["wwan0", "wlan0"]));
+    assert_eq!(policies[0]["strict"], true);
+    let wwan = maps["pvds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "wwan0")
+        .unwrap()
+        .clone();
+    assert_eq!(wwan["addr4"], lab.network(1).host_v4.to_string());
+    assert_eq!(wwan["available_v6"], true);
+
+    // The human view names the same things.
+    let table = daemon.mif(&["maps"]).unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains(&cgroup) && text.contains("wwan0,wlan0"),
+        "{text}"
+    );
+
+    // While running, mif's rules are in place...
+    let (rules, _) = routing_state(&lab);
+    assert!(rules.contains("fwmark"), "{rules}");
+    let pin_dir = daemon.instance.pin_dir.clone();
+    daemon.stop().unwrap();
+    // ...and after a clean stop nothing of it is left.
+    assert_eq!(routing_state(&lab), before);
+    assert!(!pin_dir.exists());
+    let out = run_mif(&lab, &["maps", "--pin-dir", &pin_dir.display().to_string()]).unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no mif maps are pinned"));
+}

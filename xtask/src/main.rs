@@ -1,0 +1,86 @@
+//! Project chores: `cargo xtask setup | demo | test`.
+//!
+//! Everything the project needs on a fresh Debian machine (as root) is
+//! installed here, idempotently: a second run only checks and takes seconds.
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "mif's chores")]
+struct Xtask {
+    #[command(subcommand)]
+    command: Chore,
+}
+
+#[derive(Subcommand)]
+enum Chore {
+    /// Install what is missing: Debian packages, nightly rust-src, bpf-linker.
+    Setup,
+    /// Set up, then run the demo: a throwaway lab of two networks, the daemon
+    /// with the bundled example policy, two apps leaving by different networks.
+    Demo,
+    /// Set up, then check formatting and lints and run every test (unit and
+    /// end-to-end in the real kernel; needs root).
+    Test,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Xtask::parse().command {
+        Chore::Setup => setup::run(),
+        Chore::Demo => {
+            setup::run()?;
+            cargo(&[
+                "build",
+                "--package",
+                "mif-userspace",
+                "--package",
+                "mif-tests",
+                "--bins",
+            ])?;
+            cargo(&[
+                "run",
+                "--quiet",
+                "--package",
+                "mif-tests",
+                "--bin",
+                "mif-demo",
+            ])
+        }
+        Chore::Test => {
+            setup::run()?;
+            cargo(&["fmt", "--all", "--check"])?;
+            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            // The kernel programs build only for the BPF target; lint them there.
+            run_command(Command::new("cargo").current_dir("mif-ebpf").args([
+                "+nightly",
+                "clippy",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+            cargo(&["test", "--", "--test-threads=4"])
+        }
+    }
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    run_command(Command::new(env!("CARGO")).args(args))
+}
+
+pub fn run_command(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
