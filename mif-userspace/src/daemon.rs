@@ -3,7 +3,7 @@
 //!
 //! Nothing is changed on the host until every check passed; a failure while
 //! installing rolls back what was installed so far.
-use std::{collections::HashSet, path::PathBuf};
+use std::{collections::HashSet, path::Path};
 
 use anyhow::{bail, Context as _};
 use aya::Ebpf;
@@ -40,7 +40,7 @@ pub struct Installed {
 }
 
 pub async fn prepare(
-    config_path: &PathBuf,
+    config_path: &Path,
     opts: &InstanceOptions,
     netlink: &Netlink,
 ) -> anyhow::Result<Prepared> {
@@ -208,7 +208,7 @@ impl Installed {
     }
 }
 
-pub async fn run(config: &PathBuf, opts: &InstanceOptions) -> anyhow::Result<()> {
+pub async fn run(config: &Path, opts: &InstanceOptions) -> anyhow::Result<()> {
     let netlink = Netlink::connect().context("opening rtnetlink")?;
     let prepared = prepare(config, opts, &netlink).await?;
     let installed = install(&prepared, opts, &netlink).await?;

@@ -10,8 +10,6 @@ use std::{
 
 use mif_common::LAYOUT_VERSION;
 
-/// The magic number of bpffs in statfs(2).
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Where bpffs is conventionally mounted, and where mif mounts it if absent.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 
@@ -132,5 +130,6 @@ impl PinDir {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
 }

@@ -7,13 +7,17 @@ use mif_tests::{
     skip_unless_root,
 };
 
-/// What mif could have left in the host namespace: rules and our routes.
+/// What mif could have left in the host namespace: any rule, and any route
+/// of mif's protocol (241) in any table. Other routes are left out: the
+/// kernel adds IPv6 link-local ones on its own schedule.
 fn routing_state(lab: &Lab) -> (String, String) {
     let rules =
         lab.ip_host(&["rule", "show"]).unwrap() + &lab.ip_host(&["-6", "rule", "show"]).unwrap();
-    let routes = lab.ip_host(&["route", "show", "table", "all"]).unwrap()
+    let routes = lab
+        .ip_host(&["route", "show", "table", "all", "proto", "241"])
+        .unwrap()
         + &lab
-            .ip_host(&["-6", "route", "show", "table", "all"])
+            .ip_host(&["-6", "route", "show", "table", "all", "proto", "241"])
             .unwrap();
     (rules, routes)
 }
@@ -126,8 +130,9 @@ fn maps_shows_the_policy_and_stop_removes_everything() {
     );
 
     // While running, mif's rules are in place...
-    let (rules, _) = routing_state(&lab);
+    let (rules, routes) = routing_state(&lab);
     assert!(rules.contains("fwmark"), "{rules}");
+    assert!(routes.contains("unreachable default"), "{routes}");
     let pin_dir = daemon.instance.pin_dir.clone();
     daemon.stop().unwrap();
     // ...and after a clean stop nothing of it is left.
