@@ -69,6 +69,9 @@ pub struct Settings {
     /// Level of the cgroup the programs are attached to; the policy walk stops there.
     pub attach_level: u32,
     pub _pad: u32,
+    /// Id of the cgroup the programs are attached to (for `mif maps`, which
+    /// checks the programs really are attached there).
+    pub attach_cgroup_id: u64,
 }
 
 /// Policy flag: refuse the socket when no preferred PvD is available.
@@ -136,14 +139,21 @@ impl Pvd {
 /// Longest PvD name kept in the kernel (bytes, NUL-padded).
 pub const PVD_NAME_LEN: usize = 16;
 
+/// Most DNS servers kept per PvD.
+pub const MAX_DNS: usize = 4;
+
 /// What the programs do not need but an operator reading the pinned maps
-/// does: the PvD's name and routing table. Written by the daemon only.
+/// does: the PvD's name, routing table and DNS servers. Written by the
+/// daemon only.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PvdMeta {
     pub name: [u8; PVD_NAME_LEN],
     pub table: u32,
-    pub _pad: u32,
+    /// How many of `dns` are set.
+    pub dns_count: u32,
+    /// DNS servers as IPv6 addresses (IPv4 ones v4-mapped).
+    pub dns: [[u8; 16]; MAX_DNS],
 }
 
 /// Key of the counter map.
@@ -220,11 +230,11 @@ mod tests {
 
     #[test]
     fn layouts_have_no_hidden_padding() {
-        assert_eq!(core::mem::size_of::<Settings>(), 24);
+        assert_eq!(core::mem::size_of::<Settings>(), 32);
         assert_eq!(core::mem::size_of::<Policy>(), 16);
         assert_eq!(core::mem::size_of::<Pvd>(), 32);
         assert_eq!(core::mem::size_of::<CounterKey>(), 8);
         assert_eq!(core::mem::size_of::<Counters>(), 48);
-        assert_eq!(core::mem::size_of::<PvdMeta>(), 24);
+        assert_eq!(core::mem::size_of::<PvdMeta>(), 88);
     }
 }

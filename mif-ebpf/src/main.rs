@@ -47,6 +47,7 @@ static MIF_SETTINGS: Settings = Settings {
     mark_shift: 0,
     attach_level: 0,
     _pad: 0,
+    attach_cgroup_id: 0,
 };
 
 #[inline(always)]

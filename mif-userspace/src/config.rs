@@ -30,6 +30,8 @@ pub struct PvdConfig {
     pub interface: String,
     pub mark: Option<u32>,
     pub table: Option<u32>,
+    /// Configured DNS servers; they take precedence over RA-learned ones.
+    pub dns: Vec<std::net::IpAddr>,
     pub line: usize,
 }
 
@@ -52,6 +54,9 @@ pub struct PolicyConfig {
     pub prefer: Vec<String>,
     pub strict: bool,
     pub bind: BindMode,
+    /// Reset the policy's TCP connections on a PvD that is lost, so
+    /// applications reconnect at once over the next PvD.
+    pub reset: bool,
     pub line: usize,
 }
 
@@ -99,6 +104,8 @@ struct RawPvd {
     interface: Option<Spanned<String>>,
     mark: Option<Spanned<i64>>,
     table: Option<Spanned<i64>>,
+    #[serde(default)]
+    dns: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +117,8 @@ struct RawPolicy {
     strict: bool,
     #[serde(default)]
     bind: BindMode,
+    #[serde(default)]
+    reset: bool,
 }
 
 /// Line (1-based) of a byte offset in `text`.
@@ -214,11 +223,33 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             .table
             .map(|t| to_u32(&checker, t, "pvd.table"))
             .transpose()?;
+        let mut dns = Vec::new();
+        for server in &pvd.dns {
+            let text = server.get_ref();
+            let addr = text.parse().map_err(|_| {
+                checker.error(
+                    server.span(),
+                    "pvd.dns",
+                    format!("{text:?}"),
+                    "not an IP address",
+                )
+            })?;
+            dns.push(addr);
+        }
+        if dns.len() > mif_common::MAX_DNS {
+            return Err(checker.error(
+                pvd.name.span(),
+                "pvd.dns",
+                format!("{} servers", dns.len()),
+                format!("at most {} DNS servers per PvD", mif_common::MAX_DNS),
+            ));
+        }
         pvds.push(PvdConfig {
             name,
             interface,
             mark,
             table,
+            dns,
             line,
         });
     }
@@ -274,6 +305,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             prefer,
             strict: policy.strict,
             bind: policy.bind,
+            reset: policy.reset,
             line,
         });
     }
@@ -475,6 +507,18 @@ bind = "device"
         );
         let config = parse_str("[[pvd]]\nname = \"v\"\nmark = 0x01000000\n").unwrap();
         config.check_marks(0x7f00_0000).unwrap();
+    }
+
+    #[test]
+    fn pvd_dns_servers_are_addresses() {
+        let config =
+            parse_str("[[pvd]]\nname = \"v\"\ndns = [\"2001:db8::53\", \"192.0.2.53\"]\n").unwrap();
+        assert_eq!(config.pvds[0].dns.len(), 2);
+        let err = parse_str("[[pvd]]\nname = \"v\"\ndns = [\"resolver\"]\n").unwrap_err();
+        assert_eq!(
+            (err.line, err.field.as_str(), err.value.as_str()),
+            (3, "pvd.dns", "\"resolver\"")
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Data flow: netlink (interfaces, addresses, routes) → [`pvd`] state →
 //! [`plan`] (desired maps and routing) → [`kernel_maps`] and [`netlink`] →
 //! the kernel, where the programs of `mif-ebpf` steer each new socket.
+pub mod attached;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
@@ -16,4 +17,6 @@ pub mod netns;
 pub mod pins;
 pub mod plan;
 pub mod pvd;
+pub mod reconcile;
 pub mod report;
+pub mod sockdiag;

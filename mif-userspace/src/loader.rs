@@ -57,7 +57,9 @@ pub fn load(settings: &Settings, pins: &PinDir) -> Result<Ebpf, LoadError> {
 }
 
 /// Verifies and attaches every program to `cgroup` and pins each link, so
-/// steering outlives this process until the pins are removed.
+/// steering outlives this process until the pins are removed. A link pinned
+/// by an earlier instance is replaced atomically: the new link is pinned
+/// under a staging name and renamed over the old pin, whose link then goes.
 pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pins: &PinDir) -> Result<(), LoadError> {
     let cgroup_fd = File::open(cgroup).map_err(|source| LoadError::Cgroup {
         path: cgroup.to_path_buf(),
@@ -65,8 +67,15 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pins: &PinDir) -> Result<(), LoadE
     })?;
     for program in names::PROGRAMS {
         let link = attach_one(ebpf, program, &cgroup_fd)?;
+        let staging = pins.link_staging(program);
+        let _ = std::fs::remove_file(&staging);
+        link.pin(&staging).map_err(|e| LoadError::Pin {
+            program,
+            path: staging.clone(),
+            source: Box::new(e),
+        })?;
         let path = pins.link(program);
-        link.pin(&path).map_err(|e| LoadError::Pin {
+        std::fs::rename(&staging, &path).map_err(|e| LoadError::Pin {
             program,
             path: path.clone(),
             source: Box::new(e),
@@ -127,7 +136,10 @@ fn attach_one(ebpf: &mut Ebpf, program: &'static str, cgroup: &File) -> Result<F
 pub fn detach(pins: &PinDir) -> usize {
     names::PROGRAMS
         .iter()
-        .filter(|program| std::fs::remove_file(pins.link(program)).is_ok())
+        .filter(|program| {
+            let _ = std::fs::remove_file(pins.link_staging(program));
+            std::fs::remove_file(pins.link(program)).is_ok()
+        })
         .count()
 }
 

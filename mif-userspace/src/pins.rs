@@ -63,6 +63,12 @@ impl PinDir {
         self.links().join(program)
     }
 
+    /// Where a new link waits before it is renamed over the old one.
+    pub fn link_staging(&self, program: &str) -> PathBuf {
+        // bpffs refuses names with a dot (EPERM).
+        self.links().join(format!("{program}_new"))
+    }
+
     /// Whether programs of this layout are pinned here (a daemon runs, or one
     /// died without cleaning up).
     pub fn has_links(&self) -> bool {

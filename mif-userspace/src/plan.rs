@@ -6,8 +6,8 @@ use std::{
 };
 
 use mif_common::{
-    Policy, Pvd, PvdMeta, MAX_PREFER, NO_PVD, POLICY_BIND_DEVICE, POLICY_STRICT, PVD_AVAIL_V4,
-    PVD_AVAIL_V6, PVD_NAME_LEN,
+    Policy, Pvd, PvdMeta, MAX_DNS, MAX_PREFER, NO_PVD, POLICY_BIND_DEVICE, POLICY_STRICT,
+    PVD_AVAIL_V4, PVD_AVAIL_V6, PVD_NAME_LEN,
 };
 
 use crate::{config::BindMode, netlink::PvdRouting, pvd::PvdState};
@@ -21,6 +21,7 @@ pub struct ResolvedPolicy {
     pub prefer: Vec<String>,
     pub strict: bool,
     pub bind: BindMode,
+    pub reset: bool,
 }
 
 /// Rule priorities and the mark mask, shared by all PvDs of an instance.
@@ -76,10 +77,18 @@ fn meta(p: &PvdState) -> PvdMeta {
     let bytes = p.name.as_bytes();
     let n = bytes.len().min(PVD_NAME_LEN - 1);
     name[..n].copy_from_slice(&bytes[..n]);
+    let mut dns = [[0u8; 16]; MAX_DNS];
+    for (slot, server) in dns.iter_mut().zip(&p.dns) {
+        *slot = match server {
+            IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            IpAddr::V6(a) => a.octets(),
+        };
+    }
     PvdMeta {
         name,
         table: p.table,
-        _pad: 0,
+        dns_count: p.dns.len().min(MAX_DNS) as u32,
+        dns,
     }
 }
 
@@ -180,6 +189,8 @@ mod tests {
             prefixes: vec![],
             mark: (index + 1) << 24,
             table: 100 + index,
+            dns: vec![],
+            dns_source: Default::default(),
         }
     }
 
@@ -199,6 +210,7 @@ mod tests {
             prefer: vec!["wwan0".into(), "wlan0".into()],
             strict: true,
             bind: BindMode::Device,
+            reset: false,
         };
         let d = desired(&pvds, &[policy], &RULES);
         let (cg, p) = d.policies[0];

@@ -79,7 +79,25 @@ pub struct PvdState {
     pub prefixes: Vec<(IpAddr, u8)>,
     pub mark: u32,
     pub table: u32,
+    /// DNS servers: configured for the PvD, else learned from router
+    /// advertisements (RDNSS) on its interface.
+    pub dns: Vec<IpAddr>,
+    pub dns_source: DnsSource,
 }
+
+/// Where a PvD's DNS servers come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsSource {
+    #[default]
+    None,
+    Config,
+    Ra,
+}
+
+/// What was learned about interfaces beyond what a dump shows: DNS servers
+/// from router advertisements, by interface name.
+pub type LearnedDns = BTreeMap<String, Vec<IpAddr>>;
 
 impl PvdState {
     /// Usable for IPv4: link up, an IPv4 source and an IPv4 default router.
@@ -115,14 +133,56 @@ pub enum PvdError {
     TooMany { capacity: u32, declared: usize },
 }
 
-/// The PvDs of `config` over `interfaces`, with stable indices: explicit PvDs
-/// with a mark get the index their mark encodes, other explicit PvDs the
-/// lowest free indices in file order, then implicit PvDs by interface name.
+/// Which index each PvD name has. Indices are marks and tables, which live
+/// on in sockets and rules, so a name keeps its index for as long as the
+/// daemon runs (and across restarts: the daemon seeds this from the pinned
+/// maps), even while its interface is gone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Registry {
+    by_name: BTreeMap<String, u32>,
+}
+
+impl Registry {
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, u32)>) -> Self {
+        Self {
+            by_name: pairs.into_iter().collect(),
+        }
+    }
+
+    fn index_taken(&self, index: u32) -> bool {
+        self.by_name.values().any(|&i| i == index)
+    }
+
+    fn first_free(&self, capacity: u32, also_taken: &BTreeMap<u32, Slot>) -> Option<u32> {
+        (0..capacity).find(|i| !self.index_taken(*i) && !also_taken.contains_key(i))
+    }
+}
+
+/// One PvD's identity before its interface is looked at.
+#[derive(Debug, Clone)]
+struct Slot {
+    name: String,
+    interface: String,
+    table: Option<u32>,
+    dns: Vec<IpAddr>,
+}
+
+/// The PvDs of `config` over `interfaces`. Explicit PvDs with a mark get the
+/// index their mark encodes; every other PvD keeps the index `registry` has
+/// for its name, or gets the lowest free one (explicit PvDs in file order
+/// first, then implicit PvDs by interface name).
+///
+/// Implicit PvDs are the uplinks: non-loopback interfaces with a default
+/// route, plus any interface a policy names, plus names seen before (kept,
+/// possibly absent, so their index is not reused). Bridges and container
+/// veths without a default route are not PvDs unless named.
 /// Implicit PvDs beyond the capacity are left out (returned second).
 pub fn build(
     config: &Config,
     interfaces: &[Interface],
+    learned: &LearnedDns,
     numbering: &Numbering,
+    registry: &mut Registry,
 ) -> Result<(Vec<PvdState>, Vec<String>), PvdError> {
     let file = config.path.display().to_string();
     let capacity = numbering.capacity();
@@ -133,14 +193,13 @@ pub fn build(
         });
     }
 
-    let mut by_index: BTreeMap<u32, (String, String, Option<u32>)> = BTreeMap::new();
+    let mut by_index: BTreeMap<u32, Slot> = BTreeMap::new();
     let mut claimed: BTreeMap<String, String> = BTreeMap::new();
     let mut tables: BTreeMap<u32, String> = BTreeMap::new();
 
     // Explicit PvDs with a fixed mark first: their index is not ours to pick.
     let shift = numbering.mark_shift();
     let (fixed, floating): (Vec<_>, Vec<_>) = config.pvds.iter().partition(|p| p.mark.is_some());
-    let mut pending = Vec::new();
     for pvd in fixed.iter().chain(floating.iter()) {
         if let Some(other) = claimed.insert(pvd.interface.clone(), pvd.name.clone()) {
             return Err(PvdError::InterfaceClaimed {
@@ -155,18 +214,21 @@ pub fn build(
                 // check_marks has vouched that it decodes.
                 let index =
                     mif_common::pvd_from_mark(mark, numbering.mark_mask, shift).unwrap_or(0);
-                if let Some((other, _, _)) = by_index.get(&index) {
+                if let Some(other) = by_index.get(&index) {
                     return Err(PvdError::Duplicate {
                         file: file.clone(),
                         line: pvd.line,
                         field: "mark",
                         value: format!("{mark:#x}"),
-                        other: other.clone(),
+                        other: other.name.clone(),
                     });
                 }
                 index
             }
-            None => first_free(&by_index, capacity).unwrap_or(capacity),
+            None => match registry.by_name.get(&pvd.name) {
+                Some(&i) if !by_index.contains_key(&i) => i,
+                _ => registry.first_free(capacity, &by_index).unwrap_or(capacity),
+            },
         };
         if let Some(table) = pvd.table {
             if let Some(other) = tables.insert(table, pvd.name.clone()) {
@@ -179,48 +241,87 @@ pub fn build(
                 });
             }
         }
-        by_index.insert(index, (pvd.name.clone(), pvd.interface.clone(), pvd.table));
-        pending.push(index);
+        registry.by_name.insert(pvd.name.clone(), index);
+        by_index.insert(
+            index,
+            Slot {
+                name: pvd.name.clone(),
+                interface: pvd.interface.clone(),
+                table: pvd.table,
+                dns: pvd.dns.clone(),
+            },
+        );
     }
 
-    let mut implicit: Vec<&Interface> = interfaces
+    let named: HashSet<&str> = config
+        .policies
         .iter()
-        .filter(|i| !i.loopback && !claimed.contains_key(&i.name))
+        .flat_map(|p| p.prefer.iter().map(String::as_str))
         .collect();
-    implicit.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut candidates: Vec<String> = interfaces
+        .iter()
+        .filter(|i| !i.loopback)
+        .filter(|i| {
+            !i.gateways4.is_empty() || !i.gateways6.is_empty() || named.contains(i.name.as_str())
+        })
+        .map(|i| i.name.clone())
+        .chain(registry.by_name.keys().cloned())
+        .filter(|name| !claimed.contains_key(name) && !config.pvds.iter().any(|p| &p.name == name))
+        .collect();
+    candidates.sort();
+    candidates.dedup();
+    // Names that already have an index first, so newcomers never take theirs.
+    candidates.sort_by_key(|name| !registry.by_name.contains_key(name));
     let mut skipped = Vec::new();
-    for interface in implicit {
-        match first_free(&by_index, capacity) {
+    for name in candidates {
+        let index = match registry.by_name.get(&name) {
+            Some(&i) if !by_index.contains_key(&i) => Some(i),
+            _ => registry.first_free(capacity, &by_index),
+        };
+        match index {
             Some(index) => {
+                registry.by_name.insert(name.clone(), index);
                 by_index.insert(
                     index,
-                    (interface.name.clone(), interface.name.clone(), None),
+                    Slot {
+                        name: name.clone(),
+                        interface: name,
+                        table: None,
+                        dns: Vec::new(),
+                    },
                 );
             }
-            None => skipped.push(interface.name.clone()),
+            None => skipped.push(name),
         }
     }
 
     let pvds = by_index
         .into_iter()
-        .map(|(index, (name, interface, table))| {
-            let table = table.unwrap_or(numbering.table_base + index);
-            let found = interfaces.iter().find(|i| i.name == interface);
-            state(
+        .map(|(index, slot)| {
+            let table = slot.table.unwrap_or(numbering.table_base + index);
+            let found = interfaces.iter().find(|i| i.name == slot.interface);
+            let mut pvd = state(
                 index,
-                name,
-                interface,
+                slot.name,
+                slot.interface,
                 found,
                 numbering.mark_of(index),
                 table,
-            )
+            );
+            (pvd.dns, pvd.dns_source) = if !slot.dns.is_empty() {
+                (slot.dns, DnsSource::Config)
+            } else {
+                match learned.get(&pvd.interface) {
+                    Some(servers) if found.is_some() && !servers.is_empty() => {
+                        (servers.clone(), DnsSource::Ra)
+                    }
+                    _ => (Vec::new(), DnsSource::None),
+                }
+            };
+            pvd
         })
         .collect();
     Ok((pvds, skipped))
-}
-
-fn first_free<V>(taken: &BTreeMap<u32, V>, capacity: u32) -> Option<u32> {
-    (0..capacity).find(|i| !taken.contains_key(i))
 }
 
 fn state(
@@ -245,6 +346,8 @@ fn state(
             prefixes: Vec::new(),
             mark,
             table,
+            dns: Vec::new(),
+            dns_source: DnsSource::None,
         };
     };
     let addr4 = best_source(&link.addrs, false).and_then(|a| match a {
@@ -268,6 +371,8 @@ fn state(
         prefixes: on_link_prefixes(&link.addrs),
         mark,
         table,
+        dns: Vec::new(),
+        dns_source: DnsSource::None,
     }
 }
 
@@ -381,7 +486,14 @@ mod tests {
                 Some("2001:db8::1"),
             ),
         ];
-        let (pvds, skipped) = build(&config, &interfaces, &NUMBERING).unwrap();
+        let (pvds, skipped) = build(
+            &config,
+            &interfaces,
+            &LearnedDns::new(),
+            &NUMBERING,
+            &mut Registry::default(),
+        )
+        .unwrap();
         assert!(skipped.is_empty());
         let names: Vec<_> = pvds.iter().map(|p| (p.index, p.name.as_str())).collect();
         assert_eq!(names, [(0, "wlan0"), (1, "wwan0")]);
@@ -412,7 +524,14 @@ mod tests {
             Some("198.18.1.1"),
             None,
         )];
-        let (pvds, _) = build(&config, &interfaces, &NUMBERING).unwrap();
+        let (pvds, _) = build(
+            &config,
+            &interfaces,
+            &LearnedDns::new(),
+            &NUMBERING,
+            &mut Registry::default(),
+        )
+        .unwrap();
         let cell = pvds.iter().find(|p| p.name == "cell").unwrap();
         assert_eq!(
             (cell.index, cell.mark, cell.table, cell.ifindex),
@@ -425,13 +544,101 @@ mod tests {
     }
 
     #[test]
+    fn indices_are_stable_as_interfaces_come_and_go() {
+        let config = parse(Path::new("c.toml"), "").unwrap();
+        let gw = Some("198.18.0.1");
+        let mut registry = Registry::default();
+        let wlan = iface("wlan0", 2, vec![addr("198.18.0.2", 24)], gw, None);
+        let (pvds, _) = build(
+            &config,
+            std::slice::from_ref(&wlan),
+            &LearnedDns::new(),
+            &NUMBERING,
+            &mut registry,
+        )
+        .unwrap();
+        assert_eq!(pvds[0].index, 0);
+        // A new uplink whose name sorts first must not take wlan0's index.
+        let eth = iface(
+            "eth0",
+            4,
+            vec![addr("198.18.2.2", 24)],
+            Some("198.18.2.1"),
+            None,
+        );
+        let (pvds, _) = build(
+            &config,
+            &[eth.clone(), wlan.clone()],
+            &LearnedDns::new(),
+            &NUMBERING,
+            &mut registry,
+        )
+        .unwrap();
+        let index = |pvds: &[PvdState], n: &str| pvds.iter().find(|p| p.name == n).map(|p| p.index);
+        assert_eq!(
+            (index(&pvds, "wlan0"), index(&pvds, "eth0")),
+            (Some(0), Some(1))
+        );
+        // wlan0 vanishes: it stays a PvD, absent and unavailable, index kept.
+        let (pvds, _) = build(
+            &config,
+            &[eth],
+            &LearnedDns::new(),
+            &NUMBERING,
+            &mut registry,
+        )
+        .unwrap();
+        let gone = pvds.iter().find(|p| p.name == "wlan0").unwrap();
+        assert_eq!(
+            (gone.index, gone.ifindex, gone.available4()),
+            (0, None, false)
+        );
+    }
+
+    #[test]
+    fn interfaces_without_a_default_route_are_pvds_only_when_named() {
+        let bridge = iface("docker0", 5, vec![addr("172.17.0.1", 16)], None, None);
+        let config = parse(Path::new("c.toml"), "").unwrap();
+        let (pvds, _) = build(
+            &config,
+            std::slice::from_ref(&bridge),
+            &LearnedDns::new(),
+            &NUMBERING,
+            &mut Registry::default(),
+        )
+        .unwrap();
+        assert!(pvds.is_empty());
+        let config = parse(
+            Path::new("c.toml"),
+            "[[policy]]\ncgroup = \"/a\"\nprefer = [\"docker0\"]\n",
+        )
+        .unwrap();
+        let (pvds, _) = build(
+            &config,
+            &[bridge],
+            &LearnedDns::new(),
+            &NUMBERING,
+            &mut Registry::default(),
+        )
+        .unwrap();
+        assert_eq!(pvds[0].name, "docker0");
+    }
+
+    #[test]
     fn an_interface_claimed_twice_is_an_error() {
         let config = parse(
             Path::new("c.toml"),
             "[[pvd]]\nname = \"a\"\ninterface = \"x\"\n[[pvd]]\nname = \"b\"\ninterface = \"x\"\n",
         )
         .unwrap();
-        let err = build(&config, &[], &NUMBERING).unwrap_err();
+        let err = build(
+            &config,
+            &[],
+            &LearnedDns::new(),
+            &NUMBERING,
+            &mut Registry::default(),
+        )
+        .unwrap_err();
         assert!(
             matches!(err, PvdError::InterfaceClaimed { line: 4, .. }),
             "{err}"

@@ -1,10 +1,14 @@
 //! What the kernel holds, in a form for people (tables) and scripts (JSON).
-use std::{collections::HashSet, net::IpAddr};
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
+};
 
 use mif_common::{Counters, NO_PVD, PVD_AVAIL_V4, PVD_AVAIL_V6};
 use serde::Serialize;
 
 use crate::{
+    attached,
     cgroup::Cgroup2,
     kernel_maps::KernelMaps,
     plan::{ipv4_from_word, ipv6_from_words},
@@ -21,8 +25,12 @@ pub struct MapsReport {
 #[derive(Debug, Serialize)]
 pub struct InstanceReport {
     pub mark_mask: String,
-    pub attach_level: u32,
     pub netns_cookie: u64,
+    /// The cgroup the programs should be attached to; None if it is gone.
+    pub attach_cgroup: Option<String>,
+    pub attach_cgroup_id: u64,
+    /// mif's programs actually attached there, by name (each should be 1).
+    pub attached: BTreeMap<String, usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -36,6 +44,7 @@ pub struct PvdReport {
     pub available_v6: bool,
     pub addr4: Option<IpAddr>,
     pub addr6: Option<IpAddr>,
+    pub dns: Vec<IpAddr>,
 }
 
 #[derive(Debug, Serialize)]
@@ -78,6 +87,7 @@ impl MapsReport {
                 available_v6: pvd.flags & PVD_AVAIL_V6 != 0,
                 addr4: (pvd.addr4 != 0).then(|| IpAddr::V4(ipv4_from_word(pvd.addr4))),
                 addr6: (pvd.addr6 != [0; 4]).then(|| IpAddr::V6(ipv6_from_words(pvd.addr6))),
+                dns: meta.map(|m| dns_of(&m)).unwrap_or_default(),
             })
             .collect();
         let pvd_name = |index: u32| {
@@ -87,8 +97,11 @@ impl MapsReport {
         };
 
         let raw_policies = maps.policies();
-        let ids: HashSet<u64> = raw_policies.iter().map(|(id, _)| *id).collect();
-        let paths = Cgroup2::find()
+        let mut ids: HashSet<u64> = raw_policies.iter().map(|(id, _)| *id).collect();
+        ids.extend(settings.map(|s| s.attach_cgroup_id));
+        let cgroup2 = Cgroup2::find().ok();
+        let paths = cgroup2
+            .as_ref()
             .map(|c| c.paths_of("/", &ids))
             .unwrap_or_default();
         let policies = raw_policies
@@ -122,10 +135,22 @@ impl MapsReport {
         counters.sort_by(|a, b| (a.policy, &a.pvd).cmp(&(b.policy, &b.pvd)));
 
         Self {
-            instance: settings.map(|s| InstanceReport {
-                mark_mask: format!("{:#x}", s.mark_mask),
-                attach_level: s.attach_level,
-                netns_cookie: s.netns_cookie,
+            instance: settings.map(|s| {
+                let attach_cgroup = paths.get(&s.attach_cgroup_id).cloned();
+                let attached = match (&cgroup2, &attach_cgroup) {
+                    (Some(c), Some(rel)) => {
+                        attached::mif_programs_at(&c.mount().join(rel.trim_start_matches('/')))
+                            .unwrap_or_default()
+                    }
+                    _ => BTreeMap::new(),
+                };
+                InstanceReport {
+                    mark_mask: format!("{:#x}", s.mark_mask),
+                    netns_cookie: s.netns_cookie,
+                    attach_cgroup,
+                    attach_cgroup_id: s.attach_cgroup_id,
+                    attached,
+                }
             }),
             pvds,
             policies,
@@ -152,6 +177,15 @@ impl MapsReport {
                 p.ifindex.to_string(),
                 family(p.available_v4, p.addr4),
                 family(p.available_v6, p.addr6),
+                if p.dns.is_empty() {
+                    "-".into()
+                } else {
+                    p.dns
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                },
             ]);
         }
         out += &table(&rows);
@@ -225,7 +259,19 @@ fn family(available: bool, addr: Option<IpAddr>) -> String {
     }
 }
 
-fn name_of(bytes: &[u8]) -> String {
+fn dns_of(meta: &mif_common::PvdMeta) -> Vec<IpAddr> {
+    meta.dns
+        .iter()
+        .take(meta.dns_count as usize)
+        .map(|octets| {
+            let v6 = std::net::Ipv6Addr::from(*octets);
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        })
+        .collect()
+}
+
+/// A NUL-padded name from the kernel's maps.
+pub fn name_of(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }

@@ -99,6 +99,9 @@ pub struct Daemon<'lab> {
     pub instance: Instance,
     pub config: PathBuf,
     stderr: mpsc::Receiver<String>,
+    /// Whether drop runs `mif cleanup` (not after kill_hard: the state is
+    /// then meant for the next daemon to adopt).
+    cleanup_on_drop: bool,
 }
 
 /// Writes `toml` to a config file in a fresh directory under the system's
@@ -159,6 +162,7 @@ impl<'lab> Daemon<'lab> {
             instance,
             config,
             stderr: err_rx,
+            cleanup_on_drop: true,
         };
         match ready_rx.recv_timeout(READY_TIMEOUT) {
             Ok(()) => Ok(daemon),
@@ -202,6 +206,23 @@ impl<'lab> Daemon<'lab> {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// SIGKILL, as a crash would: the pinned state stays for the next daemon.
+    pub fn kill_hard(mut self) -> Result<()> {
+        let child = self.child.take().context("already stopped")?;
+        child.signal(Signal::SIGKILL)?;
+        child
+            .wait_timeout(Duration::from_secs(10))?
+            .context("the daemon survived SIGKILL")?;
+        self.cleanup_on_drop = false;
+        Ok(())
+    }
+
+    /// How many file descriptors the daemon holds open.
+    pub fn open_fds(&self) -> Result<usize> {
+        let pid = self.child.as_ref().context("not running")?.pid();
+        Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+    }
+
     /// SIGTERM and wait; fails unless the daemon exits 0 in time.
     pub fn stop(mut self) -> Result<()> {
         let child = self.child.take().context("already stopped")?;
@@ -224,6 +245,9 @@ impl Drop for Daemon<'_> {
             if !matches!(child.wait_timeout(Duration::from_secs(10)), Ok(Some(_))) {
                 let _ = child.kill();
             }
+        }
+        if !self.cleanup_on_drop {
+            return;
         }
         // Whatever a failed test left behind: pins are ours to remove.
         let mut args = vec!["cleanup".to_string()];

@@ -6,7 +6,7 @@ use crate::{
     kernel_maps::KernelMaps,
     loader,
     netlink::{Netlink, PvdRouting},
-    plan::{ipv4_from_word, ipv6_from_words},
+    plan::{ipv4_from_word, ipv6_from_words, RuleOptions},
 };
 
 /// Remove everything a mif instance installed (programs, maps, routing
@@ -25,7 +25,7 @@ impl CleanupArgs {
         // Read the routing back from the maps before they go: tables, marks
         // and source addresses are what the rules were made of.
         let routing = match KernelMaps::open(&pins) {
-            Ok(maps) => routing_of(&maps, &self.instance),
+            Ok(maps) => routing_of(&maps, &self.instance.rules()),
             Err(e) => {
                 warn!("{e}; removing pins only");
                 Vec::new()
@@ -48,8 +48,9 @@ impl CleanupArgs {
     }
 }
 
-fn routing_of(maps: &KernelMaps, opts: &InstanceOptions) -> Vec<PvdRouting> {
-    let rules = opts.rules();
+/// The routing a previous instance installed, as far as the pinned maps
+/// tell: tables, marks and source addresses (what rules are made of).
+pub fn routing_of(maps: &KernelMaps, rules: &RuleOptions) -> Vec<PvdRouting> {
     maps.pvds()
         .into_iter()
         .filter_map(|(index, pvd, meta)| {

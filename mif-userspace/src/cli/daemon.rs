@@ -4,10 +4,12 @@ use clap::Args;
 
 use crate::instance::InstanceOptions;
 
-/// Load the programs, install routing per PvD, steer until SIGINT/SIGTERM,
-/// then remove everything installed.
+/// Load the programs, install routing per PvD, follow network changes live,
+/// steer until SIGINT/SIGTERM, then remove everything installed.
 ///
-/// Prints `ready` on stdout once steering is in place.
+/// A daemon started over the pins of a previous one (killed, or stopped with
+/// --keep-steering) adopts its state without a gap. Prints `ready` on stdout
+/// once steering is in place.
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
     /// Policy file (TOML): [[pvd]] and [[policy]] entries.
@@ -16,10 +18,21 @@ pub struct DaemonArgs {
 
     #[command(flatten)]
     pub instance: InstanceOptions,
+
+    /// On exit, leave programs, maps and routing in place (steering goes
+    /// on) for the next daemon to adopt: restarts and upgrades without a
+    /// gap. `mif cleanup` removes it all.
+    #[arg(long)]
+    pub keep_steering: bool,
 }
 
 impl DaemonArgs {
     pub async fn execute(self) -> anyhow::Result<()> {
-        crate::daemon::run(&self.config, &self.instance).await
+        crate::daemon::run(crate::daemon::DaemonOptions {
+            config: &self.config,
+            instance: &self.instance,
+            keep_steering: self.keep_steering,
+        })
+        .await
     }
 }

@@ -6,11 +6,14 @@
 //! never disturbs, what other tools put in the same namespace.
 
 mod error;
+mod events;
 mod install;
 mod interfaces;
 mod plan;
+mod ra;
 #[cfg(test)]
 mod tests;
+mod verify;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -20,6 +23,7 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 
 pub use self::{
     error::NetlinkError,
+    events::{subscribe, ChangeKind, Dnssl, NetEvent, NetEvents, Rdnss},
     interfaces::{Interface, InterfaceAddr},
     plan::{PvdRouting, MIF_PROTOCOL},
 };

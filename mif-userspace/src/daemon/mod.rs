@@ -1,0 +1,216 @@
+//! `mif daemon`: check everything, take over or install the kernel state,
+//! then follow the networks live until told to stop.
+//!
+//! Order of events:
+//! 1. subscribe to netlink first, so no change between the first dump and
+//!    the subscription is missed;
+//! 2. check the config against the host (nothing changed yet on failure);
+//! 3. load the programs, reusing pinned maps (adoption after a restart);
+//! 4. reconcile once (routing, then maps), then attach the programs — a
+//!    socket is never marked for a PvD whose routing is not in place;
+//! 5. on each batch of netlink events (or every 30 s), reconcile again;
+//!    PvDs that were lost get their policies' TCP sockets reset if asked;
+//! 6. on SIGINT/SIGTERM remove everything (or, with --keep-steering, leave
+//!    it for the next daemon to adopt).
+mod prepare;
+mod steering;
+
+use std::{net::IpAddr, path::Path, time::Duration};
+
+use anyhow::Context as _;
+use futures::FutureExt as _;
+use log::{info, warn};
+use mif_common::Settings;
+
+pub use self::prepare::{prepare, Prepared};
+use self::steering::Steering;
+use crate::{
+    instance::InstanceOptions,
+    kernel_maps::KernelMaps,
+    netlink::{self, NetEvent, Netlink},
+    netns,
+    reconcile::{Lost, Reconciler},
+    sockdiag,
+};
+
+/// How often the kernel state is re-checked even without events, to repair
+/// what someone else changed without our noticing.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(30);
+
+pub struct DaemonOptions<'a> {
+    pub config: &'a Path,
+    pub instance: &'a InstanceOptions,
+    /// Leave programs, maps and routing in place on exit, for the next
+    /// daemon (an upgrade, a restart) to adopt without a gap.
+    pub keep_steering: bool,
+}
+
+pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
+    let netlink = Netlink::connect().context("opening rtnetlink")?;
+    let mut events = netlink::subscribe().context("subscribing to netlink events")?;
+    let interfaces: Vec<String> = netlink
+        .interfaces()
+        .await
+        .context("reading interfaces from netlink")?
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    let prepared = prepare(opts.config, opts.instance, &interfaces)?;
+
+    let settings = Settings {
+        netns_cookie: netns::current_netns_cookie()
+            .context("reading this network namespace's cookie")?,
+        mark_mask: opts.instance.mark_mask,
+        mark_shift: opts.instance.mark_mask.trailing_zeros(),
+        attach_level: prepared.attach.level,
+        _pad: 0,
+        attach_cgroup_id: prepared.attach.id,
+    };
+    let mut steering = Steering::load(opts.instance.pins(), &settings)?;
+    let maps = match KernelMaps::open(&steering.pins) {
+        Ok(maps) => maps,
+        Err(e) => {
+            if !steering.adopted {
+                steering.remove_maps();
+            }
+            return Err(e.into());
+        }
+    };
+    let mut reconciler = Reconciler::new(
+        netlink.clone(),
+        prepared.config.clone(),
+        prepared.policies.clone(),
+        opts.instance.numbering(),
+        opts.instance.rules(),
+        settings,
+        maps,
+    );
+    if steering.adopted {
+        info!(
+            "adopting the programs and maps pinned at {}",
+            steering.pins.versioned().display()
+        );
+        reconciler.adopt_previous();
+    }
+    let started = async {
+        reconciler.reconcile(true).await?;
+        steering.attach(&prepared.attach.path)
+    };
+    if let Err(e) = started.await {
+        // A fresh install is rolled back whole; adopted state is left as
+        // the previous daemon had it, still steering.
+        if !steering.adopted {
+            teardown(reconciler, steering).await;
+        }
+        return Err(e);
+    }
+    info!(
+        "steering {} policies over {} PvDs below cgroup {} (pins in {})",
+        prepared.policies.len(),
+        reconciler.pvds().len(),
+        prepared.attach.rel,
+        opts.instance.pin_dir.display()
+    );
+    // Machine-readable readiness for scripts and tests.
+    println!("ready");
+
+    follow(&mut reconciler, &mut events, opts.instance.mark_mask).await?;
+
+    if opts.keep_steering {
+        info!("stopping; steering stays in place (--keep-steering)");
+        steering.release();
+    } else {
+        info!("stopping: removing programs, routing and maps");
+        teardown(reconciler, steering).await;
+    }
+    Ok(())
+}
+
+/// Reconciles on every batch of events until SIGINT/SIGTERM.
+async fn follow(
+    reconciler: &mut Reconciler,
+    events: &mut netlink::NetEvents,
+    mark_mask: u32,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
+    recheck.tick().await;
+    loop {
+        let verify = tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = recheck.tick() => true,
+            event = events.next() => {
+                let Some(first) = event else {
+                    anyhow::bail!("the netlink event stream ended");
+                };
+                // Take whatever else is already queued: one pass for a burst.
+                let mut verify = false;
+                let mut pending = Some(first);
+                while let Some(event) = pending.take().or_else(|| events.next().now_or_never().flatten()) {
+                    verify |= needs_verify(&event);
+                    if let NetEvent::RaOptions { ifindex, rdnss, .. } = &event {
+                        for option in rdnss {
+                            let servers: Vec<IpAddr> = option.servers.iter().map(|&a| a.into()).collect();
+                            reconciler.learn_ra_dns(*ifindex, &servers, option.lifetime);
+                        }
+                    }
+                }
+                verify
+            }
+        };
+        match reconciler.reconcile(verify).await {
+            Ok(lost) => reset_lost(reconciler, &lost, mark_mask).await,
+            // A failed pass is retried on the next event or recheck; the
+            // kernel keeps the last good state meanwhile.
+            Err(e) => warn!("reconciling: {e:#}"),
+        }
+    }
+}
+
+/// Route and rule events may be someone else deleting ours; a resync means
+/// events were lost. Link and address changes are covered by the dump.
+fn needs_verify(event: &NetEvent) -> bool {
+    matches!(
+        event,
+        NetEvent::Resync
+            | NetEvent::Changed(netlink::ChangeKind::Route | netlink::ChangeKind::Rule)
+    )
+}
+
+/// Resets the TCP sockets bound to a lost PvD's address, when a policy that
+/// prefers that PvD asks for it, so applications reconnect over the next.
+async fn reset_lost(reconciler: &Reconciler, lost: &[Lost], mark_mask: u32) {
+    for l in lost {
+        let wanted = reconciler
+            .policies()
+            .iter()
+            .any(|p| p.reset && p.prefer.contains(&l.pvd));
+        if !wanted {
+            continue;
+        }
+        let filter = sockdiag::DestroyFilter {
+            source: l.source,
+            mark: Some((l.mark, mark_mask)),
+        };
+        match tokio::task::spawn_blocking(move || sockdiag::destroy_tcp(&filter)).await {
+            Ok(Ok(n)) => info!("PvD {} lost {}: reset {n} TCP connections", l.pvd, l.source),
+            Ok(Err(e)) => warn!(
+                "PvD {} lost {}: resetting its connections: {e}",
+                l.pvd, l.source
+            ),
+            Err(e) => warn!("resetting connections: {e}"),
+        }
+    }
+}
+
+/// Removes everything: programs first (no new socket gets a mark), then
+/// routing, then the maps.
+async fn teardown(mut reconciler: Reconciler, steering: Steering) {
+    steering.detach_programs();
+    reconciler.remove_routing().await;
+    drop(reconciler);
+    steering.remove_maps();
+}

@@ -1,0 +1,54 @@
+//! Checking that what a PvD's plan says is really in the kernel, without
+//! changing anything. The daemon re-asserts a plan only when this fails, so
+//! its own writes (which echo back as netlink events) cause no loop.
+use std::collections::HashSet;
+
+use futures::TryStreamExt;
+use netlink_packet_route::rule::RuleMessage;
+use rtnetlink::IpVersion;
+
+use super::{
+    plan::{route_table, RouteSpec, RuleSpec},
+    Netlink, NetlinkError, PvdRouting,
+};
+
+impl Netlink {
+    /// Whether the PvD's table holds exactly the planned routes and the
+    /// rules the PvD owns are exactly the planned ones.
+    pub async fn is_installed(&self, plan: &PvdRouting) -> Result<bool, NetlinkError> {
+        let mut routes = self.routes_v4().await?;
+        routes.extend(self.routes_v6().await?);
+        let present: HashSet<Option<RouteSpec>> = routes
+            .iter()
+            .filter(|msg| route_table(msg) == plan.table)
+            .map(RouteSpec::from_message)
+            .collect();
+        let wanted: HashSet<Option<RouteSpec>> = plan.routes().into_iter().map(Some).collect();
+        if present != wanted {
+            return Ok(false);
+        }
+
+        let mut rules: Vec<RuleMessage> = Vec::new();
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let dumped: Vec<RuleMessage> = self
+                .handle
+                .rule()
+                .get(version)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|source| NetlinkError::Dump {
+                    what: "rules",
+                    source,
+                })?;
+            rules.extend(dumped);
+        }
+        let present: HashSet<Option<RuleSpec>> = rules
+            .iter()
+            .filter(|msg| plan.owns_rule(msg))
+            .map(RuleSpec::from_message)
+            .collect();
+        let wanted: HashSet<Option<RuleSpec>> = plan.rules().into_iter().map(Some).collect();
+        Ok(present == wanted)
+    }
+}

@@ -1,0 +1,365 @@
+//! Keeping the kernel in line with the networks: dump what netlink knows,
+//! rebuild the PvD state, compute the desired maps and routing, and apply
+//! only the difference.
+//!
+//! Events are only triggers: every pass starts from a fresh dump, so a lost
+//! or reordered event can never leave stale state behind (systemd-networkd
+//! issue 5398 is what happens otherwise).
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use log::{info, warn};
+use mif_common::Settings;
+
+use crate::{
+    config::Config,
+    kernel_maps::KernelMaps,
+    netlink::{Netlink, PvdRouting},
+    plan::{self, ResolvedPolicy, RuleOptions},
+    pvd::{self, LearnedDns, Numbering, PvdState, Registry},
+};
+
+/// DNS servers learned from router advertisements (RDNSS, RFC 8106) on one
+/// interface, each until its lifetime runs out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaDns {
+    by_ifindex: BTreeMap<u32, Vec<(IpAddr, Instant)>>,
+}
+
+impl RaDns {
+    /// Records servers announced now with `lifetime`; a zero lifetime
+    /// withdraws them (RFC 8106 §5.1).
+    pub fn learn(&mut self, ifindex: u32, servers: &[IpAddr], lifetime: Duration, now: Instant) {
+        let entry = self.by_ifindex.entry(ifindex).or_default();
+        entry.retain(|(addr, _)| !servers.contains(addr));
+        if !lifetime.is_zero() {
+            entry.extend(servers.iter().map(|&a| (a, now + lifetime)));
+        }
+    }
+
+    /// Unexpired servers by interface name, for the interfaces that exist.
+    pub fn current(
+        &mut self,
+        interfaces: &[crate::netlink::Interface],
+        now: Instant,
+    ) -> LearnedDns {
+        for servers in self.by_ifindex.values_mut() {
+            servers.retain(|(_, until)| *until > now);
+        }
+        // An index that no longer exists was a removed interface: its RAs
+        // belong to a network that is gone.
+        self.by_ifindex.retain(|index, servers| {
+            !servers.is_empty() && interfaces.iter().any(|i| i.index == *index)
+        });
+        interfaces
+            .iter()
+            .filter_map(|i| {
+                let servers = self.by_ifindex.get(&i.index)?;
+                Some((i.name.clone(), servers.iter().map(|(a, _)| *a).collect()))
+            })
+            .collect()
+    }
+}
+
+/// A PvD that stopped being usable for one family, with the source address
+/// its sockets were bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    pub pvd: String,
+    pub mark: u32,
+    pub source: IpAddr,
+}
+
+pub struct Reconciler {
+    netlink: Netlink,
+    config: Config,
+    policies: Vec<ResolvedPolicy>,
+    numbering: Numbering,
+    rules: RuleOptions,
+    settings: Settings,
+    maps: KernelMaps,
+    registry: Registry,
+    /// Routing installed per table, as last applied.
+    applied: BTreeMap<u32, PvdRouting>,
+    pvds: Vec<PvdState>,
+    ra_dns: RaDns,
+}
+
+impl Reconciler {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        netlink: Netlink,
+        config: Config,
+        policies: Vec<ResolvedPolicy>,
+        numbering: Numbering,
+        rules: RuleOptions,
+        settings: Settings,
+        maps: KernelMaps,
+    ) -> Self {
+        Self {
+            netlink,
+            config,
+            policies,
+            numbering,
+            rules,
+            settings,
+            maps,
+            registry: Registry::default(),
+            applied: BTreeMap::new(),
+            pvds: Vec::new(),
+            ra_dns: RaDns::default(),
+        }
+    }
+
+    /// Takes over a previous instance's state from the pinned maps: PvD
+    /// names keep their indices (sockets and rules carry them), and its
+    /// routing is known so that what is no longer wanted gets removed.
+    pub fn adopt_previous(&mut self) {
+        let previous = crate::cli::cleanup::routing_of(&self.maps, &self.rules);
+        let names =
+            self.maps.pvds().into_iter().filter_map(|(index, _, meta)| {
+                meta.map(|m| (crate::report::name_of(&m.name), index))
+            });
+        self.registry = Registry::from_pairs(names);
+        self.applied = previous.into_iter().map(|r| (r.table, r)).collect();
+    }
+
+    /// Records RDNSS servers from a router advertisement on `ifindex`.
+    pub fn learn_ra_dns(&mut self, ifindex: u32, servers: &[IpAddr], lifetime: Duration) {
+        self.ra_dns
+            .learn(ifindex, servers, lifetime, Instant::now());
+    }
+
+    pub fn pvds(&self) -> &[PvdState] {
+        &self.pvds
+    }
+
+    pub fn policies(&self) -> &[ResolvedPolicy] {
+        &self.policies
+    }
+
+    /// One pass. With `verify`, routing that should already be in place is
+    /// checked against the kernel and re-asserted if someone removed it.
+    /// Returns the (PvD, family) pairs that stopped being available.
+    pub async fn reconcile(&mut self, verify: bool) -> anyhow::Result<Vec<Lost>> {
+        let interfaces = self
+            .netlink
+            .interfaces()
+            .await
+            .context("dumping interfaces")?;
+        let learned = self.ra_dns.current(&interfaces, Instant::now());
+        let (pvds, skipped) = pvd::build(
+            &self.config,
+            &interfaces,
+            &learned,
+            &self.numbering,
+            &mut self.registry,
+        )?;
+        if !skipped.is_empty() {
+            warn!(
+                "more uplinks than the mark mask holds PvDs for; no PvD for: {}",
+                skipped.join(", ")
+            );
+        }
+        let desired = plan::desired(&pvds, &self.policies, &self.rules);
+
+        // Routing before maps: a PvD becomes selectable only once its table
+        // and rules exist.
+        for routing in &desired.routing {
+            let changed = self.applied.get(&routing.table) != Some(routing);
+            let missing = !changed && verify && !self.netlink.is_installed(routing).await?;
+            if changed || missing {
+                if missing {
+                    info!(
+                        "PvD {}: routing was changed by someone else; restoring it",
+                        routing.name
+                    );
+                }
+                self.netlink
+                    .install(routing)
+                    .await
+                    .with_context(|| format!("installing the routing of PvD {}", routing.name))?;
+                self.applied.insert(routing.table, routing.clone());
+            }
+        }
+        self.maps.write(&self.settings, &desired)?;
+        let wanted: Vec<u32> = desired.routing.iter().map(|r| r.table).collect();
+        let stale: Vec<PvdRouting> = self
+            .applied
+            .values()
+            .filter(|r| !wanted.contains(&r.table))
+            .cloned()
+            .collect();
+        for routing in stale {
+            self.netlink
+                .remove(&routing)
+                .await
+                .with_context(|| format!("removing the routing of PvD {}", routing.name))?;
+            self.applied.remove(&routing.table);
+        }
+
+        let lost = transitions(&self.pvds, &pvds);
+        log_changes(&self.pvds, &pvds);
+        self.pvds = pvds;
+        Ok(lost)
+    }
+
+    /// Removes all routing this instance installed.
+    pub async fn remove_routing(&mut self) {
+        for routing in std::mem::take(&mut self.applied).into_values() {
+            if let Err(e) = self.netlink.remove(&routing).await {
+                warn!("removing the routing of PvD {}: {e:#}", routing.name);
+            }
+        }
+    }
+}
+
+/// The (PvD, family) pairs available in `old` and not in `new` with the
+/// same source address.
+pub fn transitions(old: &[PvdState], new: &[PvdState]) -> Vec<Lost> {
+    let mut lost = Vec::new();
+    for before in old {
+        let after = new.iter().find(|p| p.name == before.name);
+        if before.available4() {
+            let kept = after.is_some_and(|a| a.available4() && a.addr4 == before.addr4);
+            if let (false, Some(addr)) = (kept, before.addr4) {
+                lost.push(Lost {
+                    pvd: before.name.clone(),
+                    mark: before.mark,
+                    source: addr.into(),
+                });
+            }
+        }
+        if before.available6() {
+            let kept = after.is_some_and(|a| a.available6() && a.addr6 == before.addr6);
+            if let (false, Some(addr)) = (kept, before.addr6) {
+                lost.push(Lost {
+                    pvd: before.name.clone(),
+                    mark: before.mark,
+                    source: addr.into(),
+                });
+            }
+        }
+    }
+    lost
+}
+
+fn log_changes(old: &[PvdState], new: &[PvdState]) {
+    for p in new {
+        let before = old.iter().find(|o| o.name == p.name);
+        let now = (p.available4(), p.available6(), p.addr4, p.addr6);
+        if before.map(|b| (b.available4(), b.available6(), b.addr4, b.addr6)) != Some(now) {
+            info!(
+                "PvD {} (interface {}, mark {:#x}, table {}): IPv4 {}, IPv6 {}",
+                p.name,
+                p.interface,
+                p.mark,
+                p.table,
+                availability(p.available4(), p.addr4.map(|a| a.to_string())),
+                availability(p.available6(), p.addr6.map(|a| a.to_string())),
+            );
+        }
+    }
+}
+
+fn availability(available: bool, addr: Option<String>) -> String {
+    match (available, addr) {
+        (true, Some(a)) => format!("available from {a}"),
+        (false, Some(a)) => format!("unavailable (address {a}, but no default route or link down)"),
+        (_, None) => "unavailable (no address)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn pvd(name: &str, up: bool, addr: [u8; 4]) -> PvdState {
+        PvdState {
+            index: 0,
+            name: name.into(),
+            interface: name.into(),
+            ifindex: Some(2),
+            up,
+            addr4: Some(Ipv4Addr::from(addr)),
+            addr6: None,
+            gateway4: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            gateway6: None,
+            prefixes: vec![],
+            mark: 0x100_0000,
+            table: 100,
+            dns: vec![],
+            dns_source: Default::default(),
+        }
+    }
+
+    #[test]
+    fn ra_dns_expires_and_can_be_withdrawn() {
+        let iface = crate::netlink::Interface {
+            name: "wwan0".into(),
+            index: 3,
+            up: true,
+            loopback: false,
+            addrs: vec![],
+            gateways4: vec![],
+            gateways6: vec![],
+        };
+        let t0 = Instant::now();
+        let server: IpAddr = "2001:db8:1::53".parse().unwrap();
+        let mut dns = RaDns::default();
+        dns.learn(3, &[server], Duration::from_secs(10), t0);
+        assert_eq!(
+            dns.current(std::slice::from_ref(&iface), t0)["wwan0"],
+            [server]
+        );
+        assert!(dns
+            .current(std::slice::from_ref(&iface), t0 + Duration::from_secs(11))
+            .is_empty());
+        dns.learn(3, &[server], Duration::from_secs(10), t0);
+        dns.learn(3, &[server], Duration::ZERO, t0);
+        assert!(dns.current(std::slice::from_ref(&iface), t0).is_empty());
+        // Learned on an interface that is gone: dropped.
+        dns.learn(9, &[server], Duration::from_secs(10), t0);
+        assert!(dns.current(&[iface], t0).is_empty());
+    }
+
+    #[test]
+    fn a_link_going_down_loses_its_address() {
+        let lost = transitions(
+            &[pvd("wlan0", true, [198, 18, 0, 2])],
+            &[pvd("wlan0", false, [198, 18, 0, 2])],
+        );
+        assert_eq!(
+            lost,
+            [Lost {
+                pvd: "wlan0".into(),
+                mark: 0x100_0000,
+                source: "198.18.0.2".parse().unwrap()
+            }]
+        );
+    }
+
+    #[test]
+    fn renumbering_loses_the_old_address_only() {
+        let lost = transitions(
+            &[pvd("wlan0", true, [198, 18, 0, 2])],
+            &[pvd("wlan0", true, [198, 18, 0, 3])],
+        );
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].source, "198.18.0.2".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn nothing_is_lost_when_nothing_changes_or_a_pvd_returns() {
+        let up = pvd("wlan0", true, [198, 18, 0, 2]);
+        let same = std::slice::from_ref(&up);
+        assert!(transitions(same, same).is_empty());
+        assert!(transitions(&[pvd("wlan0", false, [198, 18, 0, 2])], &[up]).is_empty());
+    }
+}

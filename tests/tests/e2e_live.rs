@@ -1,0 +1,465 @@
+//! End-to-end: mif follows the networks live. Links go down and up, an
+//! address is renumbered, a default route is removed, a router advertises
+//! DNS servers, the daemon is SIGKILLed and restarted — and what a user
+//! observes (the network a new connection leaves by, the source the peer
+//! sees) follows at once.
+use std::{
+    io::Write as _,
+    net::IpAddr,
+    path::Path,
+    process::Stdio,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use mif_tests::{
+    lab::{ClientReply, Family, Lab, Network, Proto, INTERNET_V4, INTERNET_V6},
+    mif::Daemon,
+    skip_unless_root,
+};
+
+fn lab() -> Lab {
+    Lab::new(&["wlan0", "wwan0"]).expect("building the lab")
+}
+
+fn policy(cgroup: &str, prefer: &[&str], extra: &str) -> String {
+    let prefer: Vec<String> = prefer.iter().map(|p| format!("{p:?}")).collect();
+    format!(
+        "[[policy]]\ncgroup = {cgroup:?}\nprefer = [{}]\n{extra}\n",
+        prefer.join(", ")
+    )
+}
+
+fn internet(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => INTERNET_V4.into(),
+        Family::V6 => INTERNET_V6.into(),
+    }
+}
+
+fn host_addr(net: &Network, family: Family) -> IpAddr {
+    match family {
+        Family::V4 => net.host_v4.into(),
+        Family::V6 => net.host_v6.into(),
+    }
+}
+
+/// Polls until a TCP client in `cgroup` reports `expected` (network and
+/// source), or fails after 5 s with the last answer.
+fn wait_until_leaves_by(lab: &Lab, cgroup: &Path, family: Family, net: &Network) {
+    let expected = ClientReply {
+        network: net.name.clone(),
+        source: host_addr(net, family),
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = lab.client(Some(cgroup), Proto::Tcp, internet(family), None);
+        match &got {
+            Ok(reply) if *reply == expected => return,
+            _ if Instant::now() > deadline => {
+                panic!("{family:?}: expected {expected:?}, last got {got:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// What NetworkManager or DHCP would do when a link comes back: addresses
+/// (IPv6 ones are flushed on link down) and the default routes.
+fn bring_back(lab: &Lab, net: &Network) {
+    lab.ip_host(&["link", "set", &net.name, "up"]).unwrap();
+    let v6 = format!("{}/64", net.host_v6);
+    let _ = lab.ip_host(&["-6", "addr", "add", &v6, "dev", &net.name, "nodad"]);
+    let metric = (100 * (net.index + 1)).to_string();
+    for (family, gw) in [
+        ("-4", net.gateway_v4.to_string()),
+        ("-6", net.gateway_v6.to_string()),
+    ] {
+        lab.ip_host(&[
+            family, "route", "replace", "default", "via", &gw, "dev", &net.name, "metric", &metric,
+        ])
+        .unwrap();
+    }
+}
+
+#[test]
+fn link_down_fails_over_and_link_up_returns_for_both_families() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let config = policy(
+        &format!("{}/app", lab.cgroup_rel()),
+        &["wwan0", "wlan0"],
+        "",
+    );
+    let daemon = Daemon::start(&lab, &config).unwrap();
+    let (wlan, wwan) = (lab.network(0), lab.network(1));
+
+    for family in [Family::V4, Family::V6] {
+        wait_until_leaves_by(&lab, &app, family, wwan);
+    }
+    lab.ip_host(&["link", "set", "wwan0", "down"]).unwrap();
+    for family in [Family::V4, Family::V6] {
+        wait_until_leaves_by(&lab, &app, family, wlan);
+    }
+    bring_back(&lab, wwan);
+    for family in [Family::V4, Family::V6] {
+        wait_until_leaves_by(&lab, &app, family, wwan);
+    }
+    let maps = daemon.maps_json().unwrap();
+    let fallbacks: u64 = maps["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["fallback"].as_u64().unwrap())
+        .sum();
+    assert!(fallbacks >= 2, "{maps:#}");
+}
+
+#[test]
+fn strict_policies_refuse_while_their_pvd_is_down_and_resume_after() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let config = policy(
+        &format!("{}/app", lab.cgroup_rel()),
+        &["wwan0"],
+        "strict = true",
+    );
+    let _daemon = Daemon::start(&lab, &config).unwrap();
+    let wwan = lab.network(1);
+    wait_until_leaves_by(&lab, &app, Family::V4, wwan);
+    lab.ip_host(&["link", "set", "wwan0", "down"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match lab.client(Some(&app), Proto::Tcp, INTERNET_V4.into(), None) {
+            Err(e) if format!("{e:#}").contains("socket: Operation not permitted") => break,
+            Ok(reply) => assert_eq!(
+                reply.network, "wwan0",
+                "a strict app leaked onto {}",
+                reply.network
+            ),
+            Err(_) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "strict sockets were never refused"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bring_back(&lab, wwan);
+    wait_until_leaves_by(&lab, &app, Family::V4, wwan);
+}
+
+#[test]
+fn renumbering_and_default_route_removal_are_followed() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let config = policy(
+        &format!("{}/app", lab.cgroup_rel()),
+        &["wwan0", "wlan0"],
+        "",
+    );
+    let _daemon = Daemon::start(&lab, &config).unwrap();
+    let (wlan, wwan) = (lab.network(0), lab.network(1));
+    wait_until_leaves_by(&lab, &app, Family::V4, wwan);
+
+    // Renumber wwan0 to .3 within the same prefix: new connections use it.
+    lab.ip_host(&[
+        "addr",
+        "del",
+        &format!("{}/24", wwan.host_v4),
+        "dev",
+        "wwan0",
+    ])
+    .unwrap();
+    lab.ip_host(&["addr", "add", "198.18.1.3/24", "dev", "wwan0"])
+        .unwrap();
+    lab.ip_host(&[
+        "route",
+        "replace",
+        "default",
+        "via",
+        &wwan.gateway_v4.to_string(),
+        "dev",
+        "wwan0",
+        "metric",
+        "200",
+    ])
+    .unwrap();
+    let renumbered = Network {
+        host_v4: "198.18.1.3".parse().unwrap(),
+        ..wwan.clone()
+    };
+    wait_until_leaves_by(&lab, &app, Family::V4, &renumbered);
+
+    // Without an IPv4 default route wwan0 is unavailable for IPv4 only.
+    lab.ip_host(&[
+        "-4",
+        "route",
+        "del",
+        "default",
+        "via",
+        &wwan.gateway_v4.to_string(),
+        "dev",
+        "wwan0",
+    ])
+    .unwrap();
+    wait_until_leaves_by(&lab, &app, Family::V4, wlan);
+    wait_until_leaves_by(&lab, &app, Family::V6, wwan);
+}
+
+#[test]
+fn a_router_advertisement_with_rdnss_becomes_the_pvds_dns_servers() {
+    skip_unless_root!();
+    let lab = lab();
+    let _daemon_cgroup = lab.create_cgroup("app").unwrap();
+    let config = policy(&format!("{}/app", lab.cgroup_rel()), &["wwan0"], "");
+    let daemon = Daemon::start(&lab, &config).unwrap();
+
+    // radvd on router 1 advertises a DNS server (radvd wants forwarding on,
+    // which is per namespace: the router's own).
+    let dir = tempfile_dir(&lab);
+    let conf = dir.join("radvd.conf");
+    std::fs::write(
+        &conf,
+        "interface eth0 {\n AdvSendAdvert on;\n MinRtrAdvInterval 3;\n MaxRtrAdvInterval 4;\n \
+         AdvDefaultLifetime 0;\n prefix 2001:db8:1::/64 { AdvAutonomous off; };\n \
+         RDNSS 2001:db8:1::53 { AdvRDNSSLifetime 60; };\n};\n",
+    )
+    .unwrap();
+    let sysctl = lab
+        .command_in_router(1, "sysctl", ["-qw", "net.ipv6.conf.all.forwarding=1"])
+        .unwrap();
+    assert!(lab
+        .output(sysctl, Duration::from_secs(5))
+        .unwrap()
+        .status
+        .success());
+    let pid = dir.join("radvd.pid");
+    let args = [
+        "-n",
+        "-C",
+        conf.to_str().unwrap(),
+        "-p",
+        pid.to_str().unwrap(),
+        "-m",
+        "stderr",
+    ];
+    let mut radvd = lab.command_in_router(1, "radvd", args).unwrap();
+    radvd.stdin(Stdio::null());
+    let _radvd = lab.spawn(radvd).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let maps = daemon.maps_json().unwrap();
+        let wwan = maps["pvds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "wwan0")
+            .unwrap()
+            .clone();
+        if wwan["dns"] == serde_json::json!(["2001:db8:1::53"]) {
+            let wlan = maps["pvds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "wlan0")
+                .unwrap()
+                .clone();
+            assert_eq!(
+                wlan["dns"],
+                serde_json::json!([]),
+                "the RA was heard on wwan0 only"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no RDNSS learned: {wwan:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tempfile_dir(lab: &Lab) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("mif-radvd-{}", lab.host_ns_name()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // radvd refuses configs in world-writable places.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    dir
+}
+
+#[test]
+fn sigkill_and_restart_never_misroute_a_connection_and_never_duplicate_programs() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let config = policy(
+        &format!("{}/app", lab.cgroup_rel()),
+        &["wwan0"],
+        "strict = true",
+    );
+    let first = Daemon::start(&lab, &config).unwrap();
+    let wwan = lab.network(1).clone();
+
+    // A client connecting in a loop for the whole test.
+    let stop = AtomicBool::new(false);
+    let (results, restarted) = std::thread::scope(|scope| {
+        let looper = scope.spawn(|| {
+            let mut results = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let result = lab.client(Some(&app), Proto::Tcp, INTERNET_V4.into(), None);
+                results.push(result.map_err(|e| format!("{e:#}")));
+            }
+            results
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let restarted = first.kill_hard().and_then(|()| {
+            std::thread::sleep(Duration::from_millis(300));
+            let second = Daemon::start(&lab, &config)?;
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(second)
+        });
+        // Stop the loop whatever happened, or the scope never ends.
+        stop.store(true, Ordering::Relaxed);
+        (looper.join().unwrap(), restarted)
+    });
+    let second = restarted.unwrap();
+    let maps = second.maps_json().unwrap();
+    let attached = &maps["instance"]["attached"];
+    for program in [
+        "mif_sock_create",
+        "mif_connect4",
+        "mif_connect6",
+        "mif_sendmsg4",
+        "mif_sendmsg6",
+    ] {
+        assert_eq!(
+            attached[program], 1,
+            "{program} attached {} times: {maps:#}",
+            attached[program]
+        );
+    }
+    second.stop().unwrap();
+    assert!(
+        results.len() >= 10,
+        "only {} connections tried",
+        results.len()
+    );
+    for r in &results {
+        let reply = r
+            .as_ref()
+            .unwrap_or_else(|e| panic!("a connection failed: {e}"));
+        assert_eq!(
+            (reply.network.as_str(), reply.source),
+            ("wwan0", IpAddr::from(wwan.host_v4))
+        );
+    }
+}
+
+#[test]
+fn tcp_connections_on_a_lost_pvd_are_reset_when_the_policy_asks() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let config = policy(
+        &format!("{}/app", lab.cgroup_rel()),
+        &["wwan0", "wlan0"],
+        "reset = true",
+    );
+    let _daemon = Daemon::start(&lab, &config).unwrap();
+
+    // An echo service on wwan0's router and an idle connection to it.
+    let echo = lab
+        .command_in_router(
+            1,
+            "socat",
+            [
+                "TCP-LISTEN:9000,fork,reuseaddr,bind=203.0.113.1",
+                "EXEC:cat",
+            ],
+        )
+        .unwrap();
+    let _echo = lab.spawn(echo).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut client = lab
+        .command_in(Some(&app), "socat", ["-", "TCP:203.0.113.1:9000"])
+        .unwrap();
+    client
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = client.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the connection did not stay up"
+    );
+
+    lab.ip_host(&["link", "set", "wwan0", "down"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the idle connection on the lost PvD was not reset");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(stdin);
+}
+
+#[test]
+fn a_thousand_link_flaps_leak_nothing() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let config = policy(
+        &format!("{}/app", lab.cgroup_rel()),
+        &["wwan0", "wlan0"],
+        "",
+    );
+    let daemon = Daemon::start(&lab, &config).unwrap();
+    let wwan = lab.network(1);
+    wait_until_leaves_by(&lab, &app, Family::V4, wwan);
+
+    let snapshot = |lab: &Lab| {
+        let rules = lab.ip_host(&["rule"]).unwrap() + &lab.ip_host(&["-6", "rule"]).unwrap();
+        let routes = lab
+            .ip_host(&["route", "show", "table", "all", "proto", "241"])
+            .unwrap()
+            + &lab
+                .ip_host(&["-6", "route", "show", "table", "all", "proto", "241"])
+                .unwrap();
+        let maps = daemon.maps_json().unwrap();
+        (
+            rules,
+            routes,
+            maps["pvds"].as_array().unwrap().len(),
+            maps["policies"].as_array().unwrap().len(),
+        )
+    };
+    let before = snapshot(&lab);
+    let fds_before = daemon.open_fds().unwrap();
+
+    // One `ip -batch` for all flaps: 2,000 link changes in a burst.
+    let batch = std::env::temp_dir().join(format!("mif-flaps-{}", lab.host_ns_name()));
+    let lines: String = (0..1000)
+        .map(|_| "link set wwan0 down\nlink set wwan0 up\n".to_string())
+        .collect();
+    std::fs::write(&batch, lines).unwrap();
+    lab.ip_host(&["-batch", batch.to_str().unwrap()]).unwrap();
+    let _ = std::fs::remove_file(&batch);
+    bring_back(&lab, wwan);
+    wait_until_leaves_by(&lab, &app, Family::V4, wwan);
+    wait_until_leaves_by(&lab, &app, Family::V6, wwan);
+
+    assert_eq!(snapshot(&lab), before);
+    let fds_after = daemon.open_fds().unwrap();
+    assert!(
+        fds_after <= fds_before + 2,
+        "fds grew from {fds_before} to {fds_after}"
+    );
+}
