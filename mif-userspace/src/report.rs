@@ -161,13 +161,27 @@ impl MapsReport {
     /// Text tables for people.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        if let Some(i) = &self.instance {
+            let attached: Vec<String> =
+                i.attached.iter().map(|(p, n)| format!("{p}={n}")).collect();
+            let attached = if attached.is_empty() {
+                "nothing".to_string()
+            } else {
+                attached.join(" ")
+            };
+            let cgroup = i.attach_cgroup.as_deref().unwrap_or("(cgroup gone)");
+            out += &format!(
+                "Programs attached to {cgroup} (id {}): {attached}\n\n",
+                i.attach_cgroup_id
+            );
+        }
         out += "PvDs\n";
-        let mut rows = vec![
-            vec!["INDEX", "NAME", "MARK", "TABLE", "IFINDEX", "IPV4", "IPV6"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-        ];
+        let mut rows = vec![vec![
+            "INDEX", "NAME", "MARK", "TABLE", "IFINDEX", "IPV4", "IPV6", "DNS",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect()];
         for p in &self.pvds {
             rows.push(vec![
                 p.index.to_string(),

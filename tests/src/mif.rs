@@ -102,6 +102,7 @@ pub struct Daemon<'lab> {
     /// Whether drop runs `mif cleanup` (not after kill_hard: the state is
     /// then meant for the next daemon to adopt).
     cleanup_on_drop: bool,
+    keeps_steering: bool,
 }
 
 /// Writes `toml` to a config file in a fresh directory under the system's
@@ -123,6 +124,11 @@ pub fn run_mif<S: AsRef<str>>(lab: &Lab, args: &[S]) -> Result<Output> {
 impl<'lab> Daemon<'lab> {
     /// Starts `mif daemon` with `toml` and waits for `ready`.
     pub fn start(lab: &'lab Lab, toml: &str) -> Result<Self> {
+        Self::start_with(lab, toml, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra daemon options.
+    pub fn start_with(lab: &'lab Lab, toml: &str, extra: &[&str]) -> Result<Self> {
         let instance = Instance::for_lab(lab);
         let config = write_config(lab, toml)?;
         let mut args = vec![
@@ -131,6 +137,7 @@ impl<'lab> Daemon<'lab> {
             config.display().to_string(),
         ];
         args.extend(instance.args());
+        args.extend(extra.iter().map(|s| s.to_string()));
         let mut cmd = lab.command_in(None, mif_path()?, &args)?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -163,6 +170,7 @@ impl<'lab> Daemon<'lab> {
             config,
             stderr: err_rx,
             cleanup_on_drop: true,
+            keeps_steering: extra.contains(&"--keep-steering"),
         };
         match ready_rx.recv_timeout(READY_TIMEOUT) {
             Ok(()) => Ok(daemon),
@@ -223,8 +231,11 @@ impl<'lab> Daemon<'lab> {
         Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
     }
 
-    /// SIGTERM and wait; fails unless the daemon exits 0 in time.
+    /// SIGTERM and wait; fails unless the daemon exits 0 in time. A daemon
+    /// started with `--keep-steering` leaves its state for the next one, so
+    /// drop then does not clean up either.
     pub fn stop(mut self) -> Result<()> {
+        self.cleanup_on_drop = !self.keeps_steering;
         let child = self.child.take().context("already stopped")?;
         child.signal(Signal::SIGTERM)?;
         match child.wait_timeout(Duration::from_secs(10))? {

@@ -64,22 +64,8 @@ fn wait_until_leaves_by(lab: &Lab, cgroup: &Path, family: Family, net: &Network)
     }
 }
 
-/// What NetworkManager or DHCP would do when a link comes back: addresses
-/// (IPv6 ones are flushed on link down) and the default routes.
 fn bring_back(lab: &Lab, net: &Network) {
-    lab.ip_host(&["link", "set", &net.name, "up"]).unwrap();
-    let v6 = format!("{}/64", net.host_v6);
-    let _ = lab.ip_host(&["-6", "addr", "add", &v6, "dev", &net.name, "nodad"]);
-    let metric = (100 * (net.index + 1)).to_string();
-    for (family, gw) in [
-        ("-4", net.gateway_v4.to_string()),
-        ("-6", net.gateway_v6.to_string()),
-    ] {
-        lab.ip_host(&[
-            family, "route", "replace", "default", "via", &gw, "dev", &net.name, "metric", &metric,
-        ])
-        .unwrap();
-    }
+    lab.restore_uplink(net.index).unwrap();
 }
 
 #[test]
@@ -461,5 +447,131 @@ fn a_thousand_link_flaps_leak_nothing() {
     assert!(
         fds_after <= fds_before + 2,
         "fds grew from {fds_before} to {fds_after}"
+    );
+}
+
+#[test]
+fn a_re_created_interface_with_a_new_index_is_steered_again() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let config = policy(
+        &format!("{}/app", lab.cgroup_rel()),
+        &["wwan0", "wlan0"],
+        "",
+    );
+    let daemon = Daemon::start(&lab, &config).unwrap();
+    let (wlan, wwan) = (lab.network(0), lab.network(1));
+    wait_until_leaves_by(&lab, &app, Family::V4, wwan);
+    let old_index = lab.host_ifindex("wwan0").unwrap();
+
+    // The modem goes away (the veth's peer in the router goes with it)...
+    lab.ip_host(&["link", "del", "wwan0"]).unwrap();
+    wait_until_leaves_by(&lab, &app, Family::V4, wlan);
+    // ...and comes back as a new interface of the same name.
+    lab.ip_host(&[
+        "link",
+        "add",
+        "wwan0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &wwan.router_ns,
+    ])
+    .unwrap();
+    lab.ip_host(&[
+        "addr",
+        "add",
+        &format!("{}/24", wwan.host_v4),
+        "dev",
+        "wwan0",
+    ])
+    .unwrap();
+    lab.ip_router(
+        1,
+        &[
+            "addr",
+            "add",
+            &format!("{}/24", wwan.gateway_v4),
+            "dev",
+            "eth0",
+        ],
+    )
+    .unwrap();
+    lab.ip_router(
+        1,
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", wwan.gateway_v6),
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    )
+    .unwrap();
+    lab.ip_router(1, &["link", "set", "eth0", "up"]).unwrap();
+    bring_back(&lab, wwan);
+    let new_index = lab.host_ifindex("wwan0").unwrap();
+    assert_ne!(old_index, new_index);
+
+    wait_until_leaves_by(&lab, &app, Family::V4, wwan);
+    wait_until_leaves_by(&lab, &app, Family::V6, wwan);
+    let maps = daemon.maps_json().unwrap();
+    let pvd = maps["pvds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "wwan0")
+        .unwrap()
+        .clone();
+    assert_eq!(pvd["ifindex"], new_index, "{maps:#}");
+}
+
+#[test]
+fn keep_steering_hands_over_to_the_next_daemon_and_cleanup_removes_everything() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let config = policy(&format!("{}/app", lab.cgroup_rel()), &["wwan0"], "");
+    let wwan = lab.network(1);
+    let rules_before = lab.ip_host(&["rule"]).unwrap();
+
+    // A daemon stopped with --keep-steering leaves steering in place.
+    let first = Daemon::start_with(&lab, &config, &["--keep-steering"]).unwrap();
+    let pin_dir = first.instance.pin_dir.clone();
+    let instance = first.instance.clone();
+    first.stop().unwrap();
+    wait_until_leaves_by(&lab, &app, Family::V4, wwan);
+    assert!(pin_dir.exists());
+
+    // The next one adopts it, and a plain stop removes everything.
+    let second = Daemon::start(&lab, &config).unwrap();
+    wait_until_leaves_by(&lab, &app, Family::V6, wwan);
+    second.kill_hard().unwrap();
+    // After a crash, `mif cleanup` is the way back to a clean host.
+    let mut args = vec!["cleanup".to_string()];
+    args.extend(instance.args());
+    let out = mif_tests::mif::run_mif(&lab, &args).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!pin_dir.exists(), "pins left after cleanup");
+    assert_eq!(lab.ip_host(&["rule"]).unwrap(), rules_before);
+    assert_eq!(
+        lab.ip_host(&["route", "show", "table", "all", "proto", "241"])
+            .unwrap(),
+        ""
+    );
+    assert_eq!(
+        lab.sockmark(Some(&app), Family::V4).unwrap().mark,
+        0,
+        "still steering after cleanup"
     );
 }

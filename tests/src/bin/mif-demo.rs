@@ -90,6 +90,26 @@ fn main() -> Result<()> {
     show(&lab, "updater", &updater)?;
     show(&lab, "an unsteered app", &cgroups.0)?;
 
+    println!("\nwwan0 goes down. mif follows at once: the strict updater is refused rather");
+    println!("than leaking onto Wi-Fi; the browser is unaffected.\n");
+    lab.ip_host(&["link", "set", "wwan0", "down"])?;
+    std::thread::sleep(Duration::from_millis(200));
+    match lab.client(Some(&updater), Proto::Tcp, INTERNET_V4.into(), None) {
+        Ok(reply) => println!(
+            "  updater           LEFT BY {} (unexpected!)",
+            reply.network
+        ),
+        Err(e) => println!(
+            "  updater           refused: {}",
+            first_line(&format!("{e:#}"))
+        ),
+    }
+    show(&lab, "browser", &browser)?;
+    println!("\nwwan0 comes back: the updater is steered to it again.\n");
+    lab.restore_uplink(1)?;
+    std::thread::sleep(Duration::from_millis(300));
+    show(&lab, "updater", &updater)?;
+
     println!("\n`mif maps` reads the kernel's state back:\n");
     let out = run_mif(&lab, &["maps", "--pin-dir", PIN_DIR])?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
@@ -102,6 +122,10 @@ fn main() -> Result<()> {
     let _ = std::fs::remove_file(&config);
     println!("Done; the lab is gone.");
     Ok(())
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
 }
 
 fn show(lab: &Lab, app: &str, cgroup: &Path) -> Result<()> {

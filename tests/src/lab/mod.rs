@@ -264,6 +264,28 @@ impl Lab {
         netns::ip(Some(&self.networks[i].router_ns), args)
     }
 
+    /// Brings network `i`'s uplink back as NetworkManager or DHCP would
+    /// after a link flap: link up, the IPv6 address (the kernel flushes IPv6
+    /// addresses on link down) and the default routes with their metric.
+    pub fn restore_uplink(&self, i: usize) -> Result<()> {
+        let net = &self.networks[i];
+        self.ip_host(&["link", "set", &net.name, "up"])?;
+        let v6 = format!("{}/64", net.host_v6);
+        // Already there if the link only went down briefly: fine.
+        let _ = self.ip_host(&["-6", "addr", "add", &v6, "dev", &net.name, "nodad"]);
+        let metric = (100 * (net.index + 1)).to_string();
+        for (family, gw) in [
+            ("-4", net.gateway_v4.to_string()),
+            ("-6", net.gateway_v6.to_string()),
+        ] {
+            self.ip_host(&[
+                family, "route", "replace", "default", "via", &gw, "dev", &net.name, "metric",
+                &metric,
+            ])?;
+        }
+        Ok(())
+    }
+
     /// The ifindex of a host-namespace interface (e.g. to compare with a
     /// socket's SO_BINDTOIFINDEX).
     pub fn host_ifindex(&self, name: &str) -> Result<u32> {
