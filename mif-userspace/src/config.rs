@@ -20,6 +20,9 @@ pub struct Config {
     pub path: PathBuf,
     pub pvds: Vec<PvdConfig>,
     pub policies: Vec<PolicyConfig>,
+    /// `[control] group`: a group whose members may change policies
+    /// through the control socket, besides root; with its line.
+    pub control_group: Option<(String, usize)>,
 }
 
 /// An explicit PvD: a name for an interface that may not exist yet, and
@@ -95,6 +98,13 @@ struct RawConfig {
     pvd: Vec<Spanned<RawPvd>>,
     #[serde(default)]
     policy: Vec<Spanned<RawPolicy>>,
+    control: Option<RawControl>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    group: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -310,10 +320,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         });
     }
 
+    let control_group = raw
+        .control
+        .and_then(|c| c.group)
+        .map(|g| (g.get_ref().clone(), line_of(text, g.span().start)));
     Ok(Config {
         path: path.to_path_buf(),
         pvds,
         policies,
+        control_group,
     })
 }
 

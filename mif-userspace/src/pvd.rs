@@ -63,7 +63,7 @@ pub fn check_mark_mask(mask: u32) -> Result<(), NumberingError> {
 }
 
 /// One PvD as mif sees it now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PvdState {
     pub index: u32,
     pub name: String,

@@ -16,10 +16,12 @@ use log::{info, warn};
 use mif_common::Settings;
 
 use crate::{
+    cgroup::{Cgroup, Cgroup2},
     config::Config,
     kernel_maps::KernelMaps,
     netlink::{Netlink, PvdRouting},
     plan::{self, ResolvedPolicy, RuleOptions},
+    policies::{self, Pending, PolicyIds, PolicySet},
     pvd::{self, LearnedDns, Numbering, PvdState, Registry},
 };
 
@@ -74,10 +76,51 @@ pub struct Lost {
     pub source: IpAddr,
 }
 
+/// The policies to enforce and what they resolve to right now.
+pub struct PolicyState {
+    pub set: PolicySet,
+    ids: PolicyIds,
+    cgroup2: Cgroup2,
+    pub attach: Cgroup,
+    resolved: Vec<ResolvedPolicy>,
+    pending: Vec<Pending>,
+}
+
+impl PolicyState {
+    pub fn new(set: PolicySet, cgroup2: Cgroup2, attach: Cgroup) -> Self {
+        Self {
+            set,
+            ids: PolicyIds::default(),
+            cgroup2,
+            attach,
+            resolved: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Re-binds every policy to its cgroup (cgroups come and go).
+    fn resolve(&mut self) {
+        (self.resolved, self.pending) =
+            policies::resolve(&self.set, &self.cgroup2, &self.attach, &mut self.ids);
+    }
+
+    pub fn resolved(&self) -> &[ResolvedPolicy] {
+        &self.resolved
+    }
+
+    pub fn pending(&self) -> &[Pending] {
+        &self.pending
+    }
+
+    pub fn cgroup2(&self) -> &Cgroup2 {
+        &self.cgroup2
+    }
+}
+
 pub struct Reconciler {
     netlink: Netlink,
     config: Config,
-    policies: Vec<ResolvedPolicy>,
+    policy: PolicyState,
     numbering: Numbering,
     rules: RuleOptions,
     settings: Settings,
@@ -94,7 +137,7 @@ impl Reconciler {
     pub fn new(
         netlink: Netlink,
         config: Config,
-        policies: Vec<ResolvedPolicy>,
+        policy: PolicyState,
         numbering: Numbering,
         rules: RuleOptions,
         settings: Settings,
@@ -103,7 +146,7 @@ impl Reconciler {
         Self {
             netlink,
             config,
-            policies,
+            policy,
             numbering,
             rules,
             settings,
@@ -138,8 +181,72 @@ impl Reconciler {
         &self.pvds
     }
 
+    /// The policies as last resolved.
     pub fn policies(&self) -> &[ResolvedPolicy] {
-        &self.policies
+        self.policy.resolved()
+    }
+
+    pub fn policy_state(&self) -> &PolicyState {
+        &self.policy
+    }
+
+    pub fn policy_state_mut(&mut self) -> &mut PolicyState {
+        &mut self.policy
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Names a policy may prefer: the config's PvDs, the current PvDs and
+    /// every interface that exists now (an implicit PvD once named).
+    pub async fn known_pvd_names(&self) -> anyhow::Result<std::collections::BTreeSet<String>> {
+        let interfaces = self
+            .netlink
+            .interfaces()
+            .await
+            .context("dumping interfaces")?;
+        Ok(self
+            .config
+            .pvds
+            .iter()
+            .map(|p| p.name.clone())
+            .chain(self.pvds.iter().map(|p| p.name.clone()))
+            .chain(
+                interfaces
+                    .into_iter()
+                    .filter(|i| !i.loopback)
+                    .map(|i| i.name),
+            )
+            .collect())
+    }
+
+        /// Which foreign network namespaces (containers) live in policy cgroups
+    /// now; cheap (cgroup.procs and /proc only), so the daemon can poll it
+    /// and reconcile when containers come or go.
+    pub fn foreign_fingerprint(&self) -> Vec<(String, u64)> {
+        let Ok(ours) = crate::foreign_netns::own_namespace() else { return Vec::new() };
+        let mut all: Vec<(String, u64)> = self
+            .policy
+            .resolved()
+            .iter()
+            .flat_map(|p| {
+                let dir = self.policy.cgroup2().mount().join(p.cgroup.trim_start_matches('/'));
+                crate::foreign_netns::foreign_namespaces(&dir, ours)
+                    .into_iter()
+                    .map(|(ns, _)| (p.cgroup.clone(), ns))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Takes a reloaded config: its PvDs and its policies.
+    pub fn replace_config(&mut self, config: Config) -> Vec<crate::policies::PolicySpec> {
+        let displaced = self.policy.set.replace_config(&config);
+        self.config = config;
+        displaced
     }
 
     /// One pass. With `verify`, routing that should already be in place is
@@ -165,7 +272,9 @@ impl Reconciler {
                 skipped.join(", ")
             );
         }
-        let desired = plan::desired(&pvds, &self.policies, &self.rules);
+                self.policy.resolve();
+        let mut desired = plan::desired(&pvds, self.policy.resolved(), &self.rules);
+        steer_foreign_namespaces(&mut desired, &pvds, &self.policy);
 
         // Routing before maps: a PvD becomes selectable only once its table
         // and rules exist.
@@ -213,6 +322,49 @@ impl Reconciler {
         for routing in std::mem::take(&mut self.applied).into_values() {
             if let Err(e) = self.netlink.remove(&routing).await {
                 warn!("removing the routing of PvD {}: {e:#}", routing.name);
+            }
+        }
+    }
+}
+
+/// Steers processes of policy cgroups that live in network namespaces of
+/// their own (containers) from the host side: their addresses become
+/// `from` rules of the PvD their policy picks (see [`crate::foreign_netns`]).
+/// Deeper policies claim a namespace first, as in the kernel's walk.
+fn steer_foreign_namespaces(desired: &mut plan::Desired, pvds: &[PvdState], policy: &PolicyState) {
+    let Ok(ours) = crate::foreign_netns::own_namespace() else { return };
+    let mut by_depth: Vec<&ResolvedPolicy> = policy.resolved().iter().collect();
+    by_depth.sort_by_key(|p| std::cmp::Reverse(p.cgroup.matches('/').count()));
+    let mut claimed = std::collections::BTreeSet::new();
+    for p in by_depth {
+        let dir = policy.cgroup2().mount().join(p.cgroup.trim_start_matches('/'));
+        for (ns, pid) in crate::foreign_netns::foreign_namespaces(&dir, ours) {
+            if !claimed.insert(ns) {
+                continue;
+            }
+            let addrs = match crate::foreign_netns::addresses_in_namespace_of(pid) {
+                Ok(addrs) => addrs,
+                Err(e) => {
+                    warn!("reading the addresses of the namespace of pid {pid} ({}): {e:#}", p.cgroup);
+                    continue;
+                }
+            };
+            for addr in addrs {
+                let v6 = addr.is_ipv6();
+                let usable = |s: &&PvdState| p.prefer.contains(&s.name) && if v6 { s.available6() } else { s.available4() };
+                let chosen = p
+                    .prefer
+                    .iter()
+                    .find_map(|name| pvds.iter().filter(usable).find(|s| &s.name == name))
+                    // Strict: the first PvD's table (unreachable default) blocks it.
+                    .or_else(|| if p.strict { pvds.iter().find(|s| Some(&s.name) == p.prefer.first()) } else { None });
+                if let Some(pvd) = chosen {
+                    if let Some(routing) = desired.routing.iter_mut().find(|r| r.table == pvd.table) {
+                        if !routing.sources.contains(&addr) {
+                            routing.sources.push(addr);
+                        }
+                    }
+                }
             }
         }
     }

@@ -176,6 +176,15 @@ impl MapsReport {
             );
         }
         out += "PvDs\n";
+        out += &self.render_pvds();
+        out += "\nPolicies\n";
+        out += &self.render_policies();
+        out += "\nCounters\n";
+        out += &self.render_counters();
+        out
+    }
+
+    pub fn render_pvds(&self) -> String {
         let mut rows = vec![vec![
             "INDEX", "NAME", "MARK", "TABLE", "IFINDEX", "IPV4", "IPV6", "DNS",
         ]
@@ -202,8 +211,10 @@ impl MapsReport {
                 },
             ]);
         }
-        out += &table(&rows);
-        out += "\nPolicies\n";
+        table(&rows)
+    }
+
+    pub fn render_policies(&self) -> String {
         let mut rows = vec![
             vec!["ID", "CGROUP", "CGROUP ID", "PREFER", "STRICT", "BIND"]
                 .into_iter()
@@ -220,8 +231,10 @@ impl MapsReport {
                 p.bind.into(),
             ]);
         }
-        out += &table(&rows);
-        out += "\nCounters\n";
+        table(&rows)
+    }
+
+    pub fn render_counters(&self) -> String {
         let mut rows = vec![vec![
             "POLICY",
             "PVD",
@@ -247,8 +260,7 @@ impl MapsReport {
                 c.src_set.to_string(),
             ]);
         }
-        out += &table(&rows);
-        out
+        table(&rows)
     }
 }
 

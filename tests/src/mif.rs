@@ -136,7 +136,13 @@ impl<'lab> Daemon<'lab> {
             "--config".into(),
             config.display().to_string(),
         ];
-        args.extend(instance.args());
+                args.extend(instance.args());
+        // CLI-set policies are kept next to the config unless the test
+        // wants a state directory of its own (to survive a restart).
+        if !extra.contains(&"--state-dir") {
+            let state = config.parent().map(|d| d.join("state")).unwrap_or_default();
+            args.extend(["--state-dir".to_string(), state.display().to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut cmd = lab.command_in(None, mif_path()?, &args)?;
         cmd.stdin(Stdio::null())
@@ -223,6 +229,11 @@ impl<'lab> Daemon<'lab> {
             .context("the daemon survived SIGKILL")?;
         self.cleanup_on_drop = false;
         Ok(())
+    }
+
+    /// Sends `signal` to the daemon (SIGHUP to reload, say).
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        self.child.as_ref().context("not running")?.signal(signal)
     }
 
     /// How many file descriptors the daemon holds open.

@@ -24,6 +24,10 @@ pub struct DaemonArgs {
     /// gap. `mif cleanup` removes it all.
     #[arg(long)]
     pub keep_steering: bool,
+
+    /// Where policies set with `mif policy set` are kept across restarts.
+    #[arg(long, default_value = "/var/lib/mif", value_name = "DIR")]
+    pub state_dir: PathBuf,
 }
 
 impl DaemonArgs {
@@ -32,6 +36,7 @@ impl DaemonArgs {
             config: &self.config,
             instance: &self.instance,
             keep_steering: self.keep_steering,
+            state_dir: &self.state_dir,
         })
         .await
     }

@@ -1,7 +1,17 @@
 //! The `mif` command line: one module per verb, each with an `execute`.
 pub mod cleanup;
+mod common;
+mod completions;
+mod container;
 pub mod daemon;
+mod exec;
 pub mod maps;
+mod monitor;
+mod policy;
+mod pvd;
+mod reload;
+mod stats;
+mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -17,16 +27,35 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Daemon(daemon::DaemonArgs),
+    Status(status::StatusArgs),
+    Pvd(pvd::PvdArgs),
+    Policy(policy::PolicyArgs),
+    Exec(exec::ExecArgs),
     Maps(maps::MapsArgs),
+    Stats(stats::StatsArgs),
+    Monitor(monitor::MonitorArgs),
+    Reload(reload::ReloadArgs),
     Cleanup(cleanup::CleanupArgs),
+    Completions(completions::CompletionsArgs),
+    Man(completions::ManArgs),
 }
 
 impl Cli {
     pub async fn execute(self) -> anyhow::Result<()> {
+        // Client verbs block on the socket; they are short and run alone.
         match self.command {
             Command::Daemon(args) => args.execute().await,
+            Command::Status(args) => args.execute(),
+            Command::Pvd(args) => args.execute(),
+            Command::Policy(args) => args.execute(),
+            Command::Exec(args) => args.execute(),
             Command::Maps(args) => args.execute(),
+            Command::Stats(args) => args.execute(),
+            Command::Monitor(args) => args.execute(),
+            Command::Reload(args) => args.execute(),
             Command::Cleanup(args) => args.execute().await,
+            Command::Completions(args) => args.execute(),
+            Command::Man(args) => args.execute(),
         }
     }
 }

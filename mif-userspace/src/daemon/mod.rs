@@ -12,6 +12,7 @@
 //!    PvDs that were lost get their policies' TCP sockets reset if asked;
 //! 6. on SIGINT/SIGTERM remove everything (or, with --keep-steering, leave
 //!    it for the next daemon to adopt).
+mod admin;
 mod prepare;
 mod steering;
 
@@ -21,14 +22,23 @@ use anyhow::Context as _;
 use futures::FutureExt as _;
 use log::{info, warn};
 use mif_common::Settings;
+use tokio::sync::broadcast;
 
 pub use self::prepare::{prepare, Prepared};
-use self::steering::Steering;
+use self::{admin::Admin, steering::Steering};
 use crate::{
+    control::{
+        self,
+        protocol::MonitorEvent,
+        server::{Control, Writers},
+    },
     instance::InstanceOptions,
     kernel_maps::KernelMaps,
     netlink::{self, NetEvent, Netlink},
     netns,
+    policies::{self, PolicySet},
+    pvd::PvdState,
+    reconcile::PolicyState,
     reconcile::{Lost, Reconciler},
     sockdiag,
 };
@@ -37,9 +47,15 @@ use crate::{
 /// what someone else changed without our noticing.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(30);
 
+/// How often policy cgroups are scanned for processes in network namespaces
+/// of their own (containers), which are steered from the host side.
+const CONTAINER_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+
 pub struct DaemonOptions<'a> {
     pub config: &'a Path,
     pub instance: &'a InstanceOptions,
+    /// Where policies set from the CLI are kept across restarts.
+    pub state_dir: &'a Path,
     /// Leave programs, maps and routing in place on exit, for the next
     /// daemon (an upgrade, a restart) to adopt without a gap.
     pub keep_steering: bool,
@@ -76,10 +92,27 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
+    let state_file = policies::state_file(opts.state_dir, &opts.instance.pin_dir);
+    let persisted = policies::load_persisted(&state_file)?;
+    let (set, dropped) = PolicySet::new(&prepared.config, persisted);
+    for spec in dropped {
+        warn!(
+            "the config file owns cgroup {}: its saved CLI policy is dropped",
+            spec.cgroup
+        );
+    }
+    let writers = Writers {
+        group: match &prepared.config.control_group {
+            Some((name, _)) => {
+                nix::unistd::Group::from_name(name)?.map(|g| (name.clone(), g.gid.as_raw()))
+            }
+            None => None,
+        },
+    };
     let mut reconciler = Reconciler::new(
         netlink.clone(),
         prepared.config.clone(),
-        prepared.policies.clone(),
+        PolicyState::new(set, prepared.cgroup2.clone(), prepared.attach.clone()),
         opts.instance.numbering(),
         opts.instance.rules(),
         settings,
@@ -104,17 +137,40 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
         }
         return Err(e);
     }
+    let mut control =
+        match control::server::start(&control::socket_path(&opts.instance.pin_dir), writers) {
+            Ok(control) => control,
+            Err(e) => {
+                if !steering.adopted {
+                    teardown(reconciler, steering).await;
+                }
+                return Err(e.into());
+            }
+        };
+    let mut admin = Admin::new(opts.config.to_path_buf(), opts.instance.clone(), state_file);
     info!(
         "steering {} policies over {} PvDs below cgroup {} (pins in {})",
-        prepared.policies.len(),
+        reconciler.policies().len(),
         reconciler.pvds().len(),
         prepared.attach.rel,
         opts.instance.pin_dir.display()
     );
+        // Handlers first: a signal right after `ready` must not find the
+    // default action (SIGHUP would kill the daemon, SIGTERM skip teardown).
+    let mut signals = Signals::new()?;
     // Machine-readable readiness for scripts and tests.
     println!("ready");
 
-    follow(&mut reconciler, &mut events, opts.instance.mark_mask).await?;
+    follow(
+        &mut reconciler,
+        &mut events,
+        &mut control,
+        &mut admin,
+        &mut signals,
+        opts.instance.mark_mask,
+    )
+    .await?;
+    drop(control);
 
     if opts.keep_steering {
         info!("stopping; steering stays in place (--keep-steering)");
@@ -130,18 +186,43 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
 async fn follow(
     reconciler: &mut Reconciler,
     events: &mut netlink::NetEvents,
+        control: &mut Control,
+    admin: &mut Admin,
+    signals: &mut Signals,
     mark_mask: u32,
 ) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
+    
+        let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
     recheck.tick().await;
+    // Containers start and stop without a netlink event in our namespace
+    // that reliably follows their processes: poll for them, cheaply.
+    let mut containers = tokio::time::interval(CONTAINER_SCAN_INTERVAL);
+    let mut known_containers = reconciler.foreign_fingerprint();
     loop {
         let verify = tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = recheck.tick() => true,
+                        _ = signals.term.recv() => return Ok(()),
+            _ = signals.int.recv() => return Ok(()),
+                                    _ = recheck.tick() => true,
+            _ = containers.tick() => {
+                let now = reconciler.foreign_fingerprint();
+                if now == known_containers {
+                    continue;
+                }
+                known_containers = now;
+                false
+            }
+                        _ = signals.hup.recv() => {
+                let _ = admin.reload(reconciler).await;
+                continue;
+            }
+            command = control.commands.recv() => {
+                let Some(command) = command else { continue };
+                let before = reconciler.pvds().to_vec();
+                let response = admin.handle(reconciler, &control.monitor, command.request).await;
+                let _ = command.reply.send(response);
+                announce_pvd_changes(&before, reconciler, &control.monitor);
+                continue;
+            }
             event = events.next() => {
                 let Some(first) = event else {
                     anyhow::bail!("the netlink event stream ended");
@@ -161,11 +242,46 @@ async fn follow(
                 verify
             }
         };
+        let before = reconciler.pvds().to_vec();
         match reconciler.reconcile(verify).await {
-            Ok(lost) => reset_lost(reconciler, &lost, mark_mask).await,
+            Ok(lost) => {
+                announce_pvd_changes(&before, reconciler, &control.monitor);
+                reset_lost(reconciler, &lost, mark_mask).await
+            }
             // A failed pass is retried on the next event or recheck; the
             // kernel keeps the last good state meanwhile.
             Err(e) => warn!("reconciling: {e:#}"),
+        }
+    }
+}
+
+/// The signals the daemon acts on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// Tells `mif monitor` clients about PvDs whose state changed.
+fn announce_pvd_changes(
+    before: &[PvdState],
+    reconciler: &Reconciler,
+    monitor: &broadcast::Sender<MonitorEvent>,
+) {
+    for pvd in reconciler.pvds() {
+        if !before.contains(pvd) {
+            let _ = monitor.send(MonitorEvent::Pvd(pvd.into()));
         }
     }
 }

@@ -8,50 +8,63 @@ use crate::{
     cgroup::{Cgroup, Cgroup2, CgroupError},
     config::{self, Config},
     instance::InstanceOptions,
-    plan::ResolvedPolicy,
     pvd,
 };
 
 /// The checked configuration, bound to real cgroups.
 pub struct Prepared {
     pub config: Config,
-    pub policies: Vec<ResolvedPolicy>,
+    pub cgroup2: Cgroup2,
     pub attach: Cgroup,
 }
 
+/// Checks the config file against the host: marks, PvD names, and that each
+/// policy's cgroup exists within the attach cgroup.
 pub fn prepare(
     config_path: &Path,
     opts: &InstanceOptions,
     interfaces: &[String],
 ) -> anyhow::Result<Prepared> {
     pvd::check_mark_mask(opts.mark_mask).context("--mark-mask")?;
+    let cgroup2 = Cgroup2::find()?;
+    let attach = cgroup2.resolve(&opts.cgroup).context("--cgroup")?;
+    let config = check_config(config_path, opts, interfaces, &cgroup2, &attach)?;
+    Ok(Prepared {
+        config,
+        cgroup2,
+        attach,
+    })
+}
+
+/// Loads and checks a config file (at start, and on reload).
+pub fn check_config(
+    config_path: &Path,
+    opts: &InstanceOptions,
+    interfaces: &[String],
+    cgroup2: &Cgroup2,
+    attach: &Cgroup,
+) -> anyhow::Result<Config> {
     let config = config::load(config_path)?;
     config.check_marks(opts.mark_mask)?;
     config.check_prefer(&interfaces.iter().cloned().collect())?;
-
-    let cgroup2 = Cgroup2::find()?;
-    let attach = cgroup2.resolve(&opts.cgroup).context("--cgroup")?;
-    let cgroups = resolve_policy_cgroups(&config, &cgroup2, &attach)?;
-    let policies = config
-        .policies
-        .iter()
-        .zip(cgroups)
-        .enumerate()
-        .map(|(i, (p, cg))| ResolvedPolicy {
-            id: i as u32 + 1,
-            cgroup_id: cg.id,
-            cgroup: cg.rel,
-            prefer: p.prefer.clone(),
-            strict: p.strict,
-            bind: p.bind,
-            reset: p.reset,
-        })
-        .collect();
-    Ok(Prepared {
-        config,
-        policies,
-        attach,
-    })
+    resolve_policy_cgroups(&config, cgroup2, attach)?;
+    if let Some((group, line)) = &config.control_group {
+        if nix::unistd::Group::from_name(group)
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            return Err(config
+                .error_at(
+                    *line,
+                    "control.group",
+                    format!("{group:?}"),
+                    "no such group",
+                )
+                .into());
+        }
+    }
+    Ok(config)
 }
 
 /// Each policy's cgroup, which must exist and lie within the attach cgroup.

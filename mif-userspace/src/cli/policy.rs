@@ -1,0 +1,157 @@
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::common::{note_daemon_down, or_dash, unexpected, ClientArgs};
+use crate::{
+    config::BindMode,
+    control::{
+        client::ClientError,
+        protocol::{PolicyView, Request, Response},
+    },
+    policies::{Origin, PolicySpec},
+    report::{table, MapsReport},
+};
+
+/// Which applications use which networks.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Set the policy of a cgroup (or a container's): takes effect for the
+    /// next socket, and is kept across restarts.
+    Set(SetArgs),
+    /// Remove the policy of a cgroup set with `mif policy set`.
+    Del(DelArgs),
+    /// Every policy, where it comes from, and whether its cgroup exists.
+    List,
+}
+
+/// The policy itself, shared with `mif exec`.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyOptions {
+    /// PvDs in order of preference; the first available one is used.
+    #[arg(long, value_delimiter = ',', required = true, value_name = "PVD,...")]
+    pub prefer: Vec<String>,
+    /// Refuse sockets rather than leave by another network when none of
+    /// the PvDs is available.
+    #[arg(long)]
+    pub strict: bool,
+    /// How sockets are held to the PvD.
+    #[arg(long, value_enum, default_value_t = Bind::Mark)]
+    pub bind: Bind,
+    /// Reset TCP connections on a lost PvD so applications reconnect.
+    #[arg(long)]
+    pub reset: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Bind {
+    Mark,
+    Device,
+}
+
+impl PolicyOptions {
+    pub fn spec(&self, cgroup: String) -> PolicySpec {
+        PolicySpec {
+            cgroup,
+            prefer: self.prefer.clone(),
+            strict: self.strict,
+            bind: match self.bind {
+                Bind::Mark => BindMode::Mark,
+                Bind::Device => BindMode::Device,
+            },
+            reset: self.reset,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// cgroup path relative to the cgroup2 root (see /proc/PID/cgroup).
+    #[arg(required_unless_present = "container", conflicts_with = "container")]
+    pub cgroup: Option<String>,
+    /// A Docker, Podman, containerd or CRI-O container id (or a unique
+    /// prefix of 12+ hex digits), or a Kubernetes pod UID.
+    #[arg(long, value_name = "ID")]
+    pub container: Option<String>,
+    #[command(flatten)]
+    pub policy: PolicyOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct DelArgs {
+    #[arg(required_unless_present = "container", conflicts_with = "container")]
+    pub cgroup: Option<String>,
+    #[arg(long, value_name = "ID")]
+    pub container: Option<String>,
+}
+
+impl PolicyArgs {
+    pub fn execute(self) -> anyhow::Result<()> {
+        match &self.command {
+            PolicyCommand::Set(args) => {
+                let cgroup = target(args.cgroup.as_deref(), args.container.as_deref())?;
+                expect_ok(self.client.request(&Request::PolicySet(args.policy.spec(cgroup))))
+            }
+            PolicyCommand::Del(args) => {
+                let cgroup = target(args.cgroup.as_deref(), args.container.as_deref())?;
+                expect_ok(self.client.request(&Request::PolicyDel { cgroup }))
+            }
+            PolicyCommand::List => match self.client.request(&Request::Policies) {
+                Ok(Response::Policies(policies)) => self.client.print(&policies, || render(&policies)),
+                Ok(other) => Err(unexpected(other)),
+                Err(e @ ClientError::NotRunning(_)) => {
+                    note_daemon_down(&e);
+                    let report = MapsReport::read(&self.client.maps()?);
+                    self.client.print(&report.policies, || report.render_policies())
+                }
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+}
+
+/// The cgroup a policy verb is about: given, or the container's.
+fn target(cgroup: Option<&str>, container: Option<&str>) -> anyhow::Result<String> {
+    match (cgroup, container) {
+        (Some(cgroup), _) => Ok(cgroup.to_string()),
+        (None, Some(id)) => super::container::cgroup_of(id),
+        (None, None) => anyhow::bail!("name a cgroup or --container"),
+    }
+}
+
+pub fn expect_ok(response: Result<Response, ClientError>) -> anyhow::Result<()> {
+    match response? {
+        Response::Ok => Ok(()),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn render(policies: &[PolicyView]) -> String {
+    let mut rows = vec![["CGROUP", "PREFER", "STRICT", "BIND", "RESET", "FROM", "STATE", "ID"].map(String::from).to_vec()];
+    for p in policies {
+        rows.push(vec![
+            p.spec.cgroup.clone(),
+            p.spec.prefer.join(","),
+            yes_no(p.spec.strict),
+            format!("{:?}", p.spec.bind).to_lowercase(),
+            yes_no(p.spec.reset),
+            match &p.origin {
+                Origin::Config { file, line } => format!("{}:{line}", file.display()),
+                Origin::Cli => "cli".into(),
+            },
+            p.state.clone(),
+            or_dash(p.id),
+        ]);
+    }
+    table(&rows)
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.into()
+}

@@ -1,0 +1,22 @@
+//! The daemon's control socket: a Unix socket under /run where the CLI asks
+//! for state and changes policies, one JSON request per line.
+//!
+//! Any local user may read; changes need root or membership of the group
+//! named in the config's `[control] group` (checked from the peer's
+//! credentials, SO_PEERCRED). Each instance has its own socket, named after
+//! its pin directory, like its lock.
+pub mod client;
+pub mod protocol;
+pub mod server;
+
+use std::path::{Path, PathBuf};
+
+/// `/run/mif/<pin dir with / as ->.sock`.
+pub fn socket_path(pin_dir: &Path) -> PathBuf {
+    let flat = pin_dir
+        .display()
+        .to_string()
+        .trim_matches('/')
+        .replace('/', "-");
+    PathBuf::from("/run/mif").join(format!("{flat}.sock"))
+}

@@ -1,0 +1,125 @@
+//! Requests and answers on the control socket (JSON, one per line).
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    policies::{Origin, PolicySpec},
+    pvd::PvdState,
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Pvds,
+    Policies,
+    PolicySet(PolicySpec),
+    PolicyDel {
+        cgroup: String,
+    },
+    Reload,
+    /// Streams [`MonitorEvent`]s until the client goes away.
+    Monitor,
+}
+
+impl Request {
+    /// Whether the request changes anything (and so needs a privileged peer).
+    pub fn is_change(&self) -> bool {
+        matches!(
+            self,
+            Self::PolicySet(_) | Self::PolicyDel { .. } | Self::Reload
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Ok,
+    Error(String),
+    Status(StatusView),
+    Pvds(Vec<PvdView>),
+    Policies(Vec<PolicyView>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    pub pid: u32,
+    pub version: String,
+    pub layout_version: u32,
+    pub uptime_secs: u64,
+    pub pin_dir: String,
+    pub attach_cgroup: String,
+    pub pvds: usize,
+    pub pvds_available: usize,
+    pub policies: usize,
+    pub policies_pending: usize,
+    /// Why the last reload was refused, if it was.
+    pub last_reload_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PvdView {
+    pub index: u32,
+    pub name: String,
+    pub interface: String,
+    pub ifindex: Option<u32>,
+    pub link_up: bool,
+    pub available_v4: bool,
+    pub available_v6: bool,
+    pub addr4: Option<String>,
+    pub addr6: Option<String>,
+    pub gateway4: Option<String>,
+    pub gateway6: Option<String>,
+    pub dns: Vec<String>,
+    pub dns_source: String,
+    pub mark: String,
+    pub table: u32,
+}
+
+impl From<&PvdState> for PvdView {
+    fn from(p: &PvdState) -> Self {
+        let s = |a: Option<String>| a;
+        Self {
+            index: p.index,
+            name: p.name.clone(),
+            interface: p.interface.clone(),
+            ifindex: p.ifindex,
+            link_up: p.up,
+            available_v4: p.available4(),
+            available_v6: p.available6(),
+            addr4: s(p.addr4.map(|a| a.to_string())),
+            addr6: s(p.addr6.map(|a| a.to_string())),
+            gateway4: p.gateway4.map(|a| a.to_string()),
+            gateway6: p.gateway6.map(|a| a.to_string()),
+            dns: p.dns.iter().map(|a| a.to_string()).collect(),
+            dns_source: serde_json::to_value(p.dns_source)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            mark: format!("{:#x}", p.mark),
+            table: p.table,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyView {
+    #[serde(flatten)]
+    pub spec: PolicySpec,
+    pub origin: Origin,
+    /// The policy's id (counters) and its cgroup's id, when the cgroup exists.
+    pub id: Option<u32>,
+    pub cgroup_id: Option<u64>,
+    /// "active", or "pending" while its cgroup does not exist.
+    pub state: String,
+}
+
+/// What `mif monitor` streams.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum MonitorEvent {
+    Pvd(PvdView),
+    PolicySet(PolicySpec),
+    PolicyDel { cgroup: String },
+    Reload { ok: bool, error: Option<String> },
+}

@@ -1,0 +1,210 @@
+//! The daemon's side of the control socket. Connections are served on
+//! their own tasks; requests that need the daemon's state are handed to the
+//! daemon's loop as [`Command`]s, so all state stays in one place.
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use log::{debug, warn};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{broadcast, mpsc, oneshot},
+};
+
+use super::protocol::{MonitorEvent, Request, Response};
+
+/// A request for the daemon's loop, with where to send the answer.
+pub struct Command {
+    pub request: Request,
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// Who may change things besides root.
+#[derive(Debug, Clone)]
+pub struct Writers {
+    pub group: Option<(String, u32)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create the control socket at {}", path.display())]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The channels the daemon's loop uses: commands in, monitor events out.
+pub struct Control {
+    pub commands: mpsc::Receiver<Command>,
+    pub monitor: broadcast::Sender<MonitorEvent>,
+    path: PathBuf,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds the socket (replacing a stale one: the caller holds the instance
+/// lock, so no live daemon owns it) and starts serving.
+pub fn start(path: &Path, writers: Writers) -> Result<Control, ServerError> {
+    let fail = |source| ServerError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(fail)?;
+    // Anyone may connect and read; changes are checked per request.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(fail)?;
+    let (commands_tx, commands) = mpsc::channel(16);
+    let (monitor, _) = broadcast::channel(256);
+    let monitor_tx = monitor.clone();
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let (commands, monitor, writers) =
+                        (commands_tx.clone(), monitor_tx.clone(), writers.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = serve(stream, commands, monitor, writers).await {
+                            debug!("control connection: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!("control socket: {e}");
+                    return;
+                }
+            }
+        }
+    });
+    Ok(Control {
+        commands,
+        monitor,
+        path: path.to_path_buf(),
+    })
+}
+
+async fn serve(
+    stream: UnixStream,
+    commands: mpsc::Sender<Command>,
+    monitor: broadcast::Sender<MonitorEvent>,
+    writers: Writers,
+) -> std::io::Result<()> {
+    let cred = stream.peer_cred()?;
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        let request: Request = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                send(
+                    &mut write,
+                    &Response::Error(format!("malformed request: {e}")),
+                )
+                .await?;
+                continue;
+            }
+        };
+        if request.is_change() {
+            if let Err(why) = may_change(cred.uid(), cred.gid(), cred.pid(), &writers) {
+                send(&mut write, &Response::Error(why)).await?;
+                continue;
+            }
+        }
+        if request == Request::Monitor {
+            let mut events = monitor.subscribe();
+            loop {
+                match events.recv().await {
+                    Ok(event) => {
+                        let mut line = serde_json::to_string(&event).unwrap_or_default();
+                        line.push('\n');
+                        write.write_all(line.as_bytes()).await?;
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                }
+            }
+        }
+        let (reply, answer) = oneshot::channel();
+        if commands.send(Command { request, reply }).await.is_err() {
+            return Ok(());
+        }
+        let response = answer
+            .await
+            .unwrap_or_else(|_| Response::Error("the daemon is stopping".into()));
+        send(&mut write, &response).await?;
+    }
+    Ok(())
+}
+
+async fn send(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    response: &Response,
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_string(response).unwrap_or_default();
+    line.push('\n');
+    write.write_all(line.as_bytes()).await
+}
+
+/// Root, or a member (primary or supplementary) of the writers' group.
+fn may_change(uid: u32, gid: u32, pid: Option<i32>, writers: &Writers) -> Result<(), String> {
+    if uid == 0 {
+        return Ok(());
+    }
+    if let Some((name, group)) = &writers.group {
+        let supplementary = pid.map(supplementary_groups).unwrap_or_default();
+        if gid == *group || supplementary.contains(group) {
+            return Ok(());
+        }
+        return Err(format!(
+            "refused: changes need root or membership of group {name} (you are uid {uid})"
+        ));
+    }
+    Err(format!(
+        "refused: changes need root (you are uid {uid}); a config [control] group may allow others"
+    ))
+}
+
+/// The `Groups:` line of /proc/<pid>/status.
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_root_or_the_group_may_change() {
+        let none = Writers { group: None };
+        assert!(may_change(0, 0, None, &none).is_ok());
+        assert!(may_change(1000, 1000, None, &none)
+            .unwrap_err()
+            .contains("uid 1000"));
+        let group = Writers {
+            group: Some(("mifadm".into(), 4242)),
+        };
+        assert!(may_change(1000, 4242, None, &group).is_ok());
+        assert!(may_change(1000, 1000, None, &group)
+            .unwrap_err()
+            .contains("group mifadm"));
+    }
+}

@@ -1,0 +1,228 @@
+//! What the daemon does for the control socket and SIGHUP: report state,
+//! change CLI policies (checked, persisted, applied at once), reload the
+//! config file (an invalid one changes nothing and is reported).
+use std::{path::PathBuf, time::Instant};
+
+use log::{info, warn};
+use tokio::sync::broadcast;
+
+use super::prepare::check_config;
+use crate::{
+    config::{check_cgroup_path, normalize_cgroup},
+    control::protocol::{MonitorEvent, PolicyView, PvdView, Request, Response, StatusView},
+    instance::InstanceOptions,
+    policies::{self, Origin, PolicySpec},
+    reconcile::Reconciler,
+};
+
+pub struct Admin {
+    pub config_path: PathBuf,
+    pub opts: InstanceOptions,
+    pub state_file: PathBuf,
+    started: Instant,
+    last_reload_error: Option<String>,
+}
+
+impl Admin {
+    pub fn new(config_path: PathBuf, opts: InstanceOptions, state_file: PathBuf) -> Self {
+        Self {
+            config_path,
+            opts,
+            state_file,
+            started: Instant::now(),
+            last_reload_error: None,
+        }
+    }
+
+    pub async fn handle(
+        &mut self,
+        reconciler: &mut Reconciler,
+        monitor: &broadcast::Sender<MonitorEvent>,
+        request: Request,
+    ) -> Response {
+        match request {
+            Request::Status => Response::Status(self.status(reconciler)),
+            Request::Pvds => Response::Pvds(reconciler.pvds().iter().map(PvdView::from).collect()),
+            Request::Policies => Response::Policies(policy_views(reconciler)),
+            Request::PolicySet(spec) => match self.set_policy(reconciler, spec.clone()).await {
+                Ok(()) => {
+                    let _ = monitor.send(MonitorEvent::PolicySet(spec));
+                    Response::Ok
+                }
+                Err(e) => Response::Error(e),
+            },
+            Request::PolicyDel { cgroup } => match self.del_policy(reconciler, &cgroup).await {
+                Ok(()) => {
+                    let _ = monitor.send(MonitorEvent::PolicyDel { cgroup });
+                    Response::Ok
+                }
+                Err(e) => Response::Error(e),
+            },
+            Request::Reload => {
+                let result = self.reload(reconciler).await;
+                let _ = monitor.send(MonitorEvent::Reload {
+                    ok: result.is_ok(),
+                    error: result.clone().err(),
+                });
+                match result {
+                    Ok(()) => Response::Ok,
+                    Err(e) => Response::Error(e),
+                }
+            }
+            // Served by the connection itself.
+            Request::Monitor => Response::Error("monitor is a stream".into()),
+        }
+    }
+
+    fn status(&self, reconciler: &Reconciler) -> StatusView {
+        let state = reconciler.policy_state();
+        StatusView {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            layout_version: mif_common::LAYOUT_VERSION,
+            uptime_secs: self.started.elapsed().as_secs(),
+            pin_dir: self.opts.pin_dir.display().to_string(),
+            attach_cgroup: state.attach.rel.clone(),
+            pvds: reconciler.pvds().len(),
+            pvds_available: reconciler
+                .pvds()
+                .iter()
+                .filter(|p| p.available4() || p.available6())
+                .count(),
+            policies: state.resolved().len(),
+            policies_pending: state.pending().len(),
+            last_reload_error: self.last_reload_error.clone(),
+        }
+    }
+
+    /// Checks a CLI policy as thoroughly as the config file's: path, PvD
+    /// names, cgroup existence within the attach cgroup.
+    async fn set_policy(
+        &mut self,
+        reconciler: &mut Reconciler,
+        mut spec: PolicySpec,
+    ) -> Result<(), String> {
+        check_cgroup_path(&spec.cgroup).map_err(|e| format!("cgroup {:?}: {e}", spec.cgroup))?;
+        spec.cgroup = normalize_cgroup(&spec.cgroup);
+        if spec.prefer.is_empty() || spec.prefer.len() > mif_common::MAX_PREFER {
+            return Err(format!(
+                "--prefer: list 1 to {} PvDs",
+                mif_common::MAX_PREFER
+            ));
+        }
+        for (i, name) in spec.prefer.iter().enumerate() {
+            if spec.prefer[..i].contains(name) {
+                return Err(format!("--prefer: {name:?} listed twice"));
+            }
+        }
+        let known = reconciler
+            .known_pvd_names()
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        if let Some(unknown) = spec.prefer.iter().find(|n| !known.contains(*n)) {
+            return Err(format!(
+                "unknown PvD {unknown:?}: neither a [[pvd]] of the config nor an interface (known: {})",
+                known.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        let state = reconciler.policy_state();
+        let cgroup = state
+            .cgroup2()
+            .resolve(&spec.cgroup)
+            .map_err(|e| e.to_string())?;
+        if !cgroup.is_within(&state.attach) {
+            return Err(format!(
+                "cgroup {} is outside the cgroup mif attaches to ({})",
+                spec.cgroup, state.attach.rel
+            ));
+        }
+        reconciler
+            .policy_state_mut()
+            .set
+            .set(spec)
+            .map_err(|e| e.to_string())?;
+        self.persist_and_apply(reconciler).await
+    }
+
+    async fn del_policy(
+        &mut self,
+        reconciler: &mut Reconciler,
+        cgroup: &str,
+    ) -> Result<(), String> {
+        reconciler
+            .policy_state_mut()
+            .set
+            .del(&normalize_cgroup(cgroup))
+            .map_err(|e| e.to_string())?;
+        self.persist_and_apply(reconciler).await
+    }
+
+    async fn persist_and_apply(&mut self, reconciler: &mut Reconciler) -> Result<(), String> {
+        policies::persist(&self.state_file, &reconciler.policy_state().set.cli())
+            .map_err(|e| format!("saving policies to {}: {e:#}", self.state_file.display()))?;
+        reconciler
+            .reconcile(false)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(())
+    }
+
+    /// Re-reads the config file; on any error the running policy stays.
+    pub async fn reload(&mut self, reconciler: &mut Reconciler) -> Result<(), String> {
+        let result = async {
+            let interfaces: Vec<String> = reconciler.known_pvd_names().await?.into_iter().collect();
+            let state = reconciler.policy_state();
+            check_config(
+                &self.config_path,
+                &self.opts,
+                &interfaces,
+                state.cgroup2(),
+                &state.attach,
+            )
+        }
+        .await;
+        match result {
+            Ok(config) => {
+                for displaced in reconciler.replace_config(config) {
+                    warn!(
+                        "the config file now owns cgroup {}: its CLI policy is dropped",
+                        displaced.cgroup
+                    );
+                }
+                self.last_reload_error = None;
+                info!("reloaded {}", self.config_path.display());
+                self.persist_and_apply(reconciler).await
+            }
+            Err(e) => {
+                let message = format!("reload refused, the running policy stays: {e:#}");
+                warn!("{message}");
+                self.last_reload_error = Some(message.clone());
+                Err(message)
+            }
+        }
+    }
+}
+
+fn policy_views(reconciler: &Reconciler) -> Vec<PolicyView> {
+    let state = reconciler.policy_state();
+    state
+        .set
+        .all()
+        .into_iter()
+        .map(|(spec, origin): (PolicySpec, Origin)| {
+            let resolved = state.resolved().iter().find(|r| r.cgroup == spec.cgroup);
+            PolicyView {
+                id: resolved.map(|r| r.id),
+                cgroup_id: resolved.map(|r| r.cgroup_id),
+                state: if resolved.is_some() {
+                    "active"
+                } else {
+                    "pending"
+                }
+                .into(),
+                spec,
+                origin,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,308 @@
+//! The set of policies a running daemon enforces: those of the config file
+//! and those set at run time from the CLI (persisted in the state
+//! directory), with one rule of precedence: the config file owns the
+//! cgroups it names; the CLI manages every other cgroup. So a policy has
+//! exactly one source, and an admin is told which file to edit when the CLI
+//! may not change it.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    cgroup::{Cgroup, Cgroup2},
+    config::{BindMode, Config, PolicyConfig},
+    plan::ResolvedPolicy,
+};
+
+/// Where a policy comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Origin {
+    Config { file: PathBuf, line: usize },
+    Cli,
+}
+
+/// One policy as an admin wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySpec {
+    pub cgroup: String,
+    pub prefer: Vec<String>,
+    #[serde(default)]
+    pub strict: bool,
+    #[serde(default)]
+    pub bind: BindMode,
+    #[serde(default)]
+    pub reset: bool,
+}
+
+impl PolicySpec {
+    pub fn from_config(p: &PolicyConfig) -> Self {
+        Self {
+            cgroup: p.cgroup.clone(),
+            prefer: p.prefer.clone(),
+            strict: p.strict,
+            bind: p.bind,
+            reset: p.reset,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("cgroup {cgroup} has its policy in {}:{line}; edit that file and reload (SIGHUP or `mif reload`)", file.display())]
+    OwnedByConfig {
+        cgroup: String,
+        file: PathBuf,
+        line: usize,
+    },
+    #[error("no policy for cgroup {0}")]
+    NotFound(String),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicySet {
+    config: Vec<(PolicySpec, Origin)>,
+    cli: BTreeMap<String, PolicySpec>,
+}
+
+impl PolicySet {
+    /// The config file's policies plus the persisted CLI ones. A persisted
+    /// policy for a cgroup the file now names is dropped (returned) — the
+    /// file wins.
+    pub fn new(config: &Config, persisted: Vec<PolicySpec>) -> (Self, Vec<PolicySpec>) {
+        let mut set = Self::default();
+        set.replace_config(config);
+        let mut dropped = Vec::new();
+        for spec in persisted {
+            if set.config_origin(&spec.cgroup).is_some() {
+                dropped.push(spec);
+            } else {
+                set.cli.insert(spec.cgroup.clone(), spec);
+            }
+        }
+        (set, dropped)
+    }
+
+    /// Takes the policies of a (re)loaded config file. CLI policies for
+    /// cgroups the file now names give way; they are returned.
+    pub fn replace_config(&mut self, config: &Config) -> Vec<PolicySpec> {
+        self.config = config
+            .policies
+            .iter()
+            .map(|p| {
+                (
+                    PolicySpec::from_config(p),
+                    Origin::Config {
+                        file: config.path.clone(),
+                        line: p.line,
+                    },
+                )
+            })
+            .collect();
+        let owned: Vec<String> = self.config.iter().map(|(s, _)| s.cgroup.clone()).collect();
+        owned.iter().filter_map(|cg| self.cli.remove(cg)).collect()
+    }
+
+    fn config_origin(&self, cgroup: &str) -> Option<&Origin> {
+        self.config
+            .iter()
+            .find(|(s, _)| s.cgroup == cgroup)
+            .map(|(_, o)| o)
+    }
+
+    /// Sets (or replaces) a CLI policy.
+    pub fn set(&mut self, spec: PolicySpec) -> Result<(), PolicyError> {
+        if let Some(Origin::Config { file, line }) = self.config_origin(&spec.cgroup) {
+            return Err(PolicyError::OwnedByConfig {
+                cgroup: spec.cgroup,
+                file: file.clone(),
+                line: *line,
+            });
+        }
+        self.cli.insert(spec.cgroup.clone(), spec);
+        Ok(())
+    }
+
+    /// Deletes a CLI policy.
+    pub fn del(&mut self, cgroup: &str) -> Result<PolicySpec, PolicyError> {
+        if let Some(Origin::Config { file, line }) = self.config_origin(cgroup) {
+            return Err(PolicyError::OwnedByConfig {
+                cgroup: cgroup.into(),
+                file: file.clone(),
+                line: *line,
+            });
+        }
+        self.cli
+            .remove(cgroup)
+            .ok_or_else(|| PolicyError::NotFound(cgroup.into()))
+    }
+
+    /// Every policy with its origin: the file's in file order, then the CLI's.
+    pub fn all(&self) -> Vec<(PolicySpec, Origin)> {
+        self.config
+            .iter()
+            .cloned()
+            .chain(self.cli.values().map(|s| (s.clone(), Origin::Cli)))
+            .collect()
+    }
+
+    /// The CLI's policies, to persist.
+    pub fn cli(&self) -> Vec<PolicySpec> {
+        self.cli.values().cloned().collect()
+    }
+}
+
+/// Stable policy ids by cgroup path: counters are keyed by them.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyIds {
+    by_cgroup: BTreeMap<String, u32>,
+}
+
+impl PolicyIds {
+    pub fn id(&mut self, cgroup: &str) -> u32 {
+        if let Some(&id) = self.by_cgroup.get(cgroup) {
+            return id;
+        }
+        let id = self.by_cgroup.values().max().map_or(1, |m| m + 1);
+        self.by_cgroup.insert(cgroup.to_string(), id);
+        id
+    }
+}
+
+/// A policy whose cgroup does not exist (any more): kept, and applied again
+/// if the cgroup comes back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pending {
+    pub cgroup: String,
+}
+
+/// Binds each policy to its cgroup's current id. Policies outside the
+/// attach cgroup cannot be steered and are reported pending as well.
+pub fn resolve(
+    set: &PolicySet,
+    cgroup2: &Cgroup2,
+    attach: &Cgroup,
+    ids: &mut PolicyIds,
+) -> (Vec<ResolvedPolicy>, Vec<Pending>) {
+    let mut resolved = Vec::new();
+    let mut pending = Vec::new();
+    for (spec, _) in set.all() {
+        match cgroup2.resolve(&spec.cgroup) {
+            Ok(cg) if cg.is_within(attach) => resolved.push(ResolvedPolicy {
+                id: ids.id(&spec.cgroup),
+                cgroup_id: cg.id,
+                cgroup: cg.rel,
+                prefer: spec.prefer.clone(),
+                strict: spec.strict,
+                bind: spec.bind,
+                reset: spec.reset,
+            }),
+            _ => pending.push(Pending {
+                cgroup: spec.cgroup.clone(),
+            }),
+        }
+    }
+    (resolved, pending)
+}
+
+/// Where CLI policies are kept between runs.
+pub fn state_file(state_dir: &Path, pin_dir: &Path) -> PathBuf {
+    let flat = pin_dir
+        .display()
+        .to_string()
+        .trim_matches('/')
+        .replace('/', "-");
+    state_dir.join(flat).join("policies.json")
+}
+
+/// Reads persisted CLI policies; a missing file is an empty set.
+pub fn load_persisted(path: &Path) -> anyhow::Result<Vec<PolicySpec>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    }
+}
+
+/// Writes the CLI policies atomically (temp file, then rename).
+pub fn persist(path: &Path, specs: &[PolicySpec]) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("{} has no directory", path.display()))?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(specs)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    fn spec(cgroup: &str, prefer: &[&str]) -> PolicySpec {
+        PolicySpec {
+            cgroup: cgroup.into(),
+            prefer: prefer.iter().map(|s| s.to_string()).collect(),
+            strict: false,
+            bind: BindMode::Mark,
+            reset: false,
+        }
+    }
+
+    fn config(text: &str) -> Config {
+        parse(Path::new("/etc/mif/mif.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn the_config_file_owns_its_cgroups() {
+        let cfg = config("[[policy]]\ncgroup = \"/a\"\nprefer = [\"wlan0\"]\n");
+        let (mut set, dropped) = PolicySet::new(&cfg, vec![spec("/a", &["x"]), spec("/b", &["y"])]);
+        assert_eq!(dropped, [spec("/a", &["x"])]);
+        let err = set.set(spec("/a", &["wwan0"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cgroup /a has its policy in /etc/mif/mif.toml:1; edit that file and reload (SIGHUP or `mif reload`)"
+        );
+        assert!(matches!(
+            set.del("/a"),
+            Err(PolicyError::OwnedByConfig { .. })
+        ));
+        set.set(spec("/b", &["wwan0"])).unwrap();
+        assert_eq!(set.cli(), [spec("/b", &["wwan0"])]);
+        assert_eq!(set.del("/b").unwrap().prefer, ["wwan0"]);
+        assert_eq!(set.del("/b"), Err(PolicyError::NotFound("/b".into())));
+    }
+
+    #[test]
+    fn a_reload_that_claims_a_cli_cgroup_takes_it_over() {
+        let (mut set, _) = PolicySet::new(&config(""), vec![spec("/c", &["x"])]);
+        let displaced =
+            set.replace_config(&config("[[policy]]\ncgroup = \"/c\"\nprefer = [\"y\"]\n"));
+        assert_eq!(displaced, [spec("/c", &["x"])]);
+        let all = set.all();
+        assert_eq!(all.len(), 1);
+        assert!(matches!(all[0].1, Origin::Config { line: 1, .. }));
+    }
+
+    #[test]
+    fn ids_are_stable_per_cgroup() {
+        let mut ids = PolicyIds::default();
+        assert_eq!((ids.id("/a"), ids.id("/b"), ids.id("/a")), (1, 2, 1));
+    }
+
+    #[test]
+    fn persisted_policies_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = state_file(dir.path(), Path::new("/sys/fs/bpf/mif"));
+        assert!(load_persisted(&path).unwrap().is_empty());
+        persist(&path, &[spec("/b", &["wwan0"])]).unwrap();
+        assert_eq!(load_persisted(&path).unwrap(), [spec("/b", &["wwan0"])]);
+        assert!(path.ends_with("sys-fs-bpf-mif/policies.json"));
+    }
+}
