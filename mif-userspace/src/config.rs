@@ -350,6 +350,11 @@ pub fn check_cgroup_path(path: &str) -> Result<(), String> {
     if path.split('/').any(|c| c == ".." || c == ".") {
         return Err("must not contain '.' or '..' components".into());
     }
+    // A glob pattern (`/system.slice/docker-*.scope`, `/kubepods.slice/**`)
+    // applies to every matching cgroup, including ones created later.
+    if crate::cgroup_pattern::is_pattern(path) {
+        crate::cgroup_pattern::CgroupPattern::parse(path).map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 

@@ -20,7 +20,9 @@ use anyhow::Context as _;
 
 /// The network namespace inode of `pid`.
 fn netns_of(pid: u32) -> Option<u64> {
-    std::fs::metadata(format!("/proc/{pid}/ns/net")).ok().map(|m| m.ino())
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
 }
 
 /// The namespaces (by one member pid) that processes of `cgroup` (and its
@@ -40,7 +42,12 @@ pub fn foreign_namespaces(cgroup: &Path, ours: u64) -> Vec<(u64, u32)> {
             }
         }
         if let Ok(entries) = std::fs::read_dir(&dir) {
-            dirs.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+            dirs.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
         }
     }
     found
@@ -56,9 +63,13 @@ pub fn own_namespace() -> std::io::Result<u64> {
 pub fn addresses_in_namespace_of(pid: u32) -> anyhow::Result<Vec<IpAddr>> {
     let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
     std::thread::spawn(move || -> anyhow::Result<Vec<IpAddr>> {
-        let ns = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).context("entering the container's namespace")?;
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let ns =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("entering the container's namespace")?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         runtime.block_on(async {
             let netlink = crate::netlink::Netlink::connect()?;
             let interfaces = netlink.interfaces().await?;

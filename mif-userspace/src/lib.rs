@@ -6,12 +6,15 @@
 //! the kernel, where the programs of `mif-ebpf` steer each new socket.
 pub mod attached;
 pub mod cgroup;
+pub mod cgroup_pattern;
+pub mod cgroup_watch;
 pub mod cli;
 pub mod config;
+pub mod containers;
 pub mod control;
 pub mod daemon;
-pub mod instance;
 pub mod foreign_netns;
+pub mod instance;
 pub mod kernel_maps;
 pub mod loader;
 pub mod netlink;

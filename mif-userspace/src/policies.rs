@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     cgroup::{Cgroup, Cgroup2},
+    cgroup_pattern::{existing_matches, is_pattern, CgroupPattern},
     config::{BindMode, Config, PolicyConfig},
     plan::ResolvedPolicy,
 };
@@ -162,6 +163,9 @@ pub struct PolicyIds {
 }
 
 impl PolicyIds {
+    pub fn get(&self, cgroup: &str) -> Option<u32> {
+        self.by_cgroup.get(cgroup).copied()
+    }
     pub fn id(&mut self, cgroup: &str) -> u32 {
         if let Some(&id) = self.by_cgroup.get(cgroup) {
             return id;
@@ -187,9 +191,12 @@ pub fn resolve(
     attach: &Cgroup,
     ids: &mut PolicyIds,
 ) -> (Vec<ResolvedPolicy>, Vec<Pending>) {
-    let mut resolved = Vec::new();
+    let mut resolved: Vec<ResolvedPolicy> = Vec::new();
     let mut pending = Vec::new();
-    for (spec, _) in set.all() {
+    let all = set.all();
+    let (patterns, literals): (Vec<_>, Vec<_>) =
+        all.iter().partition(|(s, _)| is_pattern(&s.cgroup));
+    for (spec, _) in literals {
         match cgroup2.resolve(&spec.cgroup) {
             Ok(cg) if cg.is_within(attach) => resolved.push(ResolvedPolicy {
                 id: ids.id(&spec.cgroup),
@@ -203,6 +210,38 @@ pub fn resolve(
             _ => pending.push(Pending {
                 cgroup: spec.cgroup.clone(),
             }),
+        }
+    }
+    // Patterns after literals: a cgroup named literally keeps its own
+    // policy; among patterns the first listed wins.
+    for (spec, _) in patterns {
+        let Ok(pattern) = CgroupPattern::parse(&spec.cgroup) else {
+            continue;
+        };
+        let id = ids.id(&spec.cgroup);
+        let mut matched = false;
+        for rel in existing_matches(cgroup2.mount(), &pattern) {
+            let Ok(cg) = cgroup2.resolve(&rel) else {
+                continue;
+            };
+            if !cg.is_within(attach) || resolved.iter().any(|r| r.cgroup_id == cg.id) {
+                continue;
+            }
+            matched = true;
+            resolved.push(ResolvedPolicy {
+                id,
+                cgroup_id: cg.id,
+                cgroup: cg.rel,
+                prefer: spec.prefer.clone(),
+                strict: spec.strict,
+                bind: spec.bind,
+                reset: spec.reset,
+            });
+        }
+        if !matched {
+            pending.push(Pending {
+                cgroup: spec.cgroup.clone(),
+            });
         }
     }
     (resolved, pending)
@@ -288,6 +327,19 @@ mod tests {
         let all = set.all();
         assert_eq!(all.len(), 1);
         assert!(matches!(all[0].1, Origin::Config { line: 1, .. }));
+    }
+
+    #[test]
+    fn patterns_are_accepted_as_policy_cgroups() {
+        let cfg =
+            config("[[policy]]\ncgroup = \"/system.slice/docker-*.scope\"\nprefer = [\"wwan0\"]\n");
+        assert_eq!(cfg.policies[0].cgroup, "/system.slice/docker-*.scope");
+        let err = parse(
+            Path::new("m.toml"),
+            "[[policy]]\ncgroup = \"/a/x**\"\nprefer = [\"w\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "policy.cgroup");
     }
 
     #[test]

@@ -115,6 +115,30 @@ impl PolicyState {
     pub fn cgroup2(&self) -> &Cgroup2 {
         &self.cgroup2
     }
+
+    /// The cgroups a policy (literal or pattern) currently applies to.
+    pub fn matches_of(&self, cgroup: &str) -> Vec<&ResolvedPolicy> {
+        match self.ids.get(cgroup) {
+            Some(id) => self.resolved.iter().filter(|r| r.id == id).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Where new cgroups must be watched for: the literal prefixes of the
+    /// pattern policies.
+    pub fn watch_roots(&self) -> Vec<String> {
+        let mut roots: Vec<String> = self
+            .set
+            .all()
+            .iter()
+            .filter_map(|(s, _)| crate::cgroup_pattern::CgroupPattern::parse(&s.cgroup).ok())
+            .filter(|p| !p.is_literal())
+            .map(|p| p.literal_prefix().to_string())
+            .collect();
+        roots.sort();
+        roots.dedup();
+        roots
+    }
 }
 
 pub struct Reconciler {
@@ -221,17 +245,23 @@ impl Reconciler {
             .collect())
     }
 
-        /// Which foreign network namespaces (containers) live in policy cgroups
+    /// Which foreign network namespaces (containers) live in policy cgroups
     /// now; cheap (cgroup.procs and /proc only), so the daemon can poll it
     /// and reconcile when containers come or go.
     pub fn foreign_fingerprint(&self) -> Vec<(String, u64)> {
-        let Ok(ours) = crate::foreign_netns::own_namespace() else { return Vec::new() };
+        let Ok(ours) = crate::foreign_netns::own_namespace() else {
+            return Vec::new();
+        };
         let mut all: Vec<(String, u64)> = self
             .policy
             .resolved()
             .iter()
             .flat_map(|p| {
-                let dir = self.policy.cgroup2().mount().join(p.cgroup.trim_start_matches('/'));
+                let dir = self
+                    .policy
+                    .cgroup2()
+                    .mount()
+                    .join(p.cgroup.trim_start_matches('/'));
                 crate::foreign_netns::foreign_namespaces(&dir, ours)
                     .into_iter()
                     .map(|(ns, _)| (p.cgroup.clone(), ns))
@@ -272,7 +302,7 @@ impl Reconciler {
                 skipped.join(", ")
             );
         }
-                self.policy.resolve();
+        self.policy.resolve();
         let mut desired = plan::desired(&pvds, self.policy.resolved(), &self.rules);
         steer_foreign_namespaces(&mut desired, &pvds, &self.policy);
 
@@ -332,12 +362,17 @@ impl Reconciler {
 /// `from` rules of the PvD their policy picks (see [`crate::foreign_netns`]).
 /// Deeper policies claim a namespace first, as in the kernel's walk.
 fn steer_foreign_namespaces(desired: &mut plan::Desired, pvds: &[PvdState], policy: &PolicyState) {
-    let Ok(ours) = crate::foreign_netns::own_namespace() else { return };
+    let Ok(ours) = crate::foreign_netns::own_namespace() else {
+        return;
+    };
     let mut by_depth: Vec<&ResolvedPolicy> = policy.resolved().iter().collect();
     by_depth.sort_by_key(|p| std::cmp::Reverse(p.cgroup.matches('/').count()));
     let mut claimed = std::collections::BTreeSet::new();
     for p in by_depth {
-        let dir = policy.cgroup2().mount().join(p.cgroup.trim_start_matches('/'));
+        let dir = policy
+            .cgroup2()
+            .mount()
+            .join(p.cgroup.trim_start_matches('/'));
         for (ns, pid) in crate::foreign_netns::foreign_namespaces(&dir, ours) {
             if !claimed.insert(ns) {
                 continue;
@@ -345,21 +380,33 @@ fn steer_foreign_namespaces(desired: &mut plan::Desired, pvds: &[PvdState], poli
             let addrs = match crate::foreign_netns::addresses_in_namespace_of(pid) {
                 Ok(addrs) => addrs,
                 Err(e) => {
-                    warn!("reading the addresses of the namespace of pid {pid} ({}): {e:#}", p.cgroup);
+                    warn!(
+                        "reading the addresses of the namespace of pid {pid} ({}): {e:#}",
+                        p.cgroup
+                    );
                     continue;
                 }
             };
             for addr in addrs {
                 let v6 = addr.is_ipv6();
-                let usable = |s: &&PvdState| p.prefer.contains(&s.name) && if v6 { s.available6() } else { s.available4() };
+                let usable = |s: &&PvdState| {
+                    p.prefer.contains(&s.name) && if v6 { s.available6() } else { s.available4() }
+                };
                 let chosen = p
                     .prefer
                     .iter()
                     .find_map(|name| pvds.iter().filter(usable).find(|s| &s.name == name))
                     // Strict: the first PvD's table (unreachable default) blocks it.
-                    .or_else(|| if p.strict { pvds.iter().find(|s| Some(&s.name) == p.prefer.first()) } else { None });
+                    .or_else(|| {
+                        if p.strict {
+                            pvds.iter().find(|s| Some(&s.name) == p.prefer.first())
+                        } else {
+                            None
+                        }
+                    });
                 if let Some(pvd) = chosen {
-                    if let Some(routing) = desired.routing.iter_mut().find(|r| r.table == pvd.table) {
+                    if let Some(routing) = desired.routing.iter_mut().find(|r| r.table == pvd.table)
+                    {
                         if !routing.sources.contains(&addr) {
                             routing.sources.push(addr);
                         }

@@ -136,7 +136,7 @@ impl<'lab> Daemon<'lab> {
             "--config".into(),
             config.display().to_string(),
         ];
-                args.extend(instance.args());
+        args.extend(instance.args());
         // CLI-set policies are kept next to the config unless the test
         // wants a state directory of its own (to survive a restart).
         if !extra.contains(&"--state-dir") {

@@ -21,22 +21,35 @@ fn lab() -> Lab {
 /// `mif ARGS --pin-dir <the daemon's>`, in the lab's host namespace.
 fn mif(lab: &Lab, daemon: &Daemon, args: &[&str]) -> Output {
     let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    all.extend(["--pin-dir".into(), daemon.instance.pin_dir.display().to_string()]);
+    all.extend([
+        "--pin-dir".into(),
+        daemon.instance.pin_dir.display().to_string(),
+    ]);
     lab.output_in(None, mif_path().unwrap(), &all).unwrap()
 }
 
 fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "mif failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mif failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn refused(out: &Output) -> String {
-    assert!(!out.status.success(), "mif accepted: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "mif accepted: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn network_of(lab: &Lab, cgroup: &Path) -> String {
-    lab.client(Some(cgroup), Proto::Tcp, INTERNET_V4.into(), None).unwrap().network
+    lab.client(Some(cgroup), Proto::Tcp, INTERNET_V4.into(), None)
+        .unwrap()
+        .network
 }
 
 #[test]
@@ -48,15 +61,23 @@ fn policies_set_from_the_cli_apply_at_once_and_are_removed_at_once() {
     let daemon = Daemon::start(&lab, "").unwrap();
     assert_eq!(lab.sockmark(Some(&app), Family::V4).unwrap().mark, 0);
 
-    ok(&mif(&lab, &daemon, &["policy", "set", &rel, "--prefer", "wwan0,wlan0"]));
+    ok(&mif(
+        &lab,
+        &daemon,
+        &["policy", "set", &rel, "--prefer", "wwan0,wlan0"],
+    ));
     assert_eq!(network_of(&lab, &app), "wwan0");
-    let list: serde_json::Value = serde_json::from_str(&ok(&mif(&lab, &daemon, &["policy", "list", "--json"]))).unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&mif(&lab, &daemon, &["policy", "list", "--json"]))).unwrap();
     assert_eq!(list[0]["cgroup"], rel.as_str());
     assert_eq!(list[0]["prefer"], serde_json::json!(["wwan0", "wlan0"]));
     assert_eq!(list[0]["origin"]["kind"], "cli");
     assert_eq!(list[0]["state"], "active");
     let table = ok(&mif(&lab, &daemon, &["policy", "list"]));
-    assert!(table.contains(&rel) && table.contains("wwan0,wlan0"), "{table}");
+    assert!(
+        table.contains(&rel) && table.contains("wwan0,wlan0"),
+        "{table}"
+    );
 
     ok(&mif(&lab, &daemon, &["policy", "del", &rel]));
     assert_eq!(lab.sockmark(Some(&app), Family::V4).unwrap().mark, 0);
@@ -71,13 +92,22 @@ fn cli_policies_survive_a_daemon_restart() {
     let state = tempfile::tempdir().unwrap();
     let state_arg = state.path().to_str().unwrap();
     let first = Daemon::start_with(&lab, "", &["--state-dir", state_arg]).unwrap();
-    ok(&mif(&lab, &first, &["policy", "set", &rel, "--prefer", "wwan0", "--strict"]));
+    ok(&mif(
+        &lab,
+        &first,
+        &["policy", "set", &rel, "--prefer", "wwan0", "--strict"],
+    ));
     first.stop().unwrap();
-    assert_eq!(lab.sockmark(Some(&app), Family::V4).unwrap().mark, 0, "a stopped daemon still steers");
+    assert_eq!(
+        lab.sockmark(Some(&app), Family::V4).unwrap().mark,
+        0,
+        "a stopped daemon still steers"
+    );
 
     let second = Daemon::start_with(&lab, "", &["--state-dir", state_arg]).unwrap();
     assert_eq!(network_of(&lab, &app), "wwan0");
-    let list: serde_json::Value = serde_json::from_str(&ok(&mif(&lab, &second, &["policy", "list", "--json"]))).unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&mif(&lab, &second, &["policy", "list", "--json"]))).unwrap();
     assert_eq!(list[0]["strict"], true);
 }
 
@@ -94,22 +124,99 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
 
     let app_rel = format!("{rel}/app");
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["policy".into(), "set".into(), app_rel.clone(), "--prefer".into(), "wwan9".into()], "unknown PvD \"wwan9\""),
-        (vec!["policy".into(), "set".into(), format!("{rel}/nope"), "--prefer".into(), "wwan0".into()], "does not exist"),
-        (vec!["policy".into(), "set".into(), "relative/path".into(), "--prefer".into(), "wwan0".into()], "must start with '/'"),
-        (vec!["policy".into(), "set".into(), app_rel.clone(), "--prefer".into(), "wwan0,wwan0".into()], "listed twice"),
-        (vec!["policy".into(), "set".into(), format!("{rel}/owned"), "--prefer".into(), "wwan0".into()], "edit that file"),
-        (vec!["policy".into(), "del".into(), format!("{rel}/owned")], "mif.toml:1"),
-        (vec!["policy".into(), "del".into(), app_rel.clone()], "no policy for cgroup"),
-        (vec!["policy".into(), "set".into(), "--container".into(), "xyz!".into(), "--prefer".into(), "wwan0".into()], "xyz!"),
-        (vec!["policy".into(), "set".into(), "--container".into(), "0123456789abcdef".into(), "--prefer".into(), "wwan0".into()], "0123456789abcdef"),
+        (
+            vec![
+                "policy".into(),
+                "set".into(),
+                app_rel.clone(),
+                "--prefer".into(),
+                "wwan9".into(),
+            ],
+            "unknown PvD \"wwan9\"",
+        ),
+        (
+            vec![
+                "policy".into(),
+                "set".into(),
+                format!("{rel}/nope"),
+                "--prefer".into(),
+                "wwan0".into(),
+            ],
+            "does not exist",
+        ),
+        (
+            vec![
+                "policy".into(),
+                "set".into(),
+                "relative/path".into(),
+                "--prefer".into(),
+                "wwan0".into(),
+            ],
+            "must start with '/'",
+        ),
+        (
+            vec![
+                "policy".into(),
+                "set".into(),
+                app_rel.clone(),
+                "--prefer".into(),
+                "wwan0,wwan0".into(),
+            ],
+            "listed twice",
+        ),
+        (
+            vec![
+                "policy".into(),
+                "set".into(),
+                format!("{rel}/owned"),
+                "--prefer".into(),
+                "wwan0".into(),
+            ],
+            "edit that file",
+        ),
+        (
+            vec!["policy".into(), "del".into(), format!("{rel}/owned")],
+            "mif.toml:1",
+        ),
+        (
+            vec!["policy".into(), "del".into(), app_rel.clone()],
+            "no policy for cgroup",
+        ),
+        (
+            vec![
+                "policy".into(),
+                "set".into(),
+                "--container".into(),
+                "xyz!".into(),
+                "--prefer".into(),
+                "wwan0".into(),
+            ],
+            "xyz!",
+        ),
+        (
+            vec![
+                "policy".into(),
+                "set".into(),
+                "--container".into(),
+                "0123456789abcdef".into(),
+                "--prefer".into(),
+                "wwan0".into(),
+            ],
+            "0123456789abcdef",
+        ),
     ];
     for (args, expected) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let stderr = refused(&mif(&lab, &daemon, &args));
-        assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in {stderr}"
+        );
     }
-    assert_eq!(ok(&mif(&lab, &daemon, &["policy", "list", "--json"])), before);
+    assert_eq!(
+        ok(&mif(&lab, &daemon, &["policy", "list", "--json"])),
+        before
+    );
     assert_eq!(lab.sockmark(Some(&app), Family::V4).unwrap().mark, 0);
 }
 
@@ -122,18 +229,31 @@ fn only_root_may_change_policies_but_anyone_may_read() {
     let daemon = Daemon::start(&lab, "").unwrap();
     let as_nobody = |args: &[&str]| {
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        all.extend(["--pin-dir".into(), daemon.instance.pin_dir.display().to_string()]);
-                // setpriv drops to nobody after the lab has entered the namespace.
-        let mut argv = vec!["--reuid=65534".to_string(), "--regid=65534".into(), "--clear-groups".into()];
+        all.extend([
+            "--pin-dir".into(),
+            daemon.instance.pin_dir.display().to_string(),
+        ]);
+        // setpriv drops to nobody after the lab has entered the namespace.
+        let mut argv = vec![
+            "--reuid=65534".to_string(),
+            "--regid=65534".into(),
+            "--clear-groups".into(),
+        ];
         argv.push(mif_path().unwrap().display().to_string());
         argv.extend(all);
         lab.output_in(None, "setpriv", &argv).unwrap()
     };
     let stderr = refused(&as_nobody(&["policy", "set", &rel, "--prefer", "wwan0"]));
-    assert!(stderr.contains("refused: changes need root") && stderr.contains("uid 65534"), "{stderr}");
+    assert!(
+        stderr.contains("refused: changes need root") && stderr.contains("uid 65534"),
+        "{stderr}"
+    );
     let pvds = ok(&as_nobody(&["pvd", "list", "--json"]));
     assert!(pvds.contains("\"wwan0\""), "{pvds}");
-    assert_eq!(ok(&mif(&lab, &daemon, &["policy", "list", "--json"])).trim(), "[]");
+    assert_eq!(
+        ok(&mif(&lab, &daemon, &["policy", "list", "--json"])).trim(),
+        "[]"
+    );
 }
 
 #[test]
@@ -148,8 +268,21 @@ fn exec_runs_a_command_under_a_policy_and_cleans_up() {
         args.extend(command);
         lab.output_in(None, mif_path().unwrap(), &args).unwrap()
     };
-    let out = exec(&[&peer, "client", "--proto", "tcp", "--to", "203.0.113.1", "--port", "7777"]);
-    assert!(ok(&out).starts_with("wwan0 198.18.1.2"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = exec(&[
+        &peer,
+        "client",
+        "--proto",
+        "tcp",
+        "--to",
+        "203.0.113.1",
+        "--port",
+        "7777",
+    ]);
+    assert!(
+        ok(&out).starts_with("wwan0 198.18.1.2"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let out = exec(&["sh", "-c", "exit 7"]);
     assert_eq!(out.status.code(), Some(7));
     // Neither the transient cgroup nor its policy is left.
@@ -159,7 +292,10 @@ fn exec_runs_a_command_under_a_policy_and_cleans_up() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("mif-exec-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    assert_eq!(ok(&mif(&lab, &daemon, &["policy", "list", "--json"])).trim(), "[]");
+    assert_eq!(
+        ok(&mif(&lab, &daemon, &["policy", "list", "--json"])).trim(),
+        "[]"
+    );
 }
 
 #[test]
@@ -169,7 +305,11 @@ fn sighup_reloads_and_an_invalid_reload_keeps_the_running_policy() {
     let app = lab.create_cgroup("app").unwrap();
     let rel = format!("{}/app", lab.cgroup_rel());
     let daemon = Daemon::start(&lab, "").unwrap();
-    std::fs::write(&daemon.config, format!("[[policy]]\ncgroup = {rel:?}\nprefer = [\"wwan0\"]\n")).unwrap();
+    std::fs::write(
+        &daemon.config,
+        format!("[[policy]]\ncgroup = {rel:?}\nprefer = [\"wwan0\"]\n"),
+    )
+    .unwrap();
     daemon.signal(nix::sys::signal::Signal::SIGHUP).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while network_of(&lab, &app) != "wwan0" {
@@ -177,12 +317,27 @@ fn sighup_reloads_and_an_invalid_reload_keeps_the_running_policy() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    std::fs::write(&daemon.config, "[[policy]]\ncgroup = \"/nope\"\nprefer = [\"wwan0\"]\n").unwrap();
+    std::fs::write(
+        &daemon.config,
+        "[[policy]]\ncgroup = \"/nope\"\nprefer = [\"wwan0\"]\n",
+    )
+    .unwrap();
     let stderr = refused(&mif(&lab, &daemon, &["reload"]));
-    assert!(stderr.contains("reload refused, the running policy stays") && stderr.contains("policy.cgroup"), "{stderr}");
+    assert!(
+        stderr.contains("reload refused, the running policy stays")
+            && stderr.contains("policy.cgroup"),
+        "{stderr}"
+    );
     assert_eq!(network_of(&lab, &app), "wwan0");
-    let status: serde_json::Value = serde_json::from_str(&ok(&mif(&lab, &daemon, &["status", "--json"]))).unwrap();
-    assert!(status["daemon"]["last_reload_error"].as_str().unwrap().contains("/nope"), "{status:#}");
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&mif(&lab, &daemon, &["status", "--json"]))).unwrap();
+    assert!(
+        status["daemon"]["last_reload_error"]
+            .as_str()
+            .unwrap()
+            .contains("/nope"),
+        "{status:#}"
+    );
 }
 
 #[test]
@@ -190,18 +345,28 @@ fn status_pvd_list_and_monitor_show_what_is_going_on() {
     skip_unless_root!();
     let lab = lab();
     let daemon = Daemon::start(&lab, "").unwrap();
-    let status: serde_json::Value = serde_json::from_str(&ok(&mif(&lab, &daemon, &["status", "--json"]))).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&mif(&lab, &daemon, &["status", "--json"]))).unwrap();
     assert_eq!(status["steering"], true, "{status:#}");
     assert_eq!(status["daemon"]["pvds"], 2);
     assert_eq!(status["attach_cgroup"], lab.cgroup_rel().as_str());
-    let pvds: serde_json::Value = serde_json::from_str(&ok(&mif(&lab, &daemon, &["pvd", "list", "--json"]))).unwrap();
-    let wwan = pvds.as_array().unwrap().iter().find(|p| p["name"] == "wwan0").unwrap();
+    let pvds: serde_json::Value =
+        serde_json::from_str(&ok(&mif(&lab, &daemon, &["pvd", "list", "--json"]))).unwrap();
+    let wwan = pvds
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "wwan0")
+        .unwrap();
     assert_eq!(wwan["gateway4"], "198.18.1.1");
     assert_eq!(wwan["available_v6"], true);
 
     // monitor streams the link going down.
     let mut all = vec!["monitor".to_string(), "--json".into()];
-    all.extend(["--pin-dir".into(), daemon.instance.pin_dir.display().to_string()]);
+    all.extend([
+        "--pin-dir".into(),
+        daemon.instance.pin_dir.display().to_string(),
+    ]);
     let mut cmd = lab.command_in(None, mif_path().unwrap(), &all).unwrap();
     cmd.stdout(Stdio::piped());
     let monitor = lab.spawn(cmd).unwrap();
@@ -213,26 +378,56 @@ fn status_pvd_list_and_monitor_show_what_is_going_on() {
         .find(|l| l.contains("\"wwan0\""))
         .expect("no monitor event");
     let event: serde_json::Value = serde_json::from_str(&line).unwrap();
-    assert_eq!((event["event"].as_str(), event["available_v4"].as_bool()), (Some("pvd"), Some(false)), "{event}");
+    assert_eq!(
+        (event["event"].as_str(), event["available_v4"].as_bool()),
+        (Some("pvd"), Some(false)),
+        "{event}"
+    );
     monitor.kill().unwrap();
 
     // With the daemon gone, status says so (exit 3) and reads come from pins.
     let pin_dir = daemon.instance.pin_dir.display().to_string();
     daemon.kill_hard().unwrap();
-    let out = lab.output_in(None, mif_path().unwrap(), ["status", "--pin-dir", &pin_dir]).unwrap();
+    let out = lab
+        .output_in(None, mif_path().unwrap(), ["status", "--pin-dir", &pin_dir])
+        .unwrap();
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stdout).contains("not running"));
-    let out = lab.output_in(None, mif_path().unwrap(), ["pvd", "list", "--pin-dir", &pin_dir]).unwrap();
+    let out = lab
+        .output_in(
+            None,
+            mif_path().unwrap(),
+            ["pvd", "list", "--pin-dir", &pin_dir],
+        )
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
     assert!(String::from_utf8_lossy(&out.stdout).contains("wwan0"));
-    let cleanup = lab.output_in(None, mif_path().unwrap(), ["cleanup", "--pin-dir", &pin_dir, "--cgroup", &lab.cgroup_rel()]).unwrap();
+    let cleanup = lab
+        .output_in(
+            None,
+            mif_path().unwrap(),
+            [
+                "cleanup",
+                "--pin-dir",
+                &pin_dir,
+                "--cgroup",
+                &lab.cgroup_rel(),
+            ],
+        )
+        .unwrap();
     assert!(cleanup.status.success());
 }
 
 #[test]
 fn completions_and_man_page_come_from_the_same_definitions() {
-    let bash = std::process::Command::new(mif_path().unwrap()).args(["completions", "bash"]).output().unwrap();
+    let bash = std::process::Command::new(mif_path().unwrap())
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&bash.stdout).contains("policy"));
-    let man = std::process::Command::new(mif_path().unwrap()).arg("man").output().unwrap();
+    let man = std::process::Command::new(mif_path().unwrap())
+        .arg("man")
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&man.stdout).contains(".TH mif"));
 }

@@ -29,24 +29,81 @@ impl Drop for Container {
 
 fn sh(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn docker_like(lab: &Lab) -> Container {
     let host = lab.host_ns_name();
-    let container = Container { ns: format!("{host}c") };
+    let container = Container {
+        ns: format!("{host}c"),
+    };
     sh(&["ip", "netns", "add", &container.ns]);
     sh(&["ip", "-n", host, "link", "add", "mifbr0", "type", "bridge"]);
-    sh(&["ip", "-n", host, "addr", "add", "172.17.0.1/16", "dev", "mifbr0"]);
+    sh(&[
+        "ip",
+        "-n",
+        host,
+        "addr",
+        "add",
+        "172.17.0.1/16",
+        "dev",
+        "mifbr0",
+    ]);
     sh(&["ip", "-n", host, "link", "set", "mifbr0", "up"]);
-    sh(&["ip", "-n", host, "link", "add", "vethc0", "type", "veth", "peer", "name", "eth0", "netns", &container.ns]);
-    sh(&["ip", "-n", host, "link", "set", "vethc0", "master", "mifbr0", "up"]);
-    sh(&["ip", "-n", &container.ns, "addr", "add", "172.17.0.2/16", "dev", "eth0"]);
+    sh(&[
+        "ip",
+        "-n",
+        host,
+        "link",
+        "add",
+        "vethc0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &container.ns,
+    ]);
+    sh(&[
+        "ip", "-n", host, "link", "set", "vethc0", "master", "mifbr0", "up",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &container.ns,
+        "addr",
+        "add",
+        "172.17.0.2/16",
+        "dev",
+        "eth0",
+    ]);
     sh(&["ip", "-n", &container.ns, "link", "set", "eth0", "up"]);
     sh(&["ip", "-n", &container.ns, "link", "set", "lo", "up"]);
-    sh(&["ip", "-n", &container.ns, "route", "add", "default", "via", "172.17.0.1"]);
+    sh(&[
+        "ip",
+        "-n",
+        &container.ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        "172.17.0.1",
+    ]);
     // Forwarding and NAT in the lab's own host namespace only.
-    sh(&["ip", "netns", "exec", host, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        host,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
     let nft = "table ip mifnat {\n chain post {\n  type nat hook postrouting priority 100;\n  \
                ip saddr 172.17.0.0/16 oifname != \"mifbr0\" masquerade\n }\n}\n";
     let mut child = Command::new("ip")
@@ -63,7 +120,10 @@ fn docker_like(lab: &Lab) -> Container {
 /// A command in the container's namespace and `cgroup`.
 fn in_container(container: &Container, cgroup: &Path, program: &Path, args: &[&str]) -> Command {
     let ns = File::open(format!("/run/netns/{}", container.ns)).unwrap();
-    let procs = File::options().write(true).open(cgroup.join("cgroup.procs")).unwrap();
+    let procs = File::options()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))
+        .unwrap();
     let mut cmd = Command::new(program);
     cmd.args(args);
     // SAFETY: only write(2) and setns(2) on fds opened before the fork.
@@ -84,8 +144,12 @@ fn reply(container: &Container, cgroup: &Path) -> Option<ClientReply> {
     let port = PEER_PORT.to_string();
     let to = INTERNET_V4.to_string();
     let args = ["client", "--proto", "tcp", "--to", &to, "--port", &port];
-    let out = in_container(container, cgroup, &lab_peer_path().unwrap(), &args).output().unwrap();
-    out.status.success().then(|| ClientReply::parse(String::from_utf8_lossy(&out.stdout).trim()).unwrap())
+    let out = in_container(container, cgroup, &lab_peer_path().unwrap(), &args)
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| ClientReply::parse(String::from_utf8_lossy(&out.stdout).trim()).unwrap())
 }
 
 #[test]
@@ -93,11 +157,19 @@ fn a_container_with_its_own_namespace_is_steered_from_the_host_side() {
     skip_unless_root!();
     let lab = Lab::new(&["wlan0", "wwan0"]).unwrap();
     let container = docker_like(&lab);
-    let scope = lab.create_cgroup("system.slice/docker-0123abcd.scope").unwrap();
+    let scope = lab
+        .create_cgroup("system.slice/docker-0123abcd.scope")
+        .unwrap();
 
     // Without a policy the container leaves by the main table's network.
     let before = reply(&container, &scope).expect("the container cannot reach the internet");
-    assert_eq!(before, ClientReply { network: "wlan0".into(), source: "198.18.0.2".parse().unwrap() });
+    assert_eq!(
+        before,
+        ClientReply {
+            network: "wlan0".into(),
+            source: "198.18.0.2".parse().unwrap()
+        }
+    );
 
     let config = format!(
         "[[policy]]\ncgroup = \"{}/system.slice/docker-0123abcd.scope\"\nprefer = [\"wwan0\"]\n",
@@ -109,13 +181,19 @@ fn a_container_with_its_own_namespace_is_steered_from_the_host_side() {
     let mut sleeper = sleeper.stdin(Stdio::null()).spawn().unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(10);
-    let expected = ClientReply { network: "wwan0".into(), source: "198.18.1.2".parse().unwrap() };
+    let expected = ClientReply {
+        network: "wwan0".into(),
+        source: "198.18.1.2".parse().unwrap(),
+    };
     loop {
         let got = reply(&container, &scope);
         if got.as_ref() == Some(&expected) {
             break;
         }
-        assert!(Instant::now() < deadline, "the container was not steered: {got:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the container was not steered: {got:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let rules = lab.ip_host(&["rule"]).unwrap();

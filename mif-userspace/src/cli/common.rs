@@ -18,7 +18,12 @@ use crate::{
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// The daemon's pin directory (names its control socket and maps).
-    #[arg(long, default_value = "/sys/fs/bpf/mif", value_name = "DIR", global = true)]
+    #[arg(
+        long,
+        default_value = "/sys/fs/bpf/mif",
+        value_name = "DIR",
+        global = true
+    )]
     pub pin_dir: PathBuf,
 
     /// Print JSON instead of tables.
@@ -41,7 +46,11 @@ impl ClientArgs {
         Ok(KernelMaps::open(&PinDir::new(&self.pin_dir))?)
     }
 
-    pub fn print<T: Serialize>(&self, value: &T, table: impl FnOnce() -> String) -> anyhow::Result<()> {
+    pub fn print<T: Serialize>(
+        &self,
+        value: &T,
+        table: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
         if self.json {
             println!("{}", serde_json::to_string_pretty(value)?);
         } else {

@@ -8,8 +8,14 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 
-use super::{common::ClientArgs, policy::{expect_ok, PolicyOptions}};
-use crate::{cgroup::Cgroup2, control::protocol::{Request, Response, StatusView}};
+use super::{
+    common::ClientArgs,
+    policy::{expect_ok, PolicyOptions},
+};
+use crate::{
+    cgroup::Cgroup2,
+    control::protocol::{Request, Response, StatusView},
+};
 
 /// Run a command under a policy, in a transient cgroup of its own below the
 /// daemon's attach cgroup; exit with the command's status and remove the
@@ -36,7 +42,9 @@ struct Transient<'a> {
 impl Drop for Transient<'_> {
     fn drop(&mut self) {
         if self.policy_set {
-            let _ = self.client.request(&Request::PolicyDel { cgroup: self.rel.clone() });
+            let _ = self.client.request(&Request::PolicyDel {
+                cgroup: self.rel.clone(),
+            });
         }
         let _ = std::fs::remove_dir(&self.path);
     }
@@ -52,9 +60,18 @@ impl ExecArgs {
         let parent = status.attach_cgroup.trim_end_matches('/');
         let rel = format!("{parent}/mif-exec-{}", std::process::id());
         let path = cgroup2.mount().join(rel.trim_start_matches('/'));
-        std::fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
-        let mut transient = Transient { client: &self.client, rel: rel.clone(), path: path.clone(), policy_set: false };
-        expect_ok(self.client.request(&Request::PolicySet(self.policy.spec(rel))))?;
+        std::fs::create_dir(&path)
+            .with_context(|| format!("creating cgroup {}", path.display()))?;
+        let mut transient = Transient {
+            client: &self.client,
+            rel: rel.clone(),
+            path: path.clone(),
+            policy_set: false,
+        };
+        expect_ok(
+            self.client
+                .request(&Request::PolicySet(self.policy.spec(rel))),
+        )?;
         transient.policy_set = true;
 
         let procs = path.join("cgroup.procs");
@@ -68,8 +85,13 @@ impl ExecArgs {
                 (&procs_file).write_all(b"0")
             });
         }
-        let exit = cmd.status().with_context(|| format!("running {}", self.command[0]))?;
+        let exit = cmd
+            .status()
+            .with_context(|| format!("running {}", self.command[0]))?;
         drop(transient);
-        std::process::exit(exit.code().unwrap_or_else(|| 128 + exit.signal().unwrap_or(0)));
+        std::process::exit(
+            exit.code()
+                .unwrap_or_else(|| 128 + exit.signal().unwrap_or(0)),
+        );
     }
 }

@@ -31,12 +31,27 @@ fn describe(event: &MonitorEvent) -> String {
             "pvd {}: link {}, IPv4 {}, IPv6 {}",
             p.name,
             if p.link_up { "up" } else { "down" },
-            if p.available_v4 { p.addr4.as_deref().unwrap_or("-") } else { "unavailable" },
-            if p.available_v6 { p.addr6.as_deref().unwrap_or("-") } else { "unavailable" },
+            if p.available_v4 {
+                p.addr4.as_deref().unwrap_or("-")
+            } else {
+                "unavailable"
+            },
+            if p.available_v6 {
+                p.addr6.as_deref().unwrap_or("-")
+            } else {
+                "unavailable"
+            },
         ),
-        MonitorEvent::PolicySet(s) => format!("policy set {}: prefer {}{}", s.cgroup, s.prefer.join(","), if s.strict { ", strict" } else { "" }),
+        MonitorEvent::PolicySet(s) => format!(
+            "policy set {}: prefer {}{}",
+            s.cgroup,
+            s.prefer.join(","),
+            if s.strict { ", strict" } else { "" }
+        ),
         MonitorEvent::PolicyDel { cgroup } => format!("policy del {cgroup}"),
         MonitorEvent::Reload { ok: true, .. } => "config reloaded".into(),
-        MonitorEvent::Reload { error, .. } => format!("config reload refused: {}", error.as_deref().unwrap_or("?")),
+        MonitorEvent::Reload { error, .. } => {
+            format!("config reload refused: {}", error.as_deref().unwrap_or("?"))
+        }
     }
 }

@@ -95,20 +95,34 @@ impl PolicyArgs {
     pub fn execute(self) -> anyhow::Result<()> {
         match &self.command {
             PolicyCommand::Set(args) => {
-                let cgroup = target(args.cgroup.as_deref(), args.container.as_deref())?;
-                expect_ok(self.client.request(&Request::PolicySet(args.policy.spec(cgroup))))
+                let cgroup = target(
+                    &self.client,
+                    args.cgroup.as_deref(),
+                    args.container.as_deref(),
+                )?;
+                expect_ok(
+                    self.client
+                        .request(&Request::PolicySet(args.policy.spec(cgroup))),
+                )
             }
             PolicyCommand::Del(args) => {
-                let cgroup = target(args.cgroup.as_deref(), args.container.as_deref())?;
+                let cgroup = target(
+                    &self.client,
+                    args.cgroup.as_deref(),
+                    args.container.as_deref(),
+                )?;
                 expect_ok(self.client.request(&Request::PolicyDel { cgroup }))
             }
             PolicyCommand::List => match self.client.request(&Request::Policies) {
-                Ok(Response::Policies(policies)) => self.client.print(&policies, || render(&policies)),
+                Ok(Response::Policies(policies)) => {
+                    self.client.print(&policies, || render(&policies))
+                }
                 Ok(other) => Err(unexpected(other)),
                 Err(e @ ClientError::NotRunning(_)) => {
                     note_daemon_down(&e);
                     let report = MapsReport::read(&self.client.maps()?);
-                    self.client.print(&report.policies, || report.render_policies())
+                    self.client
+                        .print(&report.policies, || report.render_policies())
                 }
                 Err(e) => Err(e.into()),
             },
@@ -117,10 +131,14 @@ impl PolicyArgs {
 }
 
 /// The cgroup a policy verb is about: given, or the container's.
-fn target(cgroup: Option<&str>, container: Option<&str>) -> anyhow::Result<String> {
+fn target(
+    client: &ClientArgs,
+    cgroup: Option<&str>,
+    container: Option<&str>,
+) -> anyhow::Result<String> {
     match (cgroup, container) {
         (Some(cgroup), _) => Ok(cgroup.to_string()),
-        (None, Some(id)) => super::container::cgroup_of(id),
+        (None, Some(id)) => super::container::cgroup_of(client, id),
         (None, None) => anyhow::bail!("name a cgroup or --container"),
     }
 }
@@ -133,7 +151,11 @@ pub fn expect_ok(response: Result<Response, ClientError>) -> anyhow::Result<()> 
 }
 
 fn render(policies: &[PolicyView]) -> String {
-    let mut rows = vec![["CGROUP", "PREFER", "STRICT", "BIND", "RESET", "FROM", "STATE", "ID"].map(String::from).to_vec()];
+    let mut rows = vec![[
+        "CGROUP", "PREFER", "STRICT", "BIND", "RESET", "FROM", "STATE", "ID",
+    ]
+    .map(String::from)
+    .to_vec()];
     for p in policies {
         rows.push(vec![
             p.spec.cgroup.clone(),

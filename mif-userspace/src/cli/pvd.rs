@@ -2,7 +2,10 @@ use clap::{Args, Subcommand};
 
 use super::common::{note_daemon_down, or_dash, unexpected, ClientArgs};
 use crate::{
-    control::{client::ClientError, protocol::{PvdView, Request, Response}},
+    control::{
+        client::ClientError,
+        protocol::{PvdView, Request, Response},
+    },
     report::{table, MapsReport},
 };
 
@@ -40,16 +43,31 @@ impl PvdArgs {
 }
 
 fn render(pvds: &[PvdView]) -> String {
-    let mut rows = vec![["NAME", "INTERFACE", "LINK", "IPV4", "IPV6", "GATEWAYS", "DNS", "MARK", "TABLE"]
-        .map(String::from)
-        .to_vec()];
+    let mut rows = vec![[
+        "NAME",
+        "INTERFACE",
+        "LINK",
+        "IPV4",
+        "IPV6",
+        "GATEWAYS",
+        "DNS",
+        "MARK",
+        "TABLE",
+    ]
+    .map(String::from)
+    .to_vec()];
     for p in pvds {
         let family = |available: bool, addr: &Option<String>| match (available, addr) {
             (true, Some(a)) => a.clone(),
             (false, Some(a)) => format!("{a} (down)"),
             _ => "-".into(),
         };
-        let gateways: Vec<&str> = p.gateway4.iter().chain(p.gateway6.iter()).map(String::as_str).collect();
+        let gateways: Vec<&str> = p
+            .gateway4
+            .iter()
+            .chain(p.gateway6.iter())
+            .map(String::as_str)
+            .collect();
         rows.push(vec![
             p.name.clone(),
             match p.ifindex {
@@ -60,7 +78,11 @@ fn render(pvds: &[PvdView]) -> String {
             family(p.available_v4, &p.addr4),
             family(p.available_v6, &p.addr6),
             or_dash((!gateways.is_empty()).then(|| gateways.join(","))),
-            if p.dns.is_empty() { "-".into() } else { format!("{} ({})", p.dns.join(","), p.dns_source) },
+            if p.dns.is_empty() {
+                "-".into()
+            } else {
+                format!("{} ({})", p.dns.join(","), p.dns_source)
+            },
             p.mark.clone(),
             p.table.to_string(),
         ]);

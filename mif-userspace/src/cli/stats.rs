@@ -32,19 +32,28 @@ impl StatsArgs {
         let first = MapsReport::read(&maps);
         std::thread::sleep(Duration::from_secs_f64(self.interval.max(0.0)));
         let second = MapsReport::read(&maps);
-        let before: HashMap<(u32, Option<String>), &CounterReport> =
-            first.counters.iter().map(|c| ((c.policy, c.pvd.clone()), c)).collect();
+        let before: HashMap<(u32, Option<String>), &CounterReport> = first
+            .counters
+            .iter()
+            .map(|c| ((c.policy, c.pvd.clone()), c))
+            .collect();
         let secs = self.interval.max(1e-3);
         let rows: Vec<Row> = second
             .counters
             .into_iter()
             .map(|c| {
                 let old = before.get(&(c.policy, c.pvd.clone()));
-                let rate = |now: u64, then: Option<u64>| (now - then.unwrap_or(now).min(now)) as f64 / secs;
+                let rate = |now: u64, then: Option<u64>| {
+                    (now - then.unwrap_or(now).min(now)) as f64 / secs
+                };
                 Row {
                     steered_per_sec: rate(c.steered, old.map(|o| o.steered)),
                     refused_per_sec: rate(c.refused, old.map(|o| o.refused)),
-                    cgroup: second.policies.iter().find(|p| p.id == c.policy).and_then(|p| p.cgroup.clone()),
+                    cgroup: second
+                        .policies
+                        .iter()
+                        .find(|p| p.id == c.policy)
+                        .and_then(|p| p.cgroup.clone()),
                     counters: c,
                 }
             })
@@ -54,9 +63,11 @@ impl StatsArgs {
 }
 
 fn render(rows: &[Row]) -> String {
-    let mut out = vec![["POLICY", "CGROUP", "PVD", "STEERED", "/S", "FALLBACK", "REFUSED", "/S", "BOUND", "SRC SET"]
-        .map(String::from)
-        .to_vec()];
+    let mut out = vec![[
+        "POLICY", "CGROUP", "PVD", "STEERED", "/S", "FALLBACK", "REFUSED", "/S", "BOUND", "SRC SET",
+    ]
+    .map(String::from)
+    .to_vec()];
     for r in rows {
         let c = &r.counters;
         out.push(vec![

@@ -4,7 +4,10 @@ use serde::Serialize;
 use super::common::ClientArgs;
 use crate::{
     cgroup::Cgroup2,
-    control::{client::ClientError, protocol::{Request, Response, StatusView}},
+    control::{
+        client::ClientError,
+        protocol::{Request, Response, StatusView},
+    },
     report::{table, MapsReport},
 };
 
@@ -47,17 +50,32 @@ impl StatusArgs {
             problems.push("the daemon is not running".to_string());
         }
         if kernel.is_none() {
-            problems.push(format!("nothing is pinned at {}", self.client.pin_dir.display()));
+            problems.push(format!(
+                "nothing is pinned at {}",
+                self.client.pin_dir.display()
+            ));
         }
         if attached.values().any(|&n| n != 1) {
-            problems.push(format!("programs attached: {attached:?} (each should be 1)"));
+            problems.push(format!(
+                "programs attached: {attached:?} (each should be 1)"
+            ));
         }
-        
+
         if instance.is_some() && attach_cgroup.is_none() {
             problems.push("the cgroup the programs are attached to no longer exists".into());
         }
-        let steering = kernel.is_some() && attached.len() == 5 && attached.values().all(|&n| n == 1) && attach_cgroup.is_some();
-        let status = Status { daemon, attach_cgroup, init_cgroup, attached, steering, problems };
+        let steering = kernel.is_some()
+            && attached.len() == 5
+            && attached.values().all(|&n| n == 1)
+            && attach_cgroup.is_some();
+        let status = Status {
+            daemon,
+            attach_cgroup,
+            init_cgroup,
+            attached,
+            steering,
+            problems,
+        };
         self.client.print(&status, || render(&status))?;
         if status.daemon.is_none() {
             std::process::exit(3);
@@ -70,27 +88,61 @@ impl StatusArgs {
 fn init_cgroup() -> Option<String> {
     let _ = Cgroup2::find().ok()?;
     let text = std::fs::read_to_string("/proc/1/cgroup").ok()?;
-    text.lines().find_map(|l| l.strip_prefix("0::")).map(String::from)
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(String::from)
 }
 
 fn render(s: &Status) -> String {
-        let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut rows: Vec<Vec<String>> = Vec::new();
     let mut row = |k: &str, v: String| rows.push(vec![k.to_string(), v]);
     match &s.daemon {
         Some(d) => {
-            row("daemon", format!("running (pid {}, mif {}, layout v{}, up {} s)", d.pid, d.version, d.layout_version, d.uptime_secs));
-            row("pvds", format!("{} ({} available)", d.pvds, d.pvds_available));
-            row("policies", format!("{} active, {} pending", d.policies, d.policies_pending));
+            row(
+                "daemon",
+                format!(
+                    "running (pid {}, mif {}, layout v{}, up {} s)",
+                    d.pid, d.version, d.layout_version, d.uptime_secs
+                ),
+            );
+            row(
+                "pvds",
+                format!("{} ({} available)", d.pvds, d.pvds_available),
+            );
+            row(
+                "policies",
+                format!("{} active, {} pending", d.policies, d.policies_pending),
+            );
             if let Some(e) = &d.last_reload_error {
                 row("last reload", e.clone());
             }
         }
         None => row("daemon", "not running".into()),
     }
-        row("attached to", s.attach_cgroup.clone().unwrap_or_else(|| "-".into()));
-    row("init lives in", s.init_cgroup.clone().unwrap_or_else(|| "-".into()));
-    row("programs", s.attached.iter().map(|(p, n)| format!("{p}={n}")).collect::<Vec<_>>().join(" "));
-    row("steering", if s.steering { "yes".into() } else { "NO".into() });
+    row(
+        "attached to",
+        s.attach_cgroup.clone().unwrap_or_else(|| "-".into()),
+    );
+    row(
+        "init lives in",
+        s.init_cgroup.clone().unwrap_or_else(|| "-".into()),
+    );
+    row(
+        "programs",
+        s.attached
+            .iter()
+            .map(|(p, n)| format!("{p}={n}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    row(
+        "steering",
+        if s.steering {
+            "yes".into()
+        } else {
+            "NO".into()
+        },
+    );
     for p in &s.problems {
         row("problem", p.clone());
     }

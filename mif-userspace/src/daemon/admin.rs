@@ -125,16 +125,20 @@ impl Admin {
                 known.iter().cloned().collect::<Vec<_>>().join(", ")
             ));
         }
-        let state = reconciler.policy_state();
-        let cgroup = state
-            .cgroup2()
-            .resolve(&spec.cgroup)
-            .map_err(|e| e.to_string())?;
-        if !cgroup.is_within(&state.attach) {
-            return Err(format!(
-                "cgroup {} is outside the cgroup mif attaches to ({})",
-                spec.cgroup, state.attach.rel
-            ));
+        // A pattern applies to cgroups as they appear; a literal cgroup
+        // must exist, below the cgroup mif attaches to.
+        if !crate::cgroup_pattern::is_pattern(&spec.cgroup) {
+            let state = reconciler.policy_state();
+            let cgroup = state
+                .cgroup2()
+                .resolve(&spec.cgroup)
+                .map_err(|e| e.to_string())?;
+            if !cgroup.is_within(&state.attach) {
+                return Err(format!(
+                    "cgroup {} is outside the cgroup mif attaches to ({})",
+                    spec.cgroup, state.attach.rel
+                ));
+            }
         }
         reconciler
             .policy_state_mut()
@@ -210,16 +214,20 @@ fn policy_views(reconciler: &Reconciler) -> Vec<PolicyView> {
         .all()
         .into_iter()
         .map(|(spec, origin): (PolicySpec, Origin)| {
-            let resolved = state.resolved().iter().find(|r| r.cgroup == spec.cgroup);
+            let matches = state.matches_of(&spec.cgroup);
+            let pattern = crate::cgroup_pattern::is_pattern(&spec.cgroup);
             PolicyView {
-                id: resolved.map(|r| r.id),
-                cgroup_id: resolved.map(|r| r.cgroup_id),
-                state: if resolved.is_some() {
-                    "active"
+                id: matches.first().map(|r| r.id),
+                cgroup_id: if pattern {
+                    None
                 } else {
-                    "pending"
-                }
-                .into(),
+                    matches.first().map(|r| r.cgroup_id)
+                },
+                state: match (pattern, matches.len()) {
+                    (_, 0) => "pending".into(),
+                    (false, _) => "active".into(),
+                    (true, n) => format!("active ({n} cgroups)"),
+                },
                 spec,
                 origin,
             }

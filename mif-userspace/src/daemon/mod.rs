@@ -27,6 +27,7 @@ use tokio::sync::broadcast;
 pub use self::prepare::{prepare, Prepared};
 use self::{admin::Admin, steering::Steering};
 use crate::{
+    cgroup_watch::{CgroupEvent, CgroupWatcher},
     control::{
         self,
         protocol::MonitorEvent,
@@ -155,7 +156,7 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
         prepared.attach.rel,
         opts.instance.pin_dir.display()
     );
-        // Handlers first: a signal right after `ready` must not find the
+    // Handlers first: a signal right after `ready` must not find the
     // default action (SIGHUP would kill the daemon, SIGTERM skip teardown).
     let mut signals = Signals::new()?;
     // Machine-readable readiness for scripts and tests.
@@ -186,41 +187,48 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
 async fn follow(
     reconciler: &mut Reconciler,
     events: &mut netlink::NetEvents,
-        control: &mut Control,
+    control: &mut Control,
     admin: &mut Admin,
     signals: &mut Signals,
     mark_mask: u32,
 ) -> anyhow::Result<()> {
-    
-        let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
+    let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
     recheck.tick().await;
     // Containers start and stop without a netlink event in our namespace
     // that reliably follows their processes: poll for them, cheaply.
     let mut containers = tokio::time::interval(CONTAINER_SCAN_INTERVAL);
     let mut known_containers = reconciler.foreign_fingerprint();
+    let mut watcher = CgroupWatch::new(reconciler);
     loop {
         let verify = tokio::select! {
                         _ = signals.term.recv() => return Ok(()),
             _ = signals.int.recv() => return Ok(()),
                                     _ = recheck.tick() => true,
-            _ = containers.tick() => {
-                let now = reconciler.foreign_fingerprint();
+                        event = watcher.next() => {
+                if event.is_none() {
+                    continue;
+                }
+                false
+            }
+            _ = containers.tick() => {let now = reconciler.foreign_fingerprint();
                 if now == known_containers {
                     continue;
                 }
                 known_containers = now;
                 false
             }
-                        _ = signals.hup.recv() => {
+                                    _ = signals.hup.recv() => {
                 let _ = admin.reload(reconciler).await;
+                watcher.follow(reconciler);
                 continue;
             }
             command = control.commands.recv() => {
                 let Some(command) = command else { continue };
                 let before = reconciler.pvds().to_vec();
                 let response = admin.handle(reconciler, &control.monitor, command.request).await;
-                let _ = command.reply.send(response);
+                                let _ = command.reply.send(response);
                 announce_pvd_changes(&before, reconciler, &control.monitor);
+                watcher.follow(reconciler);
                 continue;
             }
             event = events.next() => {
@@ -251,6 +259,50 @@ async fn follow(
             // A failed pass is retried on the next event or recheck; the
             // kernel keeps the last good state meanwhile.
             Err(e) => warn!("reconciling: {e:#}"),
+        }
+    }
+}
+
+/// Watches cgroupfs where pattern policies may gain cgroups, so a new
+/// container's cgroup is steered the moment it appears.
+struct CgroupWatch {
+    roots: Vec<String>,
+    watcher: Option<CgroupWatcher>,
+    mount: std::path::PathBuf,
+}
+
+impl CgroupWatch {
+    fn new(reconciler: &Reconciler) -> Self {
+        let mount = reconciler.policy_state().cgroup2().mount().to_path_buf();
+        let mut watch = Self {
+            roots: Vec::new(),
+            watcher: None,
+            mount,
+        };
+        watch.follow(reconciler);
+        watch
+    }
+
+    /// Re-targets the watcher when the pattern policies changed.
+    fn follow(&mut self, reconciler: &Reconciler) {
+        let roots = reconciler.policy_state().watch_roots();
+        if roots == self.roots && (self.watcher.is_some() || roots.is_empty()) {
+            return;
+        }
+        self.watcher = match roots.is_empty() {
+            true => None,
+            false => CgroupWatcher::new(&self.mount, &roots)
+                .map_err(|e| warn!("watching cgroups for pattern policies: {e}"))
+                .ok(),
+        };
+        self.roots = roots;
+    }
+
+    /// The next change below the roots; pending forever when nothing is watched.
+    async fn next(&mut self) -> Option<CgroupEvent> {
+        match &mut self.watcher {
+            Some(w) => w.next().await,
+            None => std::future::pending().await,
         }
     }
 }

@@ -76,6 +76,8 @@ fn resolve_policy_cgroups(
     config
         .policies
         .iter()
+        // Patterns need not match anything yet: cgroups appear later.
+        .filter(|p| !crate::cgroup_pattern::is_pattern(&p.cgroup))
         .map(|p| {
             let cg = cgroup2.resolve(&p.cgroup).map_err(|e| {
                 let problem = match e {
