@@ -8,7 +8,7 @@
 #![no_std]
 
 /// Version of the map layouts and program semantics. Part of the pin path.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Most PvDs one instance manages; the PvD table is an array of this size.
 pub const MAX_PVDS: u32 = 64;
@@ -43,13 +43,21 @@ pub mod names {
     pub const PROG_CONNECT6: &str = "mif_connect6";
     pub const PROG_SENDMSG4: &str = "mif_sendmsg4";
     pub const PROG_SENDMSG6: &str = "mif_sendmsg6";
-    /// All programs, in attach order.
-    pub const PROGRAMS: [&str; 5] = [
+    pub const PROG_BIND4: &str = "mif_bind4";
+    pub const PROG_BIND6: &str = "mif_bind6";
+    pub const PROG_SETSOCKOPT: &str = "mif_setsockopt";
+    /// All programs, in attach order. The strict-mode guards (bind,
+    /// setsockopt) come last: until they are attached, strict sockets are
+    /// only as protected as before.
+    pub const PROGRAMS: [&str; 8] = [
         PROG_SOCK_CREATE,
         PROG_CONNECT4,
         PROG_CONNECT6,
         PROG_SENDMSG4,
         PROG_SENDMSG6,
+        PROG_BIND4,
+        PROG_BIND6,
+        PROG_SETSOCKOPT,
     ];
     /// Globals set at load time.
     pub const GLOBAL_SETTINGS: &str = "MIF_SETTINGS";
@@ -78,6 +86,77 @@ pub struct Settings {
 pub const POLICY_STRICT: u8 = 1 << 0;
 /// Policy flag: also bind the socket to the PvD's interface (`SO_BINDTODEVICE`).
 pub const POLICY_BIND_DEVICE: u8 = 1 << 1;
+/// Policy flag: refuse raw IP sockets (`SOCK_RAW`), which can write any
+/// header. (Packet sockets never reach the `sock_create` hook.)
+pub const POLICY_DENY_RAW: u8 = 1 << 2;
+
+/// Socket options that strict policies refuse (uapi numbers; options are
+/// numbered per level).
+pub mod sockopt {
+    pub const SOL_IP: i32 = 0;
+    pub const SOL_SOCKET: i32 = 1;
+    pub const SOL_IPV6: i32 = 41;
+
+    pub const SO_DONTROUTE: i32 = 5;
+    pub const SO_BINDTODEVICE: i32 = 25;
+    pub const SO_MARK: i32 = 36;
+    pub const SO_BINDTOIFINDEX: i32 = 62;
+
+    pub const IP_MULTICAST_IF: i32 = 32;
+    pub const IP_ADD_MEMBERSHIP: i32 = 35;
+    pub const IP_ADD_SOURCE_MEMBERSHIP: i32 = 39;
+    pub const IP_UNICAST_IF: i32 = 50;
+
+    pub const IPV6_MULTICAST_IF: i32 = 17;
+    pub const IPV6_ADD_MEMBERSHIP: i32 = 20;
+    pub const IPV6_PKTINFO: i32 = 50;
+    pub const IPV6_UNICAST_IF: i32 = 76;
+
+    /// At both SOL_IP and SOL_IPV6.
+    pub const MCAST_JOIN_GROUP: i32 = 42;
+    pub const MCAST_JOIN_SOURCE_GROUP: i32 = 46;
+
+    /// Whether setting `(level, optname)` can put a socket's packets (or
+    /// packets the kernel sends for it) elsewhere than its mark says:
+    ///
+    /// - an output interface: `SO_BINDTODEVICE`, `SO_BINDTOIFINDEX`,
+    ///   `IP_UNICAST_IF`, `IPV6_UNICAST_IF`, the multicast interfaces, and
+    ///   a sticky `IPV6_PKTINFO`. With one, IPv4 sends even when the PvD's
+    ///   table has no route through it (the destination is then assumed
+    ///   on-link), and IPv6 finds its route in the main table;
+    /// - another mark (`SO_MARK`): another table, or none;
+    /// - `SO_DONTROUTE`: a link-scope lookup, which the PvD's table answers
+    ///   only for its own link, so the main table's on-link routes of other
+    ///   networks answer the rest;
+    /// - joining a multicast group: the kernel reports the membership (IGMP,
+    ///   MLD) on the interface named, or else the one the main table gives
+    ///   for the group.
+    pub const fn moves_off_pvd(level: i32, optname: i32) -> bool {
+        matches!(
+            (level, optname),
+            (
+                SOL_SOCKET,
+                SO_DONTROUTE | SO_MARK | SO_BINDTODEVICE | SO_BINDTOIFINDEX
+            ) | (
+                SOL_IP,
+                IP_UNICAST_IF
+                    | IP_MULTICAST_IF
+                    | IP_ADD_MEMBERSHIP
+                    | IP_ADD_SOURCE_MEMBERSHIP
+                    | MCAST_JOIN_GROUP
+                    | MCAST_JOIN_SOURCE_GROUP
+            ) | (
+                SOL_IPV6,
+                IPV6_UNICAST_IF
+                    | IPV6_MULTICAST_IF
+                    | IPV6_PKTINFO
+                    | IPV6_ADD_MEMBERSHIP
+                    | MCAST_JOIN_GROUP
+                    | MCAST_JOIN_SOURCE_GROUP
+            )
+        )
+    }
+}
 
 /// Slot in `prefer` that lists no PvD.
 pub const NO_PVD: u8 = u8::MAX;
@@ -101,6 +180,38 @@ impl Policy {
     }
     pub const fn binds_device(&self) -> bool {
         self.flags & POLICY_BIND_DEVICE != 0
+    }
+    pub const fn denies_raw(&self) -> bool {
+        self.flags & POLICY_DENY_RAW != 0
+    }
+
+    /// Whether the policy lists the PvD with `index`.
+    pub const fn lists(&self, index: u32) -> bool {
+        let mut rank = 0;
+        while rank < MAX_PREFER {
+            let slot = self.prefer[rank];
+            if slot == NO_PVD {
+                return false;
+            }
+            if slot as u32 == index {
+                return true;
+            }
+            rank += 1;
+        }
+        false
+    }
+
+    /// Whether a strict socket of this policy may bind an address owned by
+    /// `owner` (PvD index and PvD), `None` when no PvD owns it. Only the
+    /// PvD addresses carry `from <address>` rules, so only binding those
+    /// can move a socket onto a network; of those, only the ones the policy
+    /// lists and that are available for the family are the policy's own.
+    /// Wildcard and loopback binds never reach here.
+    pub const fn may_bind(&self, owner: Option<(u32, &Pvd)>, family_v6: bool) -> bool {
+        match owner {
+            None => true,
+            Some((index, pvd)) => self.lists(index) && pvd.available(family_v6),
+        }
     }
 }
 
@@ -184,6 +295,10 @@ pub struct Counters {
     pub bound: u64,
     /// Source addresses set on unconnected sendmsg().
     pub src_set: u64,
+    /// Operations refused to keep a socket on its policy's PvDs: binds,
+    /// sources and destinations that would take it to another network,
+    /// interface or mark options (strict), raw sockets (`deny_raw`).
+    pub denied: u64,
 }
 
 /// Mark of the PvD with `index`, given the mask's lowest bit.
@@ -229,12 +344,68 @@ mod tests {
     }
 
     #[test]
+    fn strict_sockopts_are_the_interface_and_mark_ones() {
+        use sockopt::*;
+        for (level, name) in [
+            (SOL_SOCKET, SO_MARK),
+            (SOL_SOCKET, SO_BINDTODEVICE),
+            (SOL_SOCKET, SO_BINDTOIFINDEX),
+            (SOL_SOCKET, SO_DONTROUTE),
+            (SOL_IP, IP_UNICAST_IF),
+            (SOL_IP, IP_MULTICAST_IF),
+            (SOL_IP, MCAST_JOIN_GROUP),
+            (SOL_IPV6, IPV6_UNICAST_IF),
+            (SOL_IPV6, IPV6_MULTICAST_IF),
+            (SOL_IPV6, IPV6_PKTINFO),
+            (SOL_IPV6, MCAST_JOIN_GROUP),
+        ] {
+            assert!(moves_off_pvd(level, name), "{level}/{name}");
+        }
+        assert!(!moves_off_pvd(SOL_SOCKET, 2)); // SO_REUSEADDR
+        assert!(!moves_off_pvd(SOL_IP, 1)); // IP_TOS
+        assert!(!moves_off_pvd(SOL_IP, 8)); // IP_PKTINFO: receive side only
+        assert!(!moves_off_pvd(SOL_IPV6, 26)); // IPV6_V6ONLY
+        assert!(!moves_off_pvd(6, 1)); // TCP_NODELAY
+        assert!(
+            !moves_off_pvd(SOL_IP, SO_MARK),
+            "36 at SOL_IP is another option"
+        );
+    }
+
+    fn policy(prefer: &[u8]) -> Policy {
+        let mut p = Policy {
+            id: 1,
+            prefer: [NO_PVD; MAX_PREFER],
+            flags: POLICY_STRICT,
+            _pad: [0; 3],
+        };
+        p.prefer[..prefer.len()].copy_from_slice(prefer);
+        p
+    }
+
+    #[test]
+    fn strict_binds_stay_on_listed_available_pvds() {
+        let p = policy(&[1, 3]);
+        let up = Pvd {
+            flags: PVD_AVAIL_V4,
+            ..Default::default()
+        };
+        let down = Pvd::default();
+        assert!(p.lists(3) && !p.lists(0) && !p.lists(2));
+        assert!(p.may_bind(None, false), "an address of no PvD");
+        assert!(p.may_bind(Some((1, &up)), false));
+        assert!(!p.may_bind(Some((0, &up)), false), "a PvD not listed");
+        assert!(!p.may_bind(Some((3, &down)), false), "listed, unavailable");
+        assert!(!p.may_bind(Some((1, &up)), true), "unavailable for IPv6");
+    }
+
+    #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<Settings>(), 32);
         assert_eq!(core::mem::size_of::<Policy>(), 16);
         assert_eq!(core::mem::size_of::<Pvd>(), 32);
         assert_eq!(core::mem::size_of::<CounterKey>(), 8);
-        assert_eq!(core::mem::size_of::<Counters>(), 48);
+        assert_eq!(core::mem::size_of::<Counters>(), 56);
         assert_eq!(core::mem::size_of::<PvdMeta>(), 88);
     }
 }

@@ -64,3 +64,13 @@ pub fn is_loopback6(addr: &[u32; 4]) -> bool {
 pub fn is_v4_mapped(addr: &[u32; 4]) -> bool {
     addr[0] == 0 && addr[1] == 0 && addr[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
 }
+
+/// fe80::/10, whose scope (an interface) comes with the socket address.
+#[inline(always)]
+pub fn is_link_local6(addr: &[u32; 4]) -> bool {
+    let first = addr[0].to_ne_bytes();
+    first[0] == 0xfe && first[1] & 0xc0 == 0x80
+}
+
+/// `type` of raw IP sockets: any protocol, and with IP_HDRINCL any header.
+pub const SOCK_RAW: u32 = 3;

@@ -12,6 +12,7 @@ pub enum Event {
     Unsteered,
     Bound,
     SourceSet,
+    Denied,
 }
 
 #[inline(always)]
@@ -39,5 +40,6 @@ pub fn count(policy: u32, pvd: u32, event: Event) {
         Event::Unsteered => c.unsteered += 1,
         Event::Bound => c.bound += 1,
         Event::SourceSet => c.src_set += 1,
+        Event::Denied => c.denied += 1,
     }
 }

@@ -10,77 +10,53 @@
 //! - `connect4/6` bind the marked socket to its PvD's source address, port 0,
 //!   unless the application bound it itself.
 //! - `sendmsg4/6` set the source of unconnected UDP datagrams the same way.
+//! - `bind4/6`, `setsockopt`, and `connect6`/`sendmsg4/6` again, keep the
+//!   sockets of strict policies on their PvDs (see [`strict`]);
+//!   `sock_create` also refuses raw IP sockets to policies with `deny_raw`.
 //!
 //! No per-packet work: routing by mark is done by the kernel's policy rules
 //! that the daemon installs per PvD.
+//!
+//! Minimum kernel versions, per hook: `sock_create` 4.10, `connect`/`bind`
+//! 4.17, `sendmsg` 4.18, `setsockopt` 5.3; with what the programs call,
+//! 5.7 (netns cookie in `sock_create`, `connect`, `sendmsg`, `bind`) and
+//! 6.0 (`bpf_get_current_ancestor_cgroup_id` in `setsockopt`).
 #![no_std]
 #![no_main]
 
 mod addr;
 mod counters;
 mod maps;
+mod policy;
+mod strict;
 
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr},
-    helpers::generated::{bpf_bind, bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie},
-    macros::{cgroup_sock, cgroup_sock_addr},
-    programs::{SockAddrContext, SockContext},
+    helpers::generated::{bpf_bind, bpf_get_netns_cookie},
+    macros::{cgroup_sock, cgroup_sock_addr, cgroup_sockopt},
+    programs::{SockAddrContext, SockContext, SockoptContext},
 };
-use mif_common::{pvd_from_mark, Policy, Pvd, Settings, MAX_CGROUP_DEPTH, NO_PVD};
+use mif_common::{pvd_from_mark, Pvd, Settings, COUNTER_NO_PVD, NO_PVD};
 
 use crate::{
-    addr::{is_loopback4, is_loopback6, is_v4_mapped, SockaddrIn, SockaddrIn6, AF_INET, AF_INET6},
+    addr::{
+        is_loopback4, is_loopback6, is_v4_mapped, SockaddrIn, SockaddrIn6, AF_INET, AF_INET6,
+        SOCK_RAW,
+    },
     counters::{count, Event},
-    maps::{POLICIES, PVDS},
+    maps::PVDS,
+    policy::{find_policy, settings},
 };
 
 /// Let the operation go on.
 const ALLOW: i32 = 1;
-/// Refuse it: socket() / connect() / sendmsg() fail with EPERM.
+/// Refuse it: socket() / connect() / sendmsg() / bind() / setsockopt() fail
+/// with EPERM.
 const REFUSE: i32 = 0;
 
-/// Set by the loader before the programs are loaded (read-only data).
-#[unsafe(no_mangle)]
-static MIF_SETTINGS: Settings = Settings {
-    netns_cookie: 0,
-    mark_mask: 0,
-    mark_shift: 0,
-    attach_level: 0,
-    _pad: 0,
-    attach_cgroup_id: 0,
-};
-
-#[inline(always)]
-fn settings() -> Settings {
-    // Volatile so the compiler does not fold the zero initialiser: the real
-    // values are patched into .rodata at load time.
-    unsafe { core::ptr::read_volatile(&MIF_SETTINGS) }
-}
-
-/// The policy of the deepest cgroup, from the process's own up to the cgroup
-/// the programs are attached to, that has one. Walking ancestors (rather than
-/// copying policies onto every descendant) covers cgroups created later with
-/// no window.
-#[inline(always)]
-fn find_policy(attach_level: u32) -> Option<&'static Policy> {
-    let mut i = 0;
-    while i < MAX_CGROUP_DEPTH {
-        let level = MAX_CGROUP_DEPTH - 1 - i;
-        if level < attach_level {
-            break;
-        }
-        // 0 when the process's cgroup is shallower than `level`.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
-        if id != 0 {
-            if let Some(policy) = unsafe { POLICIES.get(id) } {
-                return Some(policy);
-            }
-        }
-        i += 1;
-    }
-    None
-}
-
+/// Minimum kernel: 4.10 (5.7 for the netns cookie). The kernel runs this
+/// hook for AF_INET and AF_INET6 sockets only (inet_create, inet6_create):
+/// packet sockets (AF_PACKET) never reach it.
 #[cgroup_sock(sock_create)]
 pub fn mif_sock_create(ctx: SockContext) -> i32 {
     match try_sock_create(&ctx) {
@@ -94,13 +70,19 @@ fn try_sock_create(ctx: &SockContext) -> Result<i32, i32> {
         return Ok(ALLOW);
     }
     let sk: *mut bpf_sock = ctx.sock;
-    let family = unsafe { (*sk).family };
+    let (family, ty) = unsafe { ((*sk).family, (*sk).type_) };
     if family != AF_INET && family != AF_INET6 {
         return Ok(ALLOW);
     }
     let Some(policy) = find_policy(settings.attach_level) else {
         return Ok(ALLOW);
     };
+    // Raw IP sockets choose their protocol, and with IP_HDRINCL their whole
+    // header (source included): a mark holds their route, nothing more.
+    if policy.denies_raw() && ty == SOCK_RAW {
+        count(policy.id, COUNTER_NO_PVD, Event::Denied);
+        return Ok(REFUSE);
+    }
     let want_v6 = family == AF_INET6;
 
     let mut rank = 0;
@@ -128,10 +110,10 @@ fn try_sock_create(ctx: &SockContext) -> Result<i32, i32> {
     }
 
     if policy.is_strict() {
-        count(policy.id, mif_common::COUNTER_NO_PVD, Event::Refused);
+        count(policy.id, COUNTER_NO_PVD, Event::Refused);
         Ok(REFUSE)
     } else {
-        count(policy.id, mif_common::COUNTER_NO_PVD, Event::Unsteered);
+        count(policy.id, COUNTER_NO_PVD, Event::Unsteered);
         Ok(ALLOW)
     }
 }
@@ -165,6 +147,7 @@ fn policy_id(settings: &Settings) -> u32 {
     find_policy(settings.attach_level).map_or(u32::MAX, |p| p.id)
 }
 
+/// Minimum kernel: 4.17 (5.7 for the netns cookie).
 #[cgroup_sock_addr(connect4)]
 pub fn mif_connect4(ctx: SockAddrContext) -> i32 {
     let settings = settings();
@@ -189,14 +172,18 @@ pub fn mif_connect4(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
+/// Minimum kernel: 4.17 (5.7 for the netns cookie).
 #[cgroup_sock_addr(connect6)]
 pub fn mif_connect6(ctx: SockAddrContext) -> i32 {
     let settings = settings();
+    let sa = ctx.sock_addr;
+    let dst = unsafe { (*sa).user_ip6 };
+    if strict::is_link_scoped6(&dst) && strict::refuses(sa, &settings, |_| true) {
+        return REFUSE;
+    }
     let Some((index, pvd)) = steered_unbound_pvd(&ctx, &settings) else {
         return ALLOW;
     };
-    let sa = ctx.sock_addr;
-    let dst = unsafe { (*sa).user_ip6 };
     // v4-mapped destinations leave by IPv4; an IPv6 source cannot be bound for them.
     if pvd.addr6 == [0; 4] || is_loopback6(&dst) || is_v4_mapped(&dst) {
         return ALLOW;
@@ -215,13 +202,23 @@ pub fn mif_connect6(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
+/// Minimum kernel: 4.18 (5.7 for the netns cookie).
 #[cgroup_sock_addr(sendmsg4)]
 pub fn mif_sendmsg4(ctx: SockAddrContext) -> i32 {
     let settings = settings();
+    let sa = ctx.sock_addr;
+    // A source chosen per datagram (IP_PKTINFO) is a bind in all but name.
+    // A bound socket's own address arrives here too: its bind was judged.
+    let src = unsafe { (*sa).msg_src_ip4 };
+    if src != 0
+        && src != strict::bound_source(sa).0
+        && strict::refuses(sa, &settings, |p| !strict::may_bind4(p, src))
+    {
+        return REFUSE;
+    }
     let Some((index, pvd)) = steered_unbound_pvd(&ctx, &settings) else {
         return ALLOW;
     };
-    let sa = ctx.sock_addr;
     unsafe {
         // A source the application chose (IP_PKTINFO) stays.
         if pvd.addr4 == 0 || (*sa).msg_src_ip4 != 0 || is_loopback4((*sa).user_ip4) {
@@ -233,13 +230,22 @@ pub fn mif_sendmsg4(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
+/// Minimum kernel: 4.18 (5.7 for the netns cookie).
 #[cgroup_sock_addr(sendmsg6)]
 pub fn mif_sendmsg6(ctx: SockAddrContext) -> i32 {
     let settings = settings();
+    let sa = ctx.sock_addr;
+    let (dst, src) = unsafe { ((*sa).user_ip6, (*sa).msg_src_ip6) };
+    if (strict::is_link_scoped6(&dst) || (src != [0; 4] && src != strict::bound_source(sa).1))
+        && strict::refuses(sa, &settings, |p| {
+            strict::is_link_scoped6(&dst) || !strict::may_bind6(p, &src)
+        })
+    {
+        return REFUSE;
+    }
     let Some((index, pvd)) = steered_unbound_pvd(&ctx, &settings) else {
         return ALLOW;
     };
-    let sa = ctx.sock_addr;
     unsafe {
         let dst = (*sa).user_ip6;
         if pvd.addr6 == [0; 4]
@@ -258,6 +264,48 @@ pub fn mif_sendmsg6(ctx: SockAddrContext) -> i32 {
         core::ptr::write_volatile(&raw mut (*src)[3], pvd.addr6[3]);
     }
     count(policy_id(&settings), index, Event::SourceSet);
+    ALLOW
+}
+
+/// Minimum kernel: 4.17 (5.7 for the netns cookie).
+#[cgroup_sock_addr(bind4)]
+pub fn mif_bind4(ctx: SockAddrContext) -> i32 {
+    let settings = settings();
+    let sa = ctx.sock_addr;
+    let addr = unsafe { (*sa).user_ip4 };
+    // Wildcard binds (servers) are the common case: decided before the walk.
+    if addr == 0 || is_loopback4(addr) {
+        return ALLOW;
+    }
+    if strict::refuses(sa, &settings, |p| !strict::may_bind4(p, addr)) {
+        return REFUSE;
+    }
+    ALLOW
+}
+
+/// Minimum kernel: 4.17 (5.7 for the netns cookie).
+#[cgroup_sock_addr(bind6)]
+pub fn mif_bind6(ctx: SockAddrContext) -> i32 {
+    let settings = settings();
+    let sa = ctx.sock_addr;
+    let addr = unsafe { (*sa).user_ip6 };
+    if addr == [0; 4] || is_loopback6(&addr) {
+        return ALLOW;
+    }
+    if strict::refuses(sa, &settings, |p| !strict::may_bind6(p, &addr)) {
+        return REFUSE;
+    }
+    ALLOW
+}
+
+/// Minimum kernel: 5.3 (6.0 for the cgroup walk in sockopt programs).
+#[cgroup_sockopt(setsockopt)]
+pub fn mif_setsockopt(ctx: SockoptContext) -> i32 {
+    let so = ctx.sockopt;
+    if strict::refuses_sockopt(so) && strict::refuses(so, &settings(), |_| true) {
+        return REFUSE;
+    }
+    strict::pass_through(so);
     ALLOW
 }
 

@@ -7,13 +7,17 @@ use mif_common::names;
 
 const BPF_PROG_QUERY: libc::c_long = 16;
 
-/// Attach types of mif's programs (uapi `enum bpf_attach_type`).
-const ATTACH_TYPES: [(&str, u32); 5] = [
+/// Attach types of mif's programs (uapi `enum bpf_attach_type`, as in
+/// aya-obj's bindings: BPF_CGROUP_INET_SOCK_CREATE = 2, ...).
+const ATTACH_TYPES: [(&str, u32); 8] = [
     (names::PROG_SOCK_CREATE, 2),
     (names::PROG_CONNECT4, 10),
     (names::PROG_CONNECT6, 11),
     (names::PROG_SENDMSG4, 14),
     (names::PROG_SENDMSG6, 15),
+    (names::PROG_BIND4, 8),
+    (names::PROG_BIND6, 9),
+    (names::PROG_SETSOCKOPT, 22),
 ];
 
 /// The `query` part of `union bpf_attr`, zero-padded to what the kernel may

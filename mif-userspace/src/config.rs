@@ -60,6 +60,8 @@ pub struct PolicyConfig {
     /// Reset the policy's TCP connections on a PvD that is lost, so
     /// applications reconnect at once over the next PvD.
     pub reset: bool,
+    /// Refuse raw IP sockets (`SOCK_RAW`), which write their own headers.
+    pub deny_raw: bool,
     pub line: usize,
 }
 
@@ -129,6 +131,8 @@ struct RawPolicy {
     bind: BindMode,
     #[serde(default)]
     reset: bool,
+    #[serde(default)]
+    deny_raw: bool,
 }
 
 /// Line (1-based) of a byte offset in `text`.
@@ -316,6 +320,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             strict: policy.strict,
             bind: policy.bind,
             reset: policy.reset,
+            deny_raw: policy.deny_raw,
             line,
         });
     }
@@ -458,6 +463,20 @@ bind = "device"
         assert!(p.strict);
         assert_eq!(p.bind, BindMode::Device);
         assert_eq!(p.line, 7);
+    }
+
+    #[test]
+    fn deny_raw_is_off_unless_asked() {
+        let config = parse_str(
+            "[[policy]]\ncgroup = \"/a\"\nprefer = [\"x\"]\n\
+             [[policy]]\ncgroup = \"/b\"\nprefer = [\"x\"]\ndeny_raw = true\n",
+        )
+        .unwrap();
+        assert!(!config.policies[0].deny_raw);
+        assert!(config.policies[1].deny_raw);
+        let err =
+            parse_str("[[policy]]\ncgroup = \"/a\"\nprefer = [\"x\"]\ndeny_raw = 1\n").unwrap_err();
+        assert_eq!(err.line, 4, "{err}");
     }
 
     #[test]

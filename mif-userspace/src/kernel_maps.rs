@@ -162,6 +162,7 @@ impl KernelMaps {
                     unsteered: acc.unsteered + c.unsteered,
                     bound: acc.bound + c.bound,
                     src_set: acc.src_set + c.src_set,
+                    denied: acc.denied + c.denied,
                 });
                 (key, sum)
             })

@@ -1,12 +1,20 @@
 //! Loading mif's kernel programs, attaching them to a cgroup2 directory and
 //! pinning their links, and taking them down again.
 //!
-//! Minimum kernel: 5.14 (`SO_NETNS_COOKIE` for the namespace check; the
-//! hooks themselves need 4.17 for `connect`/`sendmsg`, 5.7 for bpf_link).
-use std::{fs::File, path::Path};
+//! Minimum kernel: 6.0. `SO_NETNS_COOKIE` for the namespace check needs
+//! 5.14; the hooks themselves need 4.17 for `connect`/`bind`, 4.18 for
+//! `sendmsg`, 5.3 for `setsockopt`, 5.7 for bpf_link; the `setsockopt`
+//! program's cgroup walk needs 6.0 (see mif-ebpf's crate documentation).
+use std::{
+    fs::File,
+    os::fd::{AsFd as _, OwnedFd},
+    path::Path,
+};
 
 use aya::{
-    programs::{links::FdLink, CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError},
+    programs::{
+        links::FdLink, CgroupAttachMode, CgroupSock, CgroupSockAddr, CgroupSockopt, ProgramError,
+    },
     Ebpf, EbpfLoader,
 };
 use mif_common::{names, Settings};
@@ -69,10 +77,10 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pins: &PinDir) -> Result<(), LoadE
         let link = attach_one(ebpf, program, &cgroup_fd)?;
         let staging = pins.link_staging(program);
         let _ = std::fs::remove_file(&staging);
-        link.pin(&staging).map_err(|e| LoadError::Pin {
+        link.pin(&staging).map_err(|source| LoadError::Pin {
             program,
             path: staging.clone(),
-            source: Box::new(e),
+            source,
         })?;
         let path = pins.link(program);
         std::fs::rename(&staging, &path).map_err(|e| LoadError::Pin {
@@ -84,7 +92,7 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pins: &PinDir) -> Result<(), LoadE
     Ok(())
 }
 
-fn attach_one(ebpf: &mut Ebpf, program: &'static str, cgroup: &File) -> Result<FdLink, LoadError> {
+fn attach_one(ebpf: &mut Ebpf, program: &'static str, cgroup: &File) -> Result<NewLink, LoadError> {
     let prog = ebpf
         .program_mut(program)
         .ok_or(LoadError::MissingProgram(program))?;
@@ -103,32 +111,173 @@ fn attach_one(ebpf: &mut Ebpf, program: &'static str, cgroup: &File) -> Result<F
     };
     // Single: with bpf_link the other modes are refused (EINVAL), and links
     // stack with other programs on the same cgroup anyway.
-    let link: FdLink = if program == names::PROG_SOCK_CREATE {
-        let prog: &mut CgroupSock = prog.try_into().map_err(fail("type-check"))?;
-        prog.load().map_err(fail("load"))?;
-        let id = prog
-            .attach(cgroup, CgroupAttachMode::Single)
-            .map_err(fail("attach"))?;
-        let link = prog.take_link(id).map_err(fail("take the link of"))?;
-        link.try_into().map_err(|e| LoadError::Pin {
-            program,
-            path: Default::default(),
-            source: Box::new(e),
-        })?
-    } else {
-        let prog: &mut CgroupSockAddr = prog.try_into().map_err(fail("type-check"))?;
-        prog.load().map_err(fail("load"))?;
-        let id = prog
-            .attach(cgroup, CgroupAttachMode::Single)
-            .map_err(fail("attach"))?;
-        let link = prog.take_link(id).map_err(fail("take the link of"))?;
-        link.try_into().map_err(|e| LoadError::Pin {
-            program,
-            path: Default::default(),
-            source: Box::new(e),
-        })?
+    let mode = CgroupAttachMode::Single;
+    match kind_of(program) {
+        Kind::Sock => {
+            let prog: &mut CgroupSock = prog.try_into().map_err(fail("type-check"))?;
+            prog.load().map_err(fail("load"))?;
+            let id = prog.attach(cgroup, mode).map_err(fail("attach"))?;
+            let link = prog.take_link(id).map_err(fail("take the link of"))?;
+            fd_link(program, link).map(NewLink::Aya)
+        }
+        Kind::SockAddr => {
+            let prog: &mut CgroupSockAddr = prog.try_into().map_err(fail("type-check"))?;
+            prog.load().map_err(fail("load"))?;
+            let id = prog.attach(cgroup, mode).map_err(fail("attach"))?;
+            let link = prog.take_link(id).map_err(fail("take the link of"))?;
+            fd_link(program, link).map(NewLink::Aya)
+        }
+        Kind::Sockopt => {
+            // aya 0.14 cannot turn a sockopt program's link into an FdLink
+            // (no pinning): aya loads it, the link is made here.
+            let prog: &mut CgroupSockopt = prog.try_into().map_err(fail("type-check"))?;
+            prog.load().map_err(fail("load"))?;
+            let prog_fd = prog.fd().map_err(fail("attach"))?.as_fd();
+            let link = raw::link_create(prog_fd, cgroup.as_fd(), raw::BPF_CGROUP_SETSOCKOPT)
+                .map_err(|e| LoadError::Program {
+                    program,
+                    action: "attach",
+                    source: Box::new(ProgramError::IOError(e)),
+                })?;
+            Ok(NewLink::Raw(link))
+        }
+    }
+}
+
+/// A new link, attached, not pinned yet.
+enum NewLink {
+    Aya(FdLink),
+    Raw(OwnedFd),
+}
+
+impl NewLink {
+    /// Pins the link at `path`; the pin then keeps it attached.
+    fn pin(self, path: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        match self {
+            NewLink::Aya(link) => link.pin(path).map(drop).map_err(Into::into),
+            NewLink::Raw(fd) => raw::obj_pin(fd.as_fd(), path).map_err(Into::into),
+        }
+    }
+}
+
+/// The two bpf(2) commands aya does not offer for sockopt programs.
+mod raw {
+    use std::{
+        ffi::CString,
+        io,
+        os::{
+            fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+            unix::ffi::OsStrExt as _,
+        },
+        path::Path,
     };
-    Ok(link)
+
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    /// uapi `enum bpf_attach_type`.
+    pub const BPF_CGROUP_SETSOCKOPT: u32 = 22;
+
+    /// The `link_create` part of `union bpf_attr`; the zeroed tail stands
+    /// for the fields mif does not use (the kernel wants them zero).
+    #[repr(C)]
+    #[derive(Default)]
+    struct LinkCreateAttr {
+        prog_fd: u32,
+        target_fd: u32,
+        attach_type: u32,
+        flags: u32,
+        _rest: [u64; 4],
+    }
+
+    /// The `obj_pin` part of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct ObjPinAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+
+    fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+        // SAFETY: attr is a live, fully initialised bpf_attr prefix of the
+        // size given; pointers inside it outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                std::ptr::from_mut(attr),
+                std::mem::size_of::<T>(),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(rc)
+    }
+
+    /// Attaches `prog` to the cgroup `target` with a bpf_link (Linux 5.7).
+    pub fn link_create(
+        prog: BorrowedFd<'_>,
+        target: BorrowedFd<'_>,
+        attach_type: u32,
+    ) -> io::Result<OwnedFd> {
+        let mut attr = LinkCreateAttr {
+            prog_fd: prog.as_raw_fd() as u32,
+            target_fd: target.as_raw_fd() as u32,
+            attach_type,
+            ..Default::default()
+        };
+        let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+        // SAFETY: the kernel returned a new fd that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// Pins the bpf object `fd` at `path` on bpffs.
+    pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+        let path = CString::new(path.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mut attr = ObjPinAttr {
+            pathname: path.as_ptr() as u64,
+            bpf_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+    }
+}
+
+/// The kinds of program mif loads; the object's section names give each
+/// its attach type.
+enum Kind {
+    /// `cgroup/sock_create`.
+    Sock,
+    /// `cgroup/connect4|6`, `sendmsg4|6`, `bind4|6`.
+    SockAddr,
+    /// `cgroup/setsockopt`.
+    Sockopt,
+}
+
+fn kind_of(program: &str) -> Kind {
+    match program {
+        names::PROG_SOCK_CREATE => Kind::Sock,
+        names::PROG_SETSOCKOPT => Kind::Sockopt,
+        _ => Kind::SockAddr,
+    }
+}
+
+/// A program's link as an fd link, the kind that can be pinned (every
+/// cgroup link is one on kernels with bpf_link, 5.7).
+fn fd_link<L>(program: &'static str, link: L) -> Result<FdLink, LoadError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::error::Error + Send + Sync + 'static,
+{
+    FdLink::try_from(link).map_err(|e| LoadError::Pin {
+        program,
+        path: Default::default(),
+        source: Box::new(e),
+    })
 }
 
 /// Removes the link pins: each program is detached as its last reference

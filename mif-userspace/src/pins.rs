@@ -3,6 +3,7 @@
 //! Layout: `<pin dir>/v<LAYOUT_VERSION>/maps/<MAP>` and `.../links/<program>`.
 //! The version in the path means a daemon with another map layout never
 //! reopens these pins as if they were its own.
+use std::os::unix::fs::DirBuilderExt;
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -98,8 +99,12 @@ impl PinDir {
                 return Err(PinError::NotBpffs(self.root.clone()));
             }
         }
+        // 0700: the names of our pins are nobody else's business, even when
+        // bpffs is mounted elsewhere with a wider mode.
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true).mode(0o700);
         for dir in [self.maps(), self.links()] {
-            fs::create_dir_all(&dir).map_err(|source| PinError::Io {
+            builder.create(&dir).map_err(|source| PinError::Io {
                 path: dir.clone(),
                 source,
             })?;

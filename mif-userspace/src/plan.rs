@@ -6,8 +6,8 @@ use std::{
 };
 
 use mif_common::{
-    Policy, Pvd, PvdMeta, MAX_DNS, MAX_PREFER, NO_PVD, POLICY_BIND_DEVICE, POLICY_STRICT,
-    PVD_AVAIL_V4, PVD_AVAIL_V6, PVD_NAME_LEN,
+    Policy, Pvd, PvdMeta, MAX_DNS, MAX_PREFER, NO_PVD, POLICY_BIND_DEVICE, POLICY_DENY_RAW,
+    POLICY_STRICT, PVD_AVAIL_V4, PVD_AVAIL_V6, PVD_NAME_LEN,
 };
 
 use crate::{config::BindMode, netlink::PvdRouting, pvd::PvdState};
@@ -22,6 +22,8 @@ pub struct ResolvedPolicy {
     pub strict: bool,
     pub bind: BindMode,
     pub reset: bool,
+    /// Refuse raw IP and packet sockets.
+    pub deny_raw: bool,
 }
 
 /// Rule priorities and the mark mask, shared by all PvDs of an instance.
@@ -107,6 +109,9 @@ fn kernel_policy(p: &ResolvedPolicy, index_of: &HashMap<&str, u32>) -> Policy {
     }
     if p.bind == BindMode::Device {
         flags |= POLICY_BIND_DEVICE;
+    }
+    if p.deny_raw {
+        flags |= POLICY_DENY_RAW;
     }
     Policy {
         id: p.id,
@@ -211,13 +216,23 @@ mod tests {
             strict: true,
             bind: BindMode::Device,
             reset: false,
+            deny_raw: false,
         };
-        let d = desired(&pvds, &[policy], &RULES);
+        let d = desired(&pvds, std::slice::from_ref(&policy), &RULES);
         let (cg, p) = d.policies[0];
         assert_eq!(cg, 4242);
         assert_eq!(p.id, 7);
         assert_eq!(&p.prefer[..3], &[1, 0, NO_PVD]);
-        assert!(p.is_strict() && p.binds_device());
+        assert!(p.is_strict() && p.binds_device() && !p.denies_raw());
+
+        let loose_raw = ResolvedPolicy {
+            strict: false,
+            bind: BindMode::Mark,
+            deny_raw: true,
+            ..policy
+        };
+        let (_, p) = desired(&pvds, &[loose_raw], &RULES).policies[0];
+        assert_eq!(p.flags, POLICY_DENY_RAW);
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct PolicySpec {
     pub bind: BindMode,
     #[serde(default)]
     pub reset: bool,
+    #[serde(default)]
+    pub deny_raw: bool,
 }
 
 impl PolicySpec {
@@ -47,6 +49,7 @@ impl PolicySpec {
             strict: p.strict,
             bind: p.bind,
             reset: p.reset,
+            deny_raw: p.deny_raw,
         }
     }
 }
@@ -206,6 +209,7 @@ pub fn resolve(
                 strict: spec.strict,
                 bind: spec.bind,
                 reset: spec.reset,
+                deny_raw: spec.deny_raw,
             }),
             _ => pending.push(Pending {
                 cgroup: spec.cgroup.clone(),
@@ -236,6 +240,7 @@ pub fn resolve(
                 strict: spec.strict,
                 bind: spec.bind,
                 reset: spec.reset,
+                deny_raw: spec.deny_raw,
             });
         }
         if !matched {
@@ -291,6 +296,7 @@ mod tests {
             strict: false,
             bind: BindMode::Mark,
             reset: false,
+            deny_raw: false,
         }
     }
 

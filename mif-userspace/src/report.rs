@@ -69,6 +69,9 @@ pub struct CounterReport {
     pub unsteered: u64,
     pub bound: u64,
     pub src_set: u64,
+    /// Binds, socket options, destinations and raw sockets refused to keep
+    /// sockets on their policy's PvDs (strict, `deny_raw`).
+    pub denied: u64,
 }
 
 impl MapsReport {
@@ -274,6 +277,7 @@ fn counter_report(policy: u32, pvd: Option<String>, c: &Counters) -> CounterRepo
         unsteered: c.unsteered,
         bound: c.bound,
         src_set: c.src_set,
+        denied: c.denied,
     }
 }
 

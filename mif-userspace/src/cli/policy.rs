@@ -47,6 +47,9 @@ pub struct PolicyOptions {
     /// Reset TCP connections on a lost PvD so applications reconnect.
     #[arg(long)]
     pub reset: bool,
+    /// Refuse raw IP sockets, which write their own headers.
+    #[arg(long)]
+    pub deny_raw: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -66,6 +69,7 @@ impl PolicyOptions {
                 Bind::Device => BindMode::Device,
             },
             reset: self.reset,
+            deny_raw: self.deny_raw,
         }
     }
 }

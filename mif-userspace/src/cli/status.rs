@@ -65,7 +65,7 @@ impl StatusArgs {
             problems.push("the cgroup the programs are attached to no longer exists".into());
         }
         let steering = kernel.is_some()
-            && attached.len() == 5
+            && attached.len() == mif_common::names::PROGRAMS.len()
             && attached.values().all(|&n| n == 1)
             && attach_cgroup.is_some();
         let status = Status {

@@ -5,6 +5,7 @@
 //! lab-peer serve --name NAME [--port 7777] [--watch-stdin]
 //! lab-peer client --proto tcp|udp|udp-unconnected --to ADDR --port PORT [--bind IP]
 //! lab-peer sockmark --family 4|6
+//! lab-peer attack --to ADDR ...   (see lab_peer/attack.rs)
 //! ```
 //!
 //! `serve` answers every TCP connection and UDP datagram with
@@ -31,6 +32,10 @@ use nix::sys::socket::{
 };
 use nix::sys::time::{TimeVal, TimeValLike};
 
+// In a directory of its own: cargo would take a file of src/bin for a binary.
+#[path = "lab_peer/attack.rs"]
+mod attack;
+
 const DEFAULT_PORT: u16 = 7777;
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -40,6 +45,7 @@ fn main() -> ExitCode {
             "serve" => serve(&args),
             "client" => client(&args),
             "sockmark" => sockmark(&args),
+            "attack" => attack::attack(&args),
             other => Err(format!("unknown command {other:?}")),
         });
     match result {

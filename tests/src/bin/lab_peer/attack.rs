@@ -1,0 +1,261 @@
+//! `lab-peer attack`: what an application would try to get its traffic out
+//! of the network its policy gives it.
+//!
+//! ```text
+//! lab-peer attack --to ADDR[%IFNAME] [--port PORT] [--proto udp|tcp|raw]
+//!                 [--bind IP] [--setsockopt OPTION] [--dev IFNAME]
+//!                 [--pktinfo-src IP] [--wait stdin]
+//! ```
+//!
+//! Opens a socket for ADDR's family, then in order: waits for a line on
+//! stdin (`--wait stdin`, after printing `ready`: a socket that exists
+//! before a policy does), binds, sets OPTION, and sends one request to
+//! ADDR (a datagram, optionally with an `IP_PKTINFO`/`IPV6_PKTINFO` source;
+//! a TCP connect; an ICMP echo for `raw`). A `%IFNAME` suffix sets the IPv6
+//! scope. Prints the peer's reply (`NAME SOURCE`), or `sent` when none is
+//! expected; fails like `client`, as `<operation>: <error>`.
+//!
+//! OPTION is one of `mark` (SO_MARK 0), `device` (SO_BINDTODEVICE --dev),
+//! `bindtoifindex`, `unicast-if`, `multicast-if` (the index of --dev),
+//! `pktinfo` (a sticky IPV6_PKTINFO naming --dev), `dontroute`, `join`
+//! (a multicast group on --dev), or `tos` (harmless, for contrast).
+use std::io::{self, BufRead as _, Write as _};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::sys::socket::{
+    self, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockProtocol, SockType,
+    SockaddrStorage,
+};
+
+use super::{op, Args, DEFAULT_PORT, TIMEOUT};
+
+pub fn attack(args: &Args) -> Result<(), String> {
+    let (to, scope) = destination(args.required("to")?)?;
+    let port = args.parsed("port")?.unwrap_or(DEFAULT_PORT);
+    let dst = match (to, scope) {
+        (IpAddr::V6(ip), Some(scope)) => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, scope)),
+        _ => SocketAddr::new(to, port),
+    };
+    let proto = args.get("proto").unwrap_or("udp");
+    let fd = open(dst, proto)?;
+
+    if args.get("wait") == Some("stdin") {
+        println!("ready");
+        io::stdout().flush().map_err(op("write"))?;
+        io::stdin()
+            .lock()
+            .read_line(&mut String::new())
+            .map_err(op("read"))?;
+    }
+    if let Some(bind) = args.parsed::<IpAddr>("bind")? {
+        let addr = SockaddrStorage::from(SocketAddr::new(bind, 0));
+        socket::bind(fd.as_raw_fd(), &addr).map_err(op("bind"))?;
+    }
+    if let Some(option) = args.get("setsockopt") {
+        set_option(&fd, option, args.get("dev"), dst)?;
+    }
+    let src: Option<IpAddr> = args.parsed("pktinfo-src")?;
+    let line = match proto {
+        "tcp" => ask_tcp(fd, dst)?,
+        "raw" => echo(&fd, dst)?,
+        _ => ask_udp(&fd, dst, src)?,
+    };
+    println!("{}", line.trim_end());
+    Ok(())
+}
+
+/// `ADDR` or `ADDR%IFNAME`.
+fn destination(text: &str) -> Result<(IpAddr, Option<u32>), String> {
+    let (addr, scope) = match text.split_once('%') {
+        Some((addr, dev)) => (addr, Some(ifindex(dev)?)),
+        None => (text, None),
+    };
+    let addr = addr.parse().map_err(|_| format!("bad --to {text:?}"))?;
+    Ok((addr, scope))
+}
+
+fn ifindex(dev: &str) -> Result<u32, String> {
+    nix::net::if_::if_nametoindex(dev).map_err(op("if_nametoindex"))
+}
+
+fn open(dst: SocketAddr, proto: &str) -> Result<OwnedFd, String> {
+    let af = if dst.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let (ty, protocol) = match (proto, dst.is_ipv4()) {
+        ("tcp", _) => (SockType::Stream, None),
+        ("raw", true) => (SockType::Raw, Some(SockProtocol::Icmp)),
+        ("raw", false) => (SockType::Raw, Some(SockProtocol::IcmpV6)),
+        ("udp", _) => (SockType::Datagram, None),
+        (other, _) => return Err(format!("unknown --proto {other:?}")),
+    };
+    let fd = socket::socket(af, ty, SockFlag::SOCK_CLOEXEC, protocol).map_err(op("socket"))?;
+    let timeout = libc::timeval {
+        tv_sec: TIMEOUT.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    for name in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        setsockopt(&fd, libc::SOL_SOCKET, name, &timeout)?;
+    }
+    Ok(fd)
+}
+
+/// setsockopt(2) with a plain value, so any level and option can be tried.
+fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, value: &T) -> Result<(), String> {
+    // SAFETY: value is valid for reads of size_of::<T>() bytes.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(value).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(op("setsockopt")(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn set_option(
+    fd: &OwnedFd,
+    option: &str,
+    dev: Option<&str>,
+    dst: SocketAddr,
+) -> Result<(), String> {
+    let dev = || dev.ok_or_else(|| format!("--setsockopt {option} needs --dev"));
+    let index = || ifindex(dev()?);
+    let v6 = dst.is_ipv6();
+    let (sol_ip, sol_ipv6) = (libc::SOL_IP, libc::SOL_IPV6);
+    match option {
+        "mark" => setsockopt(fd, libc::SOL_SOCKET, libc::SO_MARK, &0u32),
+        "device" => {
+            let name = dev()?.as_bytes().to_vec();
+            // SAFETY: name is valid for reads of its length.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_BINDTODEVICE,
+                    name.as_ptr().cast(),
+                    name.len() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(op("setsockopt")(io::Error::last_os_error()));
+            }
+            Ok(())
+        }
+        "bindtoifindex" => setsockopt(fd, libc::SOL_SOCKET, libc::SO_BINDTOIFINDEX, &index()?),
+        // IP_UNICAST_IF takes the index in network byte order; IPv6's does not.
+        "unicast-if" if v6 => setsockopt(fd, sol_ipv6, libc::IPV6_UNICAST_IF, &index()?),
+        "unicast-if" => setsockopt(fd, sol_ip, libc::IP_UNICAST_IF, &index()?.to_be()),
+        "multicast-if" if v6 => setsockopt(fd, sol_ipv6, libc::IPV6_MULTICAST_IF, &index()?),
+        "multicast-if" => {
+            let mreq = libc::ip_mreqn {
+                imr_multiaddr: libc::in_addr { s_addr: 0 },
+                imr_address: libc::in_addr { s_addr: 0 },
+                imr_ifindex: index()? as i32,
+            };
+            setsockopt(fd, sol_ip, libc::IP_MULTICAST_IF, &mreq)
+        }
+        "pktinfo" => {
+            let info = libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr { s6_addr: [0; 16] },
+                ipi6_ifindex: index()?,
+            };
+            setsockopt(fd, sol_ipv6, libc::IPV6_PKTINFO, &info)
+        }
+        "join" if v6 => {
+            let mreq = libc::ipv6_mreq {
+                ipv6mr_multiaddr: libc::in6_addr {
+                    s6_addr: Ipv6Addr::new(0xff12, 0, 0, 0, 0, 0, 0, 0x1234).octets(),
+                },
+                ipv6mr_interface: index()?,
+            };
+            setsockopt(fd, sol_ipv6, libc::IPV6_ADD_MEMBERSHIP, &mreq)
+        }
+        "join" => {
+            let mreq = libc::ip_mreqn {
+                imr_multiaddr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes([239, 1, 2, 3]),
+                },
+                imr_address: libc::in_addr { s_addr: 0 },
+                imr_ifindex: index()? as i32,
+            };
+            setsockopt(fd, sol_ip, libc::IP_ADD_MEMBERSHIP, &mreq)
+        }
+        "dontroute" => setsockopt(fd, libc::SOL_SOCKET, libc::SO_DONTROUTE, &1i32),
+        "tos" if v6 => setsockopt(fd, sol_ipv6, libc::IPV6_TCLASS, &0x10i32),
+        "tos" => setsockopt(fd, sol_ip, libc::IP_TOS, &0x10i32),
+        other => Err(format!("unknown --setsockopt {other:?}")),
+    }
+}
+
+/// One datagram to the peer, its reply back.
+fn ask_udp(fd: &OwnedFd, dst: SocketAddr, src: Option<IpAddr>) -> Result<String, String> {
+    let iov = [io::IoSlice::new(b"?")];
+    let to = SockaddrStorage::from(dst);
+    let v4_info;
+    let v6_info;
+    let cmsg: Vec<ControlMessage<'_>> = match src {
+        Some(IpAddr::V4(ip)) => {
+            v4_info = libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(ip.octets()),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            vec![ControlMessage::Ipv4PacketInfo(&v4_info)]
+        }
+        Some(IpAddr::V6(ip)) => {
+            v6_info = libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: ip.octets(),
+                },
+                ipi6_ifindex: 0,
+            };
+            vec![ControlMessage::Ipv6PacketInfo(&v6_info)]
+        }
+        None => Vec::new(),
+    };
+    socket::sendmsg(fd.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), Some(&to))
+        .map_err(op("send"))?;
+    let mut buf = [0u8; 1500];
+    let n = socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(op("recv"))?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn ask_tcp(fd: OwnedFd, dst: SocketAddr) -> Result<String, String> {
+    socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(dst)).map_err(op("connect"))?;
+    let mut line = String::new();
+    io::BufReader::new(std::net::TcpStream::from(fd))
+        .read_line(&mut line)
+        .map_err(op("recv"))?;
+    Ok(line)
+}
+
+/// An ICMP echo request: the kernel fills the IPv4 header, and for ICMPv6
+/// the checksum; an IPv4 one needs its own (of a constant header: 0xf7ff).
+fn echo(fd: &OwnedFd, mut dst: SocketAddr) -> Result<String, String> {
+    // A raw IPv6 socket reads the port as the protocol: 0 means its own.
+    dst.set_port(0);
+    let packet: [u8; 8] = if dst.is_ipv4() {
+        [8, 0, 0xf7, 0xff, 0, 0, 0, 0]
+    } else {
+        [128, 0, 0, 0, 0, 0, 0, 0]
+    };
+    socket::sendto(
+        fd.as_raw_fd(),
+        &packet,
+        &SockaddrStorage::from(dst),
+        MsgFlags::empty(),
+    )
+    .map_err(op("send"))?;
+    Ok("sent".into())
+}
