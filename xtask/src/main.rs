@@ -1,7 +1,8 @@
-//! Project chores: `cargo xtask setup | demo | test`.
+//! Project chores: `cargo xtask setup | demo | test | bench`.
 //!
 //! Everything the project needs on a fresh Debian machine (as root) is
 //! installed here, idempotently: a second run only checks and takes seconds.
+mod bench;
 mod setup;
 
 use std::process::Command;
@@ -23,9 +24,19 @@ enum Chore {
     /// Set up, then run the demo: a throwaway lab of two networks, the daemon
     /// with the bundled example policy, two apps leaving by different networks.
     Demo,
-    /// Set up, then check formatting and lints and run every test (unit and
-    /// end-to-end in the real kernel; needs root).
+    /// Set up, then check formatting and lints, run every test (unit and
+    /// end-to-end in the real kernel; needs root) and a smoke run of the
+    /// benchmark.
     Test,
+    /// Set up, build, and measure what steering costs (needs root): mif
+    /// against no steering, nftables and SO_MARK, reaction to a lost link,
+    /// the daemon at scale. Rewrites docs/benchmarks.md and
+    /// docs/bench-policies.svg; --smoke only checks that it all runs.
+    Bench {
+        /// Seconds-long run with tiny counts (for CI); no timing assertions.
+        #[arg(long)]
+        smoke: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,7 +77,14 @@ fn main() -> anyhow::Result<()> {
                 "-D",
                 "warnings",
             ]))?;
-            cargo(&["test", "--", "--test-threads=4"])
+            cargo(&["test", "--", "--test-threads=4"])?;
+            // The benchmark is no test, but it must not rot: run every part
+            // of it with tiny counts (about a minute, no timing asserted).
+            bench::run(true)
+        }
+        Chore::Bench { smoke } => {
+            setup::run()?;
+            bench::run(smoke)
         }
     }
 }

@@ -1,0 +1,389 @@
+//! `mif-bench`: what steering costs, side by side, in one run.
+//!
+//! On a [`Lab`] of two networks, the benchmark's cgroup is steered to wwan0
+//! in five ways (see [`testbed`]): (a) not at all, (b) by mif, (c) by mif
+//! with 10,000 and 100,000 other policies in its map, (d) by nftables (with
+//! as many other cgroups in its map), (e) by the application's own SO_MARK.
+//! Load generators run in that cgroup ([`worker`]), servers in the routers;
+//! variants are interleaved round by round ([`measure`]). Then the reaction
+//! to a lost link ([`reaction`]) and the daemon at scale ([`scale`]).
+//!
+//! `--smoke` runs every part with tiny counts in seconds and asserts
+//! nothing about timings; the full run writes `docs/benchmarks.md` and
+//! `docs/bench-policies.svg` when given `--docs DIR` (`cargo xtask bench`
+//! does both). For working on it:
+//!
+//! - `--only costs|reaction|scale` (repeatable) runs only those parts, and
+//!   `--rounds N` overrides the number of measured rounds;
+//! - `mif-bench hold a|b|c|d|e [OTHERS]` builds the lab, puts it in one
+//!   variant and waits for Ctrl-C, printing the namespace and cgroup to
+//!   poke at by hand;
+//! - `MIF_BENCH_DEBUG=1` makes the workers report the TCP_CRR latency
+//!   distribution of every batch (stalls show up there, not in medians).
+//!
+//! The mif binary is `$MIF_BIN` or built by [`crate::mif::mif_path`]; the
+//! lab peer is found by [`lab_peer_path`]. SIGINT and SIGTERM stop the run
+//! at the next step and still remove the labs.
+
+mod daemon;
+mod doc;
+mod kmaps;
+mod measure;
+mod reaction;
+mod report;
+mod scale;
+mod stats;
+mod testbed;
+pub mod worker;
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+
+use crate::lab::{lab_peer_path, Lab};
+use measure::Params;
+use report::{Machine, Report};
+use testbed::{Testbed, Variant, NETWORKS};
+use worker::Op;
+
+pub use report::Report as BenchReport;
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub smoke: bool,
+    /// Where to write benchmarks.md and bench-policies.svg.
+    pub docs: Option<PathBuf>,
+    /// Parts to run (`costs`, `reaction`, `scale`); empty: all.
+    pub only: Vec<String>,
+    /// Overrides the number of measured rounds.
+    pub rounds: Option<usize>,
+}
+
+impl Options {
+    fn wants(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // A second signal means "now": skip the cleanup.
+    if INTERRUPTED.swap(true, Ordering::SeqCst) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(130) };
+    }
+}
+
+/// SIGINT and SIGTERM (CI timeouts) end the run at the next step, through
+/// the labs' cleanup, instead of leaving namespaces and cgroups behind.
+fn catch_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only touches an atomic (and _exit).
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// Fails once SIGINT or SIGTERM arrived.
+pub(crate) fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Everything that differs between the full run and the smoke run.
+struct Plan {
+    params: Params,
+    /// Other policies for (c) and other cgroups for (d).
+    others: Vec<usize>,
+    flaps: usize,
+    scale_counts: Vec<usize>,
+    scale_flaps: usize,
+    /// Networks of the second scale lab.
+    big_lab: usize,
+    /// Passes of the program-time measurement.
+    prog_repeats: usize,
+    start_timeout: Duration,
+}
+
+impl Plan {
+    fn new(smoke: bool, cpus: usize) -> Self {
+        let worker_cpu = (cpus >= 2).then_some(0);
+        if smoke {
+            return Self {
+                params: Params {
+                    rounds: 2,
+                    warmup: 0,
+                    batches: 2,
+                    iters: vec![
+                        (Op::Socket, 1000),
+                        (Op::UdpConnect, 500),
+                        (Op::UdpSendto, 1000),
+                        (Op::TcpCrr, 50),
+                        (Op::TcpStream, 10),
+                        (Op::UdpStream, 10),
+                    ],
+                    worker_cpu,
+                },
+                others: vec![1_000, 5_000],
+                flaps: 5,
+                scale_counts: vec![1, 1_000],
+                scale_flaps: 1,
+                big_lab: 4,
+                prog_repeats: 1,
+                start_timeout: Duration::from_secs(60),
+            };
+        }
+        Self {
+            params: Params {
+                rounds: 16,
+                warmup: 1,
+                batches: 3,
+                iters: vec![
+                    (Op::Socket, 20_000),
+                    (Op::UdpConnect, 10_000),
+                    (Op::UdpSendto, 20_000),
+                    (Op::TcpCrr, 600),
+                    (Op::TcpStream, 60),
+                    (Op::UdpStream, 60),
+                ],
+                worker_cpu,
+            },
+            others: vec![10_000, 100_000],
+            flaps: 200,
+            scale_counts: vec![1, 10_000, 100_000],
+            scale_flaps: 3,
+            big_lab: 64,
+            prog_repeats: 7,
+            start_timeout: Duration::from_secs(1200),
+        }
+    }
+}
+
+/// Starts `mif-bench server` in every router of `lab` and waits until
+/// each is bound. The lab keeps them (and their stdin) until it drops.
+fn start_servers(lab: &Lab, exe: &Path, cpu: Option<usize>) -> Result<()> {
+    for i in 0..lab.networks().len() {
+        let mut args = vec!["server".to_string()];
+        if let Some(cpu) = cpu {
+            args.extend(["--cpu".into(), cpu.to_string()]);
+        }
+        let mut cmd = lab.command_in_router(i, exe, &args)?;
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let child = lab.spawn(cmd)?;
+        let stdout = child.take_stdout().context("server stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) if line.trim() == "ready" => {}
+            other => bail!("server in router {i} did not start: {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+pub fn run(opts: &Options) -> Result<Report> {
+    if !crate::lab::running_as_root() {
+        bail!("mif-bench builds network namespaces and cgroups: run it as root");
+    }
+    catch_signals();
+    let started = Instant::now();
+    let exe = std::env::current_exe().context("locating mif-bench")?;
+    let peer = lab_peer_path()?;
+    let machine = Machine::probe();
+    let mut plan = Plan::new(opts.smoke, machine.nproc);
+    if let Some(rounds) = opts.rounds {
+        plan.params.rounds = rounds;
+    }
+    let server_cpu = plan.params.worker_cpu.map(|c| (c + 1) % machine.nproc);
+    let mut report = Report {
+        smoke: opts.smoke,
+        machine,
+        rounds: plan.params.rounds,
+        warmup: plan.params.warmup,
+        batches: plan.params.batches,
+        iters: plan.params.iters.clone(),
+        others: plan.others.clone(),
+        ..Report::default()
+    };
+
+    eprintln!("mif-bench: building the lab");
+    let lab = Lab::with_peer(&NETWORKS, &peer)?;
+    start_servers(&lab, &exe, server_cpu)?;
+    let mut tb = Testbed::new(&lab)?;
+    if opts.wants("costs") {
+        let most = plan.others.iter().copied().max().unwrap_or(0);
+        let t = Instant::now();
+        tb.ensure_others(most)?;
+        report.cgroups_created.push((most, t.elapsed()));
+        for n in std::iter::once(0).chain(plan.others.iter().copied()) {
+            eprintln!("mif-bench: loading the nftables map with {n} other cgroups");
+            let took = tb.load_nft(n)?;
+            report.nft_load.push((n, took));
+        }
+        let mut variants = vec![Variant::None, Variant::Mif(0)];
+        variants.extend(plan.others.iter().map(|&n| Variant::Mif(n)));
+        variants.push(Variant::Nft(0));
+        variants.extend(plan.others.iter().map(|&n| Variant::Nft(n)));
+        variants.push(Variant::SoMark);
+        variants.extend(testbed::DEPTHS.iter().map(|&d| Variant::Depth(d)));
+        check_interrupted()?;
+        report.results = measure::run(&mut tb, &variants, &plan.params, &exe)?;
+        eprintln!("mif-bench: program run times (BPF statistics)");
+        let mut traced = vec![Variant::Mif(0)];
+        traced.extend(plan.others.iter().map(|&n| Variant::Mif(n)));
+        traced.extend(testbed::DEPTHS.iter().map(|&d| Variant::Depth(d)));
+        let ops: Vec<(Op, u64)> = plan
+            .params
+            .iter_of(&[Op::Socket, Op::UdpConnect, Op::UdpSendto]);
+        report.prog_times =
+            measure::program_times(&mut tb, &traced, &ops, plan.prog_repeats, &exe)?;
+    }
+    if opts.wants("reaction") {
+        eprintln!("mif-bench: reaction, {} link flaps", plan.flaps);
+        report.reaction = Some(reaction::run(
+            &mut tb,
+            plan.flaps,
+            &exe,
+            plan.params.worker_cpu,
+        )?);
+    }
+    tb.reset()?;
+    drop(tb);
+    check_interrupted()?;
+
+    if opts.wants("scale") {
+        let most = plan.scale_counts.iter().copied().max().unwrap_or(0);
+        scale::ensure_cgroups(&lab, most)?;
+        report.scale = scale::run(
+            &lab,
+            &plan.scale_counts,
+            NETWORKS[1],
+            NETWORKS[0],
+            plan.scale_flaps,
+            plan.start_timeout,
+            &[],
+        )?;
+    }
+    drop(lab);
+    check_interrupted()?;
+
+    if opts.wants("scale") {
+        eprintln!("mif-bench: building a lab of {} networks", plan.big_lab);
+        let (big, took) = scale::big_lab(plan.big_lab, &peer)?;
+        report.big_lab = Some((plan.big_lab, took));
+        let most = plan.scale_counts.iter().copied().max().unwrap_or(0);
+        report
+            .cgroups_created
+            .push((most, scale::ensure_cgroups(&big, most)?));
+        let names = scale::network_names(plan.big_lab);
+        let rows = scale::run(
+            &big,
+            &plan.scale_counts,
+            &names[1],
+            &names[0],
+            plan.scale_flaps,
+            plan.start_timeout,
+            &report.scale,
+        )?;
+        report.scale.extend(rows);
+        drop(big);
+    }
+
+    report.total = started.elapsed();
+    if let Some(dir) = &opts.docs {
+        std::fs::write(dir.join("benchmarks.md"), doc::markdown(&report))
+            .with_context(|| format!("writing {}", dir.display()))?;
+        std::fs::write(dir.join("bench-policies.svg"), report::svg(&report))?;
+    }
+    Ok(report)
+}
+
+/// `mif-bench hold VARIANT [OTHERS]`: builds the lab, puts it in one
+/// variant (`a`, `b`, `c`, `d`, `e`; OTHERS for c and d) and waits for
+/// SIGINT, printing how to reach it: for looking at a variant by hand.
+fn hold(argv: &[String]) -> Result<()> {
+    catch_signals();
+    let others: usize = argv.get(1).map_or(Ok(0), |n| n.parse())?;
+    let variant = match argv.first().map(String::as_str) {
+        Some("a") => Variant::None,
+        Some("b") => Variant::Mif(0),
+        Some("c") => Variant::Mif(others),
+        Some("d") => Variant::Nft(others),
+        Some("e") => Variant::SoMark,
+        other => bail!("usage: mif-bench hold a|b|c|d|e [OTHERS] (got {other:?})"),
+    };
+    let exe = std::env::current_exe()?;
+    let lab = Lab::with_peer(&NETWORKS, lab_peer_path()?)?;
+    start_servers(&lab, &exe, None)?;
+    let mut tb = Testbed::new(&lab)?;
+    tb.ensure_others(others)?;
+    tb.enter(variant)?;
+    println!(
+        "{variant}: host namespace {} (ip -n {0} ...; nsenter --net={}), cgroup {}; SO_MARK {:#x}; Ctrl-C ends",
+        lab.host_ns_name(),
+        lab.host_ns_path().display(),
+        tb.bench_cgroup.display(),
+        tb.steer_mark
+    );
+    while check_interrupted().is_ok() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    tb.reset()
+}
+
+/// `mif-bench [--smoke] [--docs DIR]`, `mif-bench worker|watch|server ...`.
+pub fn main_with_args(argv: &[String]) -> Result<()> {
+    match argv.first().map(String::as_str) {
+        Some("worker") => return worker::worker_main(&argv[1..]),
+        Some("watch") => return worker::watch_main(&argv[1..]),
+        Some("server") => return worker::server_main(&argv[1..]),
+        Some("hold") => return hold(&argv[1..]),
+        _ => {}
+    }
+    let mut opts = Options::default();
+    let mut it = argv.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--smoke" => opts.smoke = true,
+            "--rounds" => {
+                let n = it
+                    .next()
+                    .ok_or_else(|| anyhow!("--rounds needs a number"))?;
+                opts.rounds = Some(n.parse().with_context(|| format!("--rounds {n:?}"))?);
+            }
+            "--only" => {
+                let part = it.next().ok_or_else(|| anyhow!("--only needs a part"))?;
+                if !["costs", "reaction", "scale"].contains(&part.as_str()) {
+                    bail!("--only takes costs, reaction or scale, not {part:?}");
+                }
+                opts.only.push(part.clone());
+            }
+            "--docs" => {
+                opts.docs = Some(
+                    it.next()
+                        .ok_or_else(|| anyhow!("--docs needs a directory"))?
+                        .into(),
+                );
+            }
+            "-h" | "--help" => {
+                println!("usage: mif-bench [--smoke] [--only costs|reaction|scale]... [--rounds N] [--docs DIR] | hold a|b|c|d|e [OTHERS]");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?} (usage: mif-bench [--smoke] [--docs DIR])"),
+        }
+    }
+    let report = run(&opts)?;
+    print!("{}", report.text());
+    Ok(())
+}
