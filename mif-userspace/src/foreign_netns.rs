@@ -9,12 +9,7 @@
 //!
 //! This module finds, for a cgroup, the addresses of the network
 //! namespaces its processes live in, when those are not the daemon's.
-use std::{
-    collections::BTreeSet,
-    net::IpAddr,
-    os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
-};
+use std::{net::IpAddr, os::unix::fs::MetadataExt as _, path::PathBuf};
 
 use anyhow::Context as _;
 
@@ -25,32 +20,67 @@ fn netns_of(pid: u32) -> Option<u64> {
         .map(|m| m.ino())
 }
 
-/// The namespaces (by one member pid) that processes of `cgroup` (and its
-/// descendants) live in, other than `ours`.
-pub fn foreign_namespaces(cgroup: &Path, ours: u64) -> Vec<(u64, u32)> {
-    let mut seen = BTreeSet::new();
-    let mut found = Vec::new();
-    let mut dirs = vec![cgroup.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-                if let Some(ns) = netns_of(pid) {
-                    if ns != ours && seen.insert(ns) {
-                        found.push((ns, pid));
-                    }
-                }
+/// A process that lives in a network namespace other than the daemon's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignProcess {
+    pub pid: u32,
+    /// Inode of its network namespace.
+    pub netns: u64,
+    /// Its cgroup2 path, relative to the cgroup2 root (`/a/b`).
+    pub cgroup: String,
+}
+
+/// Every process in a network namespace other than `ours`, with its cgroup.
+///
+/// One pass over /proc: the cost follows the number of processes on the
+/// host, not the number of policies (walking every policy's cgroup subtree
+/// each second kept the daemon busy with 100,000 policies, most of them on
+/// empty cgroups; see docs/benchmarks.md).
+pub fn foreign_processes(ours: u64) -> Vec<ForeignProcess> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let netns = netns_of(pid)?;
+            if netns == ours {
+                return None;
             }
-        }
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            dirs.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    found
+            // The process may exit between the two reads: then it is skipped.
+            let cgroup = cgroup2_path_of(pid)?;
+            Some(ForeignProcess { pid, netns, cgroup })
+        })
+        .collect()
+}
+
+/// The cgroup2 path of `pid`, from the `0::` line of /proc/PID/cgroup
+/// (relative to the daemon's cgroup namespace, which is the host's).
+fn cgroup2_path_of(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    parse_cgroup2_line(&text)
+}
+
+fn parse_cgroup2_line(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(|path| path.trim_end_matches(" (deleted)").to_string())
+}
+
+/// `cgroup` and its ancestors, deepest first: `/a/b` → `/a/b`, `/a`, `/`.
+pub fn cgroup_and_ancestors(cgroup: &str) -> impl Iterator<Item = &str> {
+    let mut next = Some(cgroup);
+    std::iter::from_fn(move || {
+        let current = next?;
+        next = match current.rfind('/') {
+            _ if current == "/" => None,
+            Some(0) => Some("/"),
+            Some(i) => Some(&current[..i]),
+            None => None,
+        };
+        Some(current)
+    })
 }
 
 /// This process's network namespace inode.
@@ -84,4 +114,33 @@ pub fn addresses_in_namespace_of(pid: u32) -> anyhow::Result<Vec<IpAddr>> {
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the namespace reader panicked"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cgroup2_line_is_found_among_v1_lines() {
+        let text = "12:pids:/user.slice\n1:name=systemd:/x\n0::/system.slice/docker-ab.scope\n";
+        assert_eq!(
+            parse_cgroup2_line(text).as_deref(),
+            Some("/system.slice/docker-ab.scope")
+        );
+        assert_eq!(parse_cgroup2_line("3:cpu:/\n"), None);
+    }
+
+    #[test]
+    fn ancestors_come_deepest_first_down_to_the_root() {
+        let all: Vec<&str> = cgroup_and_ancestors("/a/b/c").collect();
+        assert_eq!(all, ["/a/b/c", "/a/b", "/a", "/"]);
+        assert_eq!(cgroup_and_ancestors("/").collect::<Vec<_>>(), ["/"]);
+    }
+
+    #[test]
+    fn our_own_process_is_not_foreign() {
+        let ours = own_namespace().unwrap();
+        let me = std::process::id();
+        assert!(foreign_processes(ours).iter().all(|p| p.pid != me));
+    }
 }

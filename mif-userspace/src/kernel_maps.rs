@@ -32,6 +32,12 @@ pub struct KernelMaps {
     meta: HashMap<MapData, u32, PvdMeta>,
     counters: PerCpuHashMap<MapData, CounterKey, Counters>,
     instance: Array<MapData, Settings>,
+    /// The policy entries this process last wrote, so that a pass rewrites
+    /// only what changed (a link flap changes no policy; with 100,000
+    /// policies, rewriting and listing them all took most of a pass).
+    /// `None` until the first write: the map may hold a previous daemon's
+    /// entries, so the first write lists the map itself.
+    written_policies: Option<StdHashMap<u64, Policy>>,
 }
 
 fn open(pins: &PinDir, name: &'static str) -> Result<Map, MapsError> {
@@ -70,6 +76,7 @@ impl KernelMaps {
             meta: typed!(pins, names::MAP_PVD_META),
             counters: typed!(pins, names::MAP_COUNTERS),
             instance: typed!(pins, names::MAP_INSTANCE),
+            written_policies: None,
         })
     }
 
@@ -95,23 +102,40 @@ impl KernelMaps {
                 .insert(index, pvd, 0)
                 .map_err(fail(names::MAP_PVDS, "write"))?;
         }
+        let previous = self.written_policies.take();
+        // Until the new set is written in full, nothing is known to be there.
         for (cgroup_id, policy) in &desired.policies {
-            self.policies
-                .insert(cgroup_id, policy, 0)
-                .map_err(fail(names::MAP_POLICIES, "write"))?;
+            let unchanged = previous
+                .as_ref()
+                .is_some_and(|p| p.get(cgroup_id) == Some(policy));
+            if !unchanged {
+                self.policies
+                    .insert(cgroup_id, policy, 0)
+                    .map_err(fail(names::MAP_POLICIES, "write"))?;
+            }
         }
         let keep: HashSet<u64> = desired.policies.iter().map(|(k, _)| *k).collect();
-        let stale: Vec<u64> = self
-            .policies
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !keep.contains(k))
-            .collect();
+        let stale: Vec<u64> = match &previous {
+            Some(previous) => previous
+                .keys()
+                .filter(|k| !keep.contains(k))
+                .copied()
+                .collect(),
+            None => self
+                .policies
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| !keep.contains(k))
+                .collect(),
+        };
         for key in stale {
-            self.policies
-                .remove(&key)
-                .map_err(fail(names::MAP_POLICIES, "remove from"))?;
+            match self.policies.remove(&key) {
+                // Someone else (a test, `mif cleanup`) removed it already.
+                Err(MapError::KeyNotFound) => {}
+                other => other.map_err(fail(names::MAP_POLICIES, "remove from"))?,
+            }
         }
+        self.written_policies = Some(desired.policies.iter().copied().collect());
         let keep: HashSet<u32> = desired.pvds.iter().map(|(k, _, _)| *k).collect();
         let stale: Vec<u32> = self
             .pvds
@@ -126,6 +150,41 @@ impl KernelMaps {
             let _ = self.meta.remove(&key);
         }
         Ok(())
+    }
+
+    /// Makes the next write rewrite and list every policy entry, putting
+    /// back whatever someone else changed or removed.
+    pub fn forget_written(&mut self) {
+        self.written_policies = None;
+    }
+
+    /// Clears, in the PvD map, the availability that `desired` takes away,
+    /// and nothing else: a PvD that is lost must stop being chosen at once,
+    /// while the routing work of a pass (dumps, installs) may take
+    /// milliseconds. Returns how many entries changed.
+    pub fn withdraw_lost(&mut self, desired: &Desired) -> Result<usize, MapsError> {
+        let mut changed = 0;
+        for (index, pvd, _) in &desired.pvds {
+            let Ok(current) = self.pvds.get(index, 0) else {
+                continue;
+            };
+            let kept = current.flags & pvd.flags;
+            if kept != current.flags {
+                let withdrawn = Pvd {
+                    flags: kept,
+                    ..current
+                };
+                self.pvds
+                    .insert(index, withdrawn, 0)
+                    .map_err(|e| MapsError::Update {
+                        name: names::MAP_PVDS,
+                        action: "write",
+                        source: Box::new(e),
+                    })?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
     }
 
     pub fn settings(&self) -> Option<Settings> {

@@ -6,7 +6,7 @@
 //! or reordered event can never leave stale state behind (systemd-networkd
 //! issue 5398 is what happens otherwise).
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -246,27 +246,12 @@ impl Reconciler {
     }
 
     /// Which foreign network namespaces (containers) live in policy cgroups
-    /// now; cheap (cgroup.procs and /proc only), so the daemon can poll it
-    /// and reconcile when containers come or go.
+    /// now, and under which policy; cheap (one pass over /proc), so the
+    /// daemon can poll it and reconcile when containers come or go.
     pub fn foreign_fingerprint(&self) -> Vec<(String, u64)> {
-        let Ok(ours) = crate::foreign_netns::own_namespace() else {
-            return Vec::new();
-        };
-        let mut all: Vec<(String, u64)> = self
-            .policy
-            .resolved()
-            .iter()
-            .flat_map(|p| {
-                let dir = self
-                    .policy
-                    .cgroup2()
-                    .mount()
-                    .join(p.cgroup.trim_start_matches('/'));
-                crate::foreign_netns::foreign_namespaces(&dir, ours)
-                    .into_iter()
-                    .map(|(ns, _)| (p.cgroup.clone(), ns))
-                    .collect::<Vec<_>>()
-            })
+        let mut all: Vec<(String, u64)> = foreign_claims(&self.policy)
+            .into_iter()
+            .map(|c| (c.policy.cgroup.clone(), c.netns))
             .collect();
         all.sort();
         all
@@ -302,8 +287,14 @@ impl Reconciler {
                 skipped.join(", ")
             );
         }
+        if verify {
+            self.maps.forget_written();
+        }
         self.policy.resolve();
         let mut desired = plan::desired(&pvds, self.policy.resolved(), &self.rules);
+        // Losses first: stop choosing a PvD that went away before any slow
+        // work (containers' addresses, routing dumps and installs).
+        self.maps.withdraw_lost(&desired)?;
         steer_foreign_namespaces(&mut desired, &pvds, &self.policy);
 
         // Routing before maps: a PvD becomes selectable only once its table
@@ -357,59 +348,89 @@ impl Reconciler {
     }
 }
 
+/// A network namespace of its own (a container's) whose processes live in
+/// a policy's cgroup, with one of those processes to read its addresses by.
+struct ForeignClaim<'a> {
+    policy: &'a ResolvedPolicy,
+    netns: u64,
+    pid: u32,
+}
+
+/// Which policy claims each foreign network namespace: the deepest policy
+/// over any of its processes' cgroups, as in the kernel's walk.
+fn foreign_claims(policy: &PolicyState) -> Vec<ForeignClaim<'_>> {
+    let Ok(ours) = crate::foreign_netns::own_namespace() else {
+        return Vec::new();
+    };
+    let processes = crate::foreign_netns::foreign_processes(ours);
+    if processes.is_empty() {
+        return Vec::new();
+    }
+    let by_cgroup: HashMap<&str, &ResolvedPolicy> = policy
+        .resolved()
+        .iter()
+        .map(|p| (p.cgroup.as_str(), p))
+        .collect();
+    // Per namespace: (depth of the claiming policy's cgroup, claim).
+    let mut claims: BTreeMap<u64, (usize, ForeignClaim<'_>)> = BTreeMap::new();
+    for process in &processes {
+        let Some(claimant) = crate::foreign_netns::cgroup_and_ancestors(&process.cgroup)
+            .find_map(|cgroup| by_cgroup.get(cgroup).copied())
+        else {
+            continue;
+        };
+        let depth = claimant.cgroup.matches('/').count();
+        let deeper = claims
+            .get(&process.netns)
+            .is_none_or(|(known, _)| depth > *known);
+        if deeper {
+            let claim = ForeignClaim {
+                policy: claimant,
+                netns: process.netns,
+                pid: process.pid,
+            };
+            claims.insert(process.netns, (depth, claim));
+        }
+    }
+    claims.into_values().map(|(_, claim)| claim).collect()
+}
+
 /// Steers processes of policy cgroups that live in network namespaces of
 /// their own (containers) from the host side: their addresses become
 /// `from` rules of the PvD their policy picks (see [`crate::foreign_netns`]).
-/// Deeper policies claim a namespace first, as in the kernel's walk.
 fn steer_foreign_namespaces(desired: &mut plan::Desired, pvds: &[PvdState], policy: &PolicyState) {
-    let Ok(ours) = crate::foreign_netns::own_namespace() else {
-        return;
-    };
-    let mut by_depth: Vec<&ResolvedPolicy> = policy.resolved().iter().collect();
-    by_depth.sort_by_key(|p| std::cmp::Reverse(p.cgroup.matches('/').count()));
-    let mut claimed = std::collections::BTreeSet::new();
-    for p in by_depth {
-        let dir = policy
-            .cgroup2()
-            .mount()
-            .join(p.cgroup.trim_start_matches('/'));
-        for (ns, pid) in crate::foreign_netns::foreign_namespaces(&dir, ours) {
-            if !claimed.insert(ns) {
+    for ForeignClaim { policy: p, pid, .. } in foreign_claims(policy) {
+        let addrs = match crate::foreign_netns::addresses_in_namespace_of(pid) {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                warn!(
+                    "reading the addresses of the namespace of pid {pid} ({}): {e:#}",
+                    p.cgroup
+                );
                 continue;
             }
-            let addrs = match crate::foreign_netns::addresses_in_namespace_of(pid) {
-                Ok(addrs) => addrs,
-                Err(e) => {
-                    warn!(
-                        "reading the addresses of the namespace of pid {pid} ({}): {e:#}",
-                        p.cgroup
-                    );
-                    continue;
-                }
+        };
+        for addr in addrs {
+            let v6 = addr.is_ipv6();
+            let usable = |s: &&PvdState| {
+                p.prefer.contains(&s.name) && if v6 { s.available6() } else { s.available4() }
             };
-            for addr in addrs {
-                let v6 = addr.is_ipv6();
-                let usable = |s: &&PvdState| {
-                    p.prefer.contains(&s.name) && if v6 { s.available6() } else { s.available4() }
-                };
-                let chosen = p
-                    .prefer
-                    .iter()
-                    .find_map(|name| pvds.iter().filter(usable).find(|s| &s.name == name))
-                    // Strict: the first PvD's table (unreachable default) blocks it.
-                    .or_else(|| {
-                        if p.strict {
-                            pvds.iter().find(|s| Some(&s.name) == p.prefer.first())
-                        } else {
-                            None
-                        }
-                    });
-                if let Some(pvd) = chosen {
-                    if let Some(routing) = desired.routing.iter_mut().find(|r| r.table == pvd.table)
-                    {
-                        if !routing.sources.contains(&addr) {
-                            routing.sources.push(addr);
-                        }
+            let chosen = p
+                .prefer
+                .iter()
+                .find_map(|name| pvds.iter().filter(usable).find(|s| &s.name == name))
+                // Strict: the first PvD's table (unreachable default) blocks it.
+                .or_else(|| {
+                    if p.strict {
+                        pvds.iter().find(|s| Some(&s.name) == p.prefer.first())
+                    } else {
+                        None
+                    }
+                });
+            if let Some(pvd) = chosen {
+                if let Some(routing) = desired.routing.iter_mut().find(|r| r.table == pvd.table) {
+                    if !routing.sources.contains(&addr) {
+                        routing.sources.push(addr);
                     }
                 }
             }
