@@ -8,7 +8,7 @@
 #![no_std]
 
 /// Version of the map layouts and program semantics. Part of the pin path.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Most PvDs one instance manages; the PvD table is an array of this size.
 pub const MAX_PVDS: u32 = 64;
@@ -30,13 +30,20 @@ pub mod names {
     pub const MAP_COUNTERS: &str = "MIF_COUNTERS";
     pub const MAP_PVD_META: &str = "MIF_PVD_META";
     pub const MAP_INSTANCE: &str = "MIF_INSTANCE";
+    /// Socket cookie → the DNS server the application asked, for redirected
+    /// DNS sockets (what recvmsg and getpeername report back).
+    pub const MAP_DNS_NAT: &str = "MIF_DNS_NAT";
+    /// One entry: the daemon's DNS forwarder, when per-domain selection is on.
+    pub const MAP_DNS_FWD: &str = "MIF_DNS_FWD";
     /// All maps, as pinned in the pin directory.
-    pub const MAPS: [&str; 5] = [
+    pub const MAPS: [&str; 7] = [
+        MAP_DNS_FWD,
         MAP_POLICIES,
         MAP_PVDS,
         MAP_COUNTERS,
         MAP_PVD_META,
         MAP_INSTANCE,
+        MAP_DNS_NAT,
     ];
     pub const PROG_SOCK_CREATE: &str = "mif_sock_create";
     pub const PROG_CONNECT4: &str = "mif_connect4";
@@ -46,10 +53,20 @@ pub mod names {
     pub const PROG_BIND4: &str = "mif_bind4";
     pub const PROG_BIND6: &str = "mif_bind6";
     pub const PROG_SETSOCKOPT: &str = "mif_setsockopt";
-    /// All programs, in attach order. The strict-mode guards (bind,
-    /// setsockopt) come last: until they are attached, strict sockets are
-    /// only as protected as before.
-    pub const PROGRAMS: [&str; 8] = [
+    pub const PROG_RECVMSG4: &str = "mif_recvmsg4";
+    pub const PROG_RECVMSG6: &str = "mif_recvmsg6";
+    pub const PROG_GETPEER4: &str = "mif_getpeer4";
+    pub const PROG_GETPEER6: &str = "mif_getpeer6";
+    /// All programs, in attach order. The reverse translations of DNS
+    /// redirection (recvmsg, getpeername) come before the programs that
+    /// redirect, so no redirected reply is ever seen untranslated; the
+    /// strict-mode guards (bind, setsockopt) come last: until they are
+    /// attached, strict sockets are only as protected as before.
+    pub const PROGRAMS: [&str; 12] = [
+        PROG_RECVMSG4,
+        PROG_RECVMSG6,
+        PROG_GETPEER4,
+        PROG_GETPEER6,
         PROG_SOCK_CREATE,
         PROG_CONNECT4,
         PROG_CONNECT6,
@@ -89,6 +106,12 @@ pub const POLICY_BIND_DEVICE: u8 = 1 << 1;
 /// Policy flag: refuse raw IP sockets (`SOCK_RAW`), which can write any
 /// header. (Packet sockets never reach the `sock_create` hook.)
 pub const POLICY_DENY_RAW: u8 = 1 << 2;
+/// Policy flag: DNS queries (port 53, UDP and TCP) go to the resolvers of
+/// the socket's PvD, whatever server the application asked.
+pub const POLICY_DNS_PVD: u8 = 1 << 3;
+
+/// The DNS port, in network byte order as `user_port` holds it.
+pub const DNS_PORT_BE: u32 = 53u16.to_be() as u32;
 
 /// Socket options that strict policies refuse (uapi numbers; options are
 /// numbered per level).
@@ -184,6 +207,9 @@ impl Policy {
     pub const fn denies_raw(&self) -> bool {
         self.flags & POLICY_DENY_RAW != 0
     }
+    pub const fn dns_pvd(&self) -> bool {
+        self.flags & POLICY_DNS_PVD != 0
+    }
 
     /// Whether the policy lists the PvD with `index`.
     pub const fn lists(&self, index: u32) -> bool {
@@ -234,6 +260,11 @@ pub struct Pvd {
     pub addr4: u32,
     /// Source address for IPv6, four words in network byte order.
     pub addr6: [u32; 4],
+    /// IPv4 DNS server that `dns = "pvd"` sockets are sent to (the PvD's
+    /// first IPv4 one), 0 when it has none.
+    pub dns4: u32,
+    /// IPv6 DNS server likewise, all zero when none.
+    pub dns6: [u32; 4],
 }
 
 impl Pvd {
@@ -297,8 +328,48 @@ pub struct Counters {
     pub src_set: u64,
     /// Operations refused to keep a socket on its policy's PvDs: binds,
     /// sources and destinations that would take it to another network,
-    /// interface or mark options (strict), raw sockets (`deny_raw`).
+    /// interface or mark options (strict), raw sockets (`deny_raw`), and
+    /// DNS queries of strict `dns = "pvd"` policies whose PvD has no
+    /// resolver.
     pub denied: u64,
+    /// DNS queries (UDP datagrams sent, TCP and UDP connects) redirected
+    /// to the PvD's resolver.
+    pub dns: u64,
+}
+
+/// What a redirected DNS socket asked and where it was sent, so that
+/// replies and `getpeername` show the address the application asked (its
+/// resolver library drops replies from any other address). Addresses in
+/// IPv6 form (IPv4 ones v4-mapped), words in network byte order; ports in
+/// network byte order in the low 16 bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsNat {
+    /// The server the application addressed.
+    pub orig: [u32; 4],
+    /// The PvD resolver the query went to instead.
+    pub resolver: [u32; 4],
+    pub orig_port: u32,
+    pub resolver_port: u32,
+}
+
+/// The daemon's DNS forwarder (per-domain selection, RFC 6731). While
+/// `port_base` is non-zero, `dns = "pvd"` queries whose PvD has resolvers go
+/// to the forwarder on loopback, port `port_base + PvD index`, instead of
+/// straight to the PvD's resolver; the port tells the forwarder the PvD.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsForward {
+    pub port_base: u32,
+}
+
+/// Most redirected DNS sockets remembered at once (an LRU: the oldest are
+/// forgotten, a resolver library's socket lives for one lookup).
+pub const MAX_DNS_NAT: u32 = 65_536;
+
+/// `a.b.c.d` (network-order word) as the v4-mapped IPv6 words.
+pub const fn v4_mapped_words(addr4: u32) -> [u32; 4] {
+    [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), addr4]
 }
 
 /// Mark of the PvD with `index`, given the mask's lowest bit.
@@ -326,6 +397,8 @@ mod pod {
     unsafe impl aya::Pod for super::CounterKey {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::PvdMeta {}
+    unsafe impl aya::Pod for super::DnsNat {}
+    unsafe impl aya::Pod for super::DnsForward {}
 }
 
 #[cfg(test)]
@@ -403,9 +476,10 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<Settings>(), 32);
         assert_eq!(core::mem::size_of::<Policy>(), 16);
-        assert_eq!(core::mem::size_of::<Pvd>(), 32);
+        assert_eq!(core::mem::size_of::<Pvd>(), 52);
         assert_eq!(core::mem::size_of::<CounterKey>(), 8);
-        assert_eq!(core::mem::size_of::<Counters>(), 56);
+        assert_eq!(core::mem::size_of::<Counters>(), 64);
+        assert_eq!(core::mem::size_of::<DnsNat>(), 40);
         assert_eq!(core::mem::size_of::<PvdMeta>(), 88);
     }
 }

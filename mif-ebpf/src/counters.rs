@@ -13,6 +13,7 @@ pub enum Event {
     Bound,
     SourceSet,
     Denied,
+    Dns,
 }
 
 #[inline(always)]
@@ -41,5 +42,6 @@ pub fn count(policy: u32, pvd: u32, event: Event) {
         Event::Bound => c.bound += 1,
         Event::SourceSet => c.src_set += 1,
         Event::Denied => c.denied += 1,
+        Event::Dns => c.dns += 1,
     }
 }

@@ -10,6 +10,9 @@
 //! - `connect4/6` bind the marked socket to its PvD's source address, port 0,
 //!   unless the application bound it itself.
 //! - `sendmsg4/6` set the source of unconnected UDP datagrams the same way.
+//! - `connect4/6` and `sendmsg4/6` first send DNS queries of `dns = "pvd"`
+//!   policies to the resolver of the socket's PvD; `recvmsg4/6` and
+//!   `getpeername4/6` show the application the server it asked (see [`dns`]).
 //! - `bind4/6`, `setsockopt`, and `connect6`/`sendmsg4/6` again, keep the
 //!   sockets of strict policies on their PvDs (see [`strict`]);
 //!   `sock_create` also refuses raw IP sockets to policies with `deny_raw`.
@@ -18,7 +21,8 @@
 //! that the daemon installs per PvD.
 //!
 //! Minimum kernel versions, per hook: `sock_create` 4.10, `connect`/`bind`
-//! 4.17, `sendmsg` 4.18, `setsockopt` 5.3; with what the programs call,
+//! 4.17, `sendmsg` 4.18, `recvmsg` 5.2, `setsockopt` 5.3, `getpeername`
+//! 5.8; with what the programs call,
 //! 5.7 (netns cookie in `sock_create`, `connect`, `sendmsg`, `bind`) and
 //! 6.0 (`bpf_get_current_ancestor_cgroup_id` in `setsockopt`).
 #![no_std]
@@ -26,6 +30,7 @@
 
 mod addr;
 mod counters;
+mod dns;
 mod maps;
 mod policy;
 mod strict;
@@ -44,6 +49,7 @@ use crate::{
         SOCK_RAW,
     },
     counters::{count, Event},
+    dns::Dns,
     maps::PVDS,
     policy::{find_policy, settings},
 };
@@ -151,6 +157,11 @@ fn policy_id(settings: &Settings) -> u32 {
 #[cgroup_sock_addr(connect4)]
 pub fn mif_connect4(ctx: SockAddrContext) -> i32 {
     let settings = settings();
+    // Before the source bind: a redirected stub query (127.0.0.53) is no
+    // longer a loopback destination and gets the PvD's source like any.
+    if dns::redirect4(ctx.sock_addr, &settings) == Dns::Refuse {
+        return REFUSE;
+    }
     let Some((index, pvd)) = steered_unbound_pvd(&ctx, &settings) else {
         return ALLOW;
     };
@@ -181,6 +192,10 @@ pub fn mif_connect6(ctx: SockAddrContext) -> i32 {
     if strict::is_link_scoped6(&dst) && strict::refuses(sa, &settings, |_| true) {
         return REFUSE;
     }
+    if dns::redirect6(sa, &settings) == Dns::Refuse {
+        return REFUSE;
+    }
+    let dst = unsafe { (*sa).user_ip6 };
     let Some((index, pvd)) = steered_unbound_pvd(&ctx, &settings) else {
         return ALLOW;
     };
@@ -216,6 +231,9 @@ pub fn mif_sendmsg4(ctx: SockAddrContext) -> i32 {
     {
         return REFUSE;
     }
+    if dns::redirect4(sa, &settings) == Dns::Refuse {
+        return REFUSE;
+    }
     let Some((index, pvd)) = steered_unbound_pvd(&ctx, &settings) else {
         return ALLOW;
     };
@@ -241,6 +259,9 @@ pub fn mif_sendmsg6(ctx: SockAddrContext) -> i32 {
             strict::is_link_scoped6(&dst) || !strict::may_bind6(p, &src)
         })
     {
+        return REFUSE;
+    }
+    if dns::redirect6(sa, &settings) == Dns::Refuse {
         return REFUSE;
     }
     let Some((index, pvd)) = steered_unbound_pvd(&ctx, &settings) else {
@@ -306,6 +327,36 @@ pub fn mif_setsockopt(ctx: SockoptContext) -> i32 {
         return REFUSE;
     }
     strict::pass_through(so);
+    ALLOW
+}
+
+/// Minimum kernel: 5.2. Replies to a redirected DNS query show the server
+/// the application asked. recvmsg programs must allow.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn mif_recvmsg4(ctx: SockAddrContext) -> i32 {
+    dns::unredirect4(ctx.sock_addr);
+    ALLOW
+}
+
+/// Minimum kernel: 5.2.
+#[cgroup_sock_addr(recvmsg6)]
+pub fn mif_recvmsg6(ctx: SockAddrContext) -> i32 {
+    dns::unredirect6(ctx.sock_addr);
+    ALLOW
+}
+
+/// Minimum kernel: 5.8. `getpeername()` of a redirected DNS socket (TCP, or
+/// connected UDP) shows the server the application asked.
+#[cgroup_sock_addr(getpeername4)]
+pub fn mif_getpeer4(ctx: SockAddrContext) -> i32 {
+    dns::unredirect4(ctx.sock_addr);
+    ALLOW
+}
+
+/// Minimum kernel: 5.8.
+#[cgroup_sock_addr(getpeername6)]
+pub fn mif_getpeer6(ctx: SockAddrContext) -> i32 {
+    dns::unredirect6(ctx.sock_addr);
     ALLOW
 }
 

@@ -23,7 +23,18 @@ pub struct Config {
     /// `[control] group`: a group whose members may change policies
     /// through the control socket, besides root; with its line.
     pub control_group: Option<(String, usize)>,
+    /// `[dns] forwarder_port`: first loopback port of the DNS forwarder
+    /// (one port per PvD index), used when some PvD declares `domains`.
+    pub dns_forwarder_port: u16,
 }
+
+/// Default first port of the DNS forwarder: below 1024, so that only root
+/// can listen there. The kernel keeps sending queries to these ports while
+/// the daemon restarts (or after it was killed); an unprivileged port could
+/// be taken over meanwhile by any local user, who would then read and answer
+/// other applications' DNS. 700–763 collides only with Kerberos
+/// administration (749) on KDCs; `[dns] forwarder_port` moves it.
+pub const DEFAULT_FORWARDER_PORT: u16 = 700;
 
 /// An explicit PvD: a name for an interface that may not exist yet, and
 /// optionally a fixed mark or routing table.
@@ -35,7 +46,21 @@ pub struct PvdConfig {
     pub table: Option<u32>,
     /// Configured DNS servers; they take precedence over RA-learned ones.
     pub dns: Vec<std::net::IpAddr>,
+    /// DNS domains (RFC 6731) whose names this PvD's resolvers answer for
+    /// every `dns = "pvd"` application, lowercase, no trailing dot.
+    pub domains: Vec<String>,
     pub line: usize,
+}
+
+/// Which resolvers a policy's DNS queries go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsMode {
+    /// Untouched: whatever resolver the application asks (resolv.conf).
+    #[default]
+    System,
+    /// The resolvers of the socket's PvD, from its source address.
+    Pvd,
 }
 
 /// How a policy holds its sockets to the PvD.
@@ -62,6 +87,8 @@ pub struct PolicyConfig {
     pub reset: bool,
     /// Refuse raw IP sockets (`SOCK_RAW`), which write their own headers.
     pub deny_raw: bool,
+    /// Where the policy's DNS queries go.
+    pub dns: DnsMode,
     pub line: usize,
 }
 
@@ -101,6 +128,13 @@ struct RawConfig {
     #[serde(default)]
     policy: Vec<Spanned<RawPolicy>>,
     control: Option<RawControl>,
+    dns: Option<RawDns>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    forwarder_port: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -118,6 +152,8 @@ struct RawPvd {
     table: Option<Spanned<i64>>,
     #[serde(default)]
     dns: Vec<Spanned<String>>,
+    #[serde(default)]
+    domains: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -133,6 +169,8 @@ struct RawPolicy {
     reset: bool,
     #[serde(default)]
     deny_raw: bool,
+    #[serde(default)]
+    dns: DnsMode,
 }
 
 /// Byte offsets of a text's line starts, so that the line of any offset is
@@ -274,12 +312,27 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 format!("at most {} DNS servers per PvD", mif_common::MAX_DNS),
             ));
         }
+        let mut domains = Vec::new();
+        for domain in &pvd.domains {
+            let text = domain.get_ref();
+            let normal = text.trim_end_matches('.').to_ascii_lowercase();
+            if !is_domain(&normal) {
+                return Err(checker.error(
+                    domain.span(),
+                    "pvd.domains",
+                    format!("{text:?}"),
+                    "not a domain name (labels of letters, digits, '-' and '_', 1-63 characters each)",
+                ));
+            }
+            domains.push(normal);
+        }
         pvds.push(PvdConfig {
             name,
             interface,
             mark,
             table,
             dns,
+            domains,
             line,
         });
     }
@@ -337,6 +390,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             bind: policy.bind,
             reset: policy.reset,
             deny_raw: policy.deny_raw,
+            dns: policy.dns,
             line,
         });
     }
@@ -345,12 +399,46 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         .control
         .and_then(|c| c.group)
         .map(|g| (g.get_ref().clone(), checker.lines.line_of(g.span().start)));
+    let dns_forwarder_port = match raw.dns.and_then(|d| d.forwarder_port) {
+        None => DEFAULT_FORWARDER_PORT,
+        Some(port) => {
+            let n = *port.get_ref();
+            // Every PvD index gets base + index: the whole range must fit.
+            match u16::try_from(n) {
+                Ok(p) if p > 0 && u32::from(p) + mif_common::MAX_PVDS <= 65_535 => p,
+                _ => {
+                    return Err(checker.error(
+                        port.span(),
+                        "dns.forwarder_port",
+                        n,
+                        format!(
+                            "must be between 1 and {} (one port per PvD follows it)",
+                            65_535 - mif_common::MAX_PVDS
+                        ),
+                    ))
+                }
+            }
+        }
+    };
     Ok(Config {
         path: path.to_path_buf(),
         pvds,
         policies,
         control_group,
+        dns_forwarder_port,
     })
+}
+
+/// A DNS name as `domains` takes it: dot-separated labels.
+fn is_domain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
 }
 
 fn to_u32(checker: &Checker<'_>, v: Spanned<i64>, field: &str) -> Result<u32, ConfigError> {
@@ -503,6 +591,21 @@ bind = "device"
     }
 
     #[test]
+    fn dns_is_system_unless_pvd() {
+        let config = parse_str(
+            "[[policy]]\ncgroup = \"/a\"\nprefer = [\"x\"]\n\
+             [[policy]]\ncgroup = \"/b\"\nprefer = [\"x\"]\ndns = \"pvd\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.policies[0].dns, DnsMode::System);
+        assert_eq!(config.policies[1].dns, DnsMode::Pvd);
+        let err = parse_str("[[policy]]\ncgroup = \"/a\"\nprefer = [\"x\"]\ndns = \"doh\"\n")
+            .unwrap_err();
+        assert_eq!(err.line, 4, "{err}");
+        assert!(err.to_string().contains("doh"), "{err}");
+    }
+
+    #[test]
     fn malformed_toml_names_the_line() {
         let err = parse_str("[[policy]]\ncgroup = \"/a\"\nprefer = [\"x\"\n").unwrap_err();
         assert_eq!(err.file, Path::new("mif.toml"));
@@ -581,6 +684,22 @@ bind = "device"
             (err.line, err.field.as_str(), err.value.as_str()),
             (3, "pvd.dns", "\"resolver\"")
         );
+    }
+
+    #[test]
+    fn pvd_domains_are_names_and_the_forwarder_port_fits() {
+        let config = parse_str("[[pvd]]\nname = \"v\"\ndomains = [\"Corp.Example.\"]\n").unwrap();
+        assert_eq!(config.pvds[0].domains, ["corp.example"]);
+        assert_eq!(config.dns_forwarder_port, DEFAULT_FORWARDER_PORT);
+        let err = parse_str("[[pvd]]\nname = \"v\"\ndomains = [\"a..b\"]\n").unwrap_err();
+        assert_eq!(
+            (err.line, err.field.as_str(), err.value.as_str()),
+            (3, "pvd.domains", "\"a..b\"")
+        );
+        let config = parse_str("[dns]\nforwarder_port = 6000\n").unwrap();
+        assert_eq!(config.dns_forwarder_port, 6000);
+        let err = parse_str("[dns]\nforwarder_port = 65500\n").unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (2, "dns.forwarder_port"));
     }
 
     #[test]

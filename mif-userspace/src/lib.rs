@@ -13,6 +13,7 @@ pub mod config;
 pub mod containers;
 pub mod control;
 pub mod daemon;
+pub mod dns;
 pub mod foreign_netns;
 pub mod instance;
 pub mod kernel_maps;

@@ -252,7 +252,8 @@ mod raw {
 enum Kind {
     /// `cgroup/sock_create`.
     Sock,
-    /// `cgroup/connect4|6`, `sendmsg4|6`, `bind4|6`.
+    /// `cgroup/connect4|6`, `sendmsg4|6`, `bind4|6`, `recvmsg4|6`,
+    /// `getpeername4|6`.
     SockAddr,
     /// `cgroup/setsockopt`.
     Sockopt,

@@ -56,6 +56,8 @@ pub struct PolicyReport {
     pub prefer: Vec<String>,
     pub strict: bool,
     pub bind: &'static str,
+    /// `pvd` when DNS queries go to the PvD's resolvers, else `system`.
+    pub dns: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -72,6 +74,8 @@ pub struct CounterReport {
     /// Binds, socket options, destinations and raw sockets refused to keep
     /// sockets on their policy's PvDs (strict, `deny_raw`).
     pub denied: u64,
+    /// DNS queries sent to the PvD's resolver instead of the one asked.
+    pub dns: u64,
 }
 
 impl MapsReport {
@@ -121,6 +125,7 @@ impl MapsReport {
                     .collect(),
                 strict: p.is_strict(),
                 bind: if p.binds_device() { "device" } else { "mark" },
+                dns: if p.dns_pvd() { "pvd" } else { "system" },
             })
             .collect();
 
@@ -218,12 +223,18 @@ impl MapsReport {
     }
 
     pub fn render_policies(&self) -> String {
-        let mut rows = vec![
-            vec!["ID", "CGROUP", "CGROUP ID", "PREFER", "STRICT", "BIND"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-        ];
+        let mut rows = vec![vec![
+            "ID",
+            "CGROUP",
+            "CGROUP ID",
+            "PREFER",
+            "STRICT",
+            "BIND",
+            "DNS",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect()];
         for p in &self.policies {
             rows.push(vec![
                 p.id.to_string(),
@@ -232,6 +243,7 @@ impl MapsReport {
                 p.prefer.join(","),
                 if p.strict { "yes" } else { "no" }.into(),
                 p.bind.into(),
+                p.dns.into(),
             ]);
         }
         table(&rows)
@@ -247,6 +259,8 @@ impl MapsReport {
             "UNSTEERED",
             "BOUND",
             "SRC SET",
+            "DENIED",
+            "DNS",
         ]
         .into_iter()
         .map(String::from)
@@ -261,6 +275,8 @@ impl MapsReport {
                 c.unsteered.to_string(),
                 c.bound.to_string(),
                 c.src_set.to_string(),
+                c.denied.to_string(),
+                c.dns.to_string(),
             ]);
         }
         table(&rows)
@@ -278,6 +294,7 @@ fn counter_report(policy: u32, pvd: Option<String>, c: &Counters) -> CounterRepo
         bound: c.bound,
         src_set: c.src_set,
         denied: c.denied,
+        dns: c.dns,
     }
 }
 

@@ -2,7 +2,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use super::common::{note_daemon_down, or_dash, unexpected, ClientArgs};
 use crate::{
-    config::BindMode,
+    config::{BindMode, DnsMode},
     control::{
         client::ClientError,
         protocol::{PolicyView, Request, Response},
@@ -50,6 +50,16 @@ pub struct PolicyOptions {
     /// Refuse raw IP sockets, which write their own headers.
     #[arg(long)]
     pub deny_raw: bool,
+    /// Where DNS queries (port 53) go: `pvd` sends them to the resolvers of
+    /// the socket's PvD, `system` leaves them alone.
+    #[arg(long, value_enum, default_value_t = Dns::System)]
+    pub dns: Dns,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Dns {
+    System,
+    Pvd,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -70,6 +80,10 @@ impl PolicyOptions {
             },
             reset: self.reset,
             deny_raw: self.deny_raw,
+            dns: match self.dns {
+                Dns::System => DnsMode::System,
+                Dns::Pvd => DnsMode::Pvd,
+            },
         }
     }
 }
@@ -156,7 +170,7 @@ pub fn expect_ok(response: Result<Response, ClientError>) -> anyhow::Result<()> 
 
 fn render(policies: &[PolicyView]) -> String {
     let mut rows = vec![[
-        "CGROUP", "PREFER", "STRICT", "BIND", "RESET", "FROM", "STATE", "ID",
+        "CGROUP", "PREFER", "STRICT", "BIND", "RESET", "DNS", "FROM", "STATE", "ID",
     ]
     .map(String::from)
     .to_vec()];
@@ -167,6 +181,7 @@ fn render(policies: &[PolicyView]) -> String {
             yes_no(p.spec.strict),
             format!("{:?}", p.spec.bind).to_lowercase(),
             yes_no(p.spec.reset),
+            format!("{:?}", p.spec.dns).to_lowercase(),
             match &p.origin {
                 Origin::Config { file, line } => format!("{}:{line}", file.display()),
                 Origin::Cli => "cli".into(),

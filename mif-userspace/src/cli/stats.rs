@@ -64,7 +64,8 @@ impl StatsArgs {
 
 fn render(rows: &[Row]) -> String {
     let mut out = vec![[
-        "POLICY", "CGROUP", "PVD", "STEERED", "/S", "FALLBACK", "REFUSED", "/S", "BOUND", "SRC SET",
+        "POLICY", "CGROUP", "PVD", "STEERED", "/S", "FALLBACK", "REFUSED", "/S", "BOUND",
+        "SRC SET", "DNS",
     ]
     .map(String::from)
     .to_vec()];
@@ -81,6 +82,7 @@ fn render(rows: &[Row]) -> String {
             format!("{:.1}", r.refused_per_sec),
             c.bound.to_string(),
             c.src_set.to_string(),
+            c.dns.to_string(),
         ]);
     }
     table(&out)

@@ -38,6 +38,7 @@
 //! ```
 
 mod cgroup;
+mod dns;
 mod exec;
 mod names;
 mod netns;
@@ -53,6 +54,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 pub use cgroup::cgroup2_mount;
+pub use dns::{big_txt_chunk, Dnsmasq, Resolver, BIG_TXT, CORP_DOMAIN, DNS_NAME};
 pub use exec::LabChild;
 pub use peer::{
     lab_peer_path, ClientFailure, ClientReply, Family, Proto, SockMark, LAB_PEER_ENV, PEER_PORT,

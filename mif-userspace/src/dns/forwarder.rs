@@ -1,0 +1,436 @@
+//! The forwarder's sockets and tasks: listeners on loopback (one port per
+//! PvD index, UDP and TCP, IPv4 and IPv6), and one upstream socket per
+//! query, carrying the chosen PvD's mark and bound to its source address.
+use std::{
+    collections::HashMap,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use aya::maps::{Array, MapData};
+use log::{debug, info, warn};
+use mif_common::{names, DnsForward, MAX_PVDS, PVD_AVAIL_V4, PVD_AVAIL_V6};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpSocket, TcpStream, UdpSocket},
+    task::JoinHandle,
+};
+
+use super::message;
+use crate::{
+    config::Config,
+    kernel_maps::KernelMaps,
+    pins::PinDir,
+    plan::{ipv4_from_word, ipv6_from_words},
+    report::name_of,
+};
+
+/// How long an upstream resolver has to answer one query.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a TCP client may stay idle between queries.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// How often the PvDs (addresses, marks, resolvers) are re-read from the
+/// pinned maps the reconcile loop keeps current.
+const REFRESH: Duration = Duration::from_secs(1);
+/// Largest DNS message (UDP with EDNS, or TCP).
+const MAX_MESSAGE: usize = 65_535;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwarderError {
+    #[error("cannot open pinned map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What the forwarder knows of one PvD.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct PvdView {
+    mark: u32,
+    addr4: Option<Ipv4Addr>,
+    addr6: Option<Ipv6Addr>,
+    dns: Vec<IpAddr>,
+}
+
+impl PvdView {
+    /// The first resolver reachable from one of the PvD's available
+    /// sources, with that source. Link-local resolvers need a scope, and
+    /// loopback ones would not leave by the PvD: both skipped.
+    fn upstream(&self) -> Option<(IpAddr, SocketAddr)> {
+        self.dns.iter().find_map(|server| {
+            let src = match server {
+                IpAddr::V4(a) if !a.is_loopback() => IpAddr::V4(self.addr4?),
+                IpAddr::V6(a) if !a.is_loopback() && !a.is_unicast_link_local() => {
+                    IpAddr::V6(self.addr6?)
+                }
+                _ => return None,
+            };
+            Some((src, SocketAddr::new(*server, 53)))
+        })
+    }
+}
+
+/// The PvDs by index and the declared domains.
+#[derive(Debug, Default)]
+struct Table {
+    pvds: HashMap<u32, PvdView>,
+    /// (domain, PvD index), from the config's `domains` by PvD name.
+    domains: Vec<(String, u32)>,
+}
+
+impl Table {
+    fn read(maps: &KernelMaps, declared: &[(String, String)]) -> Self {
+        let mut pvds = HashMap::new();
+        let mut index_of = HashMap::new();
+        for (index, pvd, meta) in maps.pvds() {
+            let Some(meta) = meta else { continue };
+            index_of.insert(name_of(&meta.name), index);
+            let dns = meta
+                .dns
+                .iter()
+                .take(meta.dns_count as usize)
+                .map(|octets| {
+                    let v6 = Ipv6Addr::from(*octets);
+                    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+                })
+                .collect();
+            pvds.insert(
+                index,
+                PvdView {
+                    mark: pvd.mark,
+                    addr4: (pvd.flags & PVD_AVAIL_V4 != 0).then(|| ipv4_from_word(pvd.addr4)),
+                    addr6: (pvd.flags & PVD_AVAIL_V6 != 0).then(|| ipv6_from_words(pvd.addr6)),
+                    dns,
+                },
+            );
+        }
+        let domains = declared
+            .iter()
+            .filter_map(|(domain, pvd)| Some((domain.clone(), *index_of.get(pvd)?)))
+            .collect();
+        Self { pvds, domains }
+    }
+
+    /// Where a query that arrived on PvD `index`'s port goes: the PvD of
+    /// its name's declared domain if that PvD has a usable resolver, else
+    /// the application's own PvD.
+    fn route(&self, index: u32, query: &[u8]) -> Option<(u32, IpAddr, SocketAddr)> {
+        let declared = message::query_name(query)
+            .and_then(|name| message::route(&name, &self.domains))
+            .filter(|&pvd| pvd != index);
+        declared.into_iter().chain(Some(index)).find_map(|pvd| {
+            let view = self.pvds.get(&pvd)?;
+            let (src, server) = view.upstream()?;
+            Some((view.mark, src, server))
+        })
+    }
+}
+
+/// The running forwarder. Dropping it turns the kernel's redirection to it
+/// off and stops its tasks.
+pub struct Forwarder {
+    switch: Array<MapData, DnsForward>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Forwarder {
+    /// Starts the forwarder when some PvD of `config` declares domains,
+    /// and turns the kernel's redirection to it on; otherwise makes sure
+    /// it is off and returns None.
+    pub async fn start(pins: &PinDir, config: &Config) -> Result<Option<Self>, ForwarderError> {
+        let mut switch = open_switch(pins)?;
+        let declared: Vec<(String, String)> = config
+            .pvds
+            .iter()
+            .flat_map(|p| p.domains.iter().map(|d| (d.clone(), p.name.clone())))
+            .collect();
+        if declared.is_empty() {
+            set_switch(&mut switch, 0);
+            return Ok(None);
+        }
+        let maps = KernelMaps::open(pins).map_err(|e| ForwarderError::Map {
+            name: names::MAP_PVDS,
+            source: Box::new(e),
+        })?;
+        let table = Arc::new(RwLock::new(Table::read(&maps, &declared)));
+        let base = config.dns_forwarder_port;
+
+        let mut tasks = Vec::new();
+        for index in 0..MAX_PVDS {
+            let port = base + index as u16;
+            for ip in [
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ] {
+                let addr = SocketAddr::new(ip, port);
+                let listen = |source| ForwarderError::Listen { addr, source };
+                let udp = match UdpSocket::bind(addr).await {
+                    Ok(udp) => udp,
+                    // A host without IPv6 has no ::1: IPv4 clients still work.
+                    Err(e) if ip.is_ipv6() && e.kind() == io::ErrorKind::AddrNotAvailable => {
+                        continue
+                    }
+                    Err(e) => return Err(listen(e)),
+                };
+                let tcp = TcpListener::bind(addr).await.map_err(listen)?;
+                tasks.push(tokio::spawn(serve_udp(udp, index, table.clone())));
+                tasks.push(tokio::spawn(serve_tcp(tcp, index, table.clone())));
+            }
+        }
+        let refresh_table = table.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REFRESH);
+            loop {
+                tick.tick().await;
+                let fresh = Table::read(&maps, &declared);
+                *refresh_table.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+            }
+        }));
+        set_switch(&mut switch, u32::from(base));
+        info!(
+            "DNS forwarder for declared domains on 127.0.0.1 and ::1, ports {base}-{}",
+            u32::from(base) + MAX_PVDS - 1
+        );
+        Ok(Some(Self { switch, tasks }))
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        // Off first, so no new query is sent to a port about to close.
+        set_switch(&mut self.switch, 0);
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn open_switch(pins: &PinDir) -> Result<Array<MapData, DnsForward>, ForwarderError> {
+    let fail = |source: Box<dyn std::error::Error + Send + Sync>| ForwarderError::Map {
+        name: names::MAP_DNS_FWD,
+        source,
+    };
+    let data = MapData::from_pin(pins.map(names::MAP_DNS_FWD)).map_err(|e| fail(Box::new(e)))?;
+    Array::try_from(aya::maps::Map::Array(data)).map_err(|e| fail(Box::new(e)))
+}
+
+fn set_switch(switch: &mut Array<MapData, DnsForward>, port_base: u32) {
+    if let Err(e) = switch.set(0, DnsForward { port_base }, 0) {
+        warn!("cannot switch the DNS forwarder redirection to {port_base}: {e}");
+    }
+}
+
+fn snapshot_route(
+    table: &RwLock<Table>,
+    index: u32,
+    query: &[u8],
+) -> Option<(u32, IpAddr, SocketAddr)> {
+    table
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .route(index, query)
+}
+
+async fn serve_udp(socket: UdpSocket, index: u32, table: Arc<RwLock<Table>>) {
+    let socket = Arc::new(socket);
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let Ok((n, client)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let query = buf[..n].to_vec();
+        let (socket, table) = (socket.clone(), table.clone());
+        tokio::spawn(async move {
+            let reply = match snapshot_route(&table, index, &query) {
+                Some((mark, src, server)) => match udp_exchange(mark, src, server, &query).await {
+                    Ok(reply) => Some(reply),
+                    Err(e) => {
+                        debug!("DNS over UDP to {server} failed: {e}");
+                        None
+                    }
+                },
+                None => message::servfail(&query),
+            };
+            if let Some(reply) = reply {
+                let _ = socket.send_to(&reply, client).await;
+            }
+        });
+    }
+}
+
+async fn serve_tcp(listener: TcpListener, index: u32, table: Arc<RwLock<Table>>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let table = table.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_tcp_client(stream, index, &table).await {
+                debug!("DNS over TCP client: {e}");
+            }
+        });
+    }
+}
+
+async fn serve_tcp_client(
+    mut stream: TcpStream,
+    index: u32,
+    table: &RwLock<Table>,
+) -> io::Result<()> {
+    loop {
+        let query = match tokio::time::timeout(TCP_IDLE, read_framed(&mut stream)).await {
+            Ok(Ok(Some(query))) => query,
+            Ok(Ok(None)) | Err(_) => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+        };
+        let reply = match snapshot_route(table, index, &query) {
+            Some((mark, src, server)) => tcp_exchange(mark, src, server, &query).await?,
+            None => match message::servfail(&query) {
+                Some(reply) => reply,
+                None => return Ok(()),
+            },
+        };
+        write_framed(&mut stream, &reply).await?;
+    }
+}
+
+/// One query over UDP from `src` with `mark`; the first reply with the
+/// query's id (a stray datagram is skipped), or a timeout.
+async fn udp_exchange(
+    mark: u32,
+    src: IpAddr,
+    server: SocketAddr,
+    query: &[u8],
+) -> io::Result<Vec<u8>> {
+    let std_socket = std::net::UdpSocket::bind(SocketAddr::new(src, 0))?;
+    nix::sys::socket::setsockopt(&std_socket, nix::sys::socket::sockopt::Mark, &mark)?;
+    std_socket.set_nonblocking(true)?;
+    let socket = UdpSocket::from_std(std_socket)?;
+    socket.connect(server).await?;
+    socket.send(query).await?;
+    let want = message::id(query);
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    tokio::time::timeout(UPSTREAM_TIMEOUT, async {
+        loop {
+            let n = socket.recv(&mut buf).await?;
+            if message::id(&buf[..n]) == want {
+                return Ok(buf[..n].to_vec());
+            }
+        }
+    })
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))?
+}
+
+/// One query over TCP, framed (RFC 1035 §4.2.2).
+async fn tcp_exchange(
+    mark: u32,
+    src: IpAddr,
+    server: SocketAddr,
+    query: &[u8],
+) -> io::Result<Vec<u8>> {
+    let socket = if src.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Mark, &mark)?;
+    socket.bind(SocketAddr::new(src, 0))?;
+    tokio::time::timeout(UPSTREAM_TIMEOUT, async {
+        let mut stream = socket.connect(server).await?;
+        write_framed(&mut stream, query).await?;
+        read_framed(&mut stream)
+            .await?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "closed without an answer"))
+    })
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))?
+}
+
+/// A length-prefixed message; None at a clean end of stream.
+async fn read_framed(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 2];
+    match stream.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut msg).await?;
+    Ok(Some(msg))
+}
+
+async fn write_framed(stream: &mut TcpStream, msg: &[u8]) -> io::Result<()> {
+    let len = u16::try_from(msg.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "message too long"))?;
+    let mut framed = len.to_be_bytes().to_vec();
+    framed.extend_from_slice(msg);
+    stream.write_all(&framed).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(name: &str) -> Vec<u8> {
+        let mut m = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name.split('.') {
+            m.push(label.len() as u8);
+            m.extend(label.as_bytes());
+        }
+        m.extend([0, 0, 1, 0, 1]);
+        m
+    }
+
+    fn view(n: u8, dns: &[&str]) -> PvdView {
+        PvdView {
+            mark: u32::from(n) << 24,
+            addr4: Some(Ipv4Addr::new(198, 18, n, 2)),
+            addr6: None,
+            dns: dns.iter().map(|s| s.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn declared_domains_go_to_their_pvd_and_the_rest_to_the_apps() {
+        let table = Table {
+            pvds: HashMap::from([
+                (0, view(0, &["198.18.0.1"])),
+                (1, view(1, &["fe80::1", "2001:db8::53", "198.18.1.1"])),
+                (2, view(2, &[])),
+            ]),
+            domains: vec![("corp.lab".into(), 1), ("dead.lab".into(), 2)],
+        };
+        let to = |index, name| {
+            table
+                .route(index, &query(name))
+                .map(|(m, _, s)| (m >> 24, s))
+        };
+        let r0: SocketAddr = "198.18.0.1:53".parse().unwrap();
+        let r1: SocketAddr = "198.18.1.1:53".parse().unwrap();
+        assert_eq!(
+            to(0, "host.corp.lab"),
+            Some((1, r1)),
+            "the v4 resolver: no v6 source"
+        );
+        assert_eq!(to(0, "whoami.lab"), Some((0, r0)));
+        assert_eq!(to(1, "whoami.lab"), Some((1, r1)));
+        assert_eq!(
+            to(0, "x.dead.lab"),
+            Some((0, r0)),
+            "a PvD without resolvers"
+        );
+        assert_eq!(to(2, "whoami.lab"), None);
+        assert_eq!(to(9, "host.corp.lab"), Some((1, r1)));
+    }
+}
