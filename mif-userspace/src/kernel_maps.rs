@@ -5,7 +5,12 @@ use std::collections::{HashMap as StdHashMap, HashSet};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuHashMap};
 use mif_common::{names, CounterKey, Counters, Policy, Pvd, PvdMeta, Settings};
 
-use crate::{pins::PinDir, plan::Desired};
+use log::{info, warn};
+
+use crate::{
+    pins::PinDir,
+    plan::{Desired, POLICY_CAPACITY},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -32,6 +37,9 @@ pub struct KernelMaps {
     meta: HashMap<MapData, u32, PvdMeta>,
     counters: PerCpuHashMap<MapData, CounterKey, Counters>,
     instance: Array<MapData, Settings>,
+    /// How many policies found no room in the policy map at the last write,
+    /// so the warning is logged when that changes, not on every pass.
+    over_capacity: usize,
     /// The policy entries this process last wrote, so that a pass rewrites
     /// only what changed (a link flap changes no policy; with 100,000
     /// policies, rewriting and listing them all took most of a pass).
@@ -76,6 +84,7 @@ impl KernelMaps {
             meta: typed!(pins, names::MAP_PVD_META),
             counters: typed!(pins, names::MAP_COUNTERS),
             instance: typed!(pins, names::MAP_INSTANCE),
+            over_capacity: 0,
             written_policies: None,
         })
     }
@@ -102,8 +111,29 @@ impl KernelMaps {
                 .insert(index, pvd, 0)
                 .map_err(fail(names::MAP_PVDS, "write"))?;
         }
-        let previous = self.written_policies.take();
+        self.report_over_capacity(&desired.over_capacity);
+        let keep: HashSet<u64> = desired.policies.iter().map(|(k, _)| *k).collect();
         // Until the new set is written in full, nothing is known to be there.
+        let previous = self.written_policies.take();
+        let current: HashSet<u64> = match &previous {
+            Some(previous) => previous.keys().copied().collect(),
+            None => self.policies.keys().filter_map(Result::ok).collect(),
+        };
+        let stale: Vec<u64> = current.difference(&keep).copied().collect();
+        // Near capacity, new entries fit only once the stale ones are gone
+        // (the kernel refuses an insert into a full map with E2BIG); those
+        // cgroups lose their policy in this pass anyway.
+        let early = current.len() + keep.difference(&current).count() > POLICY_CAPACITY;
+        let remove_stale = |policies: &mut HashMap<MapData, u64, Policy>| {
+            stale.iter().try_for_each(|key| match policies.remove(key) {
+                // Someone else (`mif cleanup`, a test) removed it already.
+                Err(MapError::KeyNotFound) => Ok(()),
+                other => other.map_err(fail(names::MAP_POLICIES, "remove from")),
+            })
+        };
+        if early {
+            remove_stale(&mut self.policies)?;
+        }
         for (cgroup_id, policy) in &desired.policies {
             let unchanged = previous
                 .as_ref()
@@ -114,26 +144,8 @@ impl KernelMaps {
                     .map_err(fail(names::MAP_POLICIES, "write"))?;
             }
         }
-        let keep: HashSet<u64> = desired.policies.iter().map(|(k, _)| *k).collect();
-        let stale: Vec<u64> = match &previous {
-            Some(previous) => previous
-                .keys()
-                .filter(|k| !keep.contains(k))
-                .copied()
-                .collect(),
-            None => self
-                .policies
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| !keep.contains(k))
-                .collect(),
-        };
-        for key in stale {
-            match self.policies.remove(&key) {
-                // Someone else (a test, `mif cleanup`) removed it already.
-                Err(MapError::KeyNotFound) => {}
-                other => other.map_err(fail(names::MAP_POLICIES, "remove from"))?,
-            }
+        if !early {
+            remove_stale(&mut self.policies)?;
         }
         self.written_policies = Some(desired.policies.iter().copied().collect());
         let keep: HashSet<u32> = desired.pvds.iter().map(|(k, _, _)| *k).collect();
@@ -187,6 +199,35 @@ impl KernelMaps {
         Ok(changed)
     }
 
+    /// Logs policies left out for want of room in the policy map, once per
+    /// change of their number: an admin must learn that some cgroups are not
+    /// steered (`mif status` and `mif policy list` show it too).
+    fn report_over_capacity(&mut self, left_out: &[String]) {
+        if left_out.len() == self.over_capacity {
+            return;
+        }
+        self.over_capacity = left_out.len();
+        if left_out.is_empty() {
+            info!("every policy fits in the policy map again");
+            return;
+        }
+        const SHOWN: usize = 5;
+        let more = left_out.len().saturating_sub(SHOWN);
+        warn!(
+            "the policy map {} holds at most {POLICY_CAPACITY} cgroups: {} policies are not enforced \
+             (dropped: {}), e.g. {}{}",
+            names::MAP_POLICIES,
+            left_out.len(),
+            left_out.len(),
+            left_out[..left_out.len().min(SHOWN)].join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
+    }
+
     pub fn settings(&self) -> Option<Settings> {
         self.instance.get(&0, 0).ok()
     }
@@ -222,6 +263,7 @@ impl KernelMaps {
                     bound: acc.bound + c.bound,
                     src_set: acc.src_set + c.src_set,
                     denied: acc.denied + c.denied,
+                    dns: acc.dns + c.dns,
                 });
                 (key, sum)
             })

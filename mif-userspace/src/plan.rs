@@ -6,11 +6,15 @@ use std::{
 };
 
 use mif_common::{
-    Policy, Pvd, PvdMeta, MAX_DNS, MAX_PREFER, NO_PVD, POLICY_BIND_DEVICE, POLICY_DENY_RAW,
-    POLICY_STRICT, PVD_AVAIL_V4, PVD_AVAIL_V6, PVD_NAME_LEN,
+    Policy, Pvd, PvdMeta, MAX_DNS, MAX_POLICIES, MAX_PREFER, NO_PVD, POLICY_BIND_DEVICE,
+    POLICY_DENY_RAW, POLICY_DNS_PVD, POLICY_STRICT, PVD_AVAIL_V4, PVD_AVAIL_V6, PVD_NAME_LEN,
 };
 
-use crate::{config::BindMode, netlink::PvdRouting, pvd::PvdState};
+use crate::{
+    config::{BindMode, DnsMode},
+    netlink::PvdRouting,
+    pvd::PvdState,
+};
 
 /// A policy bound to a real cgroup, its PvD names already resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +28,8 @@ pub struct ResolvedPolicy {
     pub reset: bool,
     /// Refuse raw IP and packet sockets.
     pub deny_raw: bool,
+    /// Send DNS queries to the PvD's resolvers.
+    pub dns: DnsMode,
 }
 
 /// Rule priorities and the mark mask, shared by all PvDs of an instance.
@@ -34,26 +40,46 @@ pub struct RuleOptions {
     pub source_priority: u32,
 }
 
+/// How many cgroups the kernel's policy map holds (its `max_entries`).
+pub const POLICY_CAPACITY: usize = MAX_POLICIES as usize;
+
 /// Everything mif wants in the kernel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Desired {
     pub pvds: Vec<(u32, Pvd, PvdMeta)>,
     pub policies: Vec<(u64, Policy)>,
     pub routing: Vec<PvdRouting>,
+    /// Cgroups that have a policy but found no room in the policy map (more
+    /// than [`POLICY_CAPACITY`]): reported, never silently dropped.
+    pub over_capacity: Vec<String>,
+}
+
+/// The policies [`desired`] leaves out for want of room in the map: the
+/// last ones, so the order is stable (config file before CLI, literal
+/// cgroups before patterns).
+pub fn over_capacity(policies: &[ResolvedPolicy]) -> &[ResolvedPolicy] {
+    &policies[policies.len().min(POLICY_CAPACITY)..]
 }
 
 pub fn desired(pvds: &[PvdState], policies: &[ResolvedPolicy], rules: &RuleOptions) -> Desired {
     let index_of: HashMap<&str, u32> = pvds.iter().map(|p| (p.name.as_str(), p.index)).collect();
+    let fit = policies.len().min(POLICY_CAPACITY);
     Desired {
         pvds: pvds
             .iter()
             .map(|p| (p.index, kernel_pvd(p), meta(p)))
             .collect(),
-        policies: policies
+        // One map too small must not fail the whole pass (and leave every
+        // other change unapplied): what fits is written, the rest reported.
+        policies: policies[..fit]
             .iter()
             .map(|p| (p.cgroup_id, kernel_policy(p, &index_of)))
             .collect(),
         routing: pvds.iter().filter_map(|p| routing(p, rules)).collect(),
+        over_capacity: over_capacity(policies)
+            .iter()
+            .map(|p| p.cgroup.clone())
+            .collect(),
     }
 }
 
@@ -71,7 +97,37 @@ fn kernel_pvd(p: &PvdState) -> Pvd {
         flags,
         addr4: p.addr4.map_or(0, ipv4_word),
         addr6: p.addr6.map_or([0; 4], ipv6_words),
+        dns4: dns4(&p.dns).map_or(0, ipv4_word),
+        dns6: dns6(&p.dns).map_or([0; 4], ipv6_words),
     }
+}
+
+/// The IPv4 resolver `dns = "pvd"` sockets of the family are sent to: the
+/// PvD's first (configured ones first, else RA-learned; see pvd.rs).
+/// One per family because the kernel program rewrites one destination;
+/// resolver libraries retry on their own.
+pub fn dns4(servers: &[IpAddr]) -> Option<Ipv4Addr> {
+    servers.iter().find_map(|s| match s {
+        IpAddr::V4(a) if !a.is_unspecified() && !a.is_loopback() => Some(*a),
+        _ => None,
+    })
+}
+
+/// The IPv6 resolver likewise. Link-local servers (RAs often advertise the
+/// router's) need an interface scope that a sock_addr program cannot set,
+/// and loopback ones cannot be reached from the PvD's source: both skipped.
+pub fn dns6(servers: &[IpAddr]) -> Option<Ipv6Addr> {
+    servers.iter().find_map(|s| match s {
+        IpAddr::V6(a)
+            if !a.is_unspecified()
+                && !a.is_loopback()
+                && !a.is_unicast_link_local()
+                && a.to_ipv4_mapped().is_none() =>
+        {
+            Some(*a)
+        }
+        _ => None,
+    })
 }
 
 fn meta(p: &PvdState) -> PvdMeta {
@@ -112,6 +168,9 @@ fn kernel_policy(p: &ResolvedPolicy, index_of: &HashMap<&str, u32>) -> Policy {
     }
     if p.deny_raw {
         flags |= POLICY_DENY_RAW;
+    }
+    if p.dns == DnsMode::Pvd {
+        flags |= POLICY_DNS_PVD;
     }
     Policy {
         id: p.id,
@@ -217,6 +276,7 @@ mod tests {
             bind: BindMode::Device,
             reset: false,
             deny_raw: false,
+            dns: DnsMode::System,
         };
         let d = desired(&pvds, std::slice::from_ref(&policy), &RULES);
         let (cg, p) = d.policies[0];
@@ -249,6 +309,69 @@ mod tests {
             d.routing[1].sources,
             [IpAddr::V4(Ipv4Addr::new(198, 18, 1, 2))]
         );
+    }
+
+    #[test]
+    fn dns_policies_and_one_resolver_per_family() {
+        let mut p = pvd(0, "wlan0", true);
+        p.dns = [
+            "fe80::1",
+            "::1",
+            "2001:db8::53",
+            "192.0.2.53",
+            "2001:db8::54",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let policy = ResolvedPolicy {
+            id: 1,
+            cgroup_id: 1,
+            cgroup: "/a".into(),
+            prefer: vec!["wlan0".into()],
+            strict: false,
+            bind: BindMode::Mark,
+            reset: false,
+            deny_raw: false,
+            dns: DnsMode::Pvd,
+        };
+        let d = desired(std::slice::from_ref(&p), &[policy], &RULES);
+        assert_eq!(d.policies[0].1.flags, POLICY_DNS_PVD);
+        let k = d.pvds[0].1;
+        assert_eq!(ipv4_from_word(k.dns4), Ipv4Addr::new(192, 0, 2, 53));
+        assert_eq!(
+            ipv6_from_words(k.dns6),
+            "2001:db8::53".parse::<Ipv6Addr>().unwrap(),
+            "link-local and loopback resolvers are skipped"
+        );
+        p.dns.clear();
+        let k = desired(&[p], &[], &RULES).pvds[0].1;
+        assert_eq!((k.dns4, k.dns6), (0, [0; 4]), "no resolver: left alone");
+    }
+
+    #[test]
+    fn policies_beyond_the_map_capacity_are_reported_not_dropped_silently() {
+        let policies: Vec<ResolvedPolicy> = (0..POLICY_CAPACITY as u64 + 3)
+            .map(|i| ResolvedPolicy {
+                id: 1,
+                cgroup_id: 1000 + i,
+                cgroup: format!("/c{i}"),
+                prefer: vec!["wlan0".into()],
+                strict: false,
+                bind: BindMode::Mark,
+                reset: false,
+                deny_raw: false,
+                dns: DnsMode::System,
+            })
+            .collect();
+        let d = desired(&[pvd(0, "wlan0", true)], &policies, &RULES);
+        assert_eq!(d.policies.len(), POLICY_CAPACITY);
+        let last = POLICY_CAPACITY;
+        assert_eq!(
+            d.over_capacity,
+            [last, last + 1, last + 2].map(|i| format!("/c{i}"))
+        );
+        assert!(over_capacity(&policies[..10]).is_empty());
     }
 
     #[test]

@@ -11,11 +11,13 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use mif_common::{names, MAX_PREFER};
+
 use crate::{
     cgroup::{Cgroup, Cgroup2},
     cgroup_pattern::{existing_matches, is_pattern, CgroupPattern},
-    config::{BindMode, Config, PolicyConfig},
-    plan::ResolvedPolicy,
+    config::{check_cgroup_path, normalize_cgroup, BindMode, Config, DnsMode, PolicyConfig},
+    plan::{ResolvedPolicy, POLICY_CAPACITY},
 };
 
 /// Where a policy comes from.
@@ -39,9 +41,31 @@ pub struct PolicySpec {
     pub reset: bool,
     #[serde(default)]
     pub deny_raw: bool,
+    #[serde(default)]
+    pub dns: DnsMode,
 }
 
 impl PolicySpec {
+    /// Checks a policy that came from outside (the control socket) as the
+    /// config file's are checked, and normalises its cgroup path. Pure, so
+    /// the fuzz targets run it on every decoded request.
+    pub fn checked(mut self) -> Result<Self, PolicyError> {
+        check_cgroup_path(&self.cgroup).map_err(|reason| PolicyError::BadCgroup {
+            cgroup: self.cgroup.clone(),
+            reason,
+        })?;
+        self.cgroup = normalize_cgroup(&self.cgroup);
+        if self.prefer.is_empty() || self.prefer.len() > MAX_PREFER {
+            return Err(PolicyError::PreferCount);
+        }
+        for (i, name) in self.prefer.iter().enumerate() {
+            if self.prefer[..i].contains(name) {
+                return Err(PolicyError::PreferTwice(name.clone()));
+            }
+        }
+        Ok(self)
+    }
+
     pub fn from_config(p: &PolicyConfig) -> Self {
         Self {
             cgroup: p.cgroup.clone(),
@@ -50,6 +74,7 @@ impl PolicySpec {
             bind: p.bind,
             reset: p.reset,
             deny_raw: p.deny_raw,
+            dns: p.dns,
         }
     }
 }
@@ -64,6 +89,23 @@ pub enum PolicyError {
     },
     #[error("no policy for cgroup {0}")]
     NotFound(String),
+    #[error("cgroup {cgroup:?}: {reason}")]
+    BadCgroup { cgroup: String, reason: String },
+    #[error("--prefer: list 1 to {MAX_PREFER} PvDs")]
+    PreferCount,
+    #[error("--prefer: {0:?} listed twice")]
+    PreferTwice(String),
+    #[error(
+        "refused, nothing changed: the policy map {} holds at most {limit} cgroups, \
+         and with this policy for {cgroup} the policies would cover {needed}; \
+         remove policies or narrow patterns first",
+        names::MAP_POLICIES
+    )]
+    OverCapacity {
+        cgroup: String,
+        limit: usize,
+        needed: usize,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -163,6 +205,9 @@ impl PolicySet {
 #[derive(Debug, Clone, Default)]
 pub struct PolicyIds {
     by_cgroup: BTreeMap<String, u32>,
+    /// Highest id handed out: a new id is one more, without a scan of all
+    /// ids (that scan made resolving 100,000 policies quadratic).
+    highest: u32,
 }
 
 impl PolicyIds {
@@ -173,9 +218,9 @@ impl PolicyIds {
         if let Some(&id) = self.by_cgroup.get(cgroup) {
             return id;
         }
-        let id = self.by_cgroup.values().max().map_or(1, |m| m + 1);
-        self.by_cgroup.insert(cgroup.to_string(), id);
-        id
+        self.highest += 1;
+        self.by_cgroup.insert(cgroup.to_string(), self.highest);
+        self.highest
     }
 }
 
@@ -210,6 +255,7 @@ pub fn resolve(
                 bind: spec.bind,
                 reset: spec.reset,
                 deny_raw: spec.deny_raw,
+                dns: spec.dns,
             }),
             _ => pending.push(Pending {
                 cgroup: spec.cgroup.clone(),
@@ -217,7 +263,11 @@ pub fn resolve(
         }
     }
     // Patterns after literals: a cgroup named literally keeps its own
-    // policy; among patterns the first listed wins.
+    // policy; among patterns the first listed wins. The cgroups taken so
+    // far are a set, not a scan of `resolved`: a pattern may match 100,000
+    // cgroups, and a scan per match made resolving quadratic.
+    let mut claimed: std::collections::HashSet<u64> =
+        resolved.iter().map(|r| r.cgroup_id).collect();
     for (spec, _) in patterns {
         let Ok(pattern) = CgroupPattern::parse(&spec.cgroup) else {
             continue;
@@ -228,7 +278,7 @@ pub fn resolve(
             let Ok(cg) = cgroup2.resolve(&rel) else {
                 continue;
             };
-            if !cg.is_within(attach) || resolved.iter().any(|r| r.cgroup_id == cg.id) {
+            if !cg.is_within(attach) || !claimed.insert(cg.id) {
                 continue;
             }
             matched = true;
@@ -241,6 +291,7 @@ pub fn resolve(
                 bind: spec.bind,
                 reset: spec.reset,
                 deny_raw: spec.deny_raw,
+                dns: spec.dns,
             });
         }
         if !matched {
@@ -250,6 +301,36 @@ pub fn resolve(
         }
     }
     (resolved, pending)
+}
+
+/// Refuses to set `spec` when the policies would then cover more cgroups
+/// than the kernel's policy map holds (a pattern covers every cgroup it
+/// matches), unless they already did and `spec` does not add to it (so a
+/// policy can still be changed or narrowed on a full map). Checked before
+/// anything changes: a refused `mif policy set` leaves the set, the state
+/// file and the maps as they were.
+pub fn check_capacity(
+    set: &PolicySet,
+    spec: &PolicySpec,
+    cgroup2: &Cgroup2,
+    attach: &Cgroup,
+) -> Result<(), PolicyError> {
+    let mut with = set.clone();
+    with.set(spec.clone())?;
+    let count = |set: &PolicySet| {
+        resolve(set, cgroup2, attach, &mut PolicyIds::default())
+            .0
+            .len()
+    };
+    let needed = count(&with);
+    if needed > POLICY_CAPACITY && needed > count(set) {
+        return Err(PolicyError::OverCapacity {
+            cgroup: spec.cgroup.clone(),
+            limit: POLICY_CAPACITY,
+            needed,
+        });
+    }
+    Ok(())
 }
 
 /// Where CLI policies are kept between runs.
@@ -297,6 +378,7 @@ mod tests {
             bind: BindMode::Mark,
             reset: false,
             deny_raw: false,
+            dns: DnsMode::System,
         }
     }
 
@@ -346,6 +428,44 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.field, "policy.cgroup");
+    }
+
+    #[test]
+    fn specs_from_the_control_socket_are_checked_and_normalised() {
+        let ok = spec("//a//b/", &["wlan0", "wwan0"]).checked().unwrap();
+        assert_eq!(ok.cgroup, "/a/b");
+        assert!(matches!(
+            spec("a", &["x"]).checked(),
+            Err(PolicyError::BadCgroup { .. })
+        ));
+        assert!(matches!(
+            spec("/a/../b", &["x"]).checked(),
+            Err(PolicyError::BadCgroup { .. })
+        ));
+        assert_eq!(spec("/a", &[]).checked(), Err(PolicyError::PreferCount));
+        assert_eq!(
+            spec("/a", &["x"; MAX_PREFER + 1]).checked(),
+            Err(PolicyError::PreferCount)
+        );
+        assert_eq!(
+            spec("/a", &["x", "y", "x"]).checked(),
+            Err(PolicyError::PreferTwice("x".into()))
+        );
+    }
+
+    #[test]
+    fn the_capacity_error_names_the_map_and_its_limit() {
+        let e = PolicyError::OverCapacity {
+            cgroup: "/x".into(),
+            limit: POLICY_CAPACITY,
+            needed: POLICY_CAPACITY + 1,
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("MIF_POLICIES") && text.contains("131072"),
+            "{text}"
+        );
+        assert!(text.contains("nothing changed"), "{text}");
     }
 
     #[test]

@@ -411,15 +411,21 @@ fn on_link_prefixes(addrs: &[InterfaceAddr]) -> Vec<(IpAddr, u8)> {
         .collect()
 }
 
-/// `addr` with the host bits of a `/len` prefix cleared.
+/// `addr` with the host bits of a `/len` prefix cleared. A length beyond
+/// the family's (netlink does not forbid one) is the whole address: the
+/// subtraction used to overflow and panic (found by fuzzing).
 pub fn network(addr: IpAddr, len: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            let mask = u32::MAX
+                .checked_shl(32u32.saturating_sub(len.into()))
+                .unwrap_or(0);
             IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
         }
         IpAddr::V6(a) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            let mask = u128::MAX
+                .checked_shl(128u32.saturating_sub(len.into()))
+                .unwrap_or(0);
             IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
         }
     }
@@ -694,6 +700,19 @@ mod tests {
             .capacity(),
             7
         );
+    }
+
+    /// Regression (fuzz target pvd_state): a prefix longer than the
+    /// family's overflowed a subtraction and panicked.
+    #[test]
+    fn network_of_an_overlong_prefix_is_the_address() {
+        let v4: IpAddr = "198.18.3.77".parse().unwrap();
+        let v6: IpAddr = "2001:db8:1::9".parse().unwrap();
+        for len in [33, 128, 129, 255] {
+            assert_eq!(network(v4, len), v4);
+        }
+        assert_eq!(network(v6, 129), v6);
+        assert_eq!(network(v6, 255), v6);
     }
 
     #[test]

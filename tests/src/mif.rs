@@ -129,6 +129,17 @@ impl<'lab> Daemon<'lab> {
 
     /// Like [`Daemon::start`], with extra daemon options.
     pub fn start_with(lab: &'lab Lab, toml: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_within(lab, toml, extra, READY_TIMEOUT)
+    }
+
+    /// Like [`Daemon::start_with`], waiting up to `ready_timeout` (a daemon
+    /// with 100,000 cgroups to resolve needs longer on a busy machine).
+    pub fn start_within(
+        lab: &'lab Lab,
+        toml: &str,
+        extra: &[&str],
+        ready_timeout: Duration,
+    ) -> Result<Self> {
         let instance = Instance::for_lab(lab);
         let config = write_config(lab, toml)?;
         let mut args = vec![
@@ -178,7 +189,7 @@ impl<'lab> Daemon<'lab> {
             cleanup_on_drop: true,
             keeps_steering: extra.contains(&"--keep-steering"),
         };
-        match ready_rx.recv_timeout(READY_TIMEOUT) {
+        match ready_rx.recv_timeout(ready_timeout) {
             Ok(()) => Ok(daemon),
             Err(_) => {
                 let status = daemon

@@ -1,8 +1,9 @@
-//! Project chores: `cargo xtask setup | demo | test | bench`.
+//! Project chores: `cargo xtask setup | demo | test | fuzz | bench`.
 //!
 //! Everything the project needs on a fresh Debian machine (as root) is
 //! installed here, idempotently: a second run only checks and takes seconds.
 mod bench;
+mod fuzz;
 mod setup;
 
 use std::process::Command;
@@ -19,15 +20,26 @@ struct Xtask {
 
 #[derive(Subcommand)]
 enum Chore {
-    /// Install what is missing: Debian packages, nightly rust-src, bpf-linker.
+    /// Install what is missing: Debian packages, nightly rust-src,
+    /// bpf-linker, cargo-fuzz.
     Setup,
     /// Set up, then run the demo: a throwaway lab of two networks, the daemon
     /// with the bundled example policy, two apps leaving by different networks.
     Demo,
     /// Set up, then check formatting and lints, run every test (unit and
-    /// end-to-end in the real kernel; needs root) and a smoke run of the
-    /// benchmark.
+    /// end-to-end in the real kernel; needs root), a short run of every
+    /// fuzz target and a smoke run of the benchmark.
     Test,
+    /// Set up, then run the fuzz targets in fuzz/ (cargo-fuzz, nightly):
+    /// the config parser, the control socket, netlink events, router
+    /// advertisement options and the PvD state reducer.
+    Fuzz {
+        /// How long to fuzz each target.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// One target only (default: all of them).
+        target: Option<String>,
+    },
     /// Set up, build, and measure what steering costs (needs root): mif
     /// against no steering, nftables and SO_MARK, reaction to a lost link,
     /// the daemon at scale. Rewrites docs/benchmarks.md and
@@ -78,9 +90,16 @@ fn main() -> anyhow::Result<()> {
                 "warnings",
             ]))?;
             cargo(&["test", "--", "--test-threads=4"])?;
+            // Untrusted inputs must never panic the daemon: a short run of
+            // each fuzz target (longer runs: docs/security.md, Fuzzing).
+            fuzz::run(CI_FUZZ_SECONDS, None)?;
             // The benchmark is no test, but it must not rot: run every part
             // of it with tiny counts (about a minute, no timing asserted).
             bench::run(true)
+        }
+        Chore::Fuzz { seconds, target } => {
+            setup::run()?;
+            fuzz::run(seconds, target.as_deref())
         }
         Chore::Bench { smoke } => {
             setup::run()?;
@@ -88,6 +107,9 @@ fn main() -> anyhow::Result<()> {
         }
     }
 }
+
+/// Seconds per fuzz target in `cargo xtask test`.
+const CI_FUZZ_SECONDS: u64 = 20;
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
     run_command(Command::new(env!("CARGO")).args(args))

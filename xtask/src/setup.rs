@@ -21,12 +21,15 @@ const PACKAGES: &[&str] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The newest cargo-fuzz; it builds with stable 1.95 and drives nightly.
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 pub fn run() -> anyhow::Result<()> {
     install_packages()?;
     install_rust_src()?;
     install_bpf_linker()?;
+    install_cargo_fuzz()?;
     Ok(())
 }
 
@@ -98,4 +101,19 @@ fn install_bpf_linker() -> anyhow::Result<()> {
             ])
             .args(["--no-default-features", "--features", "llvm-22"]),
     )
+}
+
+fn install_cargo_fuzz() -> anyhow::Result<()> {
+    let current = Command::new("cargo-fuzz").arg("--version").output();
+    if current.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION)) {
+        return Ok(());
+    }
+    eprintln!("xtask: building cargo-fuzz {CARGO_FUZZ_VERSION} (about 60 s)");
+    run_command(Command::new(env!("CARGO")).args([
+        "install",
+        "--locked",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
 }

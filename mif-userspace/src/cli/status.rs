@@ -55,6 +55,14 @@ impl StatusArgs {
                 self.client.pin_dir.display()
             ));
         }
+        if let Some(d) = daemon.as_ref().filter(|d| d.policies_over_capacity > 0) {
+            problems.push(format!(
+                "{} cgroups with a policy are not steered: the policy map {} is full ({} entries)",
+                d.policies_over_capacity,
+                mif_common::names::MAP_POLICIES,
+                crate::plan::POLICY_CAPACITY
+            ));
+        }
         if attached.values().any(|&n| n != 1) {
             problems.push(format!(
                 "programs attached: {attached:?} (each should be 1)"
@@ -111,7 +119,14 @@ fn render(s: &Status) -> String {
             );
             row(
                 "policies",
-                format!("{} active, {} pending", d.policies, d.policies_pending),
+                match d.policies_over_capacity {
+                    0 => format!("{} active, {} pending", d.policies, d.policies_pending),
+                    dropped => format!(
+                        "{} active, {} pending, {dropped} dropped (policy map full)",
+                        d.policies - dropped,
+                        d.policies_pending
+                    ),
+                },
             );
             if let Some(e) = &d.last_reload_error {
                 row("last reload", e.clone());

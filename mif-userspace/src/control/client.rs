@@ -82,9 +82,7 @@ impl Client {
         let line = self
             .read_line()?
             .ok_or_else(|| ClientError::Protocol("connection closed".into()))?;
-        match serde_json::from_str(&line)
-            .map_err(|e| ClientError::Protocol(format!("{e}: {line}")))?
-        {
+        match Response::decode(&line).map_err(ClientError::Protocol)? {
             Response::Error(message) => Err(ClientError::Refused(message)),
             response => Ok(response),
         }

@@ -22,6 +22,12 @@ pub enum Request {
 }
 
 impl Request {
+    /// Decodes one request line as the daemon receives it from any local
+    /// user: untrusted, so it must never panic (fuzzed: `fuzz/`).
+    pub fn decode(line: &str) -> Result<Self, String> {
+        serde_json::from_str(line).map_err(|e| format!("malformed request: {e}"))
+    }
+
     /// Whether the request changes anything (and so needs a privileged peer).
     pub fn is_change(&self) -> bool {
         matches!(
@@ -41,6 +47,13 @@ pub enum Response {
     Policies(Vec<PolicyView>),
 }
 
+impl Response {
+    /// Decodes one answer line as the CLI receives it.
+    pub fn decode(line: &str) -> Result<Self, String> {
+        serde_json::from_str(line).map_err(|e| format!("{e}: {line}"))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusView {
     pub pid: u32,
@@ -53,6 +66,9 @@ pub struct StatusView {
     pub pvds_available: usize,
     pub policies: usize,
     pub policies_pending: usize,
+    /// Policies (cgroups) left out of the full policy map: not enforced.
+    #[serde(default)]
+    pub policies_over_capacity: usize,
     /// Why the last reload was refused, if it was.
     pub last_reload_error: Option<String>,
 }

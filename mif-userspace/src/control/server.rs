@@ -8,7 +8,7 @@ use std::{
 
 use log::{debug, warn};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufRead, AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     sync::{broadcast, mpsc, oneshot},
 };
@@ -101,16 +101,22 @@ async fn serve(
 ) -> std::io::Result<()> {
     let cred = stream.peer_cred()?;
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Some(line) = lines.next_line().await? {
-        let request: Request = match serde_json::from_str(&line) {
+    let mut reader = BufReader::new(read);
+    let mut buf = Vec::new();
+    loop {
+        let line = match next_line(&mut reader, &mut buf).await {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                send(&mut write, &Response::Error(e.to_string())).await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let request = match Request::decode(&line) {
             Ok(r) => r,
             Err(e) => {
-                send(
-                    &mut write,
-                    &Response::Error(format!("malformed request: {e}")),
-                )
-                .await?;
+                send(&mut write, &Response::Error(e)).await?;
                 continue;
             }
         };
@@ -144,6 +150,37 @@ async fn serve(
         send(&mut write, &response).await?;
     }
     Ok(())
+}
+
+/// The longest request served. A policy is a few hundred bytes; without a
+/// bound, any local user (the socket is 0666) could make the daemon buffer
+/// one endless line until it runs out of memory.
+pub const MAX_REQUEST: usize = 64 << 10;
+
+/// One request line without its newline; `None` at the end of the stream.
+async fn next_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<String>> {
+    buf.clear();
+    let n = (&mut *reader)
+        .take(MAX_REQUEST as u64 + 1)
+        .read_until(b'\n', buf)
+        .await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    } else if buf.len() > MAX_REQUEST {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("request longer than {MAX_REQUEST} bytes"),
+        ));
+    }
+    String::from_utf8(std::mem::take(buf))
+        .map(Some)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "request is not UTF-8"))
 }
 
 async fn send(
@@ -191,6 +228,30 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn request_lines_are_bounded() {
+        let mut buf = Vec::new();
+        let mut two: &[u8] = b"{\"op\":\"status\"}\n{\"op\":\"pvds\"}";
+        assert_eq!(
+            next_line(&mut two, &mut buf).await.unwrap().as_deref(),
+            Some("{\"op\":\"status\"}")
+        );
+        assert_eq!(
+            next_line(&mut two, &mut buf).await.unwrap().as_deref(),
+            Some("{\"op\":\"pvds\"}")
+        );
+        assert_eq!(next_line(&mut two, &mut buf).await.unwrap(), None);
+
+        let endless = vec![b'x'; MAX_REQUEST + 10];
+        let err = next_line(&mut endless.as_slice(), &mut buf)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        let mut exact = vec![b'x'; MAX_REQUEST];
+        exact.push(b'\n');
+        assert!(next_line(&mut exact.as_slice(), &mut buf).await.is_ok());
+    }
 
     #[test]
     fn only_root_or_the_group_may_change() {

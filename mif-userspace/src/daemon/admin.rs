@@ -8,7 +8,7 @@ use tokio::sync::broadcast;
 
 use super::prepare::check_config;
 use crate::{
-    config::{check_cgroup_path, normalize_cgroup},
+    config::normalize_cgroup,
     control::protocol::{MonitorEvent, PolicyView, PvdView, Request, Response, StatusView},
     instance::InstanceOptions,
     policies::{self, Origin, PolicySpec},
@@ -91,6 +91,7 @@ impl Admin {
                 .count(),
             policies: state.resolved().len(),
             policies_pending: state.pending().len(),
+            policies_over_capacity: crate::plan::over_capacity(state.resolved()).len(),
             last_reload_error: self.last_reload_error.clone(),
         }
     }
@@ -100,21 +101,9 @@ impl Admin {
     async fn set_policy(
         &mut self,
         reconciler: &mut Reconciler,
-        mut spec: PolicySpec,
+        spec: PolicySpec,
     ) -> Result<(), String> {
-        check_cgroup_path(&spec.cgroup).map_err(|e| format!("cgroup {:?}: {e}", spec.cgroup))?;
-        spec.cgroup = normalize_cgroup(&spec.cgroup);
-        if spec.prefer.is_empty() || spec.prefer.len() > mif_common::MAX_PREFER {
-            return Err(format!(
-                "--prefer: list 1 to {} PvDs",
-                mif_common::MAX_PREFER
-            ));
-        }
-        for (i, name) in spec.prefer.iter().enumerate() {
-            if spec.prefer[..i].contains(name) {
-                return Err(format!("--prefer: {name:?} listed twice"));
-            }
-        }
+        let spec = spec.checked().map_err(|e| e.to_string())?;
         let known = reconciler
             .known_pvd_names()
             .await
@@ -140,6 +129,9 @@ impl Admin {
                 ));
             }
         }
+        let state = reconciler.policy_state();
+        policies::check_capacity(&state.set, &spec, state.cgroup2(), &state.attach)
+            .map_err(|e| e.to_string())?;
         reconciler
             .policy_state_mut()
             .set
@@ -216,6 +208,10 @@ fn policy_views(reconciler: &Reconciler) -> Vec<PolicyView> {
         .map(|(spec, origin): (PolicySpec, Origin)| {
             let matches = state.matches_of(&spec.cgroup);
             let pattern = crate::cgroup_pattern::is_pattern(&spec.cgroup);
+            let left_out = crate::plan::over_capacity(state.resolved())
+                .iter()
+                .filter(|r| matches.iter().any(|m| m.cgroup_id == r.cgroup_id))
+                .count();
             PolicyView {
                 id: matches.first().map(|r| r.id),
                 cgroup_id: if pattern {
@@ -227,6 +223,9 @@ fn policy_views(reconciler: &Reconciler) -> Vec<PolicyView> {
                     (_, 0) => "pending".into(),
                     (false, _) => "active".into(),
                     (true, n) => format!("active ({n} cgroups)"),
+                } + &match left_out {
+                    0 => String::new(),
+                    n => format!(", {n} not enforced: policy map full"),
                 },
                 spec,
                 origin,

@@ -333,6 +333,16 @@ fn register(socket: Socket) -> io::Result<AsyncFd<Socket>> {
     Ok(unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }?)
 }
 
+/// The events one datagram stands for, as the daemon would queue them.
+/// Public for the fuzz targets (`fuzz/`): the kernel frames the datagrams,
+/// but the router advertisement options inside come from any host on a
+/// link, so no input may make this panic.
+pub fn decode(datagram: &[u8]) -> Vec<NetEvent> {
+    let mut events = VecDeque::new();
+    decode_datagram(datagram, &mut events);
+    events.into()
+}
+
 /// Decodes the netlink messages of one datagram into events.
 fn decode_datagram(mut datagram: &[u8], events: &mut VecDeque<NetEvent>) {
     while !datagram.is_empty() {

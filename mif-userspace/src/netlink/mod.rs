@@ -23,9 +23,10 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 
 pub use self::{
     error::NetlinkError,
-    events::{subscribe, ChangeKind, Dnssl, NetEvent, NetEvents, Rdnss},
+    events::{decode as decode_events, subscribe, ChangeKind, Dnssl, NetEvent, NetEvents, Rdnss},
     interfaces::{Interface, InterfaceAddr},
     plan::{PvdRouting, MIF_PROTOCOL},
+    ra::{parse_nduseropt, RaOptions, RaParseError},
 };
 
 /// An rtnetlink connection to one network namespace.

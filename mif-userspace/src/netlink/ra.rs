@@ -107,7 +107,7 @@ pub enum RaParseError {
 
 /// Parses the payload of an `RTM_NEWNDUSEROPT` message (what follows the
 /// `nlmsghdr`).
-pub(crate) fn parse_nduseropt(payload: &[u8]) -> Result<RaOptions, RaParseError> {
+pub fn parse_nduseropt(payload: &[u8]) -> Result<RaOptions, RaParseError> {
     let header = payload
         .get(..HEADER_LEN)
         .ok_or(RaParseError::Truncated("nduseroptmsg header"))?;
