@@ -114,9 +114,68 @@ impl Cgroup2 {
         })
     }
 
-    /// Paths (relative to the root) of the cgroups with the given ids, found
-    /// by walking the tree below `under`. Ids not found are left out.
+    /// Paths (relative to the root) of the cgroups with the given ids. Ids
+    /// not found are left out.
+    ///
+    /// Each id is first opened as a file handle (cgroup2 exports its ids
+    /// as kernfs handles; needs CAP_DAC_READ_SEARCH): one system call per
+    /// id, where walking the tree took seconds on a host with 100,000
+    /// cgroups. Ids that cannot be opened so are looked for by the walk.
     pub fn paths_of(&self, under: &str, ids: &HashSet<u64>) -> HashMap<u64, String> {
+        let mut found: HashMap<u64, String> = ids
+            .iter()
+            .filter_map(|&id| Some((id, self.path_by_handle(id)?)))
+            .collect();
+        if found.len() < ids.len() {
+            let missing: HashSet<u64> = ids
+                .iter()
+                .filter(|id| !found.contains_key(id))
+                .copied()
+                .collect();
+            found.extend(self.paths_by_walk(under, &missing));
+        }
+        found
+    }
+
+    /// The path of cgroup `id` by `open_by_handle_at`, relative to the root.
+    fn path_by_handle(&self, id: u64) -> Option<String> {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+        /// `FILEID_KERNFS` (include/linux/exportfs.h): a kernfs node id.
+        const FILEID_KERNFS: i32 = 0xfe;
+        #[repr(C)]
+        struct KernfsHandle {
+            handle_bytes: u32,
+            handle_type: i32,
+            id: u64,
+        }
+        let mount = fs::File::open(&self.mount).ok()?;
+        let mut handle = KernfsHandle {
+            handle_bytes: 8,
+            handle_type: FILEID_KERNFS,
+            id,
+        };
+        // SAFETY: `handle` has the layout of `struct file_handle` with an
+        // 8-byte `f_handle`, as `handle_bytes` says; the kernel only reads it.
+        let fd = unsafe {
+            libc::open_by_handle_at(
+                mount.as_raw_fd(),
+                (&mut handle as *mut KernfsHandle).cast(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let path = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+        let rel = path.strip_prefix(&self.mount).ok()?;
+        Some(format!("/{}", rel.display()))
+    }
+
+    /// Paths of the cgroups with the given ids, by walking the tree below
+    /// `under`.
+    fn paths_by_walk(&self, under: &str, ids: &HashSet<u64>) -> HashMap<u64, String> {
         let mut found = HashMap::new();
         let start = self.mount.join(under.trim_start_matches('/'));
         let mut stack = vec![start];
@@ -155,6 +214,29 @@ impl Cgroup {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn ids_are_named_by_handle_and_by_walk_alike() {
+        let Ok(cgroup2) = Cgroup2::find() else {
+            return; // no cgroup2 here: nothing to name
+        };
+        let rel = format!("/mif-unit-{}", std::process::id());
+        if fs::create_dir(cgroup2.mount().join(&rel[1..])).is_err() {
+            return; // not root: cannot make a cgroup
+        }
+        let child = cgroup2.resolve(&rel).unwrap();
+        let root = cgroup2.resolve("/").unwrap();
+        let ids: HashSet<u64> = [root.id, child.id].into();
+        let direct = cgroup2.path_by_handle(child.id);
+        let by_handle = cgroup2.paths_of("/", &ids);
+        let by_walk = cgroup2.paths_by_walk("/", &ids);
+        fs::remove_dir(cgroup2.mount().join(&rel[1..])).unwrap();
+        assert_eq!(direct, Some(rel.clone()));
+        assert_eq!(by_handle.get(&child.id), Some(&rel));
+        assert_eq!(by_handle.get(&root.id).map(String::as_str), Some("/"));
+        assert_eq!(by_handle, by_walk);
+    }
+
     use super::*;
 
     #[test]

@@ -21,7 +21,7 @@
 //! queue overflow the watcher re-arms itself and reports [`CgroupEvent::Rescan`]:
 //! walk again.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     fs, io,
     os::fd::{AsFd as _, AsRawFd, RawFd},
     path::{Path, PathBuf},
@@ -72,6 +72,8 @@ enum Place {
     Within,
     /// Above a root that it leads to: watched, to see the way down appear.
     Above,
+    /// An exact cgroup: reported, not watched.
+    Exact,
     /// Neither: ignored.
     Outside,
 }
@@ -101,6 +103,15 @@ pub struct CgroupWatcher {
     mount: PathBuf,
     /// Normalized roots (relative paths).
     roots: Vec<String>,
+    /// The same, for lookups by each ancestor of a path (there may be
+    /// 100,000 roots: a scan of all of them per directory was quadratic).
+    root_set: HashSet<String>,
+    /// Cgroups reported when they appear or go, but not watched below
+    /// (the cgroups of literal policies: what happens inside them needs no
+    /// daemon; children inherit in the kernel).
+    exact: HashSet<String>,
+    /// Every proper ancestor of a root or an exact cgroup.
+    above: HashSet<String>,
     fd: AsyncFd<InotifyFd>,
     by_wd: HashMap<WatchDescriptor, String>,
     /// Watched directories, ordered so a subtree is a contiguous range.
@@ -131,17 +142,39 @@ impl CgroupWatcher {
         cgroup2_mount: &Path,
         roots: impl IntoIterator<Item = R>,
     ) -> Result<Self, WatchError> {
-        let mut normalized = Vec::new();
-        for rel in roots {
-            let rel = rel.as_ref();
+        Self::with_exact(cgroup2_mount, roots, std::iter::empty::<&str>())
+    }
+
+    /// As [`CgroupWatcher::new`], and also reports the `exact` cgroups
+    /// themselves appearing and going, without watching below them.
+    pub fn with_exact<R: AsRef<str>, E: AsRef<str>>(
+        cgroup2_mount: &Path,
+        roots: impl IntoIterator<Item = R>,
+        exact: impl IntoIterator<Item = E>,
+    ) -> Result<Self, WatchError> {
+        let normalize = |rel: &str| {
             if rel.split('/').any(|c| c == "." || c == "..") {
                 return Err(WatchError::BadRoot { rel: rel.into() });
             }
-            let rel = normalize_cgroup(rel);
-            if !normalized.contains(&rel) {
+            Ok(normalize_cgroup(rel))
+        };
+        let mut normalized = Vec::new();
+        let mut root_set = HashSet::new();
+        for rel in roots {
+            let rel = normalize(rel.as_ref())?;
+            if root_set.insert(rel.clone()) {
                 normalized.push(rel);
             }
         }
+        let exact = exact
+            .into_iter()
+            .map(|rel| normalize(rel.as_ref()))
+            .collect::<Result<HashSet<String>, _>>()?;
+        let above = normalized
+            .iter()
+            .chain(&exact)
+            .flat_map(|rel| proper_ancestors(rel))
+            .collect();
         tokio::runtime::Handle::try_current()
             .map_err(|e| WatchError::Runtime(io::Error::other(e)))?;
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
@@ -154,6 +187,9 @@ impl CgroupWatcher {
         let mut watcher = Self {
             mount: cgroup2_mount.to_path_buf(),
             roots: normalized,
+            root_set,
+            exact,
+            above,
             fd,
             by_wd: HashMap::new(),
             by_rel: BTreeMap::new(),
@@ -256,14 +292,16 @@ impl CgroupWatcher {
     }
 
     fn place(&self, rel: &str) -> Place {
-        if self.roots.iter().any(|root| is_within(rel, root)) {
+        let within = std::iter::once(rel.to_string())
+            .chain(proper_ancestors(rel))
+            .any(|r| self.root_set.contains(&r));
+        if within {
             Place::Within
-        } else if self
-            .roots
-            .iter()
-            .any(|root| root != rel && is_within(root, rel))
-        {
+        } else if self.above.contains(rel) {
+            // Above an exact cgroup too: its parent's watch sees it come and go.
             Place::Above
+        } else if self.exact.contains(rel) {
+            Place::Exact
         } else {
             Place::Outside
         }
@@ -287,6 +325,12 @@ impl CgroupWatcher {
             if place == Place::Outside {
                 continue;
             }
+            if place == Place::Exact {
+                if self.path_of(&rel).is_dir() && self.known.insert(rel.clone()) && report {
+                    self.pending.push_back(CgroupEvent::Created(rel));
+                }
+                continue;
+            }
             let path = self.path_of(&rel);
             match self.fd.get_ref().0.add_watch(&path, watch_mask()) {
                 Ok(wd) => self.record_watch(wd, &rel),
@@ -301,7 +345,8 @@ impl CgroupWatcher {
                     });
                 }
             }
-            if place == Place::Within && self.known.insert(rel.clone()) && report {
+            let reported = place == Place::Within || self.exact.contains(&rel);
+            if reported && self.known.insert(rel.clone()) && report {
                 self.pending.push_back(CgroupEvent::Created(rel.clone()));
             }
             // Pushed in reverse so they are visited (and reported) in
@@ -390,6 +435,7 @@ impl CgroupWatcher {
 }
 
 /// Whether `rel` is `ancestor` or below it (both normalized).
+#[cfg(test)]
 fn is_within(rel: &str, ancestor: &str) -> bool {
     ancestor == "/"
         || rel == ancestor
@@ -427,6 +473,20 @@ where
             .take_while(|k| k.starts_with(&below))
             .cloned(),
     );
+    out
+}
+
+/// The ancestors of `rel` up to the root, nearest first: `/a/b` → `/a`, `/`.
+fn proper_ancestors(rel: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = rel;
+    while current != "/" {
+        current = match current.rfind('/') {
+            Some(0) | None => "/",
+            Some(i) => &current[..i],
+        };
+        out.push(current.to_string());
+    }
     out
 }
 
@@ -707,6 +767,50 @@ mod tests {
         let want = [created(pg.rel("new/child/grandchild"))];
         assert_eq!(expect(&mut w, &want).await, want);
         quiet(&mut w).await;
+    }
+
+    /// An exact cgroup is reported when it comes and goes (also when its
+    /// parents come later), and nothing below it is watched or reported.
+    async fn exact_cgroup(pg: Playground) {
+        let exact = pg.rel("svc/app");
+        let mut w =
+            CgroupWatcher::with_exact(&pg.mount, std::iter::empty::<&str>(), [&exact]).unwrap();
+        pg.mkdir("svc/app/child");
+        pg.mkdir("svc/other");
+        assert_eq!(
+            expect(&mut w, &[created(exact.clone())]).await,
+            [created(exact.clone())]
+        );
+        quiet(&mut w).await;
+        let watches = w.watch_count();
+        pg.mkdir("svc/app/child/deeper");
+        quiet(&mut w).await;
+        assert_eq!(w.watch_count(), watches, "nothing below an exact cgroup");
+        pg.rmdir("svc/app/child/deeper");
+        pg.rmdir("svc/app/child");
+        pg.rmdir("svc/app");
+        assert_eq!(
+            expect(&mut w, &[removed(exact.clone())]).await,
+            [removed(exact.clone())]
+        );
+        pg.mkdir("svc/app");
+        assert_eq!(
+            expect(&mut w, &[created(exact.clone())]).await,
+            [created(exact)]
+        );
+        quiet(&mut w).await;
+    }
+
+    #[tokio::test]
+    async fn exact_cgroup_on_a_plain_directory() {
+        exact_cgroup(Playground::tempdir()).await;
+    }
+
+    #[tokio::test]
+    async fn exact_cgroup_on_cgroupfs() {
+        if let Some(pg) = Playground::cgroupfs("exact_cgroup_on_cgroupfs") {
+            exact_cgroup(pg).await;
+        }
     }
 
     #[tokio::test]

@@ -84,6 +84,10 @@ pub struct PolicyState {
     pub attach: Cgroup,
     resolved: Vec<ResolvedPolicy>,
     pending: Vec<Pending>,
+    /// Whether policies or cgroups may have changed since the last resolve.
+    /// Resolving looks up every policy's cgroup (a `stat` each: seconds for
+    /// 100,000 policies), and a pass for a network change needs none of it.
+    stale: bool,
 }
 
 impl PolicyState {
@@ -95,6 +99,7 @@ impl PolicyState {
             attach,
             resolved: Vec::new(),
             pending: Vec::new(),
+            stale: true,
         }
     }
 
@@ -102,6 +107,12 @@ impl PolicyState {
     fn resolve(&mut self) {
         (self.resolved, self.pending) =
             policies::resolve(&self.set, &self.cgroup2, &self.attach, &mut self.ids);
+        self.stale = false;
+    }
+
+    /// Cgroups appeared or went away: the next pass resolves every policy.
+    pub fn cgroups_changed(&mut self) {
+        self.stale = true;
     }
 
     pub fn resolved(&self) -> &[ResolvedPolicy] {
@@ -124,20 +135,39 @@ impl PolicyState {
         }
     }
 
-    /// Where new cgroups must be watched for: the literal prefixes of the
-    /// pattern policies.
-    pub fn watch_roots(&self) -> Vec<String> {
-        let mut roots: Vec<String> = self
-            .set
-            .all()
-            .iter()
-            .filter_map(|(s, _)| crate::cgroup_pattern::CgroupPattern::parse(&s.cgroup).ok())
-            .filter(|p| !p.is_literal())
-            .map(|p| p.literal_prefix().to_string())
-            .collect();
-        roots.sort();
-        roots.dedup();
-        roots
+    /// Where new cgroups must be watched for: below the literal prefixes
+    /// of the pattern policies, and the cgroups of literal policies
+    /// themselves, so that one deleted and made again (a restarted service)
+    /// is steered again at once, not at the next periodic check.
+    pub fn watch_targets(&self) -> WatchTargets {
+        let mut targets = WatchTargets::default();
+        for (spec, _) in self.set.all().iter() {
+            if crate::cgroup_pattern::is_pattern(&spec.cgroup) {
+                if let Ok(p) = crate::cgroup_pattern::CgroupPattern::parse(&spec.cgroup) {
+                    targets.roots.push(p.literal_prefix().to_string());
+                }
+            } else {
+                targets.exact.push(spec.cgroup.clone());
+            }
+        }
+        for list in [&mut targets.roots, &mut targets.exact] {
+            list.sort();
+            list.dedup();
+        }
+        targets
+    }
+}
+
+/// What the daemon's cgroup watcher watches: subtrees, and single cgroups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchTargets {
+    pub roots: Vec<String>,
+    pub exact: Vec<String>,
+}
+
+impl WatchTargets {
+    pub fn is_empty(&self) -> bool {
+        self.roots.is_empty() && self.exact.is_empty()
     }
 }
 
@@ -214,7 +244,17 @@ impl Reconciler {
         &self.policy
     }
 
+    /// Makes the next pass resolve every policy and rewrite every map entry
+    /// (the periodic check: it catches cgroups that came and went unwatched
+    /// and entries someone else changed).
+    pub fn recheck_everything(&mut self) {
+        self.policy.stale = true;
+        self.maps.forget_written();
+    }
+
+    /// For changes to the policy set (the next pass resolves them).
     pub fn policy_state_mut(&mut self) -> &mut PolicyState {
+        self.policy.stale = true;
         &mut self.policy
     }
 
@@ -260,6 +300,7 @@ impl Reconciler {
     /// Takes a reloaded config: its PvDs and its policies.
     pub fn replace_config(&mut self, config: Config) -> Vec<crate::policies::PolicySpec> {
         let displaced = self.policy.set.replace_config(&config);
+        self.policy.stale = true;
         self.config = config;
         displaced
     }
@@ -287,10 +328,9 @@ impl Reconciler {
                 skipped.join(", ")
             );
         }
-        if verify {
-            self.maps.forget_written();
+        if self.policy.stale {
+            self.policy.resolve();
         }
-        self.policy.resolve();
         let mut desired = plan::desired(&pvds, self.policy.resolved(), &self.rules);
         // Losses first: stop choosing a PvD that went away before any slow
         // work (containers' addresses, routing dumps and installs).

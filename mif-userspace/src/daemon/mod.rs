@@ -40,7 +40,7 @@ use crate::{
     policies::{self, PolicySet},
     pvd::PvdState,
     reconcile::PolicyState,
-    reconcile::{Lost, Reconciler},
+    reconcile::{Lost, Reconciler, WatchTargets},
     sockdiag,
 };
 
@@ -138,6 +138,16 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
         }
         return Err(e);
     }
+    // Per-domain DNS selection; held until the daemon returns (its drop
+    // turns the kernel's redirection to it off). Without it, DNS still
+    // follows each application's PvD, only declared domains are not
+    // honoured: a failure is logged, not fatal.
+    let _dns_forwarder = crate::dns::Forwarder::start(&steering.pins, &prepared.config)
+        .await
+        .unwrap_or_else(|e| {
+            warn!("DNS forwarder not started: {e:#}");
+            None
+        });
     let mut control =
         match control::server::start(&control::socket_path(&opts.instance.pin_dir), writers) {
             Ok(control) => control,
@@ -199,37 +209,59 @@ async fn follow(
     let mut containers = tokio::time::interval(CONTAINER_SCAN_INTERVAL);
     let mut known_containers = reconciler.foreign_fingerprint();
     let mut watcher = CgroupWatch::new(reconciler);
+    // A watcher reports only what changes after it exists: cgroups made
+    // since the start-up pass are found by resolving once more now.
+    reconciler.policy_state_mut().cgroups_changed();
+    if let Err(e) = reconciler.reconcile(false).await {
+        warn!("reconciling: {e:#}");
+    }
     loop {
         let verify = tokio::select! {
-                        _ = signals.term.recv() => return Ok(()),
+            _ = signals.term.recv() => return Ok(()),
             _ = signals.int.recv() => return Ok(()),
-                                    _ = recheck.tick() => true,
-                        event = watcher.next() => {
+            _ = recheck.tick() => {
+                reconciler.recheck_everything();
+                true
+            }
+            event = watcher.next() => {
                 if event.is_none() {
                     continue;
                 }
+                // Take whatever else is already queued: one pass for a burst
+                // (a container runtime makes several cgroups at once).
+                while let Some(Some(_)) = watcher.next().now_or_never() {}
+                reconciler.policy_state_mut().cgroups_changed();
                 false
             }
-            _ = containers.tick() => {let now = reconciler.foreign_fingerprint();
+            _ = containers.tick() => {
+                let now = reconciler.foreign_fingerprint();
                 if now == known_containers {
                     continue;
                 }
                 known_containers = now;
+                reconciler.policy_state_mut().cgroups_changed();
                 false
             }
-                                    _ = signals.hup.recv() => {
+            _ = signals.hup.recv() => {
                 let _ = admin.reload(reconciler).await;
-                watcher.follow(reconciler);
-                continue;
+                if !watcher.follow(reconciler) {
+                    continue;
+                }
+                // A new watcher: see what appeared before it (as at start).
+                reconciler.policy_state_mut().cgroups_changed();
+                false
             }
             command = control.commands.recv() => {
                 let Some(command) = command else { continue };
                 let before = reconciler.pvds().to_vec();
                 let response = admin.handle(reconciler, &control.monitor, command.request).await;
-                                let _ = command.reply.send(response);
+                let _ = command.reply.send(response);
                 announce_pvd_changes(&before, reconciler, &control.monitor);
-                watcher.follow(reconciler);
-                continue;
+                if !watcher.follow(reconciler) {
+                    continue;
+                }
+                reconciler.policy_state_mut().cgroups_changed();
+                false
             }
             event = events.next() => {
                 let Some(first) = event else {
@@ -238,11 +270,14 @@ async fn follow(
                 // Take whatever else is already queued: one pass for a burst.
                 let mut verify = false;
                 let mut pending = Some(first);
-                while let Some(event) = pending.take().or_else(|| events.next().now_or_never().flatten()) {
+                while let Some(event) =
+                    pending.take().or_else(|| events.next().now_or_never().flatten())
+                {
                     verify |= needs_verify(&event);
                     if let NetEvent::RaOptions { ifindex, rdnss, .. } = &event {
                         for option in rdnss {
-                            let servers: Vec<IpAddr> = option.servers.iter().map(|&a| a.into()).collect();
+                            let servers: Vec<IpAddr> =
+                                option.servers.iter().map(|&a| a.into()).collect();
                             reconciler.learn_ra_dns(*ifindex, &servers, option.lifetime);
                         }
                     }
@@ -266,7 +301,7 @@ async fn follow(
 /// Watches cgroupfs where pattern policies may gain cgroups, so a new
 /// container's cgroup is steered the moment it appears.
 struct CgroupWatch {
-    roots: Vec<String>,
+    targets: WatchTargets,
     watcher: Option<CgroupWatcher>,
     mount: std::path::PathBuf,
 }
@@ -275,7 +310,7 @@ impl CgroupWatch {
     fn new(reconciler: &Reconciler) -> Self {
         let mount = reconciler.policy_state().cgroup2().mount().to_path_buf();
         let mut watch = Self {
-            roots: Vec::new(),
+            targets: WatchTargets::default(),
             watcher: None,
             mount,
         };
@@ -283,19 +318,22 @@ impl CgroupWatch {
         watch
     }
 
-    /// Re-targets the watcher when the pattern policies changed.
-    fn follow(&mut self, reconciler: &Reconciler) {
-        let roots = reconciler.policy_state().watch_roots();
-        if roots == self.roots && (self.watcher.is_some() || roots.is_empty()) {
-            return;
+    /// Re-targets the watcher when the policies changed.
+    /// Returns whether it watches anew (then cgroups made before the new
+    /// watcher existed must be looked for by the caller).
+    fn follow(&mut self, reconciler: &Reconciler) -> bool {
+        let targets = reconciler.policy_state().watch_targets();
+        if targets == self.targets && (self.watcher.is_some() || targets.is_empty()) {
+            return false;
         }
-        self.watcher = match roots.is_empty() {
+        self.watcher = match targets.is_empty() {
             true => None,
-            false => CgroupWatcher::new(&self.mount, &roots)
-                .map_err(|e| warn!("watching cgroups for pattern policies: {e}"))
+            false => CgroupWatcher::with_exact(&self.mount, &targets.roots, &targets.exact)
+                .map_err(|e| warn!("watching cgroups for policies: {e}"))
                 .ok(),
         };
-        self.roots = roots;
+        self.targets = targets;
+        self.watcher.is_some()
     }
 
     /// The next change below the roots; pending forever when nothing is watched.
