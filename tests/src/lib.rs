@@ -1,5 +1,6 @@
 //! Support code for mif's end-to-end tests.
 
 pub mod bench;
+pub mod e2e;
 pub mod lab;
 pub mod mif;

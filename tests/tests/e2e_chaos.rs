@@ -7,15 +7,15 @@
 //! (SIGKILL under load and interfaces re-created with a new index are in
 //! e2e_live.rs.)
 use std::{
-    net::IpAddr,
     path::Path,
     process::Output,
     sync::RwLock,
     time::{Duration, Instant},
 };
 
+use mif_tests::e2e::{two_networks as lab, wait_until_leaves_by};
 use mif_tests::{
-    lab::{ClientReply, Family, Lab, Network, Proto, INTERNET_V4, INTERNET_V6},
+    lab::{Family, Lab},
     mif::{mif_path, Daemon},
     skip_unless_root,
 };
@@ -28,48 +28,12 @@ const POLICY_CAPACITY: usize = mif_common::MAX_POLICIES as usize;
 /// querying them): it runs alone, the others share.
 static HEAVY: RwLock<()> = RwLock::new(());
 
-fn lab() -> Lab {
-    Lab::new(&["wlan0", "wwan0"]).expect("building the lab")
-}
-
 fn policy(cgroup: &str, prefer: &[&str]) -> String {
     let prefer: Vec<String> = prefer.iter().map(|p| format!("{p:?}")).collect();
     format!(
         "[[policy]]\ncgroup = {cgroup:?}\nprefer = [{}]\n",
         prefer.join(", ")
     )
-}
-
-fn leaves_by(lab: &Lab, cgroup: &Path, family: Family) -> anyhow::Result<ClientReply> {
-    let to: IpAddr = match family {
-        Family::V4 => INTERNET_V4.into(),
-        Family::V6 => INTERNET_V6.into(),
-    };
-    lab.client(Some(cgroup), Proto::Tcp, to, None)
-}
-
-/// Polls until a TCP client in `cgroup` leaves by `net` with `net`'s own
-/// address as source (or by no PvD at all when `net` is None: the main
-/// table's network 0), failing after `within` with the last answer.
-fn wait_until_leaves_by(lab: &Lab, cgroup: &Path, family: Family, net: &Network, within: Duration) {
-    let expected = ClientReply {
-        network: net.name.clone(),
-        source: match family {
-            Family::V4 => net.host_v4.into(),
-            Family::V6 => net.host_v6.into(),
-        },
-    };
-    let deadline = Instant::now() + within;
-    loop {
-        let got = leaves_by(lab, cgroup, family);
-        match &got {
-            Ok(reply) if *reply == expected => return,
-            _ if Instant::now() > deadline => {
-                panic!("{family:?}: expected {expected:?}, last got {got:?}")
-            }
-            _ => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
 }
 
 /// Polls `check` every 100 ms until it holds or `within` passes.

@@ -8,15 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use mif_tests::e2e::two_networks as lab;
 use mif_tests::{
     lab::{Family, Lab, Proto, INTERNET_V4},
     mif::{mif_path, Daemon},
     skip_unless_root,
 };
-
-fn lab() -> Lab {
-    Lab::new(&["wlan0", "wwan0"]).expect("building the lab")
-}
 
 /// `mif ARGS --pin-dir <the daemon's>`, in the lab's host namespace.
 fn mif(lab: &Lab, daemon: &Daemon, args: &[&str]) -> Output {

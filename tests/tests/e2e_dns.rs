@@ -7,10 +7,10 @@
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
+use mif_tests::e2e::{policy_toml as policy, two_networks as lab};
 use mif_tests::{
     lab::{big_txt_chunk, Dnsmasq, Lab, Resolver, BIG_TXT, CORP_DOMAIN},
     mif::Daemon,
@@ -19,18 +19,6 @@ use mif_tests::{
 
 const STUB_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53));
 const STUB_V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
-
-fn lab() -> Lab {
-    Lab::new(&["wlan0", "wwan0"]).expect("building the lab")
-}
-
-fn policy(cgroup: &str, prefer: &[&str], extra: &str) -> String {
-    let prefer: Vec<String> = prefer.iter().map(|p| format!("{p:?}")).collect();
-    format!(
-        "[[policy]]\ncgroup = {cgroup:?}\nprefer = [{}]\n{extra}\n",
-        prefer.join(", ")
-    )
-}
 
 /// Each network's PvD with its own router as resolver.
 fn pvds_with_resolvers(lab: &Lab) -> String {
@@ -276,41 +264,7 @@ fn a_resolver_learned_from_a_router_advertisement_is_used() {
     let out = lab.dig(Some(&app), STUB_V6, false, "A").unwrap();
     assert_answered_by(&out, Resolver::Stub, "before the RA");
 
-    let dir = std::env::temp_dir().join(format!("mif-dns-radvd-{}", lab.host_ns_name()));
-    std::fs::create_dir_all(&dir).unwrap();
-    // radvd refuses configs in world-writable places.
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let conf = dir.join("radvd.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "interface eth0 {{\n AdvSendAdvert on;\n MinRtrAdvInterval 3;\n MaxRtrAdvInterval 4;\n \
-             AdvDefaultLifetime 0;\n prefix 2001:db8:1::/64 {{ AdvAutonomous off; }};\n \
-             RDNSS {learned} {{ AdvRDNSSLifetime 60; }};\n}};\n"
-        ),
-    )
-    .unwrap();
-    let sysctl = lab
-        .command_in_router(1, "sysctl", ["-qw", "net.ipv6.conf.all.forwarding=1"])
-        .unwrap();
-    assert!(lab
-        .output(sysctl, Duration::from_secs(5))
-        .unwrap()
-        .status
-        .success());
-    let pid = dir.join("radvd.pid");
-    let args = [
-        "-n",
-        "-C",
-        conf.to_str().unwrap(),
-        "-p",
-        pid.to_str().unwrap(),
-        "-m",
-        "stderr",
-    ];
-    let mut radvd = lab.command_in_router(1, "radvd", args).unwrap();
-    radvd.stdin(Stdio::null());
-    let _radvd = lab.spawn(radvd).unwrap();
+    let _radvd = lab.advertise_rdnss(1, learned).unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -330,7 +284,6 @@ fn a_resolver_learned_from_a_router_advertisement_is_used() {
     // `mif pvd list` says where the resolver came from.
     let list = stdout(&daemon.mif(&["pvd", "list"]).unwrap());
     assert!(list.contains(&learned.to_string()), "{list}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

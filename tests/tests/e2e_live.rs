@@ -12,56 +12,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use mif_tests::e2e::{policy_toml as policy, two_networks as lab};
 use mif_tests::{
-    lab::{ClientReply, Family, Lab, Network, Proto, INTERNET_V4, INTERNET_V6},
+    lab::{Family, Lab, Network, Proto, INTERNET_V4},
     mif::Daemon,
     skip_unless_root,
 };
 
-fn lab() -> Lab {
-    Lab::new(&["wlan0", "wwan0"]).expect("building the lab")
-}
-
-fn policy(cgroup: &str, prefer: &[&str], extra: &str) -> String {
-    let prefer: Vec<String> = prefer.iter().map(|p| format!("{p:?}")).collect();
-    format!(
-        "[[policy]]\ncgroup = {cgroup:?}\nprefer = [{}]\n{extra}\n",
-        prefer.join(", ")
-    )
-}
-
-fn internet(family: Family) -> IpAddr {
-    match family {
-        Family::V4 => INTERNET_V4.into(),
-        Family::V6 => INTERNET_V6.into(),
-    }
-}
-
-fn host_addr(net: &Network, family: Family) -> IpAddr {
-    match family {
-        Family::V4 => net.host_v4.into(),
-        Family::V6 => net.host_v6.into(),
-    }
-}
-
-/// Polls until a TCP client in `cgroup` reports `expected` (network and
-/// source), or fails after 5 s with the last answer.
+/// Within 5 s: what "at once" means for a daemon following netlink.
 fn wait_until_leaves_by(lab: &Lab, cgroup: &Path, family: Family, net: &Network) {
-    let expected = ClientReply {
-        network: net.name.clone(),
-        source: host_addr(net, family),
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let got = lab.client(Some(cgroup), Proto::Tcp, internet(family), None);
-        match &got {
-            Ok(reply) if *reply == expected => return,
-            _ if Instant::now() > deadline => {
-                panic!("{family:?}: expected {expected:?}, last got {got:?}")
-            }
-            _ => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
+    mif_tests::e2e::wait_until_leaves_by(lab, cgroup, family, net, Duration::from_secs(5));
 }
 
 fn bring_back(lab: &Lab, net: &Network) {
@@ -204,38 +164,9 @@ fn a_router_advertisement_with_rdnss_becomes_the_pvds_dns_servers() {
     let config = policy(&format!("{}/app", lab.cgroup_rel()), &["wwan0"], "");
     let daemon = Daemon::start(&lab, &config).unwrap();
 
-    // radvd on router 1 advertises a DNS server (radvd wants forwarding on,
-    // which is per namespace: the router's own).
-    let dir = tempfile_dir(&lab);
-    let conf = dir.join("radvd.conf");
-    std::fs::write(
-        &conf,
-        "interface eth0 {\n AdvSendAdvert on;\n MinRtrAdvInterval 3;\n MaxRtrAdvInterval 4;\n \
-         AdvDefaultLifetime 0;\n prefix 2001:db8:1::/64 { AdvAutonomous off; };\n \
-         RDNSS 2001:db8:1::53 { AdvRDNSSLifetime 60; };\n};\n",
-    )
-    .unwrap();
-    let sysctl = lab
-        .command_in_router(1, "sysctl", ["-qw", "net.ipv6.conf.all.forwarding=1"])
+    let _radvd = lab
+        .advertise_rdnss(1, "2001:db8:1::53".parse().unwrap())
         .unwrap();
-    assert!(lab
-        .output(sysctl, Duration::from_secs(5))
-        .unwrap()
-        .status
-        .success());
-    let pid = dir.join("radvd.pid");
-    let args = [
-        "-n",
-        "-C",
-        conf.to_str().unwrap(),
-        "-p",
-        pid.to_str().unwrap(),
-        "-m",
-        "stderr",
-    ];
-    let mut radvd = lab.command_in_router(1, "radvd", args).unwrap();
-    radvd.stdin(Stdio::null());
-    let _radvd = lab.spawn(radvd).unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -265,15 +196,6 @@ fn a_router_advertisement_with_rdnss_becomes_the_pvds_dns_servers() {
         assert!(Instant::now() < deadline, "no RDNSS learned: {wwan:#}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let _ = std::fs::remove_dir_all(dir);
-}
-
-fn tempfile_dir(lab: &Lab) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("mif-radvd-{}", lab.host_ns_name()));
-    std::fs::create_dir_all(&dir).unwrap();
-    // radvd refuses configs in world-writable places.
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    dir
 }
 
 #[test]

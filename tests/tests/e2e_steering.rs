@@ -4,31 +4,12 @@
 //! UDP.
 use std::{net::IpAddr, path::Path};
 
+use mif_tests::e2e::{internet, policy_toml as policy, two_networks as lab};
 use mif_tests::{
-    lab::{ClientFailure, Family, Lab, Network, Proto, INTERNET_V4, INTERNET_V6},
+    lab::{ClientFailure, Family, Lab, Network, Proto, INTERNET_V4},
     mif::Daemon,
     skip_unless_root,
 };
-
-fn lab() -> Lab {
-    Lab::new(&["wlan0", "wwan0"]).expect("building the lab")
-}
-
-/// `[[policy]]` entries as TOML.
-fn policy(cgroup: &str, prefer: &[&str], extra: &str) -> String {
-    let prefer: Vec<String> = prefer.iter().map(|p| format!("{p:?}")).collect();
-    format!(
-        "[[policy]]\ncgroup = {cgroup:?}\nprefer = [{}]\n{extra}\n",
-        prefer.join(", ")
-    )
-}
-
-fn internet(family: Family) -> IpAddr {
-    match family {
-        Family::V4 => INTERNET_V4.into(),
-        Family::V6 => INTERNET_V6.into(),
-    }
-}
 
 fn host_addr(net: &Network, family: Family) -> IpAddr {
     match family {

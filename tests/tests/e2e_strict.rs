@@ -11,15 +11,12 @@ use std::{
     process::Stdio,
 };
 
+use mif_tests::e2e::{internet, two_networks as lab};
 use mif_tests::{
     lab::{ClientFailure, ClientReply, Family, Lab, Proto, INTERNET_V4, INTERNET_V6},
     mif::Daemon,
     skip_unless_root,
 };
-
-fn lab() -> Lab {
-    Lab::new(&["wlan0", "wwan0"]).expect("building the lab")
-}
 
 /// A strict policy for `<lab>/<rel>` preferring only wwan0, plus `extra`.
 fn strict_config(lab: &Lab, rel: &str, extra: &str) -> String {
@@ -27,13 +24,6 @@ fn strict_config(lab: &Lab, rel: &str, extra: &str) -> String {
         "[[policy]]\ncgroup = \"{}/{rel}\"\nprefer = [\"wwan0\"]\nstrict = true\n{extra}\n",
         lab.cgroup_rel()
     )
-}
-
-fn internet(family: Family) -> IpAddr {
-    match family {
-        Family::V4 => INTERNET_V4.into(),
-        Family::V6 => INTERNET_V6.into(),
-    }
 }
 
 /// Counts, in router `i`'s namespace, the packets arriving from the host

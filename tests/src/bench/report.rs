@@ -286,7 +286,7 @@ impl Report {
             return String::new();
         }
         let mut t = String::new();
-        t += "| cgroup level of the process | levels walked (32 − level) | socket()+close() over (a) | socket()+connect()+close() over (a) |\n";
+        t += "| cgroup level of the process | 32 − level | socket()+close() over (a) | socket()+connect()+close() over (a) |\n";
         t += "| ---: | ---: | ---: | ---: |\n";
         for (level, s, c) in pts {
             let _ = writeln!(t, "| {level} | {} | {s:+.0} ns | {c:+.0} ns |", 32 - level);
@@ -294,13 +294,13 @@ impl Report {
         if let Some((slope, fixed)) = self.walk_fit() {
             let _ = writeln!(
                 t,
-                "\nLeast-squares fit of socket()'s extra cost: {slope:.1} ns per level walked {fixed:+.0} ns (end to end: noisy on this machine)."
+                "\nLeast-squares fit of socket()'s extra cost: {slope:.1} ns per step of (32 − level) {fixed:+.0} ns (end to end: noisy on this machine)."
             );
         }
         if let Some((slope, fixed)) = self.prog_fit("mif_sock_create", Op::Socket) {
             let _ = writeln!(
                 t,
-                "From mif_sock_create's own run time: {slope:.1} ns per level walked {fixed:+.0} ns."
+                "From mif_sock_create's own run time: {slope:.1} ns per step {fixed:+.0} ns."
             );
         }
         t

@@ -43,6 +43,7 @@ mod exec;
 mod names;
 mod netns;
 mod peer;
+mod radvd;
 mod topology;
 
 use std::ffi::OsStr;
@@ -59,6 +60,7 @@ pub use exec::LabChild;
 pub use peer::{
     lab_peer_path, ClientFailure, ClientReply, Family, Proto, SockMark, LAB_PEER_ENV, PEER_PORT,
 };
+pub use radvd::Radvd;
 pub use topology::{Network, INTERNET_V4, INTERNET_V6};
 
 use cgroup::CgroupTree;
