@@ -102,6 +102,11 @@ fn the_deepest_policy_wins() {
         inner_mark != 0 && inner_mark != outer_mark,
         "inner {inner_mark:#x} outer {outer_mark:#x}"
     );
+    // Below both policies, without one of its own: the deeper one applies
+    // (the kernel walks the ancestors; the own cgroup has no policy).
+    let leaf = lab.create_cgroup("outer/inner/leaf/deeper").unwrap();
+    let leaf_mark = lab.sockmark(Some(&leaf), Family::V4).unwrap().mark;
+    assert_eq!(leaf_mark, inner_mark, "outer {outer_mark:#x}");
 }
 
 #[test]

@@ -252,12 +252,15 @@ fn findings(
             and called `bpf_get_current_ancestor_cgroup_id` once per level down \
             to the attach cgroup, most of those calls for levels the process did \
             not have: `mif_sock_create` ran 1000 ns at level 2 and 330 ns at \
-            level 31 (24 ns per level). *Fixed at f760c14:* the process's own \
-            cgroup is looked up first (one helper call and one lookup: the \
-            common case of a policy on a service's or a container's own \
-            cgroup), then the process's level is found by a binary search \
-            (5 calls for 32 levels) and only the levels from there up to the \
-            attach cgroup are walked. *Not done:* remembering the socket's \
+            level 31 (24 ns per level). *Fixed:* the process's own cgroup \
+            is looked up first (one helper call and one lookup: the common \
+            case of a policy on a service's or a container's own cgroup); \
+            otherwise the ancestors are walked from the attach cgroup down to \
+            the process's own level, where the helper starts returning 0, \
+            keeping the deepest policy found. (A first fix, f760c14, found the \
+            process's level by a binary search and walked up from there; the \
+            verifier then explored every level separately, and loading the \
+            programs took 2.4 s instead of 0.6 s.) *Not done:* remembering the socket's \
             policy from `sock_create` in socket-local storage so that \
             `connect4`/`sendmsg4` need no second lookup.\n";
 
