@@ -63,6 +63,37 @@ fn link_down_fails_over_and_link_up_returns_for_both_families() {
 }
 
 #[test]
+fn carrier_loss_fails_over_and_carrier_return_steers_back() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let config = policy(
+        &format!("{}/app", lab.cgroup_rel()),
+        &["wwan0", "wlan0"],
+        "",
+    );
+    let _daemon = Daemon::start(&lab, &config).unwrap();
+    let (wlan, wwan) = (lab.network(0), lab.network(1));
+
+    wait_until_leaves_by(&lab, &app, Family::V4, wwan);
+    // wwan0 stays up, without a carrier: a link-down event nonetheless.
+    lab.set_carrier(wwan.index, false).unwrap();
+    let state = lab.ip_host(&["link", "show", "dev", "wwan0"]).unwrap();
+    assert!(
+        state.contains("NO-CARRIER") && state.contains(",UP"),
+        "{state}"
+    );
+    for family in [Family::V4, Family::V6] {
+        wait_until_leaves_by(&lab, &app, family, wlan);
+    }
+    lab.set_carrier(wwan.index, true).unwrap();
+    bring_back(&lab, wwan);
+    for family in [Family::V4, Family::V6] {
+        wait_until_leaves_by(&lab, &app, family, wwan);
+    }
+}
+
+#[test]
 fn strict_policies_refuse_while_their_pvd_is_down_and_resume_after() {
     skip_unless_root!();
     let lab = lab();

@@ -63,7 +63,7 @@ const RECEIVE_BUFFER: usize = 4 << 20;
 
 /// Read buffer: one datagram. The kernel sizes notifications to fit a page
 /// or so; netlink-proto uses the same 64 KiB for whole dump batches.
-const DATAGRAM_BUFFER: usize = 64 << 10;
+pub const DATAGRAM_BUFFER: usize = 64 << 10;
 
 /// Datagrams read in one poll at most, so a flood cannot starve the
 /// runtime's other tasks.
@@ -74,11 +74,18 @@ const NLMSG_HEADER: usize = 16;
 
 /// What the daemon must react to. Events are triggers: the daemon re-dumps
 /// interfaces and reconciles, so no event carries content except router
-/// advertisement options, which no dump returns.
+/// advertisement options, which no dump returns, and the index of a link
+/// that went down, which the daemon acts on before the dump.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetEvent {
     /// A link, address, route or rule was added, changed or removed.
     Changed(ChangeKind),
+    /// A link is down (administratively, or it lost its carrier) or was
+    /// removed. Always followed by `Changed(Link)` for the full pass; this
+    /// lets the daemon stop choosing the link's PvDs at once, without
+    /// waiting for the dump (the "link down → flag cleared" time of
+    /// docs/benchmarks.md).
+    LinkDown { ifindex: u32 },
     /// DNS options of a router advertisement (`RTM_NEWNDUSEROPT`). The
     /// kernel sends each option of an advertisement in a message of its
     /// own, so usually one of the lists holds one entry and the other is
@@ -309,6 +316,20 @@ impl Stream for NetEvents {
 /// A non-blocking `NETLINK_ROUTE` socket in the calling thread's namespace,
 /// member of [`GROUPS`], with a large receive buffer.
 fn open_socket() -> io::Result<Socket> {
+    let socket = socket_for(&GROUPS)?;
+    socket.set_non_blocking(true)?;
+    Ok(socket)
+}
+
+/// A blocking `NETLINK_ROUTE` socket in the calling thread's namespace that
+/// receives link notifications only, for a thread of its own
+/// ([`crate::link_watch`]); [`decode`] reads its datagrams.
+pub fn link_socket() -> io::Result<Socket> {
+    socket_for(&[libc::RTNLGRP_LINK])
+}
+
+/// A blocking socket bound to `groups`, with a large receive buffer.
+fn socket_for(groups: &[u32]) -> io::Result<Socket> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     // SO_RCVBUFFORCE goes past `net.core.rmem_max` but needs CAP_NET_ADMIN;
     // without it, SO_RCVBUF gives as much as rmem_max allows.
@@ -317,10 +338,9 @@ fn open_socket() -> io::Result<Socket> {
         socket.set_rx_buf_sz(RECEIVE_BUFFER as libc::c_int)?;
     }
     socket.bind_auto()?;
-    for group in GROUPS {
+    for &group in groups {
         socket.add_membership(group)?;
     }
-    socket.set_non_blocking(true)?;
     Ok(socket)
 }
 
@@ -356,14 +376,18 @@ fn decode_datagram(mut datagram: &[u8], events: &mut VecDeque<NetEvent>) {
             return;
         }
         let kind = u16::from_ne_bytes([datagram[4], datagram[5]]);
-        if let Some(event) = event_of(kind, &datagram[NLMSG_HEADER..len]) {
+        let payload = &datagram[NLMSG_HEADER..len];
+        if let Some(ifindex) = link_down(kind, payload) {
+            push(events, NetEvent::LinkDown { ifindex });
+        }
+        if let Some(event) = event_of(kind, payload) {
             push(events, event);
         }
         datagram = datagram.get(align4(len)..).unwrap_or_default();
     }
 }
 
-/// The event one message stands for, if any.
+/// The trigger one message stands for, if any.
 fn event_of(kind: u16, payload: &[u8]) -> Option<NetEvent> {
     let changed = |kind| Some(NetEvent::Changed(kind));
     match kind {
@@ -385,6 +409,26 @@ fn event_of(kind: u16, payload: &[u8]) -> Option<NetEvent> {
     }
 }
 
+/// `sizeof(struct ifinfomsg)`: family, pad, type, index, flags, change.
+const IFINFOMSG: usize = 16;
+
+/// The index of the link a link message reports down or removed. "Up" is
+/// what [`super::Interface::up`] means: `IFF_UP` and a carrier
+/// (`IFF_LOWER_UP` or `IFF_RUNNING`); anything else cannot carry traffic.
+fn link_down(kind: u16, payload: &[u8]) -> Option<u32> {
+    if kind != libc::RTM_NEWLINK && kind != libc::RTM_DELLINK {
+        return None;
+    }
+    let header = payload.get(..IFINFOMSG)?;
+    let ifindex = i32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
+    let flags = u32::from_ne_bytes([header[8], header[9], header[10], header[11]]);
+    let carrier = (libc::IFF_LOWER_UP | libc::IFF_RUNNING) as u32;
+    let up = flags & libc::IFF_UP as u32 != 0 && flags & carrier != 0;
+    // Index 0 names no link.
+    let ifindex = u32::try_from(ifindex).ok().filter(|&i| i != 0)?;
+    (kind == libc::RTM_DELLINK || !up).then_some(ifindex)
+}
+
 /// Queues an event, dropping triggers that one already queued covers: the
 /// daemon's reconcile for that one will see this change too, since it
 /// happens after this was read. One `ip link set down` sends a dozen
@@ -392,7 +436,7 @@ fn event_of(kind: u16, payload: &[u8]) -> Option<NetEvent> {
 fn push(events: &mut VecDeque<NetEvent>, event: NetEvent) {
     match event {
         NetEvent::Changed(_) | NetEvent::Resync if events.contains(&NetEvent::Resync) => {}
-        NetEvent::Changed(_) if events.contains(&event) => {}
+        NetEvent::Changed(_) | NetEvent::LinkDown { .. } if events.contains(&event) => {}
         NetEvent::Resync => {
             events.retain(|queued| !matches!(queued, NetEvent::Changed(_)));
             events.push_back(event);
@@ -463,6 +507,52 @@ mod tests {
             decode(&datagram),
             [Link, Address, Route, Rule].map(NetEvent::Changed)
         );
+    }
+
+    /// An `ifinfomsg` for link `index` with `flags`.
+    fn ifinfo(index: i32, flags: i32) -> Vec<u8> {
+        let mut msg = vec![0; 4];
+        msg.extend_from_slice(&index.to_ne_bytes());
+        msg.extend_from_slice(&(flags as u32).to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg
+    }
+
+    #[test]
+    fn links_down_or_removed_are_named() {
+        use libc::{IFF_LOWER_UP, IFF_RUNNING, IFF_UP};
+        let datagram = [
+            // Up with carrier: only the trigger.
+            nlmsg(libc::RTM_NEWLINK, &ifinfo(3, IFF_UP | IFF_LOWER_UP)),
+            // Up without carrier, administratively down, removed.
+            nlmsg(libc::RTM_NEWLINK, &ifinfo(4, IFF_UP)),
+            nlmsg(libc::RTM_NEWLINK, &ifinfo(5, IFF_LOWER_UP | IFF_RUNNING)),
+            nlmsg(libc::RTM_DELLINK, &ifinfo(6, IFF_UP | IFF_LOWER_UP)),
+            // The same link twice, a header too short to say: one event.
+            nlmsg(libc::RTM_NEWLINK, &ifinfo(4, 0)),
+            nlmsg(libc::RTM_NEWLINK, &ifinfo(7, 0)[..8]),
+            // Addresses are not links.
+            nlmsg(libc::RTM_DELADDR, &ifinfo(8, 0)),
+        ]
+        .concat();
+        let down = |ifindex| NetEvent::LinkDown { ifindex };
+        assert_eq!(
+            decode(&datagram),
+            [
+                NetEvent::Changed(ChangeKind::Link),
+                down(4),
+                down(5),
+                down(6),
+                NetEvent::Changed(ChangeKind::Address),
+            ]
+        );
+        // A resync drops the triggers it covers, not what to withdraw now.
+        let mut events = VecDeque::new();
+        push(&mut events, down(4));
+        push(&mut events, NetEvent::Changed(ChangeKind::Link));
+        push(&mut events, NetEvent::Resync);
+        push(&mut events, down(5));
+        assert_eq!(Vec::from(events), [down(4), NetEvent::Resync, down(5)]);
     }
 
     #[test]
@@ -705,6 +795,15 @@ mod tests {
         found.unwrap_or_else(|_| panic!("nothing expected within {within:?}; got {skipped:?}"))
     }
 
+    /// The index of a link in the calling thread's namespace.
+    fn link_index(name: &str) -> u32 {
+        let name = std::ffi::CString::new(name).unwrap();
+        // SAFETY: a NUL-terminated string that outlives the call.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert_ne!(index, 0, "no link {name:?}");
+        index
+    }
+
     async fn expect_change(events: &mut NetEvents, kind: ChangeKind) {
         let changed = NetEvent::Changed(kind);
         expect(events, Duration::from_secs(1), |event| *event == changed).await;
@@ -765,9 +864,15 @@ mod tests {
                     Rule,
                 ),
             ];
+            let dev_index = link_index(DEV);
             for (command, kind) in steps {
                 drain(&mut events).await;
                 ip(command);
+                if command[..3] == ["link", "set", DEV] {
+                    // Before the full pass's trigger: which link went down.
+                    let down = NetEvent::LinkDown { ifindex: dev_index };
+                    expect(&mut events, Duration::from_secs(1), |e| *e == down).await;
+                }
                 expect_change(&mut events, kind).await;
             }
         });

@@ -23,7 +23,10 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 
 pub use self::{
     error::NetlinkError,
-    events::{decode as decode_events, subscribe, ChangeKind, Dnssl, NetEvent, NetEvents, Rdnss},
+    events::{
+        decode as decode_events, link_socket, subscribe, ChangeKind, Dnssl, NetEvent, NetEvents,
+        Rdnss, DATAGRAM_BUFFER,
+    },
     interfaces::{Interface, InterfaceAddr},
     plan::{PvdRouting, MIF_PROTOCOL},
     ra::{parse_nduseropt, RaOptions, RaParseError},

@@ -290,6 +290,31 @@ impl Lab {
         Ok(())
     }
 
+    /// Takes network `i`'s carrier away or gives it back: the router's end
+    /// of the veth goes down or up, so the host's interface stays
+    /// administratively up but shows NO-CARRIER, as when a cable is pulled
+    /// or a modem drops off.
+    /// The router's IPv6 gateway address comes back with the carrier (the
+    /// kernel flushed it when the router's end went down).
+    pub fn set_carrier(&self, i: usize, carrier: bool) -> Result<()> {
+        let state = if carrier { "up" } else { "down" };
+        self.ip_router(i, &["link", "set", topology::ROUTER_IF, state])?;
+        if carrier {
+            let gateway = format!("{}/64", self.networks[i].gateway_v6);
+            let add = [
+                "-6",
+                "addr",
+                "replace",
+                &gateway,
+                "dev",
+                topology::ROUTER_IF,
+                "nodad",
+            ];
+            self.ip_router(i, &add)?;
+        }
+        Ok(())
+    }
+
     /// The ifindex of a host-namespace interface (e.g. to compare with a
     /// socket's SO_BINDTOIFINDEX).
     pub fn host_ifindex(&self, name: &str) -> Result<u32> {

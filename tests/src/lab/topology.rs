@@ -26,7 +26,7 @@ pub const INTERNET_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub const INTERNET_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1);
 
 /// The router-side end of each veth (namespaces keep names apart).
-const ROUTER_IF: &str = "eth0";
+pub(crate) const ROUTER_IF: &str = "eth0";
 
 /// One network of the lab, as the host sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
