@@ -10,6 +10,7 @@ use log::{info, warn};
 use crate::{
     pins::PinDir,
     plan::{Desired, POLICY_CAPACITY},
+    pvd_table::SharedPvdTable,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +34,11 @@ pub enum MapsError {
 
 pub struct KernelMaps {
     policies: HashMap<MapData, u64, Policy>,
-    pvds: HashMap<MapData, u32, Pvd>,
+    /// Shared with the link-down thread ([`crate::link_watch`]).
+    pvds: SharedPvdTable,
+    /// The PvD table's generation when the current pass began: PvDs of
+    /// links that went down after it are written unavailable.
+    generation: u64,
     meta: HashMap<MapData, u32, PvdMeta>,
     counters: PerCpuHashMap<MapData, CounterKey, Counters>,
     instance: Array<MapData, Settings>,
@@ -80,13 +85,24 @@ impl KernelMaps {
     pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
         Ok(Self {
             policies: typed!(pins, names::MAP_POLICIES),
-            pvds: typed!(pins, names::MAP_PVDS),
+            pvds: SharedPvdTable::new(typed!(pins, names::MAP_PVDS)),
+            generation: 0,
             meta: typed!(pins, names::MAP_PVD_META),
             counters: typed!(pins, names::MAP_COUNTERS),
             instance: typed!(pins, names::MAP_INSTANCE),
             over_capacity: 0,
             written_policies: None,
         })
+    }
+
+    /// The PvD map, for the link-down thread.
+    pub fn pvd_table(&self) -> SharedPvdTable {
+        self.pvds.clone()
+    }
+
+    /// Marks the start of a pass, before its dump (see [`crate::pvd_table`]).
+    pub fn begin_pass(&mut self) {
+        self.generation = self.pvds.lock().generation();
     }
 
     /// Makes the maps hold exactly `desired`. PvDs are written before the
@@ -108,7 +124,8 @@ impl KernelMaps {
                 .insert(index, meta, 0)
                 .map_err(fail(names::MAP_PVD_META, "write"))?;
             self.pvds
-                .insert(index, pvd, 0)
+                .lock()
+                .insert(*index, pvd, self.generation)
                 .map_err(fail(names::MAP_PVDS, "write"))?;
         }
         self.report_over_capacity(&desired.over_capacity);
@@ -149,18 +166,19 @@ impl KernelMaps {
         }
         self.written_policies = Some(desired.policies.iter().copied().collect());
         let keep: HashSet<u32> = desired.pvds.iter().map(|(k, _, _)| *k).collect();
-        let stale: Vec<u32> = self
-            .pvds
-            .keys()
-            .filter_map(Result::ok)
+        let mut pvds = self.pvds.lock();
+        let stale: Vec<u32> = pvds
+            .entries()
+            .into_iter()
+            .map(|(k, _)| k)
             .filter(|k| !keep.contains(k))
             .collect();
         for key in stale {
-            self.pvds
-                .remove(&key)
+            pvds.remove(key)
                 .map_err(fail(names::MAP_PVDS, "remove from"))?;
             let _ = self.meta.remove(&key);
         }
+        pvds.settle(self.generation);
         Ok(())
     }
 
@@ -177,26 +195,33 @@ impl KernelMaps {
     pub fn withdraw_lost(&mut self, desired: &Desired) -> Result<usize, MapsError> {
         let mut changed = 0;
         for (index, pvd, _) in &desired.pvds {
-            let Ok(current) = self.pvds.get(index, 0) else {
-                continue;
-            };
-            let kept = current.flags & pvd.flags;
-            if kept != current.flags {
-                let withdrawn = Pvd {
-                    flags: kept,
-                    ..current
-                };
-                self.pvds
-                    .insert(index, withdrawn, 0)
-                    .map_err(|e| MapsError::Update {
-                        name: names::MAP_PVDS,
-                        action: "write",
-                        source: Box::new(e),
-                    })?;
-                changed += 1;
-            }
+            changed += usize::from(self.keep_only(*index, pvd.flags)?);
         }
         Ok(changed)
+    }
+
+    /// Keeps only `flags` of a PvD's availability; whether that changed it.
+    /// A PvD not in the map yet has nothing to take away.
+    fn keep_only(&mut self, index: u32, flags: u32) -> Result<bool, MapsError> {
+        let mut pvds = self.pvds.lock();
+        let Ok(current) = pvds.get(index) else {
+            return Ok(false);
+        };
+        let kept = current.flags & flags;
+        if kept == current.flags {
+            return Ok(false);
+        }
+        let withdrawn = Pvd {
+            flags: kept,
+            ..current
+        };
+        pvds.insert(index, &withdrawn, self.generation)
+            .map_err(|e| MapsError::Update {
+                name: names::MAP_PVDS,
+                action: "write",
+                source: Box::new(e),
+            })?;
+        Ok(true)
     }
 
     /// Logs policies left out for want of room in the policy map, once per
@@ -239,10 +264,9 @@ impl KernelMaps {
     }
 
     pub fn pvds(&self) -> Vec<(u32, Pvd, Option<PvdMeta>)> {
-        let mut v: Vec<_> = self
-            .pvds
-            .iter()
-            .filter_map(Result::ok)
+        let entries = self.pvds.lock().entries();
+        let mut v: Vec<_> = entries
+            .into_iter()
             .map(|(i, p)| (i, p, self.meta.get(&i, 0).ok()))
             .collect();
         v.sort_by_key(|(i, _, _)| *i);

@@ -309,6 +309,9 @@ impl Reconciler {
     /// checked against the kernel and re-asserted if someone removed it.
     /// Returns the (PvD, family) pairs that stopped being available.
     pub async fn reconcile(&mut self, verify: bool) -> anyhow::Result<Vec<Lost>> {
+        // Before the dump: links that go down from here on are the
+        // link-down thread's to withdraw, and this pass must not undo that.
+        self.maps.begin_pass();
         let interfaces = self
             .netlink
             .interfaces()

@@ -110,6 +110,12 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
             None => None,
         },
     };
+    // Started before the first pass: a link lost during start-up is
+    // withdrawn at once too. Without it every loss still reaches the maps,
+    // only a pass later.
+    if let Err(e) = crate::link_watch::spawn(maps.pvd_table()) {
+        warn!("no link-down fast path ({e}); lost links are withdrawn by the regular pass only");
+    }
     let mut reconciler = Reconciler::new(
         netlink.clone(),
         prepared.config.clone(),
