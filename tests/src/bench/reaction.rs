@@ -91,6 +91,11 @@ impl LinkCtl {
 pub struct Reaction {
     /// Link down → availability flag cleared, milliseconds, one per flap.
     pub flag_ms: Vec<f64>,
+    /// Link down → the ioctl returned: the kernel's own work, at whose end
+    /// it sends the notification mif reacts to.
+    pub kernel_ms: Vec<f64>,
+    /// The ioctl returned → flag cleared: mif's share of `flag_ms`.
+    pub after_kernel_ms: Vec<f64>,
     /// Link down → socket() of the first connection leaving by wlan0.
     pub conn_ms: Vec<f64>,
     /// Connection attempts that failed while wwan0 was down but still chosen.
@@ -196,12 +201,20 @@ pub fn run(tb: &mut Testbed<'_>, flaps: usize, exe: &Path, cpu: Option<usize>) -
         std::thread::sleep(Duration::from_millis(2));
         let t0 = now_ns();
         link.set_up(NETWORKS[1], false)?;
+        // The kernel announces the link down at the end of the ioctl,
+        // after flushing the link's routes and addresses: up to here is the
+        // kernel's own time, the rest is mif's.
+        let t_announced = now_ns();
         let t1 = poll_flags(maps, wwan, |f| f & PVD_AVAIL_V4 == 0)
             .with_context(|| format!("flap {flap}: availability never cleared"))?;
         let (t2, failed) = watcher
             .hit()
             .with_context(|| format!("flap {flap}: no connection left by wlan0"))?;
         out.flag_ms.push(t1.saturating_sub(t0) as f64 / 1e6);
+        out.kernel_ms
+            .push(t_announced.saturating_sub(t0) as f64 / 1e6);
+        out.after_kernel_ms
+            .push(t1.saturating_sub(t_announced) as f64 / 1e6);
         out.conn_ms.push(t2.saturating_sub(t0) as f64 / 1e6);
         out.failed_attempts += failed;
 
