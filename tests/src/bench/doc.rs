@@ -97,8 +97,10 @@ pub fn markdown(r: &Report) -> String {
            namespace) exists only during (d).\n";
     md += "- **(e)** the floor: the application sets `SO_MARK` itself on every \
            socket (part of the measured cost), with mif's tables and rules.\n\n";
-    md += "Every round visits every variant once, in an order rotated each round, \
-           so that the machine's noise hits all alike; after each switch the \
+    md += "Every round visits every variant once, so that the machine's noise \
+           hits all alike, in orders that put every variant after every other \
+           equally often over the rounds (a Williams design: what one variant \
+           leaves behind burdens no single other one); after each switch the \
            benchmark waits until the machine is idle (a stopped daemon's maps and \
            programs are freed by kernel workers). A round's sample is the median \
            of its batches; the table shows the median over rounds and the \

@@ -1,7 +1,10 @@
 //! Per-connection and per-packet costs of every variant, interleaved: each
-//! round visits every variant once (in an order rotated every round), so
-//! whatever the machine's neighbours do hits all variants alike. A round
-//! gives one sample per (operation, variant): the median of its batches.
+//! round visits every variant once, so whatever the machine's neighbours do
+//! hits all variants alike. The orders form a Williams design: over the
+//! rounds every variant follows every other equally often, so what one
+//! variant leaves behind (TIME_WAIT sockets, conntrack entries, a daemon's
+//! freed maps) burdens no single other variant. A round gives one sample
+//! per (operation, variant): the median of its batches.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -67,9 +70,8 @@ pub fn run(tb: &mut Testbed<'_>, variants: &[Variant], p: &Params, exe: &Path) -
             total,
             if warm { " (warm-up)" } else { "" }
         );
-        let mut order = variants.to_vec();
-        order.rotate_left(round % variants.len());
-        for v in order {
+        let order = williams_order(variants.len(), round).into_iter();
+        for v in order.map(|i| variants[i]) {
             super::check_interrupted()?;
             eprint!(" {}", v.letter());
             let port = CRR_PORT + variants.iter().position(|x| *x == v).unwrap_or(0) as u16;
@@ -86,6 +88,28 @@ pub fn run(tb: &mut Testbed<'_>, variants: &[Variant], p: &Params, exe: &Path) -
     tb.enter(Variant::None)?;
     results.elapsed = started.elapsed();
     Ok(results)
+}
+
+/// Round `round`'s order of `n` variants (indices) in a Williams design: a
+/// Latin square whose rows, taken over `n` rounds (`2n` when `n` is odd,
+/// the second `n` reversed), put every variant right after every other
+/// equally often. A plain rotation would always put the same variant
+/// before each one.
+fn williams_order(n: usize, round: usize) -> Vec<usize> {
+    if n == 0 {
+        return Vec::new();
+    }
+    // 0, 1, n-1, 2, n-2, …: consecutive differences take every value once.
+    let base = (0..n).map(|i| match i {
+        0 => 0,
+        _ if i % 2 == 1 => i.div_ceil(2),
+        _ => n - i / 2,
+    });
+    let mut order: Vec<usize> = base.map(|b| (b + round) % n).collect();
+    if n % 2 == 1 && (round / n) % 2 == 1 {
+        order.reverse();
+    }
+    order
 }
 
 /// One worker run of every operation in `variant`'s state.
@@ -281,4 +305,43 @@ pub fn program_times(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::williams_order;
+    use std::collections::BTreeMap;
+
+    /// How often each ordered pair (before, after) is adjacent in rounds
+    /// `0..rounds`.
+    fn adjacent_pairs(n: usize, rounds: usize) -> BTreeMap<(usize, usize), usize> {
+        let mut pairs = BTreeMap::new();
+        for round in 0..rounds {
+            let order = williams_order(n, round);
+            let mut sorted = order.clone();
+            sorted.sort();
+            assert_eq!(
+                sorted,
+                (0..n).collect::<Vec<_>>(),
+                "round {round}: {order:?}"
+            );
+            for w in order.windows(2) {
+                *pairs.entry((w[0], w[1])).or_default() += 1;
+            }
+        }
+        pairs
+    }
+
+    #[test]
+    fn every_variant_follows_every_other_equally_often() {
+        for n in 2..=12 {
+            let rounds = if n % 2 == 0 { n } else { 2 * n };
+            let pairs = adjacent_pairs(n, rounds);
+            assert_eq!(pairs.len(), n * (n - 1), "n = {n}: {pairs:?}");
+            let counts: Vec<usize> = pairs.values().copied().collect();
+            assert!(counts.iter().all(|&c| c == counts[0]), "n = {n}: {pairs:?}");
+        }
+        assert_eq!(williams_order(1, 5), [0]);
+        assert_eq!(williams_order(0, 0), Vec::<usize>::new());
+    }
 }

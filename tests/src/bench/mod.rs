@@ -142,7 +142,9 @@ impl Plan {
         }
         Self {
             params: Params {
-                rounds: 16,
+                // One whole Williams design for the 11 variants (an odd
+                // number: 2 × 11 orders, see `measure::williams_order`).
+                rounds: 22,
                 warmup: 1,
                 batches: 3,
                 iters: vec![
