@@ -148,7 +148,6 @@ struct Routing {
     rules: Vec<(&'static str, String, u32)>,
     /// (family flag, route)
     routes: Vec<(&'static str, String)>,
-    tables: Vec<u32>,
 }
 
 /// Which of mif's rules are installed, and in which order.
@@ -300,16 +299,6 @@ impl<'lab> Testbed<'lab> {
             for line in routes.lines().map(str::trim).filter(|l| !l.is_empty()) {
                 // The filter hides the protocol from the listing.
                 routing.routes.push((family, format!("{line} proto 241")));
-                let mut words = line.split_whitespace();
-                while let Some(w) = words.next() {
-                    if w == "table" {
-                        if let Some(t) = words.next().and_then(|t| t.parse().ok()) {
-                            if !routing.tables.contains(&t) {
-                                routing.tables.push(t);
-                            }
-                        }
-                    }
-                }
             }
         }
         if routing.rules.is_empty() || routing.routes.is_empty() {
@@ -326,7 +315,9 @@ impl<'lab> Testbed<'lab> {
         let path = self.work_dir.join(format!("ip{family}.batch"));
         std::fs::write(&path, lines.join("\n") + "\n")?;
         let path = path.display().to_string();
-        self.lab.ip_host(&[family, "-batch", &path])?;
+        self.lab
+            .ip_host(&[family, "-batch", &path])
+            .with_context(|| format!("ip {family} -batch of:\n{}", lines.join("\n")))?;
         Ok(())
     }
 
@@ -348,12 +339,12 @@ impl<'lab> Testbed<'lab> {
                     lines.push(format!("rule del {sel} priority {prio}"));
                 }
                 if want == Rules::Off {
-                    lines.extend(
-                        self.routing
-                            .tables
-                            .iter()
-                            .map(|t| format!("route flush table {t}")),
-                    );
+                    // Route by route: `ip -6 route flush` skips an
+                    // `unreachable default` of metric 2^32-1 (it takes it
+                    // for the kernel's null entry), and mif's tables end in
+                    // one.
+                    let routes = self.routing.routes.iter().filter(|r| r.0 == family);
+                    lines.extend(routes.map(|(_, r)| format!("route del {r}")));
                 }
             }
             if self.rules == Rules::Off {
