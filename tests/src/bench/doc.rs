@@ -273,12 +273,19 @@ fn findings(
     if let (Some(crr), Some(ex)) = (ratio(Op::TcpCrr, b, a), extra(Op::TcpCrr, b)) {
         let _ = write!(
             md,
-            "On TCP_CRR mif measures {} ({ex:+.0} ns per connection; (e) SO_MARK, \
-             which needs the same rules but no programs: {}). ",
+            "On TCP_CRR mif measures {} (median of the per-round ratios; the \
+             medians differ by {ex:+.0} ns per connection; (e) SO_MARK, which \
+             needs the same rules but no programs: {}). ",
             pct(crr),
             ratio(Op::TcpCrr, Variant::SoMark, a).map_or("–".into(), pct)
         );
     }
+    *md += "*History:* three runs with the old order (the last at e7060ff) measured +8.1 %, -5.3 % and \
+            +7.1 %: the variants ran in a rotated order, so (b) always ran right \
+            after (a). *Changed at 5cb2d71:* the orders form a Williams design \
+            (every variant after every other equally often), 22 rounds, one \
+            whole design. One run cannot show that the order was the cause of \
+            those results, but the old order was a bias of its own. ";
     if let (Some(sc), Some(c4), Some(base)) = (
         prog(b, Op::UdpConnect, "mif_sock_create"),
         prog(b, Op::UdpConnect, "mif_connect4"),
