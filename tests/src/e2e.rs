@@ -2,7 +2,7 @@
 //! TOML, and waiting until a cgroup's traffic leaves by a network.
 use std::{
     net::IpAddr,
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -21,6 +21,15 @@ pub fn policy_toml(cgroup: &str, prefer: &[&str], extra: &str) -> String {
         "[[policy]]\ncgroup = {cgroup:?}\nprefer = [{}]\n{extra}\n",
         prefer.join(", ")
     )
+}
+
+/// Creates the lab's cgroup `app` and a config with one policy for it
+/// (`prefer`, `extra` as in [`policy_toml`]); returns the cgroup's path and
+/// the config.
+pub fn app_with_policy(lab: &Lab, prefer: &[&str], extra: &str) -> (PathBuf, String) {
+    let app = lab.create_cgroup("app").expect("creating the app's cgroup");
+    let config = policy_toml(&format!("{}/app", lab.cgroup_rel()), prefer, extra);
+    (app, config)
 }
 
 /// The "internet" address every router serves, of `family`.

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mif_tests::e2e::{policy_toml as policy, two_networks as lab};
+use mif_tests::e2e::{app_with_policy, two_networks as lab};
 use mif_tests::{
     lab::{Family, Lab, Network, Proto, INTERNET_V4},
     mif::Daemon,
@@ -32,12 +32,7 @@ fn bring_back(lab: &Lab, net: &Network) {
 fn link_down_fails_over_and_link_up_returns_for_both_families() {
     skip_unless_root!();
     let lab = lab();
-    let app = lab.create_cgroup("app").unwrap();
-    let config = policy(
-        &format!("{}/app", lab.cgroup_rel()),
-        &["wwan0", "wlan0"],
-        "",
-    );
+    let (app, config) = app_with_policy(&lab, &["wwan0", "wlan0"], "");
     let daemon = Daemon::start(&lab, &config).unwrap();
     let (wlan, wwan) = (lab.network(0), lab.network(1));
 
@@ -66,12 +61,7 @@ fn link_down_fails_over_and_link_up_returns_for_both_families() {
 fn carrier_loss_fails_over_and_carrier_return_steers_back() {
     skip_unless_root!();
     let lab = lab();
-    let app = lab.create_cgroup("app").unwrap();
-    let config = policy(
-        &format!("{}/app", lab.cgroup_rel()),
-        &["wwan0", "wlan0"],
-        "",
-    );
+    let (app, config) = app_with_policy(&lab, &["wwan0", "wlan0"], "");
     let _daemon = Daemon::start(&lab, &config).unwrap();
     let (wlan, wwan) = (lab.network(0), lab.network(1));
 
@@ -97,12 +87,7 @@ fn carrier_loss_fails_over_and_carrier_return_steers_back() {
 fn strict_policies_refuse_while_their_pvd_is_down_and_resume_after() {
     skip_unless_root!();
     let lab = lab();
-    let app = lab.create_cgroup("app").unwrap();
-    let config = policy(
-        &format!("{}/app", lab.cgroup_rel()),
-        &["wwan0"],
-        "strict = true",
-    );
+    let (app, config) = app_with_policy(&lab, &["wwan0"], "strict = true");
     let _daemon = Daemon::start(&lab, &config).unwrap();
     let wwan = lab.network(1);
     wait_until_leaves_by(&lab, &app, Family::V4, wwan);
@@ -132,12 +117,7 @@ fn strict_policies_refuse_while_their_pvd_is_down_and_resume_after() {
 fn renumbering_and_default_route_removal_are_followed() {
     skip_unless_root!();
     let lab = lab();
-    let app = lab.create_cgroup("app").unwrap();
-    let config = policy(
-        &format!("{}/app", lab.cgroup_rel()),
-        &["wwan0", "wlan0"],
-        "",
-    );
+    let (app, config) = app_with_policy(&lab, &["wwan0", "wlan0"], "");
     let _daemon = Daemon::start(&lab, &config).unwrap();
     let (wlan, wwan) = (lab.network(0), lab.network(1));
     wait_until_leaves_by(&lab, &app, Family::V4, wwan);
@@ -191,8 +171,7 @@ fn renumbering_and_default_route_removal_are_followed() {
 fn a_router_advertisement_with_rdnss_becomes_the_pvds_dns_servers() {
     skip_unless_root!();
     let lab = lab();
-    let _daemon_cgroup = lab.create_cgroup("app").unwrap();
-    let config = policy(&format!("{}/app", lab.cgroup_rel()), &["wwan0"], "");
+    let (_app, config) = app_with_policy(&lab, &["wwan0"], "");
     let daemon = Daemon::start(&lab, &config).unwrap();
 
     let _radvd = lab
@@ -233,12 +212,7 @@ fn a_router_advertisement_with_rdnss_becomes_the_pvds_dns_servers() {
 fn sigkill_and_restart_never_misroute_a_connection_and_never_duplicate_programs() {
     skip_unless_root!();
     let lab = lab();
-    let app = lab.create_cgroup("app").unwrap();
-    let config = policy(
-        &format!("{}/app", lab.cgroup_rel()),
-        &["wwan0"],
-        "strict = true",
-    );
+    let (app, config) = app_with_policy(&lab, &["wwan0"], "strict = true");
     let first = Daemon::start(&lab, &config).unwrap();
     let wwan = lab.network(1).clone();
 
@@ -301,12 +275,7 @@ fn sigkill_and_restart_never_misroute_a_connection_and_never_duplicate_programs(
 fn tcp_connections_on_a_lost_pvd_are_reset_when_the_policy_asks() {
     skip_unless_root!();
     let lab = lab();
-    let app = lab.create_cgroup("app").unwrap();
-    let config = policy(
-        &format!("{}/app", lab.cgroup_rel()),
-        &["wwan0", "wlan0"],
-        "reset = true",
-    );
+    let (app, config) = app_with_policy(&lab, &["wwan0", "wlan0"], "reset = true");
     let _daemon = Daemon::start(&lab, &config).unwrap();
 
     // An echo service on wwan0's router and an idle connection to it.
@@ -354,12 +323,7 @@ fn tcp_connections_on_a_lost_pvd_are_reset_when_the_policy_asks() {
 fn a_thousand_link_flaps_leak_nothing() {
     skip_unless_root!();
     let lab = lab();
-    let app = lab.create_cgroup("app").unwrap();
-    let config = policy(
-        &format!("{}/app", lab.cgroup_rel()),
-        &["wwan0", "wlan0"],
-        "",
-    );
+    let (app, config) = app_with_policy(&lab, &["wwan0", "wlan0"], "");
     let daemon = Daemon::start(&lab, &config).unwrap();
     let wwan = lab.network(1);
     wait_until_leaves_by(&lab, &app, Family::V4, wwan);
@@ -407,12 +371,7 @@ fn a_thousand_link_flaps_leak_nothing() {
 fn a_re_created_interface_with_a_new_index_is_steered_again() {
     skip_unless_root!();
     let lab = lab();
-    let app = lab.create_cgroup("app").unwrap();
-    let config = policy(
-        &format!("{}/app", lab.cgroup_rel()),
-        &["wwan0", "wlan0"],
-        "",
-    );
+    let (app, config) = app_with_policy(&lab, &["wwan0", "wlan0"], "");
     let daemon = Daemon::start(&lab, &config).unwrap();
     let (wlan, wwan) = (lab.network(0), lab.network(1));
     wait_until_leaves_by(&lab, &app, Family::V4, wwan);
@@ -489,8 +448,7 @@ fn a_re_created_interface_with_a_new_index_is_steered_again() {
 fn keep_steering_hands_over_to_the_next_daemon_and_cleanup_removes_everything() {
     skip_unless_root!();
     let lab = lab();
-    let app = lab.create_cgroup("app").unwrap();
-    let config = policy(&format!("{}/app", lab.cgroup_rel()), &["wwan0"], "");
+    let (app, config) = app_with_policy(&lab, &["wwan0"], "");
     let wwan = lab.network(1);
     let rules_before = lab.ip_host(&["rule"]).unwrap();
 
