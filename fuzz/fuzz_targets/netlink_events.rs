@@ -31,9 +31,11 @@ fuzz_target!(|data: &[u8]| {
                 index: *ifindex,
                 up: true,
                 loopback: false,
+                kind: Default::default(),
                 addrs: vec![],
-                gateways4: vec![],
-                gateways6: vec![],
+                uplink4: None,
+                uplink6: None,
+                routes: vec![],
             });
             for option in rdnss {
                 let servers: Vec<_> = option.servers.iter().map(|&s| s.into()).collect();

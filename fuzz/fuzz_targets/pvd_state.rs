@@ -1,5 +1,5 @@
-//! The reducer from what netlink reports (interfaces, addresses, default
-//! routes, RA-learned DNS) to PvD state, the transitions between two
+//! The reducer from what netlink reports (interfaces, addresses, uplinks,
+//! more-specific routes, RA-learned DNS) to PvD state, the transitions between two
 //! states, and the desired kernel state: pure functions fed with
 //! arbitrary interface lists, twice in a row as the daemon does.
 #![no_main]
@@ -14,7 +14,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use mif::{
     config,
-    netlink::{Interface, InterfaceAddr},
+    netlink::{HostRoute, Interface, InterfaceAddr, LinkKind, RouteOrigin, Uplink, UplinkShape},
     plan::{self, RuleOptions},
     pvd::{self, LearnedDns, Numbering, Registry},
     reconcile::transitions,
@@ -38,9 +38,14 @@ struct Iface {
     index: u8,
     up: bool,
     loopback: bool,
+    /// Point-to-point (tun) rather than Ethernet.
+    point_to_point: bool,
     addrs: Vec<Addr>,
-    gateways4: Vec<u32>,
-    gateways6: Vec<u128>,
+    /// IPv4 default gateway; 0 for a device-only default (`default dev X`).
+    gateway4: Option<u32>,
+    gateway6: Option<u128>,
+    /// More-specific routes: (destination, prefix length, gateway).
+    routes: Vec<(u128, u8, Option<u128>)>,
     dns: Vec<u128>,
 }
 
@@ -83,6 +88,16 @@ fn address(a: &Addr) -> InterfaceAddr {
         deprecated: a.deprecated,
         tentative: a.tentative,
         temporary: a.temporary,
+        peer: None,
+    }
+}
+
+fn uplink(gateway: Option<IpAddr>) -> Uplink {
+    Uplink {
+        gateway: gateway.filter(|g| !g.is_unspecified()),
+        shape: UplinkShape::Default,
+        table: Some(254),
+        metric: 0,
     }
 }
 
@@ -104,9 +119,29 @@ fn interfaces(list: &[Iface]) -> (Vec<Interface>, LearnedDns) {
             index: u32::from(i.index),
             up: i.up,
             loopback: i.loopback,
+            kind: if i.point_to_point {
+                LinkKind::PointToPoint
+            } else {
+                LinkKind::Ethernet
+            },
             addrs: i.addrs.iter().map(address).collect(),
-            gateways4: i.gateways4.iter().map(|&g| g.into()).collect(),
-            gateways6: i.gateways6.iter().map(|&g| g.into()).collect(),
+            uplink4: i
+                .gateway4
+                .map(|g| uplink(Some(IpAddr::V4(Ipv4Addr::from(g))))),
+            uplink6: i
+                .gateway6
+                .map(|g| uplink(Some(IpAddr::V6(Ipv6Addr::from(g))))),
+            routes: i
+                .routes
+                .iter()
+                .map(|&(dst, prefix_len, gateway)| HostRoute {
+                    dst: IpAddr::V6(Ipv6Addr::from(dst)),
+                    prefix_len,
+                    gateway: gateway.map(|g| IpAddr::V6(Ipv6Addr::from(g))),
+                    metric: 1024,
+                    origin: RouteOrigin::Ra,
+                })
+                .collect(),
         });
     }
     (out, learned)

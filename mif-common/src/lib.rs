@@ -8,7 +8,7 @@
 #![no_std]
 
 /// Version of the map layouts and program semantics. Part of the pin path.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Most PvDs one instance manages; the PvD table is an array of this size.
 pub const MAX_PVDS: u32 = 64;
@@ -18,6 +18,8 @@ pub const MAX_PREFER: usize = 8;
 pub const MAX_POLICIES: u32 = 131_072;
 /// Most (policy, PvD) counter slots.
 pub const MAX_COUNTERS: u32 = 262_144;
+/// Most (policy, prefix) exclusions one instance holds.
+pub const MAX_EXCLUDES: u32 = 16_384;
 /// Deepest cgroup level the policy walk looks at. cgroup trees on real hosts
 /// (systemd slices, kubepods) are under 10 levels deep.
 pub const MAX_CGROUP_DEPTH: u32 = 32;
@@ -35,8 +37,12 @@ pub mod names {
     pub const MAP_DNS_NAT: &str = "MIF_DNS_NAT";
     /// One entry: the daemon's DNS forwarder, when per-domain selection is on.
     pub const MAP_DNS_FWD: &str = "MIF_DNS_FWD";
+    /// (policy id, destination prefix) → excluded: destinations a policy's
+    /// sockets reach by the main table (`exclude`), a longest-prefix trie.
+    pub const MAP_EXCLUDE: &str = "MIF_EXCLUDE";
     /// All maps, as pinned in the pin directory.
-    pub const MAPS: [&str; 7] = [
+    pub const MAPS: [&str; 8] = [
+        MAP_EXCLUDE,
         MAP_DNS_FWD,
         MAP_POLICIES,
         MAP_PVDS,
@@ -109,6 +115,30 @@ pub const POLICY_DENY_RAW: u8 = 1 << 2;
 /// Policy flag: DNS queries (port 53, UDP and TCP) go to the resolvers of
 /// the socket's PvD, whatever server the application asked.
 pub const POLICY_DNS_PVD: u8 = 1 << 3;
+
+/// Policy flag: the policy has destinations that keep the main table's
+/// route (`exclude`): connect() consults [`names::MAP_EXCLUDE`].
+pub const POLICY_EXCLUDES: u8 = 1 << 4;
+
+/// The data of an [`names::MAP_EXCLUDE`] key (the trie's key is this behind
+/// a prefix length in bits): the policy id, then the destination in IPv6
+/// form (IPv4 v4-mapped), so one trie holds every policy's prefixes of both
+/// families and a lookup never crosses policies (the id's 32 bits are
+/// always part of the prefix).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExcludeKey {
+    /// Always wholly inside the prefix, so its byte order does not matter.
+    pub policy: u32,
+    pub addr: [u8; 16],
+}
+
+impl ExcludeKey {
+    /// Bits of the trie prefix for an address prefix of `len` bits.
+    pub const fn prefix_bits(len: u32, v4: bool) -> u32 {
+        32 + if v4 { 96 + len } else { len }
+    }
+}
 
 /// The DNS port, in network byte order as `user_port` holds it.
 pub const DNS_PORT_BE: u32 = 53u16.to_be() as u32;
@@ -209,6 +239,9 @@ impl Policy {
     }
     pub const fn dns_pvd(&self) -> bool {
         self.flags & POLICY_DNS_PVD != 0
+    }
+    pub const fn has_excludes(&self) -> bool {
+        self.flags & POLICY_EXCLUDES != 0
     }
 
     /// Whether the policy lists the PvD with `index`.
@@ -335,6 +368,8 @@ pub struct Counters {
     /// DNS queries (UDP datagrams sent, TCP and UDP connects) redirected
     /// to the PvD's resolver.
     pub dns: u64,
+    /// Connections to an excluded destination, left to the main table.
+    pub excluded: u64,
 }
 
 /// What a redirected DNS socket asked and where it was sent, so that
@@ -399,6 +434,7 @@ mod pod {
     unsafe impl aya::Pod for super::PvdMeta {}
     unsafe impl aya::Pod for super::DnsNat {}
     unsafe impl aya::Pod for super::DnsForward {}
+    unsafe impl aya::Pod for super::ExcludeKey {}
 }
 
 #[cfg(test)]

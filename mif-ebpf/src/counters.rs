@@ -14,6 +14,7 @@ pub enum Event {
     SourceSet,
     Denied,
     Dns,
+    Excluded,
 }
 
 #[inline(always)]
@@ -43,5 +44,6 @@ pub fn count(policy: u32, pvd: u32, event: Event) {
         Event::SourceSet => c.src_set += 1,
         Event::Denied => c.denied += 1,
         Event::Dns => c.dns += 1,
+        Event::Excluded => c.excluded += 1,
     }
 }

@@ -8,7 +8,8 @@
 //!   PvD is available. This is the only decision point: everything later
 //!   follows the mark, so a socket never changes PvD halfway.
 //! - `connect4/6` bind the marked socket to its PvD's source address, port 0,
-//!   unless the application bound it itself.
+//!   unless the application bound it itself, or take it off the PvD when
+//!   its policy excludes the destination (see [`exclude`]).
 //! - `sendmsg4/6` set the source of unconnected UDP datagrams the same way.
 //! - `connect4/6` and `sendmsg4/6` first send DNS queries of `dns = "pvd"`
 //!   policies to the resolver of the socket's PvD; `recvmsg4/6` and
@@ -31,6 +32,7 @@
 mod addr;
 mod counters;
 mod dns;
+mod exclude;
 mod maps;
 mod policy;
 mod strict;
@@ -147,13 +149,39 @@ fn steered_unbound_pvd(ctx: &SockAddrContext, settings: &Settings) -> Option<(u3
     Some((index, pvd))
 }
 
+/// Binds a steered socket to its PvD's source at connect(), unless its
+/// policy excludes the destination (`dst`, IPv6 form): then the socket is
+/// taken off the PvD and left to the main table.
+#[inline(always)]
+fn bind_or_exclude<A>(
+    sa: *mut bpf_sock_addr,
+    settings: &Settings,
+    index: u32,
+    addr: &mut A,
+    dst: &[u32; 4],
+) {
+    let policy = find_policy(settings.attach_level);
+    if let Some(p) = policy {
+        if exclude::excludes(p, dst) {
+            exclude::unsteer(sa, p);
+            count(p.id, index, Event::Excluded);
+            return;
+        }
+    }
+    let len = core::mem::size_of::<A>() as i32;
+    if unsafe { bpf_bind(sa, (addr as *mut A).cast(), len) } == 0 {
+        count(policy.map_or(u32::MAX, |p| p.id), index, Event::Bound);
+    }
+}
+
 /// Policy id of the current process, for counters only.
 #[inline(always)]
 fn policy_id(settings: &Settings) -> u32 {
     find_policy(settings.attach_level).map_or(u32::MAX, |p| p.id)
 }
 
-/// Minimum kernel: 4.17 (5.7 for the netns cookie).
+/// Minimum kernel: 4.17 (5.7 for the netns cookie; 6.0 for SO_BINDTOIFINDEX
+/// in `bpf_setsockopt`, used by exclusions of `bind = "device"` policies).
 #[cgroup_sock_addr(connect4)]
 pub fn mif_connect4(ctx: SockAddrContext) -> i32 {
     let settings = settings();
@@ -166,24 +194,16 @@ pub fn mif_connect4(ctx: SockAddrContext) -> i32 {
         return ALLOW;
     };
     let sa = ctx.sock_addr;
-    if pvd.addr4 == 0 || is_loopback4(unsafe { (*sa).user_ip4 }) {
+    let dst = unsafe { (*sa).user_ip4 };
+    if pvd.addr4 == 0 || is_loopback4(dst) {
         return ALLOW;
     }
     let mut bind_addr = SockaddrIn::new(pvd.addr4);
-    let rc = unsafe {
-        bpf_bind(
-            sa,
-            (&raw mut bind_addr).cast(),
-            core::mem::size_of::<SockaddrIn>() as i32,
-        )
-    };
-    if rc == 0 {
-        count(policy_id(&settings), index, Event::Bound);
-    }
+    bind_or_exclude(sa, &settings, index, &mut bind_addr, &exclude::mapped4(dst));
     ALLOW
 }
 
-/// Minimum kernel: 4.17 (5.7 for the netns cookie).
+/// Minimum kernel: 4.17 (5.7 for the netns cookie; 6.0 as connect4).
 #[cgroup_sock_addr(connect6)]
 pub fn mif_connect6(ctx: SockAddrContext) -> i32 {
     let settings = settings();
@@ -204,16 +224,7 @@ pub fn mif_connect6(ctx: SockAddrContext) -> i32 {
         return ALLOW;
     }
     let mut bind_addr = SockaddrIn6::new(pvd.addr6);
-    let rc = unsafe {
-        bpf_bind(
-            sa,
-            (&raw mut bind_addr).cast(),
-            core::mem::size_of::<SockaddrIn6>() as i32,
-        )
-    };
-    if rc == 0 {
-        count(policy_id(&settings), index, Event::Bound);
-    }
+    bind_or_exclude(sa, &settings, index, &mut bind_addr, &dst);
     ALLOW
 }
 

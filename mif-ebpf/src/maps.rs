@@ -2,10 +2,11 @@
 //! daemon, `mif maps` and a restarted daemon all open the same ones.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, PerCpuHashMap},
 };
 use mif_common::{
-    CounterKey, Counters, Policy, Pvd, PvdMeta, Settings, MAX_COUNTERS, MAX_POLICIES, MAX_PVDS,
+    CounterKey, Counters, ExcludeKey, Policy, Pvd, PvdMeta, Settings, MAX_COUNTERS, MAX_EXCLUDES,
+    MAX_POLICIES, MAX_PVDS,
 };
 
 /// cgroup id → policy.
@@ -30,6 +31,12 @@ pub static MIF_PVD_META: HashMap<u32, PvdMeta> = HashMap::pinned(MAX_PVDS, 0);
 #[map]
 pub static MIF_INSTANCE: Array<Settings> = Array::pinned(1, 0);
 
+/// (policy id, destination prefix) → 1: what a policy's `exclude` leaves to
+/// the main table. Looked up only for policies flagged `POLICY_EXCLUDES`.
+#[map]
+pub static MIF_EXCLUDE: LpmTrie<ExcludeKey, u8> = LpmTrie::pinned(MAX_EXCLUDES, 0);
+
 pub use MIF_COUNTERS as COUNTERS;
+pub use MIF_EXCLUDE as EXCLUDE;
 pub use MIF_POLICIES as POLICIES;
 pub use MIF_PVDS as PVDS;

@@ -74,6 +74,84 @@ pub enum BindMode {
     Device,
 }
 
+/// A destination a policy leaves to the main table (`exclude`): a prefix
+/// (`192.168.0.0/16`, `fd00::/8`, a bare address for one host), or an
+/// interface name (`docker0`), which stands for the prefixes the host
+/// routes through that interface, as they are at each pass.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Exclusion {
+    Prefix(std::net::IpAddr, u8),
+    Interface(String),
+}
+
+impl std::str::FromStr for Exclusion {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (addr, len) = match text.split_once('/') {
+            Some((addr, len)) => (addr, Some(len)),
+            None => (text, None),
+        };
+        match addr.parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                let max = if ip.is_ipv4() { 32 } else { 128 };
+                let len = match len {
+                    None => max,
+                    Some(len) => len
+                        .parse::<u8>()
+                        .ok()
+                        .filter(|l| *l <= max)
+                        .ok_or_else(|| format!("prefix length must be 0 to {max}"))?,
+                };
+                Ok(Self::Prefix(crate::pvd::network(ip, len), len))
+            }
+            Err(_) if len.is_none() && is_interface_name(text) => {
+                Ok(Self::Interface(text.to_string()))
+            }
+            Err(_) => Err(
+                "neither a prefix (192.168.0.0/16, fd00::/8, an address) nor an interface name"
+                    .into(),
+            ),
+        }
+    }
+}
+
+impl TryFrom<String> for Exclusion {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl From<Exclusion> for String {
+    fn from(e: Exclusion) -> String {
+        e.to_string()
+    }
+}
+
+impl fmt::Display for Exclusion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Prefix(addr, len) => write!(f, "{addr}/{len}"),
+            Self::Interface(name) => f.write_str(name),
+        }
+    }
+}
+
+/// What the kernel takes as an interface name: 1 to 15 bytes, no '/',
+/// no whitespace, not `.` or `..`.
+fn is_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && !name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace())
+}
+
+/// Most exclusions one policy may list.
+pub const MAX_EXCLUDE: usize = 64;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyConfig {
     /// cgroup path relative to the cgroup2 root, starting with `/`.
@@ -89,6 +167,8 @@ pub struct PolicyConfig {
     pub deny_raw: bool,
     /// Where the policy's DNS queries go.
     pub dns: DnsMode,
+    /// Destinations that keep the main table's route.
+    pub exclude: Vec<Exclusion>,
     pub line: usize,
 }
 
@@ -171,6 +251,8 @@ struct RawPolicy {
     deny_raw: bool,
     #[serde(default)]
     dns: DnsMode,
+    #[serde(default)]
+    exclude: Vec<Spanned<String>>,
 }
 
 /// Byte offsets of a text's line starts, so that the line of any offset is
@@ -383,6 +465,28 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             }
             prefer.push(item.into_inner());
         }
+        if policy.exclude.len() > MAX_EXCLUDE {
+            return Err(checker.error(
+                prefer_span,
+                "policy.exclude",
+                format!("{} entries", policy.exclude.len()),
+                format!("at most {MAX_EXCLUDE} exclusions per policy"),
+            ));
+        }
+        let mut exclude = Vec::new();
+        for item in &policy.exclude {
+            let parsed: Exclusion = item.get_ref().parse().map_err(|problem: String| {
+                checker.error(
+                    item.span(),
+                    "policy.exclude",
+                    format!("{:?}", item.get_ref()),
+                    problem,
+                )
+            })?;
+            if !exclude.contains(&parsed) {
+                exclude.push(parsed);
+            }
+        }
         policies.push(PolicyConfig {
             cgroup,
             prefer,
@@ -391,6 +495,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             reset: policy.reset,
             deny_raw: policy.deny_raw,
             dns: policy.dns,
+            exclude,
             line,
         });
     }
@@ -574,6 +679,33 @@ bind = "device"
         assert!(p.strict);
         assert_eq!(p.bind, BindMode::Device);
         assert_eq!(p.line, 7);
+    }
+
+    #[test]
+    fn exclusions_are_prefixes_addresses_or_interfaces() {
+        let config = parse_str(
+            "[[policy]]\ncgroup = \"/a\"\nprefer = [\"x\"]\n\
+             exclude = [\"192.168.1.77/16\", \"fd00::1\", \"docker0\", \"docker0\"]\n",
+        )
+        .unwrap();
+        let shown: Vec<String> = config.policies[0]
+            .exclude
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["192.168.0.0/16", "fd00::1/128", "docker0"]);
+        let err = parse_str(
+            "[[policy]]\ncgroup = \"/a\"\nprefer = [\"x\"]\n\nexclude = [\"10.0.0.0/33\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "mif.toml:5: policy.exclude = \"10.0.0.0/33\": prefix length must be 0 to 32"
+        );
+        let err =
+            parse_str("[[policy]]\ncgroup = \"/a\"\nprefer = [\"x\"]\nexclude = [\"eth 0\"]\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("neither a prefix"), "{err}");
     }
 
     #[test]

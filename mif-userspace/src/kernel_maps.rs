@@ -2,14 +2,17 @@
 //! reading everything back for `mif maps` (whether or not a daemon runs).
 use std::collections::{HashMap as StdHashMap, HashSet};
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuHashMap};
-use mif_common::{names, CounterKey, Counters, Policy, Pvd, PvdMeta, Settings};
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    Array, HashMap, Map, MapData, MapError, PerCpuHashMap,
+};
+use mif_common::{names, CounterKey, Counters, ExcludeKey, Policy, Pvd, PvdMeta, Settings};
 
 use log::{info, warn};
 
 use crate::{
     pins::PinDir,
-    plan::{Desired, POLICY_CAPACITY},
+    plan::{Desired, ExcludeEntry, POLICY_CAPACITY},
     pvd_table::SharedPvdTable,
 };
 
@@ -42,6 +45,10 @@ pub struct KernelMaps {
     meta: HashMap<MapData, u32, PvdMeta>,
     counters: PerCpuHashMap<MapData, CounterKey, Counters>,
     instance: Array<MapData, Settings>,
+    excludes: LpmTrie<MapData, ExcludeKey, u8>,
+    /// The exclusion entries this process last wrote (`None` until the
+    /// first write, which lists the trie itself, like `written_policies`).
+    written_excludes: Option<HashSet<ExcludeEntry>>,
     /// How many policies found no room in the policy map at the last write,
     /// so the warning is logged when that changes, not on every pass.
     over_capacity: usize,
@@ -90,6 +97,8 @@ impl KernelMaps {
             meta: typed!(pins, names::MAP_PVD_META),
             counters: typed!(pins, names::MAP_COUNTERS),
             instance: typed!(pins, names::MAP_INSTANCE),
+            excludes: typed!(pins, names::MAP_EXCLUDE),
+            written_excludes: None,
             over_capacity: 0,
             written_policies: None,
         })
@@ -165,6 +174,7 @@ impl KernelMaps {
             remove_stale(&mut self.policies)?;
         }
         self.written_policies = Some(desired.policies.iter().copied().collect());
+        self.write_excludes(&desired.excludes)?;
         let keep: HashSet<u32> = desired.pvds.iter().map(|(k, _, _)| *k).collect();
         let mut pvds = self.pvds.lock();
         let stale: Vec<u32> = pvds
@@ -182,10 +192,55 @@ impl KernelMaps {
         Ok(())
     }
 
+    /// Makes the trie hold exactly `entries`. New entries go in before stale
+    /// ones go out: a connect meanwhile sees the old or the new exclusions,
+    /// a policy flagged for them finds its entries.
+    fn write_excludes(&mut self, entries: &[ExcludeEntry]) -> Result<(), MapsError> {
+        let fail = |action| {
+            move |e| MapsError::Update {
+                name: names::MAP_EXCLUDE,
+                action,
+                source: Box::new(e),
+            }
+        };
+        let keep: HashSet<ExcludeEntry> = entries.iter().copied().collect();
+        let previous = match self.written_excludes.take() {
+            Some(previous) => previous,
+            None => {
+                // A previous daemon's entries: removed below unless wanted.
+                let listed: Vec<Key<ExcludeKey>> =
+                    self.excludes.keys().filter_map(Result::ok).collect();
+                for key in listed {
+                    let entry = (key.prefix_len(), key.data());
+                    if !keep.iter().any(|e| e.key() == entry) {
+                        self.excludes.remove(&key).map_err(fail("remove from"))?;
+                    }
+                }
+                HashSet::new()
+            }
+        };
+        for entry in keep.difference(&previous) {
+            let (bits, data) = entry.key();
+            self.excludes
+                .insert(&Key::new(bits, data), 1, 0)
+                .map_err(fail("write"))?;
+        }
+        for entry in previous.difference(&keep) {
+            let (bits, data) = entry.key();
+            match self.excludes.remove(&Key::new(bits, data)) {
+                Err(MapError::KeyNotFound) | Ok(()) => {}
+                Err(e) => return Err(fail("remove from")(e)),
+            }
+        }
+        self.written_excludes = Some(keep);
+        Ok(())
+    }
+
     /// Makes the next write rewrite and list every policy entry, putting
     /// back whatever someone else changed or removed.
     pub fn forget_written(&mut self) {
         self.written_policies = None;
+        self.written_excludes = None;
     }
 
     /// Clears, in the PvD map, the availability that `desired` takes away,
@@ -288,6 +343,7 @@ impl KernelMaps {
                     src_set: acc.src_set + c.src_set,
                     denied: acc.denied + c.denied,
                     dns: acc.dns + c.dns,
+                    excluded: acc.excluded + c.excluded,
                 });
                 (key, sum)
             })

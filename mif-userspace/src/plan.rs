@@ -1,18 +1,19 @@
 //! From PvD state and policies to what the kernel should hold: map entries
 //! and per-PvD routing. Pure, so every decision is unit-testable.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use mif_common::{
-    Policy, Pvd, PvdMeta, MAX_DNS, MAX_POLICIES, MAX_PREFER, NO_PVD, POLICY_BIND_DEVICE,
-    POLICY_DENY_RAW, POLICY_DNS_PVD, POLICY_STRICT, PVD_AVAIL_V4, PVD_AVAIL_V6, PVD_NAME_LEN,
+    ExcludeKey, Policy, Pvd, PvdMeta, MAX_DNS, MAX_POLICIES, MAX_PREFER, NO_PVD,
+    POLICY_BIND_DEVICE, POLICY_DENY_RAW, POLICY_DNS_PVD, POLICY_EXCLUDES, POLICY_STRICT,
+    PVD_AVAIL_V4, PVD_AVAIL_V6, PVD_NAME_LEN,
 };
 
 use crate::{
-    config::{BindMode, DnsMode},
-    netlink::PvdRouting,
+    config::{BindMode, DnsMode, Exclusion},
+    netlink::{PvdRouting, Uplink},
     pvd::PvdState,
 };
 
@@ -30,6 +31,8 @@ pub struct ResolvedPolicy {
     pub deny_raw: bool,
     /// Send DNS queries to the PvD's resolvers.
     pub dns: DnsMode,
+    /// Destinations that keep the main table's route.
+    pub exclude: Vec<Exclusion>,
 }
 
 /// Rule priorities and the mark mask, shared by all PvDs of an instance.
@@ -49,6 +52,8 @@ pub struct Desired {
     pub pvds: Vec<(u32, Pvd, PvdMeta)>,
     pub policies: Vec<(u64, Policy)>,
     pub routing: Vec<PvdRouting>,
+    /// The exclusion trie's entries (see [`exclusions`]).
+    pub excludes: Vec<ExcludeEntry>,
     /// Cgroups that have a policy but found no room in the policy map (more
     /// than [`POLICY_CAPACITY`]): reported, never silently dropped.
     pub over_capacity: Vec<String>,
@@ -76,6 +81,7 @@ pub fn desired(pvds: &[PvdState], policies: &[ResolvedPolicy], rules: &RuleOptio
             .map(|p| (p.cgroup_id, kernel_policy(p, &index_of)))
             .collect(),
         routing: pvds.iter().filter_map(|p| routing(p, rules)).collect(),
+        excludes: Vec::new(),
         over_capacity: over_capacity(policies)
             .iter()
             .map(|p| p.cgroup.clone())
@@ -172,6 +178,9 @@ fn kernel_policy(p: &ResolvedPolicy, index_of: &HashMap<&str, u32>) -> Policy {
     if p.dns == DnsMode::Pvd {
         flags |= POLICY_DNS_PVD;
     }
+    if !p.exclude.is_empty() {
+        flags |= POLICY_EXCLUDES;
+    }
     Policy {
         id: p.id,
         prefer,
@@ -180,37 +189,104 @@ fn kernel_policy(p: &ResolvedPolicy, index_of: &HashMap<&str, u32>) -> Policy {
     }
 }
 
-/// The routing of a PvD whose interface exists: its table (default routers,
-/// on-link prefixes, and an unreachable default so marked traffic never
-/// falls through to another network) and rules for its mark and sources.
+/// The routing of a PvD whose interface exists: its table (a default route
+/// while the PvD is an uplink, the host's routes through the interface, and
+/// an unreachable default so marked traffic never falls through to another
+/// network) and rules for its mark and sources.
 fn routing(p: &PvdState, rules: &RuleOptions) -> Option<PvdRouting> {
     let ifindex = p.ifindex?;
+    let default = |uplink: &Option<Uplink>, available: bool| {
+        Some(uplink.as_ref().filter(|_| available)?.next_hop())
+    };
     // The kernel refuses routes over a link that is down (ENETDOWN); such a
     // PvD's table holds only the unreachable default until it comes up.
-    let (gateway4, gateway6, prefixes) = if p.up {
-        (p.gateway4, p.gateway6, p.prefixes.clone())
+    let (prefixes, routes) = if p.up {
+        (p.prefixes.clone(), p.routes.clone())
     } else {
-        (None, None, Vec::new())
+        (Vec::new(), Vec::new())
     };
+    // A `from ADDR` rule sends everything from that address to the PvD's
+    // table, unsteered traffic included: only while the table can carry it
+    // (an available PvD), so mif never blackholes what the main table
+    // routes (a VPN's address while its table is still empty, say).
     let sources: Vec<IpAddr> = p
         .addr4
+        .filter(|_| p.available4())
         .map(IpAddr::V4)
         .into_iter()
-        .chain(p.addr6.map(IpAddr::V6))
+        .chain(p.addr6.filter(|_| p.available6()).map(IpAddr::V6))
         .collect();
     Some(PvdRouting {
         name: p.name.clone(),
         table: p.table,
         ifindex,
-        gateway4,
-        gateway6,
+        default4: default(&p.uplink4, p.available4()),
+        default6: default(&p.uplink6, p.available6()),
         prefixes,
+        routes,
         sources,
         mark: p.mark,
         mark_mask: rules.mark_mask,
         mark_priority: rules.mark_priority,
         source_priority: rules.source_priority,
     })
+}
+
+/// One entry of the exclusion trie: a destination prefix of a policy's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExcludeEntry {
+    pub policy: u32,
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl ExcludeEntry {
+    /// The trie's key: prefix length in bits over (policy id, address in
+    /// IPv6 form).
+    pub fn key(&self) -> (u32, ExcludeKey) {
+        let (addr, v4) = match self.addr {
+            IpAddr::V4(a) => (a.to_ipv6_mapped(), true),
+            IpAddr::V6(a) => (a, false),
+        };
+        let bits = ExcludeKey::prefix_bits(self.prefix_len.into(), v4);
+        let key = ExcludeKey {
+            policy: self.policy,
+            addr: addr.octets(),
+        };
+        (bits, key)
+    }
+}
+
+/// The exclusion trie's entries for the policies [`desired`] writes: each
+/// prefix as given, each interface as the prefixes the host routes through
+/// it now (`by_interface`, by interface name; an interface that does not
+/// exist excludes nothing until it does). Sorted, without repeats (policies
+/// of one pattern share an id).
+pub fn exclusions(
+    policies: &[ResolvedPolicy],
+    by_interface: &BTreeMap<String, Vec<(IpAddr, u8)>>,
+) -> Vec<ExcludeEntry> {
+    let fit = &policies[..policies.len().min(POLICY_CAPACITY)];
+    let mut entries: Vec<ExcludeEntry> = fit
+        .iter()
+        .flat_map(|p| p.exclude.iter().map(move |e| (p.id, e)))
+        .flat_map(|(policy, exclusion)| {
+            let prefixes = match exclusion {
+                Exclusion::Prefix(addr, len) => vec![(*addr, *len)],
+                Exclusion::Interface(name) => by_interface.get(name).cloned().unwrap_or_default(),
+            };
+            prefixes
+                .into_iter()
+                .map(move |(addr, prefix_len)| ExcludeEntry {
+                    policy,
+                    addr,
+                    prefix_len,
+                })
+        })
+        .collect();
+    entries.sort();
+    entries.dedup();
+    entries
 }
 
 /// An IPv4 address as the kernel keeps it in socket contexts: network order.
@@ -248,9 +324,15 @@ mod tests {
             up,
             addr4: Some(Ipv4Addr::new(198, 18, index as u8, 2)),
             addr6: None,
-            gateway4: Some(Ipv4Addr::new(198, 18, index as u8, 1)),
-            gateway6: None,
+            kind: Default::default(),
+            wanted: false,
+            uplink4: Some(Uplink::main_default(
+                Ipv4Addr::new(198, 18, index as u8, 1).into(),
+                100,
+            )),
+            uplink6: None,
             prefixes: vec![],
+            routes: vec![],
             mark: (index + 1) << 24,
             table: 100 + index,
             dns: vec![],
@@ -277,6 +359,7 @@ mod tests {
             reset: false,
             deny_raw: false,
             dns: DnsMode::System,
+            exclude: vec![],
         };
         let d = desired(&pvds, std::slice::from_ref(&policy), &RULES);
         let (cg, p) = d.policies[0];
@@ -306,8 +389,12 @@ mod tests {
         assert_eq!(d.pvds[1].1.flags, 0, "a down link is not available");
         assert_eq!(d.routing.len(), 2);
         assert_eq!(
-            d.routing[1].sources,
-            [IpAddr::V4(Ipv4Addr::new(198, 18, 1, 2))]
+            d.routing[0].sources,
+            [IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2))]
+        );
+        assert!(
+            d.routing[1].sources.is_empty(),
+            "no `from` rule to the table of a PvD that cannot carry the traffic"
         );
     }
 
@@ -334,6 +421,7 @@ mod tests {
             reset: false,
             deny_raw: false,
             dns: DnsMode::Pvd,
+            exclude: vec![],
         };
         let d = desired(std::slice::from_ref(&p), &[policy], &RULES);
         assert_eq!(d.policies[0].1.flags, POLICY_DNS_PVD);
@@ -362,6 +450,7 @@ mod tests {
                 reset: false,
                 deny_raw: false,
                 dns: DnsMode::System,
+                exclude: vec![],
             })
             .collect();
         let d = desired(&[pvd(0, "wlan0", true)], &policies, &RULES);
@@ -379,6 +468,92 @@ mod tests {
         let mut absent = pvd(0, "tun0", false);
         absent.ifindex = None;
         assert!(desired(&[absent], &[], &RULES).routing.is_empty());
+    }
+
+    /// The bug of a declared VPN: its address's `from` rule pointed at a
+    /// table with nothing but `unreachable default` while the main table
+    /// sent unsteered traffic through the VPN from that address.
+    #[test]
+    fn source_rules_exist_only_per_available_family() {
+        let mut vpn = pvd(0, "vpn", true);
+        vpn.addr6 = Some("2001:db8:99::2".parse().unwrap());
+        vpn.uplink4 = None;
+        vpn.uplink6 = Some(Uplink::main_default("2001:db8:99::1".parse().unwrap(), 1));
+        let routing = &desired(&[vpn.clone()], &[], &RULES).routing[0];
+        assert_eq!(
+            routing.sources,
+            ["2001:db8:99::2".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(routing.default4, None);
+        vpn.uplink6 = None;
+        assert!(desired(&[vpn], &[], &RULES).routing[0].sources.is_empty());
+    }
+
+    #[test]
+    fn device_only_uplinks_get_a_device_default_and_host_routes() {
+        use crate::netlink::{HostRoute, NextHop, RouteOrigin, UplinkShape};
+        let mut ppp = pvd(0, "ppp0", true);
+        ppp.uplink4 = Some(Uplink {
+            gateway: None,
+            shape: UplinkShape::Default,
+            table: Some(254),
+            metric: 0,
+        });
+        ppp.routes = vec![HostRoute {
+            dst: "10.8.0.0".parse().unwrap(),
+            prefix_len: 16,
+            gateway: None,
+            metric: 0,
+            origin: RouteOrigin::Static,
+        }];
+        let routing = &desired(std::slice::from_ref(&ppp), &[], &RULES).routing[0];
+        assert_eq!(routing.default4, Some(NextHop::Device));
+        assert_eq!(routing.routes, ppp.routes);
+        // A link that is down gets none of them (the kernel refuses routes
+        // over it), and no default.
+        ppp.up = false;
+        let routing = &desired(&[ppp], &[], &RULES).routing[0];
+        assert!(routing.routes.is_empty() && routing.default4.is_none());
+    }
+
+    #[test]
+    fn exclusions_resolve_interfaces_and_flag_their_policies() {
+        let policy = |id, exclude: &[&str]| ResolvedPolicy {
+            id,
+            cgroup_id: u64::from(id),
+            cgroup: format!("/p{id}"),
+            prefer: vec!["wlan0".into()],
+            strict: true,
+            bind: BindMode::Mark,
+            reset: false,
+            deny_raw: false,
+            dns: DnsMode::System,
+            exclude: exclude.iter().map(|e| e.parse().unwrap()).collect(),
+        };
+        // Two cgroups of one pattern policy share its id.
+        let policies = [
+            policy(1, &["192.168.1.7", "docker0", "podman9"]),
+            policy(1, &["192.168.1.7"]),
+            policy(2, &[]),
+        ];
+        let by_interface = BTreeMap::from([(
+            "docker0".to_string(),
+            vec![("172.17.0.0".parse().unwrap(), 16)],
+        )]);
+        let entries = exclusions(&policies, &by_interface);
+        let shown: Vec<String> = entries
+            .iter()
+            .map(|e| format!("{} {}/{}", e.policy, e.addr, e.prefix_len))
+            .collect();
+        assert_eq!(shown, ["1 172.17.0.0/16", "1 192.168.1.7/32"]);
+        let d = desired(&[pvd(0, "wlan0", true)], &policies, &RULES);
+        assert_eq!(d.policies[0].1.flags & POLICY_EXCLUDES, POLICY_EXCLUDES);
+        assert_eq!(d.policies[2].1.flags & POLICY_EXCLUDES, 0);
+        // IPv4 prefixes sit in the trie v4-mapped, behind the policy id.
+        let (bits, key) = entries[0].key();
+        assert_eq!(bits, 32 + 96 + 16);
+        assert_eq!(key.policy, 1);
+        assert_eq!(&key.addr[10..14], &[0xff, 0xff, 172, 17]);
     }
 
     #[test]

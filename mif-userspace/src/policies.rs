@@ -16,7 +16,10 @@ use mif_common::{names, MAX_PREFER};
 use crate::{
     cgroup::{Cgroup, Cgroup2},
     cgroup_pattern::{existing_matches, is_pattern, CgroupPattern},
-    config::{check_cgroup_path, normalize_cgroup, BindMode, Config, DnsMode, PolicyConfig},
+    config::{
+        check_cgroup_path, normalize_cgroup, BindMode, Config, DnsMode, Exclusion, PolicyConfig,
+        MAX_EXCLUDE,
+    },
     plan::{ResolvedPolicy, POLICY_CAPACITY},
 };
 
@@ -43,6 +46,9 @@ pub struct PolicySpec {
     pub deny_raw: bool,
     #[serde(default)]
     pub dns: DnsMode,
+    /// Destinations that keep the main table's route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<Exclusion>,
 }
 
 impl PolicySpec {
@@ -63,6 +69,9 @@ impl PolicySpec {
                 return Err(PolicyError::PreferTwice(name.clone()));
             }
         }
+        if self.exclude.len() > MAX_EXCLUDE {
+            return Err(PolicyError::ExcludeCount);
+        }
         Ok(self)
     }
 
@@ -75,6 +84,7 @@ impl PolicySpec {
             reset: p.reset,
             deny_raw: p.deny_raw,
             dns: p.dns,
+            exclude: p.exclude.clone(),
         }
     }
 }
@@ -95,6 +105,8 @@ pub enum PolicyError {
     PreferCount,
     #[error("--prefer: {0:?} listed twice")]
     PreferTwice(String),
+    #[error("--exclude: at most {MAX_EXCLUDE} destinations")]
+    ExcludeCount,
     #[error(
         "refused, nothing changed: the policy map {} holds at most {limit} cgroups, \
          and with this policy for {cgroup} the policies would cover {needed}; \
@@ -256,6 +268,7 @@ pub fn resolve(
                 reset: spec.reset,
                 deny_raw: spec.deny_raw,
                 dns: spec.dns,
+                exclude: spec.exclude.clone(),
             }),
             _ => pending.push(Pending {
                 cgroup: spec.cgroup.clone(),
@@ -292,6 +305,7 @@ pub fn resolve(
                 reset: spec.reset,
                 deny_raw: spec.deny_raw,
                 dns: spec.dns,
+                exclude: spec.exclude.clone(),
             });
         }
         if !matched {
@@ -379,6 +393,7 @@ mod tests {
             reset: false,
             deny_raw: false,
             dns: DnsMode::System,
+            exclude: vec![],
         }
     }
 

@@ -14,7 +14,7 @@ use mif_common::MAX_PVDS;
 
 use crate::{
     config::Config,
-    netlink::{Interface, InterfaceAddr},
+    netlink::{HostRoute, Interface, InterfaceAddr, LinkKind, Uplink, UplinkShape},
 };
 
 /// Instance-wide routing numbers: how PvD indices become marks and tables.
@@ -71,12 +71,20 @@ pub struct PvdState {
     /// None while the interface does not exist.
     pub ifindex: Option<u32>,
     pub up: bool,
+    pub kind: LinkKind,
+    /// Declared in the configuration or named by a policy: somebody asked
+    /// for this network (see [`PvdState::available4`]).
+    pub wanted: bool,
     pub addr4: Option<Ipv4Addr>,
     pub addr6: Option<Ipv6Addr>,
-    pub gateway4: Option<Ipv4Addr>,
-    pub gateway6: Option<Ipv6Addr>,
+    /// How the host routes the internet through the interface, per family.
+    pub uplink4: Option<Uplink>,
+    pub uplink6: Option<Uplink>,
     /// On-link prefixes of the interface's global addresses.
     pub prefixes: Vec<(IpAddr, u8)>,
+    /// The host's more-specific routes through the interface, which the
+    /// PvD's table carries too.
+    pub routes: Vec<HostRoute>,
     pub mark: u32,
     pub table: u32,
     /// DNS servers: configured for the PvD, else learned from router
@@ -100,13 +108,49 @@ pub enum DnsSource {
 pub type LearnedDns = BTreeMap<String, Vec<IpAddr>>;
 
 impl PvdState {
-    /// Usable for IPv4: link up, an IPv4 source and an IPv4 default router.
+    /// Usable for IPv4: link up, an IPv4 source, and the host routes the
+    /// internet through the interface (a default route with or without a
+    /// gateway, a split default, in the main table or one another tool's
+    /// rule leads to) or, for a wanted point-to-point link, nothing more.
     pub fn available4(&self) -> bool {
-        self.up && self.addr4.is_some() && self.gateway4.is_some()
+        self.up && self.addr4.is_some() && self.uplink4.is_some()
     }
 
     pub fn available6(&self) -> bool {
-        self.up && self.addr6.is_some() && self.gateway6.is_some()
+        self.up && self.addr6.is_some() && self.uplink6.is_some()
+    }
+
+    /// Why the PvD is not available for a family, in words for `mif pvd
+    /// list` and the log; None when it is.
+    pub fn unavailable_because(&self, v6: bool) -> Option<String> {
+        let (family, has_addr, uplink) = if v6 {
+            ("IPv6", self.addr6.is_some(), &self.uplink6)
+        } else {
+            ("IPv4", self.addr4.is_some(), &self.uplink4)
+        };
+        let interface = &self.interface;
+        if self.ifindex.is_none() {
+            Some(format!("interface {interface} does not exist"))
+        } else if !self.up {
+            Some(format!("link {interface} is down or has no carrier"))
+        } else if !has_addr {
+            Some(format!("no global {family} address on {interface}"))
+        } else if uplink.is_none() {
+            Some(format!(
+                "no {family} route to the internet through {interface}"
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// The IPv4 default router, where the uplink has one.
+    pub fn gateway4(&self) -> Option<IpAddr> {
+        self.uplink4.as_ref().and_then(|u| u.gateway)
+    }
+
+    pub fn gateway6(&self) -> Option<IpAddr> {
+        self.uplink6.as_ref().and_then(|u| u.gateway)
     }
 }
 
@@ -163,6 +207,8 @@ impl Registry {
 struct Slot {
     name: String,
     interface: String,
+    /// A `[[pvd]]` of the configuration.
+    declared: bool,
     table: Option<u32>,
     dns: Vec<IpAddr>,
 }
@@ -247,6 +293,7 @@ pub fn build(
             Slot {
                 name: pvd.name.clone(),
                 interface: pvd.interface.clone(),
+                declared: true,
                 table: pvd.table,
                 dns: pvd.dns.clone(),
             },
@@ -261,9 +308,7 @@ pub fn build(
     let mut candidates: Vec<String> = interfaces
         .iter()
         .filter(|i| !i.loopback)
-        .filter(|i| {
-            !i.gateways4.is_empty() || !i.gateways6.is_empty() || named.contains(i.name.as_str())
-        })
+        .filter(|i| i.uplink4.is_some() || i.uplink6.is_some() || named.contains(i.name.as_str()))
         .map(|i| i.name.clone())
         .chain(registry.by_name.keys().cloned())
         .filter(|name| !claimed.contains_key(name) && !config.pvds.iter().any(|p| &p.name == name))
@@ -286,6 +331,7 @@ pub fn build(
                     Slot {
                         name: name.clone(),
                         interface: name,
+                        declared: false,
                         table: None,
                         dns: Vec::new(),
                     },
@@ -300,11 +346,13 @@ pub fn build(
         .map(|(index, slot)| {
             let table = slot.table.unwrap_or(numbering.table_base + index);
             let found = interfaces.iter().find(|i| i.name == slot.interface);
+            let wanted = slot.declared || named.contains(slot.name.as_str());
             let mut pvd = state(
                 index,
                 slot.name,
                 slot.interface,
                 found,
+                wanted,
                 numbering.mark_of(index),
                 table,
             );
@@ -329,51 +377,65 @@ fn state(
     name: String,
     interface: String,
     found: Option<&Interface>,
+    wanted: bool,
     mark: u32,
     table: u32,
 ) -> PvdState {
-    let Some(link) = found else {
-        return PvdState {
-            index,
-            name,
-            interface,
-            ifindex: None,
-            up: false,
-            addr4: None,
-            addr6: None,
-            gateway4: None,
-            gateway6: None,
-            prefixes: Vec::new(),
-            mark,
-            table,
-            dns: Vec::new(),
-            dns_source: DnsSource::None,
-        };
-    };
-    let addr4 = best_source(&link.addrs, false).and_then(|a| match a {
-        IpAddr::V4(a) => Some(a),
-        IpAddr::V6(_) => None,
-    });
-    let addr6 = best_source(&link.addrs, true).and_then(|a| match a {
-        IpAddr::V6(a) => Some(a),
-        IpAddr::V4(_) => None,
-    });
-    PvdState {
+    let mut pvd = PvdState {
         index,
         name,
         interface,
-        ifindex: Some(link.index),
-        up: link.up,
-        addr4,
-        addr6,
-        gateway4: link.gateways4.first().copied(),
-        gateway6: link.gateways6.first().copied(),
-        prefixes: on_link_prefixes(&link.addrs),
+        ifindex: None,
+        up: false,
+        kind: LinkKind::default(),
+        wanted,
+        addr4: None,
+        addr6: None,
+        uplink4: None,
+        uplink6: None,
+        prefixes: Vec::new(),
+        routes: Vec::new(),
         mark,
         table,
         dns: Vec::new(),
         dns_source: DnsSource::None,
-    }
+    };
+    let Some(link) = found else {
+        return pvd;
+    };
+    let source = |v6| best_source(&link.addrs, v6);
+    pvd.addr4 = source(false).and_then(|a| match a {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    });
+    pvd.addr6 = source(true).and_then(|a| match a {
+        IpAddr::V6(a) => Some(a),
+        IpAddr::V4(_) => None,
+    });
+    pvd.ifindex = Some(link.index);
+    pvd.up = link.up;
+    pvd.kind = link.kind;
+    pvd.prefixes = on_link_prefixes(&link.addrs);
+    pvd.routes = link.routes.clone();
+    // A point-to-point link has one neighbour, so a network somebody asked
+    // for (a split VPN installs only its own prefixes, or none) needs no
+    // route to be usable: its table gets a default to the far end.
+    let point_to_point = |v6: bool| {
+        let addr = source(v6)?;
+        (wanted && link.kind.is_point_to_point()).then(|| Uplink {
+            gateway: link
+                .addrs
+                .iter()
+                .find(|a| a.addr == addr)
+                .and_then(|a| a.peer),
+            shape: UplinkShape::PointToPoint,
+            table: None,
+            metric: 0,
+        })
+    };
+    pvd.uplink4 = link.uplink4.clone().or_else(|| point_to_point(false));
+    pvd.uplink6 = link.uplink6.clone().or_else(|| point_to_point(true));
+    pvd
 }
 
 /// The source address a PvD binds for a family, chosen as RFC 6724 would
@@ -408,6 +470,25 @@ fn on_link_prefixes(addrs: &[InterfaceAddr]) -> Vec<(IpAddr, u8)> {
         .filter(|a| a.prefix_len < if a.addr.is_ipv6() { 128 } else { 32 })
         .map(|a| (network(a.addr, a.prefix_len), a.prefix_len))
         .filter(|p| seen.insert(*p))
+        .collect()
+}
+
+/// Every prefix the host reaches through each interface, by name: its
+/// addresses' on-link prefixes and its more-specific routes (what an
+/// `exclude = ["docker0"]` stands for).
+pub fn prefixes_by_interface(interfaces: &[Interface]) -> BTreeMap<String, Vec<(IpAddr, u8)>> {
+    interfaces
+        .iter()
+        .map(|i| {
+            let mut prefixes = on_link_prefixes(&i.addrs);
+            for r in &i.routes {
+                let prefix = (network(r.dst, r.prefix_len), r.prefix_len);
+                if !prefixes.contains(&prefix) {
+                    prefixes.push(prefix);
+                }
+            }
+            (i.name.clone(), prefixes)
+        })
         .collect()
 }
 
@@ -446,6 +527,7 @@ mod tests {
             deprecated: false,
             tentative: false,
             temporary: false,
+            peer: None,
         }
     }
 
@@ -461,9 +543,11 @@ mod tests {
             index,
             up: true,
             loopback: name == "lo",
+            kind: LinkKind::Ethernet,
             addrs,
-            gateways4: gw4.into_iter().map(|g| g.parse().unwrap()).collect(),
-            gateways6: gw6.into_iter().map(|g| g.parse().unwrap()).collect(),
+            uplink4: gw4.map(|g| Uplink::main_default(g.parse().unwrap(), 100)),
+            uplink6: gw6.map(|g| Uplink::main_default(g.parse().unwrap(), 100)),
+            routes: vec![],
         }
     }
 
@@ -628,6 +712,110 @@ mod tests {
         )
         .unwrap();
         assert_eq!(pvds[0].name, "docker0");
+    }
+
+    fn tun(addrs: Vec<InterfaceAddr>) -> Interface {
+        let mut tun = iface("tun0", 9, addrs, None, None);
+        tun.kind = LinkKind::PointToPoint;
+        tun
+    }
+
+    fn p2p_addr(local: &str, peer: &str) -> InterfaceAddr {
+        let mut a = addr(local, 32);
+        a.peer = Some(peer.parse().unwrap());
+        a
+    }
+
+    /// A split VPN installs no route: declared, it is usable all the same,
+    /// towards its far end; not declared (and not named), it is no PvD.
+    #[test]
+    fn declared_point_to_point_links_need_no_route() {
+        let declared = parse(
+            Path::new("c.toml"),
+            "[[pvd]]\nname = \"vpn\"\ninterface = \"tun0\"\n",
+        )
+        .unwrap();
+        let link = tun(vec![p2p_addr("10.99.0.2", "10.99.0.1")]);
+        let build_with = |config: &Config| {
+            build(
+                config,
+                std::slice::from_ref(&link),
+                &LearnedDns::new(),
+                &NUMBERING,
+                &mut Registry::default(),
+            )
+            .unwrap()
+            .0
+        };
+        let pvds = build_with(&declared);
+        let vpn = &pvds[0];
+        assert!(vpn.available4() && !vpn.available6(), "{vpn:#?}");
+        assert_eq!(vpn.addr4, Some("10.99.0.2".parse().unwrap()));
+        let uplink = vpn.uplink4.as_ref().unwrap();
+        assert_eq!(uplink.shape, UplinkShape::PointToPoint);
+        assert_eq!(uplink.gateway, Some("10.99.0.1".parse().unwrap()));
+        assert_eq!(
+            vpn.unavailable_because(true).as_deref(),
+            Some("no global IPv6 address on tun0")
+        );
+
+        let nobody = parse(Path::new("c.toml"), "").unwrap();
+        assert!(build_with(&nobody).is_empty());
+        let named = parse(
+            Path::new("c.toml"),
+            "[[policy]]\ncgroup = \"/a\"\nprefer = [\"tun0\"]\n",
+        )
+        .unwrap();
+        assert!(build_with(&named)[0].available4());
+    }
+
+    #[test]
+    fn unavailability_is_explained() {
+        let config = parse(
+            Path::new("c.toml"),
+            "[[pvd]]\nname = \"cell\"\ninterface = \"wwan0\"\n",
+        )
+        .unwrap();
+        let explain = |interfaces: &[Interface]| {
+            let (pvds, _) = build(
+                &config,
+                interfaces,
+                &LearnedDns::new(),
+                &NUMBERING,
+                &mut Registry::default(),
+            )
+            .unwrap();
+            pvds[0].unavailable_because(false)
+        };
+        assert_eq!(
+            explain(&[]).as_deref(),
+            Some("interface wwan0 does not exist")
+        );
+        let mut down = iface(
+            "wwan0",
+            3,
+            vec![addr("198.18.1.2", 24)],
+            Some("198.18.1.1"),
+            None,
+        );
+        down.up = false;
+        assert_eq!(
+            explain(&[down]).as_deref(),
+            Some("link wwan0 is down or has no carrier")
+        );
+        let no_route = iface("wwan0", 3, vec![addr("198.18.1.2", 24)], None, None);
+        assert_eq!(
+            explain(&[no_route]).as_deref(),
+            Some("no IPv4 route to the internet through wwan0")
+        );
+        let fine = iface(
+            "wwan0",
+            3,
+            vec![addr("198.18.1.2", 24)],
+            Some("198.18.1.1"),
+            None,
+        );
+        assert_eq!(explain(&[fine]), None);
     }
 
     #[test]

@@ -335,6 +335,10 @@ impl Reconciler {
             self.policy.resolve();
         }
         let mut desired = plan::desired(&pvds, self.policy.resolved(), &self.rules);
+        desired.excludes = plan::exclusions(
+            self.policy.resolved(),
+            &pvd::prefixes_by_interface(&interfaces),
+        );
         // Losses first: stop choosing a PvD that went away before any slow
         // work (containers' addresses, routing dumps and installs).
         self.maps.withdraw_lost(&desired)?;
@@ -514,26 +518,40 @@ pub fn transitions(old: &[PvdState], new: &[PvdState]) -> Vec<Lost> {
 fn log_changes(old: &[PvdState], new: &[PvdState]) {
     for p in new {
         let before = old.iter().find(|o| o.name == p.name);
-        let now = (p.available4(), p.available6(), p.addr4, p.addr6);
-        if before.map(|b| (b.available4(), b.available6(), b.addr4, b.addr6)) != Some(now) {
+        let state = |p: &PvdState| {
+            (
+                p.available4(),
+                p.available6(),
+                p.addr4,
+                p.addr6,
+                p.uplink4.clone(),
+                p.uplink6.clone(),
+            )
+        };
+        if before.map(state) != Some(state(p)) {
             info!(
                 "PvD {} (interface {}, mark {:#x}, table {}): IPv4 {}, IPv6 {}",
                 p.name,
                 p.interface,
                 p.mark,
                 p.table,
-                availability(p.available4(), p.addr4.map(|a| a.to_string())),
-                availability(p.available6(), p.addr6.map(|a| a.to_string())),
+                availability(p, false),
+                availability(p, true),
             );
         }
     }
 }
 
-fn availability(available: bool, addr: Option<String>) -> String {
-    match (available, addr) {
-        (true, Some(a)) => format!("available from {a}"),
-        (false, Some(a)) => format!("unavailable (address {a}, but no default route or link down)"),
-        (_, None) => "unavailable (no address)".into(),
+fn availability(p: &PvdState, v6: bool) -> String {
+    let addr = if v6 {
+        p.addr6.map(IpAddr::V6)
+    } else {
+        p.addr4.map(IpAddr::V4)
+    };
+    match (p.unavailable_because(v6), addr) {
+        (None, Some(a)) => format!("available from {a}"),
+        (Some(why), _) => format!("unavailable ({why})"),
+        (None, None) => "unavailable".into(),
     }
 }
 
@@ -552,9 +570,15 @@ mod tests {
             up,
             addr4: Some(Ipv4Addr::from(addr)),
             addr6: None,
-            gateway4: Some(Ipv4Addr::new(198, 18, 0, 1)),
-            gateway6: None,
+            kind: Default::default(),
+            wanted: false,
+            uplink4: Some(crate::netlink::Uplink::main_default(
+                Ipv4Addr::new(198, 18, 0, 1).into(),
+                100,
+            )),
+            uplink6: None,
             prefixes: vec![],
+            routes: vec![],
             mark: 0x100_0000,
             table: 100,
             dns: vec![],
@@ -569,9 +593,11 @@ mod tests {
             index: 3,
             up: true,
             loopback: false,
+            kind: Default::default(),
             addrs: vec![],
-            gateways4: vec![],
-            gateways6: vec![],
+            uplink4: None,
+            uplink6: None,
+            routes: vec![],
         };
         let t0 = Instant::now();
         let server: IpAddr = "2001:db8:1::53".parse().unwrap();

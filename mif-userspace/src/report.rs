@@ -76,6 +76,9 @@ pub struct CounterReport {
     pub denied: u64,
     /// DNS queries sent to the PvD's resolver instead of the one asked.
     pub dns: u64,
+    /// Connections to destinations the policy excludes, left to the main
+    /// table.
+    pub excluded: u64,
 }
 
 impl MapsReport {
@@ -261,6 +264,7 @@ impl MapsReport {
             "SRC SET",
             "DENIED",
             "DNS",
+            "EXCLUDED",
         ]
         .into_iter()
         .map(String::from)
@@ -277,6 +281,7 @@ impl MapsReport {
                 c.src_set.to_string(),
                 c.denied.to_string(),
                 c.dns.to_string(),
+                c.excluded.to_string(),
             ]);
         }
         table(&rows)
@@ -295,6 +300,7 @@ fn counter_report(policy: u32, pvd: Option<String>, c: &Counters) -> CounterRepo
         src_set: c.src_set,
         denied: c.denied,
         dns: c.dns,
+        excluded: c.excluded,
     }
 }
 

@@ -2,7 +2,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use super::common::{note_daemon_down, or_dash, unexpected, ClientArgs};
 use crate::{
-    config::{BindMode, DnsMode},
+    config::{BindMode, DnsMode, Exclusion},
     control::{
         client::ClientError,
         protocol::{PolicyView, Request, Response},
@@ -54,6 +54,10 @@ pub struct PolicyOptions {
     /// the socket's PvD, `system` leaves them alone.
     #[arg(long, value_enum, default_value_t = Dns::System)]
     pub dns: Dns,
+    /// Destinations that keep the main table's route: prefixes
+    /// (192.168.0.0/16), addresses, or interface names (docker0).
+    #[arg(long, value_delimiter = ',', value_name = "PREFIX|IF,...")]
+    pub exclude: Vec<Exclusion>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -84,6 +88,7 @@ impl PolicyOptions {
                 Dns::System => DnsMode::System,
                 Dns::Pvd => DnsMode::Pvd,
             },
+            exclude: self.exclude.clone(),
         }
     }
 }

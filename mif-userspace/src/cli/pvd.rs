@@ -46,6 +46,7 @@ fn render(pvds: &[PvdView]) -> String {
     let mut rows = vec![[
         "NAME",
         "INTERFACE",
+        "KIND",
         "LINK",
         "IPV4",
         "IPV6",
@@ -56,10 +57,11 @@ fn render(pvds: &[PvdView]) -> String {
     ]
     .map(String::from)
     .to_vec()];
+    let mut notes = Vec::new();
     for p in pvds {
         let family = |available: bool, addr: &Option<String>| match (available, addr) {
             (true, Some(a)) => a.clone(),
-            (false, Some(a)) => format!("{a} (down)"),
+            (false, Some(a)) => format!("{a} (unavailable)"),
             _ => "-".into(),
         };
         let gateways: Vec<&str> = p
@@ -74,6 +76,7 @@ fn render(pvds: &[PvdView]) -> String {
                 Some(i) => format!("{} ({i})", p.interface),
                 None => format!("{} (absent)", p.interface),
             },
+            or_dash((!p.kind.is_empty()).then(|| p.kind.clone())),
             if p.link_up { "up" } else { "down" }.into(),
             family(p.available_v4, &p.addr4),
             family(p.available_v6, &p.addr6),
@@ -86,6 +89,34 @@ fn render(pvds: &[PvdView]) -> String {
             p.mark.clone(),
             p.table.to_string(),
         ]);
+        notes.extend(pvd_notes(p));
     }
-    table(&rows)
+    let mut out = table(&rows);
+    if !notes.is_empty() {
+        out.push('\n');
+        for note in notes {
+            out.push_str(&note);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// What the table has no room for: why a family is unavailable, how the
+/// host reaches the internet through the PvD, and the routes its table
+/// carries with their origin.
+fn pvd_notes(p: &PvdView) -> Vec<String> {
+    let mut notes = Vec::new();
+    for (family, uplink, why) in [
+        ("IPv4", &p.uplink4, &p.why_not_v4),
+        ("IPv6", &p.uplink6, &p.why_not_v6),
+    ] {
+        match (why, uplink) {
+            (Some(why), _) => notes.push(format!("{}: {family} unavailable: {why}", p.name)),
+            (None, Some(uplink)) => notes.push(format!("{}: {family} uplink: {uplink}", p.name)),
+            (None, None) => {}
+        }
+    }
+    notes.extend(p.routes.iter().map(|r| format!("{}: route {r}", p.name)));
+    notes
 }

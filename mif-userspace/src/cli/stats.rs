@@ -65,7 +65,7 @@ impl StatsArgs {
 fn render(rows: &[Row]) -> String {
     let mut out = vec![[
         "POLICY", "CGROUP", "PVD", "STEERED", "/S", "FALLBACK", "REFUSED", "/S", "BOUND",
-        "SRC SET", "DNS",
+        "SRC SET", "DNS", "EXCLUDED",
     ]
     .map(String::from)
     .to_vec()];
@@ -83,6 +83,7 @@ fn render(rows: &[Row]) -> String {
             c.bound.to_string(),
             c.src_set.to_string(),
             c.dns.to_string(),
+            c.excluded.to_string(),
         ]);
     }
     table(&out)

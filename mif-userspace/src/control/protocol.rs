@@ -2,9 +2,19 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    netlink::{HostRoute, Uplink, UplinkShape},
     policies::{Origin, PolicySpec},
     pvd::PvdState,
 };
+
+/// The name serde gives a unit enum variant (`point-to-point`, `ra`...),
+/// so views say exactly what JSON says.
+fn wire_name(value: impl Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -90,6 +100,51 @@ pub struct PvdView {
     pub dns_source: String,
     pub mark: String,
     pub table: u32,
+    /// `ethernet`, `wifi`, `point-to-point`, ...
+    #[serde(default)]
+    pub kind: String,
+    /// Why the PvD is unavailable for a family (None when it is available).
+    #[serde(default)]
+    pub why_not_v4: Option<String>,
+    #[serde(default)]
+    pub why_not_v6: Option<String>,
+    /// How the host reaches the internet through the PvD, per family
+    /// (`default via 198.18.0.1 (table main)`, `split default dev tun0`...).
+    #[serde(default)]
+    pub uplink4: Option<String>,
+    #[serde(default)]
+    pub uplink6: Option<String>,
+    /// The host's more-specific routes the PvD's table carries, each with
+    /// where it came from (`2001:db8:77::/64 via fe80::2 (ra)`).
+    #[serde(default)]
+    pub routes: Vec<String>,
+}
+
+/// An uplink in words.
+fn describe_uplink(u: &Uplink, interface: &str) -> String {
+    let shape = match u.shape {
+        UplinkShape::Default => "default",
+        UplinkShape::SplitDefault => "split default",
+        UplinkShape::PointToPoint => "point-to-point (no route needed)",
+    };
+    let hop = match u.gateway {
+        Some(gw) => format!("via {gw}"),
+        None => format!("dev {interface}"),
+    };
+    match u.table {
+        Some(254) => format!("{shape} {hop} (table main)"),
+        Some(table) => format!("{shape} {hop} (table {table})"),
+        None => format!("{shape} {hop}"),
+    }
+}
+
+/// A copied route in words, with its origin.
+fn describe_route(r: &HostRoute) -> String {
+    let origin = wire_name(r.origin);
+    match r.gateway {
+        Some(gw) => format!("{}/{} via {gw} ({origin})", r.dst, r.prefix_len),
+        None => format!("{}/{} on-link ({origin})", r.dst, r.prefix_len),
+    }
 }
 
 impl From<&PvdState> for PvdView {
@@ -105,15 +160,18 @@ impl From<&PvdState> for PvdView {
             available_v6: p.available6(),
             addr4: s(p.addr4.map(|a| a.to_string())),
             addr6: s(p.addr6.map(|a| a.to_string())),
-            gateway4: p.gateway4.map(|a| a.to_string()),
-            gateway6: p.gateway6.map(|a| a.to_string()),
+            gateway4: p.gateway4().map(|a| a.to_string()),
+            gateway6: p.gateway6().map(|a| a.to_string()),
             dns: p.dns.iter().map(|a| a.to_string()).collect(),
-            dns_source: serde_json::to_value(p.dns_source)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default(),
+            dns_source: wire_name(p.dns_source),
             mark: format!("{:#x}", p.mark),
             table: p.table,
+            kind: wire_name(p.kind),
+            why_not_v4: p.unavailable_because(false),
+            why_not_v6: p.unavailable_because(true),
+            uplink4: p.uplink4.as_ref().map(|u| describe_uplink(u, &p.interface)),
+            uplink6: p.uplink6.as_ref().map(|u| describe_uplink(u, &p.interface)),
+            routes: p.routes.iter().map(describe_route).collect(),
         }
     }
 }
@@ -134,8 +192,14 @@ pub struct PolicyView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum MonitorEvent {
-    Pvd(PvdView),
+    /// Boxed: a PvD's view is several times the size of the other events.
+    Pvd(Box<PvdView>),
     PolicySet(PolicySpec),
-    PolicyDel { cgroup: String },
-    Reload { ok: bool, error: Option<String> },
+    PolicyDel {
+        cgroup: String,
+    },
+    Reload {
+        ok: bool,
+        error: Option<String>,
+    },
 }

@@ -377,7 +377,7 @@ fn announce_pvd_changes(
 ) {
     for pvd in reconciler.pvds() {
         if !before.contains(pvd) {
-            let _ = monitor.send(MonitorEvent::Pvd(pvd.into()));
+            let _ = monitor.send(MonitorEvent::Pvd(Box::new(pvd.into())));
         }
     }
 }

@@ -7,9 +7,7 @@
 
 use std::collections::HashSet;
 
-use futures::TryStreamExt;
 use netlink_packet_route::{route::RouteMessage, rule::RuleMessage};
-use rtnetlink::IpVersion;
 
 use super::{
     error::{is_exists, is_missing},
@@ -118,25 +116,12 @@ impl Netlink {
     /// Deletes the PvD's rules (our protocol, its table, its priorities)
     /// that are not in `keep`. Rules of anyone else are never touched.
     async fn prune_rules(&self, plan: &PvdRouting, keep: &[RuleSpec]) -> Result<(), NetlinkError> {
-        for version in [IpVersion::V4, IpVersion::V6] {
-            let rules: Vec<RuleMessage> = self
-                .handle
-                .rule()
-                .get(version)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|source| NetlinkError::Dump {
-                    what: "rules",
-                    source,
-                })?;
-            let stale = rules.into_iter().filter(|msg| {
-                plan.owns_rule(msg)
-                    && !RuleSpec::from_message(msg).is_some_and(|spec| keep.contains(&spec))
-            });
-            for msg in stale {
-                self.delete_rule(plan, msg).await?;
-            }
+        let stale = self.rules().await?.into_iter().filter(|msg| {
+            plan.owns_rule(msg)
+                && !RuleSpec::from_message(msg).is_some_and(|spec| keep.contains(&spec))
+        });
+        for msg in stale {
+            self.delete_rule(plan, msg).await?;
         }
         Ok(())
     }

@@ -1,20 +1,20 @@
-//! The host's interfaces as mif sees them: link state, addresses and the
-//! default gateways of the main table, assembled from three kernel dumps.
+//! The host's interfaces as mif sees them: link state and kind, addresses,
+//! and how the host routes through each (see [`super::uplinks`]), assembled
+//! from link, address, route and rule dumps.
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags, AddressMessage},
-    link::{LinkAttribute, LinkFlags, LinkMessage},
-    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
+    link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMessage},
+    route::RouteMessage,
+    rule::RuleMessage,
 };
+use serde::Serialize;
 
-use super::plan::route_table;
+use super::uplinks::{interface_routing, HostRoute, Uplink};
 
-/// One network interface with its state, addresses and default gateways.
+/// One network interface with its state, addresses and routing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
     pub name: String,
@@ -23,12 +23,56 @@ pub struct Interface {
     /// `IFF_RUNNING`): only then can the PvD carry traffic.
     pub up: bool,
     pub loopback: bool,
+    pub kind: LinkKind,
     pub addrs: Vec<InterfaceAddr>,
-    /// Gateways of IPv4 default routes of the main table through this
-    /// interface, best (lowest) metric first.
-    pub gateways4: Vec<Ipv4Addr>,
-    /// The same for IPv6 (`::/0`).
-    pub gateways6: Vec<Ipv6Addr>,
+    /// How the host reaches the internet through this interface over IPv4,
+    /// if it does (best route first: see [`super::uplinks`]).
+    pub uplink4: Option<Uplink>,
+    /// The same for IPv6.
+    pub uplink6: Option<Uplink>,
+    /// The host's more-specific routes through this interface.
+    pub routes: Vec<HostRoute>,
+}
+
+/// What kind of link an interface is, as far as choosing a network goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkKind {
+    /// Ethernet framing (wired, veth, bridges, most USB modems).
+    #[default]
+    Ethernet,
+    /// An 802.11 interface (the kernel's sysfs says `wireless`).
+    Wifi,
+    /// No link-layer address: tun, ppp, WireGuard, raw-IP modems. The far
+    /// end is the only neighbour, so no route is needed to use it.
+    PointToPoint,
+    Loopback,
+    Other,
+}
+
+impl LinkKind {
+    fn of(link: &LinkMessage) -> Self {
+        let flags = link.header.flags;
+        if flags.contains(LinkFlags::Loopback) {
+            return Self::Loopback;
+        }
+        if flags.contains(LinkFlags::Pointopoint) {
+            return Self::PointToPoint;
+        }
+        match link.header.link_layer_type {
+            LinkLayerType::Ether => Self::Ethernet,
+            LinkLayerType::None
+            | LinkLayerType::Ppp
+            | LinkLayerType::Rawip
+            | LinkLayerType::Tunnel
+            | LinkLayerType::Tunnel6 => Self::PointToPoint,
+            _ => Self::Other,
+        }
+    }
+
+    pub fn is_point_to_point(self) -> bool {
+        self == Self::PointToPoint
+    }
 }
 
 /// One address of an interface.
@@ -44,15 +88,18 @@ pub struct InterfaceAddr {
     pub tentative: bool,
     /// `IFA_F_TEMPORARY`: an RFC 8981 privacy address (IPv6 only).
     pub temporary: bool,
+    /// The far end of a point-to-point address (`inet A peer B`).
+    pub peer: Option<IpAddr>,
 }
 
-/// Builds the interface list from link, address and route dumps. Addresses
-/// and routes of links missing from the link dump (they raced with it) are
-/// dropped.
+/// Builds the interface list from link, address, route and rule dumps.
+/// Addresses and routes of links missing from the link dump (they raced
+/// with it) are dropped.
 pub(crate) fn assemble(
     links: &[LinkMessage],
     addrs: &[AddressMessage],
     routes: &[RouteMessage],
+    rules: &[RuleMessage],
 ) -> Vec<Interface> {
     let mut by_index: BTreeMap<u32, Interface> = links
         .iter()
@@ -63,19 +110,32 @@ pub(crate) fn assemble(
             iface.addrs.push(addr);
         }
     }
-    let mut gateways = default_gateways(routes);
-    gateways.sort_by_key(|&(metric, ..)| metric);
-    for (_, oif, via) in gateways {
-        let Some(iface) = by_index.get_mut(&oif) else {
-            continue;
-        };
-        match via {
-            IpAddr::V4(v4) if !iface.gateways4.contains(&v4) => iface.gateways4.push(v4),
-            IpAddr::V6(v6) if !iface.gateways6.contains(&v6) => iface.gateways6.push(v6),
-            _ => {}
+    for (index, routing) in interface_routing(routes, rules) {
+        if let Some(iface) = by_index.get_mut(&index) {
+            iface.uplink4 = routing.uplink4;
+            iface.uplink6 = routing.uplink6;
+            iface.routes = routing.routes;
         }
     }
     by_index.into_values().collect()
+}
+
+/// Tells Wi-Fi from other Ethernet-framed links by sysfs, which only
+/// describes the namespace sysfs was mounted in: the entry counts only when
+/// its ifindex is the interface's (a lab or container namespace may reuse a
+/// name the host's sysfs knows).
+pub(crate) fn refine_kinds(interfaces: &mut [Interface]) {
+    for iface in interfaces
+        .iter_mut()
+        .filter(|i| i.kind == LinkKind::Ethernet)
+    {
+        let dir = std::path::Path::new("/sys/class/net").join(&iface.name);
+        let same = std::fs::read_to_string(dir.join("ifindex"))
+            .is_ok_and(|s| s.trim() == iface.index.to_string());
+        if same && dir.join("wireless").exists() {
+            iface.kind = LinkKind::Wifi;
+        }
+    }
 }
 
 fn interface_of(link: &LinkMessage) -> Interface {
@@ -94,9 +154,11 @@ fn interface_of(link: &LinkMessage) -> Interface {
         up: flags.contains(LinkFlags::Up)
             && flags.intersects(LinkFlags::LowerUp | LinkFlags::Running),
         loopback: flags.contains(LinkFlags::Loopback),
+        kind: LinkKind::of(link),
         addrs: Vec::new(),
-        gateways4: Vec::new(),
-        gateways6: Vec::new(),
+        uplink4: None,
+        uplink6: None,
+        routes: Vec::new(),
     }
 }
 
@@ -125,68 +187,13 @@ fn address_of(msg: &AddressMessage) -> Option<InterfaceAddr> {
         // IFA_F_TEMPORARY is IFA_F_SECONDARY's bit; IPv4 uses it for the
         // latter.
         temporary: addr.is_ipv6() && flags.contains(AddressFlags::Secondary),
-    })
-}
-
-/// `(metric, oif, gateway)` of every unicast default route of the main
-/// table, one per next hop for multipath routes.
-fn default_gateways(routes: &[RouteMessage]) -> Vec<(u32, u32, IpAddr)> {
-    let mut found = Vec::new();
-    for msg in routes.iter().filter(|msg| is_main_default(msg)) {
-        let metric = metric_of(&msg.attributes);
-        if let (Some(via), Some(oif)) = (gateway_of(&msg.attributes), oif_of(&msg.attributes)) {
-            found.push((metric, oif, via));
-        }
-        for attr in &msg.attributes {
-            if let RouteAttribute::MultiPath(hops) = attr {
-                found.extend(hops.iter().filter_map(|hop| {
-                    gateway_of(&hop.attributes).map(|via| (metric, hop.interface_index, via))
-                }));
-            }
-        }
-    }
-    found
-}
-
-fn is_main_default(msg: &RouteMessage) -> bool {
-    route_table(msg) == u32::from(RouteHeader::RT_TABLE_MAIN)
-        && msg.header.destination_prefix_length == 0
-        && msg.header.source_prefix_length == 0
-        && msg.header.kind == RouteType::Unicast
-}
-
-fn metric_of(attrs: &[RouteAttribute]) -> u32 {
-    attrs
-        .iter()
-        .find_map(|attr| match attr {
-            RouteAttribute::Priority(metric) => Some(*metric),
-            _ => None,
-        })
-        .unwrap_or(0)
-}
-
-fn oif_of(attrs: &[RouteAttribute]) -> Option<u32> {
-    attrs.iter().find_map(|attr| match attr {
-        RouteAttribute::Oif(oif) => Some(*oif),
-        _ => None,
-    })
-}
-
-fn gateway_of(attrs: &[RouteAttribute]) -> Option<IpAddr> {
-    attrs.iter().find_map(|attr| match attr {
-        RouteAttribute::Gateway(RouteAddress::Inet(v4)) => Some((*v4).into()),
-        RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => Some((*v6).into()),
-        _ => None,
+        peer: address.filter(|peer| local.is_some() && *peer != addr),
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use netlink_packet_route::{
-        address::AddressHeaderFlags,
-        route::{RouteNextHop, RouteProtocol},
-        AddressFamily,
-    };
+    use netlink_packet_route::{address::AddressHeaderFlags, AddressFamily};
 
     use super::*;
 
@@ -212,22 +219,6 @@ mod tests {
         msg
     }
 
-    fn default_route(via: &str, oif: u32, metric: Option<u32>, table: u8) -> RouteMessage {
-        let via: IpAddr = via.parse().unwrap();
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = match via {
-            IpAddr::V4(_) => AddressFamily::Inet,
-            IpAddr::V6(_) => AddressFamily::Inet6,
-        };
-        msg.header.table = table;
-        msg.header.kind = RouteType::Unicast;
-        msg.header.protocol = RouteProtocol::Dhcp;
-        msg.attributes.push(RouteAttribute::Gateway(via.into()));
-        msg.attributes.push(RouteAttribute::Oif(oif));
-        msg.attributes.extend(metric.map(RouteAttribute::Priority));
-        msg
-    }
-
     #[test]
     fn up_needs_carrier() {
         let links = [
@@ -240,7 +231,7 @@ mod tests {
             link(3, "eth1", LinkFlags::Up),
             link(4, "eth2", LinkFlags::LowerUp),
         ];
-        let got: Vec<_> = assemble(&links, &[], &[])
+        let got: Vec<_> = assemble(&links, &[], &[], &[])
             .into_iter()
             .map(|i| (i.name, i.up, i.loopback))
             .collect();
@@ -295,7 +286,7 @@ mod tests {
         header_only.header.scope = 253.into();
         let addrs: Vec<_> = addrs.into_iter().chain([header_only]).collect();
 
-        let iface = assemble(&links, &addrs, &[]).remove(0);
+        let iface = assemble(&links, &addrs, &[], &[]).remove(0);
         let got: Vec<_> = iface
             .addrs
             .iter()
@@ -307,64 +298,49 @@ mod tests {
                     a.deprecated,
                     a.tentative,
                     a.temporary,
+                    a.peer.map(|p| p.to_string()),
                 )
             })
             .collect();
         assert_eq!(
             got,
             [
-                ("10.0.0.1".into(), 32, 0, false, false, false),
-                ("10.1.0.1".into(), 24, 0, false, false, false),
-                ("2001:db8::1".into(), 64, 0, true, false, true),
-                ("2001:db8::2".into(), 64, 0, false, true, false),
-                ("fe80::1".into(), 64, 253, false, true, false),
+                (
+                    "10.0.0.1".into(),
+                    32,
+                    0,
+                    false,
+                    false,
+                    false,
+                    Some("10.0.0.2".into())
+                ),
+                ("10.1.0.1".into(), 24, 0, false, false, false, None),
+                ("2001:db8::1".into(), 64, 0, true, false, true, None),
+                ("2001:db8::2".into(), 64, 0, false, true, false, None),
+                ("fe80::1".into(), 64, 253, false, true, false, None),
             ]
         );
     }
 
     #[test]
-    fn gateways_come_from_main_defaults_best_metric_first() {
-        let links = [
-            link(2, "eth0", LinkFlags::Up),
-            link(3, "eth1", LinkFlags::Up),
-        ];
-        let mut multipath = default_route("192.0.2.1", 0, Some(50), 254);
-        multipath
-            .attributes
-            .retain(|a| !matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Oif(_)));
-        let hop = |via: &str, oif| {
-            let mut hop = RouteNextHop::default();
-            hop.interface_index = oif;
-            hop.attributes.push(RouteAttribute::Gateway(
-                via.parse::<IpAddr>().unwrap().into(),
-            ));
-            hop
-        };
-        multipath.attributes.push(RouteAttribute::MultiPath(vec![
-            hop("198.51.100.1", 2),
-            hop("203.0.113.1", 3),
-        ]));
-        let mut not_default = default_route("192.0.2.9", 2, None, 254);
-        not_default.header.destination_prefix_length = 8;
-        let routes = [
-            default_route("192.0.2.1", 2, Some(100), 254),
-            default_route("192.0.2.2", 2, None, 254),
-            default_route("192.0.2.3", 2, Some(10), 100),
-            default_route("fe80::1", 2, Some(1024), 254),
-            default_route("fe80::1", 2, Some(2048), 254),
-            multipath,
-            not_default,
-        ];
-        let ifaces = assemble(&links, &[], &routes);
-        let v4 = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    fn point_to_point_links_are_told_apart() {
+        let mut tun = link(5, "tun0", LinkFlags::Up | LinkFlags::Pointopoint);
+        tun.header.link_layer_type = LinkLayerType::None;
+        let mut ppp = link(6, "ppp0", LinkFlags::Up);
+        ppp.header.link_layer_type = LinkLayerType::Ppp;
+        let mut eth = link(7, "eth0", LinkFlags::Up);
+        eth.header.link_layer_type = LinkLayerType::Ether;
+        let kinds: Vec<_> = assemble(&[tun, ppp, eth], &[], &[], &[])
+            .into_iter()
+            .map(|i| i.kind)
+            .collect();
         assert_eq!(
-            ifaces[0].gateways4,
-            [v4("192.0.2.2"), v4("198.51.100.1"), v4("192.0.2.1")]
+            kinds,
+            [
+                LinkKind::PointToPoint,
+                LinkKind::PointToPoint,
+                LinkKind::Ethernet
+            ]
         );
-        assert_eq!(
-            ifaces[0].gateways6,
-            ["fe80::1".parse::<Ipv6Addr>().unwrap()]
-        );
-        assert_eq!(ifaces[1].gateways4, [v4("203.0.113.1")]);
     }
 }

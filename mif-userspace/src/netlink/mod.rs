@@ -11,15 +11,17 @@ mod install;
 mod interfaces;
 mod plan;
 mod ra;
+mod route_attrs;
 #[cfg(test)]
 mod tests;
+mod uplinks;
 mod verify;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use netlink_packet_route::route::RouteMessage;
-use rtnetlink::{Handle, RouteMessageBuilder};
+use netlink_packet_route::{route::RouteMessage, rule::RuleMessage};
+use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 
 pub use self::{
     error::NetlinkError,
@@ -27,9 +29,10 @@ pub use self::{
         decode as decode_events, link_socket, subscribe, ChangeKind, Dnssl, NetEvent, NetEvents,
         Rdnss, DATAGRAM_BUFFER,
     },
-    interfaces::{Interface, InterfaceAddr},
-    plan::{PvdRouting, MIF_PROTOCOL},
+    interfaces::{Interface, InterfaceAddr, LinkKind},
+    plan::{NextHop, PvdRouting, MIF_PROTOCOL},
     ra::{parse_nduseropt, RaOptions, RaParseError},
+    uplinks::{HostRoute, RouteOrigin, Uplink, UplinkShape},
 };
 
 /// An rtnetlink connection to one network namespace.
@@ -51,8 +54,9 @@ impl Netlink {
         Ok(Self { handle })
     }
 
-    /// Every interface with its state, addresses and default gateways (from
-    /// the main table).
+    /// Every interface with its state, addresses and routing: uplinks and
+    /// more-specific routes from the main table and from the tables other
+    /// tools' rules lead to.
     pub async fn interfaces(&self) -> Result<Vec<Interface>, NetlinkError> {
         let links: Vec<_> = self
             .handle
@@ -78,7 +82,30 @@ impl Netlink {
             })?;
         let mut routes = self.routes_v4().await?;
         routes.extend(self.routes_v6().await?);
-        Ok(interfaces::assemble(&links, &addrs, &routes))
+        let rules = self.rules().await?;
+        let mut found = interfaces::assemble(&links, &addrs, &routes, &rules);
+        interfaces::refine_kinds(&mut found);
+        Ok(found)
+    }
+
+    /// The ip rules of both families.
+    pub(crate) async fn rules(&self) -> Result<Vec<RuleMessage>, NetlinkError> {
+        let mut rules = Vec::new();
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let dumped: Vec<RuleMessage> = self
+                .handle
+                .rule()
+                .get(version)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|source| NetlinkError::Dump {
+                    what: "rules",
+                    source,
+                })?;
+            rules.extend(dumped);
+        }
+        Ok(rules)
     }
 
     /// All IPv4 routes of all tables. Without `NETLINK_GET_STRICT_CHK` the

@@ -8,15 +8,22 @@ use std::{
 };
 
 use netlink_packet_route::{
-    route::{
-        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-        RouteType,
-    },
+    route::{RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType},
     rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage},
     AddressFamily,
 };
 
-use super::NetlinkError;
+use super::{route_attrs::ip_of, HostRoute, NetlinkError};
+
+/// Where a PvD table's default route leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextHop {
+    /// `default via GATEWAY dev IF`.
+    Gateway(IpAddr),
+    /// `default dev IF`: device-only uplinks (ppp, raw-IP modems, tun
+    /// without a peer address).
+    Device,
+}
 
 /// The routing protocol id mif stamps on its routes (`rtm_protocol`) and
 /// rules (`FRA_PROTOCOL`). 0–4 are the kernel's own, and the values
@@ -51,12 +58,18 @@ pub struct PvdRouting {
     pub table: u32,
     /// The interface the PvD lives on.
     pub ifindex: u32,
-    pub gateway4: Option<Ipv4Addr>,
-    pub gateway6: Option<Ipv6Addr>,
-    /// On-link prefixes of the interface, installed as link-scope routes.
-    /// Include `fe80::/64` if link-local destinations should work for the
-    /// PvD's sockets: the table ends in an unreachable default.
+    /// The IPv4 default route of the table, while the PvD is an IPv4 uplink.
+    pub default4: Option<NextHop>,
+    /// The IPv6 default route likewise.
+    pub default6: Option<NextHop>,
+    /// On-link prefixes of the interface's addresses, installed as
+    /// link-scope routes.
     pub prefixes: Vec<(IpAddr, u8)>,
+    /// The host's more-specific routes through the interface (on-link,
+    /// router advertisement, DHCP and VPN routes), copied so the PvD's
+    /// sockets reach what the host reaches through it. The table ends in an
+    /// unreachable default, so anything else is refused, never leaked.
+    pub routes: Vec<HostRoute>,
     /// The PvD's addresses; each gets a `from ADDR lookup table` rule so
     /// replies and sockets bound to them leave through the PvD (RFC 8028).
     pub sources: Vec<IpAddr>,
@@ -88,9 +101,12 @@ impl PvdRouting {
         if self.mark_priority == 0 || self.source_priority == 0 {
             return Err(self.invalid("rule priority 0 is the local table's".into()));
         }
+        let routes = self.routes.iter().map(|r| (r.dst, r.prefix_len));
         if let Some((addr, len)) = self
             .prefixes
             .iter()
+            .copied()
+            .chain(routes)
             .find(|(addr, len)| *len > max_prefix_len(*addr))
         {
             return Err(self.invalid(format!("prefix {addr}/{len} is too long")));
@@ -116,27 +132,47 @@ impl PvdRouting {
 
     /// The routes the table must hold, in the order to add them: the
     /// unreachable safety net first (so the table never lets traffic through
-    /// while filling up), then prefixes (IPv4 gateways must be on-link).
+    /// while filling up), then on-link routes, then routes through gateways
+    /// (IPv4 gateways must be on-link), the defaults last.
     pub(crate) fn routes(&self) -> Vec<RouteSpec> {
+        let oif = self.ifindex;
         let mut routes = vec![
             RouteSpec::unreachable(Ipv4Addr::UNSPECIFIED.into()),
             RouteSpec::unreachable(Ipv6Addr::UNSPECIFIED.into()),
         ];
-        for &(addr, len) in &self.prefixes {
-            let dst = network(addr, len);
-            let spec = RouteSpec {
-                dst,
-                prefix_len: len,
-                metric: PREFIX_METRIC,
-                kind: RouteKind::OnLink { oif: self.ifindex },
+        let prefixes = self.prefixes.iter().map(|&(addr, len)| RouteSpec {
+            dst: network(addr, len),
+            prefix_len: len,
+            metric: PREFIX_METRIC,
+            kind: RouteKind::OnLink { oif },
+        });
+        let host = self.routes.iter().map(|r| RouteSpec {
+            dst: network(r.dst, r.prefix_len),
+            prefix_len: r.prefix_len,
+            metric: r.metric,
+            kind: match r.gateway {
+                Some(via) => RouteKind::Gateway { via, oif },
+                None => RouteKind::OnLink { oif },
+            },
+        });
+        let defaults = [
+            (Ipv4Addr::UNSPECIFIED.into(), self.default4),
+            (Ipv6Addr::UNSPECIFIED.into(), self.default6),
+        ]
+        .into_iter()
+        .filter_map(|(dst, hop)| Some(RouteSpec::default_through(dst, hop?, oif)));
+        let (on_link, via): (Vec<RouteSpec>, Vec<RouteSpec>) = prefixes
+            .chain(host)
+            .partition(|r| matches!(r.kind, RouteKind::OnLink { .. }));
+        for spec in on_link.into_iter().chain(via).chain(defaults) {
+            // The kernel's own prefix route (metric 0 or 256) repeats an
+            // address's prefix: one route per destination and next hop.
+            let same = |r: &RouteSpec| {
+                (r.dst, r.prefix_len, &r.kind) == (spec.dst, spec.prefix_len, &spec.kind)
             };
-            if !routes.contains(&spec) {
+            if !routes.iter().any(same) {
                 routes.push(spec);
             }
-        }
-        let gateways = [self.gateway4.map(IpAddr::V4), self.gateway6.map(IpAddr::V6)];
-        for via in gateways.into_iter().flatten() {
-            routes.push(RouteSpec::default_via(via, self.ifindex));
         }
         routes
     }
@@ -237,16 +273,16 @@ impl RouteSpec {
         }
     }
 
-    fn default_via(via: IpAddr, oif: u32) -> Self {
-        let dst = match via {
-            IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-            IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
-        };
+    /// The default route of family `dst` (`0.0.0.0` or `::`).
+    fn default_through(dst: IpAddr, hop: NextHop, oif: u32) -> Self {
         Self {
             dst,
             prefix_len: 0,
             metric: GATEWAY_METRIC,
-            kind: RouteKind::Gateway { via, oif },
+            kind: match hop {
+                NextHop::Gateway(via) => RouteKind::Gateway { via, oif },
+                NextHop::Device => RouteKind::OnLink { oif },
+            },
         }
     }
 
@@ -484,14 +520,6 @@ impl RuleAttrs {
     }
 }
 
-fn ip_of(addr: &RouteAddress) -> Option<IpAddr> {
-    match addr {
-        RouteAddress::Inet(v4) => Some((*v4).into()),
-        RouteAddress::Inet6(v6) => Some((*v6).into()),
-        _ => None,
-    }
-}
-
 /// The table of a dumped route: `RTA_TABLE` when present (it is the only
 /// place for ids above 255), the header byte otherwise.
 pub(crate) fn route_table(msg: &RouteMessage) -> u32 {
@@ -613,13 +641,14 @@ mod tests {
             name: "wan".into(),
             table: 1234,
             ifindex: 7,
-            gateway4: Some(Ipv4Addr::new(198, 18, 5, 1)),
-            gateway6: Some("2001:db8:5::1".parse().unwrap()),
+            default4: Some(NextHop::Gateway("198.18.5.1".parse().unwrap())),
+            default6: Some(NextHop::Gateway("2001:db8:5::1".parse().unwrap())),
             prefixes: vec![
                 ("198.18.5.2".parse().unwrap(), 24),
                 ("2001:db8:5::2".parse().unwrap(), 64),
                 ("198.18.5.0".parse().unwrap(), 24),
             ],
+            routes: vec![],
             sources: vec![
                 "198.18.5.2".parse().unwrap(),
                 "2001:db8:5::2".parse().unwrap(),
@@ -667,6 +696,46 @@ mod tests {
     }
 
     #[test]
+    fn host_routes_follow_on_link_routes_and_defaults_come_last() {
+        use crate::netlink::RouteOrigin;
+        let host = |dst: &str, len, gateway: Option<&str>, metric| HostRoute {
+            dst: dst.parse().unwrap(),
+            prefix_len: len,
+            gateway: gateway.map(|g| g.parse().unwrap()),
+            metric,
+            origin: RouteOrigin::Kernel,
+        };
+        let mut plan = plan();
+        plan.default4 = Some(NextHop::Device);
+        plan.routes = vec![
+            host("2001:db8:77::", 64, Some("fe80::2"), 1024),
+            // The kernel's own prefix route: the same as the address's.
+            host("198.18.5.0", 24, None, 0),
+            host("10.99.0.1", 32, None, 0),
+        ];
+        let shown: Vec<String> = plan.routes().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "unreachable 0.0.0.0/0 metric 4294967295",
+                "unreachable ::/0 metric 4294967295",
+                "198.18.5.0/24 dev #7 scope link metric 256",
+                "2001:db8:5::/64 dev #7 scope link metric 256",
+                "10.99.0.1/32 dev #7 scope link metric 0",
+                "2001:db8:77::/64 via fe80::2 dev #7 metric 1024",
+                "0.0.0.0/0 dev #7 scope link metric 1024",
+                "::/0 via 2001:db8:5::1 dev #7 metric 1024",
+            ]
+        );
+        for route in plan.routes() {
+            assert_eq!(
+                RouteSpec::from_message(&route.to_message(1234)),
+                Some(route)
+            );
+        }
+    }
+
+    #[test]
     fn routes_round_trip_through_messages() {
         for route in plan().routes() {
             let msg = route.to_message(1234);
@@ -685,7 +754,9 @@ mod tests {
 
     #[test]
     fn ipv4_metric_zero_has_no_attribute() {
-        let mut msg = RouteSpec::default_via("10.0.0.1".parse().unwrap(), 3).to_message(1234);
+        let hop = NextHop::Gateway("10.0.0.1".parse().unwrap());
+        let mut msg =
+            RouteSpec::default_through(Ipv4Addr::UNSPECIFIED.into(), hop, 3).to_message(1234);
         msg.attributes
             .retain(|a| !matches!(a, RouteAttribute::Priority(_)));
         assert_eq!(RouteSpec::from_message(&msg).unwrap().metric, 0);

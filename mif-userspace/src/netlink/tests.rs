@@ -11,7 +11,7 @@ use std::{
 
 use nix::sched::{setns, CloneFlags};
 
-use super::{Interface, Netlink, PvdRouting};
+use super::{Interface, Netlink, NextHop, PvdRouting, Uplink};
 
 const TABLE: u32 = 1234;
 /// The veth end inside the test namespace.
@@ -159,9 +159,10 @@ fn plan_for(iface: &Interface) -> PvdRouting {
         name: "test".into(),
         table: TABLE,
         ifindex: iface.index,
-        gateway4: iface.gateways4.first().copied(),
-        gateway6: iface.gateways6.first().copied(),
+        default4: iface.uplink4.as_ref().map(Uplink::next_hop),
+        default6: iface.uplink6.as_ref().map(Uplink::next_hop),
         prefixes: global().map(|a| (a.addr, a.prefix_len)).collect(),
+        routes: Vec::new(),
         sources: global().map(|a| a.addr).collect(),
         mark: 0x0100_0000,
         mark_mask: 0x7f00_0000,
@@ -200,14 +201,9 @@ fn interfaces_report_state_addresses_and_gateways() {
         let v6 = v6.expect("ipv6 address");
         assert_eq!((v6.prefix_len, v6.scope), (64, 0));
         assert!(!v6.tentative && !v6.deprecated && !v6.temporary, "{v6:?}");
-        assert_eq!(
-            iface.gateways4,
-            ["198.18.5.1".parse::<std::net::Ipv4Addr>().unwrap()]
-        );
-        assert_eq!(
-            iface.gateways6,
-            ["2001:db8:5::1".parse::<std::net::Ipv6Addr>().unwrap()]
-        );
+        let gateway = |u: &Option<Uplink>| u.as_ref().and_then(|u| u.gateway);
+        assert_eq!(gateway(&iface.uplink4), Some(addr("198.18.5.1")));
+        assert_eq!(gateway(&iface.uplink6), Some(addr("2001:db8:5::1")));
     });
 }
 
@@ -304,8 +300,8 @@ fn install_and_remove_a_pvd() {
 
     // A changed plan replaces the gateway and prunes what it no longer has.
     let mut changed = plan.clone();
-    changed.gateway4 = Some("198.18.5.254".parse().unwrap());
-    changed.gateway6 = None;
+    changed.default4 = Some(NextHop::Gateway("198.18.5.254".parse().unwrap()));
+    changed.default6 = None;
     changed.sources.retain(IpAddr::is_ipv4);
     changed.prefixes.retain(|(addr, _)| addr.is_ipv4());
     ns.run(move || async move {

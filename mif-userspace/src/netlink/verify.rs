@@ -3,10 +3,6 @@
 //! its own writes (which echo back as netlink events) cause no loop.
 use std::collections::HashSet;
 
-use futures::TryStreamExt;
-use netlink_packet_route::rule::RuleMessage;
-use rtnetlink::IpVersion;
-
 use super::{
     plan::{route_table, RouteSpec, RuleSpec},
     Netlink, NetlinkError, PvdRouting,
@@ -28,21 +24,7 @@ impl Netlink {
             return Ok(false);
         }
 
-        let mut rules: Vec<RuleMessage> = Vec::new();
-        for version in [IpVersion::V4, IpVersion::V6] {
-            let dumped: Vec<RuleMessage> = self
-                .handle
-                .rule()
-                .get(version)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|source| NetlinkError::Dump {
-                    what: "rules",
-                    source,
-                })?;
-            rules.extend(dumped);
-        }
+        let rules = self.rules().await?;
         let present: HashSet<Option<RuleSpec>> = rules
             .iter()
             .filter(|msg| plan.owns_rule(msg))
