@@ -16,7 +16,7 @@ use mif::{
     config,
     netlink::{HostRoute, Interface, InterfaceAddr, LinkKind, RouteOrigin, Uplink, UplinkShape},
     plan::{self, RuleOptions},
-    pvd::{self, LearnedDns, Numbering, Registry},
+    pvd::{self, DnsSource, LearnedDns, Numbering, Registry},
     reconcile::transitions,
 };
 
@@ -111,7 +111,10 @@ fn interfaces(list: &[Iface]) -> (Vec<Interface>, LearnedDns) {
         if !i.dns.is_empty() {
             learned.insert(
                 name.clone(),
-                i.dns.iter().map(|&d| IpAddr::V6(d.into())).collect(),
+                (
+                    i.dns.iter().map(|&d| IpAddr::V6(d.into())).collect(),
+                    DnsSource::Ra,
+                ),
             );
         }
         out.push(Interface {

@@ -26,6 +26,10 @@ pub struct Config {
     /// `[dns] forwarder_port`: first loopback port of the DNS forwarder
     /// (one port per PvD index), used when some PvD declares `domains`.
     pub dns_forwarder_port: u16,
+    /// `[dns] leases`: where the host's DHCP clients keep their leases
+    /// (files, or a directory's files with `*` in the last part); the
+    /// resolvers in them serve PvDs without configured or RA-learned ones.
+    pub dns_leases: Vec<PathBuf>,
 }
 
 /// Default first port of the DNS forwarder: below 1024, so that only root
@@ -215,6 +219,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawDns {
     forwarder_port: Option<Spanned<i64>>,
+    leases: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -504,6 +509,27 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         .control
         .and_then(|c| c.group)
         .map(|g| (g.get_ref().clone(), checker.lines.line_of(g.span().start)));
+    let dns_leases = match raw.dns.as_ref().and_then(|d| d.leases.as_ref()) {
+        None => crate::host_dns::DEFAULT_LEASE_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .collect(),
+        Some(paths) => {
+            let mut out = Vec::new();
+            for path in paths {
+                if !path.get_ref().starts_with('/') {
+                    return Err(checker.error(
+                        path.span(),
+                        "dns.leases",
+                        format!("{:?}", path.get_ref()),
+                        "must be an absolute path",
+                    ));
+                }
+                out.push(PathBuf::from(path.get_ref()));
+            }
+            out
+        }
+    };
     let dns_forwarder_port = match raw.dns.and_then(|d| d.forwarder_port) {
         None => DEFAULT_FORWARDER_PORT,
         Some(port) => {
@@ -531,6 +557,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         policies,
         control_group,
         dns_forwarder_port,
+        dns_leases,
     })
 }
 

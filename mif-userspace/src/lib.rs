@@ -15,6 +15,7 @@ pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod foreign_netns;
+pub mod host_dns;
 pub mod instance;
 pub mod kernel_maps;
 pub mod link_watch;

@@ -88,7 +88,8 @@ pub struct PvdState {
     pub mark: u32,
     pub table: u32,
     /// DNS servers: configured for the PvD, else learned from router
-    /// advertisements (RDNSS) on its interface.
+    /// advertisements (RDNSS) on its interface, else from the host's DHCP
+    /// client's lease for it.
     pub dns: Vec<IpAddr>,
     pub dns_source: DnsSource,
 }
@@ -101,11 +102,33 @@ pub enum DnsSource {
     None,
     Config,
     Ra,
+    Dhcp,
 }
 
 /// What was learned about interfaces beyond what a dump shows: DNS servers
-/// from router advertisements, by interface name.
-pub type LearnedDns = BTreeMap<String, Vec<IpAddr>>;
+/// from router advertisements and DHCP leases, by interface name, each with
+/// where it came from. See [`learned_dns`] for the precedence.
+pub type LearnedDns = BTreeMap<String, (Vec<IpAddr>, DnsSource)>;
+
+/// Resolvers per interface with the documented precedence: a PvD's
+/// configured `dns` (applied in [`build`]) over router advertisements
+/// (RFC 8106: the network's own, current announcement) over the DHCP lease
+/// the host's client holds (RFC 2132 option 6), so an IPv4-only DHCP network
+/// gets resolvers at all.
+pub fn learned_dns(
+    ra: BTreeMap<String, Vec<IpAddr>>,
+    dhcp: BTreeMap<String, Vec<IpAddr>>,
+) -> LearnedDns {
+    let mut learned: LearnedDns = dhcp
+        .into_iter()
+        .filter(|(_, servers)| !servers.is_empty())
+        .map(|(name, servers)| (name, (servers, DnsSource::Dhcp)))
+        .collect();
+    for (name, servers) in ra.into_iter().filter(|(_, s)| !s.is_empty()) {
+        learned.insert(name, (servers, DnsSource::Ra));
+    }
+    learned
+}
 
 impl PvdState {
     /// Usable for IPv4: link up, an IPv4 source, and the host routes the
@@ -360,8 +383,8 @@ pub fn build(
                 (slot.dns, DnsSource::Config)
             } else {
                 match learned.get(&pvd.interface) {
-                    Some(servers) if found.is_some() && !servers.is_empty() => {
-                        (servers.clone(), DnsSource::Ra)
+                    Some((servers, source)) if found.is_some() && !servers.is_empty() => {
+                        (servers.clone(), *source)
                     }
                     _ => (Vec::new(), DnsSource::None),
                 }
@@ -816,6 +839,49 @@ mod tests {
             None,
         );
         assert_eq!(explain(&[fine]), None);
+    }
+
+    #[test]
+    fn resolvers_come_from_config_then_ra_then_dhcp() {
+        let a = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let ra = BTreeMap::from([("wlan0".to_string(), vec![a("2001:db8::53")])]);
+        let dhcp = BTreeMap::from([
+            ("wlan0".to_string(), vec![a("198.18.0.53")]),
+            ("eth0".to_string(), vec![a("198.18.2.1")]),
+        ]);
+        let learned = learned_dns(ra, dhcp);
+        assert_eq!(learned["wlan0"], (vec![a("2001:db8::53")], DnsSource::Ra));
+        assert_eq!(learned["eth0"], (vec![a("198.18.2.1")], DnsSource::Dhcp));
+        let config = parse(
+            Path::new("c.toml"),
+            "[[pvd]]\nname = \"wlan0\"\ndns = [\"192.0.2.53\"]\n",
+        )
+        .unwrap();
+        let gw = Some("198.18.0.1");
+        let interfaces = [
+            iface("wlan0", 2, vec![addr("198.18.0.2", 24)], gw, None),
+            iface(
+                "eth0",
+                3,
+                vec![addr("198.18.2.2", 24)],
+                Some("198.18.2.1"),
+                None,
+            ),
+        ];
+        let (pvds, _) = build(
+            &config,
+            &interfaces,
+            &learned,
+            &NUMBERING,
+            &mut Registry::default(),
+        )
+        .unwrap();
+        let dns = |n: &str| {
+            let p = pvds.iter().find(|p| p.name == n).unwrap();
+            (p.dns.clone(), p.dns_source)
+        };
+        assert_eq!(dns("wlan0"), (vec![a("192.0.2.53")], DnsSource::Config));
+        assert_eq!(dns("eth0"), (vec![a("198.18.2.1")], DnsSource::Dhcp));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::{
     netlink::{Netlink, PvdRouting},
     plan::{self, ResolvedPolicy, RuleOptions},
     policies::{self, Pending, PolicyIds, PolicySet},
-    pvd::{self, LearnedDns, Numbering, PvdState, Registry},
+    pvd::{self, Numbering, PvdState, Registry},
 };
 
 /// DNS servers learned from router advertisements (RDNSS, RFC 8106) on one
@@ -48,7 +48,7 @@ impl RaDns {
         &mut self,
         interfaces: &[crate::netlink::Interface],
         now: Instant,
-    ) -> LearnedDns {
+    ) -> BTreeMap<String, Vec<IpAddr>> {
         for servers in self.by_ifindex.values_mut() {
             servers.retain(|(_, until)| *until > now);
         }
@@ -184,6 +184,9 @@ pub struct Reconciler {
     applied: BTreeMap<u32, PvdRouting>,
     pvds: Vec<PvdState>,
     ra_dns: RaDns,
+    /// Unreadable or garbled lease files already logged, so each problem
+    /// is logged once, not on every pass.
+    lease_problems: std::collections::BTreeSet<String>,
 }
 
 impl Reconciler {
@@ -209,6 +212,7 @@ impl Reconciler {
             applied: BTreeMap::new(),
             pvds: Vec::new(),
             ra_dns: RaDns::default(),
+            lease_problems: Default::default(),
         }
     }
 
@@ -223,6 +227,44 @@ impl Reconciler {
             });
         self.registry = Registry::from_pairs(names);
         self.applied = previous.into_iter().map(|r| (r.table, r)).collect();
+    }
+
+    /// Resolvers of the leases the host's DHCP clients hold, by interface:
+    /// read-only, from `[dns] leases` (see [`crate::host_dns`]). A lease
+    /// counts only while its interface still holds the leased address
+    /// (dhclient keeps expired clients' leases in its file).
+    fn dhcp_dns(
+        &mut self,
+        interfaces: &[crate::netlink::Interface],
+    ) -> BTreeMap<String, Vec<IpAddr>> {
+        let ifnames: BTreeMap<u32, String> = interfaces
+            .iter()
+            .map(|i| (i.index, i.name.clone()))
+            .collect();
+        let found = crate::host_dns::learn(
+            &self.config.dns_leases,
+            &ifnames,
+            std::time::SystemTime::now(),
+        );
+        for problem in found.problems {
+            let text = problem.to_string();
+            if self.lease_problems.insert(text.clone()) {
+                warn!("DHCP lease: {text}");
+            }
+        }
+        found
+            .links
+            .into_iter()
+            .filter(|(name, link)| {
+                let holds = |a: std::net::Ipv4Addr| {
+                    interfaces
+                        .iter()
+                        .any(|i| &i.name == name && i.addrs.iter().any(|x| x.addr == IpAddr::V4(a)))
+                };
+                link.address.is_none_or(holds)
+            })
+            .map(|(name, link)| (name, link.servers))
+            .collect()
     }
 
     /// Records RDNSS servers from a router advertisement on `ifindex`.
@@ -317,7 +359,8 @@ impl Reconciler {
             .interfaces()
             .await
             .context("dumping interfaces")?;
-        let learned = self.ra_dns.current(&interfaces, Instant::now());
+        let ra = self.ra_dns.current(&interfaces, Instant::now());
+        let learned = pvd::learned_dns(ra, self.dhcp_dns(&interfaces));
         let (pvds, skipped) = pvd::build(
             &self.config,
             &interfaces,

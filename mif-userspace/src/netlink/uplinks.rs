@@ -21,7 +21,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use netlink_packet_route::{
@@ -30,7 +30,7 @@ use netlink_packet_route::{
 };
 use serde::Serialize;
 
-use super::plan::{rule_table, NextHop, MIF_PROTOCOL};
+use super::plan::{network, rule_table, NextHop, MIF_PROTOCOL};
 use super::route_attrs::{gateway_of, metric_of, oif_of, prefix_of};
 
 /// How the host reaches the internet through one interface, for one family.
@@ -162,23 +162,61 @@ fn next_hops(msg: &RouteMessage) -> Vec<(u32, Option<IpAddr>)> {
     hops
 }
 
-/// One half of a split default, waiting for the other.
-struct Half {
+/// A wide route (a candidate part of a split default), waiting for the
+/// others.
+struct Wide {
     dst: IpAddr,
+    len: u8,
     gateway: Option<IpAddr>,
     metric: u32,
 }
 
-/// Whether `prefix` is one half of a split default.
-fn split_half(dst: IpAddr, len: u8) -> bool {
-    len == 1
-        && match dst {
-            IpAddr::V4(a) => a.octets()[1..] == [0, 0, 0] && matches!(a.octets()[0], 0 | 128),
-            IpAddr::V6(a) => {
-                let s = a.segments();
-                s[1..] == [0; 7] && matches!(s[0], 0 | 0x8000)
-            }
+/// The widest prefix a split default is made of: `/1` halves for IPv4;
+/// down to `/4` for IPv6 (OpenVPN's `2000::/4` + `3000::/4`).
+fn is_wide(dst: IpAddr, len: u8) -> bool {
+    match dst {
+        IpAddr::V4(_) => len == 1,
+        IpAddr::V6(_) => (1..=4).contains(&len),
+    }
+}
+
+/// What a split default must cover: all of IPv4, IPv6's global unicast
+/// space.
+fn internet(v6: bool) -> (IpAddr, u8) {
+    if v6 {
+        (Ipv6Addr::new(0x2000, 0, 0, 0, 0, 0, 0, 0).into(), 3)
+    } else {
+        (Ipv4Addr::UNSPECIFIED.into(), 0)
+    }
+}
+
+/// Whether the union of `parts` covers `target`: one part contains it, or
+/// (down to the widest parts' length) both of its halves are covered.
+fn covers(parts: &[Wide], target: (IpAddr, u8)) -> bool {
+    let (dst, len) = target;
+    let contains = |w: &Wide| w.len <= len && network(dst, w.len) == network(w.dst, w.len);
+    if parts.iter().any(contains) {
+        return true;
+    }
+    if len >= 4 {
+        return false;
+    }
+    let (low, high) = halves(dst, len);
+    covers(parts, (low, len + 1)) && covers(parts, (high, len + 1))
+}
+
+/// The two halves of `dst/len`, as `/len+1` prefixes.
+fn halves(dst: IpAddr, len: u8) -> (IpAddr, IpAddr) {
+    match dst {
+        IpAddr::V4(a) => {
+            let bit = 1u32 << (31 - u32::from(len));
+            (a.into(), Ipv4Addr::from(u32::from(a) | bit).into())
         }
+        IpAddr::V6(a) => {
+            let bit = 1u128 << (127 - u32::from(len));
+            (a.into(), Ipv6Addr::from(u128::from(a) | bit).into())
+        }
+    }
 }
 
 /// Uplinks and more-specific routes per interface index, from a dump of
@@ -189,8 +227,8 @@ pub(crate) fn interface_routing(
 ) -> BTreeMap<u32, InterfaceRouting> {
     let main = u32::from(RouteHeader::RT_TABLE_MAIN);
     let foreign = foreign_tables(rules);
-    // Halves of split defaults by (oif, IPv6, table), to pair them.
-    let mut halves: BTreeMap<(u32, bool, u32), Vec<Half>> = BTreeMap::new();
+    // Wide routes by (oif, IPv6, table), to see whether they add up.
+    let mut wide: BTreeMap<(u32, bool, u32), Vec<Wide>> = BTreeMap::new();
     let mut found: BTreeMap<u32, InterfaceRouting> = BTreeMap::new();
     for msg in routes {
         let table = super::plan::route_table(msg);
@@ -215,9 +253,10 @@ pub(crate) fn interface_routing(
                     metric,
                 };
                 offer(found.entry(oif).or_default(), v6, uplink);
-            } else if split_half(dst, len) {
-                halves.entry((oif, v6, table)).or_default().push(Half {
+            } else if is_wide(dst, len) {
+                wide.entry((oif, v6, table)).or_default().push(Wide {
                     dst,
+                    len,
                     gateway,
                     metric,
                 });
@@ -236,27 +275,29 @@ pub(crate) fn interface_routing(
             }
         }
     }
-    for ((oif, v6, table), seen) in halves {
-        let low = seen.iter().find(|h| !high_half(h.dst));
-        let high = seen.iter().find(|h| high_half(h.dst));
-        if let (Some(low), Some(_)) = (low, high) {
-            let uplink = Uplink {
-                gateway: low.gateway,
-                shape: UplinkShape::SplitDefault,
-                table: Some(table),
-                metric: low.metric,
-            };
-            offer(found.entry(oif).or_default(), v6, uplink);
+    for ((oif, v6, table), mut parts) in wide {
+        if !covers(&parts, internet(v6)) {
+            // Some wide prefixes, not the whole internet: routes like any.
+            let entry = found.entry(oif).or_default();
+            entry.routes.extend(parts.iter().map(|w| HostRoute {
+                dst: w.dst,
+                prefix_len: w.len,
+                gateway: w.gateway,
+                metric: w.metric,
+                origin: RouteOrigin::Static,
+            }));
+            continue;
         }
+        parts.sort_by_key(|w| w.metric);
+        let uplink = Uplink {
+            gateway: parts[0].gateway,
+            shape: UplinkShape::SplitDefault,
+            table: Some(table),
+            metric: parts[0].metric,
+        };
+        offer(found.entry(oif).or_default(), v6, uplink);
     }
     found
-}
-
-fn high_half(dst: IpAddr) -> bool {
-    match dst {
-        IpAddr::V4(a) => a.octets()[0] == 128,
-        IpAddr::V6(a) => a.segments()[0] == 0x8000,
-    }
 }
 
 /// Keeps the better uplink of a family: the main table's before another
@@ -361,10 +402,27 @@ mod tests {
             (tun.gateway, tun.shape, tun.table),
             (Some(ip("10.99.0.1")), UplinkShape::SplitDefault, Some(254))
         );
-        assert!(found[&5].uplink6.is_none(), "::/1 alone is no default");
+        // `::/1` holds all of 2000::/3, today's internet: an uplink alone;
+        // `8000::/1` holds none of it.
+        assert!(found[&5].uplink6.is_some());
         assert!(found.get(&6).is_none_or(|r| r.uplink6.is_none()));
-        // The halves are the default, not routes beyond it.
+        // The halves are the default, not routes beyond it; a wide route
+        // that covers no internet is a route like any.
         assert!(found[&5].routes.is_empty());
+        assert_eq!(found[&6].routes[0].dst, ip("8000::"));
+        // OpenVPN's `redirect-gateway def1 ipv6`: the global unicast space
+        // in wide pieces (and fc00::/7, a route beyond it).
+        let v6 = [
+            route("::/3", None, 5, 254),
+            route("2000::/4", None, 5, 254),
+            route("3000::/4", None, 5, 254),
+            route("fc00::/7", None, 5, 254),
+        ];
+        let found = interface_routing(&v6, &[]);
+        let tun = found[&5].uplink6.as_ref().unwrap();
+        assert_eq!(tun.shape, UplinkShape::SplitDefault);
+        let only_2000 = interface_routing(&v6[1..2], &[]);
+        assert!(only_2000[&5].uplink6.is_none(), "half of 2000::/3");
     }
 
     #[test]
