@@ -1,11 +1,15 @@
 //! Smoke tests of the lab itself, on the real kernel, without mif: the
-//! topology routes as documented, and labs clean up and stay apart.
+//! topology routes as documented, and labs clean up and stay apart; the
+//! scenarios (VPN, second router, DHCP) look to the host as they should.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use mif_tests::lab::{lab_peer_path, ClientFailure, Lab, Proto, INTERNET_V4, INTERNET_V6};
+use mif_tests::lab::{
+    lab_peer_path, Arrivals, ClientFailure, Lab, Proto, VpnShape, DHCP_DOMAIN, DHCP_ONLY_ANSWER,
+    DHCP_ONLY_NAME, INTERNET_V4, INTERNET_V6, SECOND_ROUTER_V6, VPN_NETWORK_NAME, VPN_SERVER_V4,
+};
 use mif_tests::skip_unless_root;
 
 const NETWORKS: &[&str] = &["wlan0", "wwan0"];
@@ -214,4 +218,307 @@ fn concurrent_labs_do_not_collide() {
             });
         }
     });
+}
+
+// Scenarios: a VPN, a second router, a DHCP network. Each test checks what
+// a user of the host would observe without mif.
+
+/// Asserts that a TCP client on the host (no cgroup, no bind) to `to` is
+/// answered by `network`, which saw it come from `source`.
+fn assert_answered(lab: &Lab, to: IpAddr, network: &str, source: IpAddr) {
+    let reply = lab
+        .client(None, Proto::Tcp, to, None)
+        .unwrap_or_else(|e| panic!("TCP to {to}: {e:#}"));
+    assert_eq!(
+        (reply.network.as_str(), reply.source),
+        (network, source),
+        "TCP to {to}"
+    );
+}
+
+/// The host's main-table routes through `dev` (`ip route show dev`), both
+/// families.
+fn routes_via(lab: &Lab, dev: &str) -> String {
+    let v4 = lab.ip_host(&["-4", "route", "show", "dev", dev]).unwrap();
+    let v6 = lab.ip_host(&["-6", "route", "show", "dev", dev]).unwrap();
+    v4 + &v6
+}
+
+/// A split VPN adds tun0 and its addresses and nothing else: the server's
+/// end of the tunnel answers through it, the "internet" still by wlan0, and
+/// a source address of the tunnel does not by itself move a connection
+/// into it. Only encrypted UDP/1194 crosses wlan0's network for it.
+#[test]
+fn split_vpn_reaches_only_the_tunnel_peer() {
+    skip_unless_root!();
+    let lab = Lab::new(NETWORKS).unwrap();
+    let vpn = lab.start_vpn(VpnShape::Split).unwrap();
+    let wlan0 = lab.network(0).clone();
+    let (client_v4, client_v6) = (vpn.client_v4(), vpn.client_v6());
+
+    let tunnel_only = lab.count_arrivals(0, Arrivals::ExceptVpn).unwrap();
+    let everything = lab.count_arrivals(0, Arrivals::All).unwrap();
+    for (to, source) in [
+        (IpAddr::V4(vpn.server_tunnel_v4()), IpAddr::V4(client_v4)),
+        (IpAddr::V6(vpn.server_tunnel_v6()), IpAddr::V6(client_v6)),
+    ] {
+        assert_answered(&lab, to, VPN_NETWORK_NAME, source);
+    }
+    assert_eq!(
+        tunnel_only.packets().unwrap(),
+        0,
+        "non-VPN packets on wlan0"
+    );
+    assert!(
+        everything.packets().unwrap() > 0,
+        "the VPN's packets not seen"
+    );
+
+    assert_answered(&lab, INTERNET_V4.into(), "wlan0", wlan0.host_v4.into());
+    assert_answered(&lab, INTERNET_V6.into(), "wlan0", wlan0.host_v6.into());
+    let routes = routes_via(&lab, vpn.device());
+    assert!(
+        !routes.contains("default") && !routes.contains("/1 "),
+        "{routes}"
+    );
+    let bound = lab.client(None, Proto::Tcp, INTERNET_V4.into(), Some(client_v4.into()));
+    assert!(bound.is_err(), "bound to {client_v4}: {bound:?}");
+
+    let before = lab.host_ifindex(vpn.device()).unwrap();
+    vpn.stop_client().unwrap();
+    assert!(lab.host_ifindex(vpn.device()).is_err(), "tun0 still there");
+    let gone = lab.client(None, Proto::Tcp, vpn.server_tunnel_v4().into(), None);
+    assert!(
+        gone.is_err(),
+        "tunnel peer reached without a tunnel: {gone:?}"
+    );
+
+    vpn.restart_client().unwrap();
+    assert_ne!(lab.host_ifindex(vpn.device()).unwrap(), before);
+    assert_answered(
+        &lab,
+        vpn.server_tunnel_v4().into(),
+        VPN_NETWORK_NAME,
+        client_v4.into(),
+    );
+}
+
+/// Checks a VPN shape that takes the host's unsteered traffic (full tunnel,
+/// default dev): it goes through the tunnel with the tunnel's addresses,
+/// only the encrypted transport crosses wlan0's network, and after a
+/// disconnect everything is back on wlan0 until a reconnect (with a new
+/// tun0) takes it again.
+fn check_routing_vpn(lab: &Lab, vpn: &mif_tests::lab::Vpn<'_>, expected_routes: &[&str]) {
+    let wlan0 = lab.network(0).clone();
+    let tunnel = [
+        (IpAddr::V4(INTERNET_V4), IpAddr::V4(vpn.client_v4())),
+        (IpAddr::V6(INTERNET_V6), IpAddr::V6(vpn.client_v6())),
+    ];
+    let direct = [
+        (IpAddr::V4(INTERNET_V4), IpAddr::V4(wlan0.host_v4)),
+        (IpAddr::V6(INTERNET_V6), IpAddr::V6(wlan0.host_v6)),
+    ];
+    let all_routes = || {
+        let v4 = lab.ip_host(&["-4", "route", "show"]).unwrap();
+        v4 + &lab.ip_host(&["-6", "route", "show"]).unwrap()
+    };
+    let routes = all_routes();
+    for expected in expected_routes {
+        assert!(routes.contains(expected), "no {expected:?} in\n{routes}");
+    }
+
+    let leaks = lab.count_arrivals(0, Arrivals::ExceptVpn).unwrap();
+    for (to, source) in tunnel {
+        for proto in Proto::ALL {
+            let reply = lab
+                .client(None, proto, to, None)
+                .unwrap_or_else(|e| panic!("{proto} to {to}: {e:#}"));
+            assert_eq!(reply.network, VPN_NETWORK_NAME, "{proto} to {to}");
+            assert_eq!(reply.source, source, "{proto} to {to}");
+        }
+    }
+    assert_eq!(leaks.packets().unwrap(), 0, "packets beside the tunnel");
+
+    let before = lab.host_ifindex(vpn.device()).unwrap();
+    vpn.stop_client().unwrap();
+    assert!(lab.host_ifindex(vpn.device()).is_err(), "tun0 still there");
+    let routes = all_routes();
+    for expected in expected_routes {
+        assert!(!routes.contains(expected), "{expected:?} left in\n{routes}");
+    }
+    for (to, source) in direct {
+        assert_answered(lab, to, "wlan0", source);
+    }
+
+    vpn.restart_client().unwrap();
+    assert_ne!(
+        lab.host_ifindex(vpn.device()).unwrap(),
+        before,
+        "same ifindex"
+    );
+    for (to, source) in tunnel {
+        assert_answered(lab, to, VPN_NETWORK_NAME, source);
+    }
+}
+
+#[test]
+fn full_tunnel_vpn_takes_unsteered_traffic() {
+    skip_unless_root!();
+    let lab = Lab::new(NETWORKS).unwrap();
+    let vpn = lab.start_vpn(VpnShape::FullTunnel).unwrap();
+    let server = format!("{VPN_SERVER_V4} via 198.18.0.1 dev wlan0");
+    check_routing_vpn(
+        &lab,
+        &vpn,
+        &[
+            "0.0.0.0/1 via 10.99.0.1 dev tun0",
+            "128.0.0.0/1 via 10.99.0.1 dev tun0",
+            "2000::/4 dev tun0",
+            &server,
+        ],
+    );
+}
+
+#[test]
+fn default_dev_vpn_wins_the_main_table() {
+    skip_unless_root!();
+    let lab = Lab::new(NETWORKS).unwrap();
+    let vpn = lab.start_vpn(VpnShape::DefaultDev).unwrap();
+    let server = format!("{VPN_SERVER_V4} via 198.18.0.1 dev wlan0");
+    check_routing_vpn(&lab, &vpn, &["default dev tun0 metric 50", &server]);
+}
+
+/// A second router on wlan0's link announces 2001:db8:77::/64 by RIO: the
+/// host routes it to that router's link-local address, and its peer answers;
+/// router 0 knows nothing of the prefix, and still serves the "internet".
+#[test]
+fn second_router_serves_its_announced_prefix() {
+    skip_unless_root!();
+    let lab = Lab::new(NETWORKS).unwrap();
+    let r2 = lab.add_second_router().unwrap();
+    let wlan0 = lab.network(0).clone();
+    assert_eq!(r2.name(), "wlan0-r2");
+
+    let routes = lab
+        .ip_host(&["-6", "route", "show", "2001:db8:77::/64"])
+        .unwrap();
+    let via = format!("via {} dev wlan0 proto ra", r2.link_local());
+    assert!(routes.contains(&via), "{routes:?} lacks {via:?}");
+    for proto in Proto::ALL {
+        let reply = lab
+            .client(None, proto, SECOND_ROUTER_V6.into(), None)
+            .unwrap_or_else(|e| panic!("{proto} to {SECOND_ROUTER_V6}: {e:#}"));
+        assert_eq!(reply.network, r2.name(), "{proto}");
+        assert_eq!(reply.source, IpAddr::V6(wlan0.host_v6), "{proto}");
+    }
+    let router0 = lab.ip_router(0, &["-6", "route", "get", "2001:db8:77::1"]);
+    assert!(router0.is_err(), "router 0 routes the prefix: {router0:?}");
+    assert_answered(&lab, INTERNET_V6.into(), "wlan0", wlan0.host_v6.into());
+}
+
+/// A DHCP-only network: the host's address and default route come from
+/// dnsmasq through dhclient, the lease file names the DNS server and the
+/// domain, and that server answers the name only it knows.
+#[test]
+fn dhcp_network_leases_address_route_and_dns() {
+    skip_unless_root!();
+    let resolv_conf = std::fs::read("/etc/resolv.conf").ok();
+    let lab = Lab::new(NETWORKS).unwrap();
+    let lease = lab.use_dhcp(0).unwrap();
+    let router = lab.network(0).gateway_v4;
+    eprintln!("{}:\n{}", lease.lease_file().display(), lease.lease_text());
+
+    let (first, last) = lease.pool();
+    assert!((first..=last).contains(&lease.address()), "{lease:?}");
+    let addrs = lab
+        .ip_host(&["-4", "addr", "show", "dev", "wlan0"])
+        .unwrap();
+    assert_eq!(addrs.matches("inet ").count(), 1, "{addrs}");
+    let default = lab.ip_host(&["-4", "route", "show", "default"]).unwrap();
+    assert!(
+        default
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains(&format!("via {router} dev wlan0 metric 100"))),
+        "{default}"
+    );
+    assert_answered(&lab, INTERNET_V4.into(), "wlan0", lease.address().into());
+
+    let text = lease.lease_text();
+    for expected in [
+        "interface \"wlan0\";".to_owned(),
+        format!("fixed-address {};", lease.address()),
+        format!("option routers {router};"),
+        format!("option domain-name-servers {};", lease.dns_server()),
+        format!("option domain-name \"{DHCP_DOMAIN}\";"),
+    ] {
+        assert!(text.contains(&expected), "no {expected:?} in\n{text}");
+    }
+    let dig = lab
+        .dig_name(None, lease.dns_server().into(), false, DHCP_ONLY_NAME, "A")
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&dig.stdout).trim(),
+        DHCP_ONLY_ANSWER.to_string(),
+        "{dig:?}"
+    );
+    assert_eq!(std::fs::read("/etc/resolv.conf").ok(), resolv_conf);
+}
+
+/// Processes whose command line mentions `needle` (every program a
+/// scenario starts has the lab's scratch directory in its arguments).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) {
+                found.push(format!(
+                    "{}: {cmdline}",
+                    entry.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// Every scenario at once, then a panic: the namespaces, processes
+/// (openvpn, radvd, dnsmasq, dhclient) and files they made are all gone.
+#[test]
+fn scenarios_leave_nothing_behind_when_a_test_panics() {
+    skip_unless_root!();
+    let footprint = Mutex::new(None);
+    let result = std::panic::catch_unwind(|| {
+        let lab = Lab::new(NETWORKS).unwrap();
+        let vpn = lab.start_vpn(VpnShape::FullTunnel).unwrap();
+        let r2 = lab.add_second_router().unwrap();
+        let lease = lab.use_dhcp(1).unwrap();
+        let mut fp = Footprint::of(&lab);
+        fp.namespaces.extend(
+            [vpn.server_ns_name(), r2.ns_name()].map(|ns| Path::new("/run/netns").join(ns)),
+        );
+        let scratch = lab.scratch_root().to_path_buf();
+        let pids = [vpn.client_pid().unwrap(), lease.client_pid()];
+        let needle = lab.host_ns_name().to_owned();
+        assert!(scratch.is_dir());
+        assert!(
+            processes_mentioning(&needle).len() >= 4,
+            "scenario processes"
+        );
+        *footprint.lock().unwrap() = Some((fp, scratch, pids, needle));
+        panic!("test failure while the scenarios are up");
+    });
+    assert!(result.is_err());
+    let (fp, scratch, pids, needle) = footprint.into_inner().unwrap().unwrap();
+    fp.assert_gone();
+    assert!(!scratch.exists(), "{} left behind", scratch.display());
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "pid {pid} left"
+        );
+    }
+    let left = processes_mentioning(&needle);
+    assert!(left.is_empty(), "left running: {left:?}");
 }

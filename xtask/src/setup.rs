@@ -18,6 +18,9 @@ const PACKAGES: &[&str] = &[
     "curl",
     "dnsutils",
     "iperf3",
+    // The lab's VPN (a real tunnel over TUN) and DHCP client scenarios.
+    "openvpn",
+    "isc-dhcp-client",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

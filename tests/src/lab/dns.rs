@@ -126,7 +126,7 @@ impl Lab {
             )?;
             listen.push(*addr);
         }
-        self.start_dnsmasq(Some(i), Resolver::Network(i), &listen)
+        self.start_dnsmasq(Some(i), Resolver::Network(i), &listen, &[])
     }
 
     /// dnsmasq in the host namespace on 127.0.0.53 and ::1: the system's
@@ -136,14 +136,18 @@ impl Lab {
             IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53)),
             IpAddr::V6(Ipv6Addr::LOCALHOST),
         ];
-        self.start_dnsmasq(None, Resolver::Stub, &listen)
+        self.start_dnsmasq(None, Resolver::Stub, &listen, &[])
     }
 
-    fn start_dnsmasq(
+    /// Starts dnsmasq as `resolver`, listening on `listen`, with `extra`
+    /// options on top of the resolver's own (e.g. a DHCP server's, see
+    /// [`Lab::use_dhcp`]).
+    pub(crate) fn start_dnsmasq(
         &self,
         router: Option<usize>,
         resolver: Resolver,
         listen: &[IpAddr],
+        extra: &[String],
     ) -> Result<Dnsmasq> {
         let tag = router.map_or("stub".to_string(), |i| format!("r{i}"));
         let dir = std::env::temp_dir().join(format!("mif-dnsmasq-{}-{tag}", self.host_ns_name()));
@@ -170,6 +174,7 @@ impl Lab {
             ),
         ];
         args.extend(listen.iter().map(|a| format!("--listen-address={a}")));
+        args.extend(extra.iter().cloned());
         let mut cmd = match router {
             Some(i) => self.command_in_router(i, "dnsmasq", &args)?,
             None => self.command_in(None, "dnsmasq", &args)?,

@@ -11,7 +11,15 @@
 //! - in every router, the same "internet" address ([`INTERNET_V4`],
 //!   [`INTERNET_V6`]) served by `lab-peer serve`, which answers with the
 //!   network's name and the client's source address;
-//! - a private cgroup directory under the cgroup2 mount.
+//! - a private cgroup directory under the cgroup2 mount;
+//! - a private scratch directory under the system's temp dir, for the
+//!   configuration, logs and keys of the programs scenarios start.
+//!
+//! Scenarios build on that on demand: an OpenVPN tunnel behind network 0
+//! ([`Lab::start_vpn`]), a second router on network 0's link announcing a
+//! route of its own ([`Lab::add_second_router`]), a network configured by
+//! DHCP ([`Lab::use_dhcp`]), and packet counters in the routers
+//! ([`Lab::count_arrivals`]).
 //!
 //! Traffic only ever goes to addresses inside these namespaces. Everything
 //! is removed on drop, also while a failing test unwinds: child processes
@@ -37,16 +45,22 @@
 //! # }
 //! ```
 
+mod capture;
 mod cgroup;
+mod dhcp;
 mod dns;
 mod exec;
 mod names;
 mod netns;
 mod peer;
 mod radvd;
+mod second_router;
 mod topology;
+mod vpn;
+mod wait;
 
 use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -54,14 +68,21 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+pub use capture::{ArrivalCounter, Arrivals};
 pub use cgroup::cgroup2_mount;
+pub use dhcp::{DhcpLease, DHCP_DOMAIN, DHCP_ONLY_ANSWER, DHCP_ONLY_NAME};
 pub use dns::{big_txt_chunk, Dnsmasq, Resolver, BIG_TXT, CORP_DOMAIN, DNS_NAME};
 pub use exec::LabChild;
 pub use peer::{
     lab_peer_path, ClientFailure, ClientReply, Family, Proto, SockMark, LAB_PEER_ENV, PEER_PORT,
 };
 pub use radvd::Radvd;
+pub use second_router::{SecondRouter, SECOND_ROUTER_PREFIX, SECOND_ROUTER_V4, SECOND_ROUTER_V6};
 pub use topology::{Network, INTERNET_V4, INTERNET_V6};
+pub use vpn::{
+    Vpn, VpnShape, VPN_CLIENT_V4, VPN_CLIENT_V6, VPN_DEFAULT_METRIC, VPN_DEV, VPN_NETWORK_NAME,
+    VPN_PEER_V4, VPN_PEER_V6, VPN_PORT, VPN_SERVER_V4,
+};
 
 use cgroup::CgroupTree;
 use names::LabNames;
@@ -92,10 +113,16 @@ macro_rules! skip_unless_root {
 pub struct Lab {
     host_ns: String,
     networks: Vec<Network>,
+    names: LabNames,
     peer: PathBuf,
     cgroups: CgroupTree,
+    /// `<temp dir>/mif-lab-<host ns>`: created on first use by
+    /// [`Lab::scratch_dir`], removed with the lab.
+    scratch: PathBuf,
     /// Namespaces in creation order, so drop deletes exactly what exists.
-    namespaces: Vec<String>,
+    /// Behind a lock because scenarios (a VPN server, a second router) add
+    /// theirs to a lab that tests only hold by shared reference.
+    namespaces: Mutex<Vec<String>>,
     children: Mutex<Vec<LabChild>>,
 }
 
@@ -120,12 +147,15 @@ impl Lab {
 
         // From here on every created object is recorded in `lab` first, so
         // an error half-way drops the lab and removes what exists.
+        let host_ns = names.host_ns();
         let mut lab = Lab {
-            host_ns: names.host_ns(),
+            scratch: std::env::temp_dir().join(format!("mif-lab-{host_ns}")),
+            host_ns,
             networks,
-            peer: peer.into(),
             cgroups: CgroupTree::create(&names.cgroup())?,
-            namespaces: Vec::new(),
+            names,
+            peer: peer.into(),
+            namespaces: Mutex::new(Vec::new()),
             children: Mutex::new(Vec::new()),
         };
         lab.build().context("building the lab")?;
@@ -150,10 +180,37 @@ impl Lab {
         Ok(())
     }
 
-    fn add_namespace(&mut self, name: &str) -> Result<()> {
+    /// Creates a namespace that the lab deletes when it drops.
+    pub(crate) fn add_namespace(&self, name: &str) -> Result<()> {
+        let mut namespaces = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
         netns::add(name)?;
-        self.namespaces.push(name.to_owned());
+        namespaces.push(name.to_owned());
         Ok(())
+    }
+
+    /// A unique name for an extra namespace of this lab (`tag` tells
+    /// scenarios apart, e.g. `vpn`).
+    pub(crate) fn extra_ns_name(&self, tag: &str) -> String {
+        self.names.extra_ns(tag)
+    }
+
+    /// The lab's scratch directory (scenarios' configuration, logs and
+    /// keys); it may not exist yet, and is removed with the lab.
+    pub fn scratch_root(&self) -> &Path {
+        &self.scratch
+    }
+
+    /// `<lab scratch>/<tag>`, created (mode 0700: radvd refuses
+    /// configuration in world-writable places) if missing. Everything in
+    /// it goes when the lab drops.
+    pub(crate) fn scratch_dir(&self, tag: &str) -> Result<PathBuf> {
+        let dir = self.scratch.join(tag);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for d in [&self.scratch, &dir] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("restricting {}", d.display()))?;
+        }
+        Ok(dir)
     }
 
     /// Name of the host namespace (for `ip -n`).
@@ -215,8 +272,34 @@ impl Lab {
         program: impl AsRef<OsStr>,
         args: impl IntoIterator<Item = S>,
     ) -> Result<Command> {
-        let ns = netns::ns_path(&self.networks[i].router_ns);
-        exec::command_in_ns(&ns, None, program, args)
+        self.command_in_netns(&self.networks[i].router_ns, program, args)
+    }
+
+    /// A command that starts in the lab namespace named `ns` (host, router
+    /// or a scenario's own).
+    pub(crate) fn command_in_netns<S: AsRef<OsStr>>(
+        &self,
+        ns: &str,
+        program: impl AsRef<OsStr>,
+        args: impl IntoIterator<Item = S>,
+    ) -> Result<Command> {
+        exec::command_in_ns(&netns::ns_path(ns), None, program, args)
+    }
+
+    /// `sysctl -w setting` (`key=value`) inside the lab namespace `ns`:
+    /// /proc/sys/net belongs to the namespace of whoever opens it, so this
+    /// never touches the machine's own settings.
+    pub(crate) fn sysctl_in(&self, ns: &str, setting: &str) -> Result<()> {
+        let cmd = self.command_in_netns(ns, "sysctl", ["-qw", setting])?;
+        let out = self.output(cmd, OUTPUT_TIMEOUT)?;
+        if !out.status.success() {
+            bail!(
+                "sysctl -w {setting} in {ns} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
     }
 
     /// Spawns `cmd` (typically from [`Lab::command_in`]) and kills it when
@@ -347,13 +430,19 @@ impl Lab {
                 self.cgroups.root().display()
             );
         }
-        for ns in self.namespaces.drain(..).rev() {
+        let namespaces = self.namespaces.get_mut().unwrap_or_else(|p| p.into_inner());
+        for ns in namespaces.drain(..).rev() {
             if let Err(e) = netns::delete(&ns) {
                 eprintln!("lab cleanup: {e:#}");
             }
         }
         if let Err(e) = self.cgroups.remove() {
             eprintln!("lab cleanup: {e:#}");
+        }
+        match std::fs::remove_dir_all(&self.scratch) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!("lab cleanup: removing {}: {e}", self.scratch.display()),
         }
     }
 }

@@ -35,6 +35,12 @@ impl LabNames {
         format!("{}r{i}", self.stem)
     }
 
+    /// An extra namespace of a scenario, told apart by `tag` (which must
+    /// not look like `r<digits>`, the routers' names).
+    pub(crate) fn extra_ns(&self, tag: &str) -> String {
+        format!("{}{tag}", self.stem)
+    }
+
     /// The lab's own cgroup, directly under the cgroup2 mount.
     pub(crate) fn cgroup(&self) -> String {
         format!("mif-test-{}", self.stem.trim_start_matches("mif"))

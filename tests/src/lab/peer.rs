@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::Lab;
+use super::{Lab, LabChild};
 
 /// The port `lab-peer serve` listens on in every router, TCP and UDP.
 pub const PEER_PORT: u16 = 7777;
@@ -219,22 +219,23 @@ impl Lab {
     }
 
     /// Starts `lab-peer serve` in router `i` and waits until it is bound.
+    pub(crate) fn start_peer(&self, i: usize) -> Result<()> {
+        let net = &self.networks[i];
+        self.start_peer_in(&net.router_ns, &net.name)?;
+        Ok(())
+    }
+
+    /// Starts `lab-peer serve --name NAME` in the lab namespace `ns` and
+    /// waits until it is bound. The lab kills it when it drops; scenarios
+    /// that remove their namespace earlier kill it themselves.
     ///
     /// The peer's stdin is a pipe the lab never writes to; the peer exits
     /// when it reaches EOF, i.e. when this process dies without running
     /// Drop (SIGKILL, abort), so no peer outlives its test binary.
-    pub(crate) fn start_peer(&self, i: usize) -> Result<()> {
-        let net = &self.networks[i];
+    pub(crate) fn start_peer_in(&self, ns: &str, name: &str) -> Result<LabChild> {
         let port = PEER_PORT.to_string();
-        let args = [
-            "serve",
-            "--name",
-            &net.name,
-            "--port",
-            &port,
-            "--watch-stdin",
-        ];
-        let mut cmd = self.command_in_router(i, &self.peer, args)?;
+        let args = ["serve", "--name", name, "--port", &port, "--watch-stdin"];
+        let mut cmd = self.command_in_netns(ns, &self.peer, args)?;
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
         let child = self.spawn(cmd)?;
         let stdout = child.take_stdout().context("peer stdout not piped")?;
@@ -248,21 +249,14 @@ impl Lab {
             lines.for_each(drop);
         });
         match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(Some(Ok(line))) if line.trim() == "ready" => Ok(()),
-            Ok(Some(Ok(line))) => Err(anyhow!(
-                "peer of {} said {line:?} instead of ready",
-                net.name
-            )),
-            Ok(Some(Err(e))) => Err(e).context(format!("reading peer of {}", net.name)),
+            Ok(Some(Ok(line))) if line.trim() == "ready" => Ok(child),
+            Ok(Some(Ok(line))) => Err(anyhow!("peer of {name} said {line:?} instead of ready")),
+            Ok(Some(Err(e))) => Err(e).context(format!("reading peer of {name}")),
             Ok(None) => Err(anyhow!(
-                "peer of {} exited before it was ready ({:?})",
-                net.name,
+                "peer of {name} exited before it was ready ({:?})",
                 child.try_wait()
             )),
-            Err(_) => Err(anyhow!(
-                "peer of {} not ready within {READY_TIMEOUT:?}",
-                net.name
-            )),
+            Err(_) => Err(anyhow!("peer of {name} not ready within {READY_TIMEOUT:?}")),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Real router advertisements: radvd in a router's namespace announcing a
-//! DNS server (RDNSS), as a home router or a carrier would.
-use std::{net::IpAddr, path::PathBuf, process::Stdio, time::Duration};
+//! DNS server (RDNSS), as a home router or a carrier would, or, for other
+//! scenarios, whatever configuration they give [`Lab::start_radvd`].
+use std::{fs::File, net::IpAddr, path::PathBuf, process::Stdio};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 
 use super::{Lab, LabChild};
 
@@ -11,6 +12,14 @@ use super::{Lab, LabChild};
 pub struct Radvd {
     child: LabChild,
     dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Radvd {
+    /// What radvd wrote so far (its stderr), for error messages.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 impl Drop for Radvd {
@@ -27,38 +36,35 @@ impl Lab {
     pub fn advertise_rdnss(&self, i: usize, rdnss: IpAddr) -> Result<Radvd> {
         let net = &self.networks()[i];
         let prefix = net.gateway_v6.segments();
-        let dir = std::env::temp_dir().join(format!("mif-radvd-{}-{i}", self.host_ns_name()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        // radvd refuses configs in world-writable places.
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        let config = format!(
+            "interface eth0 {{\n AdvSendAdvert on;\n MinRtrAdvInterval 3;\n \
+             MaxRtrAdvInterval 4;\n AdvDefaultLifetime 0;\n \
+             prefix {:x}:{:x}:{:x}::/64 {{ AdvAutonomous off; }};\n \
+             RDNSS {rdnss} {{ AdvRDNSSLifetime 60; }};\n}};\n",
+            prefix[0], prefix[1], prefix[2]
+        );
+        self.start_radvd(&net.router_ns, &format!("r{i}"), &config)
+    }
+
+    /// Starts radvd with `config` (radvd.conf text) in the lab namespace
+    /// `ns`; `tag` names its scratch directory. Its stderr goes to a log
+    /// ([`Radvd::log_text`]).
+    pub(crate) fn start_radvd(&self, ns: &str, tag: &str, config: &str) -> Result<Radvd> {
+        let dir = self.scratch_dir(&format!("radvd-{tag}"))?;
         let conf = dir.join("radvd.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "interface eth0 {{\n AdvSendAdvert on;\n MinRtrAdvInterval 3;\n \
-                 MaxRtrAdvInterval 4;\n AdvDefaultLifetime 0;\n \
-                 prefix {:x}:{:x}:{:x}::/64 {{ AdvAutonomous off; }};\n \
-                 RDNSS {rdnss} {{ AdvRDNSSLifetime 60; }};\n}};\n",
-                prefix[0], prefix[1], prefix[2]
-            ),
-        )?;
+        std::fs::write(&conf, config).with_context(|| format!("writing {}", conf.display()))?;
         // radvd wants forwarding on, which is per namespace: the router's own.
-        let sysctl =
-            self.command_in_router(i, "sysctl", ["-qw", "net.ipv6.conf.all.forwarding=1"])?;
-        if !self
-            .output(sysctl, Duration::from_secs(5))?
-            .status
-            .success()
-        {
-            bail!("cannot turn IPv6 forwarding on in router {i}");
-        }
+        self.sysctl_in(ns, "net.ipv6.conf.all.forwarding=1")
+            .context("radvd needs IPv6 forwarding")?;
         let pid = dir.join("radvd.pid");
+        let log = dir.join("radvd.log");
         let conf = conf.to_str().context("temp dir is not UTF-8")?;
         let pid = pid.to_str().context("temp dir is not UTF-8")?;
         let args = ["-n", "-C", conf, "-p", pid, "-m", "stderr"];
-        let mut radvd = self.command_in_router(i, "radvd", args)?;
-        radvd.stdin(Stdio::null());
+        let mut radvd = self.command_in_netns(ns, "radvd", args)?;
+        let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        radvd.stdin(Stdio::null()).stderr(log_file);
         let child = self.spawn(radvd)?;
-        Ok(Radvd { child, dir })
+        Ok(Radvd { child, dir, log })
     }
 }
