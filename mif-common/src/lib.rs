@@ -514,7 +514,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<Policy>(), 16);
         assert_eq!(core::mem::size_of::<Pvd>(), 52);
         assert_eq!(core::mem::size_of::<CounterKey>(), 8);
-        assert_eq!(core::mem::size_of::<Counters>(), 64);
+        assert_eq!(core::mem::size_of::<Counters>(), 72);
+        assert_eq!(core::mem::size_of::<ExcludeKey>(), 20);
         assert_eq!(core::mem::size_of::<DnsNat>(), 40);
         assert_eq!(core::mem::size_of::<PvdMeta>(), 88);
     }
