@@ -412,14 +412,29 @@ pub const fn pvd_mark(index: u32, shift: u32) -> u32 {
     (index + 1) << shift
 }
 
-/// PvD index carried by `mark`, if the mark is one of ours.
+/// PvD index carried by `mark`, if the mark is one of ours. The value with
+/// every bit of the mask set is no PvD's: it is [`excluded_mark`].
 pub const fn pvd_from_mark(mark: u32, mask: u32, shift: u32) -> Option<u32> {
     let v = (mark & mask) >> shift;
-    if v == 0 || v > MAX_PVDS {
+    if v == 0 || v > MAX_PVDS || mark & mask == mask {
         None
     } else {
         Some(v - 1)
     }
+}
+
+/// The mark of a socket that its policy's `exclude` took off its PvD at
+/// connect(): every bit of the mask. No mif rule matches it (so the main
+/// table routes the socket) and no PvD has it, yet the hooks can tell the
+/// socket apart from one mif never steered, and keep a strict policy's
+/// excluded socket to excluded destinations.
+pub const fn excluded_mark(mask: u32) -> u32 {
+    mask
+}
+
+/// Whether `mark` is [`excluded_mark`].
+pub const fn is_excluded_mark(mark: u32, mask: u32) -> bool {
+    mask != 0 && mark & mask == mask
 }
 
 #[cfg(feature = "user")]

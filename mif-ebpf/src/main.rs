@@ -163,7 +163,7 @@ fn bind_or_exclude<A>(
     let policy = find_policy(settings.attach_level);
     if let Some(p) = policy {
         if exclude::excludes(p, dst) {
-            exclude::unsteer(sa, p);
+            exclude::unsteer(sa, settings, p);
             count(p.id, index, Event::Excluded);
             return;
         }
@@ -185,6 +185,13 @@ fn policy_id(settings: &Settings) -> u32 {
 #[cgroup_sock_addr(connect4)]
 pub fn mif_connect4(ctx: SockAddrContext) -> i32 {
     let settings = settings();
+    if exclude::escapes(
+        ctx.sock_addr,
+        &settings,
+        &exclude::mapped4(unsafe { (*ctx.sock_addr).user_ip4 }),
+    ) {
+        return REFUSE;
+    }
     // Before the source bind: a redirected stub query (127.0.0.53) is no
     // longer a loopback destination and gets the PvD's source like any.
     if dns::redirect4(ctx.sock_addr, &settings) == Dns::Refuse {
@@ -210,6 +217,9 @@ pub fn mif_connect6(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     let dst = unsafe { (*sa).user_ip6 };
     if strict::is_link_scoped6(&dst) && strict::refuses(sa, &settings, |_| true) {
+        return REFUSE;
+    }
+    if exclude::escapes(sa, &settings, &dst) {
         return REFUSE;
     }
     if dns::redirect6(sa, &settings) == Dns::Refuse {
@@ -242,6 +252,9 @@ pub fn mif_sendmsg4(ctx: SockAddrContext) -> i32 {
     {
         return REFUSE;
     }
+    if exclude::escapes(sa, &settings, &exclude::mapped4(unsafe { (*sa).user_ip4 })) {
+        return REFUSE;
+    }
     if dns::redirect4(sa, &settings) == Dns::Refuse {
         return REFUSE;
     }
@@ -270,6 +283,9 @@ pub fn mif_sendmsg6(ctx: SockAddrContext) -> i32 {
             strict::is_link_scoped6(&dst) || !strict::may_bind6(p, &src)
         })
     {
+        return REFUSE;
+    }
+    if exclude::escapes(sa, &settings, &dst) {
         return REFUSE;
     }
     if dns::redirect6(sa, &settings) == Dns::Refuse {

@@ -33,9 +33,10 @@ impl Numbering {
         mif_common::pvd_mark(index, self.mark_shift())
     }
 
-    /// How many PvD indices the mask can carry (mark values 1..=n).
+    /// How many PvD indices the mask can carry: mark values 1..=n, the
+    /// all-ones value being the excluded sockets' (`excluded_mark`).
     pub fn capacity(&self) -> u32 {
-        (self.mark_mask >> self.mark_shift()).min(MAX_PVDS)
+        ((self.mark_mask >> self.mark_shift()).saturating_sub(1)).min(MAX_PVDS)
     }
 }
 
@@ -43,7 +44,7 @@ impl Numbering {
 pub enum NumberingError {
     #[error("mark mask {0:#x} must be one run of contiguous bits")]
     NotContiguous(u32),
-    #[error("mark mask {0:#x} is too small: it must hold at least 3 bits (7 PvDs)")]
+    #[error("mark mask {0:#x} is too small: it must hold at least 3 bits (6 PvDs)")]
     TooSmall(u32),
 }
 
@@ -952,7 +953,8 @@ mod tests {
                 table_base: 0
             }
             .capacity(),
-            7
+            6,
+            "0x70 is the excluded sockets' mark"
         );
     }
 

@@ -482,3 +482,39 @@ fn raw_sockets_are_refused_with_deny_raw() {
     }
     assert_eq!(denied(&daemon), 2);
 }
+
+/// An exclusion is a hole to the excluded destinations and nothing else: a
+/// socket taken off wwan0 by connecting to wlan0's (excluded) network first
+/// cannot then be connected, or send, anywhere else.
+#[test]
+fn an_excluded_socket_cannot_be_reused_for_other_destinations() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let config = strict_config(&lab, "app", "exclude = [\"198.18.0.0/24\"]");
+    let _daemon = Daemon::start(&lab, &config).unwrap();
+    let (wlan, wwan) = (lab.network(0), lab.network(1));
+    let within = std::time::Duration::from_secs(5);
+    mif_tests::e2e::wait_until_leaves_by(&lab, &app, Family::V4, wwan, within);
+    let lan = wlan.gateway_v4.to_string();
+    let internet = INTERNET_V4.to_string();
+
+    // The excluded destination itself: through wlan0, by the main table.
+    let reply = attack(&lab, &app, &["--to", &lan, "--proto", "tcp"]).unwrap();
+    assert_eq!(reply, format!("wlan0 {}", wlan.host_v4));
+
+    // UDP: connect() to the excluded network sends nothing, so nothing may
+    // reach wlan0's network at all.
+    let leaks = PacketCounter::install(&lab, 0);
+    let udp = attack(&lab, &app, &["--to", &internet, "--first-connect", &lan]);
+    assert_refused_at(udp, "send", "UDP sendto after an excluded connect");
+    assert_eq!(leaks.packets(), 0, "packets reached wlan0's network");
+    // TCP: connected to the excluded router, disconnected (AF_UNSPEC),
+    // then connected again elsewhere.
+    let tcp = attack(
+        &lab,
+        &app,
+        &["--to", &internet, "--proto", "tcp", "--first-connect", &lan],
+    );
+    assert_refused_at(tcp, "connect", "TCP reconnect after an excluded connect");
+}

@@ -4,7 +4,7 @@
 //! ```text
 //! lab-peer attack --to ADDR[%IFNAME] [--port PORT] [--proto udp|tcp|raw]
 //!                 [--bind IP] [--setsockopt OPTION] [--dev IFNAME]
-//!                 [--pktinfo-src IP] [--wait stdin]
+//!                 [--pktinfo-src IP] [--wait stdin] [--first-connect IP]
 //! ```
 //!
 //! Opens a socket for ADDR's family, then in order: waits for a line on
@@ -12,7 +12,10 @@
 //! before a policy does), binds, sets OPTION, and sends one request to
 //! ADDR (a datagram, optionally with an `IP_PKTINFO`/`IPV6_PKTINFO` source;
 //! a TCP connect; an ICMP echo for `raw`). A `%IFNAME` suffix sets the IPv6
-//! scope. Prints the peer's reply (`NAME SOURCE`), or `sent` when none is
+//! scope. With `--first-connect IP` the socket is first connected to IP
+//! (same port; a TCP socket is then disconnected with `AF_UNSPEC`), as an
+//! application would to get a socket taken off its network by an
+//! exclusion before sending elsewhere. Prints the peer's reply (`NAME SOURCE`), or `sent` when none is
 //! expected; fails like `client`, as `<operation>: <error>`.
 //!
 //! OPTION is one of `mark` (SO_MARK 0), `device` (SO_BINDTODEVICE --dev),
@@ -55,6 +58,13 @@ pub fn attack(args: &Args) -> Result<(), String> {
     if let Some(option) = args.get("setsockopt") {
         set_option(&fd, option, args.get("dev"), dst)?;
     }
+    if let Some(first) = args.parsed::<IpAddr>("first-connect")? {
+        let first = SockaddrStorage::from(SocketAddr::new(first, port));
+        socket::connect(fd.as_raw_fd(), &first).map_err(op("first connect"))?;
+        if proto == "tcp" {
+            disconnect(&fd)?;
+        }
+    }
     let src: Option<IpAddr> = args.parsed("pktinfo-src")?;
     let line = match proto {
         "tcp" => ask_tcp(fd, dst)?,
@@ -62,6 +72,21 @@ pub fn attack(args: &Args) -> Result<(), String> {
         _ => ask_udp(&fd, dst, src)?,
     };
     println!("{}", line.trim_end());
+    Ok(())
+}
+
+/// `connect(AF_UNSPEC)`: the socket forgets its peer and may connect again.
+fn disconnect(fd: &OwnedFd) -> Result<(), String> {
+    let unspec = libc::sockaddr {
+        sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+        sa_data: [0; 14],
+    };
+    let len = std::mem::size_of::<libc::sockaddr>() as libc::socklen_t;
+    // SAFETY: a valid sockaddr of `len` bytes for a socket we own.
+    let rc = unsafe { libc::connect(fd.as_raw_fd(), &unspec, len) };
+    if rc != 0 {
+        return Err(format!("disconnect: {}", io::Error::last_os_error()));
+    }
     Ok(())
 }
 
