@@ -36,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
                 uplink4: None,
                 uplink6: None,
                 routes: vec![],
+                routes_left_out: 0,
             });
             for option in rdnss {
                 let servers: Vec<_> = option.servers.iter().map(|&s| s.into()).collect();

@@ -16,7 +16,7 @@ use mif::{
     config,
     netlink::{HostRoute, Interface, InterfaceAddr, LinkKind, RouteOrigin, Uplink, UplinkShape},
     plan::{self, RuleOptions},
-    pvd::{self, DnsSource, LearnedDns, Numbering, Registry},
+    pvd::{self, DnsSource, Learned, LearnedDns, Numbering, Registry},
     reconcile::transitions,
 };
 
@@ -111,10 +111,12 @@ fn interfaces(list: &[Iface]) -> (Vec<Interface>, LearnedDns) {
         if !i.dns.is_empty() {
             learned.insert(
                 name.clone(),
-                (
-                    i.dns.iter().map(|&d| IpAddr::V6(d.into())).collect(),
-                    DnsSource::Ra,
-                ),
+                Learned {
+                    servers: i.dns.iter().map(|&d| IpAddr::V6(d.into())).collect(),
+                    servers_from: DnsSource::Ra,
+                    domains: vec!["corp.lab".into()],
+                    domains_from: DnsSource::Ra,
+                },
             );
         }
         out.push(Interface {
@@ -145,6 +147,7 @@ fn interfaces(list: &[Iface]) -> (Vec<Interface>, LearnedDns) {
                     origin: RouteOrigin::Ra,
                 })
                 .collect(),
+            routes_left_out: 0,
         });
     }
     (out, learned)

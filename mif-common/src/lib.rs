@@ -278,6 +278,11 @@ impl Policy {
 pub const PVD_AVAIL_V4: u32 = 1 << 0;
 /// PvD flag: usable for IPv6.
 pub const PVD_AVAIL_V6: u32 = 1 << 1;
+/// PvD flag: the PvD has resolvers, but only ones the kernel cannot send a
+/// query to directly (link-local: a sock_addr program cannot set the
+/// scope); the daemon's forwarder reaches them, so while it is on,
+/// queries go there instead of being treated as having no resolver.
+pub const PVD_DNS_VIA_FORWARDER: u32 = 1 << 2;
 
 /// Value of the PvD array, indexed by PvD index.
 #[repr(C)]

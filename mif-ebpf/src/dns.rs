@@ -10,9 +10,11 @@
 //! `recvmsg` (UDP, connected or not) and `getpeername` (TCP and connected
 //! UDP).
 //!
-//! When some PvD declares DNS domains, the daemon's forwarder reads query
-//! names: the queries then go to it on loopback, at a port that names the
-//! socket's PvD (see `MIF_DNS_FWD` and the daemon's `dns` module).
+//! When some PvD has DNS domains (declared, or learned from DNSSL or DHCP)
+//! or only link-local resolvers, the daemon's forwarder reads query names
+//! and reaches scoped resolvers: the queries then go to it on loopback, at
+//! a port that names the socket's PvD (see `MIF_DNS_FWD` and the daemon's
+//! `dns` module).
 //!
 //! The decision needs only the destination port and the socket's mark, so
 //! the cgroup walk (for the `dns` flag) is paid by port-53 traffic alone.
@@ -27,7 +29,7 @@ use aya_ebpf::{
 };
 use mif_common::{
     pvd_from_mark, v4_mapped_words, DnsForward, DnsNat, Settings, COUNTER_NO_PVD, DNS_PORT_BE,
-    MAX_DNS_NAT,
+    MAX_DNS_NAT, PVD_DNS_VIA_FORWARDER,
 };
 
 use crate::{
@@ -108,6 +110,7 @@ fn dns_socket(sa: *mut bpf_sock_addr, settings: &Settings) -> Option<Target> {
         strict: policy.is_strict(),
         dns4: pvd.dns4,
         dns6: pvd.dns6,
+        via_forwarder: pvd.flags & PVD_DNS_VIA_FORWARDER != 0,
     })
 }
 
@@ -117,9 +120,17 @@ struct Target {
     strict: bool,
     dns4: u32,
     dns6: [u32; 4],
+    /// Resolvers only the forwarder reaches (link-local).
+    via_forwarder: bool,
 }
 
 impl Target {
+    /// Whether the forwarder has a resolver of this PvD to ask.
+    #[inline(always)]
+    fn forwarder_has_resolver(&self) -> bool {
+        self.dns4 != 0 || self.dns6 != [0; 4] || self.via_forwarder
+    }
+
     #[inline(always)]
     fn missing(&self) -> Dns {
         if self.strict {
@@ -155,7 +166,7 @@ pub fn redirect4(sa: *mut bpf_sock_addr, settings: &Settings) -> Dns {
     let orig = unsafe { (*sa).user_ip4 };
     // The forwarder speaks both families upstream: any resolver will do.
     if let Some(port) = forwarder_port(target.index) {
-        if target.dns4 == 0 && target.dns6 == [0; 4] {
+        if !target.forwarder_has_resolver() {
             return target.missing();
         }
         unsafe {
@@ -192,7 +203,7 @@ pub fn redirect6(sa: *mut bpf_sock_addr, settings: &Settings) -> Dns {
     };
     let orig = unsafe { (*sa).user_ip6 };
     if let Some(port) = forwarder_port(target.index) {
-        if target.dns4 == 0 && target.dns6 == [0; 4] {
+        if !target.forwarder_has_resolver() {
             return target.missing();
         }
         let forwarder = if is_v4_mapped(&orig) {

@@ -8,7 +8,7 @@ use std::{
 use mif_common::{
     ExcludeKey, Policy, Pvd, PvdMeta, MAX_DNS, MAX_POLICIES, MAX_PREFER, NO_PVD,
     POLICY_BIND_DEVICE, POLICY_DENY_RAW, POLICY_DNS_PVD, POLICY_EXCLUDES, POLICY_STRICT,
-    PVD_AVAIL_V4, PVD_AVAIL_V6, PVD_NAME_LEN,
+    PVD_AVAIL_V4, PVD_AVAIL_V6, PVD_DNS_VIA_FORWARDER, PVD_NAME_LEN,
 };
 
 use crate::{
@@ -97,6 +97,9 @@ fn kernel_pvd(p: &PvdState) -> Pvd {
     if p.available6() {
         flags |= PVD_AVAIL_V6;
     }
+    if only_via_forwarder(&p.dns) {
+        flags |= PVD_DNS_VIA_FORWARDER;
+    }
     Pvd {
         mark: p.mark,
         ifindex: p.ifindex.unwrap_or(0),
@@ -134,6 +137,17 @@ pub fn dns6(servers: &[IpAddr]) -> Option<Ipv6Addr> {
         }
         _ => None,
     })
+}
+
+/// Whether a PvD's resolvers are all of a kind only the daemon's forwarder
+/// can reach: link-local ones (RAs often advertise the router's own
+/// `fe80::`), which need the interface as scope.
+pub fn only_via_forwarder(servers: &[IpAddr]) -> bool {
+    dns4(servers).is_none()
+        && dns6(servers).is_none()
+        && servers
+            .iter()
+            .any(|s| matches!(s, IpAddr::V6(a) if a.is_unicast_link_local()))
 }
 
 fn meta(p: &PvdState) -> PvdMeta {
@@ -333,10 +347,13 @@ mod tests {
             uplink6: None,
             prefixes: vec![],
             routes: vec![],
+            routes_left_out: 0,
             mark: (index + 1) << 24,
             table: 100 + index,
             dns: vec![],
             dns_source: Default::default(),
+            domains: vec![],
+            domains_source: Default::default(),
         }
     }
 

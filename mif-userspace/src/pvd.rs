@@ -86,6 +86,9 @@ pub struct PvdState {
     /// The host's more-specific routes through the interface, which the
     /// PvD's table carries too.
     pub routes: Vec<HostRoute>,
+    /// Routes of the interface beyond what a table copies (see
+    /// [`crate::netlink::MAX_COPIED_ROUTES`]).
+    pub routes_left_out: usize,
     pub mark: u32,
     pub table: u32,
     /// DNS servers: configured for the PvD, else learned from router
@@ -93,6 +96,12 @@ pub struct PvdState {
     /// client's lease for it.
     pub dns: Vec<IpAddr>,
     pub dns_source: DnsSource,
+    /// DNS domains whose names this PvD's resolvers answer (RFC 6731):
+    /// configured `domains`, else the network's DNSSL, else its DHCP
+    /// domain and search list. They steer `dns = "pvd"` queries of every
+    /// application through the forwarder ([`crate::dns`]).
+    pub domains: Vec<String>,
+    pub domains_source: DnsSource,
 }
 
 /// Where a PvD's DNS servers come from.
@@ -106,27 +115,47 @@ pub enum DnsSource {
     Dhcp,
 }
 
-/// What was learned about interfaces beyond what a dump shows: DNS servers
-/// from router advertisements and DHCP leases, by interface name, each with
-/// where it came from. See [`learned_dns`] for the precedence.
-pub type LearnedDns = BTreeMap<String, (Vec<IpAddr>, DnsSource)>;
+/// What was learned about one interface beyond what a dump shows: DNS
+/// servers and search domains, each with where it came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Learned {
+    pub servers: Vec<IpAddr>,
+    pub servers_from: DnsSource,
+    pub domains: Vec<String>,
+    pub domains_from: DnsSource,
+}
 
-/// Resolvers per interface with the documented precedence: a PvD's
-/// configured `dns` (applied in [`build`]) over router advertisements
-/// (RFC 8106: the network's own, current announcement) over the DHCP lease
-/// the host's client holds (RFC 2132 option 6), so an IPv4-only DHCP network
-/// gets resolvers at all.
+/// [`Learned`] by interface name. See [`learned_dns`] for the precedence.
+pub type LearnedDns = BTreeMap<String, Learned>;
+
+/// Resolvers and domains per interface with the documented precedence: a
+/// PvD's configured `dns` and `domains` (applied in [`build`]) over router
+/// advertisements (RDNSS and DNSSL, RFC 8106: the network's own, current
+/// announcement) over the DHCP lease the host's client holds (options 6,
+/// 15 and 119), so an IPv4-only DHCP network gets resolvers at all.
+/// Servers and domains are chosen apart: an RA may name servers only.
 pub fn learned_dns(
-    ra: BTreeMap<String, Vec<IpAddr>>,
-    dhcp: BTreeMap<String, Vec<IpAddr>>,
+    ra_servers: BTreeMap<String, Vec<IpAddr>>,
+    ra_domains: BTreeMap<String, Vec<String>>,
+    dhcp: BTreeMap<String, crate::host_dns::LinkDns>,
 ) -> LearnedDns {
-    let mut learned: LearnedDns = dhcp
-        .into_iter()
-        .filter(|(_, servers)| !servers.is_empty())
-        .map(|(name, servers)| (name, (servers, DnsSource::Dhcp)))
-        .collect();
-    for (name, servers) in ra.into_iter().filter(|(_, s)| !s.is_empty()) {
-        learned.insert(name, (servers, DnsSource::Ra));
+    let mut learned = LearnedDns::new();
+    for (name, lease) in dhcp {
+        let entry = learned.entry(name).or_default();
+        if !lease.servers.is_empty() {
+            (entry.servers, entry.servers_from) = (lease.servers, DnsSource::Dhcp);
+        }
+        if !lease.domains.is_empty() {
+            (entry.domains, entry.domains_from) = (lease.domains, DnsSource::Dhcp);
+        }
+    }
+    for (name, servers) in ra_servers.into_iter().filter(|(_, s)| !s.is_empty()) {
+        let entry = learned.entry(name).or_default();
+        (entry.servers, entry.servers_from) = (servers, DnsSource::Ra);
+    }
+    for (name, domains) in ra_domains.into_iter().filter(|(_, d)| !d.is_empty()) {
+        let entry = learned.entry(name).or_default();
+        (entry.domains, entry.domains_from) = (domains, DnsSource::Ra);
     }
     learned
 }
@@ -235,6 +264,7 @@ struct Slot {
     declared: bool,
     table: Option<u32>,
     dns: Vec<IpAddr>,
+    domains: Vec<String>,
 }
 
 /// The PvDs of `config` over `interfaces`. Explicit PvDs with a mark get the
@@ -320,6 +350,7 @@ pub fn build(
                 declared: true,
                 table: pvd.table,
                 dns: pvd.dns.clone(),
+                domains: pvd.domains.clone(),
             },
         );
     }
@@ -358,6 +389,7 @@ pub fn build(
                         declared: false,
                         table: None,
                         dns: Vec::new(),
+                        domains: Vec::new(),
                     },
                 );
             }
@@ -380,15 +412,16 @@ pub fn build(
                 numbering.mark_of(index),
                 table,
             );
-            (pvd.dns, pvd.dns_source) = if !slot.dns.is_empty() {
-                (slot.dns, DnsSource::Config)
-            } else {
-                match learned.get(&pvd.interface) {
-                    Some((servers, source)) if found.is_some() && !servers.is_empty() => {
-                        (servers.clone(), *source)
-                    }
-                    _ => (Vec::new(), DnsSource::None),
-                }
+            let heard = learned.get(&pvd.interface).filter(|_| found.is_some());
+            (pvd.dns, pvd.dns_source) = match heard {
+                _ if !slot.dns.is_empty() => (slot.dns, DnsSource::Config),
+                Some(h) if !h.servers.is_empty() => (h.servers.clone(), h.servers_from),
+                _ => (Vec::new(), DnsSource::None),
+            };
+            (pvd.domains, pvd.domains_source) = match heard {
+                _ if !slot.domains.is_empty() => (slot.domains, DnsSource::Config),
+                Some(h) if !h.domains.is_empty() => (h.domains.clone(), h.domains_from),
+                _ => (Vec::new(), DnsSource::None),
             };
             pvd
         })
@@ -419,10 +452,13 @@ fn state(
         uplink6: None,
         prefixes: Vec::new(),
         routes: Vec::new(),
+        routes_left_out: 0,
         mark,
         table,
         dns: Vec::new(),
         dns_source: DnsSource::None,
+        domains: Vec::new(),
+        domains_source: DnsSource::None,
     };
     let Some(link) = found else {
         return pvd;
@@ -441,6 +477,7 @@ fn state(
     pvd.kind = link.kind;
     pvd.prefixes = on_link_prefixes(&link.addrs);
     pvd.routes = link.routes.clone();
+    pvd.routes_left_out = link.routes_left_out;
     // A point-to-point link has one neighbour, so a network somebody asked
     // for (a split VPN installs only its own prefixes, or none) needs no
     // route to be usable: its table gets a default to the far end.
@@ -572,6 +609,7 @@ mod tests {
             uplink4: gw4.map(|g| Uplink::main_default(g.parse().unwrap(), 100)),
             uplink6: gw6.map(|g| Uplink::main_default(g.parse().unwrap(), 100)),
             routes: vec![],
+            routes_left_out: 0,
         }
     }
 
@@ -845,14 +883,41 @@ mod tests {
     #[test]
     fn resolvers_come_from_config_then_ra_then_dhcp() {
         let a = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let lease = |server: &str, domain: &str| crate::host_dns::LinkDns {
+            servers: vec![a(server)],
+            domains: vec![domain.to_string()],
+            address: None,
+            expires: crate::host_dns::Expiry::Never,
+            source: crate::host_dns::LeaseSource {
+                path: "/var/lib/dhcp/dhclient.leases".into(),
+                format: crate::host_dns::LeaseFormat::Dhclient,
+            },
+        };
         let ra = BTreeMap::from([("wlan0".to_string(), vec![a("2001:db8::53")])]);
         let dhcp = BTreeMap::from([
-            ("wlan0".to_string(), vec![a("198.18.0.53")]),
-            ("eth0".to_string(), vec![a("198.18.2.1")]),
+            ("wlan0".to_string(), lease("198.18.0.53", "home.lab")),
+            ("eth0".to_string(), lease("198.18.2.1", "dhcp.lab")),
         ]);
-        let learned = learned_dns(ra, dhcp);
-        assert_eq!(learned["wlan0"], (vec![a("2001:db8::53")], DnsSource::Ra));
-        assert_eq!(learned["eth0"], (vec![a("198.18.2.1")], DnsSource::Dhcp));
+        let ra_domains = BTreeMap::from([("eth0".to_string(), vec!["ra.lab".to_string()])]);
+        let learned = learned_dns(ra, ra_domains, dhcp);
+        let w = &learned["wlan0"];
+        assert_eq!(
+            (&w.servers, w.servers_from),
+            (&vec![a("2001:db8::53")], DnsSource::Ra)
+        );
+        assert_eq!(
+            (&w.domains[..], w.domains_from),
+            (&["home.lab".to_string()][..], DnsSource::Dhcp)
+        );
+        let e = &learned["eth0"];
+        assert_eq!(
+            (&e.servers, e.servers_from),
+            (&vec![a("198.18.2.1")], DnsSource::Dhcp)
+        );
+        assert_eq!(
+            (&e.domains[..], e.domains_from),
+            (&["ra.lab".to_string()][..], DnsSource::Ra)
+        );
         let config = parse(
             Path::new("c.toml"),
             "[[pvd]]\nname = \"wlan0\"\ndns = [\"192.0.2.53\"]\n",

@@ -25,43 +25,57 @@ use crate::{
     pvd::{self, Numbering, PvdState, Registry},
 };
 
-/// DNS servers learned from router advertisements (RDNSS, RFC 8106) on one
-/// interface, each until its lifetime runs out.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RaDns {
-    by_ifindex: BTreeMap<u32, Vec<(IpAddr, Instant)>>,
+/// What router advertisements taught about one interface's DNS (RDNSS
+/// servers, DNSSL domains; RFC 8106), each item until its lifetime runs out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaLearned<T> {
+    by_ifindex: BTreeMap<u32, Vec<(T, Instant)>>,
 }
 
-impl RaDns {
-    /// Records servers announced now with `lifetime`; a zero lifetime
+impl<T> Default for RaLearned<T> {
+    fn default() -> Self {
+        Self {
+            by_ifindex: BTreeMap::new(),
+        }
+    }
+}
+
+/// RDNSS servers by interface.
+pub type RaDns = RaLearned<IpAddr>;
+
+impl<T: Clone + PartialEq> RaLearned<T> {
+    /// Records items announced now with `lifetime`; a zero lifetime
     /// withdraws them (RFC 8106 §5.1).
-    pub fn learn(&mut self, ifindex: u32, servers: &[IpAddr], lifetime: Duration, now: Instant) {
+    pub fn learn(&mut self, ifindex: u32, items: &[T], lifetime: Duration, now: Instant) {
         let entry = self.by_ifindex.entry(ifindex).or_default();
-        entry.retain(|(addr, _)| !servers.contains(addr));
+        entry.retain(|(item, _)| !items.contains(item));
         if !lifetime.is_zero() {
-            entry.extend(servers.iter().map(|&a| (a, now + lifetime)));
+            entry.extend(items.iter().map(|a| (a.clone(), now + lifetime)));
         }
     }
 
-    /// Unexpired servers by interface name, for the interfaces that exist.
+    /// Unexpired items by interface name, for the interfaces that exist.
     pub fn current(
         &mut self,
         interfaces: &[crate::netlink::Interface],
         now: Instant,
-    ) -> BTreeMap<String, Vec<IpAddr>> {
-        for servers in self.by_ifindex.values_mut() {
-            servers.retain(|(_, until)| *until > now);
+    ) -> BTreeMap<String, Vec<T>> {
+        for items in self.by_ifindex.values_mut() {
+            items.retain(|(_, until)| *until > now);
         }
         // An index that no longer exists was a removed interface: its RAs
         // belong to a network that is gone.
-        self.by_ifindex.retain(|index, servers| {
-            !servers.is_empty() && interfaces.iter().any(|i| i.index == *index)
+        self.by_ifindex.retain(|index, items| {
+            !items.is_empty() && interfaces.iter().any(|i| i.index == *index)
         });
         interfaces
             .iter()
             .filter_map(|i| {
-                let servers = self.by_ifindex.get(&i.index)?;
-                Some((i.name.clone(), servers.iter().map(|(a, _)| *a).collect()))
+                let items = self.by_ifindex.get(&i.index)?;
+                Some((
+                    i.name.clone(),
+                    items.iter().map(|(a, _)| a.clone()).collect(),
+                ))
             })
             .collect()
     }
@@ -184,6 +198,7 @@ pub struct Reconciler {
     applied: BTreeMap<u32, PvdRouting>,
     pvds: Vec<PvdState>,
     ra_dns: RaDns,
+    ra_domains: RaLearned<String>,
     /// Unreadable or garbled lease files already logged, so each problem
     /// is logged once, not on every pass.
     lease_problems: std::collections::BTreeSet<String>,
@@ -212,6 +227,7 @@ impl Reconciler {
             applied: BTreeMap::new(),
             pvds: Vec::new(),
             ra_dns: RaDns::default(),
+            ra_domains: RaLearned::default(),
             lease_problems: Default::default(),
         }
     }
@@ -236,7 +252,7 @@ impl Reconciler {
     fn dhcp_dns(
         &mut self,
         interfaces: &[crate::netlink::Interface],
-    ) -> BTreeMap<String, Vec<IpAddr>> {
+    ) -> BTreeMap<String, crate::host_dns::LinkDns> {
         let ifnames: BTreeMap<u32, String> = interfaces
             .iter()
             .map(|i| (i.index, i.name.clone()))
@@ -263,7 +279,6 @@ impl Reconciler {
                 };
                 link.address.is_none_or(holds)
             })
-            .map(|(name, link)| (name, link.servers))
             .collect()
     }
 
@@ -271,6 +286,13 @@ impl Reconciler {
     pub fn learn_ra_dns(&mut self, ifindex: u32, servers: &[IpAddr], lifetime: Duration) {
         self.ra_dns
             .learn(ifindex, servers, lifetime, Instant::now());
+    }
+
+    /// Records a DNSSL search list from a router advertisement on
+    /// `ifindex` (its domains feed per-domain selection, RFC 6731).
+    pub fn learn_ra_domains(&mut self, ifindex: u32, domains: &[String], lifetime: Duration) {
+        self.ra_domains
+            .learn(ifindex, domains, lifetime, Instant::now());
     }
 
     pub fn pvds(&self) -> &[PvdState] {
@@ -359,8 +381,10 @@ impl Reconciler {
             .interfaces()
             .await
             .context("dumping interfaces")?;
-        let ra = self.ra_dns.current(&interfaces, Instant::now());
-        let learned = pvd::learned_dns(ra, self.dhcp_dns(&interfaces));
+        let now = Instant::now();
+        let ra_servers = self.ra_dns.current(&interfaces, now);
+        let ra_domains = self.ra_domains.current(&interfaces, now);
+        let learned = pvd::learned_dns(ra_servers, ra_domains, self.dhcp_dns(&interfaces));
         let (pvds, skipped) = pvd::build(
             &self.config,
             &interfaces,
@@ -571,6 +595,16 @@ fn log_changes(old: &[PvdState], new: &[PvdState]) {
                 p.uplink6.clone(),
             )
         };
+        let cut = before.map_or(0, |b| b.routes_left_out);
+        if p.routes_left_out > 0 && p.routes_left_out != cut {
+            warn!(
+                "PvD {}: {} has {} routes beyond the {} its table copies; the widest are copied",
+                p.name,
+                p.interface,
+                p.routes_left_out,
+                crate::netlink::MAX_COPIED_ROUTES
+            );
+        }
         if before.map(state) != Some(state(p)) {
             info!(
                 "PvD {} (interface {}, mark {:#x}, table {}): IPv4 {}, IPv6 {}",
@@ -622,10 +656,13 @@ mod tests {
             uplink6: None,
             prefixes: vec![],
             routes: vec![],
+            routes_left_out: 0,
             mark: 0x100_0000,
             table: 100,
             dns: vec![],
             dns_source: Default::default(),
+            domains: vec![],
+            domains_source: Default::default(),
         }
     }
 
@@ -641,6 +678,7 @@ mod tests {
             uplink4: None,
             uplink6: None,
             routes: vec![],
+            routes_left_out: 0,
         };
         let t0 = Instant::now();
         let server: IpAddr = "2001:db8:1::53".parse().unwrap();

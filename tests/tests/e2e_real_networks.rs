@@ -19,8 +19,9 @@ use std::{
 use mif_tests::e2e::{internet, policy_toml, two_networks};
 use mif_tests::{
     lab::{
-        Arrivals, ClientFailure, ClientReply, Family, Lab, Proto, Vpn, VpnShape, DHCP_ONLY_ANSWER,
-        DHCP_ONLY_NAME, SECOND_ROUTER_V6, VPN_NETWORK_NAME,
+        Arrivals, ClientFailure, ClientReply, Family, Lab, Proto, Resolver, Vpn, VpnShape,
+        CORP_DOMAIN, DHCP_ONLY_ANSWER, DHCP_ONLY_NAME, DNS_NAME, SECOND_ROUTER_V6,
+        VPN_NETWORK_NAME,
     },
     mif::Daemon,
     skip_unless_root,
@@ -279,6 +280,10 @@ fn a_dhcp_only_network_resolves_through_the_leases_resolver() {
         text.contains(&format!("{} (dhcp)", lease.dns_server())),
         "{text}"
     );
+    assert!(
+        text.contains(&format!("domains {} (dhcp)", lease.domain())),
+        "{text}"
+    );
 }
 
 /// `exclude` keeps the main table's route for some destinations of a
@@ -328,4 +333,60 @@ fn excluded_destinations_keep_the_main_tables_route() {
             .sum();
         assert!(excluded >= 1, "{maps:#}");
     }
+}
+
+/// A router that announces only a link-local resolver (RDNSS `fe80::53`)
+/// and a search list (DNSSL `corp.lab`), as many home routers do: an app on
+/// that network resolves through the link-local resolver (by the
+/// forwarder, which gives it the interface as scope), and an app on another
+/// network asks that resolver for names of the announced domain (RFC 6731)
+/// and its own for the rest.
+#[test]
+fn ra_link_local_resolvers_answer_and_dnssl_domains_steer_queries() {
+    skip_unless_root!();
+    let lab = two_networks();
+    let link_local: IpAddr = "fe80::53".parse().unwrap();
+    let _wlan_dns = lab.start_resolver(0, &[]).unwrap();
+    let _wwan_dns = lab.start_resolver(1, &[link_local]).unwrap();
+    let _ra = lab
+        .advertise_dns(1, link_local, &[CORP_DOMAIN])
+        .expect("radvd");
+    let on_wwan = lab.create_cgroup("on-wwan").unwrap();
+    let on_wlan = lab.create_cgroup("on-wlan").unwrap();
+    let rel = lab.cgroup_rel();
+    let config = format!(
+        "[[pvd]]\nname = \"wlan0\"\ndns = [\"{}\"]\n\n{}{}",
+        lab.network(0).gateway_v4,
+        policy_toml(&format!("{rel}/on-wwan"), &["wwan0"], "dns = \"pvd\""),
+        policy_toml(&format!("{rel}/on-wlan"), &["wlan0"], "dns = \"pvd\""),
+    );
+    let daemon = Daemon::start(&lab, &config).unwrap();
+    let asked: IpAddr = lab.network(0).gateway_v4.into();
+    let answered = |cgroup: &Path, name: &str, by: Resolver| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = lab.dig_name(Some(cgroup), asked, false, name, "A").unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if by.answered(&text) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: not answered by {by:?}: {text:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // The RA arrives within a few seconds (radvd sends every 3 to 4 s).
+    answered(&on_wwan, DNS_NAME, Resolver::Network(1));
+    let corp = format!("host.{CORP_DOMAIN}");
+    answered(&on_wlan, &corp, Resolver::Network(1));
+    answered(&on_wlan, DNS_NAME, Resolver::Network(0));
+    let pvds = daemon.mif(&["pvd", "list"]).unwrap();
+    let text = String::from_utf8_lossy(&pvds.stdout);
+    assert!(text.contains("fe80::53 (ra)"), "{text}");
+    assert!(
+        text.contains(&format!("domains {CORP_DOMAIN} (ra)")),
+        "{text}"
+    );
 }

@@ -117,6 +117,20 @@ fn pvd_notes(p: &PvdView) -> Vec<String> {
             (None, None) => {}
         }
     }
+    if !p.domains.is_empty() {
+        let domains = p.domains.join(" ");
+        notes.push(format!(
+            "{}: domains {domains} ({})",
+            p.name, p.domains_source
+        ));
+    }
     notes.extend(p.routes.iter().map(|r| format!("{}: route {r}", p.name)));
+    if p.routes_left_out > 0 {
+        let n = p.routes_left_out;
+        notes.push(format!(
+            "{}: {n} more routes not copied (the widest are)",
+            p.name
+        ));
+    }
     notes
 }

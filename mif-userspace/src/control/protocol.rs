@@ -118,6 +118,15 @@ pub struct PvdView {
     /// where it came from (`2001:db8:77::/64 via fe80::2 (ra)`).
     #[serde(default)]
     pub routes: Vec<String>,
+    /// Routes of the interface the table does not copy (beyond the cap).
+    #[serde(default)]
+    pub routes_left_out: usize,
+    /// DNS domains its resolvers answer for (RFC 6731), and where they
+    /// came from (`config`, `ra`, `dhcp`).
+    #[serde(default)]
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub domains_source: String,
 }
 
 /// An uplink in words.
@@ -172,6 +181,9 @@ impl From<&PvdState> for PvdView {
             uplink4: p.uplink4.as_ref().map(|u| describe_uplink(u, &p.interface)),
             uplink6: p.uplink6.as_ref().map(|u| describe_uplink(u, &p.interface)),
             routes: p.routes.iter().map(describe_route).collect(),
+            routes_left_out: p.routes_left_out,
+            domains: p.domains.clone(),
+            domains_source: wire_name(p.domains_source),
         }
     }
 }

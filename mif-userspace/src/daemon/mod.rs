@@ -144,16 +144,12 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
         }
         return Err(e);
     }
-    // Per-domain DNS selection; held until the daemon returns (its drop
-    // turns the kernel's redirection to it off). Without it, DNS still
-    // follows each application's PvD, only declared domains are not
-    // honoured: a failure is logged, not fatal.
-    let _dns_forwarder = crate::dns::Forwarder::start(&steering.pins, &prepared.config)
-        .await
-        .unwrap_or_else(|e| {
-            warn!("DNS forwarder not started: {e:#}");
-            None
-        });
+    // Per-domain DNS selection and link-local resolvers: the forwarder runs
+    // while some PvD needs it (see `dns::ForwarderControl`); dropped when
+    // the daemon returns, which turns the kernel's redirection to it off.
+    let mut dns_forwarder =
+        crate::dns::ForwarderControl::new(&steering.pins, prepared.config.dns_forwarder_port);
+    dns_forwarder.follow(reconciler.pvds()).await;
     let mut control =
         match control::server::start(&control::socket_path(&opts.instance.pin_dir), writers) {
             Ok(control) => control,
@@ -184,9 +180,11 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
         &mut control,
         &mut admin,
         &mut signals,
+        &mut dns_forwarder,
         opts.instance.mark_mask,
     )
     .await?;
+    drop(dns_forwarder);
     drop(control);
 
     if opts.keep_steering {
@@ -206,6 +204,7 @@ async fn follow(
     control: &mut Control,
     admin: &mut Admin,
     signals: &mut Signals,
+    dns_forwarder: &mut crate::dns::ForwarderControl,
     mark_mask: u32,
 ) -> anyhow::Result<()> {
     let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
@@ -280,11 +279,20 @@ async fn follow(
                     pending.take().or_else(|| events.next().now_or_never().flatten())
                 {
                     verify |= needs_verify(&event);
-                    if let NetEvent::RaOptions { ifindex, rdnss, .. } = &event {
+                    if let NetEvent::RaOptions {
+                        ifindex,
+                        rdnss,
+                        dnssl,
+                        ..
+                    } = &event
+                    {
                         for option in rdnss {
                             let servers: Vec<IpAddr> =
                                 option.servers.iter().map(|&a| a.into()).collect();
                             reconciler.learn_ra_dns(*ifindex, &servers, option.lifetime);
+                        }
+                        for option in dnssl {
+                            reconciler.learn_ra_domains(*ifindex, &option.domains, option.lifetime);
                         }
                     }
                 }
@@ -295,6 +303,7 @@ async fn follow(
         match reconciler.reconcile(verify).await {
             Ok(lost) => {
                 announce_pvd_changes(&before, reconciler, &control.monitor);
+                dns_forwarder.follow(reconciler.pvds()).await;
                 reset_lost(reconciler, &lost, mark_mask).await
             }
             // A failed pass is retried on the next event or recheck; the

@@ -12,6 +12,7 @@ use std::{
 use aya::maps::{Array, MapData};
 use log::{debug, info, warn};
 use mif_common::{names, DnsForward, MAX_PVDS, PVD_AVAIL_V4, PVD_AVAIL_V6};
+use std::net::SocketAddrV6;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpSocket, TcpStream, UdpSocket},
@@ -20,12 +21,17 @@ use tokio::{
 
 use super::message;
 use crate::{
-    config::Config,
     kernel_maps::KernelMaps,
     pins::PinDir,
-    plan::{ipv4_from_word, ipv6_from_words},
+    plan::{ipv4_from_word, ipv6_from_words, only_via_forwarder},
+    pvd::PvdState,
     report::name_of,
 };
+
+/// (domain, PvD name) pairs the forwarder routes by, shared with the
+/// daemon, which updates them after each pass (domains come and go with
+/// DNSSL options and DHCP leases).
+pub type Domains = Arc<RwLock<Vec<(String, String)>>>;
 
 /// How long an upstream resolver has to answer one query.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
@@ -57,6 +63,8 @@ pub enum ForwarderError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct PvdView {
     mark: u32,
+    /// The interface, the scope of link-local resolvers.
+    ifindex: u32,
     addr4: Option<Ipv4Addr>,
     addr6: Option<Ipv6Addr>,
     dns: Vec<IpAddr>,
@@ -64,18 +72,24 @@ struct PvdView {
 
 impl PvdView {
     /// The first resolver reachable from one of the PvD's available
-    /// sources, with that source. Link-local resolvers need a scope, and
-    /// loopback ones would not leave by the PvD: both skipped.
+    /// sources, with that source. Link-local resolvers get the PvD's
+    /// interface as scope (the kernel's redirection cannot give one, which
+    /// is why such queries come here) and its IPv6 source when it has one;
+    /// loopback ones would not leave by the PvD: skipped.
     fn upstream(&self) -> Option<(IpAddr, SocketAddr)> {
-        self.dns.iter().find_map(|server| {
-            let src = match server {
-                IpAddr::V4(a) if !a.is_loopback() => IpAddr::V4(self.addr4?),
-                IpAddr::V6(a) if !a.is_loopback() && !a.is_unicast_link_local() => {
-                    IpAddr::V6(self.addr6?)
-                }
-                _ => return None,
-            };
-            Some((src, SocketAddr::new(*server, 53)))
+        self.dns.iter().find_map(|server| match server {
+            IpAddr::V4(a) if !a.is_loopback() => {
+                Some((IpAddr::V4(self.addr4?), SocketAddr::new(*server, 53)))
+            }
+            IpAddr::V6(a) if a.is_unicast_link_local() && self.ifindex != 0 => {
+                let src = self.addr6.unwrap_or(Ipv6Addr::UNSPECIFIED);
+                let scoped = SocketAddrV6::new(*a, 53, 0, self.ifindex);
+                Some((IpAddr::V6(src), SocketAddr::V6(scoped)))
+            }
+            IpAddr::V6(a) if !a.is_loopback() && !a.is_unicast_link_local() => {
+                Some((IpAddr::V6(self.addr6?), SocketAddr::new(*server, 53)))
+            }
+            _ => None,
         })
     }
 }
@@ -108,6 +122,7 @@ impl Table {
                 index,
                 PvdView {
                     mark: pvd.mark,
+                    ifindex: pvd.ifindex,
                     addr4: (pvd.flags & PVD_AVAIL_V4 != 0).then(|| ipv4_from_word(pvd.addr4)),
                     addr6: (pvd.flags & PVD_AVAIL_V6 != 0).then(|| ipv6_from_words(pvd.addr6)),
                     dns,
@@ -136,6 +151,71 @@ impl Table {
     }
 }
 
+/// Runs the forwarder exactly while some PvD needs it: one with DNS
+/// domains (declared, or learned from DNSSL or DHCP), or with resolvers
+/// only it can reach (link-local). Otherwise the kernel sends queries to
+/// the PvDs' resolvers itself, and no port is bound.
+pub struct ForwarderControl {
+    pins: PinDir,
+    port_base: u16,
+    domains: Domains,
+    running: Option<Forwarder>,
+    /// A start failed with this error: logged once, retried each pass.
+    failed: Option<String>,
+}
+
+impl ForwarderControl {
+    /// Turns a previous instance's redirection off until the first
+    /// [`Self::follow`] decides.
+    pub fn new(pins: &PinDir, port_base: u16) -> Self {
+        if let Ok(mut switch) = open_switch(pins) {
+            set_switch(&mut switch, 0);
+        }
+        Self {
+            pins: pins.clone(),
+            port_base,
+            domains: Domains::default(),
+            running: None,
+            failed: None,
+        }
+    }
+
+    /// After a pass: the PvDs' domains for routing, and the forwarder
+    /// started or stopped as they need. Without it, DNS still follows
+    /// each application's PvD; only domains and link-local resolvers are
+    /// not honoured, so a failure to start is logged, not fatal.
+    pub async fn follow(&mut self, pvds: &[PvdState]) {
+        let domains: Vec<(String, String)> = pvds
+            .iter()
+            .flat_map(|p| p.domains.iter().map(|d| (d.clone(), p.name.clone())))
+            .collect();
+        let needed = !domains.is_empty() || pvds.iter().any(|p| only_via_forwarder(&p.dns));
+        *self.domains.write().unwrap_or_else(|p| p.into_inner()) = domains;
+        match (needed, self.running.is_some()) {
+            (true, false) => {
+                match Forwarder::start(&self.pins, self.port_base, self.domains.clone()).await {
+                    Ok(forwarder) => {
+                        self.running = Some(forwarder);
+                        self.failed = None;
+                    }
+                    Err(e) => {
+                        let text = format!("{e:#}");
+                        if self.failed.as_ref() != Some(&text) {
+                            warn!("DNS forwarder not started: {text}");
+                        }
+                        self.failed = Some(text);
+                    }
+                }
+            }
+            (false, true) => {
+                self.running = None;
+                info!("DNS forwarder stopped: no PvD has domains or link-local resolvers");
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The running forwarder. Dropping it turns the kernel's redirection to it
 /// off and stops its tasks.
 pub struct Forwarder {
@@ -144,26 +224,19 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// Starts the forwarder when some PvD of `config` declares domains,
-    /// and turns the kernel's redirection to it on; otherwise makes sure
-    /// it is off and returns None.
-    pub async fn start(pins: &PinDir, config: &Config) -> Result<Option<Self>, ForwarderError> {
+    /// Starts the forwarder on ports `base`.. and turns the kernel's
+    /// redirection to it on.
+    async fn start(pins: &PinDir, base: u16, domains: Domains) -> Result<Self, ForwarderError> {
         let mut switch = open_switch(pins)?;
-        let declared: Vec<(String, String)> = config
-            .pvds
-            .iter()
-            .flat_map(|p| p.domains.iter().map(|d| (d.clone(), p.name.clone())))
-            .collect();
-        if declared.is_empty() {
-            set_switch(&mut switch, 0);
-            return Ok(None);
-        }
         let maps = KernelMaps::open(pins).map_err(|e| ForwarderError::Map {
             name: names::MAP_PVDS,
             source: Box::new(e),
         })?;
-        let table = Arc::new(RwLock::new(Table::read(&maps, &declared)));
-        let base = config.dns_forwarder_port;
+        let read = move |maps: &KernelMaps| {
+            let domains = domains.read().unwrap_or_else(|p| p.into_inner());
+            Table::read(maps, &domains)
+        };
+        let table = Arc::new(RwLock::new(read(&maps)));
 
         let mut tasks = Vec::new();
         for index in 0..MAX_PVDS {
@@ -180,9 +253,18 @@ impl Forwarder {
                     Err(e) if ip.is_ipv6() && e.kind() == io::ErrorKind::AddrNotAvailable => {
                         continue
                     }
-                    Err(e) => return Err(listen(e)),
+                    Err(e) => {
+                        tasks.iter().for_each(JoinHandle::abort);
+                        return Err(listen(e));
+                    }
                 };
-                let tcp = TcpListener::bind(addr).await.map_err(listen)?;
+                let tcp = match TcpListener::bind(addr).await {
+                    Ok(tcp) => tcp,
+                    Err(e) => {
+                        tasks.iter().for_each(JoinHandle::abort);
+                        return Err(listen(e));
+                    }
+                };
                 tasks.push(tokio::spawn(serve_udp(udp, index, table.clone())));
                 tasks.push(tokio::spawn(serve_tcp(tcp, index, table.clone())));
             }
@@ -192,16 +274,16 @@ impl Forwarder {
             let mut tick = tokio::time::interval(REFRESH);
             loop {
                 tick.tick().await;
-                let fresh = Table::read(&maps, &declared);
+                let fresh = read(&maps);
                 *refresh_table.write().unwrap_or_else(|p| p.into_inner()) = fresh;
             }
         }));
         set_switch(&mut switch, u32::from(base));
         info!(
-            "DNS forwarder for declared domains on 127.0.0.1 and ::1, ports {base}-{}",
+            "DNS forwarder for domains and link-local resolvers on 127.0.0.1 and ::1, ports {base}-{}",
             u32::from(base) + MAX_PVDS - 1
         );
-        Ok(Some(Self { switch, tasks }))
+        Ok(Self { switch, tasks })
     }
 }
 
@@ -395,10 +477,26 @@ mod tests {
     fn view(n: u8, dns: &[&str]) -> PvdView {
         PvdView {
             mark: u32::from(n) << 24,
+            ifindex: 0,
             addr4: Some(Ipv4Addr::new(198, 18, n, 2)),
             addr6: None,
             dns: dns.iter().map(|s| s.parse().unwrap()).collect(),
         }
+    }
+
+    #[test]
+    fn link_local_resolvers_get_the_pvds_interface_as_scope() {
+        let mut pvd = view(1, &["fe80::53"]);
+        assert_eq!(pvd.upstream(), None, "no interface known: no scope");
+        pvd.ifindex = 7;
+        let (src, server) = pvd.upstream().unwrap();
+        assert_eq!(src, IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+        assert_eq!(server, "[fe80::53%7]:53".parse::<SocketAddr>().unwrap());
+        pvd.addr6 = Some("2001:db8:1::2".parse().unwrap());
+        assert_eq!(
+            pvd.upstream().unwrap().0,
+            "2001:db8:1::2".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct Interface {
     pub uplink6: Option<Uplink>,
     /// The host's more-specific routes through this interface.
     pub routes: Vec<HostRoute>,
+    /// How many more there were than a PvD table copies.
+    pub routes_left_out: usize,
 }
 
 /// What kind of link an interface is, as far as choosing a network goes.
@@ -115,6 +117,7 @@ pub(crate) fn assemble(
             iface.uplink4 = routing.uplink4;
             iface.uplink6 = routing.uplink6;
             iface.routes = routing.routes;
+            iface.routes_left_out = routing.routes_left_out;
         }
     }
     by_index.into_values().collect()
@@ -159,6 +162,7 @@ fn interface_of(link: &LinkMessage) -> Interface {
         uplink4: None,
         uplink6: None,
         routes: Vec::new(),
+        routes_left_out: 0,
     }
 }
 

@@ -32,7 +32,7 @@ pub use self::{
     interfaces::{Interface, InterfaceAddr, LinkKind},
     plan::{NextHop, PvdRouting, MIF_PROTOCOL},
     ra::{parse_nduseropt, RaOptions, RaParseError},
-    uplinks::{HostRoute, RouteOrigin, Uplink, UplinkShape},
+    uplinks::{HostRoute, RouteOrigin, Uplink, UplinkShape, MAX_COPIED_ROUTES},
 };
 
 /// An rtnetlink connection to one network namespace.

@@ -125,7 +125,16 @@ pub(crate) struct InterfaceRouting {
     pub uplink4: Option<Uplink>,
     pub uplink6: Option<Uplink>,
     pub routes: Vec<HostRoute>,
+    /// Routes beyond [`MAX_COPIED_ROUTES`], not copied.
+    pub routes_left_out: usize,
 }
+
+/// Most routes of one interface a PvD table copies. A desktop's or a
+/// container host's interface has a handful; a router with a full BGP
+/// table has a million, which a per-PvD copy (and each pass's diff) must
+/// not take on: beyond this the widest prefixes are kept and the rest
+/// reported (`mif pvd list`, the log).
+pub const MAX_COPIED_ROUTES: usize = 4096;
 
 /// Tables that other tools' ip rules lead to (wg-quick's 51820,
 /// Tailscale's 52, ...): not the kernel's own, not mif's.
@@ -296,6 +305,15 @@ pub(crate) fn interface_routing(
             metric: parts[0].metric,
         };
         offer(found.entry(oif).or_default(), v6, uplink);
+    }
+    for routing in found.values_mut() {
+        if routing.routes.len() > MAX_COPIED_ROUTES {
+            routing
+                .routes
+                .sort_by_key(|r| (r.prefix_len, r.dst, r.metric));
+            routing.routes_left_out = routing.routes.len() - MAX_COPIED_ROUTES;
+            routing.routes.truncate(MAX_COPIED_ROUTES);
+        }
     }
     found
 }
@@ -501,6 +519,21 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn a_full_table_is_cut_to_its_widest_routes() {
+        let routes: Vec<RouteMessage> = (0..MAX_COPIED_ROUTES as u32 + 10)
+            .map(|i| {
+                let len = if i < 5 { 8 } else { 24 };
+                let dst = std::net::Ipv4Addr::from((10 << 24) | (i << 8));
+                route(&format!("{dst}/{len}"), Some("198.18.0.1"), 2, 254)
+            })
+            .collect();
+        let found = interface_routing(&routes, &[]);
+        assert_eq!(found[&2].routes.len(), MAX_COPIED_ROUTES);
+        assert_eq!(found[&2].routes_left_out, 10);
+        assert!(found[&2].routes[..5].iter().all(|r| r.prefix_len == 8));
     }
 
     #[test]

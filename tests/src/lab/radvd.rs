@@ -1,5 +1,6 @@
 //! Real router advertisements: radvd in a router's namespace announcing a
-//! DNS server (RDNSS), as a home router or a carrier would, or, for other
+//! DNS server (RDNSS) and search list (DNSSL), as a home router or a
+//! carrier would, or, for other
 //! scenarios, whatever configuration they give [`Lab::start_radvd`].
 use std::{fs::File, net::IpAddr, path::PathBuf, process::Stdio};
 
@@ -34,13 +35,23 @@ impl Lab {
     /// (not for autoconfiguration: the host's address is static), no
     /// default route, and `rdnss` as DNS server, every 3 to 4 s.
     pub fn advertise_rdnss(&self, i: usize, rdnss: IpAddr) -> Result<Radvd> {
+        self.advertise_dns(i, rdnss, &[])
+    }
+
+    /// [`Lab::advertise_rdnss`] with a DNS search list (DNSSL) as well.
+    pub fn advertise_dns(&self, i: usize, rdnss: IpAddr, dnssl: &[&str]) -> Result<Radvd> {
         let net = &self.networks()[i];
         let prefix = net.gateway_v6.segments();
+        let search = if dnssl.is_empty() {
+            String::new()
+        } else {
+            format!(" DNSSL {} {{ AdvDNSSLLifetime 60; }};\n", dnssl.join(" "))
+        };
         let config = format!(
             "interface eth0 {{\n AdvSendAdvert on;\n MinRtrAdvInterval 3;\n \
              MaxRtrAdvInterval 4;\n AdvDefaultLifetime 0;\n \
              prefix {:x}:{:x}:{:x}::/64 {{ AdvAutonomous off; }};\n \
-             RDNSS {rdnss} {{ AdvRDNSSLifetime 60; }};\n}};\n",
+             RDNSS {rdnss} {{ AdvRDNSSLifetime 60; }};\n{search}}};\n",
             prefix[0], prefix[1], prefix[2]
         );
         self.start_radvd(&net.router_ns, &format!("r{i}"), &config)
