@@ -249,6 +249,8 @@ async fn follow(
             }
             _ = signals.hup.recv() => {
                 let _ = admin.reload(reconciler).await;
+                // The reload's own pass may have changed the PvDs' domains.
+                dns_forwarder.follow(reconciler.pvds()).await;
                 if !watcher.follow(reconciler) {
                     continue;
                 }
@@ -261,6 +263,7 @@ async fn follow(
                 let before = reconciler.pvds().to_vec();
                 let response = admin.handle(reconciler, &control.monitor, command.request).await;
                 let _ = command.reply.send(response);
+                dns_forwarder.follow(reconciler.pvds()).await;
                 announce_pvd_changes(&before, reconciler, &control.monitor);
                 if !watcher.follow(reconciler) {
                     continue;
