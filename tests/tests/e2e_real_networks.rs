@@ -28,9 +28,16 @@ use mif_tests::{
 };
 
 /// What an unsteered client sees, in a form two runs can be compared by
-/// (an error's text carries timings and pids).
+/// (an error's text carries timings and pids): a process in a cgroup of
+/// the lab's that has no policy, so mif's programs run for its sockets and
+/// mif's rules are in its routing, as for any application on the host.
 fn unsteered(lab: &Lab, family: Family) -> Result<ClientReply, ()> {
-    lab.client(None, Proto::Tcp, internet(family), None)
+    let plain = lab.cgroup_root().join("plain");
+    if !plain.exists() {
+        lab.create_cgroup("plain")
+            .expect("creating the plain cgroup");
+    }
+    lab.client(Some(&plain), Proto::Tcp, internet(family), None)
         .map_err(|_| ())
 }
 
