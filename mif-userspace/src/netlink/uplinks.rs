@@ -178,6 +178,7 @@ struct Wide {
     len: u8,
     gateway: Option<IpAddr>,
     metric: u32,
+    origin: RouteOrigin,
 }
 
 /// The widest prefix a split default is made of: `/1` halves for IPv4;
@@ -268,19 +269,16 @@ pub(crate) fn interface_routing(
                     len,
                     gateway,
                     metric,
+                    origin: msg.header.protocol.into(),
                 });
             } else {
-                let entry = found.entry(oif).or_default();
-                let route = HostRoute {
+                found.entry(oif).or_default().routes.push(HostRoute {
                     dst,
                     prefix_len: len,
                     gateway,
                     metric,
                     origin: msg.header.protocol.into(),
-                };
-                if !entry.routes.contains(&route) {
-                    entry.routes.push(route);
-                }
+                });
             }
         }
     }
@@ -293,7 +291,7 @@ pub(crate) fn interface_routing(
                 prefix_len: w.len,
                 gateway: w.gateway,
                 metric: w.metric,
-                origin: RouteOrigin::Static,
+                origin: w.origin,
             }));
             continue;
         }
@@ -306,14 +304,15 @@ pub(crate) fn interface_routing(
         };
         offer(found.entry(oif).or_default(), v6, uplink);
     }
+    // Widest first, so a cut keeps the prefixes that cover the most; one
+    // copy of a route found in several tables (sort and dedup: a full table
+    // has a million routes, so no pairwise comparison).
     for routing in found.values_mut() {
-        if routing.routes.len() > MAX_COPIED_ROUTES {
-            routing
-                .routes
-                .sort_by_key(|r| (r.prefix_len, r.dst, r.metric));
-            routing.routes_left_out = routing.routes.len() - MAX_COPIED_ROUTES;
-            routing.routes.truncate(MAX_COPIED_ROUTES);
-        }
+        let routes = &mut routing.routes;
+        routes.sort_by_key(|r| (r.prefix_len, r.dst, r.metric, r.gateway));
+        routes.dedup();
+        routing.routes_left_out = routes.len().saturating_sub(MAX_COPIED_ROUTES);
+        routes.truncate(MAX_COPIED_ROUTES);
     }
     found
 }
@@ -501,24 +500,21 @@ mod tests {
             .iter()
             .map(|r| (r.dst.to_string(), r.prefix_len, r.gateway, r.origin))
             .collect();
-        assert_eq!(
-            got,
-            [
-                ("198.18.0.0".into(), 24, None, RouteOrigin::Kernel),
-                (
-                    "2001:db8:77::".into(),
-                    64,
-                    Some(ip("fe80::2")),
-                    RouteOrigin::Ra
-                ),
-                (
-                    "10.20.0.0".into(),
-                    16,
-                    Some(ip("198.18.0.3")),
-                    RouteOrigin::Dhcp
-                ),
-            ]
+        // Widest first.
+        let kernel = ("198.18.0.0".to_string(), 24, None, RouteOrigin::Kernel);
+        let rio = (
+            "2001:db8:77::".to_string(),
+            64,
+            Some(ip("fe80::2")),
+            RouteOrigin::Ra,
         );
+        let dhcp = (
+            "10.20.0.0".to_string(),
+            16,
+            Some(ip("198.18.0.3")),
+            RouteOrigin::Dhcp,
+        );
+        assert_eq!(got, [dhcp, kernel, rio]);
     }
 
     #[test]
