@@ -397,3 +397,49 @@ fn ra_link_local_resolvers_answer_and_dnssl_domains_steer_queries() {
         "{text}"
     );
 }
+
+/// Tailscale-style routing: the tunnel's default lives in a table of its
+/// own (52) that a rule of someone else's leads to. The tunnel is then an
+/// uplink (an implicit PvD, no declaration), an app steered to it leaves
+/// through the tunnel, and the host's own routing is as before.
+#[test]
+fn a_default_in_another_tools_table_makes_an_uplink() {
+    skip_unless_root!();
+    let lab = two_networks();
+    let vpn = lab.start_vpn(VpnShape::Split).expect("starting the VPN");
+    lab.ip_host(&["route", "add", "default", "dev", "tun0", "table", "52"])
+        .unwrap();
+    let rule = [
+        "rule",
+        "add",
+        "to",
+        "100.64.0.0/10",
+        "lookup",
+        "52",
+        "priority",
+        "5270",
+    ];
+    lab.ip_host(&rule).unwrap();
+    let before = unsteered(&lab, Family::V4);
+    let app = lab.create_cgroup("app").unwrap();
+    let config = policy_toml(&format!("{}/app", lab.cgroup_rel()), &["tun0"], "");
+    let daemon = Daemon::start(&lab, &config).unwrap();
+    wait_for(
+        &lab,
+        &app,
+        Family::V4,
+        &through_tunnel(&vpn, Family::V4),
+        Duration::from_secs(5),
+    );
+    assert_eq!(unsteered(&lab, Family::V4), before);
+    let out = daemon.mif(&["pvd", "list", "--json"]).unwrap();
+    let pvds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tun = pvds
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "tun0")
+        .unwrap_or_else(|| panic!("no tun0 PvD: {pvds:#}"));
+    assert_eq!(tun["kind"], "point-to-point", "{tun:#}");
+    assert_eq!(tun["uplink4"], "default dev tun0 (table 52)", "{tun:#}");
+}
