@@ -6,14 +6,16 @@
 //! as many other cgroups in its map), (e) by the application's own SO_MARK.
 //! Load generators run in that cgroup ([`worker`]), servers in the routers;
 //! variants are interleaved round by round ([`measure`]). Then the reaction
-//! to a lost link ([`reaction`]) and the daemon at scale ([`scale`]).
+//! to a lost link ([`reaction`]), that of a strict VPN app to its tunnel
+//! going down ([`vpn`]: a real OpenVPN client killed) and the daemon at
+//! scale ([`scale`]).
 //!
 //! `--smoke` runs every part with tiny counts in seconds and asserts
 //! nothing about timings; the full run writes `docs/benchmarks.md` and
 //! `docs/bench-policies.svg` when given `--docs DIR` (`cargo xtask bench`
 //! does both). For working on it:
 //!
-//! - `--only costs|reaction|scale` (repeatable) runs only those parts, and
+//! - `--only costs|reaction|vpn|scale` (repeatable) runs only those parts, and
 //!   `--rounds N` overrides the number of measured rounds;
 //! - `mif-bench hold a|b|c|d|e [OTHERS]` builds the lab, puts it in one
 //!   variant and waits for Ctrl-C, printing the namespace and cgroup to
@@ -34,6 +36,7 @@ mod report;
 mod scale;
 mod stats;
 mod testbed;
+mod vpn;
 pub mod worker;
 
 use std::io::{BufRead as _, BufReader};
@@ -58,7 +61,7 @@ pub struct Options {
     pub smoke: bool,
     /// Where to write benchmarks.md and bench-policies.svg.
     pub docs: Option<PathBuf>,
-    /// Parts to run (`costs`, `reaction`, `scale`); empty: all.
+    /// Parts to run (`costs`, `reaction`, `vpn`, `scale`); empty: all.
     pub only: Vec<String>,
     /// Overrides the number of measured rounds.
     pub rounds: Option<usize>,
@@ -103,6 +106,8 @@ struct Plan {
     /// Other policies for (c) and other cgroups for (d).
     others: Vec<usize>,
     flaps: usize,
+    /// Losses of the VPN tunnel (client killed, then restarted).
+    vpn_rounds: usize,
     scale_counts: Vec<usize>,
     scale_flaps: usize,
     /// Networks of the second scale lab.
@@ -133,6 +138,7 @@ impl Plan {
                 },
                 others: vec![1_000, 5_000],
                 flaps: 5,
+                vpn_rounds: 2,
                 scale_counts: vec![1, 1_000],
                 scale_flaps: 1,
                 big_lab: 4,
@@ -159,6 +165,9 @@ impl Plan {
             },
             others: vec![10_000, 100_000],
             flaps: 200,
+            // A round (kill, restart of server and client, back through
+            // the tunnel) takes about 0.25 s here.
+            vpn_rounds: 100,
             scale_counts: vec![1, 10_000, 100_000],
             scale_flaps: 3,
             big_lab: 64,
@@ -264,6 +273,20 @@ pub fn run(opts: &Options) -> Result<Report> {
     drop(tb);
     check_interrupted()?;
 
+    if opts.wants("vpn") {
+        eprintln!(
+            "mif-bench: strict VPN app, {} tunnel losses",
+            plan.vpn_rounds
+        );
+        report.vpn = Some(vpn::run(
+            &lab,
+            plan.vpn_rounds,
+            &exe,
+            plan.params.worker_cpu,
+        )?);
+    }
+    check_interrupted()?;
+
     if opts.wants("scale") {
         let most = plan.scale_counts.iter().copied().max().unwrap_or(0);
         scale::ensure_cgroups(&lab, most)?;
@@ -366,8 +389,8 @@ pub fn main_with_args(argv: &[String]) -> Result<()> {
             }
             "--only" => {
                 let part = it.next().ok_or_else(|| anyhow!("--only needs a part"))?;
-                if !["costs", "reaction", "scale"].contains(&part.as_str()) {
-                    bail!("--only takes costs, reaction or scale, not {part:?}");
+                if !["costs", "reaction", "vpn", "scale"].contains(&part.as_str()) {
+                    bail!("--only takes costs, reaction, vpn or scale, not {part:?}");
                 }
                 opts.only.push(part.clone());
             }
@@ -379,7 +402,7 @@ pub fn main_with_args(argv: &[String]) -> Result<()> {
                 );
             }
             "-h" | "--help" => {
-                println!("usage: mif-bench [--smoke] [--only costs|reaction|scale]... [--rounds N] [--docs DIR] | hold a|b|c|d|e [OTHERS]");
+                println!("usage: mif-bench [--smoke] [--only costs|reaction|vpn|scale]... [--rounds N] [--docs DIR] | hold a|b|c|d|e [OTHERS]");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (usage: mif-bench [--smoke] [--docs DIR])"),

@@ -28,6 +28,34 @@ use super::testbed::{Testbed, Variant, NETWORKS};
 use super::worker::now_ns;
 use crate::lab::{Lab, INTERNET_V4};
 
+/// `socket(domain, ty, proto)` (close-on-exec) created inside the network
+/// namespace at `ns_path`, from a thread of its own: only that thread
+/// changes namespace, and the socket stays in the namespace it was created
+/// in (its ioctls, and a netlink socket's notifications, are that one's).
+pub(super) fn socket_in_ns(
+    ns_path: &Path,
+    domain: libc::c_int,
+    ty: libc::c_int,
+    proto: libc::c_int,
+) -> Result<OwnedFd> {
+    let ns = File::open(ns_path).with_context(|| format!("opening {}", ns_path.display()))?;
+    std::thread::spawn(move || -> Result<OwnedFd> {
+        // SAFETY: plain syscalls on an fd we own.
+        unsafe {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error()).context("setns");
+            }
+            let fd = libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error()).context("socket");
+            }
+            Ok(OwnedFd::from_raw_fd(fd))
+        }
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("setns thread panicked"))?
+}
+
 /// Sets interfaces of one network namespace up or down with SIOCSIFFLAGS.
 pub struct LinkCtl {
     sock: OwnedFd,
@@ -37,23 +65,7 @@ impl LinkCtl {
     /// A socket created inside the namespace at `ns_path` (a socket's ioctls
     /// act on the namespace it was created in, whatever ours is).
     pub fn new(ns_path: &Path) -> Result<Self> {
-        let ns = File::open(ns_path).with_context(|| format!("opening {}", ns_path.display()))?;
-        // setns on a thread of its own: only that thread changes namespace.
-        let sock = std::thread::spawn(move || -> Result<OwnedFd> {
-            // SAFETY: plain syscalls on an fd we own.
-            unsafe {
-                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error()).context("setns");
-                }
-                let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error()).context("socket");
-                }
-                Ok(OwnedFd::from_raw_fd(fd))
-            }
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("setns thread panicked"))??;
+        let sock = socket_in_ns(ns_path, libc::AF_INET, libc::SOCK_DGRAM, 0)?;
         Ok(Self { sock })
     }
 
@@ -104,9 +116,23 @@ pub struct Reaction {
 }
 
 /// Polls until `pred(flags)` holds for PvD `index`; returns the time.
-fn poll_flags(maps: &PinnedMaps, index: u32, pred: impl Fn(u32) -> bool) -> Result<u64> {
+pub(super) fn poll_flags(maps: &PinnedMaps, index: u32, pred: impl Fn(u32) -> bool) -> Result<u64> {
+    poll_flags_with(maps, index, pred, || Ok(()))
+}
+
+/// [`poll_flags`], calling `tick` before every look at the map (to watch
+/// something else at the same pace).
+pub(super) fn poll_flags_with(
+    maps: &PinnedMaps,
+    index: u32,
+    pred: impl Fn(u32) -> bool,
+    mut tick: impl FnMut() -> Result<()>,
+) -> Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
+        // First what else is watched: of two things that happen within one
+        // nap, the earlier (here: a notification) is seen no later.
+        tick()?;
         if maps.pvd_flags(index).is_some_and(&pred) {
             return Ok(now_ns());
         }
@@ -118,7 +144,23 @@ fn poll_flags(maps: &PinnedMaps, index: u32, pred: impl Fn(u32) -> bool) -> Resu
     }
 }
 
-struct Watcher {
+/// Milliseconds from `t0` to `t` (CLOCK_MONOTONIC nanoseconds).
+pub(super) fn ms_between(t0: u64, t: u64) -> f64 {
+    t.saturating_sub(t0) as f64 / 1e6
+}
+
+/// What the watcher found.
+pub(super) struct Hit {
+    /// CLOCK_MONOTONIC ns just before socket() of the connection (or the
+    /// refused socket) it was looking for.
+    pub at: u64,
+    /// Sockets it created since it was armed that failed (in `refused`
+    /// mode: otherwise than with EPERM).
+    pub failed: u64,
+}
+
+/// `mif-bench watch` in a cgroup, driven through its stdin.
+pub(super) struct Watcher {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
@@ -132,14 +174,14 @@ impl Drop for Watcher {
 }
 
 impl Watcher {
-    fn start(tb: &Testbed<'_>, exe: &Path, cpu: Option<usize>) -> Result<Self> {
+    /// Starts the watcher in `cgroup` of the lab's host namespace, watching
+    /// connections to the lab's "internet" address.
+    pub(super) fn start(lab: &Lab, cgroup: &Path, exe: &Path, cpu: Option<usize>) -> Result<Self> {
         let mut args = vec!["watch".to_string(), "--to".into(), INTERNET_V4.to_string()];
         if let Some(cpu) = cpu {
             args.extend(["--cpu".into(), cpu.to_string()]);
         }
-        let mut cmd = tb
-            .lab
-            .command_in(Some(tb.worker_cgroup(Variant::Mif(0))), exe, &args)?;
+        let mut cmd = lab.command_in(Some(cgroup), exe, &args)?;
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
         // Not through Lab::spawn: we need its stdin. The lab still kills it
         // with its cgroup.
@@ -161,9 +203,8 @@ impl Watcher {
         Ok(line.trim().to_owned())
     }
 
-    /// `go NAME`; returns once the watcher is looping.
-    fn arm(&mut self, network: &str) -> Result<()> {
-        writeln!(self.stdin, "go {network}")?;
+    fn command(&mut self, command: &str) -> Result<()> {
+        writeln!(self.stdin, "{command}")?;
         self.stdin.flush()?;
         match self.line()?.as_str() {
             "armed" => Ok(()),
@@ -171,12 +212,27 @@ impl Watcher {
         }
     }
 
-    /// The `hit T N F` line: (T, F).
-    fn hit(&mut self) -> Result<(u64, u64)> {
+    /// `go NAME`: returns once the watcher is looping, connecting until a
+    /// connection leaves by NAME.
+    pub(super) fn arm(&mut self, network: &str) -> Result<()> {
+        self.command(&format!("go {network}"))
+    }
+
+    /// `refused`: returns once the watcher is looping, creating sockets
+    /// until socket() fails with EPERM.
+    pub(super) fn arm_refusal(&mut self) -> Result<()> {
+        self.command("refused")
+    }
+
+    /// The `hit T N F` line.
+    pub(super) fn hit(&mut self) -> Result<Hit> {
         let line = self.line()?;
         let w: Vec<&str> = line.split_whitespace().collect();
         match w.as_slice() {
-            ["hit", t, _n, f] => Ok((t.parse()?, f.parse()?)),
+            ["hit", t, _n, f] => Ok(Hit {
+                at: t.parse()?,
+                failed: f.parse()?,
+            }),
             _ => bail!("watcher: {line}"),
         }
     }
@@ -187,7 +243,7 @@ pub fn run(tb: &mut Testbed<'_>, flaps: usize, exe: &Path, cpu: Option<usize>) -
     tb.enter(Variant::Mif(0))?;
     let lab: &Lab = tb.lab;
     let link = LinkCtl::new(&lab.host_ns_path())?;
-    let mut watcher = Watcher::start(tb, exe, cpu)?;
+    let mut watcher = Watcher::start(lab, tb.worker_cgroup(Variant::Mif(0)), exe, cpu)?;
     let (_, maps) = tb.daemon().context("no daemon")?;
     let wwan = maps.pvd_index(NETWORKS[1]).context("no PvD wwan0")?;
     let mut out = Reaction::default();
@@ -207,16 +263,14 @@ pub fn run(tb: &mut Testbed<'_>, flaps: usize, exe: &Path, cpu: Option<usize>) -
         let t_announced = now_ns();
         let t1 = poll_flags(maps, wwan, |f| f & PVD_AVAIL_V4 == 0)
             .with_context(|| format!("flap {flap}: availability never cleared"))?;
-        let (t2, failed) = watcher
+        let hit = watcher
             .hit()
             .with_context(|| format!("flap {flap}: no connection left by wlan0"))?;
-        out.flag_ms.push(t1.saturating_sub(t0) as f64 / 1e6);
-        out.kernel_ms
-            .push(t_announced.saturating_sub(t0) as f64 / 1e6);
-        out.after_kernel_ms
-            .push(t1.saturating_sub(t_announced) as f64 / 1e6);
-        out.conn_ms.push(t2.saturating_sub(t0) as f64 / 1e6);
-        out.failed_attempts += failed;
+        out.flag_ms.push(ms_between(t0, t1));
+        out.kernel_ms.push(ms_between(t0, t_announced));
+        out.after_kernel_ms.push(ms_between(t_announced, t1));
+        out.conn_ms.push(ms_between(t0, hit.at));
+        out.failed_attempts += hit.failed;
 
         lab.restore_uplink(1)?;
         poll_flags(maps, wwan, |f| f & PVD_AVAIL_V4 != 0)

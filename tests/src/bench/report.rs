@@ -9,6 +9,7 @@ use super::reaction::Reaction;
 use super::scale::ScaleRow;
 use super::stats::{percentile, sorted, Summary};
 use super::testbed::{count_label, Variant};
+use super::vpn::VpnReaction;
 use super::worker::{Op, DATAGRAM, STREAM_WRITE};
 
 /// What the benchmark ran on.
@@ -106,6 +107,7 @@ pub struct Report {
     pub cgroups_created: Vec<(usize, Duration)>,
     pub nft_load: Vec<(usize, Duration)>,
     pub reaction: Option<Reaction>,
+    pub vpn: Option<VpnReaction>,
     pub scale: Vec<ScaleRow>,
     pub big_lab: Option<(usize, Duration)>,
     pub total: Duration,
@@ -334,33 +336,48 @@ impl Report {
         let Some(r) = &self.reaction else {
             return String::new();
         };
-        let mut t = String::new();
-        t += "| link down → | flaps | p50 | p90 | p99 | max |\n";
-        t += "| --- | ---: | ---: | ---: | ---: | ---: |\n";
-        for (what, v) in [
-            (
-                "the kernel is done (ioctl returns, notification sent)",
-                &r.kernel_ms,
-            ),
-            ("PvD flag cleared in MIF_PVDS", &r.flag_ms),
-            (
-                "… of which after the notification (mif)",
-                &r.after_kernel_ms,
-            ),
-            ("first new connection leaves by wlan0", &r.conn_ms),
-        ] {
-            let s = sorted(v);
-            let _ = writeln!(
-                t,
-                "| {what} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
-                s.len(),
-                percentile(&s, 50.0),
-                percentile(&s, 90.0),
-                percentile(&s, 99.0),
-                s.last().copied().unwrap_or(f64::NAN),
-            );
-        }
-        t
+        latency_table(
+            "link down →",
+            "flaps",
+            &[
+                (
+                    "the kernel is done (ioctl returns, notification sent)",
+                    &r.kernel_ms,
+                ),
+                ("PvD flag cleared in MIF_PVDS", &r.flag_ms),
+                (
+                    "… of which after the notification (mif)",
+                    &r.after_kernel_ms,
+                ),
+                ("first new connection leaves by wlan0", &r.conn_ms),
+            ],
+        )
+    }
+
+    /// The strict VPN app's table: from the kill of the VPN client.
+    pub fn vpn_table(&self) -> String {
+        let Some(r) = &self.vpn else {
+            return String::new();
+        };
+        latency_table(
+            &format!("VPN client killed ({}) →", r.signal),
+            "rounds",
+            &[
+                (
+                    "tun0 reported down (first link notification read)",
+                    &r.notified_ms,
+                ),
+                ("vpn PvD flag cleared in MIF_PVDS", &r.flag_ms),
+                (
+                    "… of which after the notification (mif)",
+                    &r.after_notified_ms,
+                ),
+                (
+                    "first new socket() of the strict app refused (EPERM)",
+                    &r.refused_ms,
+                ),
+            ],
+        )
     }
 
     pub fn scale_table(&self) -> String {
@@ -425,6 +442,8 @@ impl Report {
         out += "\n";
         out += &self.reaction_table();
         out += "\n";
+        out += &self.vpn_table();
+        out += "\n";
         out += &self.scale_table();
         out += "\n";
         for line in self.targets() {
@@ -432,6 +451,27 @@ impl Report {
         }
         out
     }
+}
+
+/// A markdown table of latencies in milliseconds: one row per series, with
+/// its count, p50, p90, p99 and maximum.
+fn latency_table(start: &str, count: &str, rows: &[(&str, &Vec<f64>)]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "| {start} | {count} | p50 | p90 | p99 | max |");
+    t += "| --- | ---: | ---: | ---: | ---: | ---: |\n";
+    for (what, v) in rows {
+        let s = sorted(v);
+        let _ = writeln!(
+            t,
+            "| {what} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+            s.len(),
+            percentile(&s, 50.0),
+            percentile(&s, 90.0),
+            percentile(&s, 99.0),
+            s.last().copied().unwrap_or(f64::NAN),
+        );
+    }
+    t
 }
 
 fn ms(v: f64) -> String {
@@ -539,6 +579,22 @@ impl Report {
                     ),
                 });
             }
+        }
+
+        if let Some(r) = &self.vpn {
+            let p99 = |v: &[f64]| percentile(&sorted(v), 99.0);
+            let flag = p99(&r.flag_ms);
+            out.push(Target {
+                name: "reaction p99 < 5 ms (VPN flag)".into(),
+                met: (!r.flag_ms.is_empty()).then_some(flag < 5.0),
+                detail: format!(
+                    "{flag:.2} ms over {} tunnel losses (client killed with {}; tun0 reported down: p99 {:.2} ms; the strict app's first refused socket(): p99 {:.2} ms)",
+                    r.flag_ms.len(),
+                    r.signal,
+                    p99(&r.notified_ms),
+                    p99(&r.refused_ms),
+                ),
+            });
         }
 
         let big: Vec<&ScaleRow> = self

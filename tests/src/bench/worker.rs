@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! mif-bench worker --to IP [--mark M] [--expect NAME] [--cpu C] [--crr-port P] --batches B --op NAME=N...
-//! mif-bench watch --to IP [--cpu C]        (commands on stdin: `go NAME`)
+//! mif-bench watch --to IP [--cpu C]        (commands on stdin: `go NAME`, `refused`)
 //! mif-bench server [--cpu C]               (exits at EOF on stdin)
 //! ```
 //!
@@ -621,11 +621,56 @@ fn watch_until(to: Ipv4Addr, expect: &str, timeout: Duration) -> Result<Option<(
     }
 }
 
+/// How often the watcher's `refused` mode creates a socket: socket() alone
+/// is cheap (a few µs), so it can look more often than connections start.
+const REFUSAL_INTERVAL: Duration = Duration::from_micros(50);
+
+/// Creates and closes a TCP socket every [`REFUSAL_INTERVAL`] until
+/// socket() fails with EPERM (a strict policy without an available PvD);
+/// returns the time just before that socket(), the attempts and the
+/// sockets that failed otherwise.
+fn watch_refusal(timeout: Duration) -> Result<Option<(u64, u64, u64)>> {
+    // The default timer slack (50 µs) would double the naps.
+    // SAFETY: prctl with integer arguments only.
+    let slack = unsafe { libc::prctl(libc::PR_GET_TIMERSLACK) };
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+    let deadline = Instant::now() + timeout;
+    let (mut attempts, mut failures) = (0u64, 0u64);
+    let found = loop {
+        let started = now_ns();
+        attempts += 1;
+        // SAFETY: plain syscall; the fd is closed right after.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd >= 0 {
+            // SAFETY: fd was just returned by socket(2) and is ours.
+            unsafe { libc::close(fd) };
+        } else if io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) {
+            break Some((started, attempts, failures));
+        } else {
+            failures += 1;
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(REFUSAL_INTERVAL);
+    };
+    if slack > 0 {
+        // SAFETY: as above.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, slack as libc::c_ulong) };
+    }
+    Ok(found)
+}
+
 /// `mif-bench watch`: on `go NAME`, connects to the lab peer over and over
 /// (a new connection every 250 µs, several in flight) until one leaves by
 /// NAME, then prints `hit T N F`: T the CLOCK_MONOTONIC time just before
 /// socket() of the earliest connection that did, N the attempts, F the
-/// failed ones. `timeout N F` after 5 s.
+/// failed ones. On `refused`, creates a socket every 50 µs (no connection)
+/// until socket() fails with EPERM, then prints `hit T N F` with T the time
+/// just before that socket() and F the sockets that failed otherwise. Each
+/// command is acknowledged with `armed` once its loop starts; `timeout`
+/// after 5 s.
 pub fn watch_main(argv: &[String]) -> Result<()> {
     let args = Args::parse(argv)?;
     let to: Ipv4Addr = args.parsed("to")?.context("--to is required")?;
@@ -634,14 +679,21 @@ pub fn watch_main(argv: &[String]) -> Result<()> {
     }
     let stdin = io::stdin();
     let mut stdout = io::stdout();
+    let timeout = Duration::from_secs(5);
     for line in stdin.lock().lines() {
         let line = line?;
-        let Some(expect) = line.strip_prefix("go ") else {
+        let refusal = line == "refused";
+        let expect = line.strip_prefix("go ");
+        if !refusal && expect.is_none() {
             bail!("unknown command {line:?}");
-        };
+        }
         writeln!(stdout, "armed")?;
         stdout.flush()?;
-        let reply = match watch_until(to, expect, Duration::from_secs(5))? {
+        let found = match expect {
+            Some(expect) => watch_until(to, expect, timeout)?,
+            None => watch_refusal(timeout)?,
+        };
+        let reply = match found {
             Some((t, n, f)) => format!("hit {t} {n} {f}"),
             None => "timeout".to_owned(),
         };
