@@ -613,6 +613,20 @@ mod tests {
         }
     }
 
+    /// The PvDs of `config` over `interfaces`, from a fresh registry and
+    /// nothing learned.
+    fn pvds_of(config: &Config, interfaces: &[Interface]) -> Vec<PvdState> {
+        build(
+            config,
+            interfaces,
+            &LearnedDns::new(),
+            &NUMBERING,
+            &mut Registry::default(),
+        )
+        .unwrap()
+        .0
+    }
+
     const NUMBERING: Numbering = Numbering {
         mark_mask: 0x7f00_0000,
         table_base: 20_100,
@@ -676,14 +690,7 @@ mod tests {
             Some("198.18.1.1"),
             None,
         )];
-        let (pvds, _) = build(
-            &config,
-            &interfaces,
-            &LearnedDns::new(),
-            &NUMBERING,
-            &mut Registry::default(),
-        )
-        .unwrap();
+        let pvds = pvds_of(&config, &interfaces);
         let cell = pvds.iter().find(|p| p.name == "cell").unwrap();
         assert_eq!(
             (cell.index, cell.mark, cell.table, cell.ifindex),
@@ -751,28 +758,14 @@ mod tests {
     fn interfaces_without_a_default_route_are_pvds_only_when_named() {
         let bridge = iface("docker0", 5, vec![addr("172.17.0.1", 16)], None, None);
         let config = parse(Path::new("c.toml"), "").unwrap();
-        let (pvds, _) = build(
-            &config,
-            std::slice::from_ref(&bridge),
-            &LearnedDns::new(),
-            &NUMBERING,
-            &mut Registry::default(),
-        )
-        .unwrap();
+        let pvds = pvds_of(&config, std::slice::from_ref(&bridge));
         assert!(pvds.is_empty());
         let config = parse(
             Path::new("c.toml"),
             "[[policy]]\ncgroup = \"/a\"\nprefer = [\"docker0\"]\n",
         )
         .unwrap();
-        let (pvds, _) = build(
-            &config,
-            &[bridge],
-            &LearnedDns::new(),
-            &NUMBERING,
-            &mut Registry::default(),
-        )
-        .unwrap();
+        let pvds = pvds_of(&config, &[bridge]);
         assert_eq!(pvds[0].name, "docker0");
     }
 
@@ -798,17 +791,7 @@ mod tests {
         )
         .unwrap();
         let link = tun(vec![p2p_addr("10.99.0.2", "10.99.0.1")]);
-        let build_with = |config: &Config| {
-            build(
-                config,
-                std::slice::from_ref(&link),
-                &LearnedDns::new(),
-                &NUMBERING,
-                &mut Registry::default(),
-            )
-            .unwrap()
-            .0
-        };
+        let build_with = |config: &Config| pvds_of(config, std::slice::from_ref(&link));
         let pvds = build_with(&declared);
         let vpn = &pvds[0];
         assert!(vpn.available4() && !vpn.available6(), "{vpn:#?}");
@@ -839,14 +822,7 @@ mod tests {
         )
         .unwrap();
         let explain = |interfaces: &[Interface]| {
-            let (pvds, _) = build(
-                &config,
-                interfaces,
-                &LearnedDns::new(),
-                &NUMBERING,
-                &mut Registry::default(),
-            )
-            .unwrap();
+            let pvds = pvds_of(&config, interfaces);
             pvds[0].unavailable_because(false)
         };
         assert_eq!(

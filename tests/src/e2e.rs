@@ -73,3 +73,18 @@ pub fn wait_until_leaves_by(
         }
     }
 }
+
+/// Counter `field` summed over every (policy, PvD) row of `mif maps
+/// --json` output.
+pub fn counter_total(maps: &serde_json::Value, field: &str) -> u64 {
+    maps["counters"]
+        .as_array()
+        .expect("counters in mif maps --json")
+        .iter()
+        .map(|c| {
+            c[field]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no counter {field} in {c}"))
+        })
+        .sum()
+}

@@ -48,12 +48,7 @@ fn link_down_fails_over_and_link_up_returns_for_both_families() {
         wait_until_leaves_by(&lab, &app, family, wwan);
     }
     let maps = daemon.maps_json().unwrap();
-    let fallbacks: u64 = maps["counters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["fallback"].as_u64().unwrap())
-        .sum();
+    let fallbacks = mif_tests::e2e::counter_total(&maps, "fallback");
     assert!(fallbacks >= 2, "{maps:#}");
 }
 

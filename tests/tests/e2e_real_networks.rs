@@ -19,8 +19,8 @@ use std::{
 use mif_tests::e2e::{internet, policy_toml, two_networks};
 use mif_tests::{
     lab::{
-        Arrivals, ClientFailure, ClientReply, Family, Lab, Proto, Resolver, Vpn, VpnShape,
-        CORP_DOMAIN, DHCP_ONLY_ANSWER, DHCP_ONLY_NAME, DNS_NAME, SECOND_ROUTER_V6,
+        ArrivalCounter, Arrivals, ClientFailure, ClientReply, Family, Lab, Proto, Resolver, Vpn,
+        VpnShape, CORP_DOMAIN, DHCP_ONLY_ANSWER, DHCP_ONLY_NAME, DNS_NAME, SECOND_ROUTER_V6,
         VPN_NETWORK_NAME,
     },
     mif::Daemon,
@@ -79,6 +79,25 @@ fn through_tunnel(vpn: &Vpn, family: Family) -> ClientReply {
     }
 }
 
+/// Counters of what arrives at wlan0's router (the VPN's own UDP excepted)
+/// and at wwan0's: the networks a strict VPN app must never reach.
+struct Leaks<'lab>(ArrivalCounter<'lab>, ArrivalCounter<'lab>);
+
+impl<'lab> Leaks<'lab> {
+    fn start(lab: &'lab Lab) -> Self {
+        Self(
+            lab.count_arrivals(0, Arrivals::ExceptVpn).unwrap(),
+            lab.count_arrivals(1, Arrivals::All).unwrap(),
+        )
+    }
+
+    #[track_caller]
+    fn assert_none(&self, what: &str) {
+        assert_eq!(self.0.packets().unwrap(), 0, "{what}: leaked to wlan0");
+        assert_eq!(self.1.packets().unwrap(), 0, "{what}: leaked to wwan0");
+    }
+}
+
 fn vpn_case(shape: VpnShape) {
     let lab = two_networks();
     let families = [Family::V4, Family::V6];
@@ -108,24 +127,14 @@ fn vpn_case(shape: VpnShape) {
     );
 
     // Nothing of the strict app reaches a network other than the tunnel.
-    let wlan_leaks = lab.count_arrivals(0, Arrivals::ExceptVpn).unwrap();
-    let wwan_leaks = lab.count_arrivals(1, Arrivals::All).unwrap();
+    let leaks = Leaks::start(&lab);
     for family in families {
         for proto in [Proto::Tcp, Proto::Udp] {
             let reply = lab.client(Some(&secure), proto, internet(family), None);
             assert_eq!(reply.unwrap(), through_tunnel(&vpn, family), "{proto:?}");
         }
     }
-    assert_eq!(
-        wlan_leaks.packets().unwrap(),
-        0,
-        "{shape:?}: leaked to wlan0"
-    );
-    assert_eq!(
-        wwan_leaks.packets().unwrap(),
-        0,
-        "{shape:?}: leaked to wwan0"
-    );
+    leaks.assert_none(&format!("{shape:?}"));
 
     // Split tunnelling the other way: wlan0 with its own source, whatever
     // the main table says.
@@ -142,8 +151,7 @@ fn vpn_case(shape: VpnShape) {
     // The VPN goes away: refused, with zero packets elsewhere; unsteered
     // traffic is as without the VPN.
     vpn.stop_client().unwrap();
-    let wlan_leaks = lab.count_arrivals(0, Arrivals::ExceptVpn).unwrap();
-    let wwan_leaks = lab.count_arrivals(1, Arrivals::All).unwrap();
+    let leaks = Leaks::start(&lab);
     let deadline = Instant::now() + Duration::from_secs(2);
     for family in families {
         loop {
@@ -163,16 +171,7 @@ fn vpn_case(shape: VpnShape) {
         let got = lab.client(Some(&secure), Proto::Udp, internet(family), None);
         assert!(got.as_ref().is_err_and(refused_at_socket), "{got:?}");
     }
-    assert_eq!(
-        wlan_leaks.packets().unwrap(),
-        0,
-        "{shape:?}: leaked while down"
-    );
-    assert_eq!(
-        wwan_leaks.packets().unwrap(),
-        0,
-        "{shape:?}: leaked while down"
-    );
+    leaks.assert_none(&format!("{shape:?}, VPN down"));
     let vpn_down: Vec<_> = families.iter().map(|f| unsteered(&lab, *f)).collect();
     assert_eq!(vpn_down, without_vpn, "{shape:?}: unsteered, VPN down");
 
@@ -332,12 +331,7 @@ fn excluded_destinations_keep_the_main_tables_route() {
             "{exclude}: internet leaked to wlan0"
         );
         let maps = daemon.maps_json().unwrap();
-        let excluded: u64 = maps["counters"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["excluded"].as_u64().unwrap())
-            .sum();
+        let excluded = mif_tests::e2e::counter_total(&maps, "excluded");
         assert!(excluded >= 1, "{maps:#}");
     }
 }
