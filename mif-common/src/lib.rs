@@ -261,18 +261,23 @@ impl Policy {
     }
 
     /// Whether a strict socket of this policy may bind an address owned by
-    /// `owner` (PvD index and PvD), `None` when no PvD owns it. Only the
-    /// PvD addresses carry `from <address>` rules, so only binding those
-    /// can move a socket onto a network; of those, only the ones the policy
-    /// lists and that are available for the family are the policy's own.
-    /// Wildcard and loopback binds never reach here.
-    pub const fn may_bind(&self, owner: Option<(u32, &Pvd)>, family_v6: bool) -> bool {
-        match owner {
-            None => true,
-            Some((index, pvd)) => self.lists(index) && pvd.available(family_v6),
-        }
+    /// the PvD `owner` ([`NO_OWNER`] when no PvD owns it), available for
+    /// the address's family or not. Only the PvD addresses carry `from
+    /// <address>` rules, so only binding those can move a socket onto a
+    /// network; of those, only the ones the policy lists and that are
+    /// available for the family are the policy's own. Wildcard and loopback
+    /// binds never reach here.
+    ///
+    /// Plain integers on purpose: an `Option<(u32, &Pvd)>` parameter made
+    /// the kernel reject the object's BTF at every start (a union member at
+    /// a non-zero offset), which dropped the verifier's line info.
+    pub const fn may_bind(&self, owner: u32, owner_available: bool) -> bool {
+        owner == NO_OWNER || (self.lists(owner) && owner_available)
     }
 }
+
+/// [`Policy::may_bind`]'s owner of an address no PvD has.
+pub const NO_OWNER: u32 = u32::MAX;
 
 /// PvD flag: usable for IPv4 (link up, an IPv4 address and an IPv4 default route).
 pub const PVD_AVAIL_V4: u32 = 1 << 0;
@@ -521,11 +526,11 @@ mod tests {
         };
         let down = Pvd::default();
         assert!(p.lists(3) && !p.lists(0) && !p.lists(2));
-        assert!(p.may_bind(None, false), "an address of no PvD");
-        assert!(p.may_bind(Some((1, &up)), false));
-        assert!(!p.may_bind(Some((0, &up)), false), "a PvD not listed");
-        assert!(!p.may_bind(Some((3, &down)), false), "listed, unavailable");
-        assert!(!p.may_bind(Some((1, &up)), true), "unavailable for IPv6");
+        assert!(p.may_bind(NO_OWNER, false), "an address of no PvD");
+        assert!(p.may_bind(1, up.available(false)));
+        assert!(!p.may_bind(0, up.available(false)), "a PvD not listed");
+        assert!(!p.may_bind(3, down.available(false)), "listed, unavailable");
+        assert!(!p.may_bind(1, up.available(true)), "unavailable for IPv6");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use aya_ebpf::{
     bindings::{bpf_sock_addr, bpf_sockopt},
     helpers::generated::bpf_get_netns_cookie,
 };
-use mif_common::{sockopt, Policy, Pvd, Settings, COUNTER_NO_PVD, MAX_PVDS};
+use mif_common::{sockopt, Policy, Pvd, Settings, COUNTER_NO_PVD, MAX_PVDS, NO_OWNER};
 
 use crate::{
     addr::{is_link_local6, is_loopback4, is_loopback6, is_v4_mapped},
@@ -66,41 +66,31 @@ pub fn refuses<T>(ctx: *mut T, settings: &Settings, refused: impl FnOnce(&Policy
     }
 }
 
-/// The PvD whose IPv4 source address is `addr` (never 0 here).
+/// The PvD whose source address `owns` says an address is, and whether it
+/// is available for the family (`v6`); [`NO_OWNER`] when none is.
 #[inline(always)]
-fn owner4(addr: u32) -> Option<(u32, &'static Pvd)> {
+fn owner(owns: impl Fn(&Pvd) -> bool, v6: bool) -> (u32, bool) {
     let mut index = 0;
     while index < MAX_PVDS {
         if let Some(pvd) = unsafe { PVDS.get(index) } {
-            if pvd.addr4 == addr {
-                return Some((index, pvd));
+            if owns(pvd) {
+                return (index, pvd.available(v6));
             }
         }
         index += 1;
     }
-    None
-}
-
-/// The PvD whose IPv6 source address is `addr` (never `::` here).
-#[inline(always)]
-fn owner6(addr: &[u32; 4]) -> Option<(u32, &'static Pvd)> {
-    let mut index = 0;
-    while index < MAX_PVDS {
-        if let Some(pvd) = unsafe { PVDS.get(index) } {
-            if pvd.addr6 == *addr {
-                return Some((index, pvd));
-            }
-        }
-        index += 1;
-    }
-    None
+    (NO_OWNER, false)
 }
 
 /// Whether a strict socket may bind the IPv4 address `addr` (network order).
 /// The wildcard and loopback never leave the host or pick a network.
 #[inline(always)]
 pub fn may_bind4(policy: &Policy, addr: u32) -> bool {
-    addr == 0 || is_loopback4(addr) || policy.may_bind(owner4(addr), false)
+    if addr == 0 || is_loopback4(addr) {
+        return true;
+    }
+    let (index, available) = owner(|p| p.addr4 == addr, false);
+    policy.may_bind(index, available)
 }
 
 /// Whether a strict socket may bind the IPv6 address `addr`. A v4-mapped
@@ -118,7 +108,8 @@ pub fn may_bind6(policy: &Policy, addr: &[u32; 4]) -> bool {
     if is_link_local6(addr) {
         return false;
     }
-    policy.may_bind(owner6(addr), true)
+    let (index, available) = owner(|p| p.addr6 == *addr, true);
+    policy.may_bind(index, available)
 }
 
 /// Whether `addr` is only meaningful with an interface: link-local unicast,

@@ -142,3 +142,21 @@ fn maps_shows_the_policy_and_stop_removes_everything() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no mif maps are pinned"));
 }
+
+/// A start says what it steers and nothing alarming: no warning (the
+/// kernel used to reject the object's BTF at every start, dumping some 60
+/// lines and dropping the verifier's line info).
+#[test]
+fn the_daemon_starts_without_a_warning() {
+    skip_unless_root!();
+    let lab = mif_tests::e2e::two_networks();
+    let (_app, config) = mif_tests::e2e::app_with_policy(&lab, &["wwan0"], "");
+    let mut daemon = Daemon::start(&lab, &config).unwrap();
+    let log = daemon.log();
+    assert!(log.contains("steering 1 policies"), "{log}");
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert!(warnings.is_empty(), "warnings at start:\n{log}");
+}
