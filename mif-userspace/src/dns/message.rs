@@ -16,22 +16,32 @@ pub fn query_name(msg: &[u8]) -> Option<String> {
     if msg.len() < HEADER || u16::from_be_bytes([msg[4], msg[5]]) == 0 {
         return None;
     }
-    let mut labels: Vec<String> = Vec::new();
+    let (labels, _) = question_labels(msg)?;
+    let labels: Vec<String> = labels
+        .iter()
+        .map(|label| String::from_utf8_lossy(label).to_ascii_lowercase())
+        .collect();
+    Some(labels.join("."))
+}
+
+/// The labels of the first question's name and the offset just after it.
+/// A length byte above 63 is a compression pointer (or reserved), which a
+/// question's name never needs: refused, as is a label past the end.
+fn question_labels(msg: &[u8]) -> Option<(Vec<&[u8]>, usize)> {
+    let mut labels = Vec::new();
     let mut at = HEADER;
     loop {
         let len = usize::from(*msg.get(at)?);
         at += 1;
         if len == 0 {
-            break;
+            return Some((labels, at));
         }
         if len > 63 {
             return None;
         }
-        let label = msg.get(at..at + len)?;
-        labels.push(String::from_utf8_lossy(label).to_ascii_lowercase());
+        labels.push(msg.get(at..at + len)?);
         at += len;
     }
-    Some(labels.join("."))
 }
 
 /// Whether `name` is `domain` or a name below it.
@@ -71,14 +81,7 @@ pub fn servfail(query: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn question_end(msg: &[u8]) -> Option<usize> {
-    let mut at = HEADER;
-    loop {
-        let len = usize::from(*msg.get(at)?);
-        at += 1 + len;
-        if len == 0 {
-            break;
-        }
-    }
+    let (_, at) = question_labels(msg)?;
     // QTYPE and QCLASS.
     (at + 4 <= msg.len()).then_some(at + 4)
 }
@@ -133,5 +136,20 @@ mod tests {
         assert_eq!(query_name(&r).as_deref(), Some("a.b"));
         assert_eq!(&r[10..12], &[0, 0], "no additional records");
         assert_eq!(r.len(), 12 + 5 + 4);
+    }
+
+    /// Regression (review of issue 16): `question_end` walked compression
+    /// pointers as label lengths where `query_name` refused them.
+    #[test]
+    fn servfail_refuses_a_compressed_question_like_query_name() {
+        // A length byte of 0xc0 (a pointer) followed by 192 bytes, a root
+        // label and QTYPE/QCLASS: walked as a label, it "ended" there.
+        let mut m = query(7, "a.lab")[..HEADER].to_vec();
+        m.push(0xc0);
+        m.extend([b'x'; 192]);
+        m.extend([0, 0, 1, 0, 1]);
+        assert_eq!(query_name(&m), None);
+        assert_eq!(servfail(&m), None);
+        assert!(servfail(&query(7, "a.lab")).is_some());
     }
 }
