@@ -572,8 +572,7 @@ mod tests {
 
         /// `None` (with a note) when not root or without cgroup2.
         fn cgroupfs(test: &str) -> Option<Self> {
-            if !nix::unistd::geteuid().is_root() {
-                eprintln!("skipping {test} on cgroupfs: needs root");
+            if !crate::test_support::root_or_skip(&format!("{test} on cgroupfs")) {
                 return None;
             }
             let Ok(cgroup2) = Cgroup2::find() else {

@@ -30,3 +30,5 @@ pub mod pvd_table;
 pub mod reconcile;
 pub mod report;
 pub mod sockdiag;
+#[doc(hidden)]
+pub mod test_support;

@@ -28,11 +28,7 @@ const MARK_B: u32 = 0x0100_0000;
 const MARK_MASK: u32 = 0x7f00_0000;
 
 fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("skipping: sockdiag tests need root (network namespaces, CAP_NET_ADMIN)");
-    false
+    mif::test_support::root_or_skip("sockdiag tests (network namespaces, CAP_NET_ADMIN)")
 }
 
 fn ip(args: &[&str]) {

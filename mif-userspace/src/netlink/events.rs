@@ -768,11 +768,7 @@ mod tests {
     }
 
     fn is_root() -> bool {
-        if nix::unistd::geteuid().is_root() {
-            return true;
-        }
-        eprintln!("skipped: needs root to create network namespaces");
-        false
+        crate::test_support::root_or_skip("netlink event tests in a network namespace")
     }
 
     /// Waits up to `within` for an event `wanted` accepts, skipping others.

@@ -146,11 +146,7 @@ fn lines(text: &str) -> Vec<String> {
 }
 
 fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("skipped: needs root to create network namespaces");
-    false
+    crate::test_support::root_or_skip("netlink tests in a network namespace")
 }
 
 fn plan_for(iface: &Interface) -> PvdRouting {

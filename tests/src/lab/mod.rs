@@ -96,12 +96,29 @@ pub fn running_as_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Set to `1` (as `.ci/run` does), a lab test fails instead of skipping
+/// when not run as root: in CI a skipped test is a test that did not run.
+pub const REQUIRE_ROOT_ENV: &str = "MIF_TESTS_REQUIRE_ROOT";
+
+/// Whether skipping a test that needs root is forbidden ([`REQUIRE_ROOT_ENV`]).
+pub fn root_required() -> bool {
+    std::env::var(REQUIRE_ROOT_ENV).as_deref() == Ok("1")
+}
+
 /// Returns early from a test, with a note on stderr, unless running as
-/// root.
+/// root; fails it instead when [`REQUIRE_ROOT_ENV`] is `1`.
 #[macro_export]
 macro_rules! skip_unless_root {
     () => {
         if !$crate::lab::running_as_root() {
+            if $crate::lab::root_required() {
+                panic!(
+                    "{}:{}: the lab needs root, and {}=1 forbids skipping",
+                    file!(),
+                    line!(),
+                    $crate::lab::REQUIRE_ROOT_ENV
+                );
+            }
             eprintln!("skipping {}:{}: the lab needs root", file!(), line!());
             return;
         }
