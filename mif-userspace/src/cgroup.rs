@@ -12,7 +12,12 @@ use std::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("no cgroup2 hierarchy is mounted (looked in /proc/self/mounts)")]
+    #[error(
+        "no cgroup2 hierarchy is mounted (looked in /proc/self/mounts); \
+         `ip netns exec` remounts /sys and hides it (and bpffs): to run mif in \
+         another network namespace, switch only that namespace, e.g. \
+         `nsenter --net=/run/netns/NAME mif ...`"
+    )]
     NoCgroup2,
     #[error("cannot read /proc/self/mounts")]
     Mounts(#[source] std::io::Error),

@@ -1,6 +1,8 @@
 //! End-to-end: bad configuration is refused with a message naming file,
 //! line, field and value, and leaves nothing attached, pinned or routed;
 //! a good one shows up in `mif maps --json` and is removed on stop.
+use std::time::Duration;
+
 use mif_tests::{
     lab::{Family, Lab},
     mif::{run_mif, write_config, Daemon, Instance},
@@ -159,4 +161,24 @@ fn the_daemon_starts_without_a_warning() {
         .filter(|l| l.contains("WARN") || l.contains("ERROR"))
         .collect();
     assert!(warnings.is_empty(), "warnings at start:\n{log}");
+}
+
+/// `ip netns exec` remounts /sys, which hides cgroup2 and bpffs from mif:
+/// the error says so and how to run it in a namespace instead.
+#[test]
+fn under_ip_netns_exec_the_error_says_how_to_enter_a_namespace() {
+    skip_unless_root!();
+    let lab = Lab::new(&["wlan0"]).unwrap();
+    let config = write_config(&lab, "").unwrap();
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", lab.host_ns_name()])
+        .arg(mif_tests::mif::mif_path().unwrap())
+        .arg("daemon")
+        .arg("--config")
+        .arg(&config)
+        .args(Instance::for_lab(&lab).args());
+    let out = lab.output(cmd, Duration::from_secs(10)).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("nsenter --net=/run/netns/"), "{stderr}");
 }
