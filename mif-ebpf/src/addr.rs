@@ -53,10 +53,26 @@ pub fn is_loopback4(addr: u32) -> bool {
     addr.to_ne_bytes()[0] == 127
 }
 
+/// `::1` as the kernel keeps it (four words in network byte order).
+pub const LOOPBACK6: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+
 /// ::1
 #[inline(always)]
 pub fn is_loopback6(addr: &[u32; 4]) -> bool {
-    addr[0] == 0 && addr[1] == 0 && addr[2] == 0 && addr[3] == u32::from_ne_bytes([0, 0, 0, 1])
+    *addr == LOOPBACK6
+}
+
+/// Writes an IPv6 address into a context field. The fields (`user_ip6`,
+/// `msg_src_ip6`) are only 4-byte aligned: the verifier wants one 32-bit
+/// store per word, so they are written one at a time.
+#[inline(always)]
+pub fn write_ip6(dst: *mut [u32; 4], words: &[u32; 4]) {
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*dst)[0], words[0]);
+        core::ptr::write_volatile(&raw mut (*dst)[1], words[1]);
+        core::ptr::write_volatile(&raw mut (*dst)[2], words[2]);
+        core::ptr::write_volatile(&raw mut (*dst)[3], words[3]);
+    }
 }
 
 /// ::ffff:a.b.c.d

@@ -33,7 +33,7 @@ use mif_common::{
 };
 
 use crate::{
-    addr::{is_loopback4, is_loopback6, is_v4_mapped},
+    addr::{is_loopback4, is_loopback6, is_v4_mapped, write_ip6, LOOPBACK6},
     counters::{count, Event},
     maps::PVDS,
     policy::find_policy,
@@ -50,8 +50,6 @@ pub static MIF_DNS_FWD: Array<DnsForward> = Array::pinned(1, 0);
 
 /// 127.0.0.1 in network byte order.
 const LOOPBACK4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
-/// ::1
-const LOOPBACK6: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
 
 /// The forwarder's port for PvD `index` (network byte order, as
 /// `user_port` holds it), when the forwarder is on.
@@ -211,7 +209,7 @@ pub fn redirect6(sa: *mut bpf_sock_addr, settings: &Settings) -> Dns {
         } else {
             LOOPBACK6
         };
-        write_ip6(sa, &forwarder);
+        set_user_ip6(sa, &forwarder);
         unsafe { (*sa).user_port = port };
         remember(sa, orig, forwarder, port);
         count(target.policy, target.index, Event::Dns);
@@ -231,22 +229,16 @@ pub fn redirect6(sa: *mut bpf_sock_addr, settings: &Settings) -> Dns {
     if orig == resolver {
         return Dns::Untouched;
     }
-    write_ip6(sa, &resolver);
+    set_user_ip6(sa, &resolver);
     remember(sa, orig, resolver, DNS_PORT_BE);
     count(target.policy, target.index, Event::Dns);
     Dns::Redirected
 }
 
-/// `user_ip6` is only 4-byte aligned: one 32-bit store per word.
+/// The destination of a sock_addr context.
 #[inline(always)]
-fn write_ip6(sa: *mut bpf_sock_addr, words: &[u32; 4]) {
-    unsafe {
-        let dst = &raw mut (*sa).user_ip6;
-        core::ptr::write_volatile(&raw mut (*dst)[0], words[0]);
-        core::ptr::write_volatile(&raw mut (*dst)[1], words[1]);
-        core::ptr::write_volatile(&raw mut (*dst)[2], words[2]);
-        core::ptr::write_volatile(&raw mut (*dst)[3], words[3]);
-    }
+fn set_user_ip6(sa: *mut bpf_sock_addr, words: &[u32; 4]) {
+    write_ip6(unsafe { &raw mut (*sa).user_ip6 }, words);
 }
 
 /// The redirection of this socket, if any, when the peer the kernel is
@@ -286,7 +278,7 @@ pub fn unredirect4(sa: *mut bpf_sock_addr) {
 pub fn unredirect6(sa: *mut bpf_sock_addr) {
     let peer = unsafe { (*sa).user_ip6 };
     if let Some(nat) = nat_for(sa, &peer) {
-        write_ip6(sa, &nat.orig);
+        set_user_ip6(sa, &nat.orig);
         unsafe { (*sa).user_port = nat.orig_port };
     }
 }

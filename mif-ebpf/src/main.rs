@@ -47,8 +47,8 @@ use mif_common::{pvd_from_mark, Pvd, Settings, COUNTER_NO_PVD, NO_PVD};
 
 use crate::{
     addr::{
-        is_loopback4, is_loopback6, is_v4_mapped, SockaddrIn, SockaddrIn6, AF_INET, AF_INET6,
-        SOCK_RAW,
+        is_loopback4, is_loopback6, is_v4_mapped, write_ip6, SockaddrIn, SockaddrIn6, AF_INET,
+        AF_INET6, SOCK_RAW,
     },
     counters::{count, Event},
     dns::Dns,
@@ -303,13 +303,7 @@ pub fn mif_sendmsg6(ctx: SockAddrContext) -> i32 {
         {
             return ALLOW;
         }
-        // msg_src_ip6 is only 4-byte aligned: the verifier wants one 32-bit
-        // store per word, so write them one at a time.
-        let src = &raw mut (*sa).msg_src_ip6;
-        core::ptr::write_volatile(&raw mut (*src)[0], pvd.addr6[0]);
-        core::ptr::write_volatile(&raw mut (*src)[1], pvd.addr6[1]);
-        core::ptr::write_volatile(&raw mut (*src)[2], pvd.addr6[2]);
-        core::ptr::write_volatile(&raw mut (*src)[3], pvd.addr6[3]);
+        write_ip6(&raw mut (*sa).msg_src_ip6, &pvd.addr6);
     }
     count(policy_id(&settings), index, Event::SourceSet);
     ALLOW
