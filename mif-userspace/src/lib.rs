@@ -5,6 +5,7 @@
 //! [`plan`] (desired maps and routing) → [`kernel_maps`] and [`netlink`] →
 //! the kernel, where the programs of `mif-ebpf` steer each new socket.
 pub mod attached;
+pub mod backoff;
 pub mod cgroup;
 pub mod cgroup_pattern;
 pub mod cgroup_watch;

@@ -247,10 +247,27 @@ impl<'lab> Daemon<'lab> {
         self.child.as_ref().context("not running")?.signal(signal)
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> Result<u32> {
+        Ok(self.child.as_ref().context("not running")?.pid())
+    }
+
     /// How many file descriptors the daemon holds open.
     pub fn open_fds(&self) -> Result<usize> {
-        let pid = self.child.as_ref().context("not running")?.pid();
+        let pid = self.pid()?;
         Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+    }
+
+    /// CPU time the daemon has used so far (all its threads), from
+    /// /proc/PID/stat in clock ticks (1/100 s on Linux).
+    pub fn cpu_ticks(&self) -> Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?))?;
+        // Fields after the command name, which may hold spaces: utime and
+        // stime are the 14th and 15th fields of the line.
+        let after = stat.rsplit_once(") ").context("parsing /proc/PID/stat")?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let tick = |i: usize| -> Result<u64> { Ok(fields.get(i).context("short stat")?.parse()?) };
+        Ok(tick(11)? + tick(12)?)
     }
 
     /// SIGTERM and wait; fails unless the daemon exits 0 in time. A daemon

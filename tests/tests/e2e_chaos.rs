@@ -325,3 +325,63 @@ fn more_policies_than_the_map_holds_are_reported_and_a_cli_set_beyond_it_is_refu
     );
     daemon.stop().unwrap();
 }
+
+/// Out of file descriptors (EMFILE), the control socket cannot accept: the
+/// daemon must neither spin a core meanwhile (it used to: the accept loop
+/// gave up, and the main loop then polled a closed channel forever) nor lose
+/// the socket, and a client waiting meanwhile is served once descriptors
+/// are back.
+#[test]
+fn the_control_socket_survives_running_out_of_descriptors() {
+    skip_unless_root!();
+    let lab = mif_tests::e2e::two_networks();
+    let (_app, config) = mif_tests::e2e::app_with_policy(&lab, &["wwan0"], "");
+    let mut daemon = Daemon::start(&lab, &config).unwrap();
+    let pid = daemon.pid().unwrap().to_string();
+    // Only the soft limit moves: raising a hard limit again would need
+    // CAP_SYS_RESOURCE, which a container may not have.
+    let soft = |n: &str| {
+        let status = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={n}:")])
+            .status()
+            .expect("running prlimit");
+        assert!(status.success(), "prlimit --nofile={n}:");
+    };
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let hard = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .expect("Max open files in /proc/PID/limits")
+        .to_string();
+    // Not one descriptor more than it holds now.
+    soft(&daemon.open_fds().unwrap().to_string());
+    let mif = mif_tests::mif::mif_path().unwrap();
+    let pin_dir = daemon.instance.pin_dir.display().to_string();
+    let mut cmd = lab
+        .command_in(None, &mif, ["status", "--pin-dir", &pin_dir])
+        .unwrap();
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let waiting = cmd.spawn().expect("starting mif status");
+    // While its connection waits in the backlog: how busy is the daemon?
+    let before = daemon.cpu_ticks().unwrap();
+    let window = Duration::from_secs(1);
+    std::thread::sleep(window);
+    let busy = daemon.cpu_ticks().unwrap() - before;
+    soft(&hard);
+    let out = waiting.wait_with_output().unwrap();
+    assert!(
+        busy < 30,
+        "the daemon used {busy} ticks of CPU in {window:?} while out of descriptors"
+    );
+    assert!(
+        out.status.success(),
+        "mif status after descriptors came back: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = daemon.log();
+    let warnings = log.matches("control socket: Too many open files").count();
+    assert_eq!(warnings, 1, "one warning for the whole run:\n{log}");
+    assert!(log.contains("control socket: working again"), "{log}");
+}

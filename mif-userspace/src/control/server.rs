@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use log::{debug, warn};
+use log::debug;
 use tokio::{
     io::{AsyncBufRead, AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
@@ -14,6 +14,7 @@ use tokio::{
 };
 
 use super::protocol::{MonitorEvent, Request, Response};
+use crate::backoff::Backoff;
 
 /// A request for the daemon's loop, with where to send the answer.
 pub struct Command {
@@ -68,9 +69,13 @@ pub fn start(path: &Path, writers: Writers) -> Result<Control, ServerError> {
     let (monitor, _) = broadcast::channel(256);
     let monitor_tx = monitor.clone();
     tokio::spawn(async move {
+        // An accept fails while the process is out of descriptors (EMFILE):
+        // the socket must outlive that, without spinning meanwhile.
+        let mut backoff = Backoff::new("control socket");
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
+                    backoff.succeeded();
                     let (commands, monitor, writers) =
                         (commands_tx.clone(), monitor_tx.clone(), writers.clone());
                     tokio::spawn(async move {
@@ -79,10 +84,7 @@ pub fn start(path: &Path, writers: Writers) -> Result<Control, ServerError> {
                         }
                     });
                 }
-                Err(e) => {
-                    warn!("control socket: {e}");
-                    return;
-                }
+                Err(e) => backoff.failed(&e).await,
             }
         }
     });

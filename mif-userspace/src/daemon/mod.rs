@@ -355,11 +355,23 @@ impl CgroupWatch {
     }
 
     /// The next change below the roots; pending forever when nothing is watched.
+    /// The next change; None once, when the watcher fails: it is then
+    /// dropped (logged by the watcher), and new cgroups are found by the
+    /// periodic recheck instead of a loop that would spin on a dead
+    /// descriptor.
     async fn next(&mut self) -> Option<CgroupEvent> {
-        match &mut self.watcher {
+        let event = match &mut self.watcher {
             Some(w) => w.next().await,
             None => std::future::pending().await,
+        };
+        if event.is_none() {
+            warn!(
+                "cgroup watcher stopped: new cgroups are found by the periodic check (every {} s)",
+                RECHECK_INTERVAL.as_secs()
+            );
+            self.watcher = None;
         }
+        event
     }
 }
 

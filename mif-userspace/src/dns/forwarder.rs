@@ -20,6 +20,7 @@ use tokio::{
 };
 
 use super::message;
+use crate::backoff::Backoff;
 use crate::{
     kernel_maps::KernelMaps,
     pins::PinDir,
@@ -326,9 +327,17 @@ fn snapshot_route(
 async fn serve_udp(socket: UdpSocket, index: u32, table: Arc<RwLock<Table>>) {
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut backoff = Backoff::new("DNS forwarder (UDP)");
     loop {
-        let Ok((n, client)) = socket.recv_from(&mut buf).await else {
-            continue;
+        let (n, client) = match socket.recv_from(&mut buf).await {
+            Ok(received) => {
+                backoff.succeeded();
+                received
+            }
+            Err(e) => {
+                backoff.failed(&e).await;
+                continue;
+            }
         };
         let query = buf[..n].to_vec();
         let (socket, table) = (socket.clone(), table.clone());
@@ -351,9 +360,17 @@ async fn serve_udp(socket: UdpSocket, index: u32, table: Arc<RwLock<Table>>) {
 }
 
 async fn serve_tcp(listener: TcpListener, index: u32, table: Arc<RwLock<Table>>) {
+    let mut backoff = Backoff::new("DNS forwarder (TCP)");
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.succeeded();
+                stream
+            }
+            Err(e) => {
+                backoff.failed(&e).await;
+                continue;
+            }
         };
         let table = table.clone();
         tokio::spawn(async move {
