@@ -6,8 +6,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use mif::{
+    cgroup::normalize_cgroup,
     cgroup_pattern::{is_pattern, CgroupPattern},
-    config::normalize_cgroup,
     control::protocol::{Request, Response},
     policies::PolicySet,
 };

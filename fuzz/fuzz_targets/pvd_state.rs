@@ -184,7 +184,7 @@ fuzz_target!(|input: Input| {
         for p in &pvds {
             assert_eq!(p.mark & !numbering.mark_mask, 0, "{p:?}");
             for (net, len) in &p.prefixes {
-                assert_eq!(pvd::network(*net, *len), *net);
+                assert_eq!(mif::prefix::network(*net, *len), *net);
             }
         }
         let desired = plan::desired(&pvds, &[], &rules);
@@ -195,6 +195,6 @@ fuzz_target!(|input: Input| {
     // `network` is public and takes any prefix length.
     for a in input.before.iter().flat_map(|i| &i.addrs) {
         let a = address(a);
-        let _ = pvd::network(a.addr, a.prefix_len);
+        let _ = mif::prefix::network(a.addr, a.prefix_len);
     }
 });

@@ -92,7 +92,7 @@ impl Cgroup2 {
 
     /// The cgroup at `rel` (relative to the cgroup2 root), which must exist.
     pub fn resolve(&self, rel: &str) -> Result<Cgroup, CgroupError> {
-        let rel = crate::config::normalize_cgroup(rel);
+        let rel = normalize_cgroup(rel);
         let path = self.mount.join(rel.trim_start_matches('/'));
         let meta = fs::metadata(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => CgroupError::Missing {
@@ -215,6 +215,28 @@ impl Cgroup {
             || self.rel == ancestor.rel
             || self.rel.starts_with(&format!("{}/", ancestor.rel))
     }
+}
+
+/// A cgroup path as written in policies: absolute within cgroup2, no `..`.
+pub fn check_cgroup_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err("must start with '/' (paths are relative to the cgroup2 root)".into());
+    }
+    if path.split('/').any(|c| c == ".." || c == ".") {
+        return Err("must not contain '.' or '..' components".into());
+    }
+    // A glob pattern (`/system.slice/docker-*.scope`, `/kubepods.slice/**`)
+    // applies to every matching cgroup, including ones created later.
+    if crate::cgroup_pattern::is_pattern(path) {
+        crate::cgroup_pattern::CgroupPattern::parse(path).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// `/a//b/` → `/a/b`; `/` stays `/`.
+pub fn normalize_cgroup(path: &str) -> String {
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    format!("/{}", parts.join("/"))
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use nix::{
 };
 use tokio::io::{unix::AsyncFd, Interest};
 
-use crate::config::normalize_cgroup;
+use crate::cgroup::normalize_cgroup;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {

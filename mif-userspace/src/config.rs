@@ -108,7 +108,7 @@ impl std::str::FromStr for Exclusion {
                         .filter(|l| *l <= max)
                         .ok_or_else(|| format!("prefix length must be 0 to {max}"))?,
                 };
-                Ok(Self::Prefix(crate::pvd::network(ip, len), len))
+                Ok(Self::Prefix(crate::prefix::network(ip, len), len))
             }
             Err(_) if len.is_none() && is_interface_name(text) => {
                 Ok(Self::Interface(text.to_string()))
@@ -430,7 +430,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let line = checker.lines.line_of(policy.span().start);
         let policy = policy.into_inner();
         let cgroup = policy.cgroup.get_ref();
-        if let Err(problem) = check_cgroup_path(cgroup) {
+        if let Err(problem) = crate::cgroup::check_cgroup_path(cgroup) {
             return Err(checker.error(
                 policy.cgroup.span(),
                 "policy.cgroup",
@@ -438,7 +438,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 problem,
             ));
         }
-        let cgroup = normalize_cgroup(cgroup);
+        let cgroup = crate::cgroup::normalize_cgroup(cgroup);
         if !cgroups.insert(cgroup.clone()) {
             return Err(checker.error(
                 policy.cgroup.span(),
@@ -581,28 +581,6 @@ fn to_u32(checker: &Checker<'_>, v: Spanned<i64>, field: &str) -> Result<u32, Co
 
 fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
-}
-
-/// A cgroup path as written in policies: absolute within cgroup2, no `..`.
-pub fn check_cgroup_path(path: &str) -> Result<(), String> {
-    if !path.starts_with('/') {
-        return Err("must start with '/' (paths are relative to the cgroup2 root)".into());
-    }
-    if path.split('/').any(|c| c == ".." || c == ".") {
-        return Err("must not contain '.' or '..' components".into());
-    }
-    // A glob pattern (`/system.slice/docker-*.scope`, `/kubepods.slice/**`)
-    // applies to every matching cgroup, including ones created later.
-    if crate::cgroup_pattern::is_pattern(path) {
-        crate::cgroup_pattern::CgroupPattern::parse(path).map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
-/// `/a//b/` → `/a/b`; `/` stays `/`.
-pub fn normalize_cgroup(path: &str) -> String {
-    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
-    format!("/{}", parts.join("/"))
 }
 
 impl Config {

@@ -26,6 +26,7 @@ pub mod netns;
 pub mod pins;
 pub mod plan;
 pub mod policies;
+pub mod prefix;
 pub mod pvd;
 pub mod pvd_table;
 pub mod reconcile;

@@ -303,6 +303,50 @@ pub fn exclusions(
     entries
 }
 
+/// The routing a previous instance installed, as far as its pinned PvD map
+/// tells (`pvds` as [`crate::kernel_maps::KernelMaps::pvds`] lists it):
+/// tables, marks and source addresses, what its rules were made of. Enough
+/// to remove them (`mif cleanup`) or to know what to prune (adoption).
+pub fn installed_routing(
+    pvds: &[(u32, Pvd, Option<PvdMeta>)],
+    rules: &RuleOptions,
+) -> Vec<PvdRouting> {
+    pvds.iter()
+        .filter_map(|(index, pvd, meta)| {
+            let meta = meta.as_ref()?;
+            let mut sources = Vec::new();
+            if pvd.addr4 != 0 {
+                sources.push(ipv4_from_word(pvd.addr4).into());
+            }
+            if pvd.addr6 != [0; 4] {
+                sources.push(ipv6_from_words(pvd.addr6).into());
+            }
+            Some(PvdRouting {
+                name: format!("#{index}"),
+                table: meta.table,
+                ifindex: pvd.ifindex,
+                default4: None,
+                default6: None,
+                prefixes: Vec::new(),
+                routes: Vec::new(),
+                sources,
+                mark: pvd.mark,
+                mark_mask: rules.mark_mask,
+                mark_priority: rules.mark_priority,
+                source_priority: rules.source_priority,
+            })
+        })
+        .collect()
+}
+
+/// The PvD name a [`PvdMeta`] carries (NUL-padded bytes), the inverse of
+/// what [`desired`] writes.
+pub fn pvd_name(meta: &PvdMeta) -> String {
+    let bytes = &meta.name;
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
 /// An IPv4 address as the kernel keeps it in socket contexts: network order.
 pub fn ipv4_word(a: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(a.octets())
@@ -403,6 +447,7 @@ mod tests {
         assert_eq!(up.flags, PVD_AVAIL_V4);
         assert_eq!(ipv4_from_word(up.addr4), Ipv4Addr::new(198, 18, 0, 2));
         assert_eq!(&meta.name[..6], b"wlan0\0");
+        assert_eq!(pvd_name(&meta), "wlan0", "names stop at the NUL");
         assert_eq!(d.pvds[1].1.flags, 0, "a down link is not available");
         assert_eq!(d.routing.len(), 2);
         assert_eq!(

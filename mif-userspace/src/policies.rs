@@ -14,12 +14,10 @@ use serde::{Deserialize, Serialize};
 use mif_common::{names, MAX_PREFER};
 
 use crate::{
+    cgroup::{check_cgroup_path, normalize_cgroup},
     cgroup::{Cgroup, Cgroup2},
     cgroup_pattern::{existing_matches, is_pattern, CgroupPattern},
-    config::{
-        check_cgroup_path, normalize_cgroup, BindMode, Config, DnsMode, Exclusion, PolicyConfig,
-        MAX_EXCLUDE,
-    },
+    config::{BindMode, Config, DnsMode, Exclusion, PolicyConfig, MAX_EXCLUDE},
     plan::{ResolvedPolicy, POLICY_CAPACITY},
 };
 

@@ -236,11 +236,11 @@ impl Reconciler {
     /// names keep their indices (sockets and rules carry them), and its
     /// routing is known so that what is no longer wanted gets removed.
     pub fn adopt_previous(&mut self) {
-        let previous = crate::cli::cleanup::routing_of(&self.maps, &self.rules);
-        let names =
-            self.maps.pvds().into_iter().filter_map(|(index, _, meta)| {
-                meta.map(|m| (crate::report::name_of(&m.name), index))
-            });
+        let pvds = self.maps.pvds();
+        let previous = plan::installed_routing(&pvds, &self.rules);
+        let names = pvds
+            .iter()
+            .filter_map(|(index, _, meta)| meta.as_ref().map(|m| (plan::pvd_name(m), *index)));
         self.registry = Registry::from_pairs(names);
         self.applied = previous.into_iter().map(|r| (r.table, r)).collect();
     }

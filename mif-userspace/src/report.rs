@@ -11,7 +11,7 @@ use crate::{
     attached,
     cgroup::Cgroup2,
     kernel_maps::KernelMaps,
-    plan::{ipv4_from_word, ipv6_from_words},
+    plan::{ipv4_from_word, ipv6_from_words, pvd_name},
 };
 
 #[derive(Debug, Serialize)]
@@ -89,7 +89,7 @@ impl MapsReport {
             .into_iter()
             .map(|(index, pvd, meta)| PvdReport {
                 index,
-                name: meta.map_or_else(|| format!("#{index}"), |m| name_of(&m.name)),
+                name: meta.map_or_else(|| format!("#{index}"), |m| pvd_name(&m)),
                 mark: format!("{:#x}", pvd.mark),
                 table: meta.map(|m| m.table),
                 ifindex: pvd.ifindex,
@@ -323,12 +323,6 @@ fn dns_of(meta: &mif_common::PvdMeta) -> Vec<IpAddr> {
         .collect()
 }
 
-/// A NUL-padded name from the kernel's maps.
-pub fn name_of(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
-
 /// Left-aligned columns separated by two spaces.
 pub fn table(rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..rows.first().map_or(0, Vec::len))
@@ -357,10 +351,5 @@ mod tests {
             vec!["long".into(), "x".into()],
         ];
         assert_eq!(table(&rows), "A     BB\nlong  x\n");
-    }
-
-    #[test]
-    fn names_stop_at_nul() {
-        assert_eq!(name_of(b"wlan0\0\0\0"), "wlan0");
     }
 }

@@ -2,11 +2,8 @@ use clap::Args;
 use log::warn;
 
 use crate::{
-    instance::InstanceOptions,
-    kernel_maps::KernelMaps,
-    loader,
-    netlink::{Netlink, PvdRouting},
-    plan::{ipv4_from_word, ipv6_from_words, RuleOptions},
+    instance::InstanceOptions, kernel_maps::KernelMaps, loader, netlink::Netlink,
+    plan::installed_routing,
 };
 
 /// Remove everything a mif instance installed (programs, maps, routing
@@ -25,7 +22,7 @@ impl CleanupArgs {
         // Read the routing back from the maps before they go: tables, marks
         // and source addresses are what the rules were made of.
         let routing = match KernelMaps::open(&pins) {
-            Ok(maps) => routing_of(&maps, &self.instance.rules()),
+            Ok(maps) => installed_routing(&maps.pvds(), &self.instance.rules()),
             Err(e) => {
                 warn!("{e}; removing pins only");
                 Vec::new()
@@ -46,36 +43,4 @@ impl CleanupArgs {
         );
         Ok(())
     }
-}
-
-/// The routing a previous instance installed, as far as the pinned maps
-/// tell: tables, marks and source addresses (what rules are made of).
-pub fn routing_of(maps: &KernelMaps, rules: &RuleOptions) -> Vec<PvdRouting> {
-    maps.pvds()
-        .into_iter()
-        .filter_map(|(index, pvd, meta)| {
-            let meta = meta?;
-            let mut sources = Vec::new();
-            if pvd.addr4 != 0 {
-                sources.push(ipv4_from_word(pvd.addr4).into());
-            }
-            if pvd.addr6 != [0; 4] {
-                sources.push(ipv6_from_words(pvd.addr6).into());
-            }
-            Some(PvdRouting {
-                name: format!("#{index}"),
-                table: meta.table,
-                ifindex: pvd.ifindex,
-                default4: None,
-                default6: None,
-                prefixes: Vec::new(),
-                routes: Vec::new(),
-                sources,
-                mark: pvd.mark,
-                mark_mask: rules.mark_mask,
-                mark_priority: rules.mark_priority,
-                source_priority: rules.source_priority,
-            })
-        })
-        .collect()
 }

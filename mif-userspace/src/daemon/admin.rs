@@ -8,7 +8,7 @@ use tokio::sync::broadcast;
 
 use super::prepare::check_config;
 use crate::{
-    config::normalize_cgroup,
+    cgroup::normalize_cgroup,
     control::protocol::{MonitorEvent, PolicyView, PvdView, Request, Response, StatusView},
     instance::InstanceOptions,
     policies::{self, Origin, PolicySpec},

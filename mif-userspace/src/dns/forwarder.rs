@@ -24,9 +24,8 @@ use crate::backoff::Backoff;
 use crate::{
     kernel_maps::KernelMaps,
     pins::PinDir,
-    plan::{ipv4_from_word, ipv6_from_words, only_via_forwarder},
+    plan::{ipv4_from_word, ipv6_from_words, only_via_forwarder, pvd_name},
     pvd::PvdState,
-    report::name_of,
 };
 
 /// (domain, PvD name) pairs the forwarder routes by, shared with the
@@ -62,7 +61,7 @@ pub enum ForwarderError {
 
 /// What the forwarder knows of one PvD.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct PvdView {
+struct ForwarderPvd {
     mark: u32,
     /// The interface, the scope of link-local resolvers.
     ifindex: u32,
@@ -71,7 +70,7 @@ struct PvdView {
     dns: Vec<IpAddr>,
 }
 
-impl PvdView {
+impl ForwarderPvd {
     /// The first resolver reachable from one of the PvD's available
     /// sources, with that source. Link-local resolvers get the PvD's
     /// interface as scope (the kernel's redirection cannot give one, which
@@ -98,7 +97,7 @@ impl PvdView {
 /// The PvDs by index and the declared domains.
 #[derive(Debug, Default)]
 struct Table {
-    pvds: HashMap<u32, PvdView>,
+    pvds: HashMap<u32, ForwarderPvd>,
     /// (domain, PvD index), from the config's `domains` by PvD name.
     domains: Vec<(String, u32)>,
 }
@@ -109,7 +108,7 @@ impl Table {
         let mut index_of = HashMap::new();
         for (index, pvd, meta) in maps.pvds() {
             let Some(meta) = meta else { continue };
-            index_of.insert(name_of(&meta.name), index);
+            index_of.insert(pvd_name(&meta), index);
             let dns = meta
                 .dns
                 .iter()
@@ -121,7 +120,7 @@ impl Table {
                 .collect();
             pvds.insert(
                 index,
-                PvdView {
+                ForwarderPvd {
                     mark: pvd.mark,
                     ifindex: pvd.ifindex,
                     addr4: (pvd.flags & PVD_AVAIL_V4 != 0).then(|| ipv4_from_word(pvd.addr4)),
@@ -491,8 +490,8 @@ mod tests {
         m
     }
 
-    fn view(n: u8, dns: &[&str]) -> PvdView {
-        PvdView {
+    fn view(n: u8, dns: &[&str]) -> ForwarderPvd {
+        ForwarderPvd {
             mark: u32::from(n) << 24,
             ifindex: 0,
             addr4: Some(Ipv4Addr::new(198, 18, n, 2)),

@@ -11,7 +11,7 @@ use netlink_packet_route::{route::RouteMessage, rule::RuleMessage};
 
 use super::{
     error::{is_exists, is_missing},
-    plan::{delete_message, describe_route, describe_rule, route_table, RouteSpec, RuleSpec},
+    routing::{delete_message, describe_route, describe_rule, route_table, RouteSpec, RuleSpec},
     Netlink, NetlinkError, PvdRouting,
 };
 

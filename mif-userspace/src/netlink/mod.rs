@@ -9,9 +9,9 @@ mod error;
 mod events;
 mod install;
 mod interfaces;
-mod plan;
 mod ra;
 mod route_attrs;
+mod routing;
 #[cfg(test)]
 mod tests;
 mod uplinks;
@@ -30,8 +30,8 @@ pub use self::{
         Rdnss, DATAGRAM_BUFFER,
     },
     interfaces::{Interface, InterfaceAddr, LinkKind},
-    plan::{NextHop, PvdRouting, MIF_PROTOCOL},
     ra::{parse_nduseropt, RaOptions, RaParseError},
+    routing::{NextHop, PvdRouting, MIF_PROTOCOL},
     uplinks::{HostRoute, RouteOrigin, Uplink, UplinkShape, MAX_COPIED_ROUTES},
 };
 

@@ -30,8 +30,9 @@ use netlink_packet_route::{
 };
 use serde::Serialize;
 
-use super::plan::{network, rule_table, NextHop, MIF_PROTOCOL};
 use super::route_attrs::{gateway_of, metric_of, oif_of, prefix_of};
+use super::routing::{route_table, rule_table, NextHop, MIF_PROTOCOL};
+use crate::prefix::network;
 
 /// How the host reaches the internet through one interface, for one family.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -241,7 +242,7 @@ pub(crate) fn interface_routing(
     let mut wide: BTreeMap<(u32, bool, u32), Vec<Wide>> = BTreeMap::new();
     let mut found: BTreeMap<u32, InterfaceRouting> = BTreeMap::new();
     for msg in routes {
-        let table = super::plan::route_table(msg);
+        let table = route_table(msg);
         let relevant = table == main || foreign.contains(&table);
         let plain = msg.header.kind == RouteType::Unicast
             && msg.header.source_prefix_length == 0

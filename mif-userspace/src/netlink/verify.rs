@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use super::{
-    plan::{route_table, RouteSpec, RuleSpec},
+    routing::{route_table, RouteSpec, RuleSpec},
     Netlink, NetlinkError, PvdRouting,
 };
 

@@ -14,6 +14,7 @@ use netlink_packet_route::{
 };
 
 use super::{route_attrs::ip_of, HostRoute, NetlinkError};
+use crate::prefix::network;
 
 /// Where a PvD table's default route leads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -556,25 +557,6 @@ fn max_prefix_len(addr: IpAddr) -> u8 {
     }
 }
 
-/// `addr` with the host bits cleared: IPv4 refuses a route whose
-/// destination has bits set beyond its prefix length.
-pub(crate) fn network(addr: IpAddr, prefix_len: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(v4) => {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(prefix_len.min(32)))
-                .unwrap_or(0);
-            Ipv4Addr::from(u32::from(v4) & mask).into()
-        }
-        IpAddr::V6(v6) => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(prefix_len.min(128)))
-                .unwrap_or(0);
-            Ipv6Addr::from(u128::from(v6) & mask).into()
-        }
-    }
-}
-
 /// A delete request for a dumped route: its header and the attributes that
 /// identify it. Output-only ones (cache info, ...) stay out of the request.
 pub(crate) fn delete_message(dumped: &RouteMessage) -> RouteMessage {
@@ -658,17 +640,6 @@ mod tests {
             mark_priority: 9000,
             source_priority: 9001,
         }
-    }
-
-    #[test]
-    fn network_clears_host_bits() {
-        let v4 = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(network(v4("198.18.5.2"), 24), v4("198.18.5.0"));
-        assert_eq!(network(v4("198.18.5.2"), 32), v4("198.18.5.2"));
-        assert_eq!(network(v4("198.18.5.2"), 0), v4("0.0.0.0"));
-        assert_eq!(network(v4("2001:db8:5::2"), 64), v4("2001:db8:5::"));
-        assert_eq!(network(v4("2001:db8:5::2"), 0), v4("::"));
-        assert_eq!(network(v4("2001:db8:5::2"), 128), v4("2001:db8:5::2"));
     }
 
     #[test]
