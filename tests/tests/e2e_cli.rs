@@ -367,11 +367,15 @@ fn status_pvd_list_and_monitor_show_what_is_going_on() {
     let mut cmd = lab.command_in(None, mif_path().unwrap(), &all).unwrap();
     cmd.stdout(Stdio::piped());
     let monitor = lab.spawn(cmd).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    lab.ip_host(&["link", "set", "wwan0", "down"]).unwrap();
-    let line = BufReader::new(monitor.take_stdout().unwrap())
+    let mut lines = BufReader::new(monitor.take_stdout().unwrap())
         .lines()
-        .map_while(Result::ok)
+        .map_while(Result::ok);
+    // The stream's first line says the subscription is in place: every
+    // change from then on is streamed.
+    let first = lines.next().expect("monitor printed nothing");
+    assert_eq!(first, r#"{"event":"subscribed"}"#);
+    lab.ip_host(&["link", "set", "wwan0", "down"]).unwrap();
+    let line = lines
         .find(|l| l.contains("\"wwan0\""))
         .expect("no monitor event");
     let event: serde_json::Value = serde_json::from_str(&line).unwrap();

@@ -266,14 +266,10 @@ fn sigkill_and_restart_never_misroute_a_connection_and_never_duplicate_programs(
     }
 }
 
-#[test]
-fn tcp_connections_on_a_lost_pvd_are_reset_when_the_policy_asks() {
-    skip_unless_root!();
-    let lab = lab();
-    let (app, config) = app_with_policy(&lab, &["wwan0", "wlan0"], "reset = true");
-    let _daemon = Daemon::start(&lab, &config).unwrap();
-
-    // An echo service on wwan0's router and an idle connection to it.
+/// An idle TCP connection of `app` to an echo service on wwan0's router,
+/// proven up by one echoed line: the client, its stdin (dropping it ends
+/// the client) and the echo server.
+fn echo_connection(lab: &Lab, app: &Path) -> (std::process::Child, std::process::ChildStdin) {
     let echo = lab
         .command_in_router(
             1,
@@ -284,10 +280,15 @@ fn tcp_connections_on_a_lost_pvd_are_reset_when_the_policy_asks() {
             ],
         )
         .unwrap();
-    let _echo = lab.spawn(echo).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    lab.spawn(echo).unwrap();
+    // Listening once the router's socket table shows it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !router_listens(lab, 1, 9000) {
+        assert!(Instant::now() < deadline, "socat never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut client = lab
-        .command_in(Some(&app), "socat", ["-", "TCP:203.0.113.1:9000"])
+        .command_in(Some(app), "socat", ["-", "TCP:203.0.113.1:9000"])
         .unwrap();
     client
         .stdin(Stdio::piped())
@@ -296,11 +297,33 @@ fn tcp_connections_on_a_lost_pvd_are_reset_when_the_policy_asks() {
     let mut child = client.spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"hello\n").unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the connection did not stay up"
-    );
+    let mut echoed = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut echoed,
+    )
+    .unwrap();
+    assert_eq!(echoed, "hello\n", "the connection does not carry data");
+    (child, stdin)
+}
+
+/// Whether router `i` has a TCP socket listening on `port`.
+fn router_listens(lab: &Lab, i: usize, port: u16) -> bool {
+    let ns = &lab.network(i).router_ns;
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "ss", "-Hltn"])
+        .output()
+        .expect("running ss");
+    String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} "))
+}
+
+#[test]
+fn tcp_connections_on_a_lost_pvd_are_reset_when_the_policy_asks() {
+    skip_unless_root!();
+    let lab = lab();
+    let (app, config) = app_with_policy(&lab, &["wwan0", "wlan0"], "reset = true");
+    let _daemon = Daemon::start(&lab, &config).unwrap();
+    let (mut child, stdin) = echo_connection(&lab, &app);
 
     lab.ip_host(&["link", "set", "wwan0", "down"]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -312,6 +335,26 @@ fn tcp_connections_on_a_lost_pvd_are_reset_when_the_policy_asks() {
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(stdin);
+}
+
+/// The negative control: without `reset`, the same connection outlives
+/// the pass that handled the loss (new sockets already leave by wlan0).
+#[test]
+fn tcp_connections_on_a_lost_pvd_stay_without_reset() {
+    skip_unless_root!();
+    let lab = lab();
+    let (app, config) = app_with_policy(&lab, &["wwan0", "wlan0"], "");
+    let _daemon = Daemon::start(&lab, &config).unwrap();
+    let (mut child, stdin) = echo_connection(&lab, &app);
+
+    lab.ip_host(&["link", "set", "wwan0", "down"]).unwrap();
+    wait_until_leaves_by(&lab, &app, Family::V4, lab.network(0));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the connection was closed although the policy does not ask for resets"
+    );
+    drop(stdin);
+    let _ = child.kill();
 }
 
 #[test]

@@ -27,6 +27,7 @@ impl MonitorArgs {
 
 fn describe(event: &MonitorEvent) -> String {
     match event {
+        MonitorEvent::Subscribed => "following PvD and policy changes".into(),
         MonitorEvent::Pvd(p) => format!(
             "pvd {}: link {}, IPv4 {}, IPv6 {}",
             p.name,

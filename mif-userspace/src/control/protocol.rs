@@ -204,6 +204,9 @@ pub struct PolicyView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum MonitorEvent {
+    /// The first line of a stream: the client is subscribed, and every
+    /// change from here on reaches it (a script can act after seeing it).
+    Subscribed,
     /// Boxed: a PvD's view is several times the size of the other events.
     Pvd(Box<PvdView>),
     PolicySet(PolicySpec),

@@ -130,6 +130,9 @@ async fn serve(
         }
         if request == Request::Monitor {
             let mut events = monitor.subscribe();
+            let mut line = serde_json::to_string(&MonitorEvent::Subscribed).unwrap_or_default();
+            line.push('\n');
+            write.write_all(line.as_bytes()).await?;
             loop {
                 match events.recv().await {
                     Ok(event) => {
