@@ -14,6 +14,21 @@ use mif_common::LAYOUT_VERSION;
 /// Where bpffs is conventionally mounted, and where mif mounts it if absent.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 
+/// Where an instance keeps what bpffs cannot hold (its lock, its control
+/// socket), one file each named after the pin directory.
+pub const RUNTIME_DIR: &str = "/run/mif";
+
+/// `/run/mif/<pin dir with / as ->.<ext>`: the instance's file of kind
+/// `ext` (`lock`, `sock`).
+pub fn runtime_path(pin_dir: &Path, ext: &str) -> PathBuf {
+    let flat = pin_dir
+        .display()
+        .to_string()
+        .trim_matches('/')
+        .replace('/', "-");
+    Path::new(RUNTIME_DIR).join(format!("{flat}.{ext}"))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
     #[error("pin directory {} is not on bpffs; mount one there (mount -t bpf bpf DIR) or choose a directory below {DEFAULT_BPFFS}", .0.display())]

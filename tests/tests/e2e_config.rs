@@ -182,3 +182,48 @@ fn under_ip_netns_exec_the_error_says_how_to_enter_a_namespace() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("nsenter --net=/run/netns/"), "{stderr}");
 }
+
+/// An instance's files under /run/mif (its lock, its control socket) go
+/// when it stops, and `mif cleanup` removes what a killed one left.
+#[test]
+fn stopped_and_cleaned_up_instances_leave_no_runtime_files() {
+    skip_unless_root!();
+    let lab = Lab::new(&["wlan0"]).unwrap();
+    let files = |instance: &Instance| {
+        let flat = instance
+            .pin_dir
+            .display()
+            .to_string()
+            .trim_matches('/')
+            .replace('/', "-");
+        ["lock", "sock"].map(|ext| std::path::PathBuf::from(format!("/run/mif/{flat}.{ext}")))
+    };
+    let daemon = Daemon::start(&lab, "").unwrap();
+    let [lock, sock] = files(&daemon.instance);
+    assert!(
+        lock.exists() && sock.exists(),
+        "a running instance has both"
+    );
+    daemon.stop().unwrap();
+    assert!(!lock.exists(), "{} left behind", lock.display());
+    assert!(!sock.exists(), "{} left behind", sock.display());
+
+    let daemon = Daemon::start(&lab, "").unwrap();
+    let instance = daemon.instance.clone();
+    daemon.kill_hard().unwrap();
+    let mut args = vec!["cleanup".to_string()];
+    args.extend(instance.args());
+    let out = run_mif(&lab, &args).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in files(&instance) {
+        assert!(
+            !file.exists(),
+            "{} left behind after cleanup",
+            file.display()
+        );
+    }
+}

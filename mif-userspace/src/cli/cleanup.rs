@@ -37,6 +37,12 @@ impl CleanupArgs {
         }
         let unpinned = loader::unpin_maps(&pins);
         pins.remove_dirs();
+        // What a killed daemon leaves under /run/mif: its lock file (unless
+        // a daemon holds it) and its control socket.
+        if let Err(e) = crate::daemon::steering::remove_stale_lock(&pins) {
+            warn!("{e:#}");
+        }
+        let _ = std::fs::remove_file(crate::control::socket_path(&self.instance.pin_dir));
         println!(
             "removed {detached} programs, {unpinned} maps, routing of {} PvDs",
             routing.len()

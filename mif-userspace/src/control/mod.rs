@@ -13,10 +13,5 @@ use std::path::{Path, PathBuf};
 
 /// `/run/mif/<pin dir with / as ->.sock`.
 pub fn socket_path(pin_dir: &Path) -> PathBuf {
-    let flat = pin_dir
-        .display()
-        .to_string()
-        .trim_matches('/')
-        .replace('/', "-");
-    PathBuf::from("/run/mif").join(format!("{flat}.sock"))
+    crate::pins::runtime_path(pin_dir, "sock")
 }

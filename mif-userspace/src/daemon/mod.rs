@@ -14,7 +14,7 @@
 //!    it for the next daemon to adopt).
 mod admin;
 mod prepare;
-mod steering;
+pub mod steering;
 
 use std::{net::IpAddr, path::Path, time::Duration};
 

@@ -10,7 +10,7 @@
 //! socket already bound and leaves it.
 use std::{
     fs::File,
-    os::fd::AsRawFd as _,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
 
@@ -77,44 +77,66 @@ impl Steering {
 }
 
 /// One daemon per pin directory: an exclusive flock on a file under /run
-/// named after the pin directory (bpffs cannot hold regular files).
+/// named after the pin directory (bpffs cannot hold regular files). The
+/// file goes when the lock does, so stopped instances leave nothing behind.
+#[derive(Debug)]
 struct InstanceLock {
+    /// Holds the flock for as long as it lives.
     _file: File,
+    path: PathBuf,
 }
 
 impl InstanceLock {
     fn acquire(pins: &PinDir) -> anyhow::Result<Self> {
-        let path = lock_path(pins.root());
+        Self::acquire_at(crate::pins::runtime_path(pins.root(), "lock"), pins.root())
+    }
+
+    fn acquire_at(path: PathBuf, pin_dir: &Path) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening lock {}", path.display()))?;
-        // SAFETY: plain flock on an fd we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            bail!(
-                "another mif daemon is running with pin directory {} (lock {})",
-                pins.root().display(),
-                path.display()
-            );
+        // A holder unlinks the file before it lets go: a lock won on a file
+        // no longer at `path` was won on a dead name, and must be taken again
+        // on the file there now (or two daemons could each hold "the" lock).
+        loop {
+            let file = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("opening lock {}", path.display()))?;
+            // SAFETY: plain flock on an fd we own.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc != 0 {
+                bail!(
+                    "another mif daemon is running with pin directory {} (lock {})",
+                    pin_dir.display(),
+                    path.display()
+                );
+            }
+            let same = match (file.metadata(), std::fs::metadata(&path)) {
+                (Ok(ours), Ok(there)) => ours.ino() == there.ino() && ours.dev() == there.dev(),
+                _ => false,
+            };
+            if same {
+                return Ok(Self { _file: file, path });
+            }
         }
-        Ok(Self { _file: file })
     }
 }
 
-/// `/run/mif/<pin dir with / as ->.lock`.
-fn lock_path(pin_dir: &Path) -> PathBuf {
-    let flat = pin_dir
-        .display()
-        .to_string()
-        .trim_matches('/')
-        .replace('/', "-");
-    PathBuf::from("/run/mif").join(format!("{flat}.lock"))
+/// Removes the lock file a killed daemon left, unless a daemon holds it
+/// (then it is that daemon's, and its name is returned as an error).
+pub fn remove_stale_lock(pins: &PinDir) -> anyhow::Result<()> {
+    // Taken and dropped at once: the drop removes the file.
+    InstanceLock::acquire(pins).map(drop)
+}
+
+impl Drop for InstanceLock {
+    fn drop(&mut self) {
+        // Unlinked while still held: the descriptor closes after this.
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 #[cfg(test)]
@@ -124,8 +146,23 @@ mod tests {
     #[test]
     fn lock_names_follow_the_pin_dir() {
         assert_eq!(
-            lock_path(Path::new("/sys/fs/bpf/mif")),
+            crate::pins::runtime_path(Path::new("/sys/fs/bpf/mif"), "lock"),
             Path::new("/run/mif/sys-fs-bpf-mif.lock")
         );
+    }
+
+    #[test]
+    fn one_holder_at_a_time_and_no_file_left_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        let pins = Path::new("/sys/fs/bpf/x");
+        let first = InstanceLock::acquire_at(path.clone(), pins).unwrap();
+        let err = InstanceLock::acquire_at(path.clone(), pins).unwrap_err();
+        assert!(err.to_string().contains("another mif daemon"), "{err}");
+        drop(first);
+        assert!(!path.exists(), "the lock file outlived its lock");
+        let again = InstanceLock::acquire_at(path.clone(), pins).unwrap();
+        assert!(path.exists());
+        drop(again);
     }
 }
