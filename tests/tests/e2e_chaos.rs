@@ -354,8 +354,10 @@ fn the_control_socket_survives_running_out_of_descriptors() {
         .and_then(|l| l.split_whitespace().nth(4))
         .expect("Max open files in /proc/PID/limits")
         .to_string();
-    // Not one descriptor more than it holds now.
-    soft(&daemon.open_fds().unwrap().to_string());
+    // Below what it holds: the descriptors it has stay open, and no new
+    // one can be had (counting what it holds raced with the daemon's own
+    // short-lived descriptors, which left a slot free now and then).
+    soft("3");
     let mif = mif_tests::mif::mif_path().unwrap();
     let pin_dir = daemon.instance.pin_dir.display().to_string();
     let mut cmd = lab
