@@ -1,7 +1,7 @@
 //! From PvD state and policies to what the kernel should hold: map entries
 //! and per-PvD routing. Pure, so every decision is unit-testable.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -273,12 +273,12 @@ impl ExcludeEntry {
 
 /// The exclusion trie's entries for the policies [`desired`] writes: each
 /// prefix as given, each interface as the prefixes the host routes through
-/// it now (`by_interface`, by interface name; an interface that does not
-/// exist excludes nothing until it does). Sorted, without repeats (policies
-/// of one pattern share an id).
+/// it now (`prefixes_of` an interface name; one that does not exist
+/// excludes nothing until it does). Sorted, without repeats (policies of
+/// one pattern share an id).
 pub fn exclusions(
     policies: &[ResolvedPolicy],
-    by_interface: &BTreeMap<String, Vec<(IpAddr, u8)>>,
+    prefixes_of: impl Fn(&str) -> Vec<(IpAddr, u8)>,
 ) -> Vec<ExcludeEntry> {
     let fit = &policies[..policies.len().min(POLICY_CAPACITY)];
     let mut entries: Vec<ExcludeEntry> = fit
@@ -287,7 +287,7 @@ pub fn exclusions(
         .flat_map(|(policy, exclusion)| {
             let prefixes = match exclusion {
                 Exclusion::Prefix(addr, len) => vec![(*addr, *len)],
-                Exclusion::Interface(name) => by_interface.get(name).cloned().unwrap_or_default(),
+                Exclusion::Interface(name) => prefixes_of(name),
             };
             prefixes
                 .into_iter()
@@ -383,7 +383,6 @@ mod tests {
             addr4: Some(Ipv4Addr::new(198, 18, index as u8, 2)),
             addr6: None,
             kind: Default::default(),
-            wanted: false,
             uplink4: Some(Uplink::main_default(
                 Ipv4Addr::new(198, 18, index as u8, 1).into(),
                 100,
@@ -598,11 +597,13 @@ mod tests {
             policy(1, &["192.168.1.7"]),
             policy(2, &[]),
         ];
-        let by_interface = BTreeMap::from([(
+        let by_interface = std::collections::BTreeMap::from([(
             "docker0".to_string(),
             vec![("172.17.0.0".parse().unwrap(), 16)],
         )]);
-        let entries = exclusions(&policies, &by_interface);
+        let entries = exclusions(&policies, |name| {
+            by_interface.get(name).cloned().unwrap_or_default()
+        });
         let shown: Vec<String> = entries
             .iter()
             .map(|e| format!("{} {}/{}", e.policy, e.addr, e.prefix_len))

@@ -74,9 +74,6 @@ pub struct PvdState {
     pub ifindex: Option<u32>,
     pub up: bool,
     pub kind: LinkKind,
-    /// Declared in the configuration or named by a policy: somebody asked
-    /// for this network (see [`PvdState::available4`]).
-    pub wanted: bool,
     pub addr4: Option<Ipv4Addr>,
     pub addr6: Option<Ipv6Addr>,
     /// How the host routes the internet through the interface, per family.
@@ -446,7 +443,6 @@ fn state(
         ifindex: None,
         up: false,
         kind: LinkKind::default(),
-        wanted,
         addr4: None,
         addr6: None,
         uplink4: None,
@@ -535,23 +531,21 @@ fn on_link_prefixes(addrs: &[InterfaceAddr]) -> Vec<(IpAddr, u8)> {
         .collect()
 }
 
-/// Every prefix the host reaches through each interface, by name: its
-/// addresses' on-link prefixes and its more-specific routes (what an
-/// `exclude = ["docker0"]` stands for).
-pub fn prefixes_by_interface(interfaces: &[Interface]) -> BTreeMap<String, Vec<(IpAddr, u8)>> {
-    interfaces
+/// Every prefix the host reaches through `interface`: its addresses'
+/// on-link prefixes and its more-specific routes (what an `exclude =
+/// ["docker0"]` stands for), each once.
+pub fn interface_prefixes(interface: &Interface) -> Vec<(IpAddr, u8)> {
+    let routes = interface
+        .routes
         .iter()
-        .map(|i| {
-            let mut prefixes = on_link_prefixes(&i.addrs);
-            for r in &i.routes {
-                let prefix = (network(r.dst, r.prefix_len), r.prefix_len);
-                if !prefixes.contains(&prefix) {
-                    prefixes.push(prefix);
-                }
-            }
-            (i.name.clone(), prefixes)
-        })
-        .collect()
+        .map(|r| (network(r.dst, r.prefix_len), r.prefix_len));
+    let mut prefixes: Vec<(IpAddr, u8)> = on_link_prefixes(&interface.addrs)
+        .into_iter()
+        .chain(routes)
+        .collect();
+    prefixes.sort();
+    prefixes.dedup();
+    prefixes
 }
 
 #[cfg(test)]

@@ -402,10 +402,14 @@ impl Reconciler {
             self.policy.resolve();
         }
         let mut desired = plan::desired(&pvds, self.policy.resolved(), &self.rules);
-        desired.excludes = plan::exclusions(
-            self.policy.resolved(),
-            &pvd::prefixes_by_interface(&interfaces),
-        );
+        // Only the interfaces some policy excludes are looked at.
+        desired.excludes = plan::exclusions(self.policy.resolved(), |name| {
+            interfaces
+                .iter()
+                .find(|i| i.name == name)
+                .map(pvd::interface_prefixes)
+                .unwrap_or_default()
+        });
         // Losses first: stop choosing a PvD that went away before any slow
         // work (containers' addresses, routing dumps and installs).
         self.maps.withdraw_lost(&desired)?;
@@ -648,7 +652,6 @@ mod tests {
             addr4: Some(Ipv4Addr::from(addr)),
             addr6: None,
             kind: Default::default(),
-            wanted: false,
             uplink4: Some(crate::netlink::Uplink::main_default(
                 Ipv4Addr::new(198, 18, 0, 1).into(),
                 100,
