@@ -207,12 +207,12 @@ impl KernelMaps {
         let previous = match self.written_excludes.take() {
             Some(previous) => previous,
             None => {
-                // A previous daemon's entries: removed below unless wanted.
+                // A previous daemon's entries: removed unless wanted.
+                let wanted: HashSet<(u32, ExcludeKey)> = keep.iter().map(|e| e.key()).collect();
                 let listed: Vec<Key<ExcludeKey>> =
                     self.excludes.keys().filter_map(Result::ok).collect();
                 for key in listed {
-                    let entry = (key.prefix_len(), key.data());
-                    if !keep.iter().any(|e| e.key() == entry) {
+                    if !wanted.contains(&(key.prefix_len(), key.data())) {
                         self.excludes.remove(&key).map_err(fail("remove from"))?;
                     }
                 }
