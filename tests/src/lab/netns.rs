@@ -5,6 +5,7 @@
 //! /sys, which is irrelevant for configuration and confusing in logs.
 
 use std::ffi::OsStr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -34,6 +35,16 @@ pub(crate) fn ip<S: AsRef<OsStr>>(ns: Option<&str>, args: &[S]) -> Result<String
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Gives namespace `ns` a service address of each family on its loopback
+/// (where every lab peer lives) and brings `lo` up.
+pub(crate) fn serve_on_loopback(ns: &str, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<()> {
+    let (v4, v6) = (format!("{v4}/32"), format!("{v6}/128"));
+    ip(Some(ns), &["addr", "add", &v4, "dev", "lo"])?;
+    ip(Some(ns), &["addr", "add", &v6, "dev", "lo", "nodad"])?;
+    ip(Some(ns), &["link", "set", "lo", "up"])?;
+    Ok(())
 }
 
 /// Creates a named namespace. Fails if the name is taken: it then belongs to

@@ -146,11 +146,7 @@ impl Lab {
         self.sysctl_in(ns, &format!("net.ipv6.conf.{ROUTER_IF}.accept_dad=0"))?;
         let v4 = format!("{LINK_V4}/24");
         netns::ip(r2, &["addr", "add", &v4, "dev", ROUTER_IF])?;
-        let service_v4 = format!("{SECOND_ROUTER_V4}/32");
-        let service_v6 = format!("{SECOND_ROUTER_V6}/128");
-        netns::ip(r2, &["addr", "add", &service_v4, "dev", "lo"])?;
-        netns::ip(r2, &["addr", "add", &service_v6, "dev", "lo", "nodad"])?;
-        netns::ip(r2, &["link", "set", "lo", "up"])?;
+        netns::serve_on_loopback(ns, SECOND_ROUTER_V4, SECOND_ROUTER_V6)?;
         netns::ip(r2, &["link", "set", ROUTER_IF, "up"])?;
         // Replies to the host's global address go out on-link (the host
         // sends from 2001:db8:0::2, which radvd does not announce here).

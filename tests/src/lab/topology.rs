@@ -94,12 +94,7 @@ impl Network {
 
         // The service lives on the router's loopback; replies to the host go
         // out on-link through the veth, so no forwarding or extra routes.
-        let internet_v4 = format!("{INTERNET_V4}/32");
-        let internet_v6 = format!("{INTERNET_V6}/128");
-        ip(router, &["addr", "add", &internet_v4, "dev", "lo"])?;
-        ip(router, &["addr", "add", &internet_v6, "dev", "lo", "nodad"])?;
-
-        ip(router, &["link", "set", "lo", "up"])?;
+        super::netns::serve_on_loopback(&self.router_ns, INTERNET_V4, INTERNET_V6)?;
         ip(router, &["link", "set", ROUTER_IF, "up"])?;
         ip(host, &["link", "set", &self.name, "up"])?;
         Ok(())

@@ -308,11 +308,7 @@ impl Vpn<'_> {
 
         let public = format!("{VPN_SERVER_V4}/24");
         netns::ip(server, &["addr", "add", &public, "dev", ROUTER_IF])?;
-        let internet_v4 = format!("{INTERNET_V4}/32");
-        let internet_v6 = format!("{INTERNET_V6}/128");
-        netns::ip(server, &["addr", "add", &internet_v4, "dev", "lo"])?;
-        netns::ip(server, &["addr", "add", &internet_v6, "dev", "lo", "nodad"])?;
-        netns::ip(server, &["link", "set", "lo", "up"])?;
+        netns::serve_on_loopback(&self.ns, INTERNET_V4, INTERNET_V6)?;
         netns::ip(server, &["link", "set", ROUTER_IF, "up"])?;
         // Back to the host (and anything else) through router 0.
         let uplink = UPLINK_V4.to_string();
