@@ -5,7 +5,7 @@
 use std::{collections::HashSet, path::Path};
 
 use libfuzzer_sys::fuzz_target;
-use mif::{config, policies::PolicySpec};
+use mif::{model::config, model::policies::PolicySpec};
 
 fuzz_target!(|data: &[u8]| {
     // `config::load` reads the file as UTF-8 and refuses anything else.

@@ -6,10 +6,10 @@
 
 use libfuzzer_sys::fuzz_target;
 use mif::{
-    cgroup::normalize_cgroup,
-    cgroup_pattern::{is_pattern, CgroupPattern},
+    host::cgroup::normalize_cgroup,
+    host::cgroup_pattern::{is_pattern, CgroupPattern},
     control::protocol::{Request, Response},
-    policies::PolicySet,
+    model::policies::PolicySet,
 };
 
 fuzz_target!(|data: &[u8]| {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use mif::{
-    netlink::{decode_events, Interface, NetEvent},
+    host::netlink::{decode_events, Interface, NetEvent},
     reconcile::RaDns,
 };
 

@@ -13,10 +13,10 @@ use std::{
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use mif::{
-    config,
-    netlink::{HostRoute, Interface, InterfaceAddr, LinkKind, RouteOrigin, Uplink, UplinkShape},
+    model::config,
+    host::netlink::{HostRoute, Interface, InterfaceAddr, LinkKind, RouteOrigin, Uplink, UplinkShape},
     plan::{self, RuleOptions},
-    pvd::{self, DnsSource, Learned, LearnedDns, Numbering, Registry},
+    model::pvd::{self, DnsSource, Learned, LearnedDns, Numbering, Registry},
     reconcile::transitions,
 };
 

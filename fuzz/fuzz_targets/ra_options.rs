@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mif::netlink::parse_nduseropt;
+use mif::host::netlink::parse_nduseropt;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(options) = parse_nduseropt(data) else {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::{pins::PinDir, plan::RuleOptions, pvd::Numbering};
+use crate::{apply::pins::PinDir, model::pvd::Numbering, plan::RuleOptions};
 
 #[derive(Debug, Clone, Args)]
 pub struct InstanceOptions {

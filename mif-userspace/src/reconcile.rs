@@ -16,13 +16,14 @@ use log::{info, warn};
 use mif_common::Settings;
 
 use crate::{
-    cgroup::{Cgroup, Cgroup2},
-    config::Config,
-    kernel_maps::KernelMaps,
-    netlink::{Netlink, PvdRouting},
+    apply::kernel_maps::KernelMaps,
+    host::cgroup::{Cgroup, Cgroup2},
+    host::netlink::Netlink,
+    model::config::Config,
+    model::policies::{self, Pending, PolicyIds, PolicySet},
+    model::pvd::{self, Numbering, PvdState, Registry},
+    plan::routing::PvdRouting,
     plan::{self, ResolvedPolicy, RuleOptions},
-    policies::{self, Pending, PolicyIds, PolicySet},
-    pvd::{self, Numbering, PvdState, Registry},
 };
 
 /// What router advertisements taught about one interface's DNS (RDNSS
@@ -57,7 +58,7 @@ impl<T: Clone + PartialEq> RaLearned<T> {
     /// Unexpired items by interface name, for the interfaces that exist.
     pub fn current(
         &mut self,
-        interfaces: &[crate::netlink::Interface],
+        interfaces: &[crate::host::netlink::Interface],
         now: Instant,
     ) -> BTreeMap<String, Vec<T>> {
         for items in self.by_ifindex.values_mut() {
@@ -156,8 +157,8 @@ impl PolicyState {
     pub fn watch_targets(&self) -> WatchTargets {
         let mut targets = WatchTargets::default();
         for (spec, _) in self.set.all().iter() {
-            if crate::cgroup_pattern::is_pattern(&spec.cgroup) {
-                if let Ok(p) = crate::cgroup_pattern::CgroupPattern::parse(&spec.cgroup) {
+            if crate::host::cgroup_pattern::is_pattern(&spec.cgroup) {
+                if let Ok(p) = crate::host::cgroup_pattern::CgroupPattern::parse(&spec.cgroup) {
                     targets.roots.push(p.literal_prefix().to_string());
                 }
             } else {
@@ -246,18 +247,18 @@ impl Reconciler {
     }
 
     /// Resolvers of the leases the host's DHCP clients hold, by interface:
-    /// read-only, from `[dns] leases` (see [`crate::host_dns`]). A lease
+    /// read-only, from `[dns] leases` (see [`crate::host::dns_leases`]). A lease
     /// counts only while its interface still holds the leased address
     /// (dhclient keeps expired clients' leases in its file).
     fn dhcp_dns(
         &mut self,
-        interfaces: &[crate::netlink::Interface],
-    ) -> BTreeMap<String, crate::host_dns::LinkDns> {
+        interfaces: &[crate::host::netlink::Interface],
+    ) -> BTreeMap<String, crate::host::dns_leases::LinkDns> {
         let ifnames: BTreeMap<u32, String> = interfaces
             .iter()
             .map(|i| (i.index, i.name.clone()))
             .collect();
-        let found = crate::host_dns::learn(
+        let found = crate::host::dns_leases::learn(
             &self.config.dns_leases,
             &ifnames,
             std::time::SystemTime::now(),
@@ -362,7 +363,7 @@ impl Reconciler {
     }
 
     /// Takes a reloaded config: its PvDs and its policies.
-    pub fn replace_config(&mut self, config: Config) -> Vec<crate::policies::PolicySpec> {
+    pub fn replace_config(&mut self, config: Config) -> Vec<crate::model::policies::PolicySpec> {
         let displaced = self.policy.set.replace_config(&config);
         self.policy.stale = true;
         self.config = config;
@@ -477,10 +478,10 @@ struct ForeignClaim<'a> {
 /// Which policy claims each foreign network namespace: the deepest policy
 /// over any of its processes' cgroups, as in the kernel's walk.
 fn foreign_claims(policy: &PolicyState) -> Vec<ForeignClaim<'_>> {
-    let Ok(ours) = crate::foreign_netns::own_namespace() else {
+    let Ok(ours) = crate::host::foreign_netns::own_namespace() else {
         return Vec::new();
     };
-    let processes = crate::foreign_netns::foreign_processes(ours);
+    let processes = crate::host::foreign_netns::foreign_processes(ours);
     if processes.is_empty() {
         return Vec::new();
     }
@@ -492,7 +493,7 @@ fn foreign_claims(policy: &PolicyState) -> Vec<ForeignClaim<'_>> {
     // Per namespace: (depth of the claiming policy's cgroup, claim).
     let mut claims: BTreeMap<u64, (usize, ForeignClaim<'_>)> = BTreeMap::new();
     for process in &processes {
-        let Some(claimant) = crate::foreign_netns::cgroup_and_ancestors(&process.cgroup)
+        let Some(claimant) = crate::host::foreign_netns::cgroup_and_ancestors(&process.cgroup)
             .find_map(|cgroup| by_cgroup.get(cgroup).copied())
         else {
             continue;
@@ -515,10 +516,10 @@ fn foreign_claims(policy: &PolicyState) -> Vec<ForeignClaim<'_>> {
 
 /// Steers processes of policy cgroups that live in network namespaces of
 /// their own (containers) from the host side: their addresses become
-/// `from` rules of the PvD their policy picks (see [`crate::foreign_netns`]).
+/// `from` rules of the PvD their policy picks (see [`crate::host::foreign_netns`]).
 fn steer_foreign_namespaces(desired: &mut plan::Desired, pvds: &[PvdState], policy: &PolicyState) {
     for ForeignClaim { policy: p, pid, .. } in foreign_claims(policy) {
-        let addrs = match crate::foreign_netns::addresses_in_namespace_of(pid) {
+        let addrs = match crate::host::foreign_netns::addresses_in_namespace_of(pid) {
             Ok(addrs) => addrs,
             Err(e) => {
                 warn!(
@@ -606,7 +607,7 @@ fn log_changes(old: &[PvdState], new: &[PvdState]) {
                 p.name,
                 p.interface,
                 p.routes_left_out,
-                crate::netlink::MAX_COPIED_ROUTES
+                crate::host::netlink::MAX_COPIED_ROUTES
             );
         }
         if before.map(state) != Some(state(p)) {
@@ -652,7 +653,7 @@ mod tests {
             addr4: Some(Ipv4Addr::from(addr)),
             addr6: None,
             kind: Default::default(),
-            uplink4: Some(crate::netlink::Uplink::main_default(
+            uplink4: Some(crate::host::netlink::Uplink::main_default(
                 Ipv4Addr::new(198, 18, 0, 1).into(),
                 100,
             )),
@@ -671,7 +672,7 @@ mod tests {
 
     #[test]
     fn ra_dns_expires_and_can_be_withdrawn() {
-        let iface = crate::netlink::Interface {
+        let iface = crate::host::netlink::Interface {
             name: "wwan0".into(),
             index: 3,
             up: true,

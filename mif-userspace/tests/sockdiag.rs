@@ -1,4 +1,4 @@
-//! `mif::sockdiag::destroy_tcp` against real sockets, in two throwaway
+//! `mif::apply::sockdiag::destroy_tcp` against real sockets, in two throwaway
 //! network namespaces joined by a veth pair: "local", where the clients and
 //! the destroy run, and "peer", where the servers listen. The root namespace
 //! is never touched. Needs root; skips otherwise.
@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use mif::sockdiag::{destroy_tcp, DestroyFilter};
+use mif::apply::sockdiag::{destroy_tcp, DestroyFilter};
 use nix::{
     sched::{setns, CloneFlags},
     sys::socket::{setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType},

@@ -2,8 +2,8 @@ use clap::Args;
 use log::warn;
 
 use crate::{
-    instance::InstanceOptions, kernel_maps::KernelMaps, loader, netlink::Netlink,
-    plan::installed_routing,
+    apply::kernel_maps::KernelMaps, apply::loader, host::netlink::Netlink,
+    instance::InstanceOptions, plan::installed_routing,
 };
 
 /// Remove everything a mif instance installed (programs, maps, routing

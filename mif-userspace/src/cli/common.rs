@@ -5,13 +5,13 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::{
+    apply::kernel_maps::KernelMaps,
+    apply::pins::PinDir,
     control::{
         self,
         client::{Client, ClientError},
         protocol::{Request, Response},
     },
-    kernel_maps::KernelMaps,
-    pins::PinDir,
 };
 
 /// Options of every verb that talks to a daemon.

@@ -2,9 +2,9 @@
 //! cgroup the daemon steers (the cgroup2 root in production).
 use super::common::{unexpected, ClientArgs};
 use crate::{
-    cgroup::Cgroup2,
-    containers::resolve_container,
     control::protocol::{Request, Response},
+    host::cgroup::Cgroup2,
+    host::containers::resolve_container,
 };
 
 pub fn cgroup_of(client: &ClientArgs, id: &str) -> anyhow::Result<String> {

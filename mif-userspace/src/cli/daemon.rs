@@ -12,7 +12,7 @@ use crate::instance::InstanceOptions;
 /// once steering is in place.
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
-    /// Policy file (TOML): [[pvd]] and [[policy]] entries.
+    /// Policy file (TOML): `[[pvd]]` and `[[policy]]` entries.
     #[arg(long, short, value_name = "FILE")]
     pub config: PathBuf,
 

@@ -13,8 +13,8 @@ use super::{
     policy::{expect_ok, PolicyOptions},
 };
 use crate::{
-    cgroup::Cgroup2,
     control::protocol::{Request, Response, StatusView},
+    host::cgroup::Cgroup2,
 };
 
 /// Run a command under a policy, in a transient cgroup of its own below the

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::{kernel_maps::KernelMaps, pins::PinDir, report::MapsReport};
+use crate::{apply::kernel_maps::KernelMaps, apply::pins::PinDir, cli::report::MapsReport};
 
 /// Print what the kernel holds: PvDs, policies (by cgroup path and id) and
 /// counters, read from the pinned maps whether or not the daemon runs.

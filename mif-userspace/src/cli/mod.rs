@@ -10,6 +10,7 @@ mod monitor;
 mod policy;
 mod pvd;
 mod reload;
+pub mod report;
 mod stats;
 mod status;
 

@@ -2,13 +2,13 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use super::common::{note_daemon_down, or_dash, unexpected, ClientArgs};
 use crate::{
-    config::{BindMode, DnsMode, Exclusion},
+    cli::report::{table, MapsReport},
     control::{
         client::ClientError,
         protocol::{PolicyView, Request, Response},
     },
-    policies::{Origin, PolicySpec},
-    report::{table, MapsReport},
+    model::config::{BindMode, DnsMode, Exclusion},
+    model::policies::{Origin, PolicySpec},
 };
 
 /// Which applications use which networks.

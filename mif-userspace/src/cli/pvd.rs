@@ -2,11 +2,11 @@ use clap::{Args, Subcommand};
 
 use super::common::{note_daemon_down, or_dash, unexpected, ClientArgs};
 use crate::{
+    cli::report::{table, MapsReport},
     control::{
         client::ClientError,
         protocol::{PvdView, Request, Response},
     },
-    report::{table, MapsReport},
 };
 
 /// Provisioning domains.

@@ -4,7 +4,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::common::ClientArgs;
-use crate::report::{table, CounterReport, MapsReport};
+use crate::cli::report::{table, CounterReport, MapsReport};
 
 /// Counters per policy × PvD, with rates over an interval. Read from the
 /// pinned maps, so it works whether or not the daemon runs.

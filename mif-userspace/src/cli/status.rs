@@ -3,12 +3,12 @@ use serde::Serialize;
 
 use super::common::ClientArgs;
 use crate::{
-    cgroup::Cgroup2,
+    cli::report::{table, MapsReport},
     control::{
         client::ClientError,
         protocol::{Request, Response, StatusView},
     },
-    report::{table, MapsReport},
+    host::cgroup::Cgroup2,
 };
 
 /// Is the daemon running, are the programs attached where processes live,

@@ -13,5 +13,5 @@ use std::path::{Path, PathBuf};
 
 /// `/run/mif/<pin dir with / as ->.sock`.
 pub fn socket_path(pin_dir: &Path) -> PathBuf {
-    crate::pins::runtime_path(pin_dir, "sock")
+    crate::apply::pins::runtime_path(pin_dir, "sock")
 }

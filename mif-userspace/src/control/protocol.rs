@@ -2,9 +2,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    netlink::{HostRoute, Uplink, UplinkShape},
-    policies::{Origin, PolicySpec},
-    pvd::PvdState,
+    host::netlink::{HostRoute, Uplink, UplinkShape},
+    model::policies::{Origin, PolicySpec},
+    model::pvd::PvdState,
 };
 
 /// The name serde gives a unit enum variant (`point-to-point`, `ra`...),

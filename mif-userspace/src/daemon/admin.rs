@@ -8,10 +8,10 @@ use tokio::sync::broadcast;
 
 use super::prepare::check_config;
 use crate::{
-    cgroup::normalize_cgroup,
     control::protocol::{MonitorEvent, PolicyView, PvdView, Request, Response, StatusView},
+    host::cgroup::normalize_cgroup,
     instance::InstanceOptions,
-    policies::{self, Origin, PolicySpec},
+    model::policies::{self, Origin, PolicySpec},
     reconcile::Reconciler,
 };
 
@@ -116,7 +116,7 @@ impl Admin {
         }
         // A pattern applies to cgroups as they appear; a literal cgroup
         // must exist, below the cgroup mif attaches to.
-        if !crate::cgroup_pattern::is_pattern(&spec.cgroup) {
+        if !crate::host::cgroup_pattern::is_pattern(&spec.cgroup) {
             let state = reconciler.policy_state();
             let cgroup = state
                 .cgroup2()
@@ -207,7 +207,7 @@ fn policy_views(reconciler: &Reconciler) -> Vec<PolicyView> {
         .into_iter()
         .map(|(spec, origin): (PolicySpec, Origin)| {
             let matches = state.matches_of(&spec.cgroup);
-            let pattern = crate::cgroup_pattern::is_pattern(&spec.cgroup);
+            let pattern = crate::host::cgroup_pattern::is_pattern(&spec.cgroup);
             let left_out = crate::plan::over_capacity(state.resolved())
                 .iter()
                 .filter(|r| matches.iter().any(|m| m.cgroup_id == r.cgroup_id))

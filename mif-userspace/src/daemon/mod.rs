@@ -27,21 +27,21 @@ use tokio::sync::broadcast;
 pub use self::prepare::{prepare, Prepared};
 use self::{admin::Admin, steering::Steering};
 use crate::{
-    cgroup_watch::{CgroupEvent, CgroupWatcher},
+    apply::kernel_maps::KernelMaps,
+    apply::sockdiag,
     control::{
         self,
         protocol::MonitorEvent,
         server::{Control, Writers},
     },
+    host::cgroup_watch::{CgroupEvent, CgroupWatcher},
+    host::netlink::{self, NetEvent, Netlink},
+    host::netns,
     instance::InstanceOptions,
-    kernel_maps::KernelMaps,
-    netlink::{self, NetEvent, Netlink},
-    netns,
-    policies::{self, PolicySet},
-    pvd::PvdState,
+    model::policies::{self, PolicySet},
+    model::pvd::PvdState,
     reconcile::PolicyState,
     reconcile::{Lost, Reconciler, WatchTargets},
-    sockdiag,
 };
 
 /// How often the kernel state is re-checked even without events, to repair
@@ -113,7 +113,7 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
     // Started before the first pass: a link lost during start-up is
     // withdrawn at once too. Without it every loss still reaches the maps,
     // only a pass later.
-    if let Err(e) = crate::link_watch::spawn(maps.pvd_table()) {
+    if let Err(e) = crate::apply::link_watch::spawn(maps.pvd_table()) {
         warn!("no link-down fast path ({e}); lost links are withdrawn by the regular pass only");
     }
     let mut reconciler = Reconciler::new(

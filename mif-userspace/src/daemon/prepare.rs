@@ -5,10 +5,10 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use crate::{
-    cgroup::{Cgroup, Cgroup2, CgroupError},
-    config::{self, Config},
+    host::cgroup::{Cgroup, Cgroup2, CgroupError},
     instance::InstanceOptions,
-    pvd,
+    model::config::{self, Config},
+    model::pvd,
 };
 
 /// The checked configuration, bound to real cgroups.
@@ -77,7 +77,7 @@ fn resolve_policy_cgroups(
         .policies
         .iter()
         // Patterns need not match anything yet: cgroups appear later.
-        .filter(|p| !crate::cgroup_pattern::is_pattern(&p.cgroup))
+        .filter(|p| !crate::host::cgroup_pattern::is_pattern(&p.cgroup))
         .map(|p| {
             let cg = cgroup2.resolve(&p.cgroup).map_err(|e| {
                 let problem = match e {

@@ -18,7 +18,7 @@ use anyhow::{bail, Context as _};
 use aya::Ebpf;
 use mif_common::Settings;
 
-use crate::{loader, pins::PinDir};
+use crate::{apply::loader, apply::pins::PinDir};
 
 pub struct Steering {
     pub pins: PinDir,
@@ -88,7 +88,10 @@ struct InstanceLock {
 
 impl InstanceLock {
     fn acquire(pins: &PinDir) -> anyhow::Result<Self> {
-        Self::acquire_at(crate::pins::runtime_path(pins.root(), "lock"), pins.root())
+        Self::acquire_at(
+            crate::apply::pins::runtime_path(pins.root(), "lock"),
+            pins.root(),
+        )
     }
 
     fn acquire_at(path: PathBuf, pin_dir: &Path) -> anyhow::Result<Self> {
@@ -146,7 +149,7 @@ mod tests {
     #[test]
     fn lock_names_follow_the_pin_dir() {
         assert_eq!(
-            crate::pins::runtime_path(Path::new("/sys/fs/bpf/mif"), "lock"),
+            crate::apply::pins::runtime_path(Path::new("/sys/fs/bpf/mif"), "lock"),
             Path::new("/run/mif/sys-fs-bpf-mif.lock")
         );
     }

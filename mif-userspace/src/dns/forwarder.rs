@@ -22,10 +22,10 @@ use tokio::{
 use super::message;
 use crate::backoff::Backoff;
 use crate::{
-    kernel_maps::KernelMaps,
-    pins::PinDir,
+    apply::kernel_maps::KernelMaps,
+    apply::pins::PinDir,
+    model::pvd::PvdState,
     plan::{ipv4_from_word, ipv6_from_words, only_via_forwarder, pvd_name},
-    pvd::PvdState,
 };
 
 /// (domain, PvD name) pairs the forwarder routes by, shared with the

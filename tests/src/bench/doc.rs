@@ -620,11 +620,11 @@ fn findings(
              and the building of the desired state, and only once any pass \
              already running (for the previous link-up's routes) had finished: \
              p99 3.05 ms in one full run and 6.93 ms in the next. *Fixed:* a \
-             thread of the daemon (`mif-link-down`, mif-userspace/src/\
+             thread of the daemon (`mif-link-down`, mif-userspace/src/apply/\
              link_watch.rs) reads link notifications on a socket of its own \
              and clears the availability of the link's PvDs in the map at \
              once; a pass that dumped before the link went down writes those \
-             PvDs unavailable (mif-userspace/src/pvd_table.rs). What is left \
+             PvDs unavailable (mif-userspace/src/apply/pvd_table.rs). What is left \
              of the tail is scheduling on a 2-CPU machine shared with the \
              poller, the connecting watcher and the daemon's own pass.",
             p(&x.flag_ms, 50.0),

@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_route::{
     route::{RouteAddress, RouteAttribute, RouteMessage},
+    rule::{RuleAttribute, RuleMessage},
     AddressFamily,
 };
 
@@ -55,4 +56,27 @@ pub(crate) fn prefix_of(msg: &RouteMessage) -> Option<(IpAddr, u8)> {
         (None, AddressFamily::Inet6) if len == 0 => Some((Ipv6Addr::UNSPECIFIED.into(), 0)),
         _ => None,
     }
+}
+
+/// The table of a dumped route: `RTA_TABLE` when present (it is the only
+/// place for ids above 255), the header byte otherwise.
+pub(crate) fn route_table(msg: &RouteMessage) -> u32 {
+    msg.attributes
+        .iter()
+        .find_map(|attr| match attr {
+            RouteAttribute::Table(table) => Some(*table),
+            _ => None,
+        })
+        .unwrap_or(msg.header.table.into())
+}
+
+/// The table of a dumped rule, `FRA_TABLE` first like [`route_table`].
+pub(crate) fn rule_table(msg: &RuleMessage) -> u32 {
+    msg.attributes
+        .iter()
+        .find_map(|attr| match attr {
+            RuleAttribute::Table(table) => Some(*table),
+            _ => None,
+        })
+        .unwrap_or(msg.header.table.into())
 }

@@ -9,10 +9,15 @@ use std::collections::HashSet;
 
 use netlink_packet_route::{route::RouteMessage, rule::RuleMessage};
 
-use super::{
-    error::{is_exists, is_missing},
-    routing::{delete_message, describe_route, describe_rule, route_table, RouteSpec, RuleSpec},
-    Netlink, NetlinkError, PvdRouting,
+use crate::{
+    host::netlink::{
+        error::{is_exists, is_missing},
+        route_attrs::route_table,
+        Netlink, NetlinkError,
+    },
+    plan::routing::{
+        delete_message, describe_route, describe_rule, PvdRouting, RouteSpec, RuleSpec,
+    },
 };
 
 impl Netlink {

@@ -33,7 +33,7 @@ use nix::{
 };
 use tokio::io::{unix::AsyncFd, Interest};
 
-use crate::cgroup::normalize_cgroup;
+use crate::host::cgroup::normalize_cgroup;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -516,7 +516,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::cgroup::Cgroup2;
+    use crate::host::cgroup::Cgroup2;
 
     #[test]
     fn path_helpers() {

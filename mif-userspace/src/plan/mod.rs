@@ -1,5 +1,8 @@
 //! From PvD state and policies to what the kernel should hold: map entries
-//! and per-PvD routing. Pure, so every decision is unit-testable.
+//! and per-PvD routing ([`routing`]). Pure, so every decision is
+//! unit-testable.
+pub mod routing;
+
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -12,9 +15,10 @@ use mif_common::{
 };
 
 use crate::{
-    config::{BindMode, DnsMode, Exclusion},
-    netlink::{PvdRouting, Uplink},
-    pvd::PvdState,
+    host::netlink::Uplink,
+    model::config::{BindMode, DnsMode, Exclusion},
+    model::pvd::PvdState,
+    plan::routing::PvdRouting,
 };
 
 /// A policy bound to a real cgroup, its PvD names already resolved.
@@ -112,7 +116,7 @@ fn kernel_pvd(p: &PvdState) -> Pvd {
 }
 
 /// The IPv4 resolver `dns = "pvd"` sockets of the family are sent to: the
-/// PvD's first (configured ones first, else RA-learned; see pvd.rs).
+/// PvD's first (configured ones first, else RA-learned; see `model::pvd`).
 /// One per family because the kernel program rewrites one destination;
 /// resolver libraries retry on their own.
 pub fn dns4(servers: &[IpAddr]) -> Option<Ipv4Addr> {
@@ -304,7 +308,7 @@ pub fn exclusions(
 }
 
 /// The routing a previous instance installed, as far as its pinned PvD map
-/// tells (`pvds` as [`crate::kernel_maps::KernelMaps::pvds`] lists it):
+/// tells (`pvds` as [`crate::apply::kernel_maps::KernelMaps::pvds`] lists it):
 /// tables, marks and source addresses, what its rules were made of. Enough
 /// to remove them (`mif cleanup`) or to know what to prune (adoption).
 pub fn installed_routing(
@@ -552,7 +556,7 @@ mod tests {
 
     #[test]
     fn device_only_uplinks_get_a_device_default_and_host_routes() {
-        use crate::netlink::{HostRoute, NextHop, RouteOrigin, UplinkShape};
+        use crate::host::netlink::{HostRoute, NextHop, RouteOrigin, UplinkShape};
         let mut ppp = pvd(0, "ppp0", true);
         ppp.uplink4 = Some(Uplink {
             gateway: None,

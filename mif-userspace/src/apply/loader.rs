@@ -19,7 +19,7 @@ use aya::{
 };
 use mif_common::{names, Settings};
 
-use crate::pins::PinDir;
+use crate::apply::pins::PinDir;
 
 /// The kernel programs, built by build.rs and embedded so `mif` is one file.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mif-ebpf"));

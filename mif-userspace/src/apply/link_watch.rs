@@ -4,15 +4,15 @@
 //! every map) waits behind whatever pass is running, or is still running
 //! itself. Only clearing availability is done here: bringing a PvD back
 //! needs its addresses, gateways and routing, which only a pass knows
-//! ([`crate::pvd_table`] keeps the two from undoing each other).
+//! ([`crate::apply::pvd_table`] keeps the two from undoing each other).
 use std::{io, thread};
 
 use log::{debug, warn};
 use rtnetlink::sys::Socket;
 
 use crate::{
-    netlink::{self, NetEvent},
-    pvd_table::SharedPvdTable,
+    apply::pvd_table::SharedPvdTable,
+    host::netlink::{self, NetEvent},
 };
 
 /// Subscribes in the calling thread's network namespace, then follows from

@@ -1,5 +1,5 @@
 //! The PvD map, shared by the daemon's passes and its link-down thread
-//! ([`crate::link_watch`]).
+//! ([`crate::apply::link_watch`]).
 //!
 //! A pass dumps the interfaces, computes, installs routing and only then
 //! writes the PvDs: milliseconds, and with 100,000 policies much more. A

@@ -13,8 +13,8 @@ use std::{
 use mif_common::MAX_PVDS;
 
 use crate::{
-    config::Config,
-    netlink::{HostRoute, Interface, InterfaceAddr, LinkKind, Uplink, UplinkShape},
+    host::netlink::{HostRoute, Interface, InterfaceAddr, LinkKind, Uplink, UplinkShape},
+    model::config::Config,
     prefix::network,
 };
 
@@ -85,7 +85,7 @@ pub struct PvdState {
     /// PvD's table carries too.
     pub routes: Vec<HostRoute>,
     /// Routes of the interface beyond what a table copies (see
-    /// [`crate::netlink::MAX_COPIED_ROUTES`]).
+    /// [`crate::host::netlink::MAX_COPIED_ROUTES`]).
     pub routes_left_out: usize,
     pub mark: u32,
     pub table: u32,
@@ -135,7 +135,7 @@ pub type LearnedDns = BTreeMap<String, Learned>;
 pub fn learned_dns(
     ra_servers: BTreeMap<String, Vec<IpAddr>>,
     ra_domains: BTreeMap<String, Vec<String>>,
-    dhcp: BTreeMap<String, crate::host_dns::LinkDns>,
+    dhcp: BTreeMap<String, crate::host::dns_leases::LinkDns>,
 ) -> LearnedDns {
     let mut learned = LearnedDns::new();
     for (name, lease) in dhcp {
@@ -553,7 +553,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::parse;
+    use crate::model::config::parse;
 
     fn addr(a: &str, len: u8) -> InterfaceAddr {
         InterfaceAddr {
@@ -834,14 +834,14 @@ mod tests {
     #[test]
     fn resolvers_come_from_config_then_ra_then_dhcp() {
         let a = |s: &str| -> IpAddr { s.parse().unwrap() };
-        let lease = |server: &str, domain: &str| crate::host_dns::LinkDns {
+        let lease = |server: &str, domain: &str| crate::host::dns_leases::LinkDns {
             servers: vec![a(server)],
             domains: vec![domain.to_string()],
             address: None,
-            expires: crate::host_dns::Expiry::Never,
-            source: crate::host_dns::LeaseSource {
+            expires: crate::host::dns_leases::Expiry::Never,
+            source: crate::host::dns_leases::LeaseSource {
                 path: "/var/lib/dhcp/dhclient.leases".into(),
-                format: crate::host_dns::LeaseFormat::Dhclient,
+                format: crate::host::dns_leases::LeaseFormat::Dhclient,
             },
         };
         let ra = BTreeMap::from([("wlan0".to_string(), vec![a("2001:db8::53")])]);

@@ -3,9 +3,9 @@
 //! its own writes (which echo back as netlink events) cause no loop.
 use std::collections::HashSet;
 
-use super::{
-    routing::{route_table, RouteSpec, RuleSpec},
-    Netlink, NetlinkError, PvdRouting,
+use crate::{
+    host::netlink::{route_attrs::route_table, Netlink, NetlinkError},
+    plan::routing::{PvdRouting, RouteSpec, RuleSpec},
 };
 
 impl Netlink {

@@ -11,9 +11,9 @@ use mif_common::{names, CounterKey, Counters, ExcludeKey, Policy, Pvd, PvdMeta, 
 use log::{info, warn};
 
 use crate::{
-    pins::PinDir,
+    apply::pins::PinDir,
+    apply::pvd_table::SharedPvdTable,
     plan::{Desired, ExcludeEntry, POLICY_CAPACITY},
-    pvd_table::SharedPvdTable,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,7 @@ pub enum MapsError {
 
 pub struct KernelMaps {
     policies: HashMap<MapData, u64, Policy>,
-    /// Shared with the link-down thread ([`crate::link_watch`]).
+    /// Shared with the link-down thread ([`crate::apply::link_watch`]).
     pvds: SharedPvdTable,
     /// The PvD table's generation when the current pass began: PvDs of
     /// links that went down after it are written unavailable.
@@ -109,7 +109,7 @@ impl KernelMaps {
         self.pvds.clone()
     }
 
-    /// Marks the start of a pass, before its dump (see [`crate::pvd_table`]).
+    /// Marks the start of a pass, before its dump (see [`crate::apply::pvd_table`]).
     pub fn begin_pass(&mut self) {
         self.generation = self.pvds.lock().generation();
     }

@@ -227,8 +227,8 @@ pub fn check_cgroup_path(path: &str) -> Result<(), String> {
     }
     // A glob pattern (`/system.slice/docker-*.scope`, `/kubepods.slice/**`)
     // applies to every matching cgroup, including ones created later.
-    if crate::cgroup_pattern::is_pattern(path) {
-        crate::cgroup_pattern::CgroupPattern::parse(path).map_err(|e| e.to_string())?;
+    if crate::host::cgroup_pattern::is_pattern(path) {
+        crate::host::cgroup_pattern::CgroupPattern::parse(path).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -323,7 +323,7 @@ fn open_socket() -> io::Result<Socket> {
 
 /// A blocking `NETLINK_ROUTE` socket in the calling thread's namespace that
 /// receives link notifications only, for a thread of its own
-/// ([`crate::link_watch`]); [`decode`] reads its datagrams.
+/// ([`crate::apply::link_watch`]); [`decode`] reads its datagrams.
 pub fn link_socket() -> io::Result<Socket> {
     socket_for(&[libc::RTNLGRP_LINK])
 }

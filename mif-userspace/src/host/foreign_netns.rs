@@ -101,7 +101,7 @@ pub fn addresses_in_namespace_of(pid: u32) -> anyhow::Result<Vec<IpAddr>> {
             .enable_all()
             .build()?;
         runtime.block_on(async {
-            let netlink = crate::netlink::Netlink::connect()?;
+            let netlink = crate::host::netlink::Netlink::connect()?;
             let interfaces = netlink.interfaces().await?;
             Ok(interfaces
                 .into_iter()

@@ -430,7 +430,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let line = checker.lines.line_of(policy.span().start);
         let policy = policy.into_inner();
         let cgroup = policy.cgroup.get_ref();
-        if let Err(problem) = crate::cgroup::check_cgroup_path(cgroup) {
+        if let Err(problem) = crate::host::cgroup::check_cgroup_path(cgroup) {
             return Err(checker.error(
                 policy.cgroup.span(),
                 "policy.cgroup",
@@ -438,7 +438,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 problem,
             ));
         }
-        let cgroup = crate::cgroup::normalize_cgroup(cgroup);
+        let cgroup = crate::host::cgroup::normalize_cgroup(cgroup);
         if !cgroups.insert(cgroup.clone()) {
             return Err(checker.error(
                 policy.cgroup.span(),
@@ -510,7 +510,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         .and_then(|c| c.group)
         .map(|g| (g.get_ref().clone(), checker.lines.line_of(g.span().start)));
     let dns_leases = match raw.dns.as_ref().and_then(|d| d.leases.as_ref()) {
-        None => crate::host_dns::DEFAULT_LEASE_PATHS
+        None => crate::host::dns_leases::DEFAULT_LEASE_PATHS
             .iter()
             .map(PathBuf::from)
             .collect(),

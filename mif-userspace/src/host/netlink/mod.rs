@@ -1,21 +1,18 @@
-//! rtnetlink access for mif: listing interfaces, and installing the routing
-//! table and ip rules that make a PvD's socket mark select its interface.
+//! rtnetlink for mif: the connection, the dumps of interfaces, addresses,
+//! routes and rules, and the event stream. This module only reads; the
+//! writes that use the same connection (a PvD's table and rules) are in
+//! [`crate::apply::routing`].
 //!
 //! Everything mif installs carries the routing protocol [`MIF_PROTOCOL`]
 //! (`proto 241` in `ip route`/`ip rule`), so it can be told apart from, and
 //! never disturbs, what other tools put in the same namespace.
 
-mod error;
+pub(crate) mod error;
 mod events;
-mod install;
 mod interfaces;
 mod ra;
-mod route_attrs;
-mod routing;
-#[cfg(test)]
-mod tests;
+pub(crate) mod route_attrs;
 mod uplinks;
-mod verify;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -31,14 +28,21 @@ pub use self::{
     },
     interfaces::{Interface, InterfaceAddr, LinkKind},
     ra::{parse_nduseropt, RaOptions, RaParseError},
-    routing::{NextHop, PvdRouting, MIF_PROTOCOL},
-    uplinks::{HostRoute, RouteOrigin, Uplink, UplinkShape, MAX_COPIED_ROUTES},
+    uplinks::{HostRoute, NextHop, RouteOrigin, Uplink, UplinkShape, MAX_COPIED_ROUTES},
 };
+
+/// The routing protocol id mif stamps on its routes (`rtm_protocol`) and
+/// rules (`FRA_PROTOCOL`). 0–4 are the kernel's own, and the values
+/// routing daemons register (/etc/iproute2/rt_protos: 8–18, 42, 99, 186–192)
+/// are all below it, so `proto 241` marks exactly what mif put in: removal
+/// only ever deletes rules that carry it, and the kernel's rule lookup for a
+/// delete honours it too.
+pub const MIF_PROTOCOL: u8 = 0xf1;
 
 /// An rtnetlink connection to one network namespace.
 #[derive(Debug, Clone)]
 pub struct Netlink {
-    handle: Handle,
+    pub(crate) handle: Handle,
 }
 
 impl Netlink {
@@ -110,7 +114,7 @@ impl Netlink {
 
     /// All IPv4 routes of all tables. Without `NETLINK_GET_STRICT_CHK` the
     /// kernel ignores any filter in the request, so callers filter.
-    async fn routes_v4(&self) -> Result<Vec<RouteMessage>, NetlinkError> {
+    pub(crate) async fn routes_v4(&self) -> Result<Vec<RouteMessage>, NetlinkError> {
         self.dump_routes(
             RouteMessageBuilder::<Ipv4Addr>::new().build(),
             "ipv4 routes",
@@ -119,7 +123,7 @@ impl Netlink {
     }
 
     /// All IPv6 routes of all tables, like [`Self::routes_v4`].
-    async fn routes_v6(&self) -> Result<Vec<RouteMessage>, NetlinkError> {
+    pub(crate) async fn routes_v6(&self) -> Result<Vec<RouteMessage>, NetlinkError> {
         self.dump_routes(
             RouteMessageBuilder::<Ipv6Addr>::new().build(),
             "ipv6 routes",

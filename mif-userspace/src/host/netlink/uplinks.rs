@@ -30,9 +30,19 @@ use netlink_packet_route::{
 };
 use serde::Serialize;
 
-use super::route_attrs::{gateway_of, metric_of, oif_of, prefix_of};
-use super::routing::{route_table, rule_table, NextHop, MIF_PROTOCOL};
+use super::route_attrs::{gateway_of, metric_of, oif_of, prefix_of, route_table, rule_table};
+use super::MIF_PROTOCOL;
 use crate::prefix::network;
+
+/// Where a PvD table's default route leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextHop {
+    /// `default via GATEWAY dev IF`.
+    Gateway(IpAddr),
+    /// `default dev IF`: device-only uplinks (ppp, raw-IP modems, tun
+    /// without a peer address).
+    Device,
+}
 
 /// How the host reaches the internet through one interface, for one family.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -8,9 +8,9 @@ use mif_common::{Counters, NO_PVD, PVD_AVAIL_V4, PVD_AVAIL_V6};
 use serde::Serialize;
 
 use crate::{
-    attached,
-    cgroup::Cgroup2,
-    kernel_maps::KernelMaps,
+    apply::kernel_maps::KernelMaps,
+    host::attached,
+    host::cgroup::Cgroup2,
     plan::{ipv4_from_word, ipv6_from_words, pvd_name},
 };
 

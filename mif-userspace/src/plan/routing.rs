@@ -13,26 +13,11 @@ use netlink_packet_route::{
     AddressFamily,
 };
 
-use super::{route_attrs::ip_of, HostRoute, NetlinkError};
+use crate::host::netlink::{
+    route_attrs::{ip_of, rule_table},
+    HostRoute, NetlinkError, NextHop, MIF_PROTOCOL,
+};
 use crate::prefix::network;
-
-/// Where a PvD table's default route leads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NextHop {
-    /// `default via GATEWAY dev IF`.
-    Gateway(IpAddr),
-    /// `default dev IF`: device-only uplinks (ppp, raw-IP modems, tun
-    /// without a peer address).
-    Device,
-}
-
-/// The routing protocol id mif stamps on its routes (`rtm_protocol`) and
-/// rules (`FRA_PROTOCOL`). 0–4 are the kernel's own, and the values
-/// routing daemons register (/etc/iproute2/rt_protos: 8–18, 42, 99, 186–192)
-/// are all below it, so `proto 241` marks exactly what mif put in: removal
-/// only ever deletes rules that carry it, and the kernel's rule lookup for a
-/// delete honours it too.
-pub const MIF_PROTOCOL: u8 = 0xf1;
 
 /// Metric of the on-link prefix routes. IPv6 turns a metric of 0 into 1024,
 /// so every metric is explicit to keep kernel dumps equal to what we asked.
@@ -521,29 +506,6 @@ impl RuleAttrs {
     }
 }
 
-/// The table of a dumped route: `RTA_TABLE` when present (it is the only
-/// place for ids above 255), the header byte otherwise.
-pub(crate) fn route_table(msg: &RouteMessage) -> u32 {
-    msg.attributes
-        .iter()
-        .find_map(|attr| match attr {
-            RouteAttribute::Table(table) => Some(*table),
-            _ => None,
-        })
-        .unwrap_or(msg.header.table.into())
-}
-
-/// The table of a dumped rule, `FRA_TABLE` first like [`route_table`].
-pub(crate) fn rule_table(msg: &RuleMessage) -> u32 {
-    msg.attributes
-        .iter()
-        .find_map(|attr| match attr {
-            RuleAttribute::Table(table) => Some(*table),
-            _ => None,
-        })
-        .unwrap_or(msg.header.table.into())
-}
-
 /// The header byte for a table id: ids above 255 don't fit, so like iproute2
 /// we leave it unspecified and rely on the `*_TABLE` attribute.
 fn header_table(table: u32) -> u8 {
@@ -668,7 +630,7 @@ mod tests {
 
     #[test]
     fn host_routes_follow_on_link_routes_and_defaults_come_last() {
-        use crate::netlink::RouteOrigin;
+        use crate::host::netlink::RouteOrigin;
         let host = |dst: &str, len, gateway: Option<&str>, metric| HostRoute {
             dst: dst.parse().unwrap(),
             prefix_len: len,
@@ -710,7 +672,7 @@ mod tests {
     fn routes_round_trip_through_messages() {
         for route in plan().routes() {
             let msg = route.to_message(1234);
-            assert_eq!(route_table(&msg), 1234);
+            assert_eq!(crate::host::netlink::route_attrs::route_table(&msg), 1234);
             assert_eq!(RouteSpec::from_message(&msg), Some(route));
         }
     }

@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use mif_common::{names, MAX_PREFER};
 
 use crate::{
-    cgroup::{check_cgroup_path, normalize_cgroup},
-    cgroup::{Cgroup, Cgroup2},
-    cgroup_pattern::{existing_matches, is_pattern, CgroupPattern},
-    config::{BindMode, Config, DnsMode, Exclusion, PolicyConfig, MAX_EXCLUDE},
+    host::cgroup::{check_cgroup_path, normalize_cgroup},
+    host::cgroup::{Cgroup, Cgroup2},
+    host::cgroup_pattern::{existing_matches, is_pattern, CgroupPattern},
+    model::config::{BindMode, Config, DnsMode, Exclusion, PolicyConfig, MAX_EXCLUDE},
     plan::{ResolvedPolicy, POLICY_CAPACITY},
 };
 
@@ -380,7 +380,7 @@ pub fn persist(path: &Path, specs: &[PolicySpec]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse;
+    use crate::model::config::parse;
 
     fn spec(cgroup: &str, prefer: &[&str]) -> PolicySpec {
         PolicySpec {

@@ -11,7 +11,10 @@ use std::{
 
 use nix::sched::{setns, CloneFlags};
 
-use super::{Interface, Netlink, NextHop, PvdRouting, Uplink};
+use crate::{
+    host::netlink::{Interface, Netlink, NextHop, Uplink},
+    plan::routing::PvdRouting,
+};
 
 const TABLE: u32 = 1234;
 /// The veth end inside the test namespace.

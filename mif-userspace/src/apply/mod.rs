@@ -1,0 +1,11 @@
+//! The only writers of kernel state: loading and pinning the programs,
+//! writing the maps, installing each PvD's routes and rules, resetting
+//! sockets of a lost network, and the link-down fast path. What to write
+//! comes from [`crate::plan`].
+pub mod kernel_maps;
+pub mod link_watch;
+pub mod loader;
+pub mod pins;
+pub mod pvd_table;
+pub mod routing;
+pub mod sockdiag;

@@ -1,0 +1,13 @@
+//! Observing the host, read-only: what the kernel and the system say about
+//! interfaces, routes, router advertisements, DHCP leases, cgroups,
+//! containers and other network namespaces. Nothing here writes kernel
+//! state; [`crate::apply`] does.
+pub mod attached;
+pub mod cgroup;
+pub mod cgroup_pattern;
+pub mod cgroup_watch;
+pub mod containers;
+pub mod dns_leases;
+pub mod foreign_netns;
+pub mod netlink;
+pub mod netns;

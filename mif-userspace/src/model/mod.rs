@@ -1,0 +1,6 @@
+//! Pure state, testable without root: the config file, the policies a
+//! running daemon enforces, and the PvDs derived from the config and what
+//! [`crate::host`] observed.
+pub mod config;
+pub mod policies;
+pub mod pvd;
