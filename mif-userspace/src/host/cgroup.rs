@@ -86,6 +86,14 @@ impl Cgroup2 {
         Ok(Self { mount })
     }
 
+    /// A hierarchy known to be mounted at `mount` (tests give a directory of
+    /// their own; [`Self::find`] reads the mount table).
+    pub fn at(mount: impl Into<PathBuf>) -> Self {
+        Self {
+            mount: mount.into(),
+        }
+    }
+
     pub fn mount(&self) -> &Path {
         &self.mount
     }

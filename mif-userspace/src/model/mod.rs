@@ -4,3 +4,4 @@
 pub mod config;
 pub mod policies;
 pub mod pvd;
+pub mod ra_learned;

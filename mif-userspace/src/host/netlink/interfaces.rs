@@ -26,7 +26,7 @@ pub struct Interface {
     pub kind: LinkKind,
     pub addrs: Vec<InterfaceAddr>,
     /// How the host reaches the internet through this interface over IPv4,
-    /// if it does (best route first: see [`super::uplinks`]).
+    /// if it does (best route first: see [`Uplink`]).
     pub uplink4: Option<Uplink>,
     /// The same for IPv6.
     pub uplink6: Option<Uplink>,

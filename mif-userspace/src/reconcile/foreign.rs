@@ -1,0 +1,106 @@
+//! Containers with a network namespace of their own, steered from the host
+//! side: which policy claims each namespace, and the `from` rules their
+//! addresses become (see [`crate::host::foreign_netns`]).
+use std::collections::{BTreeMap, HashMap};
+
+use log::warn;
+
+use super::PolicyState;
+use crate::{
+    model::pvd::PvdState,
+    plan::{self, ResolvedPolicy},
+};
+
+/// A network namespace of its own (a container's) whose processes live in
+/// a policy's cgroup, with one of those processes to read its addresses by.
+pub(super) struct ForeignClaim<'a> {
+    pub policy: &'a ResolvedPolicy,
+    pub netns: u64,
+    pub pid: u32,
+}
+
+/// Which policy claims each foreign network namespace: the deepest policy
+/// over any of its processes' cgroups, as in the kernel's walk.
+pub(super) fn foreign_claims(policy: &PolicyState) -> Vec<ForeignClaim<'_>> {
+    let Ok(ours) = crate::host::foreign_netns::own_namespace() else {
+        return Vec::new();
+    };
+    let processes = crate::host::foreign_netns::foreign_processes(ours);
+    if processes.is_empty() {
+        return Vec::new();
+    }
+    let by_cgroup: HashMap<&str, &ResolvedPolicy> = policy
+        .resolved()
+        .iter()
+        .map(|p| (p.cgroup.as_str(), p))
+        .collect();
+    // Per namespace: (depth of the claiming policy's cgroup, claim).
+    let mut claims: BTreeMap<u64, (usize, ForeignClaim<'_>)> = BTreeMap::new();
+    for process in &processes {
+        let Some(claimant) = crate::host::foreign_netns::cgroup_and_ancestors(&process.cgroup)
+            .find_map(|cgroup| by_cgroup.get(cgroup).copied())
+        else {
+            continue;
+        };
+        let depth = claimant.cgroup.matches('/').count();
+        let deeper = claims
+            .get(&process.netns)
+            .is_none_or(|(known, _)| depth > *known);
+        if deeper {
+            let claim = ForeignClaim {
+                policy: claimant,
+                netns: process.netns,
+                pid: process.pid,
+            };
+            claims.insert(process.netns, (depth, claim));
+        }
+    }
+    claims.into_values().map(|(_, claim)| claim).collect()
+}
+
+/// Steers processes of policy cgroups that live in network namespaces of
+/// their own (containers) from the host side: their addresses become
+/// `from` rules of the PvD their policy picks (see [`crate::host::foreign_netns`]).
+pub(super) fn steer_foreign_namespaces(
+    desired: &mut plan::Desired,
+    pvds: &[PvdState],
+    policy: &PolicyState,
+) {
+    for ForeignClaim { policy: p, pid, .. } in foreign_claims(policy) {
+        let addrs = match crate::host::foreign_netns::addresses_in_namespace_of(pid) {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                warn!(
+                    "reading the addresses of the namespace of pid {pid} ({}): {e:#}",
+                    p.cgroup
+                );
+                continue;
+            }
+        };
+        for addr in addrs {
+            let v6 = addr.is_ipv6();
+            let usable = |s: &&PvdState| {
+                p.prefer.contains(&s.name) && if v6 { s.available6() } else { s.available4() }
+            };
+            let chosen = p
+                .prefer
+                .iter()
+                .find_map(|name| pvds.iter().filter(usable).find(|s| &s.name == name))
+                // Strict: the first PvD's table (unreachable default) blocks it.
+                .or_else(|| {
+                    if p.strict {
+                        pvds.iter().find(|s| Some(&s.name) == p.prefer.first())
+                    } else {
+                        None
+                    }
+                });
+            if let Some(pvd) = chosen {
+                if let Some(routing) = desired.routing.iter_mut().find(|r| r.table == pvd.table) {
+                    if !routing.sources.contains(&addr) {
+                        routing.sources.push(addr);
+                    }
+                }
+            }
+        }
+    }
+}

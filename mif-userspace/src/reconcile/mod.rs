@@ -1,0 +1,329 @@
+//! Keeping the kernel in line with the networks: dump what netlink knows,
+//! rebuild the PvD state, compute the desired maps and routing, and apply
+//! only the difference.
+//!
+//! Events are only triggers: every pass starts from a fresh dump, so a lost
+//! or reordered event can never leave stale state behind (systemd-networkd
+//! issue 5398 is what happens otherwise).
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use log::{info, warn};
+use mif_common::Settings;
+
+use self::{
+    changes::log_changes,
+    foreign::{foreign_claims, steer_foreign_namespaces},
+};
+use crate::{
+    apply::kernel_maps::KernelMaps,
+    host::netlink::Netlink,
+    model::{
+        config::Config,
+        pvd::{self, Numbering, PvdState, Registry},
+        ra_learned::{RaDns, RaLearned},
+    },
+    plan::{self, routing::PvdRouting, ResolvedPolicy, RuleOptions},
+};
+
+mod changes;
+mod foreign;
+mod policy_state;
+mod seam;
+#[cfg(test)]
+mod tests;
+
+pub use self::{
+    changes::{transitions, Lost},
+    policy_state::{PolicyState, WatchTargets},
+    seam::{MapWriter, RoutingHost},
+};
+
+/// One pass host → model → plan → apply, and the state kept between passes.
+/// Generic over [`RoutingHost`] and [`MapWriter`] so the pass is unit-tested
+/// with fakes; the daemon's is `Reconciler<Netlink, KernelMaps>`, the
+/// default.
+pub struct Reconciler<H = Netlink, M = KernelMaps> {
+    netlink: H,
+    config: Config,
+    policy: PolicyState,
+    numbering: Numbering,
+    rules: RuleOptions,
+    settings: Settings,
+    maps: M,
+    registry: Registry,
+    /// Routing installed per table, as last applied.
+    applied: BTreeMap<u32, PvdRouting>,
+    pvds: Vec<PvdState>,
+    ra_dns: RaDns,
+    ra_domains: RaLearned<String>,
+    /// Unreadable or garbled lease files already logged, so each problem
+    /// is logged once, not on every pass.
+    lease_problems: std::collections::BTreeSet<String>,
+}
+
+impl<H: RoutingHost, M: MapWriter> Reconciler<H, M> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        netlink: H,
+        config: Config,
+        policy: PolicyState,
+        numbering: Numbering,
+        rules: RuleOptions,
+        settings: Settings,
+        maps: M,
+    ) -> Self {
+        Self {
+            netlink,
+            config,
+            policy,
+            numbering,
+            rules,
+            settings,
+            maps,
+            registry: Registry::default(),
+            applied: BTreeMap::new(),
+            pvds: Vec::new(),
+            ra_dns: RaDns::default(),
+            ra_domains: RaLearned::default(),
+            lease_problems: Default::default(),
+        }
+    }
+
+    /// Takes over a previous instance's state from the pinned maps: PvD
+    /// names keep their indices (sockets and rules carry them), and its
+    /// routing is known so that what is no longer wanted gets removed.
+    pub fn adopt_previous(&mut self) {
+        let pvds = self.maps.pvds();
+        let previous = plan::installed_routing(&pvds, &self.rules);
+        let names = pvds
+            .iter()
+            .filter_map(|(index, _, meta)| meta.as_ref().map(|m| (plan::pvd_name(m), *index)));
+        self.registry = Registry::from_pairs(names);
+        self.applied = previous.into_iter().map(|r| (r.table, r)).collect();
+    }
+
+    /// Resolvers of the leases the host's DHCP clients hold, by interface:
+    /// read-only, from `[dns] leases` (see [`crate::host::dns_leases`]). A lease
+    /// counts only while its interface still holds the leased address
+    /// (dhclient keeps expired clients' leases in its file).
+    fn dhcp_dns(
+        &mut self,
+        interfaces: &[crate::host::netlink::Interface],
+    ) -> BTreeMap<String, crate::host::dns_leases::LinkDns> {
+        let ifnames: BTreeMap<u32, String> = interfaces
+            .iter()
+            .map(|i| (i.index, i.name.clone()))
+            .collect();
+        let found = crate::host::dns_leases::learn(
+            &self.config.dns_leases,
+            &ifnames,
+            std::time::SystemTime::now(),
+        );
+        for problem in found.problems {
+            let text = problem.to_string();
+            if self.lease_problems.insert(text.clone()) {
+                warn!("DHCP lease: {text}");
+            }
+        }
+        found
+            .links
+            .into_iter()
+            .filter(|(name, link)| {
+                let holds = |a: std::net::Ipv4Addr| {
+                    interfaces
+                        .iter()
+                        .any(|i| &i.name == name && i.addrs.iter().any(|x| x.addr == IpAddr::V4(a)))
+                };
+                link.address.is_none_or(holds)
+            })
+            .collect()
+    }
+
+    /// Records RDNSS servers from a router advertisement on `ifindex`.
+    pub fn learn_ra_dns(&mut self, ifindex: u32, servers: &[IpAddr], lifetime: Duration) {
+        self.ra_dns
+            .learn(ifindex, servers, lifetime, Instant::now());
+    }
+
+    /// Records a DNSSL search list from a router advertisement on
+    /// `ifindex` (its domains feed per-domain selection, RFC 6731).
+    pub fn learn_ra_domains(&mut self, ifindex: u32, domains: &[String], lifetime: Duration) {
+        self.ra_domains
+            .learn(ifindex, domains, lifetime, Instant::now());
+    }
+
+    pub fn pvds(&self) -> &[PvdState] {
+        &self.pvds
+    }
+
+    /// The policies as last resolved.
+    pub fn policies(&self) -> &[ResolvedPolicy] {
+        self.policy.resolved()
+    }
+
+    pub fn policy_state(&self) -> &PolicyState {
+        &self.policy
+    }
+
+    /// Makes the next pass resolve every policy and rewrite every map entry
+    /// (the periodic check: it catches cgroups that came and went unwatched
+    /// and entries someone else changed).
+    pub fn recheck_everything(&mut self) {
+        self.policy.stale = true;
+        self.maps.forget_written();
+    }
+
+    /// For changes to the policy set (the next pass resolves them).
+    pub fn policy_state_mut(&mut self) -> &mut PolicyState {
+        self.policy.stale = true;
+        &mut self.policy
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Names a policy may prefer: the config's PvDs, the current PvDs and
+    /// every interface that exists now (an implicit PvD once named).
+    pub async fn known_pvd_names(&self) -> anyhow::Result<std::collections::BTreeSet<String>> {
+        let interfaces = self
+            .netlink
+            .interfaces()
+            .await
+            .context("dumping interfaces")?;
+        Ok(self
+            .config
+            .pvds
+            .iter()
+            .map(|p| p.name.clone())
+            .chain(self.pvds.iter().map(|p| p.name.clone()))
+            .chain(
+                interfaces
+                    .into_iter()
+                    .filter(|i| !i.loopback)
+                    .map(|i| i.name),
+            )
+            .collect())
+    }
+
+    /// Which foreign network namespaces (containers) live in policy cgroups
+    /// now, and under which policy; cheap (one pass over /proc), so the
+    /// daemon can poll it and reconcile when containers come or go.
+    pub fn foreign_fingerprint(&self) -> Vec<(String, u64)> {
+        let mut all: Vec<(String, u64)> = foreign_claims(&self.policy)
+            .into_iter()
+            .map(|c| (c.policy.cgroup.clone(), c.netns))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Takes a reloaded config: its PvDs and its policies.
+    pub fn replace_config(&mut self, config: Config) -> Vec<crate::model::policies::PolicySpec> {
+        let displaced = self.policy.set.replace_config(&config);
+        self.policy.stale = true;
+        self.config = config;
+        displaced
+    }
+
+    /// One pass. With `verify`, routing that should already be in place is
+    /// checked against the kernel and re-asserted if someone removed it.
+    /// Returns the (PvD, family) pairs that stopped being available.
+    pub async fn reconcile(&mut self, verify: bool) -> anyhow::Result<Vec<Lost>> {
+        // Before the dump: links that go down from here on are the
+        // link-down thread's to withdraw, and this pass must not undo that.
+        self.maps.begin_pass();
+        let interfaces = self
+            .netlink
+            .interfaces()
+            .await
+            .context("dumping interfaces")?;
+        let now = Instant::now();
+        let ra_servers = self.ra_dns.current(&interfaces, now);
+        let ra_domains = self.ra_domains.current(&interfaces, now);
+        let learned = pvd::learned_dns(ra_servers, ra_domains, self.dhcp_dns(&interfaces));
+        let (pvds, skipped) = pvd::build(
+            &self.config,
+            &interfaces,
+            &learned,
+            &self.numbering,
+            &mut self.registry,
+        )?;
+        if !skipped.is_empty() {
+            warn!(
+                "more uplinks than the mark mask holds PvDs for; no PvD for: {}",
+                skipped.join(", ")
+            );
+        }
+        if self.policy.stale {
+            self.policy.resolve();
+        }
+        let mut desired = plan::desired(&pvds, self.policy.resolved(), &self.rules);
+        // Only the interfaces some policy excludes are looked at.
+        desired.excludes = plan::exclusions(self.policy.resolved(), |name| {
+            interfaces
+                .iter()
+                .find(|i| i.name == name)
+                .map(pvd::interface_prefixes)
+                .unwrap_or_default()
+        });
+        // Losses first: stop choosing a PvD that went away before any slow
+        // work (containers' addresses, routing dumps and installs).
+        self.maps.withdraw_lost(&desired)?;
+        steer_foreign_namespaces(&mut desired, &pvds, &self.policy);
+
+        // Routing before maps: a PvD becomes selectable only once its table
+        // and rules exist.
+        for routing in &desired.routing {
+            let changed = self.applied.get(&routing.table) != Some(routing);
+            let missing = !changed && verify && !self.netlink.is_installed(routing).await?;
+            if changed || missing {
+                if missing {
+                    info!(
+                        "PvD {}: routing was changed by someone else; restoring it",
+                        routing.name
+                    );
+                }
+                self.netlink
+                    .install(routing)
+                    .await
+                    .with_context(|| format!("installing the routing of PvD {}", routing.name))?;
+                self.applied.insert(routing.table, routing.clone());
+            }
+        }
+        self.maps.write(&self.settings, &desired)?;
+        let wanted: Vec<u32> = desired.routing.iter().map(|r| r.table).collect();
+        let stale: Vec<PvdRouting> = self
+            .applied
+            .values()
+            .filter(|r| !wanted.contains(&r.table))
+            .cloned()
+            .collect();
+        for routing in stale {
+            self.netlink
+                .remove(&routing)
+                .await
+                .with_context(|| format!("removing the routing of PvD {}", routing.name))?;
+            self.applied.remove(&routing.table);
+        }
+
+        let lost = transitions(&self.pvds, &pvds);
+        log_changes(&self.pvds, &pvds);
+        self.pvds = pvds;
+        Ok(lost)
+    }
+
+    /// Removes all routing this instance installed.
+    pub async fn remove_routing(&mut self) {
+        for routing in std::mem::take(&mut self.applied).into_values() {
+            if let Err(e) = self.netlink.remove(&routing).await {
+                warn!("removing the routing of PvD {}: {e:#}", routing.name);
+            }
+        }
+    }
+}

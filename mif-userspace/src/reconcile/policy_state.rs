@@ -1,0 +1,102 @@
+//! The policies a daemon enforces and what they resolve to right now, with
+//! the cgroups its watcher must follow for them.
+use crate::{
+    host::cgroup::{Cgroup, Cgroup2},
+    model::policies::{self, Pending, PolicyIds, PolicySet},
+    plan::ResolvedPolicy,
+};
+
+/// The policies to enforce and what they resolve to right now.
+pub struct PolicyState {
+    pub set: PolicySet,
+    ids: PolicyIds,
+    cgroup2: Cgroup2,
+    pub attach: Cgroup,
+    resolved: Vec<ResolvedPolicy>,
+    pending: Vec<Pending>,
+    /// Whether policies or cgroups may have changed since the last resolve.
+    /// Resolving looks up every policy's cgroup (a `stat` each: seconds for
+    /// 100,000 policies), and a pass for a network change needs none of it.
+    pub(super) stale: bool,
+}
+
+impl PolicyState {
+    pub fn new(set: PolicySet, cgroup2: Cgroup2, attach: Cgroup) -> Self {
+        Self {
+            set,
+            ids: PolicyIds::default(),
+            cgroup2,
+            attach,
+            resolved: Vec::new(),
+            pending: Vec::new(),
+            stale: true,
+        }
+    }
+
+    /// Re-binds every policy to its cgroup (cgroups come and go).
+    pub(super) fn resolve(&mut self) {
+        (self.resolved, self.pending) =
+            policies::resolve(&self.set, &self.cgroup2, &self.attach, &mut self.ids);
+        self.stale = false;
+    }
+
+    /// Cgroups appeared or went away: the next pass resolves every policy.
+    pub fn cgroups_changed(&mut self) {
+        self.stale = true;
+    }
+
+    pub fn resolved(&self) -> &[ResolvedPolicy] {
+        &self.resolved
+    }
+
+    pub fn pending(&self) -> &[Pending] {
+        &self.pending
+    }
+
+    pub fn cgroup2(&self) -> &Cgroup2 {
+        &self.cgroup2
+    }
+
+    /// The cgroups a policy (literal or pattern) currently applies to.
+    pub fn matches_of(&self, cgroup: &str) -> Vec<&ResolvedPolicy> {
+        match self.ids.get(cgroup) {
+            Some(id) => self.resolved.iter().filter(|r| r.id == id).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Where new cgroups must be watched for: below the literal prefixes
+    /// of the pattern policies, and the cgroups of literal policies
+    /// themselves, so that one deleted and made again (a restarted service)
+    /// is steered again at once, not at the next periodic check.
+    pub fn watch_targets(&self) -> WatchTargets {
+        let mut targets = WatchTargets::default();
+        for (spec, _) in self.set.all().iter() {
+            if crate::host::cgroup_pattern::is_pattern(&spec.cgroup) {
+                if let Ok(p) = crate::host::cgroup_pattern::CgroupPattern::parse(&spec.cgroup) {
+                    targets.roots.push(p.literal_prefix().to_string());
+                }
+            } else {
+                targets.exact.push(spec.cgroup.clone());
+            }
+        }
+        for list in [&mut targets.roots, &mut targets.exact] {
+            list.sort();
+            list.dedup();
+        }
+        targets
+    }
+}
+
+/// What the daemon's cgroup watcher watches: subtrees, and single cgroups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchTargets {
+    pub roots: Vec<String>,
+    pub exact: Vec<String>,
+}
+
+impl WatchTargets {
+    pub fn is_empty(&self) -> bool {
+        self.roots.is_empty() && self.exact.is_empty()
+    }
+}

@@ -1,0 +1,89 @@
+//! The narrow seam under a pass: what it reads of the host's routing and
+//! writes of routing and maps, as two traits. The daemon uses rtnetlink
+//! and the pinned maps; the unit tests use fakes, so a pass (a link going
+//! down, an address renumbered, a PvD re-created, routing removed by
+//! someone else) is tested without root, the way aya tests its loader
+//! against fake syscalls.
+use std::future::Future;
+
+use mif_common::{Pvd, PvdMeta, Settings};
+
+use crate::{
+    apply::kernel_maps::{KernelMaps, MapsError},
+    host::netlink::{Interface, Netlink, NetlinkError},
+    plan::{routing::PvdRouting, Desired},
+};
+
+/// The interfaces as the host reports them, and each PvD's routing.
+/// `Send` futures, so a pass can run on any tokio worker.
+pub trait RoutingHost {
+    /// Every interface with its state, addresses and routing.
+    fn interfaces(&self) -> impl Future<Output = Result<Vec<Interface>, NetlinkError>> + Send;
+    /// Whether the kernel holds exactly what `routing` says.
+    fn is_installed(
+        &self,
+        routing: &PvdRouting,
+    ) -> impl Future<Output = Result<bool, NetlinkError>> + Send;
+    /// Makes the kernel hold exactly `routing` for its PvD.
+    fn install(
+        &self,
+        routing: &PvdRouting,
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// Removes all of `routing`'s table and rules.
+    fn remove(&self, routing: &PvdRouting)
+        -> impl Future<Output = Result<(), NetlinkError>> + Send;
+}
+
+/// The maps a pass writes (see [`KernelMaps`] for what each step means).
+pub trait MapWriter {
+    /// Marks the start of a pass, before its dump.
+    fn begin_pass(&mut self);
+    /// Clears the availability `desired` takes away, and nothing else.
+    fn withdraw_lost(&mut self, desired: &Desired) -> Result<usize, MapsError>;
+    /// Makes the maps hold exactly `desired`.
+    fn write(&mut self, settings: &Settings, desired: &Desired) -> Result<(), MapsError>;
+    /// Makes the next write rewrite every entry.
+    fn forget_written(&mut self);
+    /// The PvD entries a previous instance left, to adopt.
+    fn pvds(&self) -> Vec<(u32, Pvd, Option<PvdMeta>)>;
+}
+
+impl RoutingHost for Netlink {
+    async fn interfaces(&self) -> Result<Vec<Interface>, NetlinkError> {
+        Netlink::interfaces(self).await
+    }
+
+    async fn is_installed(&self, routing: &PvdRouting) -> Result<bool, NetlinkError> {
+        Netlink::is_installed(self, routing).await
+    }
+
+    async fn install(&self, routing: &PvdRouting) -> Result<(), NetlinkError> {
+        Netlink::install(self, routing).await
+    }
+
+    async fn remove(&self, routing: &PvdRouting) -> Result<(), NetlinkError> {
+        Netlink::remove(self, routing).await
+    }
+}
+
+impl MapWriter for KernelMaps {
+    fn begin_pass(&mut self) {
+        KernelMaps::begin_pass(self);
+    }
+
+    fn withdraw_lost(&mut self, desired: &Desired) -> Result<usize, MapsError> {
+        KernelMaps::withdraw_lost(self, desired)
+    }
+
+    fn write(&mut self, settings: &Settings, desired: &Desired) -> Result<(), MapsError> {
+        KernelMaps::write(self, settings, desired)
+    }
+
+    fn forget_written(&mut self) {
+        KernelMaps::forget_written(self);
+    }
+
+    fn pvds(&self) -> Vec<(u32, Pvd, Option<PvdMeta>)> {
+        KernelMaps::pvds(self)
+    }
+}
