@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use mif::{
     host::netlink::{decode_events, Interface, NetEvent},
-    reconcile::RaDns,
+    model::ra_learned::RaDns,
 };
 
 fuzz_target!(|data: &[u8]| {

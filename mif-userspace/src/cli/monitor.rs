@@ -46,8 +46,8 @@ fn describe(event: &MonitorEvent) -> String {
         MonitorEvent::PolicySet(s) => format!(
             "policy set {}: prefer {}{}",
             s.cgroup,
-            s.prefer.join(","),
-            if s.strict { ", strict" } else { "" }
+            s.terms.prefer.join(","),
+            if s.terms.strict { ", strict" } else { "" }
         ),
         MonitorEvent::PolicyDel { cgroup } => format!("policy del {cgroup}"),
         MonitorEvent::Reload { ok: true, .. } => "config reloaded".into(),

@@ -7,7 +7,7 @@ use crate::{
         client::ClientError,
         protocol::{PolicyView, Request, Response},
     },
-    model::config::{BindMode, DnsMode, Exclusion},
+    model::config::{BindMode, DnsMode, Exclusion, PolicyTerms},
     model::policies::{Origin, PolicySpec},
 };
 
@@ -76,19 +76,21 @@ impl PolicyOptions {
     pub fn spec(&self, cgroup: String) -> PolicySpec {
         PolicySpec {
             cgroup,
-            prefer: self.prefer.clone(),
-            strict: self.strict,
-            bind: match self.bind {
-                Bind::Mark => BindMode::Mark,
-                Bind::Device => BindMode::Device,
+            terms: PolicyTerms {
+                prefer: self.prefer.clone(),
+                strict: self.strict,
+                bind: match self.bind {
+                    Bind::Mark => BindMode::Mark,
+                    Bind::Device => BindMode::Device,
+                },
+                reset: self.reset,
+                deny_raw: self.deny_raw,
+                dns: match self.dns {
+                    Dns::System => DnsMode::System,
+                    Dns::Pvd => DnsMode::Pvd,
+                },
+                exclude: self.exclude.clone(),
             },
-            reset: self.reset,
-            deny_raw: self.deny_raw,
-            dns: match self.dns {
-                Dns::System => DnsMode::System,
-                Dns::Pvd => DnsMode::Pvd,
-            },
-            exclude: self.exclude.clone(),
         }
     }
 }
@@ -182,11 +184,11 @@ fn render(policies: &[PolicyView]) -> String {
     for p in policies {
         rows.push(vec![
             p.spec.cgroup.clone(),
-            p.spec.prefer.join(","),
-            yes_no(p.spec.strict),
-            format!("{:?}", p.spec.bind).to_lowercase(),
-            yes_no(p.spec.reset),
-            format!("{:?}", p.spec.dns).to_lowercase(),
+            p.spec.terms.prefer.join(","),
+            yes_no(p.spec.terms.strict),
+            format!("{:?}", p.spec.terms.bind).to_lowercase(),
+            yes_no(p.spec.terms.reset),
+            format!("{:?}", p.spec.terms.dns).to_lowercase(),
             match &p.origin {
                 Origin::Config { file, line } => format!("{}:{line}", file.display()),
                 Origin::Cli => "cli".into(),

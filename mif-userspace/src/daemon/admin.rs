@@ -108,7 +108,7 @@ impl Admin {
             .known_pvd_names()
             .await
             .map_err(|e| format!("{e:#}"))?;
-        if let Some(unknown) = spec.prefer.iter().find(|n| !known.contains(*n)) {
+        if let Some(unknown) = spec.terms.prefer.iter().find(|n| !known.contains(*n)) {
             return Err(format!(
                 "unknown PvD {unknown:?}: neither a [[pvd]] of the config nor an interface (known: {})",
                 known.iter().cloned().collect::<Vec<_>>().join(", ")

@@ -423,7 +423,7 @@ async fn reset_lost(reconciler: &Reconciler, lost: &[Lost], mark_mask: u32) {
         let wanted = reconciler
             .policies()
             .iter()
-            .any(|p| p.reset && p.prefer.contains(&l.pvd));
+            .any(|p| p.terms.reset && p.terms.prefer.contains(&l.pvd));
         if !wanted {
             continue;
         }

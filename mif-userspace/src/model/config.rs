@@ -11,7 +11,7 @@ use std::{
 };
 
 use mif_common::{MAX_PREFER, PVD_NAME_LEN};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 /// A checked configuration.
@@ -156,23 +156,37 @@ fn is_interface_name(name: &str) -> bool {
 /// Most exclusions one policy may list.
 pub const MAX_EXCLUDE: usize = 64;
 
+/// What a policy asks for its cgroup, the same wherever the policy came
+/// from (the config file, the CLI) and once bound to a cgroup.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyTerms {
+    /// PvD names in order of preference.
+    pub prefer: Vec<String>,
+    #[serde(default)]
+    pub strict: bool,
+    #[serde(default)]
+    pub bind: BindMode,
+    /// Reset the policy's TCP connections on a PvD that is lost, so
+    /// applications reconnect at once over the next PvD.
+    #[serde(default)]
+    pub reset: bool,
+    /// Refuse raw IP sockets (`SOCK_RAW`), which write their own headers.
+    #[serde(default)]
+    pub deny_raw: bool,
+    /// Where the policy's DNS queries go.
+    #[serde(default)]
+    pub dns: DnsMode,
+    /// Destinations that keep the main table's route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<Exclusion>,
+}
+
+/// A `[[policy]]` of the config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyConfig {
     /// cgroup path relative to the cgroup2 root, starting with `/`.
     pub cgroup: String,
-    /// PvD names in order of preference.
-    pub prefer: Vec<String>,
-    pub strict: bool,
-    pub bind: BindMode,
-    /// Reset the policy's TCP connections on a PvD that is lost, so
-    /// applications reconnect at once over the next PvD.
-    pub reset: bool,
-    /// Refuse raw IP sockets (`SOCK_RAW`), which write their own headers.
-    pub deny_raw: bool,
-    /// Where the policy's DNS queries go.
-    pub dns: DnsMode,
-    /// Destinations that keep the main table's route.
-    pub exclude: Vec<Exclusion>,
+    pub terms: PolicyTerms,
     pub line: usize,
 }
 
@@ -494,13 +508,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         policies.push(PolicyConfig {
             cgroup,
-            prefer,
-            strict: policy.strict,
-            bind: policy.bind,
-            reset: policy.reset,
-            deny_raw: policy.deny_raw,
-            dns: policy.dns,
-            exclude,
+            terms: PolicyTerms {
+                prefer,
+                strict: policy.strict,
+                bind: policy.bind,
+                reset: policy.reset,
+                deny_raw: policy.deny_raw,
+                dns: policy.dns,
+                exclude,
+            },
             line,
         });
     }
@@ -589,7 +605,7 @@ impl Config {
     pub fn check_prefer(&self, interfaces: &HashSet<String>) -> Result<(), ConfigError> {
         let explicit: HashSet<&str> = self.pvds.iter().map(|p| p.name.as_str()).collect();
         for policy in &self.policies {
-            for name in &policy.prefer {
+            for name in &policy.terms.prefer {
                 if !explicit.contains(name.as_str()) && !interfaces.contains(name) {
                     return Err(self.error_at(
                         policy.line,
@@ -680,9 +696,9 @@ bind = "device"
         assert_eq!(config.pvds[0].mark, Some(0x0500_0000));
         let p = &config.policies[0];
         assert_eq!(p.cgroup, "/apps.slice/browser.scope");
-        assert_eq!(p.prefer, ["wlan0", "cell"]);
-        assert!(p.strict);
-        assert_eq!(p.bind, BindMode::Device);
+        assert_eq!(p.terms.prefer, ["wlan0", "cell"]);
+        assert!(p.terms.strict);
+        assert_eq!(p.terms.bind, BindMode::Device);
         assert_eq!(p.line, 7);
     }
 
@@ -694,6 +710,7 @@ bind = "device"
         )
         .unwrap();
         let shown: Vec<String> = config.policies[0]
+            .terms
             .exclude
             .iter()
             .map(ToString::to_string)
@@ -720,8 +737,8 @@ bind = "device"
              [[policy]]\ncgroup = \"/b\"\nprefer = [\"x\"]\ndeny_raw = true\n",
         )
         .unwrap();
-        assert!(!config.policies[0].deny_raw);
-        assert!(config.policies[1].deny_raw);
+        assert!(!config.policies[0].terms.deny_raw);
+        assert!(config.policies[1].terms.deny_raw);
         let err =
             parse_str("[[policy]]\ncgroup = \"/a\"\nprefer = [\"x\"]\ndeny_raw = 1\n").unwrap_err();
         assert_eq!(err.line, 4, "{err}");
@@ -734,8 +751,8 @@ bind = "device"
              [[policy]]\ncgroup = \"/b\"\nprefer = [\"x\"]\ndns = \"pvd\"\n",
         )
         .unwrap();
-        assert_eq!(config.policies[0].dns, DnsMode::System);
-        assert_eq!(config.policies[1].dns, DnsMode::Pvd);
+        assert_eq!(config.policies[0].terms.dns, DnsMode::System);
+        assert_eq!(config.policies[1].terms.dns, DnsMode::Pvd);
         let err = parse_str("[[policy]]\ncgroup = \"/a\"\nprefer = [\"x\"]\ndns = \"doh\"\n")
             .unwrap_err();
         assert_eq!(err.line, 4, "{err}");

@@ -17,7 +17,7 @@ use crate::{
     host::cgroup::{check_cgroup_path, normalize_cgroup},
     host::cgroup::{Cgroup, Cgroup2},
     host::cgroup_pattern::{existing_matches, is_pattern, CgroupPattern},
-    model::config::{BindMode, Config, DnsMode, Exclusion, PolicyConfig, MAX_EXCLUDE},
+    model::config::{Config, PolicyConfig, PolicyTerms, MAX_EXCLUDE},
     plan::{ResolvedPolicy, POLICY_CAPACITY},
 };
 
@@ -33,20 +33,10 @@ pub enum Origin {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicySpec {
     pub cgroup: String,
-    pub prefer: Vec<String>,
-    #[serde(default)]
-    pub strict: bool,
-    #[serde(default)]
-    pub bind: BindMode,
-    #[serde(default)]
-    pub reset: bool,
-    #[serde(default)]
-    pub deny_raw: bool,
-    #[serde(default)]
-    pub dns: DnsMode,
-    /// Destinations that keep the main table's route.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub exclude: Vec<Exclusion>,
+    /// Flattened: the control protocol and the state file keep one flat
+    /// object per policy.
+    #[serde(flatten)]
+    pub terms: PolicyTerms,
 }
 
 impl PolicySpec {
@@ -59,15 +49,15 @@ impl PolicySpec {
             reason,
         })?;
         self.cgroup = normalize_cgroup(&self.cgroup);
-        if self.prefer.is_empty() || self.prefer.len() > MAX_PREFER {
+        if self.terms.prefer.is_empty() || self.terms.prefer.len() > MAX_PREFER {
             return Err(PolicyError::PreferCount);
         }
-        for (i, name) in self.prefer.iter().enumerate() {
-            if self.prefer[..i].contains(name) {
+        for (i, name) in self.terms.prefer.iter().enumerate() {
+            if self.terms.prefer[..i].contains(name) {
                 return Err(PolicyError::PreferTwice(name.clone()));
             }
         }
-        if self.exclude.len() > MAX_EXCLUDE {
+        if self.terms.exclude.len() > MAX_EXCLUDE {
             return Err(PolicyError::ExcludeCount);
         }
         Ok(self)
@@ -76,13 +66,7 @@ impl PolicySpec {
     pub fn from_config(p: &PolicyConfig) -> Self {
         Self {
             cgroup: p.cgroup.clone(),
-            prefer: p.prefer.clone(),
-            strict: p.strict,
-            bind: p.bind,
-            reset: p.reset,
-            deny_raw: p.deny_raw,
-            dns: p.dns,
-            exclude: p.exclude.clone(),
+            terms: p.terms.clone(),
         }
     }
 }
@@ -260,13 +244,7 @@ pub fn resolve(
                 id: ids.id(&spec.cgroup),
                 cgroup_id: cg.id,
                 cgroup: cg.rel,
-                prefer: spec.prefer.clone(),
-                strict: spec.strict,
-                bind: spec.bind,
-                reset: spec.reset,
-                deny_raw: spec.deny_raw,
-                dns: spec.dns,
-                exclude: spec.exclude.clone(),
+                terms: spec.terms.clone(),
             }),
             _ => pending.push(Pending {
                 cgroup: spec.cgroup.clone(),
@@ -297,13 +275,7 @@ pub fn resolve(
                 id,
                 cgroup_id: cg.id,
                 cgroup: cg.rel,
-                prefer: spec.prefer.clone(),
-                strict: spec.strict,
-                bind: spec.bind,
-                reset: spec.reset,
-                deny_raw: spec.deny_raw,
-                dns: spec.dns,
-                exclude: spec.exclude.clone(),
+                terms: spec.terms.clone(),
             });
         }
         if !matched {
@@ -385,13 +357,10 @@ mod tests {
     fn spec(cgroup: &str, prefer: &[&str]) -> PolicySpec {
         PolicySpec {
             cgroup: cgroup.into(),
-            prefer: prefer.iter().map(|s| s.to_string()).collect(),
-            strict: false,
-            bind: BindMode::Mark,
-            reset: false,
-            deny_raw: false,
-            dns: DnsMode::System,
-            exclude: vec![],
+            terms: PolicyTerms {
+                prefer: prefer.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            },
         }
     }
 
@@ -415,7 +384,7 @@ mod tests {
         ));
         set.set(spec("/b", &["wwan0"])).unwrap();
         assert_eq!(set.cli(), [spec("/b", &["wwan0"])]);
-        assert_eq!(set.del("/b").unwrap().prefer, ["wwan0"]);
+        assert_eq!(set.del("/b").unwrap().terms.prefer, ["wwan0"]);
         assert_eq!(set.del("/b"), Err(PolicyError::NotFound("/b".into())));
     }
 

@@ -356,7 +356,7 @@ pub fn build(
     let named: HashSet<&str> = config
         .policies
         .iter()
-        .flat_map(|p| p.prefer.iter().map(String::as_str))
+        .flat_map(|p| p.terms.prefer.iter().map(String::as_str))
         .collect();
     let mut candidates: Vec<String> = interfaces
         .iter()

@@ -16,7 +16,7 @@ use mif_common::{
 
 use crate::{
     host::netlink::Uplink,
-    model::config::{BindMode, DnsMode, Exclusion},
+    model::config::{BindMode, DnsMode, Exclusion, PolicyTerms},
     model::pvd::PvdState,
     plan::routing::PvdRouting,
 };
@@ -27,16 +27,7 @@ pub struct ResolvedPolicy {
     pub id: u32,
     pub cgroup_id: u64,
     pub cgroup: String,
-    pub prefer: Vec<String>,
-    pub strict: bool,
-    pub bind: BindMode,
-    pub reset: bool,
-    /// Refuse raw IP and packet sockets.
-    pub deny_raw: bool,
-    /// Send DNS queries to the PvD's resolvers.
-    pub dns: DnsMode,
-    /// Destinations that keep the main table's route.
-    pub exclude: Vec<Exclusion>,
+    pub terms: PolicyTerms,
 }
 
 /// Rule priorities and the mark mask, shared by all PvDs of an instance.
@@ -177,6 +168,7 @@ fn meta(p: &PvdState) -> PvdMeta {
 fn kernel_policy(p: &ResolvedPolicy, index_of: &HashMap<&str, u32>) -> Policy {
     let mut prefer = [NO_PVD; MAX_PREFER];
     let indices = p
+        .terms
         .prefer
         .iter()
         .filter_map(|name| index_of.get(name.as_str()));
@@ -184,19 +176,19 @@ fn kernel_policy(p: &ResolvedPolicy, index_of: &HashMap<&str, u32>) -> Policy {
         *slot = *index as u8;
     }
     let mut flags = 0;
-    if p.strict {
+    if p.terms.strict {
         flags |= POLICY_STRICT;
     }
-    if p.bind == BindMode::Device {
+    if p.terms.bind == BindMode::Device {
         flags |= POLICY_BIND_DEVICE;
     }
-    if p.deny_raw {
+    if p.terms.deny_raw {
         flags |= POLICY_DENY_RAW;
     }
-    if p.dns == DnsMode::Pvd {
+    if p.terms.dns == DnsMode::Pvd {
         flags |= POLICY_DNS_PVD;
     }
-    if !p.exclude.is_empty() {
+    if !p.terms.exclude.is_empty() {
         flags |= POLICY_EXCLUDES;
     }
     Policy {
@@ -287,7 +279,7 @@ pub fn exclusions(
     let fit = &policies[..policies.len().min(POLICY_CAPACITY)];
     let mut entries: Vec<ExcludeEntry> = fit
         .iter()
-        .flat_map(|p| p.exclude.iter().map(move |e| (p.id, e)))
+        .flat_map(|p| p.terms.exclude.iter().map(move |e| (p.id, e)))
         .flat_map(|(policy, exclusion)| {
             let prefixes = match exclusion {
                 Exclusion::Prefix(addr, len) => vec![(*addr, *len)],
@@ -417,13 +409,12 @@ mod tests {
             id: 7,
             cgroup_id: 4242,
             cgroup: "/a".into(),
-            prefer: vec!["wwan0".into(), "wlan0".into()],
-            strict: true,
-            bind: BindMode::Device,
-            reset: false,
-            deny_raw: false,
-            dns: DnsMode::System,
-            exclude: vec![],
+            terms: PolicyTerms {
+                prefer: vec!["wwan0".into(), "wlan0".into()],
+                strict: true,
+                bind: BindMode::Device,
+                ..Default::default()
+            },
         };
         let d = desired(&pvds, std::slice::from_ref(&policy), &RULES);
         let (cg, p) = d.policies[0];
@@ -433,9 +424,12 @@ mod tests {
         assert!(p.is_strict() && p.binds_device() && !p.denies_raw());
 
         let loose_raw = ResolvedPolicy {
-            strict: false,
-            bind: BindMode::Mark,
-            deny_raw: true,
+            terms: PolicyTerms {
+                strict: false,
+                bind: BindMode::Mark,
+                deny_raw: true,
+                ..policy.terms
+            },
             ..policy
         };
         let (_, p) = desired(&pvds, &[loose_raw], &RULES).policies[0];
@@ -480,13 +474,11 @@ mod tests {
             id: 1,
             cgroup_id: 1,
             cgroup: "/a".into(),
-            prefer: vec!["wlan0".into()],
-            strict: false,
-            bind: BindMode::Mark,
-            reset: false,
-            deny_raw: false,
-            dns: DnsMode::Pvd,
-            exclude: vec![],
+            terms: PolicyTerms {
+                prefer: vec!["wlan0".into()],
+                dns: DnsMode::Pvd,
+                ..Default::default()
+            },
         };
         let d = desired(std::slice::from_ref(&p), &[policy], &RULES);
         assert_eq!(d.policies[0].1.flags, POLICY_DNS_PVD);
@@ -509,13 +501,10 @@ mod tests {
                 id: 1,
                 cgroup_id: 1000 + i,
                 cgroup: format!("/c{i}"),
-                prefer: vec!["wlan0".into()],
-                strict: false,
-                bind: BindMode::Mark,
-                reset: false,
-                deny_raw: false,
-                dns: DnsMode::System,
-                exclude: vec![],
+                terms: PolicyTerms {
+                    prefer: vec!["wlan0".into()],
+                    ..Default::default()
+                },
             })
             .collect();
         let d = desired(&[pvd(0, "wlan0", true)], &policies, &RULES);
@@ -587,13 +576,12 @@ mod tests {
             id,
             cgroup_id: u64::from(id),
             cgroup: format!("/p{id}"),
-            prefer: vec!["wlan0".into()],
-            strict: true,
-            bind: BindMode::Mark,
-            reset: false,
-            deny_raw: false,
-            dns: DnsMode::System,
-            exclude: exclude.iter().map(|e| e.parse().unwrap()).collect(),
+            terms: PolicyTerms {
+                prefer: vec!["wlan0".into()],
+                strict: true,
+                exclude: exclude.iter().map(|e| e.parse().unwrap()).collect(),
+                ..Default::default()
+            },
         };
         // Two cgroups of one pattern policy share its id.
         let policies = [

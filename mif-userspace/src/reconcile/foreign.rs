@@ -80,16 +80,18 @@ pub(super) fn steer_foreign_namespaces(
         for addr in addrs {
             let v6 = addr.is_ipv6();
             let usable = |s: &&PvdState| {
-                p.prefer.contains(&s.name) && if v6 { s.available6() } else { s.available4() }
+                p.terms.prefer.contains(&s.name) && if v6 { s.available6() } else { s.available4() }
             };
             let chosen = p
+                .terms
                 .prefer
                 .iter()
                 .find_map(|name| pvds.iter().filter(usable).find(|s| &s.name == name))
                 // Strict: the first PvD's table (unreachable default) blocks it.
                 .or_else(|| {
-                    if p.strict {
-                        pvds.iter().find(|s| Some(&s.name) == p.prefer.first())
+                    if p.terms.strict {
+                        pvds.iter()
+                            .find(|s| Some(&s.name) == p.terms.prefer.first())
                     } else {
                         None
                     }
