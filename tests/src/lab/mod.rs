@@ -18,8 +18,9 @@
 //! Scenarios build on that on demand: an OpenVPN tunnel behind network 0
 //! ([`Lab::start_vpn`]), a second router on network 0's link announcing a
 //! route of its own ([`Lab::add_second_router`]), a network configured by
-//! DHCP ([`Lab::use_dhcp`]), and packet counters in the routers
-//! ([`Lab::count_arrivals`]).
+//! DHCP ([`Lab::use_dhcp`]), packet counters in the routers
+//! ([`Lab::count_arrivals`]), and more or deprecated addresses on the host's
+//! interfaces ([`Lab::add_host_address`], [`Lab::deprecate_host_address`]).
 //!
 //! Traffic only ever goes to addresses inside these namespaces. Everything
 //! is removed on drop, also while a failing test unwinds: child processes
@@ -45,6 +46,7 @@
 //! # }
 //! ```
 
+mod addresses;
 mod capture;
 mod cgroup;
 mod dhcp;
@@ -374,7 +376,7 @@ impl Lab {
     pub fn restore_uplink(&self, i: usize) -> Result<()> {
         let net = &self.networks[i];
         self.ip_host(&["link", "set", &net.name, "up"])?;
-        let v6 = format!("{}/64", net.host_v6);
+        let v6 = topology::on_link(net.host_v6);
         // Already there if the link only went down briefly: fine.
         let _ = self.ip_host(&["-6", "addr", "add", &v6, "dev", &net.name, "nodad"]);
         let metric = (100 * (net.index + 1)).to_string();
@@ -400,7 +402,7 @@ impl Lab {
         let state = if carrier { "up" } else { "down" };
         self.ip_router(i, &["link", "set", topology::ROUTER_IF, state])?;
         if carrier {
-            let gateway = format!("{}/64", self.networks[i].gateway_v6);
+            let gateway = topology::on_link(self.networks[i].gateway_v6);
             let add = [
                 "-6",
                 "addr",

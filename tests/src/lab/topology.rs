@@ -14,7 +14,7 @@
 //! connection to it took is only visible from what the peer behind it
 //! reports: that is the whole point of the lab.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, Result};
 
@@ -27,6 +27,15 @@ pub const INTERNET_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 
 
 /// The router-side end of each veth (namespaces keep names apart).
 pub(crate) const ROUTER_IF: &str = "eth0";
+
+/// `addr/len` with the prefix length of every lab network (/24, /64), for
+/// `ip addr` on either end of a veth.
+pub(crate) fn on_link(addr: impl Into<IpAddr>) -> String {
+    match addr.into() {
+        addr @ IpAddr::V4(_) => format!("{addr}/24"),
+        addr @ IpAddr::V6(_) => format!("{addr}/64"),
+    }
+}
 
 /// One network of the lab, as the host sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,13 +91,11 @@ impl Network {
             ],
         )?;
 
-        let host_v4 = format!("{}/24", self.host_v4);
-        let host_v6 = format!("{}/64", self.host_v6);
+        let (host_v4, host_v6) = (on_link(self.host_v4), on_link(self.host_v6));
         ip(host, &["addr", "add", &host_v4, "dev", &self.name])?;
         ip(host, &["addr", "add", &host_v6, "dev", &self.name, "nodad"])?;
 
-        let gw_v4 = format!("{}/24", self.gateway_v4);
-        let gw_v6 = format!("{}/64", self.gateway_v6);
+        let (gw_v4, gw_v6) = (on_link(self.gateway_v4), on_link(self.gateway_v6));
         ip(router, &["addr", "add", &gw_v4, "dev", ROUTER_IF])?;
         ip(router, &["addr", "add", &gw_v6, "dev", ROUTER_IF, "nodad"])?;
 
