@@ -10,7 +10,10 @@
 //! - `connect4/6` bind the marked socket to its PvD's source address, port 0,
 //!   unless the application bound it itself, or take it off the PvD when
 //!   its policy excludes the destination (see [`exclude`]).
-//! - `sendmsg4/6` set the source of unconnected UDP datagrams the same way.
+//! - `sendmsg4/6` set the source of unconnected UDP datagrams to the same
+//!   address, unless the application bound an address or gave one with the
+//!   datagram; a bound port alone does not count, since the kernel
+//!   autobinds one before these hooks run (see [`SourceBy`]).
 //! - `connect4/6` and `sendmsg4/6` first send DNS queries of `dns = "pvd"`
 //!   policies to the resolver of the socket's PvD; `recvmsg4/6` and
 //!   `getpeername4/6` show the application the server it asked (see [`dns`]).
@@ -126,10 +129,46 @@ fn try_sock_create(ctx: &SockContext) -> Result<i32, i32> {
     }
 }
 
+/// How a hook gives a steered socket its PvD's source, which decides what
+/// counts as the application's own choice (left alone).
+#[derive(Clone, Copy)]
+enum SourceBy {
+    /// `connect4/6` bind the socket itself (`bpf_bind`, port 0). The kernel
+    /// cannot bind a socket that already has a port, and connect() gives
+    /// one only after these hooks (`inet_autobind` follows `pre_connect`):
+    /// a port here is the application's own bind, even with the wildcard
+    /// address (`bind(0.0.0.0:5353)`).
+    Bind,
+    /// `sendmsg4/6` set one datagram's source (`msg_src_ip4/6`) and leave
+    /// the socket as it is. Every socket has a port by then: the kernel
+    /// autobinds one before the hook runs (inet_sendmsg → inet_send_prepare
+    /// → inet_autobind, then udp_sendmsg runs the hook), so a port says
+    /// nothing about the application. Only a bound address is its choice.
+    Datagram,
+}
+
+impl SourceBy {
+    /// Whether the application chose the source of a socket bound to
+    /// `port`, `src4` and `src6` (zero when not bound).
+    #[inline(always)]
+    fn app_chose(self, port: u32, src4: u32, src6: &[u32; 4]) -> bool {
+        let address = src4 != 0 || *src6 != [0; 4];
+        match self {
+            SourceBy::Bind => address || port != 0,
+            SourceBy::Datagram => address,
+        }
+    }
+}
+
 /// The PvD whose mark the socket behind `ctx` carries, when the socket is one
-/// mif steered, lives in the managed namespace and is not bound yet.
+/// mif steered, lives in the managed namespace and its source is still mif's
+/// to set `by` the calling hook.
 #[inline(always)]
-fn steered_unbound_pvd(ctx: &SockAddrContext, settings: &Settings) -> Option<(u32, &'static Pvd)> {
+fn steered_pvd(
+    ctx: &SockAddrContext,
+    settings: &Settings,
+    by: SourceBy,
+) -> Option<(u32, &'static Pvd)> {
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
     if unsafe { bpf_get_netns_cookie(sa.cast()) } != settings.netns_cookie {
         return None;
@@ -140,8 +179,7 @@ fn steered_unbound_pvd(ctx: &SockAddrContext, settings: &Settings) -> Option<(u3
     }
     let (mark, port, src4, src6) =
         unsafe { ((*sk).mark, (*sk).src_port, (*sk).src_ip4, (*sk).src_ip6) };
-    // An application that bound its own address or port keeps it.
-    if port != 0 || src4 != 0 || src6 != [0; 4] {
+    if by.app_chose(port, src4, &src6) {
         return None;
     }
     let index = pvd_from_mark(mark, settings.mark_mask, settings.mark_shift)?;
@@ -197,7 +235,7 @@ pub fn mif_connect4(ctx: SockAddrContext) -> i32 {
     if dns::redirect4(ctx.sock_addr, &settings) == Dns::Refuse {
         return REFUSE;
     }
-    let Some((index, pvd)) = steered_unbound_pvd(&ctx, &settings) else {
+    let Some((index, pvd)) = steered_pvd(&ctx, &settings, SourceBy::Bind) else {
         return ALLOW;
     };
     let sa = ctx.sock_addr;
@@ -226,7 +264,7 @@ pub fn mif_connect6(ctx: SockAddrContext) -> i32 {
         return REFUSE;
     }
     let dst = unsafe { (*sa).user_ip6 };
-    let Some((index, pvd)) = steered_unbound_pvd(&ctx, &settings) else {
+    let Some((index, pvd)) = steered_pvd(&ctx, &settings, SourceBy::Bind) else {
         return ALLOW;
     };
     // v4-mapped destinations leave by IPv4; an IPv6 source cannot be bound for them.
@@ -258,7 +296,7 @@ pub fn mif_sendmsg4(ctx: SockAddrContext) -> i32 {
     if dns::redirect4(sa, &settings) == Dns::Refuse {
         return REFUSE;
     }
-    let Some((index, pvd)) = steered_unbound_pvd(&ctx, &settings) else {
+    let Some((index, pvd)) = steered_pvd(&ctx, &settings, SourceBy::Datagram) else {
         return ALLOW;
     };
     unsafe {
@@ -291,7 +329,7 @@ pub fn mif_sendmsg6(ctx: SockAddrContext) -> i32 {
     if dns::redirect6(sa, &settings) == Dns::Refuse {
         return REFUSE;
     }
-    let Some((index, pvd)) = steered_unbound_pvd(&ctx, &settings) else {
+    let Some((index, pvd)) = steered_pvd(&ctx, &settings, SourceBy::Datagram) else {
         return ALLOW;
     };
     unsafe {

@@ -2,11 +2,14 @@
 //! a user would observe: which network a connection left by and which source
 //! address the peer saw, for IPv4 and IPv6, TCP, connected and unconnected
 //! UDP.
-use std::{net::IpAddr, path::Path};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+};
 
-use mif_tests::e2e::{internet, policy_toml as policy, two_networks as lab};
+use mif_tests::e2e::{app_with_policy, internet, policy_toml as policy, two_networks as lab};
 use mif_tests::{
-    lab::{ClientFailure, Family, Lab, Network, Proto, INTERNET_V4},
+    lab::{ClientFailure, ClientReply, Family, Lab, Network, Proto, INTERNET_V4},
     mif::Daemon,
     skip_unless_root,
 };
@@ -235,4 +238,110 @@ fn sockets_of_a_steered_cgroup_in_another_namespace_are_left_alone() {
     );
     // In the managed namespace the same cgroup is steered.
     assert_ne!(lab.sockmark(Some(&app), Family::V4).unwrap().mark, 0);
+}
+
+/// Issue 16: `sendmsg4/6` give unconnected datagrams their PvD's source
+/// (counted as "src set"), rather than leaving it to routing and counting
+/// nothing. On wwan0 the two disagree: the primary IPv4 address is
+/// deprecated and a secondary one sits in the same subnet. mif prefers the
+/// address that is not deprecated (RFC 6724 rule 3, `best_source`); the
+/// kernel's IPv4 source selection (`inet_select_addr`) takes the primary,
+/// deprecated or not, so only the programs can give a datagram mif's choice.
+/// IPv6 source selection follows RFC 6724 itself, so there only the counter
+/// shows that the programs did it.
+#[test]
+fn unconnected_udp_gets_the_pvd_source_where_routing_would_pick_another() {
+    skip_unless_root!();
+    let lab = lab();
+    let (app, config) = app_with_policy(&lab, &["wwan0"], "");
+    let wwan = lab.network(1);
+    let [a, b, c, _] = wwan.host_v4.octets();
+    let preferred = Ipv4Addr::new(a, b, c, 3);
+    lab.deprecate_host_address(1, Family::V4).unwrap();
+    lab.add_host_address(1, preferred.into()).unwrap();
+    let daemon = Daemon::start(&lab, &config).unwrap();
+
+    let maps = daemon.maps_json().unwrap();
+    let pvd = maps["pvds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "wwan0")
+        .unwrap();
+    assert_eq!(
+        pvd["addr4"],
+        preferred.to_string(),
+        "mif's choice: {maps:#}"
+    );
+    // What routing alone gives a socket with wwan0's mark: the other one.
+    let mark = pvd_mark(&daemon, "wwan0").to_string();
+    let internet_v4 = INTERNET_V4.to_string();
+    let route = lab
+        .ip_host(&["-j", "-4", "route", "get", &internet_v4, "mark", &mark])
+        .unwrap();
+    let route: serde_json::Value = serde_json::from_str(&route).unwrap();
+    assert_eq!(route[0]["dev"], "wwan0", "{route}");
+    assert_eq!(
+        route[0]["prefsrc"],
+        wwan.host_v4.to_string(),
+        "the kernel's own choice must differ from mif's, or this proves nothing: {route}"
+    );
+
+    for (family, source) in [
+        (Family::V4, IpAddr::from(preferred)),
+        (Family::V6, wwan.host_v6.into()),
+    ] {
+        for proto in Proto::ALL {
+            let before = sources_set(&daemon, "wwan0");
+            let reply = lab
+                .client(Some(&app), proto, internet(family), None)
+                .unwrap_or_else(|e| panic!("{proto} {family:?}: {e:#}"));
+            let expected = ClientReply {
+                network: wwan.name.clone(),
+                source,
+            };
+            assert_eq!(reply, expected, "{proto} {family:?}");
+            let after = sources_set(&daemon, "wwan0");
+            if proto == Proto::UdpUnconnected {
+                assert!(
+                    after > before,
+                    "{proto} {family:?}: src set stayed {before}"
+                );
+            } else {
+                // Bound at connect(), as "bound" counts: no datagram of its
+                // own goes through sendmsg's rewrite.
+                assert_eq!(after, before, "{proto} {family:?}: src set");
+            }
+        }
+    }
+    // A port the application bound itself, with the wildcard address, is
+    // no choice of source either: its datagrams get the PvD's as well.
+    let wildcard = IpAddr::from(Ipv4Addr::UNSPECIFIED);
+    let reply = lab
+        .client(
+            Some(&app),
+            Proto::UdpUnconnected,
+            INTERNET_V4.into(),
+            Some(wildcard),
+        )
+        .unwrap();
+    assert_eq!(reply.source, IpAddr::from(preferred), "bound to {wildcard}");
+}
+
+/// The "src set" count of `pvd` over every policy, as `mif stats --json`
+/// shows it.
+fn sources_set(daemon: &Daemon, pvd: &str) -> u64 {
+    let out = daemon.mif(&["stats", "--json", "--interval", "0"]).unwrap();
+    assert!(
+        out.status.success(),
+        "mif stats: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    rows.as_array()
+        .unwrap_or_else(|| panic!("mif stats --json: {rows}"))
+        .iter()
+        .filter(|row| row["pvd"] == pvd)
+        .map(|row| row["src_set"].as_u64().unwrap())
+        .sum()
 }
