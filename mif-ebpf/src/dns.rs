@@ -23,7 +23,7 @@
 //! not reach a remote resolver).
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::generated::bpf_get_socket_cookie,
     macros::map,
     maps::{Array, LruHashMap},
 };
@@ -36,7 +36,7 @@ use crate::{
     addr::{is_loopback4, is_loopback6, is_v4_mapped, write_ip6, LOOPBACK6},
     counters::{count, Event},
     maps::PVDS,
-    policy::find_policy,
+    policy::{find_policy, in_managed_netns},
 };
 
 /// Socket cookie → what the application asked and where it went instead.
@@ -83,7 +83,7 @@ fn dns_socket(sa: *mut bpf_sock_addr, settings: &Settings) -> Option<Target> {
     if unsafe { (*sa).user_port } != DNS_PORT_BE {
         return None;
     }
-    if unsafe { bpf_get_netns_cookie(sa.cast()) } != settings.netns_cookie {
+    if !in_managed_netns(sa, settings) {
         return None;
     }
     let sk = unsafe { (*sa).__bindgen_anon_1.sk };

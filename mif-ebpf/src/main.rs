@@ -42,7 +42,7 @@ mod strict;
 
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr},
-    helpers::generated::{bpf_bind, bpf_get_netns_cookie},
+    helpers::generated::bpf_bind,
     macros::{cgroup_sock, cgroup_sock_addr, cgroup_sockopt},
     programs::{SockAddrContext, SockContext, SockoptContext},
 };
@@ -56,7 +56,7 @@ use crate::{
     counters::{count, Event},
     dns::Dns,
     maps::PVDS,
-    policy::{find_policy, settings},
+    policy::{find_policy, in_managed_netns, settings},
 };
 
 /// Let the operation go on.
@@ -77,7 +77,7 @@ pub fn mif_sock_create(ctx: SockContext) -> i32 {
 
 fn try_sock_create(ctx: &SockContext) -> Result<i32, i32> {
     let settings = settings();
-    if unsafe { bpf_get_netns_cookie(ctx.sock.cast()) } != settings.netns_cookie {
+    if !in_managed_netns(ctx.sock, &settings) {
         return Ok(ALLOW);
     }
     let sk: *mut bpf_sock = ctx.sock;
@@ -170,7 +170,7 @@ fn steered_pvd(
     by: SourceBy,
 ) -> Option<(u32, &'static Pvd)> {
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
-    if unsafe { bpf_get_netns_cookie(sa.cast()) } != settings.netns_cookie {
+    if !in_managed_netns(sa, settings) {
         return None;
     }
     let sk = unsafe { (*sa).__bindgen_anon_1.sk };

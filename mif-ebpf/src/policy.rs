@@ -1,6 +1,9 @@
-//! Who a hook runs for: this instance's settings and the policy of the
-//! current process, shared by every program.
-use aya_ebpf::helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id};
+//! Who a hook runs for: this instance's settings, whether the socket is in
+//! its network namespace, and the policy of the current process, shared by
+//! every program.
+use aya_ebpf::helpers::generated::{
+    bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie,
+};
 use mif_common::{Policy, Settings, MAX_CGROUP_DEPTH};
 
 use crate::maps::POLICIES;
@@ -21,6 +24,18 @@ pub fn settings() -> Settings {
     // Volatile so the compiler does not fold the zero initialiser: the real
     // values are patched into .rodata at load time.
     unsafe { core::ptr::read_volatile(&MIF_SETTINGS) }
+}
+
+/// Whether the hook runs for a socket of the network namespace this
+/// instance manages. Policies apply only there: a process of a steered
+/// cgroup inside a container with a namespace of its own is left alone,
+/// since the marks, rules and addresses mif set up belong to this one.
+/// `ctx` is the program's context (`bpf_sock`, `bpf_sock_addr` or
+/// `bpf_sockopt`), for each of which the kernel reports the socket's
+/// namespace.
+#[inline(always)]
+pub fn in_managed_netns<C>(ctx: *mut C, settings: &Settings) -> bool {
+    unsafe { bpf_get_netns_cookie(ctx.cast()) == settings.netns_cookie }
 }
 
 /// The policy of the deepest cgroup, from the process's own up to the cgroup

@@ -23,17 +23,14 @@
 //!
 //! Checks cheap enough for every call come first; the cgroup walk runs only
 //! for what only a strict policy would refuse.
-use aya_ebpf::{
-    bindings::{bpf_sock_addr, bpf_sockopt},
-    helpers::generated::bpf_get_netns_cookie,
-};
+use aya_ebpf::bindings::{bpf_sock_addr, bpf_sockopt};
 use mif_common::{sockopt, Policy, Pvd, Settings, COUNTER_NO_PVD, MAX_PVDS, NO_OWNER};
 
 use crate::{
     addr::{is_link_local6, is_loopback4, is_loopback6, is_v4_mapped},
     counters::{count, Event},
     maps::PVDS,
-    policy::strict_policy,
+    policy::{in_managed_netns, strict_policy},
 };
 
 /// The addresses the socket behind a sock_addr context is bound to (zero
@@ -54,7 +51,7 @@ pub fn bound_source(sa: *mut bpf_sock_addr) -> (u32, [u32; 4]) {
 /// bind, connect, sendmsg or setsockopt.
 #[inline(always)]
 pub fn refuses<T>(ctx: *mut T, settings: &Settings, refused: impl FnOnce(&Policy) -> bool) -> bool {
-    if unsafe { bpf_get_netns_cookie(ctx.cast()) } != settings.netns_cookie {
+    if !in_managed_netns(ctx, settings) {
         return false;
     }
     match strict_policy(settings) {
