@@ -352,7 +352,7 @@ pub fn persist(path: &Path, specs: &[PolicySpec]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::parse;
+    use crate::model::config::{parse, DnsMode};
 
     fn spec(cgroup: &str, prefer: &[&str]) -> PolicySpec {
         PolicySpec {
@@ -410,6 +410,19 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.field, "policy.cgroup");
+    }
+
+    #[test]
+    fn a_spec_is_one_flat_object_on_the_wire_and_in_the_state_file() {
+        // Written by daemons before the terms were a struct of their own.
+        let saved = r#"{"cgroup":"/a","prefer":["wwan0"],"strict":true,"dns":"pvd"}"#;
+        let spec: PolicySpec = serde_json::from_str(saved).unwrap();
+        assert_eq!(spec.terms.prefer, ["wwan0"]);
+        assert!(spec.terms.strict && spec.terms.dns == DnsMode::Pvd);
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["prefer"][0], "wwan0");
+        assert_eq!(json["strict"], true);
+        assert!(json.get("terms").is_none(), "{json}");
     }
 
     #[test]
