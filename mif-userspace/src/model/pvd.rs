@@ -591,15 +591,24 @@ mod tests {
     /// The PvDs of `config` over `interfaces`, from a fresh registry and
     /// nothing learned.
     fn pvds_of(config: &Config, interfaces: &[Interface]) -> Vec<PvdState> {
-        build(
+        built(
             config,
             interfaces,
             &LearnedDns::new(),
-            &NUMBERING,
             &mut Registry::default(),
         )
-        .unwrap()
-        .0
+    }
+
+    /// The PvDs [`build`] makes, none skipped.
+    fn built(
+        config: &Config,
+        interfaces: &[Interface],
+        learned: &LearnedDns,
+        registry: &mut Registry,
+    ) -> Vec<PvdState> {
+        let (pvds, skipped) = build(config, interfaces, learned, &NUMBERING, registry).unwrap();
+        assert!(skipped.is_empty(), "{skipped:?}");
+        pvds
     }
 
     const NUMBERING: Numbering = Numbering {
@@ -683,14 +692,12 @@ mod tests {
         let gw = Some("198.18.0.1");
         let mut registry = Registry::default();
         let wlan = iface("wlan0", 2, vec![addr("198.18.0.2", 24)], gw, None);
-        let (pvds, _) = build(
+        let pvds = built(
             &config,
             std::slice::from_ref(&wlan),
             &LearnedDns::new(),
-            &NUMBERING,
             &mut registry,
-        )
-        .unwrap();
+        );
         assert_eq!(pvds[0].index, 0);
         // A new uplink whose name sorts first must not take wlan0's index.
         let eth = iface(
@@ -700,28 +707,19 @@ mod tests {
             Some("198.18.2.1"),
             None,
         );
-        let (pvds, _) = build(
+        let pvds = built(
             &config,
             &[eth.clone(), wlan.clone()],
             &LearnedDns::new(),
-            &NUMBERING,
             &mut registry,
-        )
-        .unwrap();
+        );
         let index = |pvds: &[PvdState], n: &str| pvds.iter().find(|p| p.name == n).map(|p| p.index);
         assert_eq!(
             (index(&pvds, "wlan0"), index(&pvds, "eth0")),
             (Some(0), Some(1))
         );
         // wlan0 vanishes: it stays a PvD, absent and unavailable, index kept.
-        let (pvds, _) = build(
-            &config,
-            &[eth],
-            &LearnedDns::new(),
-            &NUMBERING,
-            &mut registry,
-        )
-        .unwrap();
+        let pvds = built(&config, &[eth], &LearnedDns::new(), &mut registry);
         let gone = pvds.iter().find(|p| p.name == "wlan0").unwrap();
         assert_eq!(
             (gone.index, gone.ifindex, gone.available4()),
@@ -885,14 +883,7 @@ mod tests {
                 None,
             ),
         ];
-        let (pvds, _) = build(
-            &config,
-            &interfaces,
-            &learned,
-            &NUMBERING,
-            &mut Registry::default(),
-        )
-        .unwrap();
+        let pvds = built(&config, &interfaces, &learned, &mut Registry::default());
         let dns = |n: &str| {
             let p = pvds.iter().find(|p| p.name == n).unwrap();
             (p.dns.clone(), p.dns_source)
