@@ -3,21 +3,18 @@
 //! the destroy run, and "peer", where the servers listen. The root namespace
 //! is never touched. Needs root; skips otherwise.
 use std::{
-    fs::File,
     io::{self, Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
-    process::Command,
-    sync::atomic::{AtomicUsize, Ordering},
     thread,
     time::Duration,
 };
 
-use mif::apply::sockdiag::{destroy_tcp, DestroyFilter};
-use nix::{
-    sched::{setns, CloneFlags},
-    sys::socket::{setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType},
+use mif::{
+    apply::sockdiag::{destroy_tcp, DestroyFilter},
+    test_support::TestNetns as Netns,
 };
+use nix::sys::socket::{setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType};
 
 const LOCAL4: &str = "198.18.9.2";
 const PEER4: &str = "198.18.9.1";
@@ -31,55 +28,6 @@ fn is_root() -> bool {
     mif::test_support::root_or_skip("sockdiag tests (network namespaces, CAP_NET_ADMIN)")
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A named network namespace, deleted on drop (also when a test panics).
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("mifsd-{}-{n}", std::process::id());
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// Runs `f` on a thread that has entered this namespace. Sockets it
-    /// creates stay in the namespace whichever thread uses them later.
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        thread::spawn(move || {
-            let ns = File::open(&path).expect("open netns");
-            setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Not ip(): a failing assert while unwinding would abort the tests.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
 /// The two namespaces, with the veth pair between them (created inside
 /// "local", its far end moved straight to "peer").
 struct Lab {
@@ -89,44 +37,16 @@ struct Lab {
 
 impl Lab {
     fn new() -> Self {
-        let local = Netns::new();
-        let peer = Netns::new();
-        let (l, p) = (local.name.as_str(), peer.name.as_str());
-        ip(&[
-            "-n", l, "link", "add", "sd0", "type", "veth", "peer", "name", "sd1", "netns", p,
-        ]);
-        ip(&[
-            "-n",
-            l,
-            "addr",
-            "add",
-            &format!("{LOCAL4}/24"),
-            "dev",
-            "sd0",
-        ]);
-        ip(&[
-            "-n",
-            l,
-            "addr",
-            "add",
-            &format!("{LOCAL6}/64"),
-            "dev",
-            "sd0",
-            "nodad",
-        ]);
-        ip(&["-n", p, "addr", "add", &format!("{PEER4}/24"), "dev", "sd1"]);
-        ip(&[
-            "-n",
-            p,
-            "addr",
-            "add",
-            &format!("{PEER6}/64"),
-            "dev",
-            "sd1",
-            "nodad",
-        ]);
-        ip(&["-n", l, "link", "set", "sd0", "up"]);
-        ip(&["-n", p, "link", "set", "sd1", "up"]);
+        let local = Netns::new("mifsd");
+        let peer = Netns::new("mifsd-peer");
+        local.veth_to("sd0", &peer, "sd1");
+        for (ns, dev, v4, v6) in [
+            (&local, "sd0", LOCAL4, LOCAL6),
+            (&peer, "sd1", PEER4, PEER6),
+        ] {
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
+            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
+        }
         Lab { local, peer }
     }
 

@@ -2,14 +2,7 @@
 //! skipped otherwise). Nothing here touches the root namespace or sends
 //! traffic: the veth peer lives in a second namespace and stays silent.
 
-use std::{
-    future::Future,
-    net::IpAddr,
-    process::Command,
-    sync::atomic::{AtomicUsize, Ordering},
-};
-
-use nix::sched::{setns, CloneFlags};
+use std::{future::Future, net::IpAddr, process::Command};
 
 use crate::{
     host::netlink::{Interface, Netlink, NextHop, Uplink},
@@ -20,29 +13,18 @@ const TABLE: u32 = 1234;
 /// The veth end inside the test namespace.
 const DEV: &str = "mif0";
 
-/// A fresh namespace with a veth into a peer namespace, deleted on drop, so
-/// even a failing test leaves nothing behind.
+/// A namespace with a veth into a silent peer namespace, addresses on its
+/// end and default routes via the peer; both deleted on drop.
 struct TestNetns {
-    name: String,
-    peer: String,
+    ns: crate::test_support::TestNetns,
+    _peer: crate::test_support::TestNetns,
 }
 
 impl TestNetns {
     fn create() -> Self {
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("mifnl-{}-{n}", std::process::id());
-        let ns = Self {
-            peer: format!("{name}-peer"),
-            name,
-        };
-        ip(&["netns", "add", &ns.name]);
-        ip(&["netns", "add", &ns.peer]);
-        ns.ip(&[
-            "link", "add", DEV, "type", "veth", "peer", "name", "mif0p", "netns", &ns.peer,
-        ]);
-        ip(&["-n", &ns.peer, "link", "set", "mif0p", "up"]);
-        ns.ip(&["link", "set", DEV, "up"]);
+        let ns = crate::test_support::TestNetns::new("mifnl");
+        let peer = crate::test_support::TestNetns::new("mifnl-peer");
+        ns.veth_to(DEV, &peer, "mif0p");
         ns.ip(&["addr", "add", "198.18.5.2/24", "dev", DEV]);
         ns.ip(&["addr", "add", "2001:db8:5::2/64", "dev", DEV, "nodad"]);
         ns.ip(&["route", "add", "default", "via", "198.18.5.1"]);
@@ -56,21 +38,18 @@ impl TestNetns {
             "dev",
             DEV,
         ]);
-        ns
+        Self { ns, _peer: peer }
     }
 
-    /// Runs `ip -n NS args...` and returns its output.
     fn ip(&self, args: &[&str]) -> String {
-        let mut full = vec!["-n", &self.name];
-        full.extend_from_slice(args);
-        ip(&full)
+        self.ns.ip(args)
     }
 
     /// `ip [-6] route get ...` in the namespace: the route the kernel would
     /// pick (nothing is sent), or its refusal.
     fn route_get(&self, family: &str, args: &[&str]) -> Result<String, String> {
         let out = Command::new("ip")
-            .args(["-n", &self.name, family, "route", "get"])
+            .args(["-n", self.ns.name(), family, "route", "get"])
             .args(args)
             .output()
             .expect("run ip");
@@ -80,27 +59,14 @@ impl TestNetns {
         }
     }
 
-    /// Runs `body` on a thread that has entered the namespace, on a
-    /// current-thread runtime of its own, so `Netlink::connect` opens its
+    /// Runs `body` inside the namespace, so `Netlink::connect` opens its
     /// socket there.
     fn run<F, Fut>(&self, body: F)
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = ()>,
     {
-        let path = format!("/run/netns/{}", self.name);
-        let thread = std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("open namespace");
-            setns(&file, CloneFlags::CLONE_NEWNET).expect("enter namespace");
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(body());
-        });
-        if let Err(panic) = thread.join() {
-            std::panic::resume_unwind(panic);
-        }
+        self.ns.block_on(body);
     }
 
     /// `ip [-6] rule` lines that look up `table`.
@@ -116,25 +82,6 @@ impl TestNetns {
     fn routes(&self, family: &str, table: u32) -> Vec<String> {
         lines(&self.ip(&[family, "route", "show", "table", &table.to_string()]))
     }
-}
-
-impl Drop for TestNetns {
-    fn drop(&mut self) {
-        for ns in [&self.name, &self.peer] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 from ip")
 }
 
 /// Non-empty lines with whitespace runs collapsed, for exact comparisons.
