@@ -88,3 +88,17 @@ pub fn counter_total(maps: &serde_json::Value, field: &str) -> u64 {
         })
         .sum()
 }
+
+/// The routing table of PvD `pvd` in `mif maps --json` output: the daemon's
+/// own numbering (`--table-base` plus the PvD's index, or the configured
+/// table), so a test never spells a table number.
+pub fn pvd_table(maps: &serde_json::Value, pvd: &str) -> u64 {
+    maps["pvds"]
+        .as_array()
+        .expect("pvds in mif maps --json")
+        .iter()
+        .find(|p| p["name"] == pvd)
+        .unwrap_or_else(|| panic!("no PvD {pvd} in {maps}"))["table"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("PvD {pvd} has no table in {maps}"))
+}

@@ -10,7 +10,11 @@ use std::{
 };
 
 use mif_tests::{
-    lab::{lab_peer_path, ClientReply, Lab, INTERNET_V4, PEER_PORT},
+    e2e::pvd_table,
+    lab::{
+        lab_peer_path, ClientReply, Lab, CONTAINER_BRIDGE_V4, CONTAINER_NET_V4,
+        CONTAINER_PREFIX_LEN, CONTAINER_V4, INTERNET_V4, PEER_PORT,
+    },
     mif::Daemon,
     skip_unless_root,
 };
@@ -41,18 +45,12 @@ fn docker_like(lab: &Lab) -> Container {
     let container = Container {
         ns: format!("{host}c"),
     };
+    let bridge = format!("{CONTAINER_BRIDGE_V4}/{CONTAINER_PREFIX_LEN}");
+    let address = format!("{CONTAINER_V4}/{CONTAINER_PREFIX_LEN}");
+    let gateway = CONTAINER_BRIDGE_V4.to_string();
     sh(&["ip", "netns", "add", &container.ns]);
     sh(&["ip", "-n", host, "link", "add", "mifbr0", "type", "bridge"]);
-    sh(&[
-        "ip",
-        "-n",
-        host,
-        "addr",
-        "add",
-        "172.17.0.1/16",
-        "dev",
-        "mifbr0",
-    ]);
+    sh(&["ip", "-n", host, "addr", "add", &bridge, "dev", "mifbr0"]);
     sh(&["ip", "-n", host, "link", "set", "mifbr0", "up"]);
     sh(&[
         "ip",
@@ -78,7 +76,7 @@ fn docker_like(lab: &Lab) -> Container {
         &container.ns,
         "addr",
         "add",
-        "172.17.0.2/16",
+        &address,
         "dev",
         "eth0",
     ]);
@@ -92,7 +90,7 @@ fn docker_like(lab: &Lab) -> Container {
         "add",
         "default",
         "via",
-        "172.17.0.1",
+        &gateway,
     ]);
     // Forwarding and NAT in the lab's own host namespace only.
     sh(&[
@@ -104,8 +102,11 @@ fn docker_like(lab: &Lab) -> Container {
         "-qw",
         "net.ipv4.ip_forward=1",
     ]);
-    let nft = "table ip mifnat {\n chain post {\n  type nat hook postrouting priority 100;\n  \
-               ip saddr 172.17.0.0/16 oifname != \"mifbr0\" masquerade\n }\n}\n";
+    let nft = format!(
+        "table ip mifnat {{\n chain post {{\n  type nat hook postrouting priority 100;\n  \
+         ip saddr {CONTAINER_NET_V4}/{CONTAINER_PREFIX_LEN} oifname != \"mifbr0\" masquerade\n \
+         }}\n}}\n"
+    );
     let mut child = Command::new("ip")
         .args(["netns", "exec", host, "nft", "-f", "-"])
         .stdin(Stdio::piped())
@@ -161,29 +162,32 @@ fn a_container_with_its_own_namespace_is_steered_from_the_host_side() {
         .create_cgroup("system.slice/docker-0123abcd.scope")
         .unwrap();
 
+    let (wlan, wwan) = (lab.network(0), lab.network(1));
+
     // Without a policy the container leaves by the main table's network.
     let before = reply(&container, &scope).expect("the container cannot reach the internet");
     assert_eq!(
         before,
         ClientReply {
-            network: "wlan0".into(),
-            source: "198.18.0.2".parse().unwrap()
+            network: wlan.name.clone(),
+            source: wlan.host_v4.into()
         }
     );
 
     let config = format!(
-        "[[policy]]\ncgroup = \"{}/system.slice/docker-0123abcd.scope\"\nprefer = [\"wwan0\"]\n",
-        lab.cgroup_rel()
+        "[[policy]]\ncgroup = \"{}/system.slice/docker-0123abcd.scope\"\nprefer = [{:?}]\n",
+        lab.cgroup_rel(),
+        wwan.name
     );
-    let _daemon = Daemon::start(&lab, &config).unwrap();
+    let daemon = Daemon::start(&lab, &config).unwrap();
     // The container's long-running process is what mif finds.
     let mut sleeper = in_container(&container, &scope, Path::new("sleep"), &["60"]);
     let mut sleeper = sleeper.stdin(Stdio::null()).spawn().unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let expected = ClientReply {
-        network: "wwan0".into(),
-        source: "198.18.1.2".parse().unwrap(),
+        network: wwan.name.clone(),
+        source: wwan.host_v4.into(),
     };
     loop {
         let got = reply(&container, &scope);
@@ -196,8 +200,12 @@ fn a_container_with_its_own_namespace_is_steered_from_the_host_side() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Steered on the host side: the container's address looks up wwan0's
+    // table, as the daemon numbered it.
+    let table = pvd_table(&daemon.maps_json().unwrap(), &wwan.name);
     let rules = lab.ip_host(&["rule"]).unwrap();
-    assert!(rules.contains("from 172.17.0.2 lookup 20101"), "{rules}");
+    let rule = format!("from {CONTAINER_V4} lookup {table}");
+    assert!(rules.contains(&rule), "no {rule:?} in:\n{rules}");
     let _ = sleeper.kill();
     let _ = sleeper.wait();
 }

@@ -80,7 +80,10 @@ pub use peer::{
 };
 pub use radvd::Radvd;
 pub use second_router::{SecondRouter, SECOND_ROUTER_PREFIX, SECOND_ROUTER_V4, SECOND_ROUTER_V6};
-pub use topology::{Network, INTERNET_V4, INTERNET_V6};
+pub use topology::{
+    Network, CONTAINER_BRIDGE_V4, CONTAINER_NET_V4, CONTAINER_PREFIX_LEN, CONTAINER_V4,
+    INTERNET_V4, INTERNET_V6,
+};
 pub use vpn::{
     Vpn, VpnShape, VPN_CLIENT_V4, VPN_CLIENT_V6, VPN_DEFAULT_METRIC, VPN_DEV, VPN_NETWORK_NAME,
     VPN_PEER_V4, VPN_PEER_V6, VPN_PORT, VPN_SERVER_V4,

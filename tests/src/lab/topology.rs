@@ -25,6 +25,20 @@ pub const INTERNET_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 /// The IPv6 "internet" service address, present in every network.
 pub const INTERNET_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1);
 
+/// The address of a Docker-like container bridge on the host, as Docker's
+/// default `docker0` has it; the lab builds none (a container test does),
+/// and no lab network overlaps its prefix.
+pub const CONTAINER_BRIDGE_V4: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 1);
+/// A container's address behind [`CONTAINER_BRIDGE_V4`], its default
+/// gateway.
+pub const CONTAINER_V4: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 2);
+/// The prefix length of the container network.
+pub const CONTAINER_PREFIX_LEN: u8 = 16;
+/// The container network itself (172.17.0.0), what masquerading matches.
+pub const CONTAINER_NET_V4: Ipv4Addr = Ipv4Addr::from_bits(
+    CONTAINER_BRIDGE_V4.to_bits() & (u32::MAX << (32 - CONTAINER_PREFIX_LEN as u32)),
+);
+
 /// The router-side end of each veth (namespaces keep names apart).
 pub(crate) const ROUTER_IF: &str = "eth0";
 
@@ -161,6 +175,15 @@ mod tests {
         assert_eq!(net.host_v4, Ipv4Addr::new(198, 18, 1, 2));
         assert_eq!(net.gateway_v6, "2001:db8:1::1".parse::<Ipv6Addr>().unwrap());
         assert!(Network::plan(256, "x", "r".into()).is_err());
+    }
+
+    #[test]
+    fn container_network_is_apart_from_the_lab_networks() {
+        assert_eq!(CONTAINER_NET_V4, Ipv4Addr::new(172, 17, 0, 0));
+        let mask = u32::MAX << (32 - u32::from(CONTAINER_PREFIX_LEN));
+        assert_eq!(CONTAINER_V4.to_bits() & mask, CONTAINER_NET_V4.to_bits());
+        let net = Network::plan(0, "wlan0", "r".into()).unwrap();
+        assert_ne!(net.host_v4.to_bits() & mask, CONTAINER_NET_V4.to_bits());
     }
 
     #[test]
