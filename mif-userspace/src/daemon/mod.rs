@@ -41,7 +41,7 @@ use crate::{
     model::policies::{self, PolicySet},
     model::pvd::PvdState,
     reconcile::PolicyState,
-    reconcile::{Lost, Reconciler, WatchTargets},
+    reconcile::{InstanceNumbers, Lost, Reconciler, WatchTargets},
 };
 
 /// How often the kernel state is re-checked even without events, to repair
@@ -118,12 +118,14 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
     }
     let mut reconciler = Reconciler::new(
         netlink.clone(),
+        maps,
         prepared.config.clone(),
         PolicyState::new(set, prepared.cgroup2.clone(), prepared.attach.clone()),
-        opts.instance.numbering(),
-        opts.instance.rules(),
-        settings,
-        maps,
+        InstanceNumbers {
+            numbering: opts.instance.numbering(),
+            rules: opts.instance.rules(),
+            settings,
+        },
     );
     if steering.adopted {
         info!(

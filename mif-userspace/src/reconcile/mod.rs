@@ -49,12 +49,10 @@ pub use self::{
 /// default.
 pub struct Reconciler<H = Netlink, M = KernelMaps> {
     netlink: H,
+    maps: M,
     config: Config,
     policy: PolicyState,
-    numbering: Numbering,
-    rules: RuleOptions,
-    settings: Settings,
-    maps: M,
+    numbers: InstanceNumbers,
     registry: Registry,
     /// Routing installed per table, as last applied.
     applied: BTreeMap<u32, PvdRouting>,
@@ -66,25 +64,31 @@ pub struct Reconciler<H = Netlink, M = KernelMaps> {
     lease_problems: std::collections::BTreeSet<String>,
 }
 
+/// The numbers one instance steers by, fixed for its lifetime.
+#[derive(Debug, Clone, Copy)]
+pub struct InstanceNumbers {
+    /// How PvD indices become marks and tables.
+    pub numbering: Numbering,
+    /// The priorities and mask of its ip rules.
+    pub rules: RuleOptions,
+    /// What the kernel programs were loaded with.
+    pub settings: Settings,
+}
+
 impl<H: RoutingHost, M: MapWriter> Reconciler<H, M> {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         netlink: H,
+        maps: M,
         config: Config,
         policy: PolicyState,
-        numbering: Numbering,
-        rules: RuleOptions,
-        settings: Settings,
-        maps: M,
+        numbers: InstanceNumbers,
     ) -> Self {
         Self {
             netlink,
+            maps,
             config,
             policy,
-            numbering,
-            rules,
-            settings,
-            maps,
+            numbers,
             registry: Registry::default(),
             applied: BTreeMap::new(),
             pvds: Vec::new(),
@@ -99,7 +103,7 @@ impl<H: RoutingHost, M: MapWriter> Reconciler<H, M> {
     /// routing is known so that what is no longer wanted gets removed.
     pub fn adopt_previous(&mut self) {
         let pvds = self.maps.pvds();
-        let previous = plan::installed_routing(&pvds, &self.rules);
+        let previous = plan::installed_routing(&pvds, &self.numbers.rules);
         let names = pvds
             .iter()
             .filter_map(|(index, _, meta)| meta.as_ref().map(|m| (plan::pvd_name(m), *index)));
@@ -251,7 +255,7 @@ impl<H: RoutingHost, M: MapWriter> Reconciler<H, M> {
             &self.config,
             &interfaces,
             &learned,
-            &self.numbering,
+            &self.numbers.numbering,
             &mut self.registry,
         )?;
         if !skipped.is_empty() {
@@ -263,7 +267,7 @@ impl<H: RoutingHost, M: MapWriter> Reconciler<H, M> {
         if self.policy.stale {
             self.policy.resolve();
         }
-        let mut desired = plan::desired(&pvds, self.policy.resolved(), &self.rules);
+        let mut desired = plan::desired(&pvds, self.policy.resolved(), &self.numbers.rules);
         // Only the interfaces some policy excludes are looked at.
         desired.excludes = plan::exclusions(self.policy.resolved(), |name| {
             interfaces
@@ -296,7 +300,7 @@ impl<H: RoutingHost, M: MapWriter> Reconciler<H, M> {
                 self.applied.insert(routing.table, routing.clone());
             }
         }
-        self.maps.write(&self.settings, &desired)?;
+        self.maps.write(&self.numbers.settings, &desired)?;
         let wanted: Vec<u32> = desired.routing.iter().map(|r| r.table).collect();
         let stale: Vec<PvdRouting> = self
             .applied

@@ -155,15 +155,17 @@ fn reconciler(host: &FakeHost, maps: &FakeMaps) -> Reconciler<FakeHost, FakeMaps
     };
     Reconciler::new(
         host.clone(),
+        maps.clone(),
         config,
         PolicyState::new(set, cgroup2, attach),
-        Numbering {
-            mark_mask: rules.mark_mask,
-            table_base: 20000,
+        InstanceNumbers {
+            numbering: Numbering {
+                mark_mask: rules.mark_mask,
+                table_base: 20000,
+            },
+            rules,
+            settings: Settings::default(),
         },
-        rules,
-        Settings::default(),
-        maps.clone(),
     )
 }
 
