@@ -19,6 +19,13 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
+use netlink_packet_core::{
+    DoneBuffer, ErrorBuffer, NLA_HEADER_SIZE, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP,
+    NLM_F_REQUEST,
+};
+
+use crate::host::netlink::frames;
+
 /// Which sockets to reset: TCP sockets (any state except LISTEN and
 /// TIME_WAIT) whose local address is `source` and, if `mark` is
 /// `Some((value, mask))`, whose SO_MARK & mask == value.
@@ -87,7 +94,8 @@ pub fn destroy_tcp(filter: &DestroyFilter) -> Result<usize, SockDiagError> {
     Ok(destroyed)
 }
 
-// Constants from the uapi headers; not all of them are in the libc crate.
+// The sock_diag constants from the uapi headers, which neither the libc
+// crate nor netlink-packet-core has; the netlink ones come from the latter.
 const AF_INET: u8 = libc::AF_INET as u8;
 const AF_INET6: u8 = libc::AF_INET6 as u8;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -95,14 +103,7 @@ const SOCK_DESTROY: u16 = 21;
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
 const INET_DIAG_BC_S_COND: u8 = 7;
 const INET_DIAG_BC_MARK_COND: u8 = 10;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
 
-const NLMSG_HDR_LEN: usize = 16;
-const NLA_HDR_LEN: usize = 4;
 const SOCKID_LEN: usize = 48;
 const REQ_V2_LEN: usize = 8 + SOCKID_LEN;
 /// inet_diag_msg: family, state, timer, retrans, the id, then five u32s.
@@ -275,36 +276,19 @@ fn encode_req_v2(out: &mut Vec<u8>, family: u8, states: u32, id: &SockId) {
     id.encode(out);
 }
 
-/// A netlink message: nlmsghdr (length filled in) followed by `payload`.
-fn encode_nlmsg(msg_type: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(NLMSG_HDR_LEN + payload.len()).expect("netlink message too long");
-    let mut msg = Vec::with_capacity(NLMSG_HDR_LEN + payload.len());
-    msg.extend_from_slice(&len.to_ne_bytes());
-    msg.extend_from_slice(&msg_type.to_ne_bytes());
-    msg.extend_from_slice(&flags.to_ne_bytes());
-    msg.extend_from_slice(&seq.to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // port id 0: the kernel
-    msg.extend_from_slice(payload);
-    msg
-}
-
 fn dump_request(family: u8, seq: u32, bytecode: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(REQ_V2_LEN + NLA_HDR_LEN + bytecode.len());
+    let mut body = Vec::with_capacity(REQ_V2_LEN + NLA_HEADER_SIZE + bytecode.len());
     encode_req_v2(&mut body, family, tcp_states(), &SockId::WILDCARD);
-    let nla_len = u16::try_from(NLA_HDR_LEN + bytecode.len()).expect("bytecode too long");
-    body.extend_from_slice(&nla_len.to_ne_bytes());
-    body.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
-    body.extend_from_slice(bytecode);
-    // Ops are 4-byte multiples, so the attribute needs no padding.
-    debug_assert_eq!(body.len() % 4, 0);
-    encode_nlmsg(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, &body)
+    // Ops are 4-byte multiples, so the attribute gets no padding.
+    frames::push_attribute(&mut body, INET_DIAG_REQ_BYTECODE, bytecode);
+    frames::request(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, &body)
 }
 
 fn destroy_request(socket: &DiagSocket, seq: u32) -> Vec<u8> {
     let mut body = Vec::with_capacity(REQ_V2_LEN);
     // The kernel finds the socket by id alone; the states are not consulted.
     encode_req_v2(&mut body, socket.family, tcp_states(), &socket.id);
-    encode_nlmsg(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, seq, &body)
+    frames::request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, seq, &body)
 }
 
 /// What one netlink message in a reply says.
@@ -319,37 +303,30 @@ enum Reply {
     Other,
 }
 
-/// Splits one received datagram into (sequence number, reply) pairs.
-fn parse_replies(mut buf: &[u8]) -> Result<Vec<(u32, Reply)>, SockDiagError> {
-    let mut replies = Vec::new();
-    while !buf.is_empty() {
-        if buf.len() < NLMSG_HDR_LEN {
-            return Err(SockDiagError::Malformed("truncated netlink header"));
-        }
-        let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
-        if len < NLMSG_HDR_LEN || len > buf.len() {
-            return Err(SockDiagError::Malformed("bad netlink message length"));
-        }
-        let msg_type = u16::from_ne_bytes([buf[4], buf[5]]);
-        let seq = u32::from_ne_bytes(buf[8..12].try_into().unwrap());
-        let payload = &buf[NLMSG_HDR_LEN..len];
-        let reply = match msg_type {
-            SOCK_DIAG_BY_FAMILY => Reply::Socket(parse_diag_msg(payload)?),
-            NLMSG_DONE => Reply::Done(leading_i32(payload).unwrap_or(0)),
-            NLMSG_ERROR => Reply::Error(
-                leading_i32(payload).ok_or(SockDiagError::Malformed("short netlink error"))?,
-            ),
-            _ => Reply::Other,
-        };
-        replies.push((seq, reply));
-        // Messages are 4-byte aligned; the last one may lack the padding.
-        buf = &buf[len.next_multiple_of(4).min(buf.len())..];
-    }
-    Ok(replies)
-}
-
-fn leading_i32(payload: &[u8]) -> Option<i32> {
-    Some(i32::from_ne_bytes(payload.get(0..4)?.try_into().unwrap()))
+/// Splits one received datagram into (sequence number, reply) pairs. A
+/// frame that cannot be split off rejects the whole datagram: the kernel
+/// never sends one, and a reply missing its socket would go unnoticed.
+fn parse_replies(buf: &[u8]) -> Result<Vec<(u32, Reply)>, SockDiagError> {
+    frames::messages(buf)
+        .map(|message| {
+            let message = message.map_err(|err| SockDiagError::Malformed(err.as_str()))?;
+            let payload = message.payload;
+            let reply = match message.kind {
+                SOCK_DIAG_BY_FAMILY => Reply::Socket(parse_diag_msg(payload)?),
+                // The kernel always puts the dump's status there; a done
+                // message too short for it still ends the dump, cleanly.
+                NLMSG_DONE => Reply::Done(DoneBuffer::new_checked(payload).map_or(0, |d| d.code())),
+                NLMSG_ERROR => Reply::Error(
+                    ErrorBuffer::new_checked(payload)
+                        .map_err(|_| SockDiagError::Malformed("short netlink error"))?
+                        .code()
+                        .map_or(0, |errno| errno.get()),
+                ),
+                _ => Reply::Other,
+            };
+            Ok((message.seq, reply))
+        })
+        .collect()
 }
 
 /// struct inet_diag_msg; the attributes after it are not needed.
@@ -694,11 +671,7 @@ mod tests {
         assert_eq!(&msg[24..], id.as_slice());
     }
 
-    fn nlmsg(msg_type: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-        let mut m = encode_nlmsg(msg_type, 0, seq, payload);
-        m.resize(m.len().next_multiple_of(4), 0);
-        m
-    }
+    use frames::test_message as nlmsg;
 
     #[test]
     fn parses_dump_replies() {
@@ -723,7 +696,7 @@ mod tests {
     #[test]
     fn parses_errors_and_acks() {
         let mut err = (-libc::ENOENT).to_ne_bytes().to_vec();
-        err.extend(encode_nlmsg(SOCK_DESTROY, 0, 4, &[0; 56])); // echoed request
+        err.extend(frames::request(SOCK_DESTROY, 0, 4, &[0; 56])); // echoed request
         let mut buf = nlmsg(NLMSG_ERROR, 4, &err);
         buf.extend(nlmsg(NLMSG_ERROR, 5, &[0; 20]));
         assert_eq!(

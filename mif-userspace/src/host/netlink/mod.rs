@@ -9,6 +9,7 @@
 
 pub(crate) mod error;
 mod events;
+pub(crate) mod frames;
 mod interfaces;
 mod ra;
 pub(crate) mod route_attrs;
