@@ -34,12 +34,14 @@ use std::{
 
 use futures::Stream;
 use log::{debug, error, warn};
+use netlink_packet_core::NLMSG_OVERRUN;
 use nix::sys::socket::{setsockopt, sockopt::RcvBufForce};
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket};
 use tokio::io::{unix::AsyncFd, Interest};
 
 pub use super::ra::{Dnssl, Rdnss};
 use super::{
+    frames,
     ra::{parse_nduseropt, RaOptions},
     NetlinkError,
 };
@@ -68,9 +70,6 @@ pub const DATAGRAM_BUFFER: usize = 64 << 10;
 /// Datagrams read in one poll at most, so a flood cannot starve the
 /// runtime's other tasks.
 const READ_BUDGET: usize = 64;
-
-/// `sizeof(struct nlmsghdr)`.
-const NLMSG_HEADER: usize = 16;
 
 /// What the daemon must react to. Events are triggers: the daemon re-dumps
 /// interfaces and reconciles, so no event carries content except router
@@ -364,26 +363,24 @@ pub fn decode(datagram: &[u8]) -> Vec<NetEvent> {
 }
 
 /// Decodes the netlink messages of one datagram into events.
-fn decode_datagram(mut datagram: &[u8], events: &mut VecDeque<NetEvent>) {
-    while !datagram.is_empty() {
-        let header = datagram.get(..NLMSG_HEADER);
-        let len = header.map_or(0, |h| u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize);
-        if len < NLMSG_HEADER || len > datagram.len() {
+fn decode_datagram(datagram: &[u8], events: &mut VecDeque<NetEvent>) {
+    for message in frames::messages(datagram) {
+        let message = match message {
+            Ok(message) => message,
             // The kernel never sends this; what follows cannot be framed,
-            // so whatever it said is lost.
-            warn!("malformed netlink datagram; resynchronising");
-            push(events, NetEvent::Resync);
-            return;
-        }
-        let kind = u16::from_ne_bytes([datagram[4], datagram[5]]);
-        let payload = &datagram[NLMSG_HEADER..len];
-        if let Some(ifindex) = link_down(kind, payload) {
+            // so whatever it said is lost. The messages before it stand.
+            Err(err) => {
+                warn!("malformed netlink datagram ({err}); resynchronising");
+                push(events, NetEvent::Resync);
+                return;
+            }
+        };
+        if let Some(ifindex) = link_down(message.kind, message.payload) {
             push(events, NetEvent::LinkDown { ifindex });
         }
-        if let Some(event) = event_of(kind, payload) {
+        if let Some(event) = event_of(message.kind, message.payload) {
             push(events, event);
         }
-        datagram = datagram.get(align4(len)..).unwrap_or_default();
     }
 }
 
@@ -404,7 +401,7 @@ fn event_of(kind: u16, payload: &[u8]) -> Option<NetEvent> {
                 None
             }
         },
-        _ if i32::from(kind) == libc::NLMSG_OVERRUN => Some(NetEvent::Resync),
+        NLMSG_OVERRUN => Some(NetEvent::Resync),
         _ => None,
     }
 }
@@ -445,10 +442,6 @@ fn push(events: &mut VecDeque<NetEvent>, event: NetEvent) {
     }
 }
 
-fn align4(len: usize) -> usize {
-    (len + 3) & !3
-}
-
 #[cfg(test)]
 mod tests {
     use std::{
@@ -464,15 +457,10 @@ mod tests {
 
     use super::*;
 
-    /// A netlink message: header (native endian) and payload, padded.
+    /// A netlink message as the kernel sends it: header and payload,
+    /// padded.
     fn nlmsg(kind: u16, payload: &[u8]) -> Vec<u8> {
-        let len = u32::try_from(NLMSG_HEADER + payload.len()).unwrap();
-        let mut msg = len.to_ne_bytes().to_vec();
-        msg.extend_from_slice(&kind.to_ne_bytes());
-        msg.extend_from_slice(&[0; 10]); // flags, sequence number, port
-        msg.extend_from_slice(payload);
-        msg.resize(align4(msg.len()), 0);
-        msg
+        frames::test_message(kind, 0, payload)
     }
 
     /// An `RTM_NEWNDUSEROPT` payload on ifindex 3 (see `ra.rs`).
@@ -596,10 +584,7 @@ mod tests {
             assert_eq!(decode(&datagram), [NetEvent::Resync]);
         }
         assert_eq!(decode(&leftover), [NetEvent::Resync]);
-        assert_eq!(
-            decode(&nlmsg(libc::NLMSG_OVERRUN as u16, &[])),
-            [NetEvent::Resync]
-        );
+        assert_eq!(decode(&nlmsg(NLMSG_OVERRUN, &[])), [NetEvent::Resync]);
     }
 
     #[test]
