@@ -35,6 +35,7 @@ use std::{
 use futures::Stream;
 use log::{debug, error, warn};
 use netlink_packet_core::NLMSG_OVERRUN;
+use netlink_packet_route::link::LinkHeader;
 use nix::sys::socket::{setsockopt, sockopt::RcvBufForce};
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket};
 use tokio::io::{unix::AsyncFd, Interest};
@@ -42,6 +43,7 @@ use tokio::io::{unix::AsyncFd, Interest};
 pub use super::ra::{Dnssl, Rdnss};
 use super::{
     frames,
+    interfaces::carries_traffic,
     ra::{parse_nduseropt, RaOptions},
     NetlinkError,
 };
@@ -406,24 +408,19 @@ fn event_of(kind: u16, payload: &[u8]) -> Option<NetEvent> {
     }
 }
 
-/// `sizeof(struct ifinfomsg)`: family, pad, type, index, flags, change.
-const IFINFOMSG: usize = 16;
-
-/// The index of the link a link message reports down or removed. "Up" is
-/// what [`super::Interface::up`] means: `IFF_UP` and a carrier
-/// (`IFF_LOWER_UP` or `IFF_RUNNING`); anything else cannot carry traffic.
+/// The index of the link a link message reports removed, or down in the
+/// sense of [`super::Interface::up`] (no `IFF_UP`, or no carrier): a link
+/// that cannot carry traffic.
 fn link_down(kind: u16, payload: &[u8]) -> Option<u32> {
     if kind != libc::RTM_NEWLINK && kind != libc::RTM_DELLINK {
         return None;
     }
-    let header = payload.get(..IFINFOMSG)?;
-    let ifindex = i32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
-    let flags = u32::from_ne_bytes([header[8], header[9], header[10], header[11]]);
-    let carrier = (libc::IFF_LOWER_UP | libc::IFF_RUNNING) as u32;
-    let up = flags & libc::IFF_UP as u32 != 0 && flags & carrier != 0;
-    // Index 0 names no link.
-    let ifindex = u32::try_from(ifindex).ok().filter(|&i| i != 0)?;
-    (kind == libc::RTM_DELLINK || !up).then_some(ifindex)
+    // Only the fixed `ifinfomsg` is read, not the attributes: a link whose
+    // attributes a newer kernel made unparsable must still go down.
+    let header = LinkHeader::parse(payload).ok()?;
+    // Index 0 names no link, and the kernel's indexes are positive ints.
+    let ifindex = Some(header.index).filter(|&i| i != 0 && i32::try_from(i).is_ok())?;
+    (kind == libc::RTM_DELLINK || !carries_traffic(header.flags)).then_some(ifindex)
 }
 
 /// Queues an event, dropping triggers that one already queued covers: the

@@ -141,6 +141,12 @@ pub(crate) fn refine_kinds(interfaces: &mut [Interface]) {
     }
 }
 
+/// What [`Interface::up`] means, for a link's `ifi_flags`; the event
+/// stream judges link notifications by the same rule.
+pub(super) fn carries_traffic(flags: LinkFlags) -> bool {
+    flags.contains(LinkFlags::Up) && flags.intersects(LinkFlags::LowerUp | LinkFlags::Running)
+}
+
 fn interface_of(link: &LinkMessage) -> Interface {
     let flags = link.header.flags;
     let name = link
@@ -154,8 +160,7 @@ fn interface_of(link: &LinkMessage) -> Interface {
     Interface {
         name,
         index: link.header.index,
-        up: flags.contains(LinkFlags::Up)
-            && flags.intersects(LinkFlags::LowerUp | LinkFlags::Running),
+        up: carries_traffic(flags),
         loopback: flags.contains(LinkFlags::Loopback),
         kind: LinkKind::of(link),
         addrs: Vec::new(),
