@@ -4,7 +4,7 @@
 //! ([`crate::apply::sockdiag`]).
 //!
 //! The header and attribute layouts come from netlink-packet-core's
-//! `NetlinkBuffer` and `NlaBuffer`. Its `NetlinkMessage` is not used:
+//! `NetlinkBuffer` and `NlasIterator`. Its `NetlinkMessage` is not used:
 //! that parses every payload into a typed message, which fails for
 //! `RTM_NEWNDUSEROPT` (netlink-packet-route has no type for it) and for
 //! sock_diag (no crate in the tree has its types), and would lose a link
@@ -14,7 +14,7 @@
 
 use std::{iter::FusedIterator, mem::size_of};
 
-use netlink_packet_core::{NetlinkBuffer, NlaBuffer, NLA_HEADER_SIZE};
+use netlink_packet_core::{NetlinkBuffer, NlaBuffer, NlasIterator, NLA_HEADER_SIZE};
 
 /// `sizeof(struct nlmsghdr)`: netlink-packet-core keeps its own copy
 /// private.
@@ -24,7 +24,7 @@ const HEADER_LEN: usize = size_of::<libc::nlmsghdr>();
 /// 4-byte boundaries (`NLMSG_ALIGNTO`, `NLA_ALIGNTO`).
 pub(crate) const ALIGN: usize = netlink_packet_core::NLA_ALIGNTO;
 
-/// Why a datagram could not be framed. Nothing after
+/// Why a datagram or an attribute run could not be framed. Nothing after
 /// the bad frame can be: its length is the only way to the next one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FrameError {
@@ -32,6 +32,9 @@ pub(crate) enum FrameError {
     TruncatedHeader,
     /// `nlmsg_len` is shorter than the header or runs past the datagram.
     BadLength,
+    /// An attribute whose header is cut short, or whose `nla_len` is
+    /// shorter than the header or runs past the end.
+    BadAttribute,
 }
 
 impl FrameError {
@@ -41,6 +44,7 @@ impl FrameError {
         match self {
             Self::TruncatedHeader => "truncated netlink header",
             Self::BadLength => "bad netlink message length",
+            Self::BadAttribute => "malformed netlink attribute",
         }
     }
 }
@@ -107,6 +111,32 @@ impl<'a> Iterator for Messages<'a> {
 }
 
 impl FusedIterator for Messages<'_> {}
+
+/// One netlink attribute: its type (without the `NLA_F_NESTED` and
+/// `NLA_F_NET_BYTEORDER` flags) and value (without padding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Attribute<'a> {
+    pub kind: u16,
+    pub value: &'a [u8],
+}
+
+/// The attributes in `bytes`, which must start at an attribute. Like
+/// [`messages`], a malformed one yields one `Err` and ends the iteration
+/// (netlink-packet-core's iterator does the stopping).
+pub(crate) fn attributes(bytes: &[u8]) -> impl Iterator<Item = Result<Attribute<'_>, FrameError>> {
+    NlasIterator::new(bytes).map(|nla| {
+        let nla = nla.map_err(|_| FrameError::BadAttribute)?;
+        let (kind, len) = (nla.kind(), usize::from(nla.length()));
+        // `into_inner` keeps the slice's lifetime (`NlaBuffer::value`
+        // borrows from the buffer value instead); the iterator has
+        // checked that `len` is within it and at least a header.
+        let value = nla
+            .into_inner()
+            .get(NLA_HEADER_SIZE..len)
+            .ok_or(FrameError::BadAttribute)?;
+        Ok(Attribute { kind, value })
+    })
+}
 
 /// A message to send to the kernel: header with its length filled in,
 /// then `payload`. Port id 0: the kernel answers the sending socket,
@@ -245,5 +275,73 @@ mod tests {
         assert_eq!(&attrs[20..22], &7u16.to_ne_bytes()); // unpadded length
         assert_eq!(&attrs[22..24], &2u16.to_ne_bytes());
         assert_eq!(&attrs[24..28], &[1, 2, 3, 0]);
+    }
+
+    #[test]
+    fn attributes_round_trip() {
+        let mut attrs = Vec::new();
+        push_attribute(&mut attrs, 1, &[0xaa; 16]);
+        push_attribute(&mut attrs, 2, &[1, 2, 3]);
+        push_attribute(&mut attrs, 3, &[]);
+        let got: Vec<_> = attributes(&attrs).map(Result::unwrap).collect();
+        assert_eq!(
+            got,
+            [
+                Attribute {
+                    kind: 1,
+                    value: &[0xaa; 16]
+                },
+                Attribute {
+                    kind: 2,
+                    value: &[1, 2, 3]
+                },
+                Attribute {
+                    kind: 3,
+                    value: &[]
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn attribute_flags_are_masked() {
+        let mut attrs = Vec::new();
+        push_attribute(&mut attrs, 1, &[5; 4]);
+        let flagged = (1u16 | 0x8000 | 0x4000).to_ne_bytes();
+        attrs[2..4].copy_from_slice(&flagged);
+        let got: Vec<_> = attributes(&attrs).collect();
+        assert_eq!(
+            got,
+            [Ok(Attribute {
+                kind: 1,
+                value: &[5; 4]
+            })]
+        );
+    }
+
+    #[test]
+    fn attributes_with_bad_lengths() {
+        let mut good = Vec::new();
+        push_attribute(&mut good, 1, &[0; 4]);
+        let bad = |len: u16| {
+            let mut attr = good.clone();
+            attr[0..2].copy_from_slice(&len.to_ne_bytes());
+            [good.clone(), attr, good.clone()].concat()
+        };
+        // Past the end, shorter than the header (0 would loop forever if
+        // it were taken as a length): one error after the good one, and
+        // nothing after it.
+        for len in [0, 3, 17, u16::MAX] {
+            let attrs = bad(len);
+            let got: Vec<_> = attributes(&attrs).collect();
+            assert_eq!(got.len(), 2, "length {len}: {got:?}");
+            assert!(got[0].is_ok());
+            assert_eq!(got[1], Err(FrameError::BadAttribute), "length {len}");
+        }
+        // A header cut short.
+        let cut = [good.clone(), vec![4, 0]].concat();
+        let got: Vec<_> = attributes(&cut).collect();
+        assert_eq!(got.last(), Some(&Err(FrameError::BadAttribute)));
+        assert_eq!(attributes(&[]).count(), 0);
     }
 }

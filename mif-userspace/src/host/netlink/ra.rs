@@ -20,6 +20,8 @@
 
 use std::{net::Ipv6Addr, time::Duration};
 
+use super::frames;
+
 /// `ND_OPT_RDNSS`: recursive DNS servers (RFC 8106 section 5.1).
 const ND_OPT_RDNSS: u8 = 25;
 /// `ND_OPT_DNSSL`: DNS search list (RFC 8106 section 5.2).
@@ -30,8 +32,6 @@ const ND_ROUTER_ADVERT: u8 = 134;
 const NDUSEROPT_SRCADDR: u16 = 1;
 /// `sizeof(struct nduseroptmsg)`.
 const HEADER_LEN: usize = 16;
-/// Netlink attribute types carry two flag bits above these.
-const NLA_TYPE_MASK: u16 = 0x3fff;
 /// RFC 1035: a label has at most 63 octets (the top bits of the length
 /// octet mark compression pointers, which RFC 8106 forbids here), a whole
 /// name at most 255 octets on the wire.
@@ -131,7 +131,7 @@ pub fn parse_nduseropt(payload: &[u8]) -> Result<RaOptions, RaParseError> {
     // Options come in 8-octet units, so the attributes that follow are
     // already at netlink's 4-octet alignment; align anyway in case not.
     let attrs = payload
-        .get(HEADER_LEN + align4(opts_len)..)
+        .get(HEADER_LEN + opts_len.next_multiple_of(frames::ALIGN)..)
         .unwrap_or_default();
 
     let mut options = RaOptions {
@@ -163,22 +163,20 @@ pub fn parse_nduseropt(payload: &[u8]) -> Result<RaOptions, RaParseError> {
     Ok(options)
 }
 
-/// The `NDUSEROPT_SRCADDR` attribute, if present.
-fn source_address(mut attrs: &[u8]) -> Result<Option<Ipv6Addr>, RaParseError> {
+/// The `NDUSEROPT_SRCADDR` attribute, if present. An attribute that cannot
+/// be framed rejects the message, as a truncated option does: nothing
+/// after it can be trusted to be where it seems.
+fn source_address(attrs: &[u8]) -> Result<Option<Ipv6Addr>, RaParseError> {
     let mut router = None;
-    while attrs.len() >= 4 {
-        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
-        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & NLA_TYPE_MASK;
-        let value = attrs
-            .get(4..len.max(4))
-            .ok_or(RaParseError::Truncated("attribute"))?;
-        if kind == NDUSEROPT_SRCADDR {
-            let addr: [u8; 16] = value
+    for attr in frames::attributes(attrs) {
+        let attr = attr.map_err(|_| RaParseError::Truncated("attribute"))?;
+        if attr.kind == NDUSEROPT_SRCADDR {
+            let addr: [u8; 16] = attr
+                .value
                 .try_into()
                 .map_err(|_| RaParseError::Truncated("source address attribute"))?;
             router = Some(Ipv6Addr::from(addr));
         }
-        attrs = attrs.get(align4(len.max(4))..).unwrap_or_default();
     }
     Ok(router)
 }
@@ -271,10 +269,6 @@ fn domain_names(mut data: &[u8]) -> Result<Vec<String>, RaParseError> {
     Ok(domains)
 }
 
-fn align4(len: usize) -> usize {
-    (len + 3) & !3
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,9 +284,7 @@ mod tests {
         msg.extend_from_slice(&[ND_ROUTER_ADVERT, 0, 0, 0, 0, 0, 0, 0]);
         msg.extend_from_slice(opts);
         if let Some(router) = router {
-            msg.extend_from_slice(&20u16.to_ne_bytes());
-            msg.extend_from_slice(&NDUSEROPT_SRCADDR.to_ne_bytes());
-            msg.extend_from_slice(&router.octets());
+            frames::push_attribute(&mut msg, NDUSEROPT_SRCADDR, &router.octets());
         }
         msg
     }
@@ -407,6 +399,14 @@ mod tests {
         let msg = message(4, &[], Some(ROUTER));
         assert_eq!(
             parse_nduseropt(&msg[..msg.len() - 4]),
+            Err(RaParseError::Truncated("attribute"))
+        );
+        // An attribute claiming less than its own header: nothing after it
+        // can be found.
+        let mut msg = message(4, &[], Some(ROUTER));
+        msg[HEADER_LEN..HEADER_LEN + 2].copy_from_slice(&2u16.to_ne_bytes());
+        assert_eq!(
+            parse_nduseropt(&msg),
             Err(RaParseError::Truncated("attribute"))
         );
     }
