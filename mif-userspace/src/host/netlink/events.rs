@@ -454,20 +454,15 @@ mod tests {
 
     use super::*;
 
+    /// An `RTM_NEWNDUSEROPT` payload on ifindex 3, without the router.
+    fn nduseropt(opts: &[u8]) -> Vec<u8> {
+        super::super::ra::test_payload(3, opts, None)
+    }
+
     /// A netlink message as the kernel sends it: header and payload,
     /// padded.
     fn nlmsg(kind: u16, payload: &[u8]) -> Vec<u8> {
         frames::test_message(kind, 0, payload)
-    }
-
-    /// An `RTM_NEWNDUSEROPT` payload on ifindex 3 (see `ra.rs`).
-    fn nduseropt(opts: &[u8]) -> Vec<u8> {
-        let mut msg = vec![libc::AF_INET6 as u8, 0];
-        msg.extend_from_slice(&u16::try_from(opts.len()).unwrap().to_ne_bytes());
-        msg.extend_from_slice(&3i32.to_ne_bytes());
-        msg.extend_from_slice(&[134, 0, 0, 0, 0, 0, 0, 0]);
-        msg.extend_from_slice(opts);
-        msg
     }
 
     fn decode(datagram: &[u8]) -> Vec<NetEvent> {

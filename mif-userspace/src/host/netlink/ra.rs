@@ -269,25 +269,27 @@ fn domain_names(mut data: &[u8]) -> Result<Vec<String>, RaParseError> {
     Ok(domains)
 }
 
+/// An `RTM_NEWNDUSEROPT` payload as the kernel builds it
+/// (`ndisc_ra_useropt`): header, options, source address attribute; for
+/// the tests here and in [`super::events`].
+#[cfg(test)]
+pub(super) fn test_payload(ifindex: i32, opts: &[u8], router: Option<Ipv6Addr>) -> Vec<u8> {
+    let mut msg = vec![libc::AF_INET6 as u8, 0];
+    msg.extend_from_slice(&u16::try_from(opts.len()).unwrap().to_ne_bytes());
+    msg.extend_from_slice(&ifindex.to_ne_bytes());
+    msg.extend_from_slice(&[ND_ROUTER_ADVERT, 0, 0, 0, 0, 0, 0, 0]);
+    msg.extend_from_slice(opts);
+    if let Some(router) = router {
+        frames::push_attribute(&mut msg, NDUSEROPT_SRCADDR, &router.octets());
+    }
+    msg
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{test_payload as message, *};
 
     const ROUTER: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0x1, 0x2, 0x3, 0x4);
-
-    /// An `RTM_NEWNDUSEROPT` payload as the kernel builds it
-    /// (`ndisc_ra_useropt`): header, options, source address attribute.
-    fn message(ifindex: i32, opts: &[u8], router: Option<Ipv6Addr>) -> Vec<u8> {
-        let mut msg = vec![libc::AF_INET6 as u8, 0];
-        msg.extend_from_slice(&u16::try_from(opts.len()).unwrap().to_ne_bytes());
-        msg.extend_from_slice(&ifindex.to_ne_bytes());
-        msg.extend_from_slice(&[ND_ROUTER_ADVERT, 0, 0, 0, 0, 0, 0, 0]);
-        msg.extend_from_slice(opts);
-        if let Some(router) = router {
-            frames::push_attribute(&mut msg, NDUSEROPT_SRCADDR, &router.octets());
-        }
-        msg
-    }
 
     fn addr(s: &str) -> Ipv6Addr {
         s.parse().unwrap()
