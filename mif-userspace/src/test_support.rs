@@ -56,6 +56,11 @@ impl TestNetns {
         ip(&full)
     }
 
+    /// Sets a sysctl of this namespace (`net.*` ones are per namespace).
+    pub fn sysctl(&self, setting: &str) {
+        ip(&["netns", "exec", &self.name, "sysctl", "-qw", setting]);
+    }
+
     /// A veth pair from `dev` here to `peer_dev` in `peer`, both ends up.
     pub fn veth_to(&self, dev: &str, peer: &TestNetns, peer_dev: &str) {
         self.ip(&[

@@ -446,7 +446,6 @@ mod tests {
         io::Write,
         os::unix::fs::PermissionsExt,
         process::{Child, Command, Stdio},
-        sync::atomic::{AtomicUsize, Ordering},
         time::Duration,
     };
 
@@ -628,41 +627,44 @@ mod tests {
     /// duplicate address detection (so link-local addresses are usable at
     /// once), deleted on drop.
     struct TestNetns {
+        ns: crate::test_support::TestNetns,
+        peer_ns: crate::test_support::TestNetns,
         name: String,
         peer: String,
     }
 
     impl TestNetns {
         fn create() -> Self {
-            static COUNT: AtomicUsize = AtomicUsize::new(0);
-            let n = COUNT.fetch_add(1, Ordering::Relaxed);
-            let name = format!("mifev-{}-{n}", std::process::id());
-            let ns = Self {
-                peer: format!("{name}-peer"),
-                name,
-            };
-            run("ip", &["netns", "add", &ns.name]);
-            run("ip", &["netns", "add", &ns.peer]);
+            let ns = crate::test_support::TestNetns::new("mifev");
+            let peer_ns = crate::test_support::TestNetns::new("mifev-peer");
             ns.ip(&[
-                "link", "add", DEV, "type", "veth", "peer", "name", PEER_DEV, "netns", &ns.peer,
+                "link",
+                "add",
+                DEV,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                PEER_DEV,
+                "netns",
+                peer_ns.name(),
             ]);
-            ns.sysctl(&ns.name, &format!("net.ipv6.conf.{DEV}.accept_dad=0"));
-            ns.sysctl(&ns.name, &format!("net.ipv6.conf.{DEV}.accept_ra=1"));
-            ns.sysctl(&ns.peer, &format!("net.ipv6.conf.{PEER_DEV}.accept_dad=0"));
+            // Per namespace, and before the links go up (DAD starts then).
+            ns.sysctl(&format!("net.ipv6.conf.{DEV}.accept_dad=0"));
+            ns.sysctl(&format!("net.ipv6.conf.{DEV}.accept_ra=1"));
+            peer_ns.sysctl(&format!("net.ipv6.conf.{PEER_DEV}.accept_dad=0"));
             ns.ip(&["link", "set", DEV, "up"]);
-            run("ip", &["-n", &ns.peer, "link", "set", PEER_DEV, "up"]);
-            ns
+            peer_ns.ip(&["link", "set", PEER_DEV, "up"]);
+            Self {
+                name: ns.name().to_owned(),
+                peer: peer_ns.name().to_owned(),
+                ns,
+                peer_ns,
+            }
         }
 
-        /// `ip -n NAME args...`.
         fn ip(&self, args: &[&str]) -> String {
-            let mut full = vec!["-n", &self.name];
-            full.extend_from_slice(args);
-            run("ip", &full)
-        }
-
-        fn sysctl(&self, netns: &str, setting: &str) {
-            run("ip", &["netns", "exec", netns, "sysctl", "-qw", setting]);
+            self.ns.ip(args)
         }
 
         fn ifindex(&self) -> u32 {
@@ -676,13 +678,9 @@ mod tests {
         /// The link-local address of the peer's veth end, once it has one.
         fn peer_link_local(&self) -> Ipv6Addr {
             for _ in 0..50 {
-                let out = run(
-                    "ip",
-                    &[
-                        "-n", &self.peer, "-6", "-o", "addr", "show", "dev", PEER_DEV, "scope",
-                        "link",
-                    ],
-                );
+                let out = self
+                    .peer_ns
+                    .ip(&["-6", "-o", "addr", "show", "dev", PEER_DEV, "scope", "link"]);
                 let mut words = out.split_whitespace();
                 if words.any(|word| word == "inet6") {
                     let addr = words.next().unwrap().split('/').next().unwrap();
@@ -693,43 +691,20 @@ mod tests {
             panic!("no link-local address on the peer's veth");
         }
 
-        /// Runs `body` on a thread in the namespace, on a current-thread
-        /// runtime of its own, so `subscribe` opens its socket there.
+        /// Runs `body` in the namespace, so `subscribe` opens its socket
+        /// there.
         fn run<F, Fut>(&self, body: F)
         where
             F: FnOnce() -> Fut + Send + 'static,
             Fut: Future<Output = ()>,
         {
-            let path = netns_path(&self.name);
-            let thread = std::thread::spawn(move || {
-                enter(&path);
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                runtime.block_on(body());
-            });
-            if let Err(panic) = thread.join() {
-                std::panic::resume_unwind(panic);
-            }
+            self.ns.block_on(body);
         }
     }
 
-    impl Drop for TestNetns {
-        fn drop(&mut self) {
-            for ns in [&self.name, &self.peer] {
-                let _ = Command::new("ip").args(["netns", "del", ns]).status();
-            }
-        }
-    }
-
-    fn netns_path(name: &str) -> String {
-        format!("/run/netns/{name}")
-    }
-
-    /// Moves the calling thread into a namespace.
-    fn enter(path: &str) {
-        let file = File::open(path).expect("open namespace");
+    /// Moves the calling thread into the named namespace.
+    fn enter(name: &str) {
+        let file = File::open(format!("/run/netns/{name}")).expect("open namespace");
         setns(&file, CloneFlags::CLONE_NEWNET).expect("enter namespace");
     }
 
@@ -903,7 +878,7 @@ mod tests {
             let mut events = subscribe().expect("subscribe");
             // This thread moves on to the peer namespace; the stream must
             // still watch the one it was subscribed in.
-            enter(&netns_path(&peer));
+            enter(&peer);
             events.resubscribe().expect("resubscribe");
             run("ip", &["-n", &name, "rule", "add", "lookup", "100"]);
             expect_change(&mut events, ChangeKind::Rule).await;
@@ -967,7 +942,7 @@ mod tests {
         let ns = TestNetns::create();
         // radvd only advertises where forwarding is on; it is per
         // namespace, so this is the peer's alone.
-        ns.sysctl(&ns.peer, "net.ipv6.conf.all.forwarding=1");
+        ns.peer_ns.sysctl("net.ipv6.conf.all.forwarding=1");
         let ifindex = ns.ifindex();
         let router = ns.peer_link_local();
         let peer = ns.peer.clone();
