@@ -8,7 +8,7 @@
 #![no_std]
 
 /// Version of the map layouts and program semantics. Part of the pin path.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Most PvDs one instance manages; the PvD table is an array of this size.
 pub const MAX_PVDS: u32 = 64;
@@ -353,7 +353,7 @@ pub struct CounterKey {
 /// The `pvd` of counters that belong to no PvD.
 pub const COUNTER_NO_PVD: u32 = u32::MAX;
 
-/// Per-CPU counters of one (policy, PvD).
+/// Counters of one (policy, PvD), shared by all CPUs (atomic adds).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -409,8 +409,12 @@ pub struct DnsForward {
 }
 
 /// Most redirected DNS sockets remembered at once (an LRU: the oldest are
-/// forgotten, a resolver library's socket lives for one lookup).
-pub const MAX_DNS_NAT: u32 = 65_536;
+/// forgotten, a resolver library's socket lives for one lookup). An LRU is
+/// always preallocated (96 bytes an entry, 1.5 MiB here): 16,384 in-flight
+/// lookups is far more than resolvers keep open, and stays above the
+/// 128 free entries per CPU that older kernels' LRU keeps local on 128
+/// CPUs (before Linux 6.16 a smaller LRU could evict entries early).
+pub const MAX_DNS_NAT: u32 = 16_384;
 
 /// `a.b.c.d` (network-order word) as the v4-mapped IPv6 words.
 pub const fn v4_mapped_words(addr4: u32) -> [u32; 4] {

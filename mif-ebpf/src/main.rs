@@ -31,6 +31,10 @@
 //! 6.0 (`bpf_get_current_ancestor_cgroup_id` in `setsockopt`).
 #![no_std]
 #![no_main]
+// For `core::intrinsics::atomic_xadd`: the counters' atomic add (see
+// `counters`). The crate builds with nightly anyway (`-Z build-std`).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod addr;
 mod counters;

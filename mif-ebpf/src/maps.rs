@@ -1,27 +1,38 @@
 //! The maps the programs share with the daemon. Pinned by name so that the
 //! daemon, `mif maps` and a restarted daemon all open the same ones.
+//!
+//! Memory: the maps that grow with the policies (`MIF_POLICIES`,
+//! `MIF_COUNTERS`) are hash maps without preallocation, so an instance pays
+//! for the entries it holds (and 16 bytes of bucket per slot of
+//! `max_entries`, which the daemon sets at load from its policies; the
+//! sizes here are the most it may ask for). Nothing is per CPU: memory does
+//! not grow with the machine's CPU count.
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie},
 };
 use mif_common::{
     CounterKey, Counters, ExcludeKey, Policy, Pvd, PvdMeta, Settings, MAX_COUNTERS, MAX_EXCLUDES,
     MAX_POLICIES, MAX_PVDS,
 };
 
-/// cgroup id → policy.
+/// cgroup id → policy. Written by the daemon only, so not preallocating
+/// costs nothing on the programs' path (a lookup is the same either way).
 #[map]
-pub static MIF_POLICIES: HashMap<u64, Policy> = HashMap::pinned(MAX_POLICIES, 0);
+pub static MIF_POLICIES: HashMap<u64, Policy> = HashMap::pinned(MAX_POLICIES, BPF_F_NO_PREALLOC);
 
 /// PvD index → PvD. A hash map rather than an array: an update replaces the
 /// whole value at once, so a program never reads a half-written PvD.
 #[map]
 pub static MIF_PVDS: HashMap<u32, Pvd> = HashMap::pinned(MAX_PVDS, 0);
 
-/// (policy, PvD) → counters, per CPU so increments need no atomics.
+/// (policy, PvD) → counters, one copy shared by all CPUs and incremented
+/// with atomic adds (see `counters::count`). Entries are created by the
+/// programs at a pair's first event.
 #[map]
-pub static MIF_COUNTERS: PerCpuHashMap<CounterKey, Counters> =
-    PerCpuHashMap::pinned(MAX_COUNTERS, 0);
+pub static MIF_COUNTERS: HashMap<CounterKey, Counters> =
+    HashMap::pinned(MAX_COUNTERS, BPF_F_NO_PREALLOC);
 
 /// PvD index → name and table, for `mif maps`; the programs never read it.
 #[map]

@@ -4,7 +4,7 @@ use std::collections::{HashMap as StdHashMap, HashSet};
 
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
-    Array, HashMap, Map, MapData, MapError, PerCpuHashMap,
+    Array, HashMap, Map, MapData, MapError,
 };
 use mif_common::{names, CounterKey, Counters, ExcludeKey, Policy, Pvd, PvdMeta, Settings};
 
@@ -43,7 +43,7 @@ pub struct KernelMaps {
     /// links that went down after it are written unavailable.
     generation: u64,
     meta: HashMap<MapData, u32, PvdMeta>,
-    counters: PerCpuHashMap<MapData, CounterKey, Counters>,
+    counters: HashMap<MapData, CounterKey, Counters>,
     instance: Array<MapData, Settings>,
     excludes: LpmTrie<MapData, ExcludeKey, u8>,
     /// The exclusion entries this process last wrote (`None` until the
@@ -328,25 +328,8 @@ impl KernelMaps {
         v
     }
 
-    /// Counters summed over CPUs.
+    /// The counters (one copy for all CPUs, see mif-ebpf's `counters`).
     pub fn counters(&self) -> StdHashMap<CounterKey, Counters> {
-        self.counters
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(key, per_cpu)| {
-                let sum = per_cpu.iter().fold(Counters::default(), |acc, c| Counters {
-                    steered: acc.steered + c.steered,
-                    fallback: acc.fallback + c.fallback,
-                    refused: acc.refused + c.refused,
-                    unsteered: acc.unsteered + c.unsteered,
-                    bound: acc.bound + c.bound,
-                    src_set: acc.src_set + c.src_set,
-                    denied: acc.denied + c.denied,
-                    dns: acc.dns + c.dns,
-                    excluded: acc.excluded + c.excluded,
-                });
-                (key, sum)
-            })
-            .collect()
+        self.counters.iter().filter_map(Result::ok).collect()
     }
 }
