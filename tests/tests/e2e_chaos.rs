@@ -387,3 +387,69 @@ fn the_control_socket_survives_running_out_of_descriptors() {
     assert_eq!(warnings, 1, "one warning for the whole run:\n{log}");
     assert!(log.contains("control socket: working again"), "{log}");
 }
+
+/// Sockets the kernel counted as steered, over every policy and PvD.
+fn steered_total(lab: &Lab, daemon: &Daemon) -> u64 {
+    json(lab, daemon, &["maps"])["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["steered"].as_u64().unwrap())
+        .sum()
+}
+
+/// The policy map is sized at load for the policies found (twice as many,
+/// at least 16,384): a daemon that adopts a smaller map than it needs
+/// replaces it (and the counter map) by a larger one, keeping the counts,
+/// and steers as before.
+#[test]
+fn a_restart_with_more_policies_than_the_adopted_map_holds_grows_it_and_keeps_the_counters() {
+    skip_unless_root!();
+    let _shared = HEAVY.read().unwrap_or_else(|e| e.into_inner());
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let many = lab.create_cgroup("many").unwrap();
+    let rel = lab.cgroup_rel();
+    let small = policy(&format!("{rel}/app"), &["wwan0"]);
+    let first = Daemon::start_with(&lab, &small, &["--keep-steering"]).unwrap();
+    let status = json(&lab, &first, &["status"]);
+    assert_eq!(status["daemon"]["policy_capacity"], 16_384, "{status:#}");
+    wait_until_leaves_by(
+        &lab,
+        &app,
+        Family::V4,
+        lab.network(1),
+        Duration::from_secs(5),
+    );
+    let counted = steered_total(&lab, &first);
+    assert!(counted > 0);
+    first.stop().unwrap();
+
+    // 8,200 more cgroups with a policy: 8,201 × 2 needs a map of 32,768.
+    make_cgroups(&many, 8_200);
+    let big = small + &policy(&format!("{rel}/many/*"), &["wwan0"]);
+    let mut second = Daemon::start_within(&lab, &big, &[], Duration::from_secs(120)).unwrap();
+    let log = second.log();
+    assert!(log.contains("replaced by one of 32768 entries"), "{log}");
+    let status = json(&lab, &second, &["status"]);
+    assert_eq!(status["daemon"]["policy_capacity"], 32_768, "{status:#}");
+    assert_eq!(status["daemon"]["policies"], 8_201, "{status:#}");
+    assert_eq!(status["daemon"]["policies_over_capacity"], 0, "{status:#}");
+    assert!(
+        steered_total(&lab, &second) >= counted,
+        "the counters were not carried over"
+    );
+    wait_until_leaves_by(
+        &lab,
+        &app,
+        Family::V4,
+        lab.network(1),
+        Duration::from_secs(5),
+    );
+    let attached = json(&lab, &second, &["maps"])["instance"]["attached"].clone();
+    assert!(
+        attached.as_object().unwrap().values().all(|n| n == 1),
+        "{attached:#}"
+    );
+    second.stop().unwrap();
+}

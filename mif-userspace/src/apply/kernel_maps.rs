@@ -13,7 +13,7 @@ use log::{info, warn};
 use crate::{
     apply::pins::PinDir,
     apply::pvd_table::SharedPvdTable,
-    plan::{Desired, ExcludeEntry, POLICY_CAPACITY},
+    plan::{Desired, ExcludeEntry},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,12 @@ pub enum MapsError {
         #[source]
         source: Box<MapError>,
     },
+    #[error("cannot remove the pin of map {name}")]
+    Unpin {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot {action} map {name}")]
     Update {
         name: &'static str,
@@ -37,6 +43,9 @@ pub enum MapsError {
 
 pub struct KernelMaps {
     policies: HashMap<MapData, u64, Policy>,
+    /// The policy map's `max_entries` as the kernel has it (set at load from
+    /// the policies, see [`crate::plan::policy_capacity_for`]).
+    policy_capacity: usize,
     /// Shared with the link-down thread ([`crate::apply::link_watch`]).
     pvds: SharedPvdTable,
     /// The PvD table's generation when the current pass began: PvDs of
@@ -77,6 +86,22 @@ fn open(pins: &PinDir, name: &'static str) -> Result<Map, MapsError> {
     })
 }
 
+/// A pinned map's `max_entries` as the kernel has it.
+pub fn max_entries(pins: &PinDir, name: &'static str) -> Result<u32, MapsError> {
+    let path = pins.map(name);
+    if !path.exists() {
+        return Err(MapsError::NotPinned {
+            dir: pins.versioned().display().to_string(),
+        });
+    }
+    aya::maps::MapInfo::from_pin(&path)
+        .map(|info| info.max_entries())
+        .map_err(|e| MapsError::Open {
+            name,
+            source: Box::new(e),
+        })
+}
+
 macro_rules! typed {
     ($pins:expr, $name:expr) => {
         open($pins, $name)?
@@ -88,9 +113,53 @@ macro_rules! typed {
     };
 }
 
+/// What an adopted instance's counters held when its policy map was too
+/// small for the policies a restarted daemon finds.
+pub struct CarriedCounters(Vec<(CounterKey, Counters)>);
+
+/// Before a load that adopts pinned maps: when the pinned policy map holds
+/// fewer than `policies` entries, reads the counters and removes the pins
+/// of the policy and counter maps, so that the load creates them anew at
+/// the new size ([`put_back_counters`] then restores the counts). The
+/// programs still attached keep the old maps until their links are
+/// replaced; the policy map needs no copy, the first pass writes it in
+/// full before the new programs are attached.
+pub fn take_counters_if_smaller(
+    pins: &PinDir,
+    policies: u32,
+) -> Result<Option<CarriedCounters>, MapsError> {
+    match max_entries(pins, names::MAP_POLICIES) {
+        Ok(have) if have < policies => {}
+        _ => return Ok(None),
+    }
+    let counters: HashMap<MapData, CounterKey, Counters> = typed!(pins, names::MAP_COUNTERS);
+    let carried = counters.iter().filter_map(Result::ok).collect();
+    drop(counters);
+    for name in [names::MAP_POLICIES, names::MAP_COUNTERS] {
+        std::fs::remove_file(pins.map(name)).map_err(|source| MapsError::Unpin { name, source })?;
+    }
+    Ok(Some(CarriedCounters(carried)))
+}
+
+/// Writes counters taken by [`take_counters_if_smaller`] into the new map.
+pub fn put_back_counters(pins: &PinDir, carried: &CarriedCounters) -> Result<usize, MapsError> {
+    let mut counters: HashMap<MapData, CounterKey, Counters> = typed!(pins, names::MAP_COUNTERS);
+    for (key, value) in &carried.0 {
+        counters
+            .insert(key, value, 0)
+            .map_err(|e| MapsError::Update {
+                name: names::MAP_COUNTERS,
+                action: "write",
+                source: Box::new(e),
+            })?;
+    }
+    Ok(carried.0.len())
+}
+
 impl KernelMaps {
     pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
         Ok(Self {
+            policy_capacity: max_entries(pins, names::MAP_POLICIES)? as usize,
             policies: typed!(pins, names::MAP_POLICIES),
             pvds: SharedPvdTable::new(typed!(pins, names::MAP_PVDS)),
             generation: 0,
@@ -149,7 +218,7 @@ impl KernelMaps {
         // Near capacity, new entries fit only once the stale ones are gone
         // (the kernel refuses an insert into a full map with E2BIG); those
         // cgroups lose their policy in this pass anyway.
-        let early = current.len() + keep.difference(&current).count() > POLICY_CAPACITY;
+        let early = current.len() + keep.difference(&current).count() > self.policy_capacity;
         let remove_stale = |policies: &mut HashMap<MapData, u64, Policy>| {
             stale.iter().try_for_each(|key| match policies.remove(key) {
                 // Someone else (`mif cleanup`, a test) removed it already.
@@ -294,9 +363,10 @@ impl KernelMaps {
         const SHOWN: usize = 5;
         let more = left_out.len().saturating_sub(SHOWN);
         warn!(
-            "the policy map {} holds at most {POLICY_CAPACITY} cgroups: {} policies are not enforced \
-             (dropped: {}), e.g. {}{}",
+            "the policy map {} holds at most {} cgroups: {} policies are not enforced \
+             (dropped: {}), e.g. {}{}; a restarted daemon sizes it for the policies it finds",
             names::MAP_POLICIES,
+            self.policy_capacity,
             left_out.len(),
             left_out.len(),
             left_out[..left_out.len().min(SHOWN)].join(", "),
@@ -306,6 +376,11 @@ impl KernelMaps {
                 String::new()
             }
         );
+    }
+
+    /// How many cgroups the policy map holds.
+    pub fn policy_capacity(&self) -> usize {
+        self.policy_capacity
     }
 
     pub fn settings(&self) -> Option<Settings> {

@@ -54,11 +54,33 @@ pub enum LoadError {
     },
 }
 
+/// The sizes of the maps that grow with the policies, set at load (the
+/// object's are the largest allowed). A map already pinned keeps its size:
+/// see [`crate::apply::kernel_maps::take_counters_if_smaller`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub policies: u32,
+    pub counters: u32,
+}
+
+impl Capacity {
+    /// For an instance starting with `policies` resolved policies.
+    pub fn for_policies(policies: usize) -> Self {
+        let p = crate::plan::policy_capacity_for(policies);
+        Self {
+            policies: p as u32,
+            counters: crate::plan::counter_capacity_for(p) as u32,
+        }
+    }
+}
+
 /// Loads the programs with this instance's settings. Maps are pinned by name
-/// in the pin directory (reused if already there).
-pub fn load(settings: &Settings, pins: &PinDir) -> Result<Ebpf, LoadError> {
+/// in the pin directory (reused if already there, whatever their size).
+pub fn load(settings: &Settings, pins: &PinDir, capacity: Capacity) -> Result<Ebpf, LoadError> {
     EbpfLoader::new()
         .override_global(names::GLOBAL_SETTINGS, settings, true)
+        .map_max_entries(names::MAP_POLICIES, capacity.policies)
+        .map_max_entries(names::MAP_COUNTERS, capacity.counters)
         .default_map_pin_directory(pins.maps())
         .load(EBPF_OBJECT)
         .map_err(|e| LoadError::Object(Box::new(e)))

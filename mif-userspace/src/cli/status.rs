@@ -60,7 +60,7 @@ impl StatusArgs {
                 "{} cgroups with a policy are not steered: the policy map {} is full ({} entries)",
                 d.policies_over_capacity,
                 mif_common::names::MAP_POLICIES,
-                crate::plan::POLICY_CAPACITY
+                d.policy_capacity
             ));
         }
         if attached.values().any(|&n| n != 1) {

@@ -79,6 +79,9 @@ pub struct StatusView {
     /// Policies (cgroups) left out of the full policy map: not enforced.
     #[serde(default)]
     pub policies_over_capacity: usize,
+    /// Cgroups the policy map holds (its `max_entries`, sized at load).
+    #[serde(default)]
+    pub policy_capacity: usize,
     /// Why the last reload was refused, if it was.
     pub last_reload_error: Option<String>,
 }

@@ -91,7 +91,12 @@ impl Admin {
                 .count(),
             policies: state.resolved().len(),
             policies_pending: state.pending().len(),
-            policies_over_capacity: crate::plan::over_capacity(state.resolved()).len(),
+            policies_over_capacity: crate::plan::over_capacity(
+                state.resolved(),
+                reconciler.policy_capacity(),
+            )
+            .len(),
+            policy_capacity: reconciler.policy_capacity(),
             last_reload_error: self.last_reload_error.clone(),
         }
     }
@@ -130,8 +135,14 @@ impl Admin {
             }
         }
         let state = reconciler.policy_state();
-        policies::check_capacity(&state.set, &spec, state.cgroup2(), &state.attach)
-            .map_err(|e| e.to_string())?;
+        policies::check_capacity(
+            &state.set,
+            &spec,
+            state.cgroup2(),
+            &state.attach,
+            reconciler.policy_capacity(),
+        )
+        .map_err(|e| e.to_string())?;
         reconciler
             .policy_state_mut()
             .set
@@ -208,10 +219,11 @@ fn policy_views(reconciler: &Reconciler) -> Vec<PolicyView> {
         .map(|(spec, origin): (PolicySpec, Origin)| {
             let matches = state.matches_of(&spec.cgroup);
             let pattern = crate::host::cgroup_pattern::is_pattern(&spec.cgroup);
-            let left_out = crate::plan::over_capacity(state.resolved())
-                .iter()
-                .filter(|r| matches.iter().any(|m| m.cgroup_id == r.cgroup_id))
-                .count();
+            let left_out =
+                crate::plan::over_capacity(state.resolved(), reconciler.policy_capacity())
+                    .iter()
+                    .filter(|r| matches.iter().any(|m| m.cgroup_id == r.cgroup_id))
+                    .count();
             PolicyView {
                 id: matches.first().map(|r| r.id),
                 cgroup_id: if pattern {

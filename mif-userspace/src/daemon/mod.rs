@@ -28,6 +28,7 @@ pub use self::prepare::{prepare, Prepared};
 use self::{admin::Admin, steering::Steering};
 use crate::{
     apply::kernel_maps::KernelMaps,
+    apply::loader::Capacity,
     apply::sockdiag,
     control::{
         self,
@@ -83,16 +84,6 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
         _pad: 0,
         attach_cgroup_id: prepared.attach.id,
     };
-    let mut steering = Steering::load(opts.instance.pins(), &settings)?;
-    let maps = match KernelMaps::open(&steering.pins) {
-        Ok(maps) => maps,
-        Err(e) => {
-            if !steering.adopted {
-                steering.remove_maps();
-            }
-            return Err(e.into());
-        }
-    };
     let state_file = policies::state_file(opts.state_dir, &opts.instance.pin_dir);
     let persisted = policies::load_persisted(&state_file)?;
     let (set, dropped) = PolicySet::new(&prepared.config, persisted);
@@ -102,6 +93,20 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
             spec.cgroup
         );
     }
+    let mut policy_state = PolicyState::new(set, prepared.cgroup2.clone(), prepared.attach.clone());
+    // The maps that grow with the policies are sized for those found now,
+    // with room for more (see `plan::policy_capacity_for`).
+    let capacity = Capacity::for_policies(policy_state.resolve_now());
+    let mut steering = Steering::load(opts.instance.pins(), &settings, capacity)?;
+    let maps = match KernelMaps::open(&steering.pins) {
+        Ok(maps) => maps,
+        Err(e) => {
+            if !steering.adopted {
+                steering.remove_maps();
+            }
+            return Err(e.into());
+        }
+    };
     let writers = Writers {
         group: match &prepared.config.control_group {
             Some((name, _)) => {
@@ -120,7 +125,7 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
         netlink.clone(),
         maps,
         prepared.config.clone(),
-        PolicyState::new(set, prepared.cgroup2.clone(), prepared.attach.clone()),
+        policy_state,
         InstanceNumbers {
             numbering: opts.instance.numbering(),
             rules: opts.instance.rules(),

@@ -18,7 +18,13 @@ use anyhow::{bail, Context as _};
 use aya::Ebpf;
 use mif_common::Settings;
 
-use crate::{apply::loader, apply::pins::PinDir};
+use log::info;
+
+use crate::{
+    apply::kernel_maps,
+    apply::loader::{self, Capacity},
+    apply::pins::PinDir,
+};
 
 pub struct Steering {
     pub pins: PinDir,
@@ -31,8 +37,10 @@ pub struct Steering {
 
 impl Steering {
     /// Loads the programs (reusing pinned maps), without attaching them yet:
-    /// the caller fills the maps and routing first.
-    pub fn load(pins: PinDir, settings: &Settings) -> anyhow::Result<Self> {
+    /// the caller fills the maps and routing first. `capacity` sizes the
+    /// maps that grow with the policies; adopted ones that are smaller are
+    /// replaced (their counters carried over), larger ones kept.
+    pub fn load(pins: PinDir, settings: &Settings, capacity: Capacity) -> anyhow::Result<Self> {
         let lock = InstanceLock::acquire(&pins)?;
         pins.prepare()?;
         let adopted = pins.has_links();
@@ -41,7 +49,20 @@ impl Steering {
             // while starting or stopping: ours to discard.
             loader::unpin_maps(&pins);
         }
-        let ebpf = loader::load(settings, &pins)?;
+        let carried = if adopted {
+            kernel_maps::take_counters_if_smaller(&pins, capacity.policies)?
+        } else {
+            None
+        };
+        let ebpf = loader::load(settings, &pins, capacity)?;
+        if let Some(carried) = carried {
+            let n = kernel_maps::put_back_counters(&pins, &carried)?;
+            info!(
+                "the pinned policy map was too small: replaced by one of {} entries \
+                 ({n} counters carried over)",
+                capacity.policies
+            );
+        }
         Ok(Self {
             pins,
             ebpf: Some(ebpf),

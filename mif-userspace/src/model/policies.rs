@@ -18,7 +18,7 @@ use crate::{
     host::cgroup::{Cgroup, Cgroup2},
     host::cgroup_pattern::{existing_matches, is_pattern, CgroupPattern},
     model::config::{Config, PolicyConfig, PolicyTerms, MAX_EXCLUDE},
-    plan::{ResolvedPolicy, POLICY_CAPACITY},
+    plan::{ResolvedPolicy, POLICY_CAPACITY_MAX},
 };
 
 /// Where a policy comes from.
@@ -92,7 +92,8 @@ pub enum PolicyError {
     #[error(
         "refused, nothing changed: the policy map {} holds at most {limit} cgroups, \
          and with this policy for {cgroup} the policies would cover {needed}; \
-         remove policies or narrow patterns first",
+         remove policies or narrow patterns first (a restarted daemon sizes the map \
+         for the policies it finds, up to {POLICY_CAPACITY_MAX})",
         names::MAP_POLICIES
     )]
     OverCapacity {
@@ -298,6 +299,7 @@ pub fn check_capacity(
     spec: &PolicySpec,
     cgroup2: &Cgroup2,
     attach: &Cgroup,
+    capacity: usize,
 ) -> Result<(), PolicyError> {
     let mut with = set.clone();
     with.set(spec.clone())?;
@@ -307,10 +309,10 @@ pub fn check_capacity(
             .len()
     };
     let needed = count(&with);
-    if needed > POLICY_CAPACITY && needed > count(set) {
+    if needed > capacity && needed > count(set) {
         return Err(PolicyError::OverCapacity {
             cgroup: spec.cgroup.clone(),
-            limit: POLICY_CAPACITY,
+            limit: capacity,
             needed,
         });
     }
@@ -452,8 +454,8 @@ mod tests {
     fn the_capacity_error_names_the_map_and_its_limit() {
         let e = PolicyError::OverCapacity {
             cgroup: "/x".into(),
-            limit: POLICY_CAPACITY,
-            needed: POLICY_CAPACITY + 1,
+            limit: POLICY_CAPACITY_MAX,
+            needed: POLICY_CAPACITY_MAX + 1,
         };
         let text = e.to_string();
         assert!(

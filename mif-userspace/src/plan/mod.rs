@@ -38,8 +38,36 @@ pub struct RuleOptions {
     pub source_priority: u32,
 }
 
-/// How many cgroups the kernel's policy map holds (its `max_entries`).
-pub const POLICY_CAPACITY: usize = MAX_POLICIES as usize;
+/// The most cgroups the kernel's policy map can be sized for.
+pub const POLICY_CAPACITY_MAX: usize = MAX_POLICIES as usize;
+
+/// The smallest policy map a daemon loads: 256 KiB of hash buckets (16
+/// bytes a slot; entries cost only once used, the map is not
+/// preallocated), room for patterns and CLI policies that appear later.
+pub const POLICY_CAPACITY_MIN: usize = 16_384;
+
+/// The policy map's `max_entries` for an instance that starts with
+/// `policies` resolved policies: twice that, as a power of two (the
+/// kernel rounds the buckets up to one anyway), within
+/// [`POLICY_CAPACITY_MIN`]..=[`POLICY_CAPACITY_MAX`]. The map keeps its
+/// size while loaded: policies beyond it are reported
+/// ([`over_capacity`]), and a restarted daemon that needs more replaces
+/// the maps with larger ones (`apply::loader::grow_pinned`).
+pub fn policy_capacity_for(policies: usize) -> usize {
+    policies
+        .saturating_mul(2)
+        .checked_next_power_of_two()
+        .unwrap_or(POLICY_CAPACITY_MAX)
+        .clamp(POLICY_CAPACITY_MIN, POLICY_CAPACITY_MAX)
+}
+
+/// The counter map's `max_entries` for a policy map of `policy_capacity`:
+/// two (policy, PvD) slots per policy, as when both were fixed.
+pub fn counter_capacity_for(policy_capacity: usize) -> usize {
+    policy_capacity
+        .saturating_mul(2)
+        .min(mif_common::MAX_COUNTERS as usize)
+}
 
 /// Everything mif wants in the kernel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -50,20 +78,26 @@ pub struct Desired {
     /// The exclusion trie's entries (see [`exclusions`]).
     pub excludes: Vec<ExcludeEntry>,
     /// Cgroups that have a policy but found no room in the policy map (more
-    /// than [`POLICY_CAPACITY`]): reported, never silently dropped.
+    /// than its capacity): reported, never silently dropped.
     pub over_capacity: Vec<String>,
 }
 
-/// The policies [`desired`] leaves out for want of room in the map: the
-/// last ones, so the order is stable (config file before CLI, literal
-/// cgroups before patterns).
-pub fn over_capacity(policies: &[ResolvedPolicy]) -> &[ResolvedPolicy] {
-    &policies[policies.len().min(POLICY_CAPACITY)..]
+/// The policies [`desired`] leaves out for want of room in a map of
+/// `capacity` entries: the last ones, so the order is stable (config file
+/// before CLI, literal cgroups before patterns).
+pub fn over_capacity(policies: &[ResolvedPolicy], capacity: usize) -> &[ResolvedPolicy] {
+    &policies[policies.len().min(capacity)..]
 }
 
-pub fn desired(pvds: &[PvdState], policies: &[ResolvedPolicy], rules: &RuleOptions) -> Desired {
+/// What the kernel should hold, for a policy map of `capacity` entries.
+pub fn desired(
+    pvds: &[PvdState],
+    policies: &[ResolvedPolicy],
+    rules: &RuleOptions,
+    capacity: usize,
+) -> Desired {
     let index_of: HashMap<&str, u32> = pvds.iter().map(|p| (p.name.as_str(), p.index)).collect();
-    let fit = policies.len().min(POLICY_CAPACITY);
+    let fit = policies.len().min(capacity);
     Desired {
         pvds: pvds
             .iter()
@@ -77,7 +111,7 @@ pub fn desired(pvds: &[PvdState], policies: &[ResolvedPolicy], rules: &RuleOptio
             .collect(),
         routing: pvds.iter().filter_map(|p| routing(p, rules)).collect(),
         excludes: Vec::new(),
-        over_capacity: over_capacity(policies)
+        over_capacity: over_capacity(policies, capacity)
             .iter()
             .map(|p| p.cgroup.clone())
             .collect(),
@@ -274,9 +308,10 @@ impl ExcludeEntry {
 /// one pattern share an id).
 pub fn exclusions(
     policies: &[ResolvedPolicy],
+    capacity: usize,
     prefixes_of: impl Fn(&str) -> Vec<(IpAddr, u8)>,
 ) -> Vec<ExcludeEntry> {
-    let fit = &policies[..policies.len().min(POLICY_CAPACITY)];
+    let fit = &policies[..policies.len().min(capacity)];
     let mut entries: Vec<ExcludeEntry> = fit
         .iter()
         .flat_map(|p| p.terms.exclude.iter().map(move |e| (p.id, e)))
@@ -416,7 +451,12 @@ mod tests {
                 ..Default::default()
             },
         };
-        let d = desired(&pvds, std::slice::from_ref(&policy), &RULES);
+        let d = desired(
+            &pvds,
+            std::slice::from_ref(&policy),
+            &RULES,
+            POLICY_CAPACITY_MAX,
+        );
         let (cg, p) = d.policies[0];
         assert_eq!(cg, 4242);
         assert_eq!(p.id, 7);
@@ -432,14 +472,14 @@ mod tests {
             },
             ..policy
         };
-        let (_, p) = desired(&pvds, &[loose_raw], &RULES).policies[0];
+        let (_, p) = desired(&pvds, &[loose_raw], &RULES, POLICY_CAPACITY_MAX).policies[0];
         assert_eq!(p.flags, POLICY_DENY_RAW);
     }
 
     #[test]
     fn availability_and_addresses_reach_the_kernel_form() {
         let pvds = [pvd(0, "wlan0", true), pvd(1, "wwan0", false)];
-        let d = desired(&pvds, &[], &RULES);
+        let d = desired(&pvds, &[], &RULES, POLICY_CAPACITY_MAX);
         let (_, up, meta) = d.pvds[0];
         assert_eq!(up.flags, PVD_AVAIL_V4);
         assert_eq!(ipv4_from_word(up.addr4), Ipv4Addr::new(198, 18, 0, 2));
@@ -480,7 +520,12 @@ mod tests {
                 ..Default::default()
             },
         };
-        let d = desired(std::slice::from_ref(&p), &[policy], &RULES);
+        let d = desired(
+            std::slice::from_ref(&p),
+            &[policy],
+            &RULES,
+            POLICY_CAPACITY_MAX,
+        );
         assert_eq!(d.policies[0].1.flags, POLICY_DNS_PVD);
         let k = d.pvds[0].1;
         assert_eq!(ipv4_from_word(k.dns4), Ipv4Addr::new(192, 0, 2, 53));
@@ -490,13 +535,14 @@ mod tests {
             "link-local and loopback resolvers are skipped"
         );
         p.dns.clear();
-        let k = desired(&[p], &[], &RULES).pvds[0].1;
+        let k = desired(&[p], &[], &RULES, POLICY_CAPACITY_MAX).pvds[0].1;
         assert_eq!((k.dns4, k.dns6), (0, [0; 4]), "no resolver: left alone");
     }
 
     #[test]
     fn policies_beyond_the_map_capacity_are_reported_not_dropped_silently() {
-        let policies: Vec<ResolvedPolicy> = (0..POLICY_CAPACITY as u64 + 3)
+        let capacity = 100;
+        let policies: Vec<ResolvedPolicy> = (0..capacity as u64 + 3)
             .map(|i| ResolvedPolicy {
                 id: 1,
                 cgroup_id: 1000 + i,
@@ -507,21 +553,47 @@ mod tests {
                 },
             })
             .collect();
-        let d = desired(&[pvd(0, "wlan0", true)], &policies, &RULES);
-        assert_eq!(d.policies.len(), POLICY_CAPACITY);
-        let last = POLICY_CAPACITY;
+        let d = desired(&[pvd(0, "wlan0", true)], &policies, &RULES, capacity);
+        assert_eq!(d.policies.len(), capacity);
+        let last = capacity;
         assert_eq!(
             d.over_capacity,
             [last, last + 1, last + 2].map(|i| format!("/c{i}"))
         );
-        assert!(over_capacity(&policies[..10]).is_empty());
+        assert!(over_capacity(&policies[..10], capacity).is_empty());
+        assert!(desired(
+            &[pvd(0, "wlan0", true)],
+            &policies,
+            &RULES,
+            POLICY_CAPACITY_MAX
+        )
+        .over_capacity
+        .is_empty());
+    }
+
+    #[test]
+    fn the_policy_map_is_sized_for_twice_the_policies_within_bounds() {
+        assert_eq!(policy_capacity_for(0), POLICY_CAPACITY_MIN);
+        assert_eq!(policy_capacity_for(3), POLICY_CAPACITY_MIN);
+        assert_eq!(policy_capacity_for(1_000), POLICY_CAPACITY_MIN);
+        assert_eq!(policy_capacity_for(10_000), 32_768);
+        assert_eq!(policy_capacity_for(16_385), 65_536);
+        assert_eq!(policy_capacity_for(100_000), POLICY_CAPACITY_MAX);
+        assert_eq!(policy_capacity_for(usize::MAX), POLICY_CAPACITY_MAX);
+        assert_eq!(counter_capacity_for(POLICY_CAPACITY_MIN), 32_768);
+        assert_eq!(
+            counter_capacity_for(POLICY_CAPACITY_MAX),
+            mif_common::MAX_COUNTERS as usize
+        );
     }
 
     #[test]
     fn absent_interfaces_get_no_routing() {
         let mut absent = pvd(0, "tun0", false);
         absent.ifindex = None;
-        assert!(desired(&[absent], &[], &RULES).routing.is_empty());
+        assert!(desired(&[absent], &[], &RULES, POLICY_CAPACITY_MAX)
+            .routing
+            .is_empty());
     }
 
     /// The bug of a declared VPN: its address's `from` rule pointed at a
@@ -533,14 +605,16 @@ mod tests {
         vpn.addr6 = Some("2001:db8:99::2".parse().unwrap());
         vpn.uplink4 = None;
         vpn.uplink6 = Some(Uplink::main_default("2001:db8:99::1".parse().unwrap(), 1));
-        let routing = &desired(&[vpn.clone()], &[], &RULES).routing[0];
+        let routing = &desired(&[vpn.clone()], &[], &RULES, POLICY_CAPACITY_MAX).routing[0];
         assert_eq!(
             routing.sources,
             ["2001:db8:99::2".parse::<IpAddr>().unwrap()]
         );
         assert_eq!(routing.default4, None);
         vpn.uplink6 = None;
-        assert!(desired(&[vpn], &[], &RULES).routing[0].sources.is_empty());
+        assert!(desired(&[vpn], &[], &RULES, POLICY_CAPACITY_MAX).routing[0]
+            .sources
+            .is_empty());
     }
 
     #[test]
@@ -560,13 +634,14 @@ mod tests {
             metric: 0,
             origin: RouteOrigin::Static,
         }];
-        let routing = &desired(std::slice::from_ref(&ppp), &[], &RULES).routing[0];
+        let routing =
+            &desired(std::slice::from_ref(&ppp), &[], &RULES, POLICY_CAPACITY_MAX).routing[0];
         assert_eq!(routing.default4, Some(NextHop::Device));
         assert_eq!(routing.routes, ppp.routes);
         // A link that is down gets none of them (the kernel refuses routes
         // over it), and no default.
         ppp.up = false;
-        let routing = &desired(&[ppp], &[], &RULES).routing[0];
+        let routing = &desired(&[ppp], &[], &RULES, POLICY_CAPACITY_MAX).routing[0];
         assert!(routing.routes.is_empty() && routing.default4.is_none());
     }
 
@@ -593,7 +668,7 @@ mod tests {
             "docker0".to_string(),
             vec![("172.17.0.0".parse().unwrap(), 16)],
         )]);
-        let entries = exclusions(&policies, |name| {
+        let entries = exclusions(&policies, POLICY_CAPACITY_MAX, |name| {
             by_interface.get(name).cloned().unwrap_or_default()
         });
         let shown: Vec<String> = entries
@@ -601,7 +676,12 @@ mod tests {
             .map(|e| format!("{} {}/{}", e.policy, e.addr, e.prefix_len))
             .collect();
         assert_eq!(shown, ["1 172.17.0.0/16", "1 192.168.1.7/32"]);
-        let d = desired(&[pvd(0, "wlan0", true)], &policies, &RULES);
+        let d = desired(
+            &[pvd(0, "wlan0", true)],
+            &policies,
+            &RULES,
+            POLICY_CAPACITY_MAX,
+        );
         assert_eq!(d.policies[0].1.flags & POLICY_EXCLUDES, POLICY_EXCLUDES);
         assert_eq!(d.policies[2].1.flags & POLICY_EXCLUDES, 0);
         // IPv4 prefixes sit in the trie v4-mapped, behind the policy id.

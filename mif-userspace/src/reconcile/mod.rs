@@ -174,6 +174,11 @@ impl<H: RoutingHost, M: MapWriter> Reconciler<H, M> {
         &self.policy
     }
 
+    /// How many cgroups the kernel's policy map holds.
+    pub fn policy_capacity(&self) -> usize {
+        self.maps.policy_capacity()
+    }
+
     /// Makes the next pass resolve every policy and rewrite every map entry
     /// (the periodic check: it catches cgroups that came and went unwatched
     /// and entries someone else changed).
@@ -267,9 +272,11 @@ impl<H: RoutingHost, M: MapWriter> Reconciler<H, M> {
         if self.policy.stale {
             self.policy.resolve();
         }
-        let mut desired = plan::desired(&pvds, self.policy.resolved(), &self.numbers.rules);
+        let capacity = self.maps.policy_capacity();
+        let mut desired =
+            plan::desired(&pvds, self.policy.resolved(), &self.numbers.rules, capacity);
         // Only the interfaces some policy excludes are looked at.
-        desired.excludes = plan::exclusions(self.policy.resolved(), |name| {
+        desired.excludes = plan::exclusions(self.policy.resolved(), capacity, |name| {
             interfaces
                 .iter()
                 .find(|i| i.name == name)

@@ -40,6 +40,13 @@ impl PolicyState {
         self.stale = false;
     }
 
+    /// Resolves the policies now (before the first pass, which then need
+    /// not): how many cgroups they cover, to size the policy map by.
+    pub fn resolve_now(&mut self) -> usize {
+        self.resolve();
+        self.resolved.len()
+    }
+
     /// Cgroups appeared or went away: the next pass resolves every policy.
     pub fn cgroups_changed(&mut self) {
         self.stale = true;

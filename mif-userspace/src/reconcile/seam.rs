@@ -46,6 +46,8 @@ pub trait MapWriter {
     fn forget_written(&mut self);
     /// The PvD entries a previous instance left, to adopt.
     fn pvds(&self) -> Vec<(u32, Pvd, Option<PvdMeta>)>;
+    /// How many cgroups the policy map holds (its `max_entries`).
+    fn policy_capacity(&self) -> usize;
 }
 
 impl RoutingHost for Netlink {
@@ -85,5 +87,9 @@ impl MapWriter for KernelMaps {
 
     fn pvds(&self) -> Vec<(u32, Pvd, Option<PvdMeta>)> {
         KernelMaps::pvds(self)
+    }
+
+    fn policy_capacity(&self) -> usize {
+        KernelMaps::policy_capacity(self)
     }
 }

@@ -110,6 +110,10 @@ impl MapWriter for FakeMaps {
         let pvds = self.pvds.lock().unwrap();
         pvds.iter().map(|(i, (p, m))| (*i, *p, Some(*m))).collect()
     }
+
+    fn policy_capacity(&self) -> usize {
+        crate::plan::POLICY_CAPACITY_MAX
+    }
 }
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
