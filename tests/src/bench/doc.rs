@@ -159,6 +159,47 @@ pub fn markdown(r: &Report) -> String {
 
     md += &vpn_section(r);
 
+    if !r.memory.is_empty() {
+        md += "## Kernel memory of the maps\n\n";
+        let _ = write!(
+            md,
+            "The daemon on the lab of two PvDs with the policies below (one cgroup \
+             each; a socket made in the first three, so their counters exist), \
+             started and ready; *measured* is the sum of the `memlock` lines in \
+             `/proc/self/fdinfo` of its pinned maps, the kernel's own accounting \
+             of each map (`map_mem_usage`), on this machine's {} CPUs. The other \
+             columns replace the terms of that accounting that depend on the \
+             number of possible CPUs `N` (kernel/bpf/hashtab.c, arraymap.c): a \
+             per-CPU hash or array takes `round_up(value, 8) × N` per slot (a \
+             preallocated one for every slot of `max_entries`), a preallocated \
+             hash `N` spare elements, every hash `N × 32` bytes of lock counters \
+             (an upper bound). The rest does not depend on `N`: 16 bytes of \
+             bucket per slot of `max_entries` (rounded up to a power of two), and \
+             the elements a map without preallocation holds \
+             (`BPF_F_NO_PREALLOC`; `48 + key + value` bytes, rounded up to 8, \
+             plus 8). Allocator caches the kernel does not charge to the maps \
+             are not included.\n\n",
+            r.machine.nproc
+        );
+        // Layout 4 (until d892164), measured on a 2-CPU machine: 70.0 MiB,
+        // 52 MiB of it MIF_COUNTERS, a preallocated per-CPU hash.
+        let old = super::memory::layout4(70 << 20, 2);
+        let figures: Vec<String> = super::memory::CPU_COUNTS
+            .iter()
+            .map(|&n| format!("{:.2} GiB on {n} CPUs", old(n) as f64 / (1u64 << 30) as f64))
+            .collect();
+        let _ = write!(
+            md,
+            "*History:* until d892164 (layout 4) every map was preallocated at \
+             its largest: 70.0 MiB on 2 CPUs whatever the policies, 52 MiB of it \
+             `MIF_COUNTERS`, a per-CPU hash of 262,144 slots of 72 bytes; by the \
+             same formula {}.\n\n",
+            figures.join(", ")
+        );
+        md += &r.memory_table();
+        md += "\n";
+    }
+
     md += "## The daemon at scale\n\n";
     md += "Each policy names a real cgroup (the config requires it), so these runs \
            create them first";
@@ -504,12 +545,13 @@ fn findings(
             .collect();
         let _ = write!(
             md,
-            "Map memory does not depend on the number of policies: the maps are \
-             preallocated ({}). `MIF_COUNTERS` dominates: {} per-CPU slots. \
-             *Possible change:* `BPF_F_NO_PREALLOC` for the counters (and \
-             policies), or fewer counter slots, for hosts with many CPUs. ",
+            "Map memory ({}): the policy and counter maps are not preallocated \
+             and are sized at start for the policies found (see *Kernel memory \
+             of the maps*); the rest is the DNS LRU and 16 bytes of bucket per \
+             slot. *History:* until layout 4 every map was preallocated at its \
+             largest, 70 MiB whatever the policies, 52 MiB of it a per-CPU \
+             counter map. ",
             parts.join(", "),
-            mif_common::MAX_COUNTERS
         );
     }
     let rss: Vec<String> = r

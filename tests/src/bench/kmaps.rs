@@ -127,9 +127,14 @@ impl PinnedMaps {
 }
 
 /// Kernel memory of one map, from fdinfo.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct MapMemory {
     pub name: String,
+    /// uapi `enum bpf_map_type`.
+    pub map_type: u64,
+    pub map_flags: u64,
+    pub key_size: u64,
+    pub value_size: u64,
     pub max_entries: u64,
     /// `memlock` in /proc/self/fdinfo: what the map is charged (since Linux
     /// 6.4 its real memory usage, before that an estimate).
@@ -151,8 +156,18 @@ pub fn map_memory(pin_dir: &Path) -> Result<Vec<MapMemory>> {
                 .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
                 .unwrap_or(0)
         };
+        // map_flags is hexadecimal.
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("map_flags:"))
+            .and_then(|v| u64::from_str_radix(v.trim().trim_start_matches("0x"), 16).ok())
+            .unwrap_or(0);
         out.push(MapMemory {
             name: name.to_string(),
+            map_type: field("map_type:"),
+            map_flags: flags,
+            key_size: field("key_size:"),
+            value_size: field("value_size:"),
             max_entries: field("max_entries:"),
             bytes: field("memlock:"),
         });

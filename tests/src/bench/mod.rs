@@ -7,15 +7,15 @@
 //! Load generators run in that cgroup ([`worker`]), servers in the routers;
 //! variants are interleaved round by round ([`measure`]). Then the reaction
 //! to a lost link ([`reaction`]), that of a strict VPN app to its tunnel
-//! going down ([`vpn`]: a real OpenVPN client killed) and the daemon at
-//! scale ([`scale`]).
+//! going down ([`vpn`]: a real OpenVPN client killed), the kernel memory
+//! of the daemon's maps ([`memory`]) and the daemon at scale ([`scale`]).
 //!
 //! `--smoke` runs every part with tiny counts in seconds and asserts
 //! nothing about timings; the full run writes `docs/benchmarks.md` and
 //! `docs/bench-policies.svg` when given `--docs DIR` (`cargo xtask bench`
 //! does both). For working on it:
 //!
-//! - `--only costs|reaction|vpn|scale` (repeatable) runs only those parts, and
+//! - `--only costs|reaction|vpn|memory|scale` (repeatable) runs only those parts, and
 //!   `--rounds N` overrides the number of measured rounds;
 //! - `mif-bench hold a|b|c|d|e [OTHERS]` builds the lab, puts it in one
 //!   variant and waits for Ctrl-C, printing the namespace and cgroup to
@@ -31,6 +31,7 @@ mod daemon;
 mod doc;
 mod kmaps;
 mod measure;
+mod memory;
 mod reaction;
 mod report;
 mod scale;
@@ -61,7 +62,7 @@ pub struct Options {
     pub smoke: bool,
     /// Where to write benchmarks.md and bench-policies.svg.
     pub docs: Option<PathBuf>,
-    /// Parts to run (`costs`, `reaction`, `vpn`, `scale`); empty: all.
+    /// Parts to run (`costs`, `reaction`, `vpn`, `memory`, `scale`); empty: all.
     pub only: Vec<String>,
     /// Overrides the number of measured rounds.
     pub rounds: Option<usize>,
@@ -108,6 +109,8 @@ struct Plan {
     flaps: usize,
     /// Losses of the VPN tunnel (client killed, then restarted).
     vpn_rounds: usize,
+    /// Policies of the map-memory instances.
+    memory_counts: Vec<usize>,
     scale_counts: Vec<usize>,
     scale_flaps: usize,
     /// Networks of the second scale lab.
@@ -139,6 +142,7 @@ impl Plan {
                 others: vec![1_000, 5_000],
                 flaps: 5,
                 vpn_rounds: 2,
+                memory_counts: vec![3, 1_000],
                 scale_counts: vec![1, 1_000],
                 scale_flaps: 1,
                 big_lab: 4,
@@ -168,6 +172,7 @@ impl Plan {
             // A round (kill, restart of server and client, back through
             // the tunnel) takes about 0.25 s here.
             vpn_rounds: 100,
+            memory_counts: vec![3, 1_000],
             scale_counts: vec![1, 10_000, 100_000],
             scale_flaps: 3,
             big_lab: 64,
@@ -287,6 +292,17 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     check_interrupted()?;
 
+    if opts.wants("memory") {
+        report.memory = memory::run(
+            &lab,
+            &plan.memory_counts,
+            NETWORKS[1],
+            NETWORKS[0],
+            plan.start_timeout,
+        )?;
+    }
+    check_interrupted()?;
+
     if opts.wants("scale") {
         let most = plan.scale_counts.iter().copied().max().unwrap_or(0);
         scale::ensure_cgroups(&lab, most)?;
@@ -389,8 +405,8 @@ pub fn main_with_args(argv: &[String]) -> Result<()> {
             }
             "--only" => {
                 let part = it.next().ok_or_else(|| anyhow!("--only needs a part"))?;
-                if !["costs", "reaction", "vpn", "scale"].contains(&part.as_str()) {
-                    bail!("--only takes costs, reaction, vpn or scale, not {part:?}");
+                if !["costs", "reaction", "vpn", "memory", "scale"].contains(&part.as_str()) {
+                    bail!("--only takes costs, reaction, vpn, memory or scale, not {part:?}");
                 }
                 opts.only.push(part.clone());
             }
@@ -402,7 +418,7 @@ pub fn main_with_args(argv: &[String]) -> Result<()> {
                 );
             }
             "-h" | "--help" => {
-                println!("usage: mif-bench [--smoke] [--only costs|reaction|vpn|scale]... [--rounds N] [--docs DIR] | hold a|b|c|d|e [OTHERS]");
+                println!("usage: mif-bench [--smoke] [--only costs|reaction|vpn|memory|scale]... [--rounds N] [--docs DIR] | hold a|b|c|d|e [OTHERS]");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (usage: mif-bench [--smoke] [--docs DIR])"),

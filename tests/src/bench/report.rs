@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::measure::{ProgTime, Results};
+use super::memory::{MemoryRow, CPU_COUNTS};
 use super::reaction::Reaction;
 use super::scale::ScaleRow;
 use super::stats::{percentile, sorted, Summary};
@@ -108,6 +109,8 @@ pub struct Report {
     pub nft_load: Vec<(usize, Duration)>,
     pub reaction: Option<Reaction>,
     pub vpn: Option<VpnReaction>,
+    /// Kernel memory of the maps, per instance ([`super::memory`]).
+    pub memory: Vec<MemoryRow>,
     pub scale: Vec<ScaleRow>,
     pub big_lab: Option<(usize, Duration)>,
     pub total: Duration,
@@ -380,6 +383,67 @@ impl Report {
         )
     }
 
+    /// The maps' memlock per instance, measured and projected to other
+    /// CPU counts; then per map.
+    pub fn memory_table(&self) -> String {
+        let mib = |b: u64| format!("{:.2} MiB", b as f64 / 1048576.0);
+        let mut t = String::new();
+        if self.memory.is_empty() {
+            return t;
+        }
+        t += "| policies | PvDs | measured |";
+        for n in CPU_COUNTS {
+            let _ = write!(t, " {n} CPUs |");
+        }
+        t += "\n| ---: | ---: | ---: |";
+        t += &" ---: |".repeat(CPU_COUNTS.len());
+        t += "\n";
+        for r in &self.memory {
+            if let Some(e) = &r.error {
+                let _ = writeln!(t, "| {} | {} | failed: {e} |", r.policies, r.pvds);
+                continue;
+            }
+            let _ = write!(
+                t,
+                "| {} | {} | {} ({} possible CPUs) |",
+                r.policies,
+                r.pvds,
+                mib(r.measured()),
+                r.possible_cpus
+            );
+            for n in CPU_COUNTS {
+                let _ = write!(t, " {} |", mib(r.projected(n)));
+            }
+            t += "\n";
+        }
+        let ok: Vec<&MemoryRow> = self.memory.iter().filter(|r| r.error.is_none()).collect();
+        if let Some(first) = ok.first() {
+            t += "\n| map | type | flags | max_entries |";
+            for r in &ok {
+                let _ = write!(t, " {} policies |", r.policies);
+            }
+            t += "\n| --- | ---: | ---: | ---: |";
+            t += &" ---: |".repeat(ok.len());
+            t += "\n";
+            for (i, m) in first.maps.iter().enumerate() {
+                let _ = write!(
+                    t,
+                    "| {} | {} | {:#x} | {} |",
+                    m.name, m.map_type, m.map_flags, m.max_entries
+                );
+                for r in &ok {
+                    let _ = write!(
+                        t,
+                        " {} |",
+                        r.maps.get(i).map_or("–".into(), |m| mib(m.bytes))
+                    );
+                }
+                t += "\n";
+            }
+        }
+        t
+    }
+
     pub fn scale_table(&self) -> String {
         let mut t = String::new();
         t += "| PvDs | policies | config | start → ready | link down → flag cleared | reconcile (link down) | reconcile (link up, incl. `ip`) | daemon CPU per flap | CPU when idle | RSS (peak) | map memory | in map |\n";
@@ -443,6 +507,8 @@ impl Report {
         out += &self.reaction_table();
         out += "\n";
         out += &self.vpn_table();
+        out += "\n";
+        out += &self.memory_table();
         out += "\n";
         out += &self.scale_table();
         out += "\n";
@@ -512,6 +578,27 @@ impl Report {
             name: "(b)/(a) ≤ 1.05 on TCP_CRR".into(),
             met: crr.map(|r| r <= 1.05),
             detail: crr.map_or("not measured".into(), |r| format!("{r:.3}")),
+        });
+
+        // Issue 18: up to 1,000 policies in at most 8 MiB, whatever the CPUs.
+        let memory = self
+            .memory
+            .iter()
+            .filter(|r| r.error.is_none() && r.policies <= 1_000)
+            .max_by_key(|r| r.policies);
+        let most = CPU_COUNTS.iter().copied().max().unwrap_or(1);
+        out.push(Target {
+            name: format!("kernel map memory ≤ 8 MiB with ≤ 1,000 policies on {most} CPUs"),
+            met: memory.map(|r| r.projected(most) <= 8 << 20),
+            detail: memory.map_or("not measured".into(), |r| {
+                format!(
+                    "{} policies: {:.2} MiB ({:.2} MiB measured on {} CPUs)",
+                    r.policies,
+                    r.projected(most) as f64 / 1048576.0,
+                    r.measured() as f64 / 1048576.0,
+                    r.possible_cpus
+                )
+            }),
         });
 
         let mut details = Vec::new();
