@@ -187,7 +187,7 @@ fuzz_target!(|input: Input| {
                 assert_eq!(mif::prefix::network(*net, *len), *net);
             }
         }
-        let desired = plan::desired(&pvds, &[], &rules);
+        let desired = plan::desired(&pvds, &[], &rules, plan::POLICY_CAPACITY_MAX);
         assert_eq!(desired.pvds.len(), pvds.len());
         let _ = transitions(&previous, &pvds);
         previous = pvds;
