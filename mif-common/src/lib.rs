@@ -63,12 +63,15 @@ pub mod names {
     pub const PROG_RECVMSG6: &str = "mif_recvmsg6";
     pub const PROG_GETPEER4: &str = "mif_getpeer4";
     pub const PROG_GETPEER6: &str = "mif_getpeer6";
+    /// The per-packet egress guard of strict policies (`cgroup_skb/egress`).
+    pub const PROG_GUARD: &str = "mif_guard";
     /// All programs, in attach order. The reverse translations of DNS
     /// redirection (recvmsg, getpeername) come before the programs that
     /// redirect, so no redirected reply is ever seen untranslated; the
-    /// strict-mode guards (bind, setsockopt) come last: until they are
-    /// attached, strict sockets are only as protected as before.
-    pub const PROGRAMS: [&str; 12] = [
+    /// strict-mode guards (bind, setsockopt, then the packet guard) come
+    /// last: until they are attached, strict sockets are only as protected
+    /// as before.
+    pub const PROGRAMS: [&str; 13] = [
         PROG_RECVMSG4,
         PROG_RECVMSG6,
         PROG_GETPEER4,
@@ -81,6 +84,7 @@ pub mod names {
         PROG_BIND4,
         PROG_BIND6,
         PROG_SETSOCKOPT,
+        PROG_GUARD,
     ];
     /// Globals set at load time.
     pub const GLOBAL_SETTINGS: &str = "MIF_SETTINGS";
@@ -380,6 +384,11 @@ pub struct Counters {
     pub dns: u64,
     /// Connections to an excluded destination, left to the main table.
     pub excluded: u64,
+    /// Packets of strict sockets the egress guard dropped because they were
+    /// leaving by an interface none of the policy's PvDs uses; counted
+    /// under the PvD whose interface it was ([`COUNTER_NO_PVD`] for an
+    /// interface of no PvD).
+    pub guard_drops: u64,
 }
 
 /// What a redirected DNS socket asked and where it was sent, so that
@@ -543,7 +552,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Policy>(), 16);
         assert_eq!(core::mem::size_of::<Pvd>(), 52);
         assert_eq!(core::mem::size_of::<CounterKey>(), 8);
-        assert_eq!(core::mem::size_of::<Counters>(), 72);
+        assert_eq!(core::mem::size_of::<Counters>(), 80);
         assert_eq!(core::mem::size_of::<ExcludeKey>(), 20);
         assert_eq!(core::mem::size_of::<DnsNat>(), 40);
         assert_eq!(core::mem::size_of::<PvdMeta>(), 88);

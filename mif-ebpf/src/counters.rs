@@ -23,6 +23,7 @@ pub enum Event {
     Denied,
     Dns,
     Excluded,
+    GuardDrop,
 }
 
 #[inline(always)]
@@ -53,6 +54,7 @@ pub fn count(policy: u32, pvd: u32, event: Event) {
             Event::Denied => &raw mut (*slot).denied,
             Event::Dns => &raw mut (*slot).dns,
             Event::Excluded => &raw mut (*slot).excluded,
+            Event::GuardDrop => &raw mut (*slot).guard_drops,
         }
     };
     // SAFETY: `field` points into a live map value, 8-byte aligned (the

@@ -20,15 +20,21 @@
 //! - `bind4/6`, `setsockopt`, and `connect6`/`sendmsg4/6` again, keep the
 //!   sockets of strict policies on their PvDs (see [`strict`]);
 //!   `sock_create` also refuses raw IP sockets to policies with `deny_raw`.
+//! - `guard` (`cgroup_skb/egress`) drops packets of strict policies'
+//!   sockets that leave by an interface none of the policy's PvDs uses,
+//!   whatever routed them there (see [`guard`]).
 //!
-//! No per-packet work: routing by mark is done by the kernel's policy rules
-//! that the daemon installs per PvD.
+//! Steering itself is no per-packet work: routing by mark is done by the
+//! kernel's policy rules that the daemon installs per PvD. The guard is
+//! the one program that runs per packet, and returns after the policy walk
+//! for every socket without a strict policy.
 //!
 //! Minimum kernel versions, per hook: `sock_create` 4.10, `connect`/`bind`
 //! 4.17, `sendmsg` 4.18, `recvmsg` 5.2, `setsockopt` 5.3, `getpeername`
 //! 5.8; with what the programs call,
-//! 5.7 (netns cookie in `sock_create`, `connect`, `sendmsg`, `bind`) and
-//! 6.0 (`bpf_get_current_ancestor_cgroup_id` in `setsockopt`).
+//! 5.7 (netns cookie in `sock_create`, `connect`, `sendmsg`, `bind`),
+//! 6.0 (`bpf_get_current_ancestor_cgroup_id` in `setsockopt`) and
+//! 6.15 (the netns cookie in the `cgroup_skb` guard).
 #![no_std]
 #![no_main]
 // For `core::intrinsics::atomic_xadd`: the counters' atomic add (see
@@ -40,6 +46,7 @@ mod addr;
 mod counters;
 mod dns;
 mod exclude;
+mod guard;
 mod maps;
 mod policy;
 mod strict;
@@ -47,8 +54,8 @@ mod strict;
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr},
     helpers::generated::bpf_bind,
-    macros::{cgroup_sock, cgroup_sock_addr, cgroup_sockopt},
-    programs::{SockAddrContext, SockContext, SockoptContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use mif_common::{pvd_from_mark, Pvd, Settings, COUNTER_NO_PVD, NO_PVD};
 
@@ -421,6 +428,14 @@ pub fn mif_getpeer4(ctx: SockAddrContext) -> i32 {
 pub fn mif_getpeer6(ctx: SockAddrContext) -> i32 {
     dns::unredirect6(ctx.sock_addr);
     ALLOW
+}
+
+/// Minimum kernel: 6.15 (the hook is 4.10, `bpf_skb_ancestor_cgroup_id`
+/// in it 5.7, `bpf_get_netns_cookie` in it 6.15). Drops (0) packets of
+/// strict sockets leaving by an interface that is none of their PvDs'.
+#[cgroup_skb(egress)]
+pub fn mif_guard(ctx: SkBuffContext) -> i32 {
+    guard::egress(&ctx, &settings())
 }
 
 #[cfg(not(test))]

@@ -54,15 +54,31 @@ pub fn in_managed_netns<C>(ctx: *mut C, settings: &Settings) -> bool {
 /// separately and tripled the programs' load time (see docs/benchmarks.md).
 #[inline(always)]
 pub fn find_policy(attach_level: u32) -> Option<&'static Policy> {
-    let own = unsafe { bpf_get_current_cgroup_id() };
+    find_policy_of(
+        unsafe { bpf_get_current_cgroup_id() },
+        |level| unsafe { bpf_get_current_ancestor_cgroup_id(level) },
+        attach_level,
+    )
+}
+
+/// [`find_policy`] for the cgroup `own` whose ancestor at each level
+/// `ancestor` gives (0 below `own`'s level): the calling process's in the
+/// socket hooks, the socket's in the packet guard (see [`crate::guard`]),
+/// which does not run for the socket's owner.
+#[inline(always)]
+pub fn find_policy_of(
+    own: u64,
+    ancestor: impl Fn(i32) -> u64,
+    attach_level: u32,
+) -> Option<&'static Policy> {
     if let Some(policy) = unsafe { POLICIES.get(own) } {
         return Some(policy);
     }
     let mut deepest = None;
     let mut level = attach_level;
     while level < MAX_CGROUP_DEPTH {
-        // 0 below the process's own level: nothing deeper to find.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        // 0 below the cgroup's own level: nothing deeper to find.
+        let id = ancestor(level as i32);
         if id == 0 || id == own {
             break;
         }

@@ -1,10 +1,11 @@
 //! Loading mif's kernel programs, attaching them to a cgroup2 directory and
 //! pinning their links, and taking them down again.
 //!
-//! Minimum kernel: 6.0. `SO_NETNS_COOKIE` for the namespace check needs
+//! Minimum kernel: 6.15. `SO_NETNS_COOKIE` for the namespace check needs
 //! 5.14; the hooks themselves need 4.17 for `connect`/`bind`, 4.18 for
 //! `sendmsg`, 5.3 for `setsockopt`, 5.7 for bpf_link; the `setsockopt`
-//! program's cgroup walk needs 6.0 (see mif-ebpf's crate documentation).
+//! program's cgroup walk needs 6.0, the egress guard's namespace check
+//! 6.15 (see mif-ebpf's crate documentation).
 use std::{
     fs::File,
     os::fd::{AsFd as _, OwnedFd},
@@ -13,7 +14,8 @@ use std::{
 
 use aya::{
     programs::{
-        links::FdLink, CgroupAttachMode, CgroupSock, CgroupSockAddr, CgroupSockopt, ProgramError,
+        links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock,
+        CgroupSockAddr, CgroupSockopt, ProgramError,
     },
     Ebpf, EbpfLoader,
 };
@@ -149,6 +151,15 @@ fn attach_one(ebpf: &mut Ebpf, program: &'static str, cgroup: &File) -> Result<N
             let link = prog.take_link(id).map_err(fail("take the link of"))?;
             fd_link(program, link).map(NewLink::Aya)
         }
+        Kind::Skb => {
+            let prog: &mut CgroupSkb = prog.try_into().map_err(fail("type-check"))?;
+            prog.load().map_err(fail("load"))?;
+            let id = prog
+                .attach(cgroup, CgroupSkbAttachType::Egress, mode)
+                .map_err(fail("attach"))?;
+            let link = prog.take_link(id).map_err(fail("take the link of"))?;
+            fd_link(program, link).map(NewLink::Aya)
+        }
         Kind::Sockopt => {
             // aya 0.14 cannot turn a sockopt program's link into an FdLink
             // (no pinning): aya loads it, the link is made here.
@@ -279,12 +290,15 @@ enum Kind {
     SockAddr,
     /// `cgroup/setsockopt`.
     Sockopt,
+    /// `cgroup_skb/egress`: the packet guard.
+    Skb,
 }
 
 fn kind_of(program: &str) -> Kind {
     match program {
         names::PROG_SOCK_CREATE => Kind::Sock,
         names::PROG_SETSOCKOPT => Kind::Sockopt,
+        names::PROG_GUARD => Kind::Skb,
         _ => Kind::SockAddr,
     }
 }

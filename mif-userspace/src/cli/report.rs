@@ -79,6 +79,10 @@ pub struct CounterReport {
     /// Connections to destinations the policy excludes, left to the main
     /// table.
     pub excluded: u64,
+    /// Packets of strict sockets the egress guard dropped, leaving by an
+    /// interface that is none of the policy's PvDs' (under the PvD whose
+    /// interface it was, or none).
+    pub guard_drops: u64,
 }
 
 impl MapsReport {
@@ -265,6 +269,7 @@ impl MapsReport {
             "DENIED",
             "DNS",
             "EXCLUDED",
+            "GUARD DROPS",
         ]
         .into_iter()
         .map(String::from)
@@ -282,6 +287,7 @@ impl MapsReport {
                 c.denied.to_string(),
                 c.dns.to_string(),
                 c.excluded.to_string(),
+                c.guard_drops.to_string(),
             ]);
         }
         table(&rows)
@@ -301,6 +307,7 @@ fn counter_report(policy: u32, pvd: Option<String>, c: &Counters) -> CounterRepo
         denied: c.denied,
         dns: c.dns,
         excluded: c.excluded,
+        guard_drops: c.guard_drops,
     }
 }
 

@@ -64,8 +64,19 @@ impl StatsArgs {
 
 fn render(rows: &[Row]) -> String {
     let mut out = vec![[
-        "POLICY", "CGROUP", "PVD", "STEERED", "/S", "FALLBACK", "REFUSED", "/S", "BOUND",
-        "SRC SET", "DNS", "EXCLUDED",
+        "POLICY",
+        "CGROUP",
+        "PVD",
+        "STEERED",
+        "/S",
+        "FALLBACK",
+        "REFUSED",
+        "/S",
+        "BOUND",
+        "SRC SET",
+        "DNS",
+        "EXCLUDED",
+        "GUARD DROPS",
     ]
     .map(String::from)
     .to_vec()];
@@ -84,6 +95,7 @@ fn render(rows: &[Row]) -> String {
             c.src_set.to_string(),
             c.dns.to_string(),
             c.excluded.to_string(),
+            c.guard_drops.to_string(),
         ]);
     }
     table(&out)
