@@ -4,14 +4,18 @@
 //! ```text
 //! lab-peer attack --to ADDR[%IFNAME] [--port PORT] [--proto udp|tcp|raw]
 //!                 [--bind IP] [--setsockopt OPTION] [--dev IFNAME]
-//!                 [--pktinfo-src IP] [--wait stdin] [--first-connect IP]
+//!                 [--pktinfo-src IP] [--pktinfo-dev IFNAME] [--cmsg-mark MARK]
+//!                 [--wait stdin] [--first-connect IP]
 //! ```
 //!
 //! Opens a socket for ADDR's family, then in order: waits for a line on
 //! stdin (`--wait stdin`, after printing `ready`: a socket that exists
 //! before a policy does), binds, sets OPTION, and sends one request to
-//! ADDR (a datagram, optionally with an `IP_PKTINFO`/`IPV6_PKTINFO` source;
-//! a TCP connect; an ICMP echo for `raw`). A `%IFNAME` suffix sets the IPv6
+//! ADDR (a datagram, optionally with control messages: an
+//! `IP_PKTINFO`/`IPV6_PKTINFO` source (`--pktinfo-src`) and/or interface
+//! (`--pktinfo-dev`), an `SO_MARK` for this datagram alone (`--cmsg-mark`,
+//! which needs `CAP_NET_RAW` or `CAP_NET_ADMIN`); a TCP connect; an ICMP
+//! echo for `raw`). A `%IFNAME` suffix sets the IPv6
 //! scope. With `--first-connect IP` the socket is first connected to IP
 //! (same port; a TCP socket is then disconnected with `AF_UNSPEC`), as an
 //! application would to get a socket taken off its network by an
@@ -27,7 +31,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::sys::socket::{
-    self, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockProtocol, SockType,
+    self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrLike as _,
     SockaddrStorage,
 };
 
@@ -65,11 +69,15 @@ pub fn attack(args: &Args) -> Result<(), String> {
             disconnect(&fd)?;
         }
     }
-    let src: Option<IpAddr> = args.parsed("pktinfo-src")?;
+    let cmsgs = Cmsgs {
+        src: args.parsed("pktinfo-src")?,
+        dev: args.get("pktinfo-dev").map(ifindex).transpose()?,
+        mark: args.parsed("cmsg-mark")?,
+    };
     let line = match proto {
         "tcp" => ask_tcp(fd, dst)?,
-        "raw" => echo(&fd, dst)?,
-        _ => ask_udp(&fd, dst, src)?,
+        "raw" => echo(&fd, dst, &cmsgs)?,
+        _ => ask_udp(&fd, dst, &cmsgs)?,
     };
     println!("{}", line.trim_end());
     Ok(())
@@ -221,36 +229,115 @@ fn set_option(
     }
 }
 
-/// One datagram to the peer, its reply back.
-fn ask_udp(fd: &OwnedFd, dst: SocketAddr, src: Option<IpAddr>) -> Result<String, String> {
-    let iov = [io::IoSlice::new(b"?")];
-    let to = SockaddrStorage::from(dst);
-    let v4_info;
-    let v6_info;
-    let cmsg: Vec<ControlMessage<'_>> = match src {
-        Some(IpAddr::V4(ip)) => {
-            v4_info = libc::in_pktinfo {
-                ipi_ifindex: 0,
-                ipi_spec_dst: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(ip.octets()),
-                },
-                ipi_addr: libc::in_addr { s_addr: 0 },
-            };
-            vec![ControlMessage::Ipv4PacketInfo(&v4_info)]
-        }
-        Some(IpAddr::V6(ip)) => {
-            v6_info = libc::in6_pktinfo {
-                ipi6_addr: libc::in6_addr {
-                    s6_addr: ip.octets(),
-                },
-                ipi6_ifindex: 0,
-            };
-            vec![ControlMessage::Ipv6PacketInfo(&v6_info)]
-        }
-        None => Vec::new(),
+/// Ancillary data for one datagram.
+struct Cmsgs {
+    /// `IP_PKTINFO`/`IPV6_PKTINFO` source address.
+    src: Option<IpAddr>,
+    /// `IP_PKTINFO`/`IPV6_PKTINFO` interface index.
+    dev: Option<u32>,
+    /// `SO_MARK` for this datagram.
+    mark: Option<u32>,
+}
+
+/// Appends one control message to `buf` (already aligned, as every length
+/// `CMSG_SPACE` gives is).
+fn push_cmsg<T>(buf: &mut Vec<u8>, level: i32, ty: i32, value: &T) {
+    let len = std::mem::size_of::<T>() as u32;
+    // SAFETY: CMSG_* only compute sizes.
+    let (space, hdr_len) = unsafe { (libc::CMSG_SPACE(len), libc::CMSG_LEN(len)) };
+    let start = buf.len();
+    buf.resize(start + space as usize, 0);
+    let hdr = libc::cmsghdr {
+        cmsg_len: hdr_len as _,
+        cmsg_level: level,
+        cmsg_type: ty,
     };
-    socket::sendmsg(fd.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), Some(&to))
-        .map_err(op("send"))?;
+    let hdr_size = std::mem::size_of::<libc::cmsghdr>();
+    // SAFETY: both are plain old data read for their own size; the buffer
+    // has room for the header and the value after it (CMSG_SPACE).
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            std::ptr::from_ref(&hdr).cast::<u8>(),
+            buf[start..].as_mut_ptr(),
+            hdr_size,
+        );
+        std::ptr::copy_nonoverlapping(
+            std::ptr::from_ref(value).cast::<u8>(),
+            buf[start + hdr_size..].as_mut_ptr(),
+            len as usize,
+        );
+    }
+}
+
+/// The control messages of `cmsgs` for a datagram to `dst`, as sendmsg(2)
+/// takes them.
+fn control(dst: SocketAddr, cmsgs: &Cmsgs) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if cmsgs.src.is_some() || cmsgs.dev.is_some() {
+        let ifindex = cmsgs.dev.unwrap_or(0);
+        match (dst, cmsgs.src) {
+            (SocketAddr::V4(_), src) => {
+                let ip = match src {
+                    Some(IpAddr::V4(ip)) => u32::from_ne_bytes(ip.octets()),
+                    _ => 0,
+                };
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: ifindex as i32,
+                    ipi_spec_dst: libc::in_addr { s_addr: ip },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                push_cmsg(&mut buf, libc::SOL_IP, libc::IP_PKTINFO, &info);
+            }
+            (SocketAddr::V6(_), src) => {
+                let octets = match src {
+                    Some(IpAddr::V6(ip)) => ip.octets(),
+                    _ => [0; 16],
+                };
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr { s6_addr: octets },
+                    ipi6_ifindex: ifindex,
+                };
+                push_cmsg(&mut buf, libc::SOL_IPV6, libc::IPV6_PKTINFO, &info);
+            }
+        }
+    }
+    if let Some(mark) = cmsgs.mark {
+        push_cmsg(&mut buf, libc::SOL_SOCKET, libc::SO_MARK, &mark);
+    }
+    buf
+}
+
+/// sendmsg(2) of `payload` to `dst` with the control messages of `cmsgs`.
+fn send_with(fd: &OwnedFd, dst: SocketAddr, payload: &[u8], cmsgs: &Cmsgs) -> Result<(), String> {
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr().cast_mut().cast(),
+        iov_len: payload.len(),
+    };
+    let to = SockaddrStorage::from(dst);
+    let mut control = control(dst, cmsgs);
+    // SAFETY: an all-zero msghdr is valid; every pointer set below outlives
+    // the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = to.as_ptr().cast_mut().cast();
+    msg.msg_namelen = to.len();
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    if !control.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = control.len() as _;
+    }
+    // SAFETY: msg describes live buffers of the lengths given; the kernel
+    // only reads the payload.
+    let rc = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, 0) };
+    if rc < 0 {
+        return Err(op("send")(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// One datagram to the peer, its reply back.
+fn ask_udp(fd: &OwnedFd, dst: SocketAddr, cmsgs: &Cmsgs) -> Result<String, String> {
+    send_with(fd, dst, b"?", cmsgs)?;
     let mut buf = [0u8; 1500];
     let n = socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(op("recv"))?;
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
@@ -267,7 +354,7 @@ fn ask_tcp(fd: OwnedFd, dst: SocketAddr) -> Result<String, String> {
 
 /// An ICMP echo request: the kernel fills the IPv4 header, and for ICMPv6
 /// the checksum; an IPv4 one needs its own (of a constant header: 0xf7ff).
-fn echo(fd: &OwnedFd, mut dst: SocketAddr) -> Result<String, String> {
+fn echo(fd: &OwnedFd, mut dst: SocketAddr, cmsgs: &Cmsgs) -> Result<String, String> {
     // A raw IPv6 socket reads the port as the protocol: 0 means its own.
     dst.set_port(0);
     let packet: [u8; 8] = if dst.is_ipv4() {
@@ -275,12 +362,6 @@ fn echo(fd: &OwnedFd, mut dst: SocketAddr) -> Result<String, String> {
     } else {
         [128, 0, 0, 0, 0, 0, 0, 0]
     };
-    socket::sendto(
-        fd.as_raw_fd(),
-        &packet,
-        &SockaddrStorage::from(dst),
-        MsgFlags::empty(),
-    )
-    .map_err(op("send"))?;
+    send_with(fd, dst, &packet, cmsgs)?;
     Ok("sent".into())
 }
