@@ -406,50 +406,303 @@ fn children_and_cgroups_created_later_are_held_the_same() {
     assert_eq!(leaks.packets(), 0, "packets reached wlan0's network");
 }
 
-/// Not covered, and documented as such (docs/security.md): a socket that
-/// existed before its process came under the policy has no mark, and mif
-/// leaves it as it was.
+/// A `lab-peer attack --wait stdin` started in `cgroup` before whatever
+/// the test does next: its socket exists from the start, its datagram
+/// leaves when [`Early::go`] says so.
+struct Early {
+    child: std::process::Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Early {
+    fn open(lab: &Lab, cgroup: &Path, args: &[&str]) -> Self {
+        let mut all = vec!["attack", "--wait", "stdin"];
+        all.extend_from_slice(args);
+        let mut cmd = lab.command_in(Some(cgroup), lab.peer_path(), &all).unwrap();
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // Not lab.spawn: the test writes to its stdin. If the test fails,
+        // the lab's teardown kills it with the rest of its cgroup.
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        Self { child, lines }
+    }
+
+    /// Sends the datagram: the peer's reply, or what failed.
+    fn go(mut self) -> Result<String, String> {
+        self.child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let reply = self.lines.next().and_then(Result::ok);
+        let out = self.child.wait_with_output().unwrap();
+        match reply {
+            Some(line) if out.status.success() => Ok(line),
+            _ => Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        }
+    }
+}
+
+/// The `guard_drops` counters of policy 1 in `mif maps --json` output,
+/// summed, and those under `pvd` alone.
+fn guard_drops(maps: &serde_json::Value, pvd: &str) -> (u64, u64) {
+    let rows: Vec<&serde_json::Value> = maps["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["policy"] == 1)
+        .collect();
+    let drops = |c: &&serde_json::Value| c["guard_drops"].as_u64().unwrap();
+    (
+        rows.iter().map(drops).sum(),
+        rows.iter().filter(|c| c["pvd"] == pvd).map(drops).sum(),
+    )
+}
+
+/// The escapes no socket hook sees, each one packet that leaves by wlan0
+/// without the egress guard (checked from an unsteered cgroup in
+/// [`the_guard_leaves_unsteered_and_non_strict_traffic_alone`]): an
+/// `SO_MARK` of 0 with one datagram of a raw socket (the main table's
+/// route), and wlan0 named as the interface of one datagram
+/// (`IP_PKTINFO`/`IPV6_PKTINFO` `ipi_ifindex`). As (destination, proto,
+/// option, value).
+const ESCAPES: [(IpAddr, &str, &str, &str); 5] = [
+    (IpAddr::V4(INTERNET_V4), "raw", "--cmsg-mark", "0"),
+    (IpAddr::V6(INTERNET_V6), "raw", "--cmsg-mark", "0"),
+    (IpAddr::V4(INTERNET_V4), "udp", "--pktinfo-dev", "wlan0"),
+    (IpAddr::V4(INTERNET_V4), "raw", "--pktinfo-dev", "wlan0"),
+    (IpAddr::V6(INTERNET_V6), "raw", "--pktinfo-dev", "wlan0"),
+];
+
+/// `lab-peer attack` of one of [`ESCAPES`] in `cgroup`.
+fn escape(
+    lab: &Lab,
+    cgroup: &Path,
+    (to, proto, option, value): (IpAddr, &str, &str, &str),
+) -> Result<String, String> {
+    attack(
+        lab,
+        cgroup,
+        &["--to", &to.to_string(), "--proto", proto, option, value],
+    )
+}
+
 #[test]
-fn a_socket_opened_before_the_policy_keeps_what_it_had() {
+fn per_datagram_marks_and_interfaces_are_dropped_by_the_guard() {
     skip_unless_root!();
     let lab = lab();
     let app = lab.create_cgroup("app").unwrap();
-    let mut cmd = lab
-        .command_in(
-            Some(&app),
-            lab.peer_path(),
-            [
-                "attack",
-                "--to",
-                &INTERNET_V4.to_string(),
-                "--wait",
-                "stdin",
-            ],
-        )
-        .unwrap();
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
-    // Not lab.spawn: the test writes to its stdin. If the test fails, the
-    // lab's teardown kills it with the rest of its cgroup.
-    let mut early = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(early.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let daemon = Daemon::start(&lab, &strict_config(&lab, "app", "")).unwrap();
+    let leaks = PacketCounter::install(&lab, 0);
+    let allowed = PacketCounter::install(&lab, 1);
+    for attempt in ESCAPES {
+        assert_refused_at(escape(&lab, &app, attempt), "send", &format!("{attempt:?}"));
+    }
+    // Held by the socket hooks already: the source mif gives an unconnected
+    // UDP datagram has its `from` rule, which routes it by wwan0 whatever
+    // the datagram's mark, and an IPv6 datagram naming wlan0 keeps that
+    // source too.
+    let (v4, v6) = (INTERNET_V4.to_string(), INTERNET_V6.to_string());
+    for args in [
+        ["--to", &v4, "--cmsg-mark", "0"],
+        ["--to", &v6, "--cmsg-mark", "0"],
+        ["--to", &v6, "--pktinfo-dev", "wlan0"],
+    ] {
+        let reply = attack(&lab, &app, &args).unwrap();
+        assert!(reply.starts_with("wwan0 "), "{args:?}: {reply}");
+    }
+    // The policy's own interface named per datagram is no escape.
+    for to in [&v4, &v6] {
+        let reply = attack(&lab, &app, &["--to", to, "--pktinfo-dev", "wwan0"]).unwrap();
+        assert!(reply.starts_with("wwan0 "), "{reply}");
+    }
+    assert_eq!(leaks.packets(), 0, "packets reached wlan0's network");
+    assert!(allowed.packets() >= 5, "wwan0's router counted nothing");
+    let maps = daemon.maps_json().unwrap();
+    // One packet per attempt, each counted under wlan0's PvD.
+    let n = ESCAPES.len() as u64;
+    assert_eq!(guard_drops(&maps, "wlan0"), (n, n), "{maps:#}");
+    // The socket hooks refused none of it: the guard alone held.
+    assert_eq!(denied(&daemon), 0);
+}
 
-    let _daemon = Daemon::start(&lab, &strict_config(&lab, "app", "")).unwrap();
-    // New sockets of the same process's cgroup are held...
+/// A socket that existed before its cgroup had the strict policy carries
+/// no mark and would leave by the main table's network (wlan0): the
+/// guard drops its packets once the policy is there, whether it came with
+/// the daemon's start or later from the CLI.
+#[test]
+fn a_socket_opened_before_the_policy_cannot_leave_by_another_network() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let later = lab.create_cgroup("later").unwrap();
+    let v4 = INTERNET_V4.to_string();
+    let v6 = INTERNET_V6.to_string();
+    let early = [
+        Early::open(&lab, &app, &["--to", &v4]),
+        Early::open(&lab, &app, &["--to", &v6]),
+    ];
+
+    let daemon = Daemon::start(&lab, &strict_config(&lab, "app", "")).unwrap();
+    let leaks = PacketCounter::install(&lab, 0);
+    // New sockets of the same cgroup are held...
     assert_refused_at(
-        attack(
-            &lab,
-            &app,
-            &["--to", &INTERNET_V4.to_string(), "--setsockopt", "mark"],
-        ),
+        attack(&lab, &app, &["--to", &v4, "--setsockopt", "mark"]),
         "setsockopt",
         "a new socket",
     );
-    // ...the old one still leaves by the main table's network.
-    early.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    let reply = lines.next().unwrap().unwrap();
-    assert!(reply.starts_with("wlan0 "), "{reply}");
-    assert!(early.wait().unwrap().success());
+    // ...and the old ones cannot leave by wlan0 either.
+    for socket in early {
+        assert_refused_at(socket.go(), "send", "a socket opened before the policy");
+    }
+
+    // A policy set from the CLI while the daemon runs: the same.
+    let early = Early::open(&lab, &later, &["--to", &v4]);
+    let later_rel = format!("{}/later", lab.cgroup_rel());
+    let out = daemon
+        .mif(&["policy", "set", &later_rel, "--prefer", "wwan0", "--strict"])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "policy set: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_refused_at(
+        early.go(),
+        "send",
+        "a socket opened before a CLI-set policy",
+    );
+    assert_eq!(leaks.packets(), 0, "packets reached wlan0's network");
+    let maps = daemon.maps_json().unwrap();
+    assert_eq!(guard_drops(&maps, "wlan0"), (2, 2), "{maps:#}");
+    let all = mif_tests::e2e::counter_total(&maps, "guard_drops");
+    assert_eq!(all, 3, "the CLI policy's drop is missing: {maps:#}");
+}
+
+/// The guard reads only pinned maps: after a SIGKILL of the daemon it
+/// still drops, for sockets opened before and after the kill.
+#[test]
+fn the_guard_holds_while_the_daemon_is_killed() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let daemon = Daemon::start(&lab, &strict_config(&lab, "app", "")).unwrap();
+    let leaks = PacketCounter::install(&lab, 0);
+    let v4 = INTERNET_V4.to_string();
+    let instance = daemon.instance.clone();
+    // Whatever happens, the killed daemon's pins go with the test.
+    struct Cleanup<'a>(&'a Lab, mif_tests::mif::Instance);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let mut args = vec!["cleanup".to_string()];
+            args.extend(self.1.args());
+            let _ = mif_tests::mif::run_mif(self.0, &args);
+        }
+    }
+    let _cleanup = Cleanup(&lab, instance.clone());
+
+    let open = Early::open(
+        &lab,
+        &app,
+        &["--to", &v4, "--proto", "raw", "--cmsg-mark", "0"],
+    );
+    assert_refused_at(
+        attack(&lab, &app, &["--to", &v4, "--pktinfo-dev", "wlan0"]),
+        "send",
+        "an interface per datagram, daemon running",
+    );
+    daemon.kill_hard().unwrap();
+    assert_refused_at(open.go(), "send", "a mark per datagram, daemon killed");
+    for attempt in ESCAPES {
+        assert_refused_at(
+            escape(&lab, &app, attempt),
+            "send",
+            &format!("{attempt:?}, daemon killed"),
+        );
+    }
+    // Ordinary traffic still leaves by wwan0.
+    let reply = attack(&lab, &app, &["--to", &v4]).unwrap();
+    assert!(reply.starts_with("wwan0 "), "{reply}");
+    assert_eq!(leaks.packets(), 0, "packets reached wlan0's network");
+
+    let pin_dir = instance.pin_dir.display().to_string();
+    let out = mif_tests::mif::run_mif(&lab, &["maps", "--json", "--pin-dir", &pin_dir]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let maps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = 2 + ESCAPES.len() as u64;
+    assert_eq!(guard_drops(&maps, "wlan0"), (n, n), "{maps:#}");
+}
+
+/// The guard is for strict policies only: the same packets from a cgroup
+/// without a policy, or with a policy that is not strict, leave by wlan0
+/// as the kernel routes them (one packet each reaches router 0), while the
+/// strict cgroup's are dropped.
+#[test]
+fn the_guard_leaves_unsteered_and_non_strict_traffic_alone() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let plain = lab.create_cgroup("plain").unwrap();
+    let loose = lab.create_cgroup("loose").unwrap();
+    let config = strict_config(&lab, "app", "")
+        + &format!(
+            "[[policy]]\ncgroup = \"{}/loose\"\nprefer = [\"wwan0\"]\n",
+            lab.cgroup_rel()
+        );
+    let daemon = Daemon::start(&lab, &config).unwrap();
+
+    let leaks = PacketCounter::install(&lab, 0);
+    let mut expected = 0;
+    for attempt in ESCAPES {
+        for cgroup in [&plain, &loose] {
+            let result = escape(&lab, cgroup, attempt);
+            // Sent; a non-strict socket's datagram has wwan0's source on
+            // wlan0, which router 0 cannot answer.
+            let sent = match &result {
+                Ok(reply) => reply.starts_with("wlan0 ") || reply == "sent",
+                Err(e) => e.starts_with("recv: "),
+            };
+            assert!(sent, "{attempt:?} from {}: {result:?}", cgroup.display());
+            expected += 1;
+            assert_eq!(
+                leaks.packets(),
+                expected,
+                "{attempt:?} from {}",
+                cgroup.display()
+            );
+        }
+        assert_refused_at(
+            escape(&lab, &app, attempt),
+            "send",
+            &format!("strict {attempt:?}"),
+        );
+        assert_eq!(
+            leaks.packets(),
+            expected,
+            "strict {attempt:?} reached wlan0"
+        );
+    }
+    // Unsteered TCP and the strict cgroup's loopback traffic pass too.
+    let reply = lab
+        .client(Some(&plain), Proto::Tcp, INTERNET_V4.into(), None)
+        .unwrap();
+    assert_eq!(reply.network, "wlan0");
+    let reply = attack(
+        &lab,
+        &app,
+        &["--to", "127.0.0.1", "--proto", "raw", "--cmsg-mark", "0"],
+    );
+    assert_eq!(reply, Ok("sent".to_owned()), "loopback");
+    let maps = daemon.maps_json().unwrap();
+    let n = ESCAPES.len() as u64;
+    assert_eq!(
+        mif_tests::e2e::counter_total(&maps, "guard_drops"),
+        n,
+        "{maps:#}"
+    );
 }
 
 #[test]
