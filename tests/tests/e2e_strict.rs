@@ -460,41 +460,58 @@ fn guard_drops(maps: &serde_json::Value, pvd: &str) -> (u64, u64) {
 
 /// The escapes no socket hook sees, each one packet that leaves by wlan0
 /// without the egress guard (checked from an unsteered cgroup in
-/// [`the_guard_leaves_unsteered_and_non_strict_traffic_alone`]): an
-/// `SO_MARK` of 0 with one datagram of a raw socket (the main table's
-/// route), and wlan0 named as the interface of one datagram
-/// (`IP_PKTINFO`/`IPV6_PKTINFO` `ipi_ifindex`). As (destination, proto,
-/// option, value).
-const ESCAPES: [(IpAddr, &str, &str, &str); 5] = [
-    (IpAddr::V4(INTERNET_V4), "raw", "--cmsg-mark", "0"),
-    (IpAddr::V6(INTERNET_V6), "raw", "--cmsg-mark", "0"),
-    (IpAddr::V4(INTERNET_V4), "udp", "--pktinfo-dev", "wlan0"),
-    (IpAddr::V4(INTERNET_V4), "raw", "--pktinfo-dev", "wlan0"),
-    (IpAddr::V6(INTERNET_V6), "raw", "--pktinfo-dev", "wlan0"),
-];
-
-/// `lab-peer attack` of one of [`ESCAPES`] in `cgroup`.
-fn escape(
-    lab: &Lab,
-    cgroup: &Path,
-    (to, proto, option, value): (IpAddr, &str, &str, &str),
-) -> Result<String, String> {
-    attack(
-        lab,
-        cgroup,
-        &["--to", &to.to_string(), "--proto", proto, option, value],
-    )
+/// [`the_guard_leaves_unsteered_and_non_strict_traffic_alone`]), as
+/// `lab-peer attack` arguments: an `SO_MARK` of 0 with one datagram of a
+/// raw socket (the main table's route), wlan0 named as the interface of
+/// one datagram (`IP_PKTINFO`/`IPV6_PKTINFO` `ipi_ifindex`), and
+/// `MSG_DONTROUTE` to a host on wlan0's link (a link-scope lookup that
+/// wwan0's table cannot answer, so the main table's on-link route does).
+fn escapes(lab: &Lab) -> Vec<Vec<String>> {
+    let (v4, v6) = (INTERNET_V4.to_string(), INTERNET_V6.to_string());
+    let neighbour = lab.network(0).gateway_v4.to_string();
+    let attempts: [(&str, &str, &[&str]); 7] = [
+        (&v4, "raw", &["--cmsg-mark", "0"]),
+        (&v6, "raw", &["--cmsg-mark", "0"]),
+        (&v4, "udp", &["--pktinfo-dev", "wlan0"]),
+        (&v4, "raw", &["--pktinfo-dev", "wlan0"]),
+        (&v6, "raw", &["--pktinfo-dev", "wlan0"]),
+        (&neighbour, "udp", &["--dontroute-flag"]),
+        (&neighbour, "raw", &["--dontroute-flag"]),
+    ];
+    attempts
+        .iter()
+        .map(|(to, proto, rest)| {
+            let mut args = vec![
+                "--to".to_owned(),
+                to.to_string(),
+                "--proto".into(),
+                proto.to_string(),
+            ];
+            args.extend(rest.iter().map(|a| a.to_string()));
+            args
+        })
+        .collect()
 }
 
+/// `lab-peer attack ARGS` in `cgroup`, ARGS one of [`escapes`].
+fn escape(lab: &Lab, cgroup: &Path, args: &[String]) -> Result<String, String> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    attack(lab, cgroup, &args)
+}
+
+/// What no socket hook sees ([`escapes`]) fails at `send` with EPERM,
+/// reaches router 0 not at all, and is counted as a guard drop under
+/// wlan0's PvD; the socket hooks themselves refused none of it.
 #[test]
-fn per_datagram_marks_and_interfaces_are_dropped_by_the_guard() {
+fn what_no_socket_hook_sees_is_dropped_by_the_guard() {
     skip_unless_root!();
     let lab = lab();
+    let escapes = escapes(&lab);
     let app = lab.create_cgroup("app").unwrap();
     let daemon = Daemon::start(&lab, &strict_config(&lab, "app", "")).unwrap();
     let leaks = PacketCounter::install(&lab, 0);
     let allowed = PacketCounter::install(&lab, 1);
-    for attempt in ESCAPES {
+    for attempt in &escapes {
         assert_refused_at(escape(&lab, &app, attempt), "send", &format!("{attempt:?}"));
     }
     // Held by the socket hooks already: the source mif gives an unconnected
@@ -519,7 +536,7 @@ fn per_datagram_marks_and_interfaces_are_dropped_by_the_guard() {
     assert!(allowed.packets() >= 5, "wwan0's router counted nothing");
     let maps = daemon.maps_json().unwrap();
     // One packet per attempt, each counted under wlan0's PvD.
-    let n = ESCAPES.len() as u64;
+    let n = escapes.len() as u64;
     assert_eq!(guard_drops(&maps, "wlan0"), (n, n), "{maps:#}");
     // The socket hooks refused none of it: the guard alone held.
     assert_eq!(denied(&daemon), 0);
@@ -584,6 +601,7 @@ fn a_socket_opened_before_the_policy_cannot_leave_by_another_network() {
 fn the_guard_holds_while_the_daemon_is_killed() {
     skip_unless_root!();
     let lab = lab();
+    let escapes = escapes(&lab);
     let app = lab.create_cgroup("app").unwrap();
     let daemon = Daemon::start(&lab, &strict_config(&lab, "app", "")).unwrap();
     let leaks = PacketCounter::install(&lab, 0);
@@ -612,7 +630,7 @@ fn the_guard_holds_while_the_daemon_is_killed() {
     );
     daemon.kill_hard().unwrap();
     assert_refused_at(open.go(), "send", "a mark per datagram, daemon killed");
-    for attempt in ESCAPES {
+    for attempt in &escapes {
         assert_refused_at(
             escape(&lab, &app, attempt),
             "send",
@@ -632,7 +650,7 @@ fn the_guard_holds_while_the_daemon_is_killed() {
         String::from_utf8_lossy(&out.stderr)
     );
     let maps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let n = 2 + ESCAPES.len() as u64;
+    let n = 2 + escapes.len() as u64;
     assert_eq!(guard_drops(&maps, "wlan0"), (n, n), "{maps:#}");
 }
 
@@ -644,6 +662,7 @@ fn the_guard_holds_while_the_daemon_is_killed() {
 fn the_guard_leaves_unsteered_and_non_strict_traffic_alone() {
     skip_unless_root!();
     let lab = lab();
+    let escapes = escapes(&lab);
     let app = lab.create_cgroup("app").unwrap();
     let plain = lab.create_cgroup("plain").unwrap();
     let loose = lab.create_cgroup("loose").unwrap();
@@ -656,7 +675,7 @@ fn the_guard_leaves_unsteered_and_non_strict_traffic_alone() {
 
     let leaks = PacketCounter::install(&lab, 0);
     let mut expected = 0;
-    for attempt in ESCAPES {
+    for attempt in &escapes {
         for cgroup in [&plain, &loose] {
             let result = escape(&lab, cgroup, attempt);
             // Sent; a non-strict socket's datagram has wwan0's source on
@@ -697,7 +716,7 @@ fn the_guard_leaves_unsteered_and_non_strict_traffic_alone() {
     );
     assert_eq!(reply, Ok("sent".to_owned()), "loopback");
     let maps = daemon.maps_json().unwrap();
-    let n = ESCAPES.len() as u64;
+    let n = escapes.len() as u64;
     assert_eq!(
         mif_tests::e2e::counter_total(&maps, "guard_drops"),
         n,

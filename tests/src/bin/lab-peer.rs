@@ -65,7 +65,7 @@ struct Args {
 }
 
 impl Args {
-    const FLAGS: &'static [&'static str] = &["watch-stdin"];
+    const FLAGS: &'static [&'static str] = &["watch-stdin", "dontroute-flag"];
 
     fn parse(mut argv: impl Iterator<Item = String>) -> Result<Self, String> {
         let command = argv

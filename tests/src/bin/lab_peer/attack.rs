@@ -5,7 +5,7 @@
 //! lab-peer attack --to ADDR[%IFNAME] [--port PORT] [--proto udp|tcp|raw]
 //!                 [--bind IP] [--setsockopt OPTION] [--dev IFNAME]
 //!                 [--pktinfo-src IP] [--pktinfo-dev IFNAME] [--cmsg-mark MARK]
-//!                 [--wait stdin] [--first-connect IP]
+//!                 [--dontroute-flag] [--wait stdin] [--first-connect IP]
 //! ```
 //!
 //! Opens a socket for ADDR's family, then in order: waits for a line on
@@ -14,8 +14,8 @@
 //! ADDR (a datagram, optionally with control messages: an
 //! `IP_PKTINFO`/`IPV6_PKTINFO` source (`--pktinfo-src`) and/or interface
 //! (`--pktinfo-dev`), an `SO_MARK` for this datagram alone (`--cmsg-mark`,
-//! which needs `CAP_NET_RAW` or `CAP_NET_ADMIN`); a TCP connect; an ICMP
-//! echo for `raw`). A `%IFNAME` suffix sets the IPv6
+//! which needs `CAP_NET_RAW` or `CAP_NET_ADMIN`), sent with `MSG_DONTROUTE`
+//! with `--dontroute-flag`; a TCP connect; an ICMP echo for `raw`). A `%IFNAME` suffix sets the IPv6
 //! scope. With `--first-connect IP` the socket is first connected to IP
 //! (same port; a TCP socket is then disconnected with `AF_UNSPEC`), as an
 //! application would to get a socket taken off its network by an
@@ -73,6 +73,7 @@ pub fn attack(args: &Args) -> Result<(), String> {
         src: args.parsed("pktinfo-src")?,
         dev: args.get("pktinfo-dev").map(ifindex).transpose()?,
         mark: args.parsed("cmsg-mark")?,
+        dontroute: args.flag("dontroute-flag"),
     };
     let line = match proto {
         "tcp" => ask_tcp(fd, dst)?,
@@ -237,6 +238,8 @@ struct Cmsgs {
     dev: Option<u32>,
     /// `SO_MARK` for this datagram.
     mark: Option<u32>,
+    /// The `MSG_DONTROUTE` flag (not ancillary data, but per datagram too).
+    dontroute: bool,
 }
 
 /// Appends one control message to `buf` (already aligned, as every length
@@ -328,7 +331,12 @@ fn send_with(fd: &OwnedFd, dst: SocketAddr, payload: &[u8], cmsgs: &Cmsgs) -> Re
     }
     // SAFETY: msg describes live buffers of the lengths given; the kernel
     // only reads the payload.
-    let rc = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, 0) };
+    let flags = if cmsgs.dontroute {
+        libc::MSG_DONTROUTE
+    } else {
+        0
+    };
+    let rc = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, flags) };
     if rc < 0 {
         return Err(op("send")(io::Error::last_os_error()));
     }
