@@ -18,8 +18,9 @@
 //! - a source address chosen per datagram (`IP_PKTINFO`, `IPV6_PKTINFO`)
 //!   that belongs to another PvD, like a bind.
 //!
-//! What no hook sees (an interface index or mark given per datagram as
-//! ancillary data, `MSG_DONTROUTE`) is listed in docs/security.md.
+//! What no socket hook sees (an interface index or mark given per datagram
+//! as ancillary data, `MSG_DONTROUTE`, sockets opened before the policy)
+//! the egress guard holds at the packet ([`crate::guard`]).
 //!
 //! Checks cheap enough for every call come first; the cgroup walk runs only
 //! for what only a strict policy would refuse.
