@@ -1,11 +1,12 @@
 //! Loading mif's kernel programs, attaching them to a cgroup2 directory and
 //! pinning their links, and taking them down again.
 //!
-//! Minimum kernel: 6.15. `SO_NETNS_COOKIE` for the namespace check needs
+//! Minimum kernel: 6.0. `SO_NETNS_COOKIE` for the namespace check needs
 //! 5.14; the hooks themselves need 4.17 for `connect`/`bind`, 4.18 for
 //! `sendmsg`, 5.3 for `setsockopt`, 5.7 for bpf_link; the `setsockopt`
-//! program's cgroup walk needs 6.0, the egress guard's namespace check
-//! 6.15 (see mif-ebpf's crate documentation).
+//! program's cgroup walk needs 6.0 (see mif-ebpf's crate documentation).
+//! The egress guard's namespace check needs 6.15; an older kernel runs
+//! everything else, without the guard, and the daemon says so.
 use std::{
     fs::File,
     os::fd::{AsFd as _, OwnedFd},
@@ -92,13 +93,27 @@ pub fn load(settings: &Settings, pins: &PinDir, capacity: Capacity) -> Result<Eb
 /// steering outlives this process until the pins are removed. A link pinned
 /// by an earlier instance is replaced atomically: the new link is pinned
 /// under a staging name and renamed over the old pin, whose link then goes.
-pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pins: &PinDir) -> Result<(), LoadError> {
+/// Returns the program this kernel cannot run, if any (see [`LeftOut`]).
+pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pins: &PinDir) -> Result<Option<LeftOut>, LoadError> {
     let cgroup_fd = File::open(cgroup).map_err(|source| LoadError::Cgroup {
         path: cgroup.to_path_buf(),
         source,
     })?;
+    let mut left_out = None;
     for program in names::PROGRAMS {
-        let link = attach_one(ebpf, program, &cgroup_fd)?;
+        let link = match attach_one(ebpf, program, &cgroup_fd) {
+            Ok(link) => link,
+            Err(LoadError::Verifier { log, .. })
+                if program == names::PROG_GUARD && guard_needs_newer_kernel(&log) =>
+            {
+                left_out = Some(LeftOut {
+                    program,
+                    why: "it needs Linux 6.15 (bpf_get_netns_cookie in cgroup_skb programs)",
+                });
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let staging = pins.link_staging(program);
         let _ = std::fs::remove_file(&staging);
         link.pin(&staging).map_err(|source| LoadError::Pin {
@@ -113,7 +128,23 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pins: &PinDir) -> Result<(), LoadE
             source: Box::new(e),
         })?;
     }
-    Ok(())
+    Ok(left_out)
+}
+
+/// A program this kernel cannot run, left out of [`attach`]. Only the
+/// egress guard may be: without it strict policies are still enforced per
+/// socket, as before the guard existed, and steering is whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftOut {
+    pub program: &'static str,
+    pub why: &'static str,
+}
+
+/// Whether the verifier refused the guard only because this kernel does
+/// not offer `cgroup_skb` programs the netns cookie (before 6.15). Any
+/// other refusal is a bug and must stop the start, not hide the guard.
+fn guard_needs_newer_kernel(verifier_log: &str) -> bool {
+    verifier_log.contains("cannot use helper bpf_get_netns_cookie")
 }
 
 fn attach_one(ebpf: &mut Ebpf, program: &'static str, cgroup: &File) -> Result<NewLink, LoadError> {
@@ -335,4 +366,19 @@ pub fn unpin_maps(pins: &PinDir) -> usize {
         .iter()
         .filter(|map| std::fs::remove_file(pins.map(map)).is_ok())
         .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_missing_netns_cookie_leaves_the_guard_out() {
+        // What a 6.1 to 6.14 kernel's verifier says (check_helper_call).
+        let old_kernel = "0: R1=ctx() R10=fp0\n; ...\n7: (85) call bpf_get_netns_cookie#122\n\
+                          program of this type cannot use helper bpf_get_netns_cookie#122\n";
+        assert!(guard_needs_newer_kernel(old_kernel));
+        let bug = "R2 invalid mem access 'scalar'\nprocessed 812 insns";
+        assert!(!guard_needs_newer_kernel(bug));
+    }
 }

@@ -18,7 +18,7 @@ use anyhow::{bail, Context as _};
 use aya::Ebpf;
 use mif_common::Settings;
 
-use log::info;
+use log::{info, warn};
 
 use crate::{
     apply::kernel_maps,
@@ -75,7 +75,13 @@ impl Steering {
     /// adopted links atomically.
     pub fn attach(&mut self, cgroup: &Path) -> anyhow::Result<()> {
         let ebpf = self.ebpf.as_mut().context("programs not loaded")?;
-        loader::attach(ebpf, cgroup, &self.pins)?;
+        if let Some(left) = loader::attach(ebpf, cgroup, &self.pins)? {
+            warn!(
+                "program {} is not attached: {}; strict policies are enforced per \
+                 socket only, without the packet-level guard (docs/security.md)",
+                left.program, left.why
+            );
+        }
         Ok(())
     }
 
