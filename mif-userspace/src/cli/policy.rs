@@ -90,7 +90,8 @@ impl PolicyOptions {
                     Dns::Pvd => DnsMode::Pvd,
                 },
                 exclude: self.exclude.clone(),
-            },
+            }
+            .into(),
         }
     }
 }

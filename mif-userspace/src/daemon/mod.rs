@@ -73,7 +73,7 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
         .into_iter()
         .map(|i| i.name)
         .collect();
-    let prepared = prepare(opts.config, opts.instance, &interfaces)?;
+    let mut prepared = prepare(opts.config, opts.instance, &interfaces)?;
 
     let settings = Settings {
         netns_cookie: netns::current_netns_cookie()
@@ -86,7 +86,9 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
     };
     let state_file = policies::state_file(opts.state_dir, &opts.instance.pin_dir);
     let persisted = policies::load_persisted(&state_file)?;
-    let (set, dropped) = PolicySet::new(&prepared.config, persisted);
+    // The set takes the file's policies: from here on `prepared.config` is
+    // the rest of the file (PvDs, DNS, control), which the reconciler keeps.
+    let (set, dropped) = PolicySet::new(&mut prepared.config, persisted);
     for spec in dropped {
         warn!(
             "the config file owns cgroup {}: its saved CLI policy is dropped",
@@ -107,6 +109,7 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
+    let dns_forwarder_port = prepared.config.dns_forwarder_port;
     let writers = Writers {
         group: match &prepared.config.control_group {
             Some((name, _)) => {
@@ -124,7 +127,7 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
     let mut reconciler = Reconciler::new(
         netlink.clone(),
         maps,
-        prepared.config.clone(),
+        prepared.config,
         policy_state,
         InstanceNumbers {
             numbering: opts.instance.numbering(),
@@ -154,8 +157,7 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
     // Per-domain DNS selection and link-local resolvers: the forwarder runs
     // while some PvD needs it (see `dns::ForwarderControl`); dropped when
     // the daemon returns, which turns the kernel's redirection to it off.
-    let mut dns_forwarder =
-        crate::dns::ForwarderControl::new(&steering.pins, prepared.config.dns_forwarder_port);
+    let mut dns_forwarder = crate::dns::ForwarderControl::new(&steering.pins, dns_forwarder_port);
     dns_forwarder.follow(reconciler.pvds()).await;
     let mut control =
         match control::server::start(&control::socket_path(&opts.instance.pin_dir), writers) {

@@ -8,6 +8,7 @@ use std::{
     fmt,
     ops::Range,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use mif_common::{MAX_PREFER, PVD_NAME_LEN};
@@ -19,6 +20,8 @@ use toml::Spanned;
 pub struct Config {
     pub path: PathBuf,
     pub pvds: Vec<PvdConfig>,
+    /// Empty once a `PolicySet` took them (at start and on reload): a
+    /// running daemon keeps one copy of its policies, the set's.
     pub policies: Vec<PolicyConfig>,
     /// `[control] group`: a group whose members may change policies
     /// through the control socket, besides root; with its line.
@@ -57,7 +60,7 @@ pub struct PvdConfig {
 }
 
 /// Which resolvers a policy's DNS queries go to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DnsMode {
     /// Untouched: whatever resolver the application asks (resolv.conf).
@@ -68,7 +71,7 @@ pub enum DnsMode {
 }
 
 /// How a policy holds its sockets to the PvD.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BindMode {
     /// Socket mark only: routing by the PvD's table and source address.
@@ -157,8 +160,10 @@ fn is_interface_name(name: &str) -> bool {
 pub const MAX_EXCLUDE: usize = 64;
 
 /// What a policy asks for its cgroup, the same wherever the policy came
-/// from (the config file, the CLI) and once bound to a cgroup.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// from (the config file, the CLI) and once bound to a cgroup. Held behind
+/// an `Arc` by every policy record: policies that ask for the same are one
+/// allocation (see [`TermsInterner`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PolicyTerms {
     /// PvD names in order of preference.
     pub prefer: Vec<String>,
@@ -181,12 +186,33 @@ pub struct PolicyTerms {
     pub exclude: Vec<Exclusion>,
 }
 
+/// Hands out one shared copy of each distinct [`PolicyTerms`]. A file of
+/// 100,000 policies typically says the same few things 100,000 times: one
+/// `prefer` list (a `Vec` and a `String` per name) per policy was most of
+/// the daemon's memory for them.
+#[derive(Debug, Default)]
+pub struct TermsInterner {
+    seen: HashSet<Arc<PolicyTerms>>,
+}
+
+impl TermsInterner {
+    pub fn intern(&mut self, terms: PolicyTerms) -> Arc<PolicyTerms> {
+        if let Some(shared) = self.seen.get(&terms) {
+            return Arc::clone(shared);
+        }
+        let shared = Arc::new(terms);
+        self.seen.insert(Arc::clone(&shared));
+        shared
+    }
+}
+
 /// A `[[policy]]` of the config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyConfig {
     /// cgroup path relative to the cgroup2 root, starting with `/`.
     pub cgroup: String,
-    pub terms: PolicyTerms,
+    /// Shared with every policy of the file that asks for the same.
+    pub terms: Arc<PolicyTerms>,
     pub line: usize,
 }
 
@@ -438,8 +464,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         });
     }
 
-    let mut policies = Vec::new();
+    let mut policies = Vec::with_capacity(raw.policy.len());
     let mut cgroups = HashSet::new();
+    let mut interner = TermsInterner::default();
     for policy in raw.policy {
         let line = checker.lines.line_of(policy.span().start);
         let policy = policy.into_inner();
@@ -508,7 +535,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         policies.push(PolicyConfig {
             cgroup,
-            terms: PolicyTerms {
+            terms: interner.intern(PolicyTerms {
                 prefer,
                 strict: policy.strict,
                 bind: policy.bind,
@@ -516,7 +543,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 deny_raw: policy.deny_raw,
                 dns: policy.dns,
                 exclude,
-            },
+            }),
             line,
         });
     }

@@ -7,6 +7,7 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
@@ -36,7 +37,7 @@ pub struct PolicySpec {
     /// Flattened: the control protocol and the state file keep one flat
     /// object per policy.
     #[serde(flatten)]
-    pub terms: PolicyTerms,
+    pub terms: Arc<PolicyTerms>,
 }
 
 impl PolicySpec {
@@ -103,22 +104,27 @@ pub enum PolicyError {
     },
 }
 
+/// The policies in force. The config file's are kept as the file gave
+/// them (one compact record each, their file named once): with 100,000
+/// policies, every per-policy copy or field costs megabytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicySet {
-    config: Vec<(PolicySpec, Origin)>,
+    config_file: PathBuf,
+    config: Vec<PolicyConfig>,
     cli: BTreeMap<String, PolicySpec>,
 }
 
 impl PolicySet {
-    /// The config file's policies plus the persisted CLI ones. A persisted
-    /// policy for a cgroup the file now names is dropped (returned) — the
-    /// file wins.
-    pub fn new(config: &Config, persisted: Vec<PolicySpec>) -> (Self, Vec<PolicySpec>) {
+    /// The config file's policies (taken out of `config`, see
+    /// [`PolicySet::replace_config`]) plus the persisted CLI ones. A
+    /// persisted policy for a cgroup the file now names is dropped
+    /// (returned) — the file wins.
+    pub fn new(config: &mut Config, persisted: Vec<PolicySpec>) -> (Self, Vec<PolicySpec>) {
         let mut set = Self::default();
         set.replace_config(config);
         let mut dropped = Vec::new();
         for spec in persisted {
-            if set.config_origin(&spec.cgroup).is_some() {
+            if set.owned_by_config(&spec.cgroup).is_some() {
                 dropped.push(spec);
             } else {
                 set.cli.insert(spec.cgroup.clone(), spec);
@@ -127,41 +133,31 @@ impl PolicySet {
         (set, dropped)
     }
 
-    /// Takes the policies of a (re)loaded config file. CLI policies for
-    /// cgroups the file now names give way; they are returned.
-    pub fn replace_config(&mut self, config: &Config) -> Vec<PolicySpec> {
-        self.config = config
-            .policies
-            .iter()
-            .map(|p| {
-                (
-                    PolicySpec::from_config(p),
-                    Origin::Config {
-                        file: config.path.clone(),
-                        line: p.line,
-                    },
-                )
-            })
-            .collect();
-        let owned: Vec<String> = self.config.iter().map(|(s, _)| s.cgroup.clone()).collect();
+    /// Takes the policies of a (re)loaded config file, leaving
+    /// `config.policies` empty: the set keeps the one copy of them in the
+    /// daemon. CLI policies for cgroups the file now names give way; they
+    /// are returned.
+    pub fn replace_config(&mut self, config: &mut Config) -> Vec<PolicySpec> {
+        self.config_file = config.path.clone();
+        self.config = std::mem::take(&mut config.policies);
+        let owned: Vec<String> = self.config.iter().map(|p| p.cgroup.clone()).collect();
         owned.iter().filter_map(|cg| self.cli.remove(cg)).collect()
     }
 
-    fn config_origin(&self, cgroup: &str) -> Option<&Origin> {
-        self.config
-            .iter()
-            .find(|(s, _)| s.cgroup == cgroup)
-            .map(|(_, o)| o)
+    /// The error for changing, from the CLI, a cgroup the file owns.
+    fn owned_by_config(&self, cgroup: &str) -> Option<PolicyError> {
+        let p = self.config.iter().find(|p| p.cgroup == cgroup)?;
+        Some(PolicyError::OwnedByConfig {
+            cgroup: cgroup.into(),
+            file: self.config_file.clone(),
+            line: p.line,
+        })
     }
 
     /// Sets (or replaces) a CLI policy.
     pub fn set(&mut self, spec: PolicySpec) -> Result<(), PolicyError> {
-        if let Some(Origin::Config { file, line }) = self.config_origin(&spec.cgroup) {
-            return Err(PolicyError::OwnedByConfig {
-                cgroup: spec.cgroup,
-                file: file.clone(),
-                line: *line,
-            });
+        if let Some(e) = self.owned_by_config(&spec.cgroup) {
+            return Err(e);
         }
         self.cli.insert(spec.cgroup.clone(), spec);
         Ok(())
@@ -169,23 +165,36 @@ impl PolicySet {
 
     /// Deletes a CLI policy.
     pub fn del(&mut self, cgroup: &str) -> Result<PolicySpec, PolicyError> {
-        if let Some(Origin::Config { file, line }) = self.config_origin(cgroup) {
-            return Err(PolicyError::OwnedByConfig {
-                cgroup: cgroup.into(),
-                file: file.clone(),
-                line: *line,
-            });
+        if let Some(e) = self.owned_by_config(cgroup) {
+            return Err(e);
         }
         self.cli
             .remove(cgroup)
             .ok_or_else(|| PolicyError::NotFound(cgroup.into()))
     }
 
-    /// Every policy with its origin: the file's in file order, then the CLI's.
+    /// Every policy's cgroup and terms, borrowed: the file's in file
+    /// order, then the CLI's. (Resolving runs over this on every change of
+    /// cgroups; a copy of 100,000 policies each time was tens of MiB.)
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<PolicyTerms>)> {
+        self.config
+            .iter()
+            .map(|p| (p.cgroup.as_str(), &p.terms))
+            .chain(self.cli.values().map(|s| (s.cgroup.as_str(), &s.terms)))
+    }
+
+    /// Every policy with its origin, as copies (for listing them): the
+    /// file's in file order, then the CLI's.
     pub fn all(&self) -> Vec<(PolicySpec, Origin)> {
         self.config
             .iter()
-            .cloned()
+            .map(|p| {
+                let origin = Origin::Config {
+                    file: self.config_file.clone(),
+                    line: p.line,
+                };
+                (PolicySpec::from_config(p), origin)
+            })
             .chain(self.cli.values().map(|s| (s.clone(), Origin::Cli)))
             .collect()
     }
@@ -236,19 +245,18 @@ pub fn resolve(
 ) -> (Vec<ResolvedPolicy>, Vec<Pending>) {
     let mut resolved: Vec<ResolvedPolicy> = Vec::new();
     let mut pending = Vec::new();
-    let all = set.all();
     let (patterns, literals): (Vec<_>, Vec<_>) =
-        all.iter().partition(|(s, _)| is_pattern(&s.cgroup));
-    for (spec, _) in literals {
-        match cgroup2.resolve(&spec.cgroup) {
+        set.iter().partition(|(cgroup, _)| is_pattern(cgroup));
+    for (cgroup, terms) in literals {
+        match cgroup2.resolve(cgroup) {
             Ok(cg) if cg.is_within(attach) => resolved.push(ResolvedPolicy {
-                id: ids.id(&spec.cgroup),
+                id: ids.id(cgroup),
                 cgroup_id: cg.id,
                 cgroup: cg.rel,
-                terms: spec.terms.clone(),
+                terms: Arc::clone(terms),
             }),
             _ => pending.push(Pending {
-                cgroup: spec.cgroup.clone(),
+                cgroup: cgroup.to_string(),
             }),
         }
     }
@@ -258,11 +266,11 @@ pub fn resolve(
     // cgroups, and a scan per match made resolving quadratic.
     let mut claimed: std::collections::HashSet<u64> =
         resolved.iter().map(|r| r.cgroup_id).collect();
-    for (spec, _) in patterns {
-        let Ok(pattern) = CgroupPattern::parse(&spec.cgroup) else {
+    for (cgroup, terms) in patterns {
+        let Ok(pattern) = CgroupPattern::parse(cgroup) else {
             continue;
         };
-        let id = ids.id(&spec.cgroup);
+        let id = ids.id(cgroup);
         let mut matched = false;
         for rel in existing_matches(cgroup2.mount(), &pattern) {
             let Ok(cg) = cgroup2.resolve(&rel) else {
@@ -276,12 +284,12 @@ pub fn resolve(
                 id,
                 cgroup_id: cg.id,
                 cgroup: cg.rel,
-                terms: spec.terms.clone(),
+                terms: Arc::clone(terms),
             });
         }
         if !matched {
             pending.push(Pending {
-                cgroup: spec.cgroup.clone(),
+                cgroup: cgroup.to_string(),
             });
         }
     }
@@ -362,7 +370,8 @@ mod tests {
             terms: PolicyTerms {
                 prefer: prefer.iter().map(|s| s.to_string()).collect(),
                 ..Default::default()
-            },
+            }
+            .into(),
         }
     }
 
@@ -372,8 +381,9 @@ mod tests {
 
     #[test]
     fn the_config_file_owns_its_cgroups() {
-        let cfg = config("[[policy]]\ncgroup = \"/a\"\nprefer = [\"wlan0\"]\n");
-        let (mut set, dropped) = PolicySet::new(&cfg, vec![spec("/a", &["x"]), spec("/b", &["y"])]);
+        let mut cfg = config("[[policy]]\ncgroup = \"/a\"\nprefer = [\"wlan0\"]\n");
+        let (mut set, dropped) =
+            PolicySet::new(&mut cfg, vec![spec("/a", &["x"]), spec("/b", &["y"])]);
         assert_eq!(dropped, [spec("/a", &["x"])]);
         let err = set.set(spec("/a", &["wwan0"])).unwrap_err();
         assert_eq!(
@@ -392,9 +402,10 @@ mod tests {
 
     #[test]
     fn a_reload_that_claims_a_cli_cgroup_takes_it_over() {
-        let (mut set, _) = PolicySet::new(&config(""), vec![spec("/c", &["x"])]);
-        let displaced =
-            set.replace_config(&config("[[policy]]\ncgroup = \"/c\"\nprefer = [\"y\"]\n"));
+        let (mut set, _) = PolicySet::new(&mut config(""), vec![spec("/c", &["x"])]);
+        let displaced = set.replace_config(&mut config(
+            "[[policy]]\ncgroup = \"/c\"\nprefer = [\"y\"]\n",
+        ));
         assert_eq!(displaced, [spec("/c", &["x"])]);
         let all = set.all();
         assert_eq!(all.len(), 1);

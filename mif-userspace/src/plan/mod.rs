@@ -27,7 +27,8 @@ pub struct ResolvedPolicy {
     pub id: u32,
     pub cgroup_id: u64,
     pub cgroup: String,
-    pub terms: PolicyTerms,
+    /// Shared with the policy it came from (and its other cgroups).
+    pub terms: std::sync::Arc<PolicyTerms>,
 }
 
 /// Rule priorities and the mark mask, shared by all PvDs of an instance.
@@ -449,7 +450,8 @@ mod tests {
                 strict: true,
                 bind: BindMode::Device,
                 ..Default::default()
-            },
+            }
+            .into(),
         };
         let d = desired(
             &pvds,
@@ -468,8 +470,9 @@ mod tests {
                 strict: false,
                 bind: BindMode::Mark,
                 deny_raw: true,
-                ..policy.terms
-            },
+                ..(*policy.terms).clone()
+            }
+            .into(),
             ..policy
         };
         let (_, p) = desired(&pvds, &[loose_raw], &RULES, POLICY_CAPACITY_MAX).policies[0];
@@ -518,7 +521,8 @@ mod tests {
                 prefer: vec!["wlan0".into()],
                 dns: DnsMode::Pvd,
                 ..Default::default()
-            },
+            }
+            .into(),
         };
         let d = desired(
             std::slice::from_ref(&p),
@@ -550,7 +554,8 @@ mod tests {
                 terms: PolicyTerms {
                     prefer: vec!["wlan0".into()],
                     ..Default::default()
-                },
+                }
+                .into(),
             })
             .collect();
         let d = desired(&[pvd(0, "wlan0", true)], &policies, &RULES, capacity);
@@ -656,7 +661,8 @@ mod tests {
                 strict: true,
                 exclude: exclude.iter().map(|e| e.parse().unwrap()).collect(),
                 ..Default::default()
-            },
+            }
+            .into(),
         };
         // Two cgroups of one pattern policy share its id.
         let policies = [

@@ -233,8 +233,11 @@ impl<H: RoutingHost, M: MapWriter> Reconciler<H, M> {
     }
 
     /// Takes a reloaded config: its PvDs and its policies.
-    pub fn replace_config(&mut self, config: Config) -> Vec<crate::model::policies::PolicySpec> {
-        let displaced = self.policy.set.replace_config(&config);
+    pub fn replace_config(
+        &mut self,
+        mut config: Config,
+    ) -> Vec<crate::model::policies::PolicySpec> {
+        let displaced = self.policy.set.replace_config(&mut config);
         self.policy.stale = true;
         self.config = config;
         displaced

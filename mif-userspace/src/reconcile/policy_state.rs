@@ -78,13 +78,13 @@ impl PolicyState {
     /// is steered again at once, not at the next periodic check.
     pub fn watch_targets(&self) -> WatchTargets {
         let mut targets = WatchTargets::default();
-        for (spec, _) in self.set.all().iter() {
-            if crate::host::cgroup_pattern::is_pattern(&spec.cgroup) {
-                if let Ok(p) = crate::host::cgroup_pattern::CgroupPattern::parse(&spec.cgroup) {
+        for (cgroup, _) in self.set.iter() {
+            if crate::host::cgroup_pattern::is_pattern(cgroup) {
+                if let Ok(p) = crate::host::cgroup_pattern::CgroupPattern::parse(cgroup) {
                     targets.roots.push(p.literal_prefix().to_string());
                 }
             } else {
-                targets.exact.push(spec.cgroup.clone());
+                targets.exact.push(cgroup.to_string());
             }
         }
         for list in [&mut targets.roots, &mut targets.exact] {

@@ -148,10 +148,11 @@ fn uplink(name: &str, index: u32, up: bool, addr: Ipv4Addr) -> Interface {
 /// of the test host is read).
 fn reconciler(host: &FakeHost, maps: &FakeMaps) -> Reconciler<FakeHost, FakeMaps> {
     let cgroups = tempfile::tempdir().unwrap();
-    let config = config::parse(&cgroups.path().join("mif.toml"), "[dns]\nleases = []\n").unwrap();
+    let mut config =
+        config::parse(&cgroups.path().join("mif.toml"), "[dns]\nleases = []\n").unwrap();
     let cgroup2 = Cgroup2::at(cgroups.path());
     let attach = cgroup2.resolve("/").unwrap();
-    let (set, _) = PolicySet::new(&config, Vec::new());
+    let (set, _) = PolicySet::new(&mut config, Vec::new());
     let rules = RuleOptions {
         mark_mask: 0xff00_0000,
         mark_priority: 9001,
