@@ -26,6 +26,7 @@ pub mod daemon;
 pub mod dns;
 pub mod host;
 pub mod instance;
+pub mod memory;
 pub mod model;
 pub mod plan;
 pub mod prefix;

@@ -176,6 +176,14 @@ impl Admin {
 
     /// Re-reads the config file; on any error the running policy stays.
     pub async fn reload(&mut self, reconciler: &mut Reconciler) -> Result<(), String> {
+        let outcome = self.reload_config(reconciler).await;
+        // The file was parsed anew (and maybe the policy set replaced):
+        // that one-off memory goes back, as after start-up.
+        crate::memory::give_back();
+        outcome
+    }
+
+    async fn reload_config(&mut self, reconciler: &mut Reconciler) -> Result<(), String> {
         let result = async {
             let interfaces: Vec<String> = reconciler.known_pvd_names().await?.into_iter().collect();
             let state = reconciler.policy_state();

@@ -180,6 +180,9 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
     // Handlers first: a signal right after `ready` must not find the
     // default action (SIGHUP would kill the daemon, SIGTERM skip teardown).
     let mut signals = Signals::new()?;
+    // Start-up's one-off work (the config's TOML document above all) is
+    // freed by now: its pages go back before the daemon settles.
+    crate::memory::give_back();
     // Machine-readable readiness for scripts and tests.
     println!("ready");
 
