@@ -717,6 +717,35 @@ impl Report {
                 details.join(", ")
             },
         });
+
+        // Issue 18: the daemon's own memory, once ready (its peak, reached
+        // while the config is parsed, is shown alongside).
+        let mut details = Vec::new();
+        let mut all = None;
+        for r in self.scale.iter().filter(|r| r.policies >= 100_000) {
+            let mib = |kib: u64| kib as f64 / 1024.0;
+            if r.error.is_some() {
+                all = Some(false);
+                details.push(format!("{} PvDs: not measured", r.pvds));
+                continue;
+            }
+            all = Some(all.unwrap_or(true) && r.rss_kib <= 64 * 1024);
+            details.push(format!(
+                "{} PvDs: {:.1} MiB (peak {:.1} MiB)",
+                r.pvds,
+                mib(r.rss_kib),
+                mib(r.peak_rss_kib)
+            ));
+        }
+        out.push(Target {
+            name: "daemon RSS ≤ 64 MiB with 100k policies".into(),
+            met: all,
+            detail: if details.is_empty() {
+                "not run (smoke)".into()
+            } else {
+                details.join(", ")
+            },
+        });
         out
     }
 }
