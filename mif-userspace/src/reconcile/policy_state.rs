@@ -38,6 +38,12 @@ impl PolicyState {
         (self.resolved, self.pending) =
             policies::resolve(&self.set, &self.cgroup2, &self.attach, &mut self.ids);
         self.stale = false;
+        // The previous resolution (a record per cgroup) and this one's
+        // look-ups were freed among the records kept: with 100,000
+        // policies tens of MiB of pages that malloc would otherwise keep.
+        // Resolving is rare (cgroups or policies changed, the 30 s
+        // recheck) and costs a stat per policy; this costs far less.
+        crate::memory::give_back();
     }
 
     /// Resolves the policies now (before the first pass, which then need
