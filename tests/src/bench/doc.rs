@@ -408,10 +408,13 @@ fn findings(
         .collect();
     let _ = write!(
         md,
-        "mif adds no per-packet work (the kernel routes by mark; the programs \
-         run at socket(), connect() and unconnected sendmsg() only): measured \
-         per-packet differences are {}, to be read against the rows' \
-         interquartile ranges. ",
+        "Steering adds no per-packet work (the kernel routes by mark; the \
+         steering programs run at socket(), connect() and unconnected \
+         sendmsg() only); the strict egress guard (cgroup_skb) sees every \
+         packet of the processes below the attach cgroup and, for a packet \
+         without a strict policy, stops after its policy walk. Measured \
+         per-packet differences, guard included, are {}, to be read against \
+         the rows' interquartile ranges. ",
         per_packet.join(", ")
     );
     let nft_pp: Vec<String> = [Op::UdpSendto, Op::UdpStream, Op::TcpStream]
