@@ -167,12 +167,17 @@ fuzz_target!(|input: Input| {
         mark_priority: 9001,
         source_priority: 9000,
     };
+    let preferred: BTreeSet<String> = config
+        .policies
+        .iter()
+        .flat_map(|p| p.terms.prefer.iter().cloned())
+        .collect();
     let mut registry = Registry::default();
     let mut previous = Vec::new();
     for list in [&input.before, &input.after] {
         let (interfaces, learned) = interfaces(list);
         let Ok((pvds, _skipped)) =
-            pvd::build(&config, &interfaces, &learned, &numbering, &mut registry)
+            pvd::build(&config, &preferred, &interfaces, &learned, &numbering, &mut registry)
         else {
             return;
         };

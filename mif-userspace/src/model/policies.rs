@@ -5,7 +5,7 @@
 //! exactly one source, and an admin is told which file to edit when the CLI
 //! may not change it.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -115,6 +115,18 @@ pub struct PolicySet {
 }
 
 impl PolicySet {
+    /// Every PvD name some policy prefers, from the file and the CLI: an
+    /// interface so named is a PvD even without a default route (a split
+    /// VPN, a link that is down at start).
+    pub fn preferred_names(&self) -> BTreeSet<String> {
+        self.config
+            .iter()
+            .flat_map(|p| p.terms.prefer.iter())
+            .chain(self.cli.values().flat_map(|s| s.terms.prefer.iter()))
+            .cloned()
+            .collect()
+    }
+
     /// The config file's policies (taken out of `config`, see
     /// [`PolicySet::replace_config`]) plus the persisted CLI ones. A
     /// persisted policy for a cgroup the file now names is dropped

@@ -6,7 +6,7 @@
 //! (RFC 7556 §2); `[[pvd]]` entries name PvDs explicitly, which also lets a
 //! policy name an interface that does not exist yet.
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -271,12 +271,14 @@ struct Slot {
 /// first, then implicit PvDs by interface name).
 ///
 /// Implicit PvDs are the uplinks: non-loopback interfaces with a default
-/// route, plus any interface a policy names, plus names seen before (kept,
+/// route, plus any interface a policy prefers (`preferred`, the file's and
+/// the CLI's policies), plus names seen before (kept,
 /// possibly absent, so their index is not reused). Bridges and container
 /// veths without a default route are not PvDs unless named.
 /// Implicit PvDs beyond the capacity are left out (returned second).
 pub fn build(
     config: &Config,
+    preferred: &BTreeSet<String>,
     interfaces: &[Interface],
     learned: &LearnedDns,
     numbering: &Numbering,
@@ -353,15 +355,10 @@ pub fn build(
         );
     }
 
-    let named: HashSet<&str> = config
-        .policies
-        .iter()
-        .flat_map(|p| p.terms.prefer.iter().map(String::as_str))
-        .collect();
     let mut candidates: Vec<String> = interfaces
         .iter()
         .filter(|i| !i.loopback)
-        .filter(|i| i.uplink4.is_some() || i.uplink6.is_some() || named.contains(i.name.as_str()))
+        .filter(|i| i.uplink4.is_some() || i.uplink6.is_some() || preferred.contains(&i.name))
         .map(|i| i.name.clone())
         .chain(registry.by_name.keys().cloned())
         .filter(|name| !claimed.contains_key(name) && !config.pvds.iter().any(|p| &p.name == name))
@@ -400,7 +397,7 @@ pub fn build(
         .map(|(index, slot)| {
             let table = slot.table.unwrap_or(numbering.table_base + index);
             let found = interfaces.iter().find(|i| i.name == slot.interface);
-            let wanted = slot.declared || named.contains(slot.name.as_str());
+            let wanted = slot.declared || preferred.contains(&slot.name);
             let mut pvd = state(
                 index,
                 slot.name,
@@ -599,6 +596,15 @@ mod tests {
         )
     }
 
+    /// The names `config`'s policies prefer, as the policy set gives them.
+    fn preferred(config: &Config) -> BTreeSet<String> {
+        config
+            .policies
+            .iter()
+            .flat_map(|p| p.terms.prefer.iter().cloned())
+            .collect()
+    }
+
     /// The PvDs [`build`] makes, none skipped.
     fn built(
         config: &Config,
@@ -606,7 +612,15 @@ mod tests {
         learned: &LearnedDns,
         registry: &mut Registry,
     ) -> Vec<PvdState> {
-        let (pvds, skipped) = build(config, interfaces, learned, &NUMBERING, registry).unwrap();
+        let (pvds, skipped) = build(
+            config,
+            &preferred(config),
+            interfaces,
+            learned,
+            &NUMBERING,
+            registry,
+        )
+        .unwrap();
         assert!(skipped.is_empty(), "{skipped:?}");
         pvds
     }
@@ -638,6 +652,7 @@ mod tests {
         ];
         let (pvds, skipped) = build(
             &config,
+            &preferred(&config),
             &interfaces,
             &LearnedDns::new(),
             &NUMBERING,
@@ -901,6 +916,7 @@ mod tests {
         .unwrap();
         let err = build(
             &config,
+            &preferred(&config),
             &[],
             &LearnedDns::new(),
             &NUMBERING,

@@ -259,8 +259,13 @@ impl<H: RoutingHost, M: MapWriter> Reconciler<H, M> {
         let ra_servers = self.ra_dns.current(&interfaces, now);
         let ra_domains = self.ra_domains.current(&interfaces, now);
         let learned = pvd::learned_dns(ra_servers, ra_domains, self.dhcp_dns(&interfaces));
+        // Policies first: the PvDs include every interface a policy prefers.
+        if self.policy.stale {
+            self.policy.resolve();
+        }
         let (pvds, skipped) = pvd::build(
             &self.config,
+            self.policy.preferred_names(),
             &interfaces,
             &learned,
             &self.numbers.numbering,
@@ -271,9 +276,6 @@ impl<H: RoutingHost, M: MapWriter> Reconciler<H, M> {
                 "more uplinks than the mark mask holds PvDs for; no PvD for: {}",
                 skipped.join(", ")
             );
-        }
-        if self.policy.stale {
-            self.policy.resolve();
         }
         let capacity = self.maps.policy_capacity();
         let mut desired =

@@ -18,6 +18,9 @@ pub struct PolicyState {
     /// Resolving looks up every policy's cgroup (a `stat` each: seconds for
     /// 100,000 policies), and a pass for a network change needs none of it.
     pub(super) stale: bool,
+    /// [`PolicySet::preferred_names`] as of the last resolve: read by
+    /// every pass, changed only with the policies.
+    preferred_names: std::collections::BTreeSet<String>,
 }
 
 impl PolicyState {
@@ -30,6 +33,7 @@ impl PolicyState {
             resolved: Vec::new(),
             pending: Vec::new(),
             stale: true,
+            preferred_names: Default::default(),
         }
     }
 
@@ -37,6 +41,7 @@ impl PolicyState {
     pub(super) fn resolve(&mut self) {
         (self.resolved, self.pending) =
             policies::resolve(&self.set, &self.cgroup2, &self.attach, &mut self.ids);
+        self.preferred_names = self.set.preferred_names();
         self.stale = false;
         // The previous resolution (a record per cgroup) and this one's
         // look-ups were freed among the records kept: with 100,000
@@ -51,6 +56,11 @@ impl PolicyState {
     pub fn resolve_now(&mut self) -> usize {
         self.resolve();
         self.resolved.len()
+    }
+
+    /// The PvD names the policies prefer (see [`PolicySet::preferred_names`]).
+    pub fn preferred_names(&self) -> &std::collections::BTreeSet<String> {
+        &self.preferred_names
     }
 
     /// Cgroups appeared or went away: the next pass resolves every policy.

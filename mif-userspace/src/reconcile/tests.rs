@@ -147,9 +147,21 @@ fn uplink(name: &str, index: u32, up: bool, addr: Ipv4Addr) -> Interface {
 /// A reconciler over fakes, with no policies and no lease files (nothing
 /// of the test host is read).
 fn reconciler(host: &FakeHost, maps: &FakeMaps) -> Reconciler<FakeHost, FakeMaps> {
+    reconciler_with(host, maps, "")
+}
+
+/// Like [`reconciler`], with `policies` (TOML) in the config file.
+fn reconciler_with(
+    host: &FakeHost,
+    maps: &FakeMaps,
+    policies: &str,
+) -> Reconciler<FakeHost, FakeMaps> {
     let cgroups = tempfile::tempdir().unwrap();
-    let mut config =
-        config::parse(&cgroups.path().join("mif.toml"), "[dns]\nleases = []\n").unwrap();
+    let mut config = config::parse(
+        &cgroups.path().join("mif.toml"),
+        &format!("[dns]\nleases = []\n{policies}"),
+    )
+    .unwrap();
     let cgroup2 = Cgroup2::at(cgroups.path());
     let attach = cgroup2.resolve("/").unwrap();
     let (set, _) = PolicySet::new(&mut config, Vec::new());
@@ -289,4 +301,20 @@ fn routing_removed_by_someone_else_is_restored_by_a_verifying_pass_only() {
     // And a verifying pass with everything in place writes nothing.
     pass(&mut r, true);
     assert_eq!(host.installs(), 2);
+}
+
+#[test]
+fn an_interface_a_policy_prefers_is_a_pvd_without_a_default_route() {
+    let (host, maps) = (FakeHost::default(), FakeMaps::default());
+    // The cgroup does not exist: the policy waits, its preference counts.
+    let policy = "[[policy]]\ncgroup = \"/app\"\nprefer = [\"wwan0\", \"wlan0\"]\n";
+    let mut r = reconciler_with(&host, &maps, policy);
+    host.set(vec![
+        uplink("wlan0", 2, true, FIRST),
+        uplink("wwan0", 3, false, RENUMBERED),
+    ]);
+    pass(&mut r, false);
+    let names: Vec<&str> = r.pvds().iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["wlan0", "wwan0"]);
+    assert!(!r.pvds()[1].available4());
 }
