@@ -360,6 +360,7 @@ pub const COUNTER_NO_PVD: u32 = u32::MAX;
 /// Counters of one (policy, PvD), shared by all CPUs (atomic adds).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct Counters {
     /// Sockets given this PvD's mark.
     pub steered: u64,

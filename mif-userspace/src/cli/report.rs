@@ -65,24 +65,10 @@ pub struct CounterReport {
     pub policy: u32,
     /// None for events that belong to no PvD (refusals, pass-throughs).
     pub pvd: Option<String>,
-    pub steered: u64,
-    pub fallback: u64,
-    pub refused: u64,
-    pub unsteered: u64,
-    pub bound: u64,
-    pub src_set: u64,
-    /// Binds, socket options, destinations and raw sockets refused to keep
-    /// sockets on their policy's PvDs (strict, `deny_raw`).
-    pub denied: u64,
-    /// DNS queries sent to the PvD's resolver instead of the one asked.
-    pub dns: u64,
-    /// Connections to destinations the policy excludes, left to the main
-    /// table.
-    pub excluded: u64,
-    /// Packets of strict sockets the egress guard dropped, leaving by an
-    /// interface that is none of the policy's PvDs' (under the PvD whose
-    /// interface it was, or none).
-    pub guard_drops: u64,
+    /// What the kernel counted (see [`Counters`] for each field); flat in
+    /// the JSON, beside `policy` and `pvd`.
+    #[serde(flatten)]
+    pub counts: Counters,
 }
 
 impl MapsReport {
@@ -278,16 +264,16 @@ impl MapsReport {
             rows.push(vec![
                 c.policy.to_string(),
                 c.pvd.clone().unwrap_or_else(|| "-".into()),
-                c.steered.to_string(),
-                c.fallback.to_string(),
-                c.refused.to_string(),
-                c.unsteered.to_string(),
-                c.bound.to_string(),
-                c.src_set.to_string(),
-                c.denied.to_string(),
-                c.dns.to_string(),
-                c.excluded.to_string(),
-                c.guard_drops.to_string(),
+                c.counts.steered.to_string(),
+                c.counts.fallback.to_string(),
+                c.counts.refused.to_string(),
+                c.counts.unsteered.to_string(),
+                c.counts.bound.to_string(),
+                c.counts.src_set.to_string(),
+                c.counts.denied.to_string(),
+                c.counts.dns.to_string(),
+                c.counts.excluded.to_string(),
+                c.counts.guard_drops.to_string(),
             ]);
         }
         table(&rows)
@@ -298,16 +284,7 @@ fn counter_report(policy: u32, pvd: Option<String>, c: &Counters) -> CounterRepo
     CounterReport {
         policy,
         pvd,
-        steered: c.steered,
-        fallback: c.fallback,
-        refused: c.refused,
-        unsteered: c.unsteered,
-        bound: c.bound,
-        src_set: c.src_set,
-        denied: c.denied,
-        dns: c.dns,
-        excluded: c.excluded,
-        guard_drops: c.guard_drops,
+        counts: *c,
     }
 }
 

@@ -47,8 +47,8 @@ impl StatsArgs {
                     (now - then.unwrap_or(now).min(now)) as f64 / secs
                 };
                 Row {
-                    steered_per_sec: rate(c.steered, old.map(|o| o.steered)),
-                    refused_per_sec: rate(c.refused, old.map(|o| o.refused)),
+                    steered_per_sec: rate(c.counts.steered, old.map(|o| o.counts.steered)),
+                    refused_per_sec: rate(c.counts.refused, old.map(|o| o.counts.refused)),
                     cgroup: second
                         .policies
                         .iter()
@@ -86,16 +86,16 @@ fn render(rows: &[Row]) -> String {
             c.policy.to_string(),
             r.cgroup.clone().unwrap_or_else(|| "-".into()),
             c.pvd.clone().unwrap_or_else(|| "-".into()),
-            c.steered.to_string(),
+            c.counts.steered.to_string(),
             format!("{:.1}", r.steered_per_sec),
-            c.fallback.to_string(),
-            c.refused.to_string(),
+            c.counts.fallback.to_string(),
+            c.counts.refused.to_string(),
             format!("{:.1}", r.refused_per_sec),
-            c.bound.to_string(),
-            c.src_set.to_string(),
-            c.dns.to_string(),
-            c.excluded.to_string(),
-            c.guard_drops.to_string(),
+            c.counts.bound.to_string(),
+            c.counts.src_set.to_string(),
+            c.counts.dns.to_string(),
+            c.counts.excluded.to_string(),
+            c.counts.guard_drops.to_string(),
         ]);
     }
     table(&out)
