@@ -65,12 +65,30 @@ pub mod names {
     pub const PROG_GETPEER6: &str = "mif_getpeer6";
     /// The per-packet egress guard of strict policies (`cgroup_skb/egress`).
     pub const PROG_GUARD: &str = "mif_guard";
-    /// All programs, in attach order. The reverse translations of DNS
-    /// redirection (recvmsg, getpeername) come before the programs that
-    /// redirect, so no redirected reply is ever seen untranslated; the
-    /// strict-mode guards (bind, setsockopt, then the packet guard) come
+    /// The hooks, attached once to the attach cgroup, in attach order. The
+    /// reverse translations of DNS redirection (recvmsg, getpeername) come
+    /// before the programs that redirect, so no redirected reply is ever
+    /// seen untranslated; the strict-mode checks (bind, setsockopt) come
     /// last: until they are attached, strict sockets are only as protected
     /// as before.
+    pub const HOOKS: [&str; 12] = [
+        PROG_RECVMSG4,
+        PROG_RECVMSG6,
+        PROG_GETPEER4,
+        PROG_GETPEER6,
+        PROG_SOCK_CREATE,
+        PROG_CONNECT4,
+        PROG_CONNECT6,
+        PROG_SENDMSG4,
+        PROG_SENDMSG6,
+        PROG_BIND4,
+        PROG_BIND6,
+        PROG_SETSOCKOPT,
+    ];
+    /// The strict policies' guards, attached to each strict policy's
+    /// cgroup instead (nothing else pays for them).
+    pub const GUARDS: [&str; 1] = [PROG_GUARD];
+    /// Every program in the object: the hooks, then the guards.
     pub const PROGRAMS: [&str; 13] = [
         PROG_RECVMSG4,
         PROG_RECVMSG6,

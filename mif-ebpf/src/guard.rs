@@ -22,12 +22,14 @@
 //! [`crate::exclude`]), which the main table may route elsewhere. Packets
 //! of other network namespaces are left alone, as everywhere in mif.
 //!
-//! Cost: this runs for every packet of every socket below the attach
-//! cgroup. A packet by loopback costs one context read; any other packet
-//! of a socket without a strict policy the policy walk (one helper call
-//! and one lookup for the socket's own cgroup, then one of each per level
-//! between the attach cgroup and it). Only strict packets pay for the
-//! namespace check and the PvD lookups, and only drops for the counting.
+//! Cost: the daemon attaches this to strict policies' cgroups only (see
+//! its `apply::guard_links`), so it runs for the packets of sockets
+//! created there or below, never for other traffic. A packet by loopback
+//! costs one context read; any other the policy walk (one helper call and
+//! one lookup for the socket's own cgroup, then one of each per level
+//! between the attach cgroup and it: a non-strict policy deeper down takes
+//! precedence, as everywhere). Only strict packets pay for the namespace
+//! check and the PvD lookups, and only drops for the counting.
 //!
 //! Packet sockets (`AF_PACKET`) never pass here: they hand frames to the
 //! device directly, past the IP output path (see docs/security.md).

@@ -22,12 +22,13 @@
 //!   `sock_create` also refuses raw IP sockets to policies with `deny_raw`.
 //! - `guard` (`cgroup_skb/egress`) drops packets of strict policies'
 //!   sockets that leave by an interface none of the policy's PvDs uses,
-//!   whatever routed them there (see [`guard`]).
+//!   whatever routed them there (see [`guard`]). It is attached to strict
+//!   policies' cgroups only.
 //!
 //! Steering itself is no per-packet work: routing by mark is done by the
 //! kernel's policy rules that the daemon installs per PvD. The guard is
-//! the one program that runs per packet, and returns after the policy walk
-//! for every socket without a strict policy.
+//! the one program that runs per packet, and only for sockets created in
+//! a strict policy's cgroup or below it.
 //!
 //! Minimum kernel versions, per hook: `sock_create` 4.10, `connect`/`bind`
 //! 4.17, `sendmsg` 4.18, `recvmsg` 5.2, `setsockopt` 5.3, `getpeername`

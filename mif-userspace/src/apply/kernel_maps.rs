@@ -42,6 +42,8 @@ pub enum MapsError {
 }
 
 pub struct KernelMaps {
+    /// Where they are pinned (with the links, which `mif maps` counts).
+    pins: PinDir,
     policies: HashMap<MapData, u64, Policy>,
     /// The policy map's `max_entries` as the kernel has it (set at load from
     /// the policies, see [`crate::plan::policy_capacity_for`]).
@@ -157,8 +159,14 @@ pub fn put_back_counters(pins: &PinDir, carried: &CarriedCounters) -> Result<usi
 }
 
 impl KernelMaps {
+    /// Where the maps are pinned.
+    pub fn pins(&self) -> &PinDir {
+        &self.pins
+    }
+
     pub fn open(pins: &PinDir) -> Result<Self, MapsError> {
         Ok(Self {
+            pins: pins.clone(),
             policy_capacity: max_entries(pins, names::MAP_POLICIES)? as usize,
             policies: typed!(pins, names::MAP_POLICIES),
             pvds: SharedPvdTable::new(typed!(pins, names::MAP_PVDS)),

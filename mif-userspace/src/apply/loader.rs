@@ -15,8 +15,8 @@ use std::{
 
 use aya::{
     programs::{
-        links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock,
-        CgroupSockAddr, CgroupSockopt, ProgramError,
+        links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt,
+        ProgramError,
     },
     Ebpf, EbpfLoader,
 };
@@ -89,31 +89,20 @@ pub fn load(settings: &Settings, pins: &PinDir, capacity: Capacity) -> Result<Eb
         .map_err(|e| LoadError::Object(Box::new(e)))
 }
 
-/// Verifies and attaches every program to `cgroup` and pins each link, so
+/// Verifies and attaches the hooks to `cgroup` and pins each link, so
 /// steering outlives this process until the pins are removed. A link pinned
 /// by an earlier instance is replaced atomically: the new link is pinned
 /// under a staging name and renamed over the old pin, whose link then goes.
-/// Returns the program this kernel cannot run, if any (see [`LeftOut`]).
-pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pins: &PinDir) -> Result<Option<LeftOut>, LoadError> {
+/// The guards are not attached here but to strict cgroups, by
+/// [`crate::apply::guard_links`]; a guard link an older mif pinned with the
+/// hooks is removed once they are in place.
+pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pins: &PinDir) -> Result<(), LoadError> {
     let cgroup_fd = File::open(cgroup).map_err(|source| LoadError::Cgroup {
         path: cgroup.to_path_buf(),
         source,
     })?;
-    let mut left_out = None;
-    for program in names::PROGRAMS {
-        let link = match attach_one(ebpf, program, &cgroup_fd) {
-            Ok(link) => link,
-            Err(LoadError::Verifier { log, .. })
-                if program == names::PROG_GUARD && guard_needs_newer_kernel(&log) =>
-            {
-                left_out = Some(LeftOut {
-                    program,
-                    why: "it needs Linux 6.15 (bpf_get_netns_cookie in cgroup_skb programs)",
-                });
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
+    for program in names::HOOKS {
+        let link = attach_one(ebpf, program, &cgroup_fd)?;
         let staging = pins.link_staging(program);
         let _ = std::fs::remove_file(&staging);
         link.pin(&staging).map_err(|source| LoadError::Pin {
@@ -128,12 +117,65 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pins: &PinDir) -> Result<Option<Le
             source: Box::new(e),
         })?;
     }
-    Ok(left_out)
+    let _ = std::fs::remove_file(pins.link(names::PROG_GUARD));
+    Ok(())
 }
 
-/// A program this kernel cannot run, left out of [`attach`]. Only the
-/// egress guard may be: without it strict policies are still enforced per
-/// socket, as before the guard existed, and steering is whole.
+/// A guard program, verified and loaded, ready to be attached to cgroups.
+#[derive(Debug)]
+pub struct LoadedGuard {
+    pub program: &'static str,
+    pub fd: aya::programs::ProgramFd,
+    /// uapi `enum bpf_attach_type` of its links.
+    pub attach_type: u32,
+}
+
+/// uapi `enum bpf_attach_type`.
+const BPF_CGROUP_INET_EGRESS: u32 = 1;
+
+/// Verifies and loads the guards ([`names::GUARDS`]); returns those this
+/// kernel runs and, apart, those it cannot (see [`LeftOut`]).
+pub fn load_guards(ebpf: &mut Ebpf) -> Result<(Vec<LoadedGuard>, Vec<LeftOut>), LoadError> {
+    let mut loaded = Vec::new();
+    let mut left_out = Vec::new();
+    match load_guard(ebpf, names::PROG_GUARD) {
+        Ok(guard) => loaded.push(guard),
+        Err(LoadError::Verifier { log, .. }) if guard_needs_newer_kernel(&log) => {
+            left_out.push(LeftOut {
+                program: names::PROG_GUARD,
+                why: "it needs Linux 6.15 (bpf_get_netns_cookie in cgroup_skb programs)",
+            })
+        }
+        Err(e) => return Err(e),
+    }
+    Ok((loaded, left_out))
+}
+
+fn load_guard(ebpf: &mut Ebpf, program: &'static str) -> Result<LoadedGuard, LoadError> {
+    let prog = ebpf
+        .program_mut(program)
+        .ok_or(LoadError::MissingProgram(program))?;
+    let prog: &mut CgroupSkb = prog.try_into().map_err(failed(program, "type-check"))?;
+    prog.load().map_err(failed(program, "load"))?;
+    let (fd, attach_type) = (
+        prog.fd().map_err(failed(program, "load"))?.try_clone(),
+        BPF_CGROUP_INET_EGRESS,
+    );
+    let fd = fd.map_err(|e| LoadError::Program {
+        program,
+        action: "duplicate the descriptor of",
+        source: Box::new(ProgramError::IOError(e)),
+    })?;
+    Ok(LoadedGuard {
+        program,
+        fd,
+        attach_type,
+    })
+}
+
+/// A program this kernel cannot run, left out by [`load_guards`]. Only the
+/// guards may be: without them strict policies are still enforced per
+/// socket, as before the guards existed, and steering is whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeftOut {
     pub program: &'static str,
@@ -147,56 +189,60 @@ fn guard_needs_newer_kernel(verifier_log: &str) -> bool {
     verifier_log.contains("cannot use helper bpf_get_netns_cookie")
 }
 
+/// How a failure of `program` at `action` becomes a [`LoadError`]: the
+/// verifier's log when it refused, the step that failed otherwise.
+fn failed(program: &'static str, action: &'static str) -> impl FnOnce(ProgramError) -> LoadError {
+    move |e| match e {
+        ProgramError::LoadError { verifier_log, .. } => LoadError::Verifier {
+            program,
+            log: verifier_log.to_string(),
+        },
+        e => LoadError::Program {
+            program,
+            action,
+            source: Box::new(e),
+        },
+    }
+}
+
 fn attach_one(ebpf: &mut Ebpf, program: &'static str, cgroup: &File) -> Result<NewLink, LoadError> {
     let prog = ebpf
         .program_mut(program)
         .ok_or(LoadError::MissingProgram(program))?;
-    let fail = |action: &'static str| {
-        move |e: ProgramError| match e {
-            ProgramError::LoadError { verifier_log, .. } => LoadError::Verifier {
-                program,
-                log: verifier_log.to_string(),
-            },
-            e => LoadError::Program {
-                program,
-                action,
-                source: Box::new(e),
-            },
-        }
-    };
     // Single: with bpf_link the other modes are refused (EINVAL), and links
     // stack with other programs on the same cgroup anyway.
     let mode = CgroupAttachMode::Single;
     match kind_of(program) {
         Kind::Sock => {
-            let prog: &mut CgroupSock = prog.try_into().map_err(fail("type-check"))?;
-            prog.load().map_err(fail("load"))?;
-            let id = prog.attach(cgroup, mode).map_err(fail("attach"))?;
-            let link = prog.take_link(id).map_err(fail("take the link of"))?;
+            let prog: &mut CgroupSock = prog.try_into().map_err(failed(program, "type-check"))?;
+            prog.load().map_err(failed(program, "load"))?;
+            let id = prog
+                .attach(cgroup, mode)
+                .map_err(failed(program, "attach"))?;
+            let link = prog
+                .take_link(id)
+                .map_err(failed(program, "take the link of"))?;
             fd_link(program, link).map(NewLink::Aya)
         }
         Kind::SockAddr => {
-            let prog: &mut CgroupSockAddr = prog.try_into().map_err(fail("type-check"))?;
-            prog.load().map_err(fail("load"))?;
-            let id = prog.attach(cgroup, mode).map_err(fail("attach"))?;
-            let link = prog.take_link(id).map_err(fail("take the link of"))?;
-            fd_link(program, link).map(NewLink::Aya)
-        }
-        Kind::Skb => {
-            let prog: &mut CgroupSkb = prog.try_into().map_err(fail("type-check"))?;
-            prog.load().map_err(fail("load"))?;
+            let prog: &mut CgroupSockAddr =
+                prog.try_into().map_err(failed(program, "type-check"))?;
+            prog.load().map_err(failed(program, "load"))?;
             let id = prog
-                .attach(cgroup, CgroupSkbAttachType::Egress, mode)
-                .map_err(fail("attach"))?;
-            let link = prog.take_link(id).map_err(fail("take the link of"))?;
+                .attach(cgroup, mode)
+                .map_err(failed(program, "attach"))?;
+            let link = prog
+                .take_link(id)
+                .map_err(failed(program, "take the link of"))?;
             fd_link(program, link).map(NewLink::Aya)
         }
         Kind::Sockopt => {
             // aya 0.14 cannot turn a sockopt program's link into an FdLink
             // (no pinning): aya loads it, the link is made here.
-            let prog: &mut CgroupSockopt = prog.try_into().map_err(fail("type-check"))?;
-            prog.load().map_err(fail("load"))?;
-            let prog_fd = prog.fd().map_err(fail("attach"))?.as_fd();
+            let prog: &mut CgroupSockopt =
+                prog.try_into().map_err(failed(program, "type-check"))?;
+            prog.load().map_err(failed(program, "load"))?;
+            let prog_fd = prog.fd().map_err(failed(program, "attach"))?.as_fd();
             let link = raw::link_create(prog_fd, cgroup.as_fd(), raw::BPF_CGROUP_SETSOCKOPT)
                 .map_err(|e| LoadError::Program {
                     program,
@@ -224,8 +270,9 @@ impl NewLink {
     }
 }
 
-/// The two bpf(2) commands aya does not offer for sockopt programs.
-mod raw {
+/// The two bpf(2) commands aya does not offer for sockopt programs (and
+/// that the guards' links use, created per cgroup from a program fd).
+pub(crate) mod raw {
     use std::{
         ffi::CString,
         io,
@@ -321,15 +368,12 @@ enum Kind {
     SockAddr,
     /// `cgroup/setsockopt`.
     Sockopt,
-    /// `cgroup_skb/egress`: the packet guard.
-    Skb,
 }
 
 fn kind_of(program: &str) -> Kind {
     match program {
         names::PROG_SOCK_CREATE => Kind::Sock,
         names::PROG_SETSOCKOPT => Kind::Sockopt,
-        names::PROG_GUARD => Kind::Skb,
         _ => Kind::SockAddr,
     }
 }
@@ -348,16 +392,18 @@ where
     })
 }
 
-/// Removes the link pins: each program is detached as its last reference
-/// goes. Missing pins are fine (already gone). Returns how many were removed.
+/// Removes the link pins, the guards' too: each program is detached as its
+/// last reference goes. Missing pins are fine (already gone). Returns how
+/// many were removed.
 pub fn detach(pins: &PinDir) -> usize {
-    names::PROGRAMS
+    let hooks = names::PROGRAMS
         .iter()
         .filter(|program| {
             let _ = std::fs::remove_file(pins.link_staging(program));
             std::fs::remove_file(pins.link(program)).is_ok()
         })
-        .count()
+        .count();
+    hooks + crate::apply::guard_links::remove_all(pins)
 }
 
 /// Removes the map pins; the maps are freed once no program uses them.

@@ -85,6 +85,12 @@ impl PinDir {
         self.links().join(format!("{program}_new"))
     }
 
+    /// The links of the strict policies' guards, one per program and
+    /// guarded cgroup (see [`crate::apply::guard_links`]).
+    pub fn guard_links(&self) -> PathBuf {
+        self.versioned().join("guards")
+    }
+
     /// Whether programs of this layout are pinned here (a daemon runs, or one
     /// died without cleaning up).
     pub fn has_links(&self) -> bool {
@@ -118,7 +124,7 @@ impl PinDir {
         // bpffs is mounted elsewhere with a wider mode.
         let mut builder = fs::DirBuilder::new();
         builder.recursive(true).mode(0o700);
-        for dir in [self.maps(), self.links()] {
+        for dir in [self.maps(), self.links(), self.guard_links()] {
             builder.create(&dir).map_err(|source| PinError::Io {
                 path: dir.clone(),
                 source,
@@ -147,6 +153,7 @@ impl PinDir {
         for dir in [
             self.maps(),
             self.links(),
+            self.guard_links(),
             self.versioned(),
             self.root.clone(),
         ] {

@@ -29,8 +29,11 @@ pub struct InstanceReport {
     /// The cgroup the programs should be attached to; None if it is gone.
     pub attach_cgroup: Option<String>,
     pub attach_cgroup_id: u64,
-    /// mif's programs actually attached there, by name (each should be 1).
+    /// mif's hooks actually attached there, by name (each should be 1).
     pub attached: BTreeMap<String, usize>,
+    /// Cgroups of strict policies with the guards' links pinned (the guards
+    /// are attached there, not to the attach cgroup).
+    pub guarded_cgroups: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -151,6 +154,7 @@ impl MapsReport {
                     attach_cgroup,
                     attach_cgroup_id: s.attach_cgroup_id,
                     attached,
+                    guarded_cgroups: crate::apply::guard_links::pinned_cgroups(maps.pins()),
                 }
             }),
             pvds,
@@ -172,8 +176,9 @@ impl MapsReport {
             };
             let cgroup = i.attach_cgroup.as_deref().unwrap_or("(cgroup gone)");
             out += &format!(
-                "Programs attached to {cgroup} (id {}): {attached}\n\n",
-                i.attach_cgroup_id
+                "Programs attached to {cgroup} (id {}): {attached}\n\
+                 Strict policies' guards attached to {} cgroups\n\n",
+                i.attach_cgroup_id, i.guarded_cgroups
             );
         }
         out += "PvDs\n";

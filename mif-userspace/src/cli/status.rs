@@ -72,18 +72,16 @@ impl StatusArgs {
         if instance.is_some() && attach_cgroup.is_none() {
             problems.push("the cgroup the programs are attached to no longer exists".into());
         }
-        // The egress guard is left out on kernels before 6.15 (see
-        // apply::loader::LeftOut): steering is whole without it.
-        let guard_attached = attached.contains_key(mif_common::names::PROG_GUARD);
-        if kernel.is_some() && !attached.is_empty() && !guard_attached {
+        // A guard this kernel cannot run (the egress guard before 6.15,
+        // the packet-socket refusal without the BPF LSM) leaves strict
+        // policies enforced per socket only; steering is whole without it.
+        for left in daemon.iter().flat_map(|d| &d.guards_left_out) {
             problems.push(format!(
-                "program {} is not attached: strict policies are enforced per socket only \
-                 (the packet-level guard needs Linux 6.15)",
-                mif_common::names::PROG_GUARD
+                "program {left}; strict policies are enforced without it"
             ));
         }
         let steering = kernel.is_some()
-            && attached.len() + usize::from(!guard_attached) == mif_common::names::PROGRAMS.len()
+            && attached.len() == mif_common::names::HOOKS.len()
             && attached.values().all(|&n| n == 1)
             && attach_cgroup.is_some();
         let status = Status {

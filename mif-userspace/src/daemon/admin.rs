@@ -98,6 +98,13 @@ impl Admin {
             .len(),
             policy_capacity: reconciler.policy_capacity(),
             last_reload_error: self.last_reload_error.clone(),
+            guarded_cgroups: reconciler.guards().guarded(),
+            guards_left_out: reconciler
+                .guards()
+                .left_out()
+                .iter()
+                .map(|l| format!("{}: {}", l.program, l.why))
+                .collect(),
         }
     }
 

@@ -124,9 +124,19 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
     if let Err(e) = crate::apply::link_watch::spawn(maps.pvd_table()) {
         warn!("no link-down fast path ({e}); lost links are withdrawn by the regular pass only");
     }
+    let guards = match steering.guard_links(prepared.cgroup2.mount()) {
+        Ok(guards) => guards,
+        Err(e) => {
+            if !steering.adopted {
+                steering.remove_maps();
+            }
+            return Err(e);
+        }
+    };
     let mut reconciler = Reconciler::new(
         netlink.clone(),
         maps,
+        guards,
         prepared.config,
         policy_state,
         InstanceNumbers {

@@ -21,8 +21,9 @@ use mif_common::Settings;
 use log::{info, warn};
 
 use crate::{
+    apply::guard_links::GuardLinks,
     apply::kernel_maps,
-    apply::loader::{self, Capacity},
+    apply::loader::{self, Capacity, LeftOut, LoadedGuard},
     apply::pins::PinDir,
 };
 
@@ -30,6 +31,8 @@ pub struct Steering {
     pub pins: PinDir,
     /// Held for the programs' lifetime in this process; links live on pins.
     ebpf: Option<Ebpf>,
+    /// The strict policies' guards, loaded: for [`Steering::guard_links`].
+    guards: Option<(Vec<LoadedGuard>, Vec<LeftOut>)>,
     /// Whether a previous instance's state was taken over.
     pub adopted: bool,
     _lock: InstanceLock,
@@ -54,7 +57,15 @@ impl Steering {
         } else {
             None
         };
-        let ebpf = loader::load(settings, &pins, capacity)?;
+        let mut ebpf = loader::load(settings, &pins, capacity)?;
+        let (guards, left_out) = loader::load_guards(&mut ebpf)?;
+        for left in &left_out {
+            warn!(
+                "program {} is not attached: {}; strict policies are enforced per socket \
+                 only, without it (docs/security.md)",
+                left.program, left.why
+            );
+        }
         if let Some(carried) = carried {
             let n = kernel_maps::put_back_counters(&pins, &carried)?;
             info!(
@@ -66,23 +77,29 @@ impl Steering {
         Ok(Self {
             pins,
             ebpf: Some(ebpf),
+            guards: Some((guards, left_out)),
             adopted,
             _lock: lock,
         })
     }
 
-    /// Attaches the programs to `cgroup` and pins their links, replacing any
+    /// Attaches the hooks to `cgroup` and pins their links, replacing any
     /// adopted links atomically.
     pub fn attach(&mut self, cgroup: &Path) -> anyhow::Result<()> {
         let ebpf = self.ebpf.as_mut().context("programs not loaded")?;
-        if let Some(left) = loader::attach(ebpf, cgroup, &self.pins)? {
-            warn!(
-                "program {} is not attached: {}; strict policies are enforced per \
-                 socket only, without the packet-level guard (docs/security.md)",
-                left.program, left.why
-            );
-        }
+        loader::attach(ebpf, cgroup, &self.pins)?;
         Ok(())
+    }
+
+    /// The guards, to attach to strict cgroups below `cgroup2` (once).
+    pub fn guard_links(&mut self, cgroup2: &Path) -> anyhow::Result<GuardLinks> {
+        let (guards, left_out) = self.guards.take().context("guards already handed out")?;
+        Ok(GuardLinks::new(
+            self.pins.clone(),
+            cgroup2.to_path_buf(),
+            guards,
+            left_out,
+        ))
     }
 
     /// Removes programs and maps (routing is the caller's).

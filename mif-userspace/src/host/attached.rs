@@ -9,7 +9,7 @@ const BPF_PROG_QUERY: libc::c_long = 16;
 
 /// Attach types of mif's programs (uapi `enum bpf_attach_type`, as in
 /// aya-obj's bindings: BPF_CGROUP_INET_SOCK_CREATE = 2, ...).
-const ATTACH_TYPES: [(&str, u32); 13] = [
+const ATTACH_TYPES: [(&str, u32); 12] = [
     (names::PROG_SOCK_CREATE, 2),
     (names::PROG_CONNECT4, 10),
     (names::PROG_CONNECT6, 11),
@@ -22,7 +22,6 @@ const ATTACH_TYPES: [(&str, u32); 13] = [
     (names::PROG_RECVMSG6, 20),
     (names::PROG_GETPEER4, 29),
     (names::PROG_GETPEER6, 30),
-    (names::PROG_GUARD, 1),
 ];
 
 /// The `query` part of `union bpf_attr`, zero-padded to what the kernel may
@@ -69,7 +68,7 @@ fn query(cgroup: &File, attach_type: u32) -> std::io::Result<Vec<u32>> {
     Ok(ids[..(attr.prog_cnt as usize).min(ids.len())].to_vec())
 }
 
-/// For each of mif's programs, how many programs of that name are attached
+/// For each of mif's hooks, how many programs of that name are attached
 /// directly to `cgroup` (1 when all is well; 0 means not steering; 2 only
 /// for the instant an upgrade replaces a link).
 pub fn mif_programs_at(cgroup: &Path) -> std::io::Result<BTreeMap<String, usize>> {
@@ -95,10 +94,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_program_has_its_attach_type() {
+    fn every_hook_has_its_attach_type() {
         let mut queried: Vec<&str> = ATTACH_TYPES.iter().map(|(name, _)| *name).collect();
         queried.sort_unstable();
-        let mut programs = names::PROGRAMS.to_vec();
+        let mut programs = names::HOOKS.to_vec();
         programs.sort_unstable();
         assert_eq!(queried, programs);
     }

@@ -4,7 +4,7 @@
 pub mod routing;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -81,6 +81,8 @@ pub struct Desired {
     /// Cgroups that have a policy but found no room in the policy map (more
     /// than its capacity): reported, never silently dropped.
     pub over_capacity: Vec<String>,
+    /// Where the strict policies' guards go (see [`guarded_cgroups`]).
+    pub guarded: Vec<GuardedCgroup>,
 }
 
 /// The policies [`desired`] leaves out for want of room in a map of
@@ -116,7 +118,51 @@ pub fn desired(
             .iter()
             .map(|p| p.cgroup.clone())
             .collect(),
+        guarded: guarded_cgroups(&policies[..fit]),
     }
+}
+
+/// A cgroup the strict policies' guards are attached to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GuardedCgroup {
+    pub id: u64,
+    /// Relative to the cgroup2 mount, as [`ResolvedPolicy::cgroup`].
+    pub path: String,
+}
+
+/// The cgroups of strict policies (those written to the map), without the
+/// ones below another: a program attached to a cgroup runs for all its
+/// descendants, those created later too, so one link per subtree is
+/// enough, and a packet crosses the guard once. Non-strict policies deeper
+/// down still let their sockets through: the guard finds their policy by
+/// the same deepest-cgroup walk as the hooks.
+pub fn guarded_cgroups(policies: &[ResolvedPolicy]) -> Vec<GuardedCgroup> {
+    let strict: HashSet<&str> = policies
+        .iter()
+        .filter(|p| p.terms.strict)
+        .map(|p| p.cgroup.trim_end_matches('/'))
+        .collect();
+    let mut topmost: Vec<GuardedCgroup> = policies
+        .iter()
+        .filter(|p| p.terms.strict && !ancestors(&p.cgroup).any(|a| strict.contains(a)))
+        .map(|p| GuardedCgroup {
+            id: p.cgroup_id,
+            path: p.cgroup.clone(),
+        })
+        .collect();
+    topmost.sort();
+    topmost.dedup_by_key(|g| g.id);
+    topmost
+}
+
+/// The proper ancestors of cgroup path `path` ("/a/b/c": "/a/b", "/a"),
+/// without the root, which no policy names (the attach cgroup's own
+/// policy would be "/" and covers everything anyway).
+fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    let path = path.trim_end_matches('/');
+    path.match_indices('/')
+        .map(move |(i, _)| &path[..i])
+        .filter(|a| !a.is_empty())
 }
 
 fn kernel_pvd(p: &PvdState) -> Pvd {
@@ -590,6 +636,44 @@ mod tests {
             counter_capacity_for(POLICY_CAPACITY_MAX),
             mif_common::MAX_COUNTERS as usize
         );
+    }
+
+    #[test]
+    fn guards_go_to_the_topmost_strict_cgroups_only() {
+        let policy = |id: u64, cgroup: &str, strict: bool| ResolvedPolicy {
+            id: id as u32,
+            cgroup_id: id,
+            cgroup: cgroup.into(),
+            terms: PolicyTerms {
+                prefer: vec!["wwan0".into()],
+                strict,
+                ..Default::default()
+            }
+            .into(),
+        };
+        let policies = [
+            policy(1, "/apps/vpn", true),
+            // Below a strict one: its link would run the guard twice.
+            policy(2, "/apps/vpn/helper", true),
+            // A sibling whose name merely starts like it is not below it.
+            policy(3, "/apps/vpn-client", true),
+            // Not strict: nothing to guard, at any depth.
+            policy(4, "/apps", false),
+            policy(5, "/web", false),
+            // Strict below a non-strict one: guarded.
+            policy(6, "/web/kiosk", true),
+        ];
+        let guarded = guarded_cgroups(&policies);
+        let guarded: Vec<(u64, &str)> = guarded.iter().map(|g| (g.id, g.path.as_str())).collect();
+        assert_eq!(
+            guarded,
+            [(1, "/apps/vpn"), (3, "/apps/vpn-client"), (6, "/web/kiosk")]
+        );
+        // Only what fits in the map is guarded: the kernel would not find
+        // the rest strict anyway.
+        let d = desired(&[], &policies, &RULES, 2);
+        assert_eq!(d.guarded.len(), 1);
+        assert!(guarded_cgroups(&policies[3..5]).is_empty());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use self::{
     foreign::{foreign_claims, steer_foreign_namespaces},
 };
 use crate::{
-    apply::kernel_maps::KernelMaps,
+    apply::{guard_links::GuardLinks, kernel_maps::KernelMaps},
     host::netlink::Netlink,
     model::{
         config::Config,
@@ -40,16 +40,17 @@ mod tests;
 pub use self::{
     changes::{transitions, Lost},
     policy_state::{PolicyState, WatchTargets},
-    seam::{MapWriter, RoutingHost},
+    seam::{GuardWriter, MapWriter, RoutingHost},
 };
 
 /// One pass host → model → plan → apply, and the state kept between passes.
-/// Generic over [`RoutingHost`] and [`MapWriter`] so the pass is unit-tested
-/// with fakes; the daemon's is `Reconciler<Netlink, KernelMaps>`, the
-/// default.
-pub struct Reconciler<H = Netlink, M = KernelMaps> {
+/// Generic over [`RoutingHost`], [`MapWriter`] and [`GuardWriter`] so the
+/// pass is unit-tested with fakes; the daemon's is
+/// `Reconciler<Netlink, KernelMaps, GuardLinks>`, the default.
+pub struct Reconciler<H = Netlink, M = KernelMaps, G = GuardLinks> {
     netlink: H,
     maps: M,
+    guards: G,
     config: Config,
     policy: PolicyState,
     numbers: InstanceNumbers,
@@ -75,10 +76,11 @@ pub struct InstanceNumbers {
     pub settings: Settings,
 }
 
-impl<H: RoutingHost, M: MapWriter> Reconciler<H, M> {
+impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
     pub fn new(
         netlink: H,
         maps: M,
+        guards: G,
         config: Config,
         policy: PolicyState,
         numbers: InstanceNumbers,
@@ -86,6 +88,7 @@ impl<H: RoutingHost, M: MapWriter> Reconciler<H, M> {
         Self {
             netlink,
             maps,
+            guards,
             config,
             policy,
             numbers,
@@ -175,6 +178,11 @@ impl<H: RoutingHost, M: MapWriter> Reconciler<H, M> {
     }
 
     /// How many cgroups the kernel's policy map holds.
+    /// Where the strict policies' guards are.
+    pub fn guards(&self) -> &G {
+        &self.guards
+    }
+
     pub fn policy_capacity(&self) -> usize {
         self.maps.policy_capacity()
     }
@@ -313,6 +321,11 @@ impl<H: RoutingHost, M: MapWriter> Reconciler<H, M> {
             }
         }
         self.maps.write(&self.numbers.settings, &desired)?;
+        // After the maps: a guard decides by the policy map, and one whose
+        // policy is not there yet lets everything pass.
+        self.guards
+            .guard(&desired.guarded)
+            .context("attaching the strict policies' guards")?;
         let wanted: Vec<u32> = desired.routing.iter().map(|r| r.table).collect();
         let stale: Vec<PvdRouting> = self
             .applied

@@ -1,5 +1,5 @@
 //! The narrow seam under a pass: what it reads of the host's routing and
-//! writes of routing and maps, as two traits. The daemon uses rtnetlink
+//! writes of routing, maps and guard links, as three traits. The daemon uses rtnetlink
 //! and the pinned maps; the unit tests use fakes, so a pass (a link going
 //! down, an address renumbered, a PvD re-created, routing removed by
 //! someone else) is tested without root, the way aya tests its loader
@@ -9,9 +9,12 @@ use std::future::Future;
 use mif_common::{Pvd, PvdMeta, Settings};
 
 use crate::{
-    apply::kernel_maps::{KernelMaps, MapsError},
+    apply::{
+        guard_links::{GuardError, GuardLinks},
+        kernel_maps::{KernelMaps, MapsError},
+    },
     host::netlink::{Interface, Netlink, NetlinkError},
-    plan::{routing::PvdRouting, Desired},
+    plan::{routing::PvdRouting, Desired, GuardedCgroup},
 };
 
 /// The interfaces as the host reports them, and each PvD's routing.
@@ -48,6 +51,18 @@ pub trait MapWriter {
     fn pvds(&self) -> Vec<(u32, Pvd, Option<PvdMeta>)>;
     /// How many cgroups the policy map holds (its `max_entries`).
     fn policy_capacity(&self) -> usize;
+}
+
+/// Where the strict policies' guards are attached.
+pub trait GuardWriter {
+    /// Makes exactly `cgroups` guarded.
+    fn guard(&mut self, cgroups: &[GuardedCgroup]) -> Result<(), GuardError>;
+}
+
+impl GuardWriter for GuardLinks {
+    fn guard(&mut self, cgroups: &[GuardedCgroup]) -> Result<(), GuardError> {
+        self.apply(cgroups)
+    }
 }
 
 impl RoutingHost for Netlink {

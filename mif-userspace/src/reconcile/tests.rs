@@ -12,13 +12,13 @@ use mif_common::{Pvd, PvdMeta, Settings};
 
 use super::*;
 use crate::{
-    apply::kernel_maps::MapsError,
+    apply::{guard_links::GuardError, kernel_maps::MapsError},
     host::{
         cgroup::Cgroup2,
         netlink::{Interface, InterfaceAddr, NetlinkError, Uplink},
     },
     model::{config, policies::PolicySet},
-    plan::Desired,
+    plan::{Desired, GuardedCgroup},
 };
 
 /// The host as netlink would report it, and the routing "in the kernel".
@@ -116,6 +116,19 @@ impl MapWriter for FakeMaps {
     }
 }
 
+/// The guarded cgroups, as last asked for.
+#[derive(Clone, Default)]
+struct FakeGuards {
+    guarded: Arc<Mutex<Vec<GuardedCgroup>>>,
+}
+
+impl GuardWriter for FakeGuards {
+    fn guard(&mut self, cgroups: &[GuardedCgroup]) -> Result<(), GuardError> {
+        *self.guarded.lock().unwrap() = cgroups.to_vec();
+        Ok(())
+    }
+}
+
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 const FIRST: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 const RENUMBERED: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 3);
@@ -146,7 +159,7 @@ fn uplink(name: &str, index: u32, up: bool, addr: Ipv4Addr) -> Interface {
 
 /// A reconciler over fakes, with no policies and no lease files (nothing
 /// of the test host is read).
-fn reconciler(host: &FakeHost, maps: &FakeMaps) -> Reconciler<FakeHost, FakeMaps> {
+fn reconciler(host: &FakeHost, maps: &FakeMaps) -> Reconciler<FakeHost, FakeMaps, FakeGuards> {
     reconciler_with(host, maps, "")
 }
 
@@ -155,7 +168,7 @@ fn reconciler_with(
     host: &FakeHost,
     maps: &FakeMaps,
     policies: &str,
-) -> Reconciler<FakeHost, FakeMaps> {
+) -> Reconciler<FakeHost, FakeMaps, FakeGuards> {
     let cgroups = tempfile::tempdir().unwrap();
     let mut config = config::parse(
         &cgroups.path().join("mif.toml"),
@@ -173,6 +186,7 @@ fn reconciler_with(
     Reconciler::new(
         host.clone(),
         maps.clone(),
+        FakeGuards::default(),
         config,
         PolicyState::new(set, cgroup2, attach),
         InstanceNumbers {
@@ -186,7 +200,7 @@ fn reconciler_with(
     )
 }
 
-fn pass(r: &mut Reconciler<FakeHost, FakeMaps>, verify: bool) -> Vec<Lost> {
+fn pass(r: &mut Reconciler<FakeHost, FakeMaps, FakeGuards>, verify: bool) -> Vec<Lost> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -194,7 +208,7 @@ fn pass(r: &mut Reconciler<FakeHost, FakeMaps>, verify: bool) -> Vec<Lost> {
 }
 
 /// The one PvD of these tests.
-fn only_pvd(r: &Reconciler<FakeHost, FakeMaps>) -> &PvdState {
+fn only_pvd(r: &Reconciler<FakeHost, FakeMaps, FakeGuards>) -> &PvdState {
     match r.pvds() {
         [pvd] => pvd,
         other => panic!("expected one PvD, got {other:?}"),
