@@ -65,6 +65,8 @@ pub mod names {
     pub const PROG_GETPEER6: &str = "mif_getpeer6";
     /// The per-packet egress guard of strict policies (`cgroup_skb/egress`).
     pub const PROG_GUARD: &str = "mif_guard";
+    /// The packet guard of strict policies (tc egress, for packet sockets).
+    pub const PROG_PKT_GUARD: &str = "mif_pkt_guard";
     /// The hooks, attached once to the attach cgroup, in attach order. The
     /// reverse translations of DNS redirection (recvmsg, getpeername) come
     /// before the programs that redirect, so no redirected reply is ever
@@ -85,11 +87,12 @@ pub mod names {
         PROG_BIND6,
         PROG_SETSOCKOPT,
     ];
-    /// The strict policies' guards, attached to each strict policy's
-    /// cgroup instead (nothing else pays for them).
-    pub const GUARDS: [&str; 1] = [PROG_GUARD];
+    /// The strict policies' guards, attached where strict policies need
+    /// them instead (each strict policy's cgroup, the namespace's
+    /// interfaces while there are strict policies): nothing else pays.
+    pub const GUARDS: [&str; 2] = [PROG_GUARD, PROG_PKT_GUARD];
     /// Every program in the object: the hooks, then the guards.
-    pub const PROGRAMS: [&str; 13] = [
+    pub const PROGRAMS: [&str; 14] = [
         PROG_RECVMSG4,
         PROG_RECVMSG6,
         PROG_GETPEER4,
@@ -103,6 +106,7 @@ pub mod names {
         PROG_BIND6,
         PROG_SETSOCKOPT,
         PROG_GUARD,
+        PROG_PKT_GUARD,
     ];
     /// Globals set at load time.
     pub const GLOBAL_SETTINGS: &str = "MIF_SETTINGS";
@@ -171,6 +175,8 @@ pub mod sockopt {
     pub const SOL_IP: i32 = 0;
     pub const SOL_SOCKET: i32 = 1;
     pub const SOL_IPV6: i32 = 41;
+    pub const SOL_PACKET: i32 = 263;
+    pub const SOL_XDP: i32 = 283;
 
     pub const SO_DONTROUTE: i32 = 5;
     pub const SO_BINDTODEVICE: i32 = 25;
@@ -186,6 +192,10 @@ pub mod sockopt {
     pub const IPV6_ADD_MEMBERSHIP: i32 = 20;
     pub const IPV6_PKTINFO: i32 = 50;
     pub const IPV6_UNICAST_IF: i32 = 76;
+
+    /// A packet socket's sends go past tc (`dev_direct_xmit`), where the
+    /// packet guard runs.
+    pub const PACKET_QDISC_BYPASS: i32 = 20;
 
     /// At both SOL_IP and SOL_IPV6.
     pub const MCAST_JOIN_GROUP: i32 = 42;
@@ -205,7 +215,10 @@ pub mod sockopt {
     ///   networks answer the rest;
     /// - joining a multicast group: the kernel reports the membership (IGMP,
     ///   MLD) on the interface named, or else the one the main table gives
-    ///   for the group.
+    ///   for the group;
+    /// - what sends frames past tc, where the packet guard holds packet
+    ///   sockets: `PACKET_QDISC_BYPASS`, and every `AF_XDP` option (an
+    ///   `AF_XDP` socket cannot send before its rings are set).
     pub const fn moves_off_pvd(level: i32, optname: i32) -> bool {
         matches!(
             (level, optname),
@@ -228,7 +241,8 @@ pub mod sockopt {
                     | IPV6_ADD_MEMBERSHIP
                     | MCAST_JOIN_GROUP
                     | MCAST_JOIN_SOURCE_GROUP
-            )
+            ) | (SOL_PACKET, PACKET_QDISC_BYPASS)
+                | (SOL_XDP, _)
         )
     }
 }
@@ -524,9 +538,12 @@ mod tests {
             (SOL_IPV6, IPV6_MULTICAST_IF),
             (SOL_IPV6, IPV6_PKTINFO),
             (SOL_IPV6, MCAST_JOIN_GROUP),
+            (SOL_PACKET, PACKET_QDISC_BYPASS),
+            (SOL_XDP, 4), // XDP_UMEM_REG
         ] {
             assert!(moves_off_pvd(level, name), "{level}/{name}");
         }
+        assert!(!moves_off_pvd(SOL_PACKET, 1)); // PACKET_ADD_MEMBERSHIP
         assert!(!moves_off_pvd(SOL_SOCKET, 2)); // SO_REUSEADDR
         assert!(!moves_off_pvd(SOL_IP, 1)); // IP_TOS
         assert!(!moves_off_pvd(SOL_IP, 8)); // IP_PKTINFO: receive side only

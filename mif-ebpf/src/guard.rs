@@ -32,7 +32,8 @@
 //! check and the PvD lookups, and only drops for the counting.
 //!
 //! Packet sockets (`AF_PACKET`) never pass here: they hand frames to the
-//! device directly, past the IP output path (see docs/security.md).
+//! device directly, past the IP output path; the packet guard holds them
+//! (see [`crate::packet_guard`]).
 use aya_ebpf::{
     bindings::__sk_buff,
     helpers::generated::{bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
@@ -92,7 +93,7 @@ pub fn egress(ctx: &SkBuffContext, settings: &Settings) -> i32 {
 
 /// Whether one of the PvDs `policy` lists leaves by `ifindex`.
 #[inline(always)]
-fn uses_interface(policy: &Policy, ifindex: u32) -> bool {
+pub fn uses_interface(policy: &Policy, ifindex: u32) -> bool {
     let mut rank = 0;
     while rank < MAX_PREFER {
         let index = policy.prefer[rank];
@@ -136,7 +137,7 @@ fn excluded_destination(ctx: &SkBuffContext, policy: &Policy) -> bool {
 /// The PvD whose interface `ifindex` is, for counting a drop;
 /// [`COUNTER_NO_PVD`] for an interface that is no PvD's.
 #[inline(always)]
-fn pvd_on(ifindex: u32) -> u32 {
+pub fn pvd_on(ifindex: u32) -> u32 {
     let mut index = 0;
     while index < MAX_PVDS {
         if let Some(pvd) = unsafe { PVDS.get(index) } {

@@ -24,6 +24,9 @@
 //!   sockets that leave by an interface none of the policy's PvDs uses,
 //!   whatever routed them there (see [`guard`]). It is attached to strict
 //!   policies' cgroups only.
+//! - `pkt_guard` (tc egress, on the namespace's interfaces while strict
+//!   policies exist) drops the frames of their packet sockets, which pass
+//!   no cgroup hook, on the same terms (see [`packet_guard`]).
 //!
 //! Steering itself is no per-packet work: routing by mark is done by the
 //! kernel's policy rules that the daemon installs per PvD. The guard is
@@ -49,14 +52,15 @@ mod dns;
 mod exclude;
 mod guard;
 mod maps;
+mod packet_guard;
 mod policy;
 mod strict;
 
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr},
     helpers::generated::bpf_bind,
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt},
-    programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, classifier},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext, TcContext},
 };
 use mif_common::{pvd_from_mark, Pvd, Settings, COUNTER_NO_PVD, NO_PVD};
 
@@ -437,6 +441,14 @@ pub fn mif_getpeer6(ctx: SockAddrContext) -> i32 {
 #[cgroup_skb(egress)]
 pub fn mif_guard(ctx: SkBuffContext) -> i32 {
     guard::egress(&ctx, &settings())
+}
+
+/// Minimum kernel: 6.6 (tcx links; `bpf_get_netns_cookie` in tc programs
+/// 6.15, as in the egress guard). Drops frames of strict policies' packet
+/// sockets leaving by an interface that is none of their PvDs'.
+#[classifier]
+pub fn mif_pkt_guard(ctx: TcContext) -> i32 {
+    packet_guard::egress(&ctx, &settings())
 }
 
 #[cfg(not(test))]

@@ -1,22 +1,30 @@
-//! The strict policies' guards on their cgroups: the egress guard
-//! (`cgroup_skb/egress`), attached to each cgroup that
-//! [`crate::plan::guarded_cgroups`] names and to nothing else, so traffic
-//! of every other process never runs them. A program attached to a cgroup
-//! runs for its descendants too, those created later included.
+//! The strict policies' guards where they are needed, and nowhere else:
+//! the egress guard (`cgroup_skb/egress`) on each cgroup that
+//! [`crate::plan::guarded_cgroups`] names (a program attached to a cgroup
+//! runs for its descendants too, those created later included), the packet
+//! guard (tcx egress) on each interface [`crate::plan::guarded_interfaces`]
+//! names, which is none while no strict policy exists. Traffic of every
+//! other process never runs the first; the second costs other frames two
+//! context reads, and only on hosts with strict policies.
 //!
-//! Each link is pinned at `<pins>/v<N>/guards/<program>_<cgroup id>`, so the
-//! guards hold while the daemon is down, killed or restarting, as the hooks
-//! do. A new instance replaces every guard link it still wants the same way
-//! the loader replaces the hooks' (a new link pinned under a staging name,
-//! renamed over the old pin), and removes the pins of cgroups it does not
-//! guard once its first pass has attached the rest. When a guarded cgroup
-//! is removed the kernel detaches its links; the pins go with the pass
-//! that no longer wants them.
+//! Each link is pinned at `<pins>/v<N>/guards/<program>_<cgroup id or
+//! ifindex>`, so the guards hold while the daemon is down, killed or
+//! restarting, as the hooks do. A new instance replaces every guard link it
+//! still wants the same way the loader replaces the hooks' (a new link
+//! pinned under a staging name, renamed over the old pin), and removes the
+//! pins it does not want once its first pass has attached the rest. When a
+//! guarded cgroup or interface is removed the kernel detaches its links;
+//! the pins go with the pass that no longer wants them. Interfaces are
+//! known by index, which the kernel does not hand out twice while it has
+//! indices left (it counts up).
 use std::{
     collections::BTreeSet,
     fs::File,
     io,
-    os::{fd::AsFd as _, unix::fs::MetadataExt as _},
+    os::{
+        fd::{AsFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
     path::PathBuf,
 };
 
@@ -24,18 +32,18 @@ use log::debug;
 
 use crate::{
     apply::{
-        loader::{raw, LeftOut, LoadedGuard},
+        loader::{raw, GuardTarget, LeftOut, LoadedGuard},
         pins::PinDir,
     },
-    plan::GuardedCgroup,
+    plan::{GuardPlan, GuardedCgroup},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
-    #[error("cannot attach {program} to cgroup {cgroup}")]
+    #[error("cannot attach {program} to {target}")]
     Attach {
         program: &'static str,
-        cgroup: String,
+        target: String,
         #[source]
         source: io::Error,
     },
@@ -48,7 +56,7 @@ pub enum GuardError {
     },
 }
 
-/// The guards this instance loaded and the cgroups it attached them to.
+/// The guards this instance loaded and where it attached them.
 #[derive(Debug)]
 pub struct GuardLinks {
     pins: PinDir,
@@ -56,8 +64,9 @@ pub struct GuardLinks {
     mount: PathBuf,
     guards: Vec<LoadedGuard>,
     left_out: Vec<LeftOut>,
-    /// Cgroups whose guard links are this instance's.
-    attached: BTreeSet<u64>,
+    /// (program, cgroup id or ifindex) of the links that are this
+    /// instance's.
+    attached: BTreeSet<(&'static str, u64)>,
     /// Whether a previous instance's pins that are not wanted were removed.
     swept: bool,
 }
@@ -79,26 +88,41 @@ impl GuardLinks {
         }
     }
 
-    /// Makes exactly `wanted` guarded. A cgroup that is gone by now (or was
-    /// re-created under its name, with a new id) is skipped: the next
-    /// resolve of the policies drops or renames it.
-    pub fn apply(&mut self, wanted: &[GuardedCgroup]) -> Result<(), GuardError> {
-        for cgroup in wanted {
-            if !self.attached.contains(&cgroup.id) && self.attach(cgroup)? {
-                self.attached.insert(cgroup.id);
+    /// Makes the links exactly `plan`. A cgroup that is gone by now (or was
+    /// re-created under its name, with a new id), or an interface that is
+    /// gone, is skipped: the next pass no longer names it.
+    pub fn apply(&mut self, plan: &GuardPlan) -> Result<(), GuardError> {
+        let mut wanted = BTreeSet::new();
+        for guard in &self.guards {
+            match guard.target {
+                GuardTarget::Cgroups => {
+                    for cgroup in &plan.cgroups {
+                        let key = (guard.program, cgroup.id);
+                        wanted.insert(key);
+                        if !self.attached.contains(&key) && self.attach_cgroup(guard, cgroup)? {
+                            self.attached.insert(key);
+                        }
+                    }
+                }
+                GuardTarget::Interfaces => {
+                    for &ifindex in &plan.interfaces {
+                        let key = (guard.program, u64::from(ifindex));
+                        wanted.insert(key);
+                        if !self.attached.contains(&key) && self.attach_interface(guard, ifindex)? {
+                            self.attached.insert(key);
+                        }
+                    }
+                }
             }
         }
-        let wanted: BTreeSet<u64> = wanted.iter().map(|c| c.id).collect();
-        for id in self
+        for key in self
             .attached
             .difference(&wanted)
             .copied()
             .collect::<Vec<_>>()
         {
-            for guard in &self.guards {
-                let _ = std::fs::remove_file(link_pin(&self.pins, guard.program, id));
-            }
-            self.attached.remove(&id);
+            let _ = std::fs::remove_file(link_pin(&self.pins, key.0, key.1));
+            self.attached.remove(&key);
         }
         if !self.swept {
             self.sweep();
@@ -109,7 +133,18 @@ impl GuardLinks {
 
     /// How many cgroups are guarded.
     pub fn guarded(&self) -> usize {
-        self.attached.len()
+        let cgroup_guards: Vec<&str> = self
+            .guards
+            .iter()
+            .filter(|g| g.target == GuardTarget::Cgroups)
+            .map(|g| g.program)
+            .collect();
+        self.attached
+            .iter()
+            .filter(|(program, _)| cgroup_guards.contains(program))
+            .map(|&(_, id)| id)
+            .collect::<BTreeSet<u64>>()
+            .len()
     }
 
     /// The guards this kernel cannot run.
@@ -117,8 +152,12 @@ impl GuardLinks {
         &self.left_out
     }
 
-    /// Attaches every guard to `cgroup`; false if the cgroup is gone.
-    fn attach(&self, cgroup: &GuardedCgroup) -> Result<bool, GuardError> {
+    /// Attaches `guard` to `cgroup`; false if the cgroup is gone.
+    fn attach_cgroup(
+        &self,
+        guard: &LoadedGuard,
+        cgroup: &GuardedCgroup,
+    ) -> Result<bool, GuardError> {
         let path = self.mount.join(cgroup.path.trim_start_matches('/'));
         let dir = match File::open(&path) {
             Ok(dir) => dir,
@@ -134,37 +173,59 @@ impl GuardLinks {
             );
             return Ok(false);
         }
-        for guard in &self.guards {
-            let link = raw::link_create(guard.fd.as_fd(), dir.as_fd(), guard.attach_type).map_err(
-                |source| GuardError::Attach {
-                    program: guard.program,
-                    cgroup: cgroup.path.clone(),
-                    source,
-                },
-            )?;
-            let staging = staging_pin(&self.pins, guard.program, cgroup.id);
-            let _ = std::fs::remove_file(&staging);
-            let pin_failed = |source| GuardError::Pin {
+        let link = raw::link_create(guard.fd.as_fd(), dir.as_fd(), guard.attach_type).map_err(
+            |source| GuardError::Attach {
                 program: guard.program,
-                path: staging.clone(),
+                target: format!("cgroup {}", cgroup.path),
                 source,
-            };
-            raw::obj_pin(link.as_fd(), &staging).map_err(pin_failed)?;
-            std::fs::rename(&staging, link_pin(&self.pins, guard.program, cgroup.id))
-                .map_err(pin_failed)?;
-        }
+            },
+        )?;
+        self.pin(guard.program, cgroup.id, &link)?;
         Ok(true)
     }
 
-    /// Removes the pins no cgroup of this instance's owns: a previous
-    /// instance's for cgroups no longer guarded, and staging leftovers.
+    /// Attaches `guard` to interface `ifindex`; false if it is gone.
+    fn attach_interface(&self, guard: &LoadedGuard, ifindex: u32) -> Result<bool, GuardError> {
+        let link = match raw::link_create_tcx(guard.fd.as_fd(), ifindex, guard.attach_type) {
+            Ok(link) => link,
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+                debug!("not guarding interface {ifindex}: {e}");
+                return Ok(false);
+            }
+            Err(source) => {
+                return Err(GuardError::Attach {
+                    program: guard.program,
+                    target: format!("interface {ifindex}"),
+                    source,
+                })
+            }
+        };
+        self.pin(guard.program, u64::from(ifindex), &link)?;
+        Ok(true)
+    }
+
+    /// Pins `link` over whatever link was pinned for (`program`, `target`).
+    fn pin(&self, program: &'static str, target: u64, link: &OwnedFd) -> Result<(), GuardError> {
+        let staging = staging_pin(&self.pins, program, target);
+        let _ = std::fs::remove_file(&staging);
+        let pin_failed = |source| GuardError::Pin {
+            program,
+            path: staging.clone(),
+            source,
+        };
+        raw::obj_pin(link.as_fd(), &staging).map_err(pin_failed)?;
+        std::fs::rename(&staging, link_pin(&self.pins, program, target)).map_err(pin_failed)
+    }
+
+    /// Removes the pins that are not this instance's: a previous
+    /// instance's that are no longer wanted, and staging leftovers.
     fn sweep(&self) {
         for path in pinned(&self.pins) {
             let ours = path
                 .file_name()
                 .and_then(|n| n.to_str())
-                .and_then(cgroup_of_pin)
-                .is_some_and(|id| self.attached.contains(&id));
+                .and_then(target_of_pin)
+                .is_some_and(|key| self.attached.contains(&key));
             if !ours {
                 let _ = std::fs::remove_file(path);
             }
@@ -180,14 +241,14 @@ pub fn remove_all(pins: &PinDir) -> usize {
         .count()
 }
 
-/// How many cgroups have guard links pinned in `pins` (for `mif maps`,
-/// which reads the kernel side without the daemon).
-pub fn pinned_cgroups(pins: &PinDir) -> usize {
+/// How many links of `program` are pinned in `pins` (for `mif maps`, which
+/// reads the kernel side without the daemon).
+pub fn pinned_links(pins: &PinDir, program: &str) -> usize {
     pinned(pins)
         .iter()
-        .filter_map(|p| p.file_name()?.to_str().and_then(cgroup_of_pin))
-        .collect::<BTreeSet<u64>>()
-        .len()
+        .filter_map(|p| p.file_name()?.to_str().and_then(target_of_pin))
+        .filter(|(p, _)| *p == program)
+        .count()
 }
 
 fn pinned(pins: &PinDir) -> Vec<PathBuf> {
@@ -205,12 +266,14 @@ fn staging_pin(pins: &PinDir, program: &str, cgroup: u64) -> PathBuf {
     pins.guard_links().join(format!("{program}_{cgroup}_new"))
 }
 
-/// The cgroup id of a link pin's name; `None` for anything else (a
-/// staging name included).
-fn cgroup_of_pin(name: &str) -> Option<u64> {
+/// The (program, target) of a link pin's name; `None` for anything else
+/// (a staging name included).
+fn target_of_pin(name: &str) -> Option<(&'static str, u64)> {
     let (program, id) = name.rsplit_once('_')?;
-    mif_common::names::GUARDS.contains(&program).then_some(())?;
-    id.parse().ok()
+    let program = mif_common::names::GUARDS
+        .into_iter()
+        .find(|g| *g == program)?;
+    Some((program, id.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -218,17 +281,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pin_names_give_back_their_cgroup() {
+    fn pin_names_give_back_their_target() {
+        use mif_common::names::{PROG_GUARD, PROG_PKT_GUARD};
         let pins = PinDir::new("/sys/fs/bpf/x");
-        let pin = link_pin(&pins, mif_common::names::PROG_GUARD, 4242);
-        let name = pin.file_name().unwrap().to_str().unwrap();
+        let name_of = |path: PathBuf| path.file_name().unwrap().to_str().unwrap().to_string();
+        let name = name_of(link_pin(&pins, PROG_GUARD, 4242));
         assert!(!name.contains('.'), "bpffs refuses dots: {name}");
-        assert_eq!(cgroup_of_pin(name), Some(4242));
-        let staging = staging_pin(&pins, mif_common::names::PROG_GUARD, 4242);
+        assert_eq!(target_of_pin(&name), Some((PROG_GUARD, 4242)));
         assert_eq!(
-            cgroup_of_pin(staging.file_name().unwrap().to_str().unwrap()),
+            target_of_pin(&name_of(link_pin(&pins, PROG_PKT_GUARD, 3))),
+            Some((PROG_PKT_GUARD, 3)),
+            "program names with underscores parse whole"
+        );
+        assert_eq!(
+            target_of_pin(&name_of(staging_pin(&pins, PROG_GUARD, 4242))),
             None
         );
-        assert_eq!(cgroup_of_pin("mif_connect4_12"), None, "not a guard");
+        assert_eq!(target_of_pin("mif_connect4_12"), None, "not a guard");
     }
 }

@@ -16,7 +16,7 @@ use std::{
 use aya::{
     programs::{
         links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt,
-        ProgramError,
+        ProgramError, SchedClassifier,
     },
     Ebpf, EbpfLoader,
 };
@@ -128,25 +128,38 @@ pub struct LoadedGuard {
     pub fd: aya::programs::ProgramFd,
     /// uapi `enum bpf_attach_type` of its links.
     pub attach_type: u32,
+    pub target: GuardTarget,
 }
 
 /// uapi `enum bpf_attach_type`.
 const BPF_CGROUP_INET_EGRESS: u32 = 1;
+pub const BPF_TCX_EGRESS: u32 = 47;
+
+/// What a guard is attached to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardTarget {
+    /// Each strict policy's cgroup.
+    Cgroups,
+    /// Each interface of the namespace but loopback, while strict
+    /// policies exist.
+    Interfaces,
+}
 
 /// Verifies and loads the guards ([`names::GUARDS`]); returns those this
 /// kernel runs and, apart, those it cannot (see [`LeftOut`]).
 pub fn load_guards(ebpf: &mut Ebpf) -> Result<(Vec<LoadedGuard>, Vec<LeftOut>), LoadError> {
     let mut loaded = Vec::new();
     let mut left_out = Vec::new();
-    match load_guard(ebpf, names::PROG_GUARD) {
-        Ok(guard) => loaded.push(guard),
-        Err(LoadError::Verifier { log, .. }) if guard_needs_newer_kernel(&log) => {
-            left_out.push(LeftOut {
-                program: names::PROG_GUARD,
-                why: "it needs Linux 6.15 (bpf_get_netns_cookie in cgroup_skb programs)",
-            })
+    for program in names::GUARDS {
+        match load_guard(ebpf, program) {
+            Ok(guard) => loaded.push(guard),
+            Err(LoadError::Verifier { log, .. }) if guard_needs_newer_kernel(&log) => left_out
+                .push(LeftOut {
+                    program,
+                    why: "it needs Linux 6.15 (bpf_get_netns_cookie in packet programs)",
+                }),
+            Err(e) => return Err(e),
         }
-        Err(e) => return Err(e),
     }
     Ok((loaded, left_out))
 }
@@ -155,12 +168,17 @@ fn load_guard(ebpf: &mut Ebpf, program: &'static str) -> Result<LoadedGuard, Loa
     let prog = ebpf
         .program_mut(program)
         .ok_or(LoadError::MissingProgram(program))?;
-    let prog: &mut CgroupSkb = prog.try_into().map_err(failed(program, "type-check"))?;
-    prog.load().map_err(failed(program, "load"))?;
-    let (fd, attach_type) = (
-        prog.fd().map_err(failed(program, "load"))?.try_clone(),
-        BPF_CGROUP_INET_EGRESS,
-    );
+    let (fd, attach_type, target) = if program == names::PROG_PKT_GUARD {
+        let prog: &mut SchedClassifier = prog.try_into().map_err(failed(program, "type-check"))?;
+        prog.load().map_err(failed(program, "load"))?;
+        let fd = prog.fd().map_err(failed(program, "load"))?.try_clone();
+        (fd, BPF_TCX_EGRESS, GuardTarget::Interfaces)
+    } else {
+        let prog: &mut CgroupSkb = prog.try_into().map_err(failed(program, "type-check"))?;
+        prog.load().map_err(failed(program, "load"))?;
+        let fd = prog.fd().map_err(failed(program, "load"))?.try_clone();
+        (fd, BPF_CGROUP_INET_EGRESS, GuardTarget::Cgroups)
+    };
     let fd = fd.map_err(|e| LoadError::Program {
         program,
         action: "duplicate the descriptor of",
@@ -170,6 +188,7 @@ fn load_guard(ebpf: &mut Ebpf, program: &'static str) -> Result<LoadedGuard, Loa
         program,
         fd,
         attach_type,
+        target,
     })
 }
 
@@ -334,9 +353,24 @@ pub(crate) mod raw {
         target: BorrowedFd<'_>,
         attach_type: u32,
     ) -> io::Result<OwnedFd> {
+        link_create_raw(prog, target.as_raw_fd() as u32, attach_type)
+    }
+
+    /// Attaches `prog` to the interface `ifindex` with a tcx link (Linux
+    /// 6.6), after the programs already there (no ordering asked).
+    pub fn link_create_tcx(
+        prog: BorrowedFd<'_>,
+        ifindex: u32,
+        attach_type: u32,
+    ) -> io::Result<OwnedFd> {
+        link_create_raw(prog, ifindex, attach_type)
+    }
+
+    /// `target` is a cgroup fd or an ifindex: the same field of the union.
+    fn link_create_raw(prog: BorrowedFd<'_>, target: u32, attach_type: u32) -> io::Result<OwnedFd> {
         let mut attr = LinkCreateAttr {
             prog_fd: prog.as_raw_fd() as u32,
-            target_fd: target.as_raw_fd() as u32,
+            target_fd: target,
             attach_type,
             ..Default::default()
         };

@@ -4,10 +4,11 @@ use std::{
     net::IpAddr,
 };
 
-use mif_common::{Counters, NO_PVD, PVD_AVAIL_V4, PVD_AVAIL_V6};
+use mif_common::{names, Counters, NO_PVD, PVD_AVAIL_V4, PVD_AVAIL_V6};
 use serde::Serialize;
 
 use crate::{
+    apply::guard_links,
     apply::kernel_maps::KernelMaps,
     host::attached,
     host::cgroup::Cgroup2,
@@ -31,9 +32,11 @@ pub struct InstanceReport {
     pub attach_cgroup_id: u64,
     /// mif's hooks actually attached there, by name (each should be 1).
     pub attached: BTreeMap<String, usize>,
-    /// Cgroups of strict policies with the guards' links pinned (the guards
-    /// are attached there, not to the attach cgroup).
+    /// Cgroups of strict policies with the egress guard's links pinned
+    /// (attached there, not to the attach cgroup).
     pub guarded_cgroups: usize,
+    /// Interfaces with the packet guard's links pinned.
+    pub guarded_interfaces: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -154,7 +157,11 @@ impl MapsReport {
                     attach_cgroup,
                     attach_cgroup_id: s.attach_cgroup_id,
                     attached,
-                    guarded_cgroups: crate::apply::guard_links::pinned_cgroups(maps.pins()),
+                    guarded_cgroups: guard_links::pinned_links(maps.pins(), names::PROG_GUARD),
+                    guarded_interfaces: guard_links::pinned_links(
+                        maps.pins(),
+                        names::PROG_PKT_GUARD,
+                    ),
                 }
             }),
             pvds,
@@ -177,8 +184,8 @@ impl MapsReport {
             let cgroup = i.attach_cgroup.as_deref().unwrap_or("(cgroup gone)");
             out += &format!(
                 "Programs attached to {cgroup} (id {}): {attached}\n\
-                 Strict policies' guards attached to {} cgroups\n\n",
-                i.attach_cgroup_id, i.guarded_cgroups
+                 Strict policies' guards attached to {} cgroups and {} interfaces\n\n",
+                i.attach_cgroup_id, i.guarded_cgroups, i.guarded_interfaces
             );
         }
         out += "PvDs\n";

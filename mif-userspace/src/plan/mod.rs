@@ -15,7 +15,7 @@ use mif_common::{
 };
 
 use crate::{
-    host::netlink::Uplink,
+    host::netlink::{Interface, Uplink},
     model::config::{BindMode, DnsMode, Exclusion, PolicyTerms},
     model::pvd::PvdState,
     plan::routing::PvdRouting,
@@ -81,8 +81,8 @@ pub struct Desired {
     /// Cgroups that have a policy but found no room in the policy map (more
     /// than its capacity): reported, never silently dropped.
     pub over_capacity: Vec<String>,
-    /// Where the strict policies' guards go (see [`guarded_cgroups`]).
-    pub guarded: Vec<GuardedCgroup>,
+    /// Where the strict policies' guards go (see [`GuardPlan`]).
+    pub guarded: GuardPlan,
 }
 
 /// The policies [`desired`] leaves out for want of room in a map of
@@ -118,8 +118,38 @@ pub fn desired(
             .iter()
             .map(|p| p.cgroup.clone())
             .collect(),
-        guarded: guarded_cgroups(&policies[..fit]),
+        guarded: GuardPlan {
+            cgroups: guarded_cgroups(&policies[..fit]),
+            interfaces: Vec::new(),
+        },
     }
+}
+
+/// Where the strict policies' guards go: the egress guard on their
+/// cgroups, the packet guard on the namespace's interfaces (set by the pass
+/// from its interface dump, see [`guarded_interfaces`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuardPlan {
+    pub cgroups: Vec<GuardedCgroup>,
+    /// Interface indices.
+    pub interfaces: Vec<u32>,
+}
+
+/// The interfaces the packet guard goes on: every one but loopback (a
+/// packet socket may name any interface, one created later included, not
+/// only the PvDs'), and none while no cgroup is guarded, so a host without
+/// strict policies runs no tc program of mif's at all.
+pub fn guarded_interfaces(plan: &GuardPlan, interfaces: &[Interface]) -> Vec<u32> {
+    if plan.cgroups.is_empty() {
+        return Vec::new();
+    }
+    let mut indices: Vec<u32> = interfaces
+        .iter()
+        .filter(|i| !i.loopback)
+        .map(|i| i.index)
+        .collect();
+    indices.sort_unstable();
+    indices
 }
 
 /// A cgroup the strict policies' guards are attached to.
@@ -672,7 +702,7 @@ mod tests {
         // Only what fits in the map is guarded: the kernel would not find
         // the rest strict anyway.
         let d = desired(&[], &policies, &RULES, 2);
-        assert_eq!(d.guarded.len(), 1);
+        assert_eq!(d.guarded.cgroups.len(), 1);
         assert!(guarded_cgroups(&policies[3..5]).is_empty());
     }
 

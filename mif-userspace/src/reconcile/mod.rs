@@ -296,6 +296,7 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
                 .map(pvd::interface_prefixes)
                 .unwrap_or_default()
         });
+        desired.guarded.interfaces = plan::guarded_interfaces(&desired.guarded, &interfaces);
         // Losses first: stop choosing a PvD that went away before any slow
         // work (containers' addresses, routing dumps and installs).
         self.maps.withdraw_lost(&desired)?;

@@ -14,7 +14,7 @@ use crate::{
         kernel_maps::{KernelMaps, MapsError},
     },
     host::netlink::{Interface, Netlink, NetlinkError},
-    plan::{routing::PvdRouting, Desired, GuardedCgroup},
+    plan::{routing::PvdRouting, Desired, GuardPlan},
 };
 
 /// The interfaces as the host reports them, and each PvD's routing.
@@ -55,13 +55,13 @@ pub trait MapWriter {
 
 /// Where the strict policies' guards are attached.
 pub trait GuardWriter {
-    /// Makes exactly `cgroups` guarded.
-    fn guard(&mut self, cgroups: &[GuardedCgroup]) -> Result<(), GuardError>;
+    /// Makes the guards' links exactly `plan`.
+    fn guard(&mut self, plan: &GuardPlan) -> Result<(), GuardError>;
 }
 
 impl GuardWriter for GuardLinks {
-    fn guard(&mut self, cgroups: &[GuardedCgroup]) -> Result<(), GuardError> {
-        self.apply(cgroups)
+    fn guard(&mut self, plan: &GuardPlan) -> Result<(), GuardError> {
+        self.apply(plan)
     }
 }
 

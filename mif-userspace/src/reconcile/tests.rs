@@ -18,7 +18,7 @@ use crate::{
         netlink::{Interface, InterfaceAddr, NetlinkError, Uplink},
     },
     model::{config, policies::PolicySet},
-    plan::{Desired, GuardedCgroup},
+    plan::{Desired, GuardPlan},
 };
 
 /// The host as netlink would report it, and the routing "in the kernel".
@@ -119,12 +119,12 @@ impl MapWriter for FakeMaps {
 /// The guarded cgroups, as last asked for.
 #[derive(Clone, Default)]
 struct FakeGuards {
-    guarded: Arc<Mutex<Vec<GuardedCgroup>>>,
+    guarded: Arc<Mutex<GuardPlan>>,
 }
 
 impl GuardWriter for FakeGuards {
-    fn guard(&mut self, cgroups: &[GuardedCgroup]) -> Result<(), GuardError> {
-        *self.guarded.lock().unwrap() = cgroups.to_vec();
+    fn guard(&mut self, plan: &GuardPlan) -> Result<(), GuardError> {
+        *self.guarded.lock().unwrap() = plan.clone();
         Ok(())
     }
 }

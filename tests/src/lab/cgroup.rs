@@ -149,6 +149,62 @@ fn rmdir_patiently(dir: &Path) -> Result<()> {
     }
 }
 
+/// The names of the programs that run for egress packets of sockets created
+/// in `cgroup` (BPF_PROG_QUERY with BPF_F_QUERY_EFFECTIVE: those attached
+/// to it and to its ancestors), as the kernel reports them.
+pub fn effective_egress_programs(cgroup: &Path) -> Result<Vec<String>> {
+    use std::os::fd::AsRawFd as _;
+    /// uapi `BPF_PROG_QUERY`, `BPF_CGROUP_INET_EGRESS`, `BPF_F_QUERY_EFFECTIVE`.
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    const BPF_CGROUP_INET_EGRESS: u32 = 1;
+    const BPF_F_QUERY_EFFECTIVE: u32 = 1;
+    /// The `query` part of `union bpf_attr` (what this command reads).
+    #[repr(C)]
+    #[derive(Default)]
+    struct QueryAttr {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+        prog_attach_flags: u64,
+        link_ids: u64,
+        link_attach_flags: u64,
+        revision: u64,
+    }
+    let dir = fs::File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
+    let mut ids = [0u32; 64];
+    let mut attr = QueryAttr {
+        target_fd: dir.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_INET_EGRESS,
+        query_flags: BPF_F_QUERY_EFFECTIVE,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..Default::default()
+    };
+    // SAFETY: attr and ids outlive the call; the kernel writes at most
+    // prog_cnt ids and the count back into attr.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_QUERY,
+            &raw mut attr,
+            std::mem::size_of::<QueryAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error()).context("BPF_PROG_QUERY");
+    }
+    let ids = &ids[..(attr.prog_cnt as usize).min(ids.len())];
+    Ok(aya::programs::loaded_programs()
+        .filter_map(|info| info.ok())
+        .filter(|info| ids.contains(&info.id()))
+        .filter_map(|info| Some(info.name_as_str()?.to_string()))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::unescape_mount_path;

@@ -71,7 +71,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 pub use capture::{ArrivalCounter, Arrivals};
-pub use cgroup::cgroup2_mount;
+pub use cgroup::{cgroup2_mount, effective_egress_programs};
 pub use dhcp::{DhcpLease, DHCP_DOMAIN, DHCP_ONLY_ANSWER, DHCP_ONLY_NAME};
 pub use dns::{big_txt_chunk, Dnsmasq, Resolver, BIG_TXT, CORP_DOMAIN, DNS_NAME};
 pub use exec::LabChild;
