@@ -16,8 +16,8 @@
 //! its own headers, so the destination in them says nothing about where
 //! the frame goes on the link.
 //!
-//! Every other frame costs two context reads (the socket and its family)
-//! and goes on to the next program (`TCX_NEXT`), so other tc users on the
+//! Every other frame costs two context reads and a helper call (the
+//! socket, its full socket's family) and goes on to the next program (`TCX_NEXT`), so other tc users on the
 //! same interface see it as if mif were not there. The daemon attaches
 //! this only while some strict policy exists.
 //!

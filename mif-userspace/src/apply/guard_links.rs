@@ -5,7 +5,7 @@
 //! guard (tcx egress) on each interface [`crate::plan::guarded_interfaces`]
 //! names, which is none while no strict policy exists. Traffic of every
 //! other process never runs the first; the second costs other frames two
-//! context reads, and only on hosts with strict policies.
+//! context reads and a helper call, and only on hosts with strict policies.
 //!
 //! Each link is pinned at `<pins>/v<N>/guards/<program>_<cgroup id or
 //! ifindex>`, so the guards hold while the daemon is down, killed or
@@ -131,20 +131,18 @@ impl GuardLinks {
         Ok(())
     }
 
-    /// How many cgroups are guarded.
-    pub fn guarded(&self) -> usize {
-        let cgroup_guards: Vec<&str> = self
+    /// How many cgroups, or interfaces, have guard links of this instance.
+    pub fn guarded(&self, target: GuardTarget) -> usize {
+        let programs: Vec<&str> = self
             .guards
             .iter()
-            .filter(|g| g.target == GuardTarget::Cgroups)
+            .filter(|g| g.target == target)
             .map(|g| g.program)
             .collect();
         self.attached
             .iter()
-            .filter(|(program, _)| cgroup_guards.contains(program))
-            .map(|&(_, id)| id)
-            .collect::<BTreeSet<u64>>()
-            .len()
+            .filter(|(program, _)| programs.contains(program))
+            .count()
     }
 
     /// The guards this kernel cannot run.

@@ -136,6 +136,13 @@ fn render(s: &Status) -> String {
                     ),
                 },
             );
+            row(
+                "strict guards",
+                format!(
+                    "on {} cgroups, {} interfaces",
+                    d.guarded_cgroups, d.guarded_interfaces
+                ),
+            );
             if let Some(e) = &d.last_reload_error {
                 row("last reload", e.clone());
             }

@@ -84,9 +84,12 @@ pub struct StatusView {
     pub policy_capacity: usize,
     /// Why the last reload was refused, if it was.
     pub last_reload_error: Option<String>,
-    /// Cgroups the strict policies' guards are attached to.
+    /// Cgroups the strict policies' egress guard is attached to.
     #[serde(default)]
     pub guarded_cgroups: usize,
+    /// Interfaces the strict policies' packet guard is attached to.
+    #[serde(default)]
+    pub guarded_interfaces: usize,
     /// The guards this kernel cannot run, each with why.
     #[serde(default)]
     pub guards_left_out: Vec<String>,

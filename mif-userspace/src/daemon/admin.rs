@@ -8,6 +8,7 @@ use tokio::sync::broadcast;
 
 use super::prepare::check_config;
 use crate::{
+    apply::loader::GuardTarget,
     control::protocol::{MonitorEvent, PolicyView, PvdView, Request, Response, StatusView},
     host::cgroup::normalize_cgroup,
     instance::InstanceOptions,
@@ -98,7 +99,8 @@ impl Admin {
             .len(),
             policy_capacity: reconciler.policy_capacity(),
             last_reload_error: self.last_reload_error.clone(),
-            guarded_cgroups: reconciler.guards().guarded(),
+            guarded_cgroups: reconciler.guards().guarded(GuardTarget::Cgroups),
+            guarded_interfaces: reconciler.guards().guarded(GuardTarget::Interfaces),
             guards_left_out: reconciler
                 .guards()
                 .left_out()
