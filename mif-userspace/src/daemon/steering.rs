@@ -58,7 +58,19 @@ impl Steering {
             None
         };
         let mut ebpf = loader::load(settings, &pins, capacity)?;
-        let (guards, left_out) = loader::load_guards(&mut ebpf)?;
+        let (guards, left_out) = match loader::load_guards(&mut ebpf) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                // Nothing is attached yet: a fresh install leaves nothing
+                // behind; adopted maps stay for the previous links.
+                drop(ebpf);
+                if !adopted {
+                    loader::unpin_maps(&pins);
+                    pins.remove_dirs();
+                }
+                return Err(e.into());
+            }
+        };
         for left in &left_out {
             warn!(
                 "program {} is not attached: {}; strict policies are enforced per socket \
