@@ -40,9 +40,13 @@ pub mod names {
     /// (policy id, destination prefix) → excluded: destinations a policy's
     /// sockets reach by the main table (`exclude`), a longest-prefix trie.
     pub const MAP_EXCLUDE: &str = "MIF_EXCLUDE";
+    /// The guards' drops as they happen ([`crate::GuardDrop`] records, a
+    /// ring buffer), for the daemon's rate-limited log.
+    pub const MAP_GUARD_LOG: &str = "MIF_GUARD_LOG";
     /// All maps, as pinned in the pin directory.
-    pub const MAPS: [&str; 8] = [
+    pub const MAPS: [&str; 9] = [
         MAP_EXCLUDE,
+        MAP_GUARD_LOG,
         MAP_DNS_FWD,
         MAP_POLICIES,
         MAP_PVDS,
@@ -376,6 +380,24 @@ pub struct PvdMeta {
     /// DNS servers as IPv6 addresses (IPv4 ones v4-mapped).
     pub dns: [[u8; 16]; MAX_DNS],
 }
+
+/// One packet a guard dropped, as the guards write it to
+/// [`names::MAP_GUARD_LOG`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuardDrop {
+    pub policy: u32,
+    /// The interface it was leaving by.
+    pub ifindex: u32,
+    /// `AF_INET` or `AF_INET6` for the egress guard's packets, the
+    /// socket's family (`AF_PACKET`) for the packet guard's frames.
+    pub family: u32,
+    pub _pad: u32,
+}
+
+/// The size of [`names::MAP_GUARD_LOG`]: room for about 680 drops between
+/// two reads of the daemon; more are counted, not logged.
+pub const GUARD_LOG_BYTES: u32 = 16384;
 
 /// Key of the counter map.
 #[repr(C)]

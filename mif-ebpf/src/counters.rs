@@ -8,7 +8,7 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use mif_common::{CounterKey, Counters};
+use mif_common::{CounterKey, Counters, GuardDrop};
 
 use crate::maps::COUNTERS;
 
@@ -63,4 +63,18 @@ pub fn count(policy: u32, pvd: u32, event: Event) {
     // the intrinsic; its result is unused, which the BPF backend emits as
     // a plain atomic add (BPF_ATOMIC | BPF_ADD, any kernel mif supports).
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, 1) };
+}
+
+/// Reports one packet a guard dropped to the daemon's log; when the ring
+/// is full the drop is only counted (the daemon's log is rate-limited
+/// anyway).
+#[inline(always)]
+pub fn report_drop(policy: u32, ifindex: u32, family: u32) {
+    let drop = GuardDrop {
+        policy,
+        ifindex,
+        family,
+        _pad: 0,
+    };
+    let _ = crate::maps::MIF_GUARD_LOG.output::<GuardDrop>(&drop, 0);
 }

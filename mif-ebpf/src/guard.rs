@@ -42,7 +42,8 @@ use aya_ebpf::{
 use mif_common::{Policy, Settings, COUNTER_NO_PVD, MAX_PREFER, MAX_PVDS, NO_PVD};
 
 use crate::{
-    counters::{count, Event},
+    addr::{AF_INET, AF_INET6},
+    counters::{count, report_drop, Event},
     exclude::{excludes, mapped4},
     maps::PVDS,
     policy::{find_policy_of, in_managed_netns},
@@ -88,7 +89,18 @@ pub fn egress(ctx: &SkBuffContext, settings: &Settings) -> i32 {
         return PASS;
     }
     count(policy.id, pvd_on(ifindex), Event::GuardDrop);
+    report_drop(policy.id, ifindex, family_of(ctx));
     DROP
+}
+
+/// The address family of the packet, from its ethertype (0 if neither).
+#[inline(always)]
+fn family_of(ctx: &SkBuffContext) -> u32 {
+    match unsafe { (*ctx.skb.skb).protocol } {
+        ETH_P_IP => AF_INET,
+        ETH_P_IPV6 => AF_INET6,
+        _ => 0,
+    }
 }
 
 /// Whether one of the PvDs `policy` lists leaves by `ifindex`.

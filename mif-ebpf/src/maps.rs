@@ -10,11 +10,11 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie},
+    maps::{Array, HashMap, LpmTrie, RingBuf},
 };
 use mif_common::{
-    CounterKey, Counters, ExcludeKey, Policy, Pvd, PvdMeta, Settings, MAX_COUNTERS, MAX_EXCLUDES,
-    MAX_POLICIES, MAX_PVDS,
+    CounterKey, Counters, ExcludeKey, Policy, Pvd, PvdMeta, Settings, GUARD_LOG_BYTES,
+    MAX_COUNTERS, MAX_EXCLUDES, MAX_POLICIES, MAX_PVDS,
 };
 
 /// cgroup id → policy. Written by the daemon only, so not preallocating
@@ -46,6 +46,11 @@ pub static MIF_INSTANCE: Array<Settings> = Array::pinned(1, 0);
 /// the main table. Looked up only for policies flagged `POLICY_EXCLUDES`.
 #[map]
 pub static MIF_EXCLUDE: LpmTrie<ExcludeKey, u8> = LpmTrie::pinned(MAX_EXCLUDES, 0);
+
+/// The guards' drops, one record each, for the daemon's log. Pinned like
+/// the others, so drops while the daemon restarts are read by the next.
+#[map]
+pub static MIF_GUARD_LOG: RingBuf = RingBuf::pinned(GUARD_LOG_BYTES, 0);
 
 pub use MIF_COUNTERS as COUNTERS;
 pub use MIF_EXCLUDE as EXCLUDE;

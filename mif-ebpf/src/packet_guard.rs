@@ -36,7 +36,7 @@ use mif_common::Settings;
 
 use crate::{
     addr::{AF_INET, AF_INET6},
-    counters::{count, Event},
+    counters::{count, report_drop, Event},
     guard::{pvd_on, uses_interface},
     policy::find_policy_of,
 };
@@ -79,5 +79,6 @@ pub fn egress(ctx: &TcContext, settings: &Settings) -> i32 {
         return NEXT;
     }
     count(policy.id, pvd_on(ifindex), Event::GuardDrop);
+    report_drop(policy.id, ifindex, family);
     DROP
 }

@@ -13,6 +13,7 @@
 //! 6. on SIGINT/SIGTERM remove everything (or, with --keep-steering, leave
 //!    it for the next daemon to adopt).
 mod admin;
+mod guard_log;
 mod prepare;
 pub mod steering;
 
@@ -196,12 +197,19 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
     // Machine-readable readiness for scripts and tests.
     println!("ready");
 
+    // Without it the guards still drop and count; only the notice is lost.
+    let mut drops = guard_log::GuardLog::open(&steering.pins)
+        .inspect_err(|e| warn!("guard drops will not be logged: {e:#}"))
+        .ok();
     follow(
         &mut reconciler,
-        &mut events,
-        &mut control,
+        Inputs {
+            events: &mut events,
+            control: &mut control,
+            signals: &mut signals,
+            drops: drops.as_mut(),
+        },
         &mut admin,
-        &mut signals,
         &mut dns_forwarder,
         opts.instance.mark_mask,
     )
@@ -219,16 +227,29 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the daemon waits on between passes.
+struct Inputs<'a> {
+    events: &'a mut netlink::NetEvents,
+    control: &'a mut Control,
+    signals: &'a mut Signals,
+    /// The guards' drops, to log; `None` if the ring could not be opened.
+    drops: Option<&'a mut guard_log::GuardLog>,
+}
+
 /// Reconciles on every batch of events until SIGINT/SIGTERM.
 async fn follow(
     reconciler: &mut Reconciler,
-    events: &mut netlink::NetEvents,
-    control: &mut Control,
+    inputs: Inputs<'_>,
     admin: &mut Admin,
-    signals: &mut Signals,
     dns_forwarder: &mut crate::dns::ForwarderControl,
     mark_mask: u32,
 ) -> anyhow::Result<()> {
+    let Inputs {
+        events,
+        control,
+        signals,
+        mut drops,
+    } = inputs;
     let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
     recheck.tick().await;
     // Containers start and stop without a netlink event in our namespace
@@ -249,6 +270,21 @@ async fn follow(
             _ = recheck.tick() => {
                 reconciler.recheck_everything();
                 true
+            }
+            lines = async {
+                match drops.as_deref_mut() {
+                    Some(drops) => drops.next().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                guard_log::log(&lines, |id| {
+                    reconciler
+                        .policies()
+                        .iter()
+                        .find(|p| p.id == id)
+                        .map(|p| p.cgroup.clone())
+                });
+                continue;
             }
             event = watcher.next() => {
                 if event.is_none() {
