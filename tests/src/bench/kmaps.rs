@@ -184,25 +184,47 @@ pub fn program_stats(pin_dir: &Path) -> Result<Vec<(String, Duration, u64)>> {
         .and_then(Path::parent)
         .map(|v| v.join("links"))
         .context("no versioned pin directory")?;
+    // (link's file name, program id), subdirectories included: a program
+    // attached at several cgroups has a link per cgroup.
     let mut ids = Vec::new();
-    for entry in
-        std::fs::read_dir(&links).with_context(|| format!("listing {}", links.display()))?
-    {
-        let path = entry?.path();
-        let name = path
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        let link =
-            PinnedLink::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-        let info = FdLink::from(link).info()?;
-        ids.push((name, info.program_id()));
+    let mut dirs = vec![links];
+    while let Some(dir) = dirs.pop() {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+        {
+            let path = entry?.path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let link = PinnedLink::from_pin(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            let info = FdLink::from(link).info()?;
+            ids.push((name, info.program_id()));
+        }
     }
-    let mut out = Vec::new();
+    // By the program's own name (the link's if it has none), summed over
+    // programs of one name.
+    let mut out: Vec<(String, Duration, u64)> = Vec::new();
     for info in aya::programs::loaded_programs().filter_map(Result::ok) {
-        if let Some((name, _)) = ids.iter().find(|(_, id)| *id == info.id()) {
-            out.push((name.clone(), info.run_time(), info.run_count()));
+        let Some((link_name, _)) = ids.iter().find(|(_, id)| *id == info.id()) else {
+            continue;
+        };
+        let name = match info.name_as_str() {
+            Some(n) if !n.is_empty() => n.to_owned(),
+            _ => link_name.clone(),
+        };
+        match out.iter_mut().find(|o| o.0 == name) {
+            Some(o) => {
+                o.1 += info.run_time();
+                o.2 += info.run_count();
+            }
+            None => out.push((name, info.run_time(), info.run_count())),
         }
     }
     out.sort();
