@@ -6,7 +6,7 @@
 //! freed maps) burdens no single other variant. A round gives one sample
 //! per (operation, variant): the median of its batches.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,16 @@ pub fn run(tb: &mut Testbed<'_>, variants: &[Variant], p: &Params, exe: &Path) -
     Ok(results)
 }
 
+/// Rounds of one whole Williams design of `n` variants: `n`, or `2n` when
+/// `n` is odd (see [`williams_order`]).
+pub fn design_rounds(n: usize) -> usize {
+    if n % 2 == 1 {
+        2 * n
+    } else {
+        n
+    }
+}
+
 /// Round `round`'s order of `n` variants (indices) in a Williams design: a
 /// Latin square whose rows, taken over `n` rounds (`2n` when `n` is odd,
 /// the second `n` reversed), put every variant right after every other
@@ -136,10 +146,15 @@ fn sample(
     bail!("the daemon kept removing the synthetic policies")
 }
 
-/// The depth experiment only needs the hooks' own costs.
-fn ops_of(variant: Variant, p: &Params) -> Vec<(Op, u64)> {
+/// The depth experiment only needs the hooks' own costs; the guard's
+/// variants, (f) and (g), only the per-packet rows: their other rows would
+/// be (b)'s per-socket work again (plus, in (f), strict's checks at
+/// socket() and connect(), which are not the guard's), at two worker runs'
+/// worth of time per round.
+pub fn ops_of(variant: Variant, p: &Params) -> Vec<(Op, u64)> {
     let wanted = |op: &Op| match variant {
         Variant::Depth(_) => matches!(op, Op::Socket | Op::UdpConnect),
+        Variant::Strict | Variant::Unsteered => op.is_stream(),
         _ => true,
     };
     p.iters
@@ -219,7 +234,10 @@ fn run_worker(
 pub struct ProgTime {
     pub variant: Variant,
     pub op: Op,
-    /// (program, runs per operation, ns per run)
+    /// (program, runs per operation, ns per run); for a stream the
+    /// operation is one write or datagram. Empty: measured, and no program
+    /// ran for every other operation (the guard, say, not attached where
+    /// the load runs).
     pub programs: Vec<(String, f64, f64)>,
 }
 
@@ -236,6 +254,7 @@ pub fn program_times(
 ) -> Result<Vec<ProgTime>> {
     // (variant, op, program) -> (runs per op, ns per run) per repeat.
     let mut seen: BTreeMap<(Variant, Op, String), Vec<(f64, f64)>> = BTreeMap::new();
+    let mut measured: BTreeSet<(Variant, Op)> = BTreeSet::new();
     for _ in 0..repeats {
         for &variant in variants {
             let wanted = ops_of(
@@ -261,18 +280,27 @@ pub fn program_times(
                 };
                 let stats = StatsGuard::enable()?;
                 let before = program_stats(&pin_dir)?;
-                run_worker(tb, variant, CRR_PORT, &params, exe)?;
+                let got = run_worker(tb, variant, CRR_PORT, &params, exe)?;
                 let after = program_stats(&pin_dir)?;
                 drop(stats);
-                // The warm-up runs the operation too (a tenth more).
-                let ops_run = n as f64 * 1.1;
+                measured.insert((variant, op));
+                let ops_run = if op.is_stream() {
+                    // n ms and a warm-up of n/4 + 1 ms, at the measured
+                    // time per write or datagram.
+                    let ns = got.first().map_or(f64::NAN, |g| g.1);
+                    (n + n / 4 + 1) as f64 * 1e6 / ns
+                } else {
+                    // The warm-up runs the operation too (a tenth more).
+                    n as f64 * 1.1
+                };
                 for (name, time, count) in &after {
                     let Some((_, t0, c0)) = before.iter().find(|b| &b.0 == name) else {
                         continue;
                     };
                     let runs = count.saturating_sub(*c0);
-                    // Not the route check's one socket and connect.
-                    if (runs as f64) < ops_run / 2.0 {
+                    // Not the route check's one socket and connect (nor,
+                    // for a stream, its socket's).
+                    if ops_run.is_nan() || (runs as f64) < ops_run / 2.0 {
                         continue;
                     }
                     let ns = (*time - *t0).as_nanos() as f64 / runs as f64;
@@ -295,7 +323,7 @@ pub fn program_times(
                     (name.clone(), median(&per_op), median(&ns))
                 })
                 .collect();
-            if !programs.is_empty() {
+            if measured.contains(&(variant, op)) {
                 out.push(ProgTime {
                     variant,
                     op,
@@ -342,6 +370,8 @@ mod tests {
             assert!(counts.iter().all(|&c| c == counts[0]), "n = {n}: {pairs:?}");
         }
         assert_eq!(williams_order(1, 5), [0]);
+        assert_eq!(super::design_rounds(13), 26);
+        assert_eq!(super::design_rounds(12), 12);
         assert_eq!(williams_order(0, 0), Vec::<usize>::new());
     }
 }

@@ -3,9 +3,12 @@
 //! On a [`Lab`] of two networks, the benchmark's cgroup is steered to wwan0
 //! in five ways (see [`testbed`]): (a) not at all, (b) by mif, (c) by mif
 //! with 10,000 and 100,000 other policies in its map, (d) by nftables (with
-//! as many other cgroups in its map), (e) by the application's own SO_MARK.
-//! Load generators run in that cgroup ([`worker`]), servers in the routers;
-//! variants are interleaved round by round ([`measure`]). Then the reaction
+//! as many other cgroups in its map), (e) by the application's own SO_MARK;
+//! and for the strict egress guard's per-packet cost, the same daemon with
+//! the load (f) in a cgroup under a strict policy (→ wwan0) and (g) in a
+//! cgroup under no policy while that strict policy exists. Load generators
+//! run in those cgroups ([`worker`]), servers in the routers; variants are
+//! interleaved round by round ([`measure`]). Then the reaction
 //! to a lost link ([`reaction`]), that of a strict VPN app to its tunnel
 //! going down ([`vpn`]: a real OpenVPN client killed), the kernel memory
 //! of the daemon's maps ([`memory`]) and the daemon at scale ([`scale`]).
@@ -17,9 +20,9 @@
 //!
 //! - `--only costs|reaction|vpn|memory|scale` (repeatable) runs only those parts, and
 //!   `--rounds N` overrides the number of measured rounds;
-//! - `mif-bench hold a|b|c|d|e [OTHERS]` builds the lab, puts it in one
-//!   variant and waits for Ctrl-C, printing the namespace and cgroup to
-//!   poke at by hand;
+//! - `mif-bench hold a|b|c|d|e|f|g [OTHERS]` builds the lab, puts it in one
+//!   variant and waits for Ctrl-C, printing the namespace and the
+//!   variant's cgroup to poke at by hand;
 //! - `MIF_BENCH_DEBUG=1` makes the workers report the TCP_CRR latency
 //!   distribution of every batch (stalls show up there, not in medians).
 //!
@@ -120,6 +123,18 @@ struct Plan {
     start_timeout: Duration,
 }
 
+/// The variants of the cost measurement, in the table's order.
+fn cost_variants(others: &[usize]) -> Vec<Variant> {
+    let mut variants = vec![Variant::None, Variant::Mif(0)];
+    variants.extend(others.iter().map(|&n| Variant::Mif(n)));
+    variants.push(Variant::Nft(0));
+    variants.extend(others.iter().map(|&n| Variant::Nft(n)));
+    variants.push(Variant::SoMark);
+    variants.extend([Variant::Strict, Variant::Unsteered]);
+    variants.extend(testbed::DEPTHS.iter().map(|&d| Variant::Depth(d)));
+    variants
+}
+
 impl Plan {
     fn new(smoke: bool, cpus: usize) -> Self {
         let worker_cpu = (cpus >= 2).then_some(0);
@@ -150,11 +165,12 @@ impl Plan {
                 start_timeout: Duration::from_secs(60),
             };
         }
+        let others = vec![10_000, 100_000];
         Self {
             params: Params {
-                // One whole Williams design for the 11 variants (an odd
-                // number: 2 × 11 orders, see `measure::williams_order`).
-                rounds: 22,
+                // One whole Williams design for the variants (13: an odd
+                // number, so 2 × 13 orders, see `measure::williams_order`).
+                rounds: measure::design_rounds(cost_variants(&others).len()),
                 warmup: 1,
                 batches: 3,
                 iters: vec![
@@ -167,7 +183,7 @@ impl Plan {
                 ],
                 worker_cpu,
             },
-            others: vec![10_000, 100_000],
+            others,
             flaps: 200,
             // A round (kill, restart of server and client, back through
             // the tunnel) takes about 0.25 s here.
@@ -247,21 +263,22 @@ pub fn run(opts: &Options) -> Result<Report> {
             let took = tb.load_nft(n)?;
             report.nft_load.push((n, took));
         }
-        let mut variants = vec![Variant::None, Variant::Mif(0)];
-        variants.extend(plan.others.iter().map(|&n| Variant::Mif(n)));
-        variants.push(Variant::Nft(0));
-        variants.extend(plan.others.iter().map(|&n| Variant::Nft(n)));
-        variants.push(Variant::SoMark);
-        variants.extend(testbed::DEPTHS.iter().map(|&d| Variant::Depth(d)));
+        let variants = cost_variants(&plan.others);
         check_interrupted()?;
         report.results = measure::run(&mut tb, &variants, &plan.params, &exe)?;
         eprintln!("mif-bench: program run times (BPF statistics)");
         let mut traced = vec![Variant::Mif(0)];
         traced.extend(plan.others.iter().map(|&n| Variant::Mif(n)));
         traced.extend(testbed::DEPTHS.iter().map(|&d| Variant::Depth(d)));
-        let ops: Vec<(Op, u64)> = plan
-            .params
-            .iter_of(&[Op::Socket, Op::UdpConnect, Op::UdpSendto]);
+        // The guard's run time per packet, with and without a strict policy.
+        traced.extend([Variant::Strict, Variant::Unsteered]);
+        let ops: Vec<(Op, u64)> = plan.params.iter_of(&[
+            Op::Socket,
+            Op::UdpConnect,
+            Op::UdpSendto,
+            Op::TcpStream,
+            Op::UdpStream,
+        ]);
         report.prog_times =
             measure::program_times(&mut tb, &traced, &ops, plan.prog_repeats, &exe)?;
     }
@@ -351,7 +368,7 @@ pub fn run(opts: &Options) -> Result<Report> {
 }
 
 /// `mif-bench hold VARIANT [OTHERS]`: builds the lab, puts it in one
-/// variant (`a`, `b`, `c`, `d`, `e`; OTHERS for c and d) and waits for
+/// variant (`a` to `g`; OTHERS for c and d) and waits for
 /// SIGINT, printing how to reach it: for looking at a variant by hand.
 fn hold(argv: &[String]) -> Result<()> {
     catch_signals();
@@ -362,7 +379,9 @@ fn hold(argv: &[String]) -> Result<()> {
         Some("c") => Variant::Mif(others),
         Some("d") => Variant::Nft(others),
         Some("e") => Variant::SoMark,
-        other => bail!("usage: mif-bench hold a|b|c|d|e [OTHERS] (got {other:?})"),
+        Some("f") => Variant::Strict,
+        Some("g") => Variant::Unsteered,
+        other => bail!("usage: mif-bench hold a|b|c|d|e|f|g [OTHERS] (got {other:?})"),
     };
     let exe = std::env::current_exe()?;
     let lab = Lab::with_peer(&NETWORKS, lab_peer_path()?)?;
@@ -374,7 +393,7 @@ fn hold(argv: &[String]) -> Result<()> {
         "{variant}: host namespace {} (ip -n {0} ...; nsenter --net={}), cgroup {}; SO_MARK {:#x}; Ctrl-C ends",
         lab.host_ns_name(),
         lab.host_ns_path().display(),
-        tb.bench_cgroup.display(),
+        tb.worker_cgroup(variant).display(),
         tb.steer_mark
     );
     while check_interrupted().is_ok() {
@@ -418,7 +437,7 @@ pub fn main_with_args(argv: &[String]) -> Result<()> {
                 );
             }
             "-h" | "--help" => {
-                println!("usage: mif-bench [--smoke] [--only costs|reaction|vpn|memory|scale]... [--rounds N] [--docs DIR] | hold a|b|c|d|e [OTHERS]");
+                println!("usage: mif-bench [--smoke] [--only costs|reaction|vpn|memory|scale]... [--rounds N] [--docs DIR] | hold a|b|c|d|e|f|g [OTHERS]");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (usage: mif-bench [--smoke] [--docs DIR])"),

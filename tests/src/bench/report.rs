@@ -203,10 +203,11 @@ impl Report {
                         .map_or("".into(), |r| format!("{:.2}–{:.2}", r.p25, r.p75)),
                 };
                 let rb = match v {
-                    Variant::Mif(_) | Variant::Nft(_) | Variant::SoMark => self
+                    Variant::Mif(_) | Variant::Nft(_) | Variant::SoMark | Variant::Strict => self
                         .ratio(op, v, Variant::Mif(0))
                         .map_or("–".into(), |r| format!("{r:.3}")),
-                    Variant::None | Variant::Depth(_) => "–".into(),
+                    // (g) leaves by another network than (b), unsteered.
+                    Variant::None | Variant::Depth(_) | Variant::Unsteered => "–".into(),
                 };
                 let _ = writeln!(
                     t,
@@ -319,11 +320,14 @@ impl Report {
         t += "| variant | operation | program: runs per operation × ns per run |\n";
         t += "| --- | --- | --- |\n";
         for p in &self.prog_times {
-            let progs: Vec<String> = p
+            let mut progs: Vec<String> = p
                 .programs
                 .iter()
                 .map(|(name, per_op, ns)| format!("{name}: {per_op:.2} × {ns:.0} ns"))
                 .collect();
+            if progs.is_empty() {
+                progs.push("none".into());
+            }
             let _ = writeln!(
                 t,
                 "| {} | {} | {} |",

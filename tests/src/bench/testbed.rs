@@ -1,18 +1,28 @@
-//! One lab of two networks and the five ways of (not) steering the
-//! benchmark's cgroup to wwan0, switched in place so that variants can be
-//! interleaved round by round:
+//! One lab of two networks and the ways of (not) steering the benchmark's
+//! load to wwan0, switched in place so that variants can be interleaved
+//! round by round:
 //!
 //! - (a) nothing: no programs, no rules, no nftables;
 //! - (b) the mif daemon with the benchmark's cgroup's policy (→ wwan0, and
-//!   the policies of the [`Variant::Depth`] cgroups), (c) the same with N
-//!   synthetic policies of other cgroups in the map;
+//!   the policies of the [`Variant::Depth`] cgroups and of (f)'s cgroup),
+//!   (c) the same with N synthetic policies of other cgroups in the map;
 //! - (d) nftables: a `type route` output chain that sets the mark from a
 //!   `socket cgroupv2` map (the benchmark's cgroup plus N others, each a real
 //!   cgroup since nft resolves paths), masquerade on wwan0 (the socket's
 //!   source was chosen by the main table before the mark re-routed it), and
 //!   mif's tables and rules with the `fwmark` rules moved first (see
 //!   [`Rules::FwmarkFirst`]);
-//! - (e) the application sets SO_MARK itself, with mif's rules and tables.
+//! - (e) the application sets SO_MARK itself, with mif's rules and tables;
+//! - (f) the same daemon as (b), the load in a cgroup of its own (`strict`,
+//!   the benchmark's level) whose policy is strict with (b)'s preferences:
+//!   every packet passes the egress guard's whole check;
+//! - (g) the same daemon, the load in a cgroup no policy covers (`plain`,
+//!   the benchmark's level), while (f)'s strict policy exists on its
+//!   sibling: what unsteered traffic pays for a strict policy elsewhere on
+//!   the host. Its traffic leaves by wlan0, as (a)'s.
+//!
+//! (b), (c), (f) and (g) share one daemon and its config, so switching
+//! among them restarts nothing.
 //!
 //! mif's routing is captured from a real daemon once at the start and
 //! replayed for (d) and (e), so all three steer with exactly the same
@@ -26,7 +36,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 
-use super::daemon::{policy_toml, BenchDaemon};
+use super::daemon::{policy_toml, strict_policy_toml, BenchDaemon};
 use super::kmaps::PinnedMaps;
 use crate::lab::{cgroup2_mount, Lab};
 
@@ -50,11 +60,23 @@ pub enum Variant {
     /// level 31 and spends one helper call per level from there down to
     /// the process's, so its cost shows against the level.
     Depth(usize),
+    /// mif as in (b), the load in a cgroup whose policy is strict: its
+    /// packets pass the egress guard (the strict-pass cost).
+    Strict,
+    /// mif as in (b), the load in a cgroup without a policy while (f)'s
+    /// strict policy exists on another cgroup.
+    Unsteered,
 }
 
 /// Cgroup levels of the [`Variant::Depth`] experiment (the deepest the
 /// walk looks at is `MAX_CGROUP_DEPTH - 1` = 31).
 pub const DEPTHS: [usize; 3] = [12, 22, 31];
+
+/// (f)'s cgroup below the lab's (level 2, as the benchmark's), under a
+/// strict policy.
+const STRICT_CGROUP: &str = "strict";
+/// (g)'s cgroup below the lab's (level 2), under no policy.
+const PLAIN_CGROUP: &str = "plain";
 
 impl Variant {
     /// The letter of the list.
@@ -66,13 +88,15 @@ impl Variant {
             Variant::Nft(_) => 'd',
             Variant::SoMark => 'e',
             Variant::Depth(_) => 'b',
+            Variant::Strict => 'f',
+            Variant::Unsteered => 'g',
         }
     }
 
     /// Which network the benchmark's traffic must leave by.
     pub fn network(self) -> &'static str {
         match self {
-            Variant::None => NETWORKS[0],
+            Variant::None | Variant::Unsteered => NETWORKS[0],
             _ => NETWORKS[1],
         }
     }
@@ -98,6 +122,8 @@ impl fmt::Display for Variant {
             Variant::Nft(n) => write!(f, "({l}) nftables +{}", count_label(n)),
             Variant::SoMark => write!(f, "({l}) SO_MARK"),
             Variant::Depth(level) => write!(f, "({l}) mif, cgroup level {level}"),
+            Variant::Strict => write!(f, "({l}) mif strict"),
+            Variant::Unsteered => write!(f, "({l}) mif, no policy"),
         }
     }
 }
@@ -179,6 +205,10 @@ pub struct Testbed<'lab> {
     bench_rel: String,
     /// (level, directory) of the depth experiment's cgroups.
     depth_cgroups: Vec<(usize, PathBuf)>,
+    /// (f)'s cgroup, under a strict policy.
+    strict_cgroup: PathBuf,
+    /// (g)'s cgroup, under no policy.
+    plain_cgroup: PathBuf,
     /// How many sibling cgroups `o<i>` exist (for nftables and the scale test).
     others_created: usize,
     daemon: Option<(BenchDaemon<'lab>, PinnedMaps)>,
@@ -203,6 +233,8 @@ impl<'lab> Testbed<'lab> {
             .iter()
             .map(|&level| Ok((level, lab.create_cgroup(&depth_rel(level))?)))
             .collect::<Result<_>>()?;
+        let strict_cgroup = lab.create_cgroup(STRICT_CGROUP)?;
+        let plain_cgroup = lab.create_cgroup(PLAIN_CGROUP)?;
         let work_dir = std::env::temp_dir().join(format!("mif-bench-{}", lab.host_ns_name()));
         std::fs::create_dir_all(&work_dir)?;
         let mut tb = Self {
@@ -210,6 +242,8 @@ impl<'lab> Testbed<'lab> {
             bench_cgroup,
             bench_rel,
             depth_cgroups,
+            strict_cgroup,
+            plain_cgroup,
             others_created: 0,
             daemon: None,
             routing: Routing::default(),
@@ -226,8 +260,9 @@ impl<'lab> Testbed<'lab> {
         Ok(tb)
     }
 
-    /// The policies of the variants (b) and (c): the benchmark's cgroup and
-    /// those of the depth experiment.
+    /// The policies of the daemon's variants ((b), (c), (f), (g)): the
+    /// benchmark's cgroup, those of the depth experiment and (f)'s strict
+    /// one (the same preferences); (g)'s cgroup has none.
     pub fn mif_config(&self) -> String {
         let prefer = [NETWORKS[1], NETWORKS[0]];
         let mut toml = policy_toml(&self.bench_rel, &prefer);
@@ -235,6 +270,8 @@ impl<'lab> Testbed<'lab> {
             let rel = format!("{}/{}", self.lab.cgroup_rel(), depth_rel(level));
             toml += &policy_toml(&rel, &prefer);
         }
+        let strict = format!("{}/{STRICT_CGROUP}", self.lab.cgroup_rel());
+        toml += &strict_policy_toml(&strict, &prefer);
         toml
     }
 
@@ -246,6 +283,8 @@ impl<'lab> Testbed<'lab> {
                 .iter()
                 .find(|(l, _)| *l == level)
                 .map_or(&self.bench_cgroup, |(_, p)| p),
+            Variant::Strict => &self.strict_cgroup,
+            Variant::Unsteered => &self.plain_cgroup,
             _ => &self.bench_cgroup,
         }
     }
@@ -468,7 +507,7 @@ impl<'lab> Testbed<'lab> {
         let (daemon, rules, nft, synthetic) = match variant {
             Variant::None => (false, Rules::Off, None, 0),
             Variant::Mif(n) => (true, Rules::Off, None, n),
-            Variant::Depth(_) => (true, Rules::Off, None, 0),
+            Variant::Depth(_) | Variant::Strict | Variant::Unsteered => (true, Rules::Off, None, 0),
             Variant::Nft(n) => (false, Rules::FwmarkFirst, Some(n), 0),
             Variant::SoMark => (false, Rules::Mif, None, 0),
         };
