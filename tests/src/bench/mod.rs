@@ -18,8 +18,9 @@
 //! `docs/bench-policies.svg` when given `--docs DIR` (`cargo xtask bench`
 //! does both). For working on it:
 //!
-//! - `--only costs|reaction|vpn|memory|scale` (repeatable) runs only those parts, and
-//!   `--rounds N` overrides the number of measured rounds;
+//! - `--only costs|reaction|vpn|memory|scale` (repeatable) runs only those parts,
+//!   `--rounds N` overrides the number of measured rounds and `--others
+//!   N,N...` the other policies of (c) and cgroups of (d);
 //! - `mif-bench hold a|b|c|d|e|f|g [OTHERS]` builds the lab, puts it in one
 //!   variant and waits for Ctrl-C, printing the namespace and the
 //!   variant's cgroup to poke at by hand;
@@ -69,6 +70,8 @@ pub struct Options {
     pub only: Vec<String>,
     /// Overrides the number of measured rounds.
     pub rounds: Option<usize>,
+    /// Overrides the other policies of (c) and cgroups of (d).
+    pub others: Option<Vec<usize>>,
 }
 
 impl Options {
@@ -234,6 +237,13 @@ pub fn run(opts: &Options) -> Result<Report> {
     let peer = lab_peer_path()?;
     let machine = Machine::probe();
     let mut plan = Plan::new(opts.smoke, machine.nproc);
+    if let Some(others) = &opts.others {
+        plan.others = others.clone();
+        if !opts.smoke {
+            // Still one whole design, of the variants there now are.
+            plan.params.rounds = measure::design_rounds(cost_variants(others).len());
+        }
+    }
     if let Some(rounds) = opts.rounds {
         plan.params.rounds = rounds;
     }
@@ -422,6 +432,18 @@ pub fn main_with_args(argv: &[String]) -> Result<()> {
                     .ok_or_else(|| anyhow!("--rounds needs a number"))?;
                 opts.rounds = Some(n.parse().with_context(|| format!("--rounds {n:?}"))?);
             }
+            "--others" => {
+                let list = it
+                    .next()
+                    .ok_or_else(|| anyhow!("--others needs N[,N...]"))?;
+                let others = list
+                    .split(',')
+                    .filter(|n| !n.is_empty())
+                    .map(str::parse)
+                    .collect::<Result<Vec<usize>, _>>()
+                    .with_context(|| format!("--others {list:?}"))?;
+                opts.others = Some(others);
+            }
             "--only" => {
                 let part = it.next().ok_or_else(|| anyhow!("--only needs a part"))?;
                 if !["costs", "reaction", "vpn", "memory", "scale"].contains(&part.as_str()) {
@@ -437,7 +459,7 @@ pub fn main_with_args(argv: &[String]) -> Result<()> {
                 );
             }
             "-h" | "--help" => {
-                println!("usage: mif-bench [--smoke] [--only costs|reaction|vpn|memory|scale]... [--rounds N] [--docs DIR] | hold a|b|c|d|e|f|g [OTHERS]");
+                println!("usage: mif-bench [--smoke] [--only costs|reaction|vpn|memory|scale]... [--rounds N] [--others N,N...] [--docs DIR] | hold a|b|c|d|e|f|g [OTHERS]");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (usage: mif-bench [--smoke] [--docs DIR])"),
