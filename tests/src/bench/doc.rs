@@ -5,7 +5,8 @@
 
 use std::fmt::Write as _;
 
-use super::report::{Report, Target};
+use super::measure::design_rounds;
+use super::report::{Report, Target, GUARD_PROGRAM};
 use super::stats::{percentile, sorted};
 use super::testbed::{count_label, Variant, DEPTHS};
 use super::worker::Op;
@@ -96,7 +97,20 @@ pub fn markdown(r: &Report) -> String {
            for its runs; the NAT table (which turns conntrack on for the whole \
            namespace) exists only during (d).\n";
     md += "- **(e)** the floor: the application sets `SO_MARK` itself on every \
-           socket (part of the measured cost), with mif's tables and rules.\n\n";
+           socket (part of the measured cost), with mif's tables and rules.\n";
+    md += "- **(f)** the strict egress guard's pass: the daemon of (b) (the \
+           same config, no restart), the load in a cgroup of its own at the \
+           benchmark's level whose policy is *strict* with (b)'s preferences, \
+           so that every packet, leaving by wwan0, goes through the guard's \
+           whole check (policy found, strict, network namespace, the PvD of \
+           the interface) and passes.\n";
+    md += "- **(g)** what unsteered traffic pays when a strict policy exists on \
+           the host: the same daemon, the load in a sibling cgroup that no \
+           policy covers, while (f)'s strict policy is in force on its own \
+           cgroup; traffic leaves by wlan0 as in (a).\n\n";
+    md += "(f) and (g) are measured on the per-packet rows only (TCP stream and \
+           UDP stream): their other rows would repeat (b)'s per-socket work, and \
+           would lengthen every round.\n\n";
     md += "Every round visits every variant once, so that the machine's noise \
            hits all alike, in orders that put every variant after every other \
            equally often over the rounds (a Williams design: what one variant \
@@ -114,6 +128,8 @@ pub fn markdown(r: &Report) -> String {
     md += "## Per connection and per packet\n\n";
     md += &r.cost_table();
     md += "\n![cost per operation against the number of other policies](bench-policies.svg)\n\n";
+
+    md += &guard_section(r);
 
     md += "## Where mif's per-socket cost goes\n\n";
     md += "The same daemon also steers cgroups at levels ";
@@ -244,6 +260,49 @@ pub fn markdown(r: &Report) -> String {
 
     md += "## Findings\n\n";
     findings(&mut md, r, &med, &extra);
+    md
+}
+
+/// What the guard sees of (g)'s packets, from the BPF statistics: `Some(true)`
+/// if it ran for them, `Some(false)` if it did not while it did run for
+/// (f)'s (so the statistics would have seen it), `None` if unknown.
+fn guard_meets_unsteered(r: &Report) -> Option<bool> {
+    let ran = |v, op| r.prog_run(v, op, GUARD_PROGRAM).map(|x| x.is_some());
+    let ops = r.guard_ops();
+    if ops
+        .iter()
+        .any(|&op| ran(Variant::Unsteered, op) == Some(true))
+    {
+        return Some(true);
+    }
+    let seen_strict = ops.iter().any(|&op| ran(Variant::Strict, op) == Some(true));
+    let measured = ops
+        .iter()
+        .any(|&op| ran(Variant::Unsteered, op) == Some(false));
+    (seen_strict && measured).then_some(false)
+}
+
+/// "The strict egress guard, per packet": what (f) and (g) measure, their
+/// ratios beside (b)'s, and the guard's own run time. Empty when they were
+/// not measured.
+pub fn guard_section(r: &Report) -> String {
+    let table = r.guard_table();
+    if table.is_empty() {
+        return String::new();
+    }
+    let mut md = String::new();
+    md += "## The strict egress guard, per packet\n\n";
+    md += "The guard (`mif_guard`, a `cgroup_skb/egress` program) drops packets \
+           of a strict policy's sockets that leave by an interface none of the \
+           policy's PvDs uses. (f) measures what a strict policy's own traffic \
+           pays for it when the packets pass (the load under a strict policy \
+           steered to wwan0), (g) what traffic no policy covers pays while a \
+           strict policy exists on another cgroup of the host; both as cost over \
+           (a), no mif at all, from the same rounds as (b), with (f) over (b) the \
+           strict pass beyond plain steering. Ratios are medians of the \
+           per-round ratios with their p25–p75:\n\n";
+    md += &table;
+    md += "\n";
     md
 }
 
@@ -384,9 +443,24 @@ fn findings(
     *md += "*History:* three runs with the old order (the last at e7060ff) measured +8.1 %, -5.3 % and \
             +7.1 %: the variants ran in a rotated order, so (b) always ran right \
             after (a). *Changed at 5cb2d71:* the orders form a Williams design \
-            (every variant after every other equally often), 22 rounds, one \
-            whole design. One run cannot show that the order was the cause of \
-            those results, but the old order was a bias of its own. ";
+            (every variant after every other equally often), then 22 rounds, \
+            one whole design of 11 variants. One run cannot show that the \
+            order was the cause of those results, but the old order was a \
+            bias of its own. ";
+    let n = r.results.variants.len();
+    let whole = design_rounds(n);
+    if n > 0 {
+        let _ = write!(
+            md,
+            "This run: {} rounds of {n} variants, {}. ",
+            r.rounds,
+            match (r.rounds % whole, r.rounds / whole) {
+                (0, 1) => "one whole design".to_string(),
+                (0, k) if k > 1 => format!("{k} whole designs"),
+                _ => format!("not a whole number of designs (one takes {whole})"),
+            }
+        );
+    }
     if let (Some(sc), Some(c4), Some(base)) = (
         prog(b, Op::UdpConnect, "mif_sock_create"),
         prog(b, Op::UdpConnect, "mif_connect4"),
@@ -402,21 +476,73 @@ fn findings(
             (sc + c4) / base * 100.0
         );
     }
-    let per_packet: Vec<String> = [Op::TcpStream, Op::UdpStream]
-        .into_iter()
-        .filter_map(|op| Some(format!("{} {}", op.name(), pct(ratio(op, b, a)?))))
-        .collect();
+    let per_packet = |v: Variant| -> Vec<String> {
+        [Op::TcpStream, Op::UdpStream]
+            .into_iter()
+            .filter_map(|op| Some(format!("{} {}", op.name(), pct(ratio(op, v, a)?))))
+            .collect()
+    };
+    let guard_ns = |v: Variant| -> Vec<String> {
+        r.guard_ops()
+            .into_iter()
+            .filter_map(|op| {
+                let (_, ns) = r.prog_run(v, op, GUARD_PROGRAM)??;
+                Some(format!("{} {ns:.0} ns", op.name()))
+            })
+            .collect()
+    };
     let _ = write!(
         md,
         "Steering adds no per-packet work (the kernel routes by mark; the \
          steering programs run at socket(), connect() and unconnected \
-         sendmsg() only); the strict egress guard (cgroup_skb) sees every \
-         packet of the processes below the attach cgroup and, for a packet \
-         without a strict policy, stops after its policy walk. Measured \
-         per-packet differences, guard included, are {}, to be read against \
-         the rows' interquartile ranges. ",
-        per_packet.join(", ")
+         sendmsg() only); the strict egress guard (cgroup_skb) does, for the \
+         packets it sees. Measured per-packet differences of (b) over (a) are \
+         {}",
+        per_packet(b).join(", ")
     );
+    let b_ns = guard_ns(b);
+    if !b_ns.is_empty() {
+        let _ = write!(md, " (the guard included: {})", b_ns.join(", "));
+    }
+    *md += ", to be read against the rows' interquartile ranges";
+    let strict = per_packet(Variant::Strict);
+    if !strict.is_empty() {
+        let _ = write!(md, "; of (f), strict, {}", strict.join(", "));
+    }
+    let unsteered = per_packet(Variant::Unsteered);
+    if !unsteered.is_empty() {
+        let _ = write!(
+            md,
+            "; of (g), no policy while a strict one exists elsewhere, {}",
+            unsteered.join(", ")
+        );
+    }
+    *md += ". ";
+    let strict_ns = guard_ns(Variant::Strict);
+    if !strict_ns.is_empty() {
+        let _ = write!(
+            md,
+            "The guard's own run time per packet of (f): {}. ",
+            strict_ns.join(", ")
+        );
+    }
+    match guard_meets_unsteered(r) {
+        Some(true) => {
+            let _ = write!(
+                md,
+                "In this run the guard also ran for (g)'s packets ({}): it \
+                 runs for every packet of every process below mif's attach \
+                 cgroup, and one without a strict policy pays its policy walk. ",
+                guard_ns(Variant::Unsteered).join(", ")
+            );
+        }
+        Some(false) => {
+            *md += "In this run the guard did not run for (g)'s packets (while \
+                    the statistics saw it run for (f)'s): traffic outside the \
+                    strict policies' cgroups does not meet it. ";
+        }
+        None => {}
+    }
     let nft_pp: Vec<String> = [Op::UdpSendto, Op::UdpStream, Op::TcpStream]
         .into_iter()
         .filter_map(|op| {
@@ -719,5 +845,80 @@ fn findings(
             p(&lag, 50.0),
             p(&lag, 100.0),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::measure::ProgTime;
+    use super::*;
+
+    /// Two rounds of both per-packet rows: (b) as (a), (f) 10 % dearer,
+    /// (g) 2 % dearer; the guard's statistics as given.
+    fn report(guard_in_g: bool) -> Report {
+        let mut r = Report {
+            iters: vec![(Op::TcpStream, 60), (Op::UdpStream, 60)],
+            rounds: 2,
+            ..Report::default()
+        };
+        let vs = [
+            (Variant::None, 1.0),
+            (Variant::Mif(0), 1.0),
+            (Variant::Strict, 1.1),
+            (Variant::Unsteered, 1.02),
+        ];
+        r.results.variants = vs.iter().map(|v| v.0).collect();
+        for op in [Op::TcpStream, Op::UdpStream] {
+            for (v, k) in vs {
+                r.results
+                    .samples
+                    .insert((op, v), vec![1000.0 * k, 2000.0 * k]);
+            }
+            for v in [Variant::Strict, Variant::Unsteered] {
+                let programs = if v == Variant::Strict || guard_in_g {
+                    vec![(GUARD_PROGRAM.to_string(), 1.0, 90.0)]
+                } else {
+                    Vec::new()
+                };
+                r.prog_times.push(ProgTime {
+                    variant: v,
+                    op,
+                    programs,
+                });
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn guard_rows_side_by_side_with_none() {
+        let r = report(false);
+        let table = r.guard_table();
+        let udp = table
+            .lines()
+            .find(|l| l.starts_with("| UDP stream"))
+            .expect("a UDP stream row");
+        assert!(
+            udp.contains("| 1.000 (1.00–1.00) | 1.100 (1.10–1.10) | 1.020 (1.02–1.02) | 1.100"),
+            "{udp}"
+        );
+        assert!(table.contains("(g) udp_stream not run"), "{table}");
+        let md = markdown(&r);
+        assert!(md.contains("## The strict egress guard, per packet"));
+        assert!(md.contains("of (f), strict, tcp_stream +10.0 %"), "{md}");
+        assert!(md.contains("did not run for (g)'s packets"), "{md}");
+        assert!(md.contains("2 rounds of 4 variants, not a whole number of designs (one takes 4)"));
+
+        let md = markdown(&report(true));
+        assert!(md.contains("also ran for (g)'s packets"), "{md}");
+        assert!(!md.contains("did not run for (g)'s packets"));
+    }
+
+    #[test]
+    fn no_guard_claim_without_statistics() {
+        let mut r = report(false);
+        r.prog_times.clear();
+        let md = markdown(&r);
+        assert!(!md.contains("for (g)'s packets"), "{md}");
     }
 }

@@ -127,6 +127,9 @@ pub fn op_title(op: Op) -> &'static str {
     }
 }
 
+/// The strict egress guard, a `cgroup_skb/egress` program.
+pub const GUARD_PROGRAM: &str = "mif_guard";
+
 pub fn per_packet(op: Op) -> bool {
     op.is_stream()
 }
@@ -219,6 +222,91 @@ impl Report {
             }
         }
         t
+    }
+
+    /// The per-packet rows measured for the guard's variants, (f) and (g).
+    pub fn guard_ops(&self) -> Vec<Op> {
+        self.ops()
+            .into_iter()
+            .filter(|&op| per_packet(op))
+            .filter(|&op| {
+                [Variant::Strict, Variant::Unsteered]
+                    .iter()
+                    .any(|&v| self.summary(op, v).is_some())
+            })
+            .collect()
+    }
+
+    /// The strict egress guard's rows: (a)'s value, then the cost over (a)
+    /// of (b), (f) and (g) side by side (median and p25–p75 of the
+    /// per-round ratios, all from the same rounds), and (f) over (b).
+    pub fn guard_table(&self) -> String {
+        let ops = self.guard_ops();
+        if ops.is_empty() {
+            return String::new();
+        }
+        let cols = [Variant::Mif(0), Variant::Strict, Variant::Unsteered];
+        let mut t = String::from("| per packet | (a) none |");
+        for v in cols {
+            let _ = write!(t, " {v} ×(a) |");
+        }
+        t += " (f) ×(b) |\n| --- | ---: |";
+        t += &" ---: |".repeat(cols.len() + 1);
+        t += "\n";
+        let cell = |rs: Option<Summary>| {
+            rs.map_or("–".into(), |r| {
+                format!("{:.3} ({:.2}–{:.2})", r.median, r.p25, r.p75)
+            })
+        };
+        for op in ops {
+            let base = self
+                .summary(op, Variant::None)
+                .map_or("–".into(), |s| show(op, s.median));
+            let _ = write!(t, "| {} | {base} |", op_title(op));
+            for v in cols {
+                let _ = write!(t, " {} |", cell(self.ratio_summary(op, v, Variant::None)));
+            }
+            let _ = writeln!(
+                t,
+                " {} |",
+                cell(self.ratio_summary(op, Variant::Strict, Variant::Mif(0)))
+            );
+        }
+        let runs: Vec<String> = [Variant::Mif(0), Variant::Strict, Variant::Unsteered]
+            .into_iter()
+            .flat_map(|v| self.guard_ops().into_iter().map(move |op| (v, op)))
+            .filter_map(|(v, op)| {
+                let what = match self.prog_run(v, op, GUARD_PROGRAM)? {
+                    Some((per_op, ns)) => format!("{per_op:.2} × {ns:.0} ns"),
+                    None => "not run".into(),
+                };
+                Some(format!("({}) {} {what}", v.letter(), op.name()))
+            })
+            .collect();
+        if !runs.is_empty() {
+            let _ = writeln!(
+                t,
+                "\n`{GUARD_PROGRAM}`'s own run time (BPF statistics, outside the timed rounds), runs per write or datagram (≈, from the stream's rate) × ns per run: {}.",
+                runs.join(", ")
+            );
+        }
+        t
+    }
+
+    /// `program`'s (runs per operation, ns per run) in `v`'s `op` from the
+    /// BPF statistics: `None` if that was not measured, `Some(None)` if it
+    /// was and `program` did not run for (nearly) every operation.
+    pub fn prog_run(&self, v: Variant, op: Op, program: &str) -> Option<Option<(f64, f64)>> {
+        let p = self
+            .prog_times
+            .iter()
+            .find(|p| p.variant == v && p.op == op)?;
+        Some(
+            p.programs
+                .iter()
+                .find(|(n, _, _)| n == program)
+                .map(|(_, per_op, ns)| (*per_op, *ns)),
+        )
     }
 
     /// (cgroup level, socket() extra ns over (a), connect extra ns over (a)),
@@ -503,6 +591,8 @@ impl Report {
             self.machine.loadavg
         );
         out += &self.cost_table();
+        out += "\n";
+        out += &self.guard_table();
         out += "\n";
         out += &self.depth_table();
         out += "\n";
