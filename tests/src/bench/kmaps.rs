@@ -179,15 +179,19 @@ pub fn map_memory(pin_dir: &Path) -> Result<Vec<MapMemory>> {
 /// pinned links). Only counted while [`StatsGuard`] is alive.
 pub fn program_stats(pin_dir: &Path) -> Result<Vec<(String, Duration, u64)>> {
     use aya::programs::links::{FdLink, PinnedLink};
-    let links = map_path(pin_dir, "x")
+    let versioned = map_path(pin_dir, "x")
         .parent()
         .and_then(Path::parent)
-        .map(|v| v.join("links"))
+        .map(Path::to_path_buf)
         .context("no versioned pin directory")?;
-    // (link's file name, program id), subdirectories included: a program
-    // attached at several cgroups has a link per cgroup.
+    // (link's file name, program id), subdirectories included; the hooks'
+    // links, and the guards' (one per strict cgroup or interface, in
+    // `guards`, which exists only once a daemon made it).
     let mut ids = Vec::new();
-    let mut dirs = vec![links];
+    let mut dirs = vec![versioned.join("links")];
+    if versioned.join("guards").is_dir() {
+        dirs.push(versioned.join("guards"));
+    }
     while let Some(dir) = dirs.pop() {
         for entry in
             std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
