@@ -67,9 +67,10 @@ pub struct Capacity {
 }
 
 impl Capacity {
-    /// For an instance starting with `policies` resolved policies.
-    pub fn for_policies(policies: usize) -> Self {
-        let p = crate::plan::policy_capacity_for(policies);
+    /// For an instance starting with `policies` resolved policies, with
+    /// room for at least `reserve` (`[limits] policy_capacity`).
+    pub fn for_policies(policies: usize, reserve: Option<usize>) -> Self {
+        let p = crate::plan::policy_capacity_for(policies.max(reserve.unwrap_or(0).div_ceil(2)));
         Self {
             policies: p as u32,
             counters: crate::plan::counter_capacity_for(p) as u32,

@@ -99,7 +99,8 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
     let mut policy_state = PolicyState::new(set, prepared.cgroup2.clone(), prepared.attach.clone());
     // The maps that grow with the policies are sized for those found now,
     // with room for more (see `plan::policy_capacity_for`).
-    let capacity = Capacity::for_policies(policy_state.resolve_now());
+    let capacity =
+        Capacity::for_policies(policy_state.resolve_now(), prepared.config.policy_capacity);
     let mut steering = Steering::load(opts.instance.pins(), &settings, capacity)?;
     let maps = match KernelMaps::open(&steering.pins) {
         Ok(maps) => maps,

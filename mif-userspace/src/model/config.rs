@@ -33,6 +33,11 @@ pub struct Config {
     /// (files, or a directory's files with `*` in the last part); the
     /// resolvers in them serve PvDs without configured or RA-learned ones.
     pub dns_leases: Vec<PathBuf>,
+    /// `[limits] policy_capacity`: room for at least this many cgroups with
+    /// a policy in the kernel's policy map (sized at start; see
+    /// `plan::policy_capacity_for`), for policies added later by the CLI or
+    /// patterns without a restart.
+    pub policy_capacity: Option<usize>,
 }
 
 /// Default first port of the DNS forwarder: below 1024, so that only root
@@ -253,6 +258,13 @@ struct RawConfig {
     policy: Vec<Spanned<RawPolicy>>,
     control: Option<RawControl>,
     dns: Option<RawDns>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    policy_capacity: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -615,6 +627,23 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             }
         }
     };
+    let policy_capacity = match raw.limits.and_then(|l| l.policy_capacity) {
+        None => None,
+        Some(n) => {
+            let max = crate::plan::POLICY_CAPACITY_MAX;
+            match usize::try_from(*n.get_ref()) {
+                Ok(c) if (1..=max).contains(&c) => Some(c),
+                _ => {
+                    return Err(checker.error(
+                        n.span(),
+                        "limits.policy_capacity",
+                        *n.get_ref(),
+                        format!("must be between 1 and {max} (the largest policy map)"),
+                    ))
+                }
+            }
+        }
+    };
     Ok(Config {
         path: path.to_path_buf(),
         pvds,
@@ -622,6 +651,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         control_group,
         dns_forwarder_port,
         dns_leases,
+        policy_capacity,
     })
 }
 
@@ -886,6 +916,20 @@ bind = "device"
             (err.line, err.field.as_str(), err.value.as_str()),
             (3, "pvd.dns", "\"resolver\"")
         );
+    }
+
+    #[test]
+    fn the_policy_capacity_is_a_floor_within_the_largest_map() {
+        assert_eq!(parse_str("").unwrap().policy_capacity, None);
+        let config = parse_str("[limits]\npolicy_capacity = 200000\n");
+        let err = config.unwrap_err().to_string();
+        assert!(
+            err.contains("limits.policy_capacity") && err.contains("200000"),
+            "{err}"
+        );
+        assert!(err.contains(":2"), "names the line: {err}");
+        let config = parse_str("[limits]\npolicy_capacity = 50000\n").unwrap();
+        assert_eq!(config.policy_capacity, Some(50000));
     }
 
     #[test]

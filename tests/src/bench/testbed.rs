@@ -263,9 +263,13 @@ impl<'lab> Testbed<'lab> {
     /// The policies of the daemon's variants ((b), (c), (f), (g)): the
     /// benchmark's cgroup, those of the depth experiment and (f)'s strict
     /// one (the same preferences); (g)'s cgroup has none.
+    /// (c) writes its synthetic policies straight into the daemon's
+    /// policy map, which is sized at start for the policies found then:
+    /// the config reserves the largest map for them.
     pub fn mif_config(&self) -> String {
         let prefer = [NETWORKS[1], NETWORKS[0]];
-        let mut toml = policy_toml(&self.bench_rel, &prefer);
+        let mut toml = "[limits]\npolicy_capacity = 131072\n\n".to_string();
+        toml += &policy_toml(&self.bench_rel, &prefer);
         for &level in &DEPTHS {
             let rel = format!("{}/{}", self.lab.cgroup_rel(), depth_rel(level));
             toml += &policy_toml(&rel, &prefer);
