@@ -179,8 +179,9 @@ fn assert_aborted(stream: &mut TcpStream, what: &str) {
 
 fn filter(source: &str, mark: Option<(u32, u32)>) -> DestroyFilter {
     DestroyFilter {
-        source: source.parse().unwrap(),
+        source: Some(source.parse().unwrap()),
         mark,
+        ..Default::default()
     }
 }
 

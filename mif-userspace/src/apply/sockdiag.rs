@@ -27,15 +27,19 @@ use netlink_packet_core::{
 use crate::host::netlink::frames;
 
 /// Which sockets to reset: TCP sockets (any state except LISTEN and
-/// TIME_WAIT) whose local address is `source` and, if `mark` is
-/// `Some((value, mask))`, whose SO_MARK & mask == value.
+/// TIME_WAIT) that meet every condition given: a local address of `source`,
+/// a mark with SO_MARK & mask == value (`mark` is `Some((value, mask))`),
+/// created in cgroup `cgroup` (its id; that cgroup only, not below it).
+/// With `spare_loopback`, sockets whose peer is a loopback address stay.
 ///
 /// An IPv4 `source` also covers IPv6 sockets using it as a v4-mapped address
 /// (dual-stack sockets connected to an IPv4 peer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DestroyFilter {
-    pub source: IpAddr,
+    pub source: Option<IpAddr>,
     pub mark: Option<(u32, u32)>,
+    pub cgroup: Option<u64>,
+    pub spare_loopback: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,20 +72,23 @@ pub enum SockDiagError {
 /// A socket that vanishes between the dump and its destruction is skipped,
 /// not an error: it is gone either way.
 pub fn destroy_tcp(filter: &DestroyFilter) -> Result<usize, SockDiagError> {
-    let source = canonical(filter.source);
-    let bytecode = filter_bytecode(source, filter.mark);
+    let source = filter.source.map(canonical);
+    let bytecode = filter_bytecode(source, filter.mark, filter.cgroup);
     // An IPv4 address is also in use by dual-stack IPv6 sockets (as
     // ::ffff:a.b.c.d), which only an AF_INET6 dump lists; the kernel matches
     // them against an AF_INET host condition by itself.
     let families: &[u8] = match source {
-        IpAddr::V4(_) => &[AF_INET, AF_INET6],
-        IpAddr::V6(_) => &[AF_INET6],
+        Some(IpAddr::V6(_)) => &[AF_INET6],
+        Some(IpAddr::V4(_)) | None => &[AF_INET, AF_INET6],
     };
 
     let mut sock = NetlinkSocket::open()?;
     let mut victims = Vec::new();
     for &family in families {
         victims.extend(sock.dump(family, &bytecode)?);
+    }
+    if filter.spare_loopback {
+        victims.retain(|v| !canonical(v.remote().ip()).is_loopback());
     }
     // Destroying only after the dumps finish keeps the kernel's dump cursor
     // away from a hash table that we are changing under it.
@@ -103,6 +110,7 @@ const SOCK_DESTROY: u16 = 21;
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
 const INET_DIAG_BC_S_COND: u8 = 7;
 const INET_DIAG_BC_MARK_COND: u8 = 10;
+const INET_DIAG_BC_CGROUP_COND: u8 = 13;
 
 const SOCKID_LEN: usize = 48;
 const REQ_V2_LEN: usize = 8 + SOCKID_LEN;
@@ -113,6 +121,8 @@ const BC_OP_LEN: usize = 4;
 /// padding (the next field is an int), port.
 const HOSTCOND_LEN: usize = 8;
 const MARKCOND_LEN: usize = 8;
+/// The cgroup id (Linux 5.9).
+const CGROUPCOND_LEN: usize = 8;
 
 // TCP states (include/net/tcp_states.h), as bits of idiag_states.
 const TCP_ESTABLISHED: u32 = 1;
@@ -144,8 +154,10 @@ fn canonical(addr: IpAddr) -> IpAddr {
     }
 }
 
-/// The INET_DIAG_REQ_BYTECODE program accepting sockets whose source is
-/// exactly `source` (any port) and, with `mark`, whose mark matches.
+/// The INET_DIAG_REQ_BYTECODE program accepting sockets that meet every
+/// condition given: their source is exactly `source` (any port), their mark
+/// matches `mark`, they were created in cgroup `cgroup`. No condition: the
+/// empty program, which accepts every socket.
 ///
 /// The kernel runs ops in sequence: each jumps `yes` bytes ahead when its
 /// condition holds and `no` bytes ahead when not; a socket is accepted when
@@ -153,30 +165,43 @@ fn canonical(addr: IpAddr) -> IpAddr {
 /// length (fall through to the next condition) and `no` is the distance to
 /// four bytes past the end, the furthest jump the kernel's audit allows and
 /// one that can never land on the end: a rejection.
-fn filter_bytecode(source: IpAddr, mark: Option<(u32, u32)>) -> Vec<u8> {
-    let (family, addr): (u8, Vec<u8>) = match source {
-        IpAddr::V4(a) => (AF_INET, a.octets().to_vec()),
-        IpAddr::V6(a) => (AF_INET6, a.octets().to_vec()),
-    };
-    let host_len = BC_OP_LEN + HOSTCOND_LEN + addr.len();
-    let mark_len = if mark.is_some() {
-        BC_OP_LEN + MARKCOND_LEN
-    } else {
-        0
-    };
-    let total = host_len + mark_len;
-
-    let mut bc = Vec::with_capacity(total);
-    push_op(&mut bc, INET_DIAG_BC_S_COND, host_len, total + 4);
-    bc.push(family);
-    bc.push((addr.len() * 8) as u8); // prefix_len in bits: the whole address
-    bc.extend_from_slice(&[0, 0]);
-    bc.extend_from_slice(&(-1i32).to_ne_bytes()); // any port
-    bc.extend_from_slice(&addr);
+fn filter_bytecode(
+    source: Option<IpAddr>,
+    mark: Option<(u32, u32)>,
+    cgroup: Option<u64>,
+) -> Vec<u8> {
+    // (op code, condition bytes), in order.
+    let mut ops: Vec<(u8, Vec<u8>)> = Vec::new();
+    if let Some(source) = source {
+        let (family, addr): (u8, Vec<u8>) = match source {
+            IpAddr::V4(a) => (AF_INET, a.octets().to_vec()),
+            IpAddr::V6(a) => (AF_INET6, a.octets().to_vec()),
+        };
+        let mut cond = Vec::with_capacity(HOSTCOND_LEN + addr.len());
+        cond.push(family);
+        cond.push((addr.len() * 8) as u8); // prefix_len in bits: the whole address
+        cond.extend_from_slice(&[0, 0]);
+        cond.extend_from_slice(&(-1i32).to_ne_bytes()); // any port
+        cond.extend_from_slice(&addr);
+        ops.push((INET_DIAG_BC_S_COND, cond));
+    }
     if let Some((value, mask)) = mark {
-        push_op(&mut bc, INET_DIAG_BC_MARK_COND, mark_len, mark_len + 4);
-        bc.extend_from_slice(&value.to_ne_bytes());
-        bc.extend_from_slice(&mask.to_ne_bytes());
+        let mut cond = Vec::with_capacity(MARKCOND_LEN);
+        cond.extend_from_slice(&value.to_ne_bytes());
+        cond.extend_from_slice(&mask.to_ne_bytes());
+        ops.push((INET_DIAG_BC_MARK_COND, cond));
+    }
+    if let Some(id) = cgroup {
+        debug_assert_eq!(CGROUPCOND_LEN, 8);
+        ops.push((INET_DIAG_BC_CGROUP_COND, id.to_ne_bytes().to_vec()));
+    }
+    let total: usize = ops.iter().map(|(_, cond)| BC_OP_LEN + cond.len()).sum();
+    let mut bc = Vec::with_capacity(total);
+    for (code, cond) in ops {
+        let len = BC_OP_LEN + cond.len();
+        let left = total - bc.len();
+        push_op(&mut bc, code, len, left + 4);
+        bc.extend_from_slice(&cond);
     }
     debug_assert_eq!(bc.len(), total);
     bc
@@ -515,8 +540,9 @@ mod tests {
     #[test]
     fn bytecode_with_source_and_mark() {
         let bc = filter_bytecode(
-            "198.18.9.2".parse().unwrap(),
+            Some("198.18.9.2".parse().unwrap()),
             Some((0x0200_0000, 0x7f00_0000)),
+            None,
         );
         let mut want = Vec::new();
         // S_COND: 16 bytes long; on mismatch jump to 28 + 4, past the end.
@@ -536,7 +562,7 @@ mod tests {
 
     #[test]
     fn bytecode_ipv6_source_only() {
-        let bc = filter_bytecode("2001:db8:9::2".parse().unwrap(), None);
+        let bc = filter_bytecode(Some("2001:db8:9::2".parse().unwrap()), None, None);
         assert_eq!(bc.len(), 28);
         assert_eq!(&bc[0..2], &[INET_DIAG_BC_S_COND, 28]);
         assert_eq!(&bc[2..4], &ne16(32));
@@ -551,12 +577,17 @@ mod tests {
     /// The kernel's interpreter (inet_diag_bc_run) over our programs: the
     /// jump offsets must accept exactly when every condition holds.
     fn run(bc: &[u8], source_ok: bool, mark_ok: bool) -> bool {
+        run_with(bc, source_ok, mark_ok, true)
+    }
+
+    fn run_with(bc: &[u8], source_ok: bool, mark_ok: bool, cgroup_ok: bool) -> bool {
         let mut pc = 0usize;
         let mut len = bc.len() as isize;
         while len > 0 {
             let yes = match bc[pc] {
                 INET_DIAG_BC_S_COND => source_ok,
                 INET_DIAG_BC_MARK_COND => mark_ok,
+                INET_DIAG_BC_CGROUP_COND => cgroup_ok,
                 other => panic!("unexpected op {other}"),
             };
             let step = if yes {
@@ -572,14 +603,27 @@ mod tests {
 
     #[test]
     fn bytecode_jumps_accept_only_full_matches() {
-        let both = filter_bytecode("198.18.9.2".parse().unwrap(), Some((1, 1)));
+        let both = filter_bytecode(Some("198.18.9.2".parse().unwrap()), Some((1, 1)), None);
         assert!(run(&both, true, true));
         assert!(!run(&both, true, false));
         assert!(!run(&both, false, true));
         assert!(!run(&both, false, false));
-        let source_only = filter_bytecode("2001:db8::1".parse().unwrap(), None);
+        let source_only = filter_bytecode(Some("2001:db8::1".parse().unwrap()), None, None);
         assert!(run(&source_only, true, false));
         assert!(!run(&source_only, false, true));
+        // What a strict policy's arrival resets: unmarked sockets of one
+        // cgroup, whatever their source.
+        let unmarked = filter_bytecode(None, Some((0, 0x7f00_0000)), Some(4242));
+        assert_eq!(
+            unmarked.len(),
+            BC_OP_LEN + MARKCOND_LEN + BC_OP_LEN + CGROUPCOND_LEN
+        );
+        assert_eq!(unmarked[12], INET_DIAG_BC_CGROUP_COND);
+        assert_eq!(&unmarked[16..24], &4242u64.to_ne_bytes());
+        assert!(run_with(&unmarked, false, true, true));
+        assert!(!run_with(&unmarked, false, true, false));
+        assert!(!run_with(&unmarked, false, false, true));
+        assert!(filter_bytecode(None, None, None).is_empty());
     }
 
     #[test]
@@ -632,7 +676,7 @@ mod tests {
 
     #[test]
     fn dump_request_layout() {
-        let bc = filter_bytecode("198.18.9.2".parse().unwrap(), None);
+        let bc = filter_bytecode(Some("198.18.9.2".parse().unwrap()), None, None);
         let msg = dump_request(AF_INET, 9, &bc);
         assert_eq!(msg.len(), 16 + 56 + 4 + 16);
         // nlmsghdr

@@ -14,6 +14,7 @@
 //!    it for the next daemon to adopt).
 mod admin;
 mod guard_log;
+mod predating;
 mod prepare;
 pub mod steering;
 
@@ -264,6 +265,10 @@ async fn follow(
     if let Err(e) = reconciler.reconcile(false).await {
         warn!("reconciling: {e:#}");
     }
+    // Connections older than the strict policies this instance starts
+    // with, then than each that arrives.
+    let mut predating = predating::PredatingResets::default();
+    predating.after_pass(reconciler, mark_mask).await;
     loop {
         let verify = tokio::select! {
             _ = signals.term.recv() => return Ok(()),
@@ -366,7 +371,8 @@ async fn follow(
             Ok(lost) => {
                 announce_pvd_changes(&before, reconciler, &control.monitor);
                 dns_forwarder.follow(reconciler.pvds()).await;
-                reset_lost(reconciler, &lost, mark_mask).await
+                reset_lost(reconciler, &lost, mark_mask).await;
+                predating.after_pass(reconciler, mark_mask).await;
             }
             // A failed pass is retried on the next event or recheck; the
             // kernel keeps the last good state meanwhile.
@@ -487,8 +493,9 @@ async fn reset_lost(reconciler: &Reconciler, lost: &[Lost], mark_mask: u32) {
             continue;
         }
         let filter = sockdiag::DestroyFilter {
-            source: l.source,
+            source: Some(l.source),
             mark: Some((l.mark, mark_mask)),
+            ..Default::default()
         };
         match tokio::task::spawn_blocking(move || sockdiag::destroy_tcp(&filter)).await {
             Ok(Ok(n)) => info!("PvD {} lost {}: reset {n} TCP connections", l.pvd, l.source),
