@@ -2,14 +2,17 @@
 //! it came through, and the client that asks it.
 //!
 //! ```text
-//! lab-peer serve --name NAME [--port 7777] [--watch-stdin]
+//! lab-peer serve --name NAME [--port 7777] [--watch-stdin] [--mptcp]
 //! lab-peer client --proto tcp|udp|udp-unconnected --to ADDR --port PORT [--bind IP]
 //! lab-peer sockmark --family 4|6
 //! lab-peer attack --to ADDR ...   (see lab_peer/attack.rs)
 //! ```
 //!
 //! `serve` answers every TCP connection and UDP datagram with
-//! `NAME <client-ip>\n`. `client` prints that line. Every failure is printed
+//! `NAME <client-ip>\n`. With `--mptcp` it serves MPTCP connections
+//! (`IPPROTO_MPTCP`, TCP for clients without it) and no UDP, and keeps
+//! each connection open until the client closes it, so that the client's
+//! kernel has the time to add subflows. `client` prints that line. Every failure is printed
 //! as `<syscall>: <io::Error>` (e.g. `socket: Operation not permitted (os
 //! error 1)`) with exit status 1, so tests can tell a refusal by mif's
 //! programs from a timeout or a wrong route.
@@ -65,7 +68,14 @@ struct Args {
 }
 
 impl Args {
-    const FLAGS: &'static [&'static str] = &["watch-stdin", "dontroute-flag"];
+    const FLAGS: &'static [&'static str] = &[
+        "watch-stdin",
+        "dontroute-flag",
+        "transparent",
+        "connected",
+        "qdisc-bypass",
+        "mptcp",
+    ];
 
     fn parse(mut argv: impl Iterator<Item = String>) -> Result<Self, String> {
         let command = argv
@@ -130,6 +140,30 @@ fn new_socket(family: IpAddr, ty: SockType, bind: Option<SocketAddr>) -> Result<
         IpAddr::V6(_) => AddressFamily::Inet6,
     };
     let fd = socket::socket(af, ty, SockFlag::SOCK_CLOEXEC, None).map_err(op("socket"))?;
+    set_up(fd, ty, bind)
+}
+
+/// An MPTCP stream socket (nix has no name for `IPPROTO_MPTCP`), bound to
+/// `addr` as [`new_socket`] binds.
+fn mptcp_socket(addr: SocketAddr) -> Result<OwnedFd, String> {
+    let af = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let ty = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
+    // SAFETY: plain syscall; the fd is checked before it is owned.
+    let fd = unsafe { libc::socket(af, ty, libc::IPPROTO_MPTCP) };
+    if fd < 0 {
+        return Err(op("socket")(io::Error::last_os_error()));
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    set_up(fd, SockType::Stream, Some(addr))
+}
+
+/// IPV6_V6ONLY and SO_REUSEADDR as a server needs them, and bind(2).
+fn set_up(fd: OwnedFd, ty: SockType, bind: Option<SocketAddr>) -> Result<OwnedFd, String> {
     if let Some(addr) = bind {
         if addr.is_ipv6() && addr.ip().is_unspecified() {
             // Lets `[::]` share the port with `0.0.0.0` instead of also
@@ -152,9 +186,17 @@ fn serve(args: &Args) -> Result<(), String> {
         IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     ];
 
+    let mptcp = args.flag("mptcp");
     let mut workers = Vec::new();
     for ip in any {
         let addr = SocketAddr::new(ip, port);
+        if mptcp {
+            let listener = mptcp_socket(addr)?;
+            socket::listen(&listener, Backlog::MAXCONN).map_err(op("listen"))?;
+            let (name, listener) = (name.clone(), TcpListener::from(listener));
+            workers.push(std::thread::spawn(move || serve_held(&name, listener)));
+            continue;
+        }
         let tcp = new_socket(ip, SockType::Stream, Some(addr))?;
         socket::listen(&tcp, Backlog::MAXCONN).map_err(op("listen"))?;
         let udp = new_socket(ip, SockType::Datagram, Some(addr))?;
@@ -194,6 +236,21 @@ fn serve_tcp(name: &str, listener: TcpListener) {
             // Small enough to fit the socket buffer: never blocks.
             let _ = stream.write_all(reply(name, peer).as_bytes());
         }
+    }
+}
+
+/// Like [`serve_tcp`], but each connection stays open, on a thread of its
+/// own, until the client closes it.
+fn serve_held(name: &str, listener: TcpListener) {
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let name = name.to_owned();
+        std::thread::spawn(move || {
+            if let Ok(peer) = stream.peer_addr() {
+                let _ = stream.write_all(reply(&name, peer).as_bytes());
+            }
+            let _ = io::copy(&mut stream, &mut io::sink());
+        });
     }
 }
 
