@@ -249,13 +249,48 @@ fn interface_and_mark_options_are_refused_even_to_root() {
             );
         }
     }
+    // A device named once the route is chosen is refused just the same:
+    // the kernel would drop the connected socket's cached route and send
+    // the next datagram or segment by wlan0. The TCP connections and the
+    // UDP connect() themselves go by wwan0, as ever.
+    let late = [
+        (&v4, "device"),
+        (&v4, "bindtoifindex"),
+        (&v6, "device"),
+        (&v6, "bindtoifindex"),
+    ];
+    for (to, option) in late {
+        for proto in ["udp", "tcp"] {
+            let result = attack(
+                &lab,
+                &app,
+                &[
+                    "--to",
+                    to,
+                    "--proto",
+                    proto,
+                    "--connected",
+                    "--setsockopt",
+                    option,
+                    "--dev",
+                    "wlan0",
+                ],
+            );
+            assert_refused_at(
+                result,
+                "setsockopt",
+                &format!("{option} on a connected {proto} socket to {to}"),
+            );
+        }
+    }
     // Other options are none of strict mode's business.
     for to in [&v4, &v6] {
         let reply = attack(&lab, &app, &["--to", to, "--setsockopt", "tos"]).unwrap();
         assert!(reply.starts_with("wwan0 "), "{reply}");
     }
     assert_eq!(leaks.packets(), 0, "packets reached wlan0's network");
-    assert_eq!(denied(&daemon), 2 * attempts.len() as u64);
+    let refusals = attempts.len() + late.len();
+    assert_eq!(denied(&daemon), 2 * refusals as u64);
 
     // Outside the strict cgroup the same options are the kernel's to judge.
     let other = lab.create_cgroup("other").unwrap();
@@ -463,13 +498,19 @@ fn guard_drops(maps: &serde_json::Value, pvd: &str) -> (u64, u64) {
 /// [`the_guard_leaves_unsteered_and_non_strict_traffic_alone`]), as
 /// `lab-peer attack` arguments: an `SO_MARK` of 0 with one datagram of a
 /// raw socket (the main table's route), wlan0 named as the interface of
-/// one datagram (`IP_PKTINFO`/`IPV6_PKTINFO` `ipi_ifindex`), and
+/// one datagram (`IP_PKTINFO`/`IPV6_PKTINFO` `ipi_ifindex`),
 /// `MSG_DONTROUTE` to a host on wlan0's link (a link-scope lookup that
-/// wwan0's table cannot answer, so the main table's on-link route does).
+/// wwan0's table cannot answer, so the main table's on-link route does),
+/// and a raw socket bound to wlan0's address, whose `from` rule routes it
+/// by wlan0: a raw socket's bind is its protocol's own (`raw_bind`,
+/// `rawv6_bind`), which the kernel calls instead of running the cgroup
+/// bind hook (`inet_bind`, `inet6_bind`).
 fn escapes(lab: &Lab) -> Vec<Vec<String>> {
     let (v4, v6) = (INTERNET_V4.to_string(), INTERNET_V6.to_string());
-    let neighbour = lab.network(0).gateway_v4.to_string();
-    let attempts: [(&str, &str, &[&str]); 7] = [
+    let wlan = lab.network(0);
+    let neighbour = wlan.gateway_v4.to_string();
+    let (own_v4, own_v6) = (wlan.host_v4.to_string(), wlan.host_v6.to_string());
+    let attempts: [(&str, &str, &[&str]); 9] = [
         (&v4, "raw", &["--cmsg-mark", "0"]),
         (&v6, "raw", &["--cmsg-mark", "0"]),
         (&v4, "udp", &["--pktinfo-dev", "wlan0"]),
@@ -477,6 +518,8 @@ fn escapes(lab: &Lab) -> Vec<Vec<String>> {
         (&v6, "raw", &["--pktinfo-dev", "wlan0"]),
         (&neighbour, "udp", &["--dontroute-flag"]),
         (&neighbour, "raw", &["--dontroute-flag"]),
+        (&v4, "raw", &["--bind", &own_v4]),
+        (&v6, "raw", &["--bind", &own_v6]),
     ];
     attempts
         .iter()
