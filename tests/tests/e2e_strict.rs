@@ -72,6 +72,19 @@ impl<'lab> PacketCounter<'lab> {
         Self { lab, router }
     }
 
+    /// The count once it reaches `expected`, or after two seconds: a
+    /// packet may wait for neighbour discovery before it leaves.
+    fn packets_reaching(&self, expected: u64) -> u64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let n = self.packets();
+            if n >= expected || std::time::Instant::now() > deadline {
+                return n;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     fn packets(&self) -> u64 {
         let cmd = self
             .lab
@@ -321,6 +334,30 @@ fn router_link_local(lab: &Lab, router: usize) -> String {
         .and_then(|a| a.split('/').next())
         .unwrap_or_else(|| panic!("no link-local address in {out:?}"))
         .to_owned()
+}
+
+/// Waits (up to five seconds) until the host's link-local address on
+/// `dev` has passed duplicate address detection, so that packets can leave
+/// from it.
+fn wait_for_link_local(lab: &Lab, dev: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let args = [
+        "-6",
+        "addr",
+        "show",
+        "dev",
+        dev,
+        "scope",
+        "link",
+        "tentative",
+    ];
+    while !lab.ip_host(&args).unwrap().trim().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{dev}'s link-local address stays tentative"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -832,4 +869,121 @@ fn an_excluded_socket_cannot_be_reused_for_other_destinations() {
         &["--to", &internet, "--proto", "tcp", "--first-connect", &lan],
     );
     assert_refused_at(tcp, "connect", "TCP reconnect after an excluded connect");
+}
+
+/// Counter `field` of policy 1 in `mif maps --json` output, summed over
+/// its PvDs.
+fn counted(maps: &serde_json::Value, field: &str) -> u64 {
+    maps["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["policy"] == 1)
+        .map(|c| c[field].as_u64().unwrap())
+        .sum()
+}
+
+/// Lets root open ICMP "ping" sockets in the lab's host namespace
+/// (`net.ipv4.ping_group_range`, which IPv6 ping sockets obey too; a new
+/// namespace allows no group). The setting belongs to the network
+/// namespace that writes it, the lab's: the machine's stays as it was.
+fn allow_ping_sockets(lab: &Lab) {
+    let cmd = lab
+        .command_in(None, "sysctl", ["-qw", "net.ipv4.ping_group_range=0 0"])
+        .unwrap();
+    let out = lab.output(cmd, std::time::Duration::from_secs(10)).unwrap();
+    assert!(
+        out.status.success(),
+        "sysctl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// ICMP "ping" sockets pass two fewer socket hooks than UDP: the kernel
+/// calls their own bind (`ping_bind`) instead of running the cgroup bind
+/// hook, and their sendmsg (`ping_v4_sendmsg`, `ping_v6_sendmsg`) runs no
+/// cgroup sendmsg hook at all. A strict ping socket bound to wlan0's
+/// address, or sending with wlan0's address or interface in
+/// `IP_PKTINFO`/`IPV6_PKTINFO`, a mark of 0, `MSG_DONTROUTE` or a
+/// link-scoped destination, is held by the guard alone: router 0 counts
+/// none of it and each is a guard drop under wlan0, while the same echo
+/// requests from an unsteered cgroup all reach router 0. IPv4 sends fail
+/// with EPERM; IPv6 ones report success, since `ping_v6_sendmsg` ignores
+/// what `icmpv6_push_pending_frames` returns, so the application never
+/// learns of the drop. (An `IPV6_PKTINFO` source is no escape: the kernel
+/// overwrites it with the socket's own.)
+#[test]
+fn ping_sockets_cannot_leave_by_another_network() {
+    skip_unless_root!();
+    let lab = lab();
+    allow_ping_sockets(&lab);
+    let app = lab.create_cgroup("app").unwrap();
+    let plain = lab.create_cgroup("plain").unwrap();
+    let daemon = Daemon::start(&lab, &strict_config(&lab, "app", "")).unwrap();
+    let leaks = PacketCounter::install(&lab, 0);
+    let allowed = PacketCounter::install(&lab, 1);
+    let wlan = lab.network(0);
+    let (v4, v6) = (INTERNET_V4.to_string(), INTERNET_V6.to_string());
+    let (own_v4, own_v6) = (wlan.host_v4.to_string(), wlan.host_v6.to_string());
+    let neighbour = wlan.gateway_v4.to_string();
+    let scoped = format!("{}%wlan0", router_link_local(&lab, 0));
+    // A tentative source would hold back the unsteered echo to it.
+    wait_for_link_local(&lab, "wlan0");
+
+    // The policy's own network works.
+    for to in [&v4, &v6] {
+        let reply = attack(&lab, &app, &["--to", to, "--proto", "ping"]);
+        assert_eq!(reply, Ok("sent".to_owned()), "ping {to}");
+    }
+    assert_eq!(
+        allowed.packets(),
+        2,
+        "wwan0's router missed an echo request"
+    );
+
+    let attempts: [(&str, &[&str]); 9] = [
+        (&v4, &["--pktinfo-dev", "wlan0"]),
+        (&v4, &["--pktinfo-src", &own_v4]),
+        (&v4, &["--bind", &own_v4]),
+        (&v4, &["--cmsg-mark", "0"]),
+        (&neighbour, &["--dontroute-flag"]),
+        (&v6, &["--pktinfo-dev", "wlan0"]),
+        (&v6, &["--bind", &own_v6]),
+        (&v6, &["--cmsg-mark", "0"]),
+        (&scoped, &[]),
+    ];
+    let args = |to: &str, rest: &[&str]| {
+        let mut args = vec![
+            "--to".to_owned(),
+            to.to_owned(),
+            "--proto".into(),
+            "ping".into(),
+        ];
+        args.extend(rest.iter().map(|a| a.to_string()));
+        args
+    };
+    for (to, rest) in attempts {
+        let args = args(to, rest);
+        let result = escape(&lab, &app, &args);
+        if to.contains(':') {
+            assert_eq!(result, Ok("sent".to_owned()), "{args:?}");
+        } else {
+            assert_refused_at(result, "send", &format!("{args:?}"));
+        }
+    }
+    assert_eq!(leaks.packets(), 0, "echo requests reached wlan0's network");
+    let maps = daemon.maps_json().unwrap();
+    let n = attempts.len() as u64;
+    assert_eq!(guard_drops(&maps, "wlan0"), (n, n), "{maps:#}");
+    // No socket hook saw any of it.
+    assert_eq!(counted(&maps, "denied"), 0, "{maps:#}");
+    assert_eq!(counted(&maps, "src_set"), 0, "{maps:#}");
+
+    // Without a policy each leaves by wlan0.
+    for (i, (to, rest)) in attempts.iter().enumerate() {
+        let args = args(to, rest);
+        assert_eq!(escape(&lab, &plain, &args), Ok("sent".to_owned()));
+        let n = i as u64 + 1;
+        assert_eq!(leaks.packets_reaching(n), n, "{args:?} from no policy");
+    }
 }
