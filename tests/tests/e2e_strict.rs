@@ -987,3 +987,93 @@ fn ping_sockets_cannot_leave_by_another_network() {
         assert_eq!(leaks.packets_reaching(n), n, "{args:?} from no policy");
     }
 }
+
+/// io_uring requests are no way around the hooks: a socket made by
+/// `IORING_OP_SOCKET` is marked like any, `IORING_OP_BIND`, the
+/// setsockopt of `IORING_OP_URING_CMD`, `IORING_OP_CONNECT` and
+/// `IORING_OP_SENDMSG`/`IORING_OP_SEND` reach the same protocol code as
+/// the syscalls (`inet_bind`, `do_sock_setsockopt`, `tcp_v4_pre_connect`,
+/// `udp_sendmsg`) and so the same cgroup hooks, whose counters show it,
+/// and the guard drops a datagram naming wlan0 (the EPERM arrives in the
+/// completion). The same holds when the ring's kernel thread submits the
+/// requests (`IORING_SETUP_SQPOLL`): that thread is in the attacker's
+/// cgroup. A TCP connection to router 0's own address goes by wwan0 (and
+/// gets no answer there); router 0 counts nothing of any of it.
+#[test]
+fn io_uring_requests_are_held_like_syscalls() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let daemon = Daemon::start(&lab, &strict_config(&lab, "app", "")).unwrap();
+    let leaks = PacketCounter::install(&lab, 0);
+    let allowed = PacketCounter::install(&lab, 1);
+    let (wlan, wwan) = (lab.network(0), lab.network(1));
+    let (v4, v6) = (INTERNET_V4.to_string(), INTERNET_V6.to_string());
+    let own_v4 = wlan.host_v4.to_string();
+    let router = wlan.gateway_v4.to_string();
+    let vias = ["io_uring", "sqpoll"];
+    for via in vias {
+        let run = |args: &[&str]| {
+            let mut all = vec!["--via", via];
+            all.extend_from_slice(args);
+            attack(&lab, &app, &all)
+        };
+        // Steered: the sendmsg hook gives the datagrams their source
+        // (SENDMSG), the connect hook binds (CONNECT; SEND after it).
+        for (to, own) in [
+            (&v4, wwan.host_v4.to_string()),
+            (&v6, wwan.host_v6.to_string()),
+        ] {
+            assert_eq!(run(&["--to", to]), Ok(format!("wwan0 {own}")), "{via}");
+        }
+        let reply = run(&["--to", &v4, "--connected"]);
+        assert_eq!(reply, Ok(format!("wwan0 {}", wwan.host_v4)), "{via}");
+        let reply = run(&["--to", &v4, "--proto", "tcp"]);
+        assert_eq!(reply, Ok(format!("wwan0 {}", wwan.host_v4)), "{via}");
+        let before = allowed.packets();
+        match run(&["--to", &router, "--proto", "tcp"]) {
+            Err(e) if e.starts_with("connect: timed out") => {}
+            other => panic!("{via}: TCP to router 0's address: {other:?}"),
+        }
+        assert!(
+            allowed.packets() > before,
+            "{via}: no SYN reached wwan0's router"
+        );
+        // Refused by the socket hooks.
+        let refused: [(&[&str], &str); 4] = [
+            (&["--to", &v4, "--bind", &own_v4], "bind"),
+            (
+                &["--to", &v4, "--setsockopt", "device", "--dev", "wlan0"],
+                "setsockopt",
+            ),
+            (
+                &[
+                    "--to",
+                    &v4,
+                    "--connected",
+                    "--setsockopt",
+                    "device",
+                    "--dev",
+                    "wlan0",
+                ],
+                "setsockopt",
+            ),
+            (&["--to", &v4, "--pktinfo-src", &own_v4], "send"),
+        ];
+        for (args, operation) in refused {
+            assert_refused_at(run(args), operation, &format!("{via} {args:?}"));
+        }
+        // Dropped by the guard.
+        let result = run(&["--to", &v4, "--pktinfo-dev", "wlan0"]);
+        assert_refused_at(result, "send", &format!("{via}: IP_PKTINFO naming wlan0"));
+    }
+    assert_eq!(leaks.packets(), 0, "packets reached wlan0's network");
+    let maps = daemon.maps_json().unwrap();
+    let n = vias.len() as u64;
+    assert_eq!(guard_drops(&maps, "wlan0"), (n, n), "{maps:#}");
+    assert_eq!(counted(&maps, "denied"), 4 * n, "{maps:#}");
+    // Three unconnected datagrams per ring got wwan0's source (the one the
+    // guard dropped too), four connects were bound to it.
+    assert_eq!(counted(&maps, "src_set"), 3 * n, "{maps:#}");
+    assert_eq!(counted(&maps, "bound"), 4 * n, "{maps:#}");
+}
