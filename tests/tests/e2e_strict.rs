@@ -1077,3 +1077,73 @@ fn io_uring_requests_are_held_like_syscalls() {
     assert_eq!(counted(&maps, "src_set"), 3 * n, "{maps:#}");
     assert_eq!(counted(&maps, "bound"), 4 * n, "{maps:#}");
 }
+
+/// `IP_TRANSPARENT` (`IPV6_TRANSPARENT`), root's with `CAP_NET_ADMIN`, lets
+/// a socket bind an address the host does not have. Not one of another
+/// network: wlan0's own address is refused at bind as without it. A
+/// foreign source, even one in wlan0's prefix, is no way onto wlan0's
+/// network: no `from` rule matches it, so the socket's mark routes it by
+/// wwan0, with a source whose replies cannot come back (spoofing, as with
+/// a raw socket's `IP_HDRINCL`, not another network). Router 1 counts each
+/// attempt, router 0 none, and the guard has nothing to drop.
+#[test]
+fn transparent_sockets_bind_foreign_addresses_but_leave_by_their_network() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let daemon = Daemon::start(&lab, &strict_config(&lab, "app", "")).unwrap();
+    let leaks = PacketCounter::install(&lab, 0);
+    let allowed = PacketCounter::install(&lab, 1);
+    let wlan = lab.network(0);
+    let (v4, v6) = (INTERNET_V4.to_string(), INTERNET_V6.to_string());
+    let router = wlan.gateway_v4.to_string();
+
+    let refused = attack(
+        &lab,
+        &app,
+        &[
+            "--to",
+            &v4,
+            "--transparent",
+            "--bind",
+            &wlan.host_v4.to_string(),
+        ],
+    );
+    assert_refused_at(refused, "bind", "IP_TRANSPARENT bound to wlan0's address");
+    // wlan0's prefix, TEST-NET-1 and a prefix of wlan0's /48 the host has
+    // no address in.
+    let attempts = [
+        (&v4, "udp", "198.18.0.99"),
+        (&router, "udp", "198.18.0.99"),
+        (&v4, "udp", "192.0.2.99"),
+        (&router, "tcp", "198.18.0.99"),
+        (&v4, "tcp", "192.0.2.99"),
+        (&v6, "udp", "2001:db8::99"),
+        (&v6, "tcp", "2001:db8::99"),
+    ];
+    for (to, proto, source) in attempts {
+        let before = allowed.packets();
+        let args = [
+            "--to",
+            to,
+            "--proto",
+            proto,
+            "--transparent",
+            "--bind",
+            source,
+        ];
+        let failed = match attack(&lab, &app, &args) {
+            Err(e) => e.starts_with("recv: timed out") || e.starts_with("connect: timed out"),
+            Ok(_) => false,
+        };
+        assert!(failed, "{args:?}: answered, or failed before sending");
+        assert!(
+            allowed.packets() > before,
+            "{args:?}: nothing reached wwan0's router"
+        );
+        assert_eq!(leaks.packets(), 0, "{args:?} reached wlan0's network");
+    }
+    let maps = daemon.maps_json().unwrap();
+    assert_eq!(counted(&maps, "denied"), 1, "{maps:#}");
+    assert_eq!(counted(&maps, "guard_drops"), 0, "{maps:#}");
+}
