@@ -1147,3 +1147,113 @@ fn transparent_sockets_bind_foreign_addresses_but_leave_by_their_network() {
     assert_eq!(counted(&maps, "denied"), 1, "{maps:#}");
     assert_eq!(counted(&maps, "guard_drops"), 0, "{maps:#}");
 }
+
+/// Where router 1 serves MPTCP (`lab-peer serve --mptcp`).
+const MPTCP_PORT: &str = "7778";
+
+/// Starts an MPTCP peer in router 1, and has the host's in-kernel path
+/// manager add a subflow from wlan0's addresses (`ip mptcp endpoint ...
+/// subflow`, in the lab's host namespace: path manager settings are per
+/// namespace) to every MPTCP connection once it is established.
+fn mptcp_over_both_networks(lab: &Lab) {
+    let args = ["serve", "--name", "wwan0", "--port", MPTCP_PORT, "--mptcp"];
+    let mut cmd = lab.command_in_router(1, lab.peer_path(), args).unwrap();
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let peer = lab.spawn(cmd).unwrap();
+    let mut stdout = BufReader::new(peer.take_stdout().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let limits = [
+        "mptcp",
+        "limits",
+        "set",
+        "subflow",
+        "2",
+        "add_addr_accepted",
+        "2",
+    ];
+    lab.ip_host(&limits).unwrap();
+    let wlan = lab.network(0);
+    for own in [wlan.host_v4.to_string(), wlan.host_v6.to_string()] {
+        let endpoint = ["mptcp", "endpoint", "add", &own, "dev", "wlan0", "subflow"];
+        lab.ip_host(&endpoint).unwrap();
+    }
+}
+
+/// MPTCP adds subflows of its own accord: with an endpoint on wlan0, the
+/// host's path manager opens one from wlan0's address once a connection
+/// is up, from a kernel worker, on a kernel socket that no socket hook of
+/// the application's judges. The kernel puts such a subflow in its
+/// connection's cgroup (`mptcp_attach_cgroup`), so the guard sees a strict
+/// application's and drops it: a strict connection over wwan0 still gets
+/// its answer, router 0 counts no packet of either family, and every try
+/// of the join is a guard drop under wlan0. The same connection from a
+/// policy that is not strict does reach router 0 with that join (which it
+/// resets: it has no such connection).
+///
+/// The connections bind wwan0's address: an MPTCP socket's first subflow
+/// is a kernel socket too, and does not carry the mark `sock_create` gave
+/// the application's socket (the kernel copies a connection's options to
+/// its subflows only after a setsockopt() on it: `mptcp_sockopt_sync_locked`
+/// compares `setsockopt_seq`, which a mark written by a program never
+/// bumps), so an unbound one leaves by the main table's route, wlan0,
+/// where the guard drops it. Router 0 must see nothing of that either,
+/// whatever the application gets.
+#[test]
+fn mptcp_subflows_cannot_leave_by_another_network() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let loose = lab.create_cgroup("loose").unwrap();
+    let config = strict_config(&lab, "app", "")
+        + &format!(
+            "[[policy]]\ncgroup = \"{}/loose\"\nprefer = [\"wwan0\"]\n",
+            lab.cgroup_rel()
+        );
+    let daemon = Daemon::start(&lab, &config).unwrap();
+    mptcp_over_both_networks(&lab);
+    let leaks = PacketCounter::install(&lab, 0);
+    let wwan = lab.network(1);
+    let (v4, v6) = (INTERNET_V4.to_string(), INTERNET_V6.to_string());
+    let connect = |cgroup: &Path, to: &str, bind: Option<&str>| {
+        let mut args = vec![
+            "--to", to, "--port", MPTCP_PORT, "--proto", "mptcp", "--hold", "3",
+        ];
+        if let Some(bind) = bind {
+            args.extend(["--bind", bind]);
+        }
+        attack(&lab, cgroup, &args)
+    };
+
+    for (to, own) in [
+        (&v4, wwan.host_v4.to_string()),
+        (&v6, wwan.host_v6.to_string()),
+    ] {
+        let reply = connect(&app, to, Some(&own)).unwrap();
+        assert!(reply.starts_with(&format!("wwan0 {own} ")), "{reply}");
+    }
+    assert_eq!(leaks.packets(), 0, "a subflow reached wlan0's network");
+    let maps = daemon.maps_json().unwrap();
+    let (_, joins) = guard_drops(&maps, "wlan0");
+    assert!(
+        joins >= 2,
+        "no join of either connection was dropped: {maps:#}"
+    );
+
+    let result = connect(&app, &v4, None);
+    assert!(
+        !result.as_ref().is_ok_and(|r| r.starts_with("wlan0 ")),
+        "{result:?}"
+    );
+    assert_eq!(
+        leaks.packets(),
+        0,
+        "an unbound MPTCP connection reached wlan0's network"
+    );
+
+    let own = wwan.host_v4.to_string();
+    let reply = connect(&loose, &v4, Some(&own)).unwrap();
+    assert!(reply.starts_with(&format!("wwan0 {own} ")), "{reply}");
+    assert!(leaks.packets() > 0, "no join reached wlan0's network");
+}
