@@ -1195,14 +1195,15 @@ fn mptcp_over_both_networks(lab: &Lab) {
 
 /// MPTCP adds subflows of its own accord: with an endpoint on wlan0, the
 /// host's path manager opens one from wlan0's address once a connection
-/// is up, from a kernel worker, on a kernel socket that no socket hook of
-/// the application's judges. The kernel puts such a subflow in its
-/// connection's cgroup (`mptcp_attach_cgroup`), so the guard sees a strict
-/// application's and drops it: a strict connection over wwan0 still gets
-/// its answer, router 0 counts no packet of either family, and every try
-/// of the join is a guard drop under wlan0. The same connection from a
-/// policy that is not strict does reach router 0 with that join (which it
-/// resets: it has no such connection).
+/// is up, from a kernel worker, on a kernel socket: `sock_create` does not
+/// run for it, and the bind and connect hooks that do run judge the
+/// calling task, the worker, which has no policy. The kernel puts such a
+/// subflow in its connection's cgroup (`mptcp_attach_cgroup`), so the
+/// guard sees a strict application's and drops it: a strict connection
+/// over wwan0 still gets its answer, router 0 counts no packet of either
+/// family, and every try of the join is a guard drop under wlan0. The
+/// same connection from a policy that is not strict does reach router 0
+/// with that join (which it resets: it has no such connection).
 ///
 /// The connections bind wwan0's address: an MPTCP socket's first subflow
 /// is a kernel socket too, and does not carry the mark `sock_create` gave
