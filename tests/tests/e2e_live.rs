@@ -270,9 +270,23 @@ fn sigkill_and_restart_never_misroute_a_connection_and_never_duplicate_programs(
 /// proven up by one echoed line: the client, its stdin (dropping it ends
 /// the client) and the echo server.
 fn echo_connection(lab: &Lab, app: &Path) -> (std::process::Child, std::process::ChildStdin) {
+    echo_server(lab, 1);
+    echo_client(lab, app)
+}
+
+/// An echo server on router `i` (1: wwan0's network, 0: wlan0's, where the
+/// main table's default leads), 203.0.113.1:9000, one process per
+/// connection.
+fn echo_server(lab: &Lab, i: usize) {
+    // In a cgroup of the lab's, so that the per-connection processes go
+    // with the lab even when a connection never saw its end.
+    let servers = lab
+        .create_cgroup(&format!("echo{i}"))
+        .expect("creating the echo server's cgroup");
     let echo = lab
-        .command_in_router(
-            1,
+        .command_in_router_within(
+            i,
+            &servers,
             "socat",
             [
                 "TCP-LISTEN:9000,fork,reuseaddr,bind=203.0.113.1",
@@ -283,10 +297,14 @@ fn echo_connection(lab: &Lab, app: &Path) -> (std::process::Child, std::process:
     lab.spawn(echo).unwrap();
     // Listening once the router's socket table shows it.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !router_listens(lab, 1, 9000) {
+    while !router_listens(lab, i, 9000) {
         assert!(Instant::now() < deadline, "socat never listened");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A connection from `app` to [`echo_server`], checked to carry data.
+fn echo_client(lab: &Lab, app: &Path) -> (std::process::Child, std::process::ChildStdin) {
     let mut client = lab
         .command_in(Some(app), "socat", ["-", "TCP:203.0.113.1:9000"])
         .unwrap();
@@ -335,6 +353,60 @@ fn tcp_connections_on_a_lost_pvd_are_reset_when_the_policy_asks() {
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(stdin);
+}
+
+/// A connection opened before its cgroup had a strict policy carries no
+/// mark: it follows the main table, here to wlan0's network, and the
+/// egress guard drops whatever it sends there once the policy is strict
+/// to wwan0. With `reset = true` it is reset when the policy arrives (here
+/// from the CLI); without `reset` it stays (and hangs), and a connection
+/// the policy steers (to the server behind wwan0) is not reset.
+#[test]
+fn connections_older_than_a_strict_reset_policy_are_reset_when_it_arrives() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let calm = lab.create_cgroup("calm").unwrap();
+    let daemon = Daemon::start(&lab, "").unwrap();
+    echo_server(&lab, 0);
+    echo_server(&lab, 1);
+    let (mut older, _older_in) = echo_client(&lab, &app);
+    let (mut kept, _kept_in) = echo_client(&lab, &calm);
+    let set = |rel: &str, extra: &[&str]| {
+        let cgroup = format!("{}/{rel}", lab.cgroup_rel());
+        let mut args = vec!["policy", "set", &cgroup, "--prefer", "wwan0", "--strict"];
+        args.extend_from_slice(extra);
+        let out = daemon.mif(&args).unwrap();
+        assert!(
+            out.status.success(),
+            "policy set: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    set("calm", &[]);
+    set("app", &["--reset"]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while older.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = older.kill();
+            panic!("the connection older than the policy was not reset");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Steered ones, opened under the policy, stay.
+    let (mut steered, _steered_in) = echo_client(&lab, &app);
+    let out = daemon.mif(&["policy", "list"]).unwrap();
+    assert!(out.status.success());
+    assert!(
+        kept.try_wait().unwrap().is_none(),
+        "reset although its policy does not ask for it"
+    );
+    assert!(
+        steered.try_wait().unwrap().is_none(),
+        "a connection the policy steers was reset"
+    );
+    let _ = kept.kill();
+    let _ = steered.kill();
 }
 
 /// The negative control: without `reset`, the same connection outlives

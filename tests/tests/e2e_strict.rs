@@ -588,12 +588,33 @@ fn what_no_socket_hook_sees_is_dropped_by_the_guard() {
     let lab = lab();
     let escapes = escapes(&lab);
     let app = lab.create_cgroup("app").unwrap();
-    let daemon = Daemon::start(&lab, &strict_config(&lab, "app", "")).unwrap();
+    let mut daemon = Daemon::start(&lab, &strict_config(&lab, "app", "")).unwrap();
     let leaks = PacketCounter::install(&lab, 0);
     let allowed = PacketCounter::install(&lab, 1);
     for attempt in &escapes {
         assert_refused_at(escape(&lab, &app, attempt), "send", &format!("{attempt:?}"));
     }
+    // The admin hears of it: one line per family (rate-limited, so not
+    // one per attempt), naming the policy's cgroup and the interface.
+    let app_rel = format!("{}/app", lab.cgroup_rel());
+    let mut log = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let notices = |log: &str, family: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains(&format!("guard: strict policy 1 (cgroup {app_rel})"))
+                    && l.contains("tried to leave by wlan0")
+                    && l.contains(&format!("a {family} packet dropped"))
+            })
+            .count()
+    };
+    while (notices(&log, "IPv4") == 0 || notices(&log, "IPv6") == 0)
+        && std::time::Instant::now() < deadline
+    {
+        log += &daemon.log();
+    }
+    assert_eq!(notices(&log, "IPv4"), 1, "{log}");
+    assert_eq!(notices(&log, "IPv6"), 1, "{log}");
     // Held by the socket hooks already: the source mif gives an unconnected
     // UDP datagram has its `from` rule, which routes it by wwan0 whatever
     // the datagram's mark, and an IPv6 datagram naming wlan0 keeps that
@@ -620,6 +641,65 @@ fn what_no_socket_hook_sees_is_dropped_by_the_guard() {
     assert_eq!(guard_drops(&maps, "wlan0"), (n, n), "{maps:#}");
     // The socket hooks refused none of it: the guard alone held.
     assert_eq!(denied(&daemon), 0);
+}
+
+/// The guards run only where strict policies are: none while there is
+/// none (no cgroup link, no interface link); then the egress guard on the
+/// strict cgroup alone (a sibling without a policy has no mif program on
+/// its egress path) and the packet guard on every interface but loopback;
+/// none again once the policy is removed.
+#[test]
+fn the_guards_are_attached_only_where_strict_policies_are() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let plain = lab.create_cgroup("plain").unwrap();
+    let daemon = Daemon::start(&lab, "").unwrap();
+    let guarded = |daemon: &Daemon| {
+        let maps = daemon.maps_json().unwrap();
+        let instance = &maps["instance"];
+        (
+            instance["guarded_cgroups"].as_u64().unwrap(),
+            instance["guarded_interfaces"].as_u64().unwrap(),
+        )
+    };
+    let runs_guard = |cgroup: &std::path::Path| {
+        mif_tests::lab::effective_egress_programs(cgroup)
+            .unwrap()
+            .iter()
+            .any(|p| p == "mif_guard")
+    };
+    assert_eq!(guarded(&daemon), (0, 0));
+    assert!(!runs_guard(&app) && !runs_guard(&plain));
+
+    let app_rel = format!("{}/app", lab.cgroup_rel());
+    let mif = |args: &[&str]| {
+        let out = daemon.mif(args).unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    mif(&["policy", "set", &app_rel, "--prefer", "wwan0", "--strict"]);
+    let links = lab.ip_host(&["-j", "link", "show"]).unwrap();
+    let links: serde_json::Value = serde_json::from_str(&links).unwrap();
+    let not_loopback = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["ifname"] != "lo")
+        .count() as u64;
+    assert_eq!(guarded(&daemon), (1, not_loopback));
+    assert!(runs_guard(&app), "the strict cgroup has no guard");
+    assert!(
+        !runs_guard(&plain),
+        "a cgroup without a policy runs the guard"
+    );
+
+    mif(&["policy", "del", &app_rel]);
+    assert_eq!(guarded(&daemon), (0, 0));
+    assert!(!runs_guard(&app));
 }
 
 /// A socket that existed before its cgroup had the strict policy carries
@@ -1303,14 +1383,14 @@ fn frames(lab: &Lab) -> Vec<Vec<String>> {
 
 /// A packet socket (`AF_PACKET`, root's with `CAP_NET_RAW`) writes whole
 /// frames to a device: no socket address hook and no IP output path, so
-/// no `cgroup_skb` guard, sees them. A strict application must not get
-/// one to router 0 all the same: the send fails or the frame is dropped,
-/// and each drop is a guard drop under wlan0.
-///
-/// Fails today: mif has no hook on this path, and router 0 counts both
-/// frames (issue 17; an unsteered cgroup's frames reach it too, see
-/// [`the_guard_leaves_unsteered_and_non_strict_traffic_alone`]). A tc
-/// egress guard alone would still let the second frame through.
+/// no `cgroup_skb` guard, sees them. A strict application gets none to
+/// router 0 all the same: the packet guard (tc egress on every interface)
+/// drops the plain frame, counted as a guard drop under wlan0, and
+/// `PACKET_QDISC_BYPASS`, which would send past tc (a tc egress drop on
+/// wlan0 held the first frame and not the second before it was refused),
+/// is refused at `setsockopt` and counted as denied. Without the packet
+/// guard router 0 counted both frames (an unsteered cgroup's frames still
+/// reach it, see [`the_guard_leaves_unsteered_and_non_strict_traffic_alone`]).
 #[test]
 fn packet_sockets_cannot_send_by_another_network() {
     skip_unless_root!();
@@ -1318,17 +1398,23 @@ fn packet_sockets_cannot_send_by_another_network() {
     let app = lab.create_cgroup("app").unwrap();
     let daemon = Daemon::start(&lab, &strict_config(&lab, "app", "")).unwrap();
     let leaks = PacketCounter::install(&lab, 0);
-    let frames = frames(&lab);
-    for frame in &frames {
-        let result = escape(&lab, &app, frame);
-        let held = match &result {
-            Ok(reply) => reply == "sent",
-            Err(e) => e.starts_with("send: "),
-        };
-        assert!(held, "{frame:?}: {result:?}");
-    }
+    let [plain, bypass] = &frames(&lab)[..] else {
+        unreachable!("two frames")
+    };
+    // Dropped on its way out: the sender may or may not hear of it.
+    let result = escape(&lab, &app, plain);
+    let held = match &result {
+        Ok(reply) => reply == "sent",
+        Err(e) => e.starts_with("send: "),
+    };
+    assert!(held, "{plain:?}: {result:?}");
+    assert_refused_at(
+        escape(&lab, &app, bypass),
+        "setsockopt",
+        "PACKET_QDISC_BYPASS",
+    );
     assert_eq!(leaks.packets(), 0, "frames reached wlan0's network");
     let maps = daemon.maps_json().unwrap();
-    let n = frames.len() as u64;
-    assert_eq!(guard_drops(&maps, "wlan0").1, n, "{maps:#}");
+    assert_eq!(guard_drops(&maps, "wlan0").1, 1, "{maps:#}");
+    assert_eq!(denied(&daemon), 1, "{maps:#}");
 }

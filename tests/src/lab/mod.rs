@@ -297,6 +297,23 @@ impl Lab {
         self.command_in_netns(&self.networks[i].router_ns, program, args)
     }
 
+    /// [`Lab::command_in_router`] in `cgroup` (one of the lab's): what it
+    /// forks is killed with the lab too, not only the process itself.
+    pub fn command_in_router_within<S: AsRef<OsStr>>(
+        &self,
+        i: usize,
+        cgroup: &Path,
+        program: impl AsRef<OsStr>,
+        args: impl IntoIterator<Item = S>,
+    ) -> Result<Command> {
+        exec::command_in_ns(
+            &netns::ns_path(&self.networks[i].router_ns),
+            Some(cgroup),
+            program,
+            args,
+        )
+    }
+
     /// A command that starts in the lab namespace named `ns` (host, router
     /// or a scenario's own).
     pub(crate) fn command_in_netns<S: AsRef<OsStr>>(
