@@ -604,7 +604,7 @@ fn what_no_socket_hook_sees_is_dropped_by_the_guard() {
             .filter(|l| {
                 l.contains(&format!("guard: strict policy 1 (cgroup {app_rel})"))
                     && l.contains("tried to leave by wlan0")
-                    && l.contains(&format!("a {family} packet dropped"))
+                    && l.contains(&format!("1 {family} packet dropped"))
             })
             .count()
     };

@@ -141,7 +141,7 @@ fn describe(drop: &GuardDrop, packets: u64, cgroup_of: &impl Fn(u32) -> Option<S
     };
     let interface = interface_name(drop.ifindex);
     let what = if packets == 1 {
-        format!("a {family} packet")
+        format!("1 {family} packet")
     } else {
         format!("{packets} {family} packets since the last notice")
     };
