@@ -7,8 +7,8 @@
 //! sockets (only inet_create and inet6_create run it), so this is the
 //! first place mif can hold them.
 //!
-//! A frame is dropped when its socket is a full socket of a family other
-//! than `AF_INET`/`AF_INET6` (those the egress guard has judged already,
+//! A frame is dropped when its socket is of a family other than
+//! `AF_INET`/`AF_INET6` (those the egress guard has judged already,
 //! exclusions included), created in a strict policy's cgroup (found by the
 //! same deepest-cgroup walk as everywhere, from `bpf_skb_cgroup_id`, the
 //! socket's cgroup), in the managed namespace, and the interface is none of
@@ -16,8 +16,7 @@
 //! its own headers, so the destination in them says nothing about where
 //! the frame goes on the link.
 //!
-//! Every other frame costs two context reads and a helper call (the
-//! socket, its full socket's family) and goes on to the next program (`TCX_NEXT`), so other tc users on the
+//! Every other frame costs two loads (the socket, its family) and goes on to the next program (`TCX_NEXT`), so other tc users on the
 //! same interface see it as if mif were not there. The daemon attaches
 //! this only while some strict policy exists.
 //!
@@ -27,9 +26,7 @@
 //! [`crate::strict`]).
 use aya_ebpf::{
     bindings::__sk_buff,
-    helpers::generated::{
-        bpf_get_netns_cookie, bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
-    },
+    helpers::generated::{bpf_get_netns_cookie, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
     programs::TcContext,
 };
 use mif_common::Settings;
@@ -51,11 +48,10 @@ pub const DROP: i32 = 2;
 #[inline(always)]
 pub fn egress(ctx: &TcContext, settings: &Settings) -> i32 {
     let skb: *mut __sk_buff = ctx.skb.skb;
+    // The family is in the part every socket has (sock_common, which a
+    // request or time-wait socket is too): no helper call for the frames
+    // of IP sockets, which are nearly all.
     let sk = unsafe { (*skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return NEXT;
-    }
-    let sk = unsafe { bpf_sk_fullsock(sk) };
     if sk.is_null() {
         return NEXT;
     }

@@ -5,7 +5,7 @@
 //! guard (tcx egress) on each interface [`crate::plan::guarded_interfaces`]
 //! names, which is none while no strict policy exists. Traffic of every
 //! other process never runs the first; the second costs other frames two
-//! context reads and a helper call, and only on hosts with strict policies.
+//! loads, and only on hosts with strict policies.
 //!
 //! Each link is pinned at `<pins>/v<N>/guards/<program>_<cgroup id or
 //! ifindex>`, so the guards hold while the daemon is down, killed or

@@ -166,22 +166,3 @@ pub fn policy_toml(cgroup: &str, prefer: &[&str]) -> String {
         prefer.join(", ")
     )
 }
-
-/// `[[policy]]` TOML for `cgroup`, preferring `prefer` in order, strict:
-/// its sockets may use no other network (and its packets pass the guard).
-pub fn strict_policy_toml(cgroup: &str, prefer: &[&str]) -> String {
-    let mut toml = policy_toml(cgroup, prefer);
-    toml.truncate(toml.trim_end().len());
-    toml + "\nstrict = true\n\n"
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn strict_policy() {
-        assert_eq!(
-            super::strict_policy_toml("/lab/strict", &["wwan0", "wlan0"]),
-            "[[policy]]\ncgroup = \"/lab/strict\"\nprefer = [\"wwan0\", \"wlan0\"]\nstrict = true\n\n"
-        );
-    }
-}

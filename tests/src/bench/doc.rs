@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use super::measure::design_rounds;
-use super::report::{Report, Target, GUARD_PROGRAM};
+use super::report::{Report, Target, GUARD_PROGRAM, PKT_GUARD_PROGRAM};
 use super::stats::{percentile, sorted};
 use super::testbed::{count_label, Variant, DEPTHS};
 use super::worker::Op;
@@ -98,12 +98,16 @@ pub fn markdown(r: &Report) -> String {
            namespace) exists only during (d).\n";
     md += "- **(e)** the floor: the application sets `SO_MARK` itself on every \
            socket (part of the measured cost), with mif's tables and rules.\n";
-    md += "- **(f)** the strict egress guard's pass: the daemon of (b) (the \
-           same config, no restart), the load in a cgroup of its own at the \
-           benchmark's level whose policy is *strict* with (b)'s preferences, \
-           so that every packet, leaving by wwan0, goes through the guard's \
+    md += "- **(f)** the strict guards' pass: the daemon of (b) (no restart), \
+           with a *strict* policy with (b)'s preferences set from the CLI on a \
+           cgroup of its own at the benchmark's level, where the load runs: \
+           every packet, leaving by wwan0, goes through the egress guard's \
            whole check (policy found, strict, network namespace, the PvD of \
-           the interface) and passes.\n";
+           the interface) and passes, and every frame through the packet \
+           guard's (tc egress on every interface while a strict policy \
+           exists), which lets IP sockets' frames by. The strict policy is \
+           removed again for the other variants: (b) and (c) run on a host \
+           without strict policies.\n";
     md += "- **(g)** what unsteered traffic pays when a strict policy exists on \
            the host: the same daemon, the load in a sibling cgroup that no \
            policy covers, while (f)'s strict policy is in force on its own \
@@ -263,6 +267,17 @@ pub fn markdown(r: &Report) -> String {
     md
 }
 
+/// Whether `program` ran for `variant`'s per-packet rows, from the BPF
+/// statistics; `None` if they were not measured.
+fn ops_ran(r: &Report, variant: Variant, program: &str) -> Option<bool> {
+    let runs: Vec<bool> = r
+        .guard_ops()
+        .into_iter()
+        .filter_map(|op| r.prog_run(variant, op, program).map(|x| x.is_some()))
+        .collect();
+    (!runs.is_empty()).then(|| runs.contains(&true))
+}
+
 /// What the guard sees of (g)'s packets, from the BPF statistics: `Some(true)`
 /// if it ran for them, `Some(false)` if it did not while it did run for
 /// (f)'s (so the statistics would have seen it), `None` if unknown.
@@ -282,7 +297,7 @@ fn guard_meets_unsteered(r: &Report) -> Option<bool> {
     (seen_strict && measured).then_some(false)
 }
 
-/// "The strict egress guard, per packet": what (f) and (g) measure, their
+/// "The strict guards, per packet": what (f) and (g) measure, their
 /// ratios beside (b)'s, and the guard's own run time. Empty when they were
 /// not measured.
 pub fn guard_section(r: &Report) -> String {
@@ -291,10 +306,13 @@ pub fn guard_section(r: &Report) -> String {
         return String::new();
     }
     let mut md = String::new();
-    md += "## The strict egress guard, per packet\n\n";
-    md += "The guard (`mif_guard`, a `cgroup_skb/egress` program) drops packets \
-           of a strict policy's sockets that leave by an interface none of the \
-           policy's PvDs uses. (f) measures what a strict policy's own traffic \
+    md += "## The strict guards, per packet\n\n";
+    md += "The egress guard (`mif_guard`, a `cgroup_skb/egress` program on strict \
+           policies' cgroups) drops packets of a strict policy's sockets that \
+           leave by an interface none of the policy's PvDs uses; the packet guard \
+           (`mif_pkt_guard`, tc egress on every interface while strict policies \
+           exist) does the same for the frames of their packet sockets and lets \
+           every other frame by. (f) measures what a strict policy's own traffic \
            pays for it when the packets pass (the load under a strict policy \
            steered to wwan0), (g) what traffic no policy covers pays while a \
            strict policy exists on another cgroup of the host; both as cost over \
@@ -482,15 +500,16 @@ fn findings(
             .filter_map(|op| Some(format!("{} {}", op.name(), pct(ratio(op, v, a)?))))
             .collect()
     };
-    let guard_ns = |v: Variant| -> Vec<String> {
+    let ns_of = |v: Variant, program: &str| -> Vec<String> {
         r.guard_ops()
             .into_iter()
             .filter_map(|op| {
-                let (_, ns) = r.prog_run(v, op, GUARD_PROGRAM)??;
+                let (_, ns) = r.prog_run(v, op, program)??;
                 Some(format!("{} {ns:.0} ns", op.name()))
             })
             .collect()
     };
+    let guard_ns = |v: Variant| ns_of(v, GUARD_PROGRAM);
     let _ = write!(
         md,
         "Steering adds no per-packet work (the kernel routes by mark; the \
@@ -530,9 +549,9 @@ fn findings(
         Some(true) => {
             let _ = write!(
                 md,
-                "In this run the guard also ran for (g)'s packets ({}): it \
-                 runs for every packet of every process below mif's attach \
-                 cgroup, and one without a strict policy pays its policy walk. ",
+                "In this run the egress guard also ran for (g)'s packets ({}), \
+                 which it should not: it is attached to strict policies' \
+                 cgroups only. ",
                 guard_ns(Variant::Unsteered).join(", ")
             );
         }
@@ -542,6 +561,22 @@ fn findings(
                     strict policies' cgroups does not meet it. ";
         }
         None => {}
+    }
+    let pkt_ns = ns_of(Variant::Unsteered, PKT_GUARD_PROGRAM);
+    if !pkt_ns.is_empty() {
+        let _ = write!(
+            md,
+            "What every frame pays on a host with a strict policy is the \
+             packet guard's early return (tc egress, the frame's socket is an \
+             IP one), per frame of (g): {}. ",
+            pkt_ns.join(", ")
+        );
+    }
+    if let Some(b_pkt) = ops_ran(r, Variant::Mif(0), PKT_GUARD_PROGRAM) {
+        if b_pkt {
+            *md += "The packet guard ran for (b)'s frames too, which it should \
+                    not: (b) runs without strict policies. ";
+        }
     }
     let nft_pp: Vec<String> = [Op::UdpSendto, Op::UdpStream, Op::TcpStream]
         .into_iter()
@@ -904,7 +939,7 @@ mod tests {
         );
         assert!(table.contains("(g) udp_stream not run"), "{table}");
         let md = markdown(&r);
-        assert!(md.contains("## The strict egress guard, per packet"));
+        assert!(md.contains("## The strict guards, per packet"));
         assert!(md.contains("of (f), strict, tcp_stream +10.0 %"), "{md}");
         assert!(md.contains("did not run for (g)'s packets"), "{md}");
         assert!(md.contains("2 rounds of 4 variants, not a whole number of designs (one takes 4)"));

@@ -129,6 +129,9 @@ pub fn op_title(op: Op) -> &'static str {
 
 /// The strict egress guard, a `cgroup_skb/egress` program.
 pub const GUARD_PROGRAM: &str = "mif_guard";
+/// The packet guard (tc egress), attached to interfaces while strict
+/// policies exist.
+pub const PKT_GUARD_PROGRAM: &str = "mif_pkt_guard";
 
 pub fn per_packet(op: Op) -> bool {
     op.is_stream()

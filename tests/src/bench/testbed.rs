@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 
-use super::daemon::{policy_toml, strict_policy_toml, BenchDaemon};
+use super::daemon::{policy_toml, BenchDaemon};
 use super::kmaps::PinnedMaps;
 use crate::lab::{cgroup2_mount, Lab};
 
@@ -216,6 +216,8 @@ pub struct Testbed<'lab> {
     rules: Rules,
     nft_loaded: Vec<usize>,
     nft_awake: Option<usize>,
+    /// Whether (f)'s strict policy is set (see [`Testbed::set_strict`]).
+    strict_on: bool,
     /// The mark mif gives wwan0's sockets (what SO_MARK and nft set).
     pub steer_mark: u32,
     pub other_mark: u32,
@@ -250,6 +252,7 @@ impl<'lab> Testbed<'lab> {
             rules: Rules::Off,
             nft_loaded: Vec::new(),
             nft_awake: None,
+            strict_on: false,
             steer_mark: 0,
             other_mark: 0,
             work_dir,
@@ -274,9 +277,47 @@ impl<'lab> Testbed<'lab> {
             let rel = format!("{}/{}", self.lab.cgroup_rel(), depth_rel(level));
             toml += &policy_toml(&rel, &prefer);
         }
-        let strict = format!("{}/{STRICT_CGROUP}", self.lab.cgroup_rel());
-        toml += &strict_policy_toml(&strict, &prefer);
         toml
+    }
+
+    /// Sets (f)'s strict policy from the CLI, or removes it: it exists only
+    /// while (f) or (g) runs, so that (b) and (c) measure a host without
+    /// strict policies (whose guards then are nowhere).
+    fn set_strict(&mut self, on: bool) -> Result<()> {
+        if self.strict_on == on {
+            return Ok(());
+        }
+        let Some((daemon, _)) = &self.daemon else {
+            return Ok(());
+        };
+        let cgroup = format!("{}/{STRICT_CGROUP}", self.lab.cgroup_rel());
+        let pin_dir = daemon.instance.pin_dir.display().to_string();
+        let [first, second] = [NETWORKS[1], NETWORKS[0]];
+        let prefer = format!("{first},{second}");
+        let args: Vec<&str> = if on {
+            vec![
+                "policy",
+                "set",
+                &cgroup,
+                "--prefer",
+                &prefer,
+                "--strict",
+                "--pin-dir",
+                &pin_dir,
+            ]
+        } else {
+            vec!["policy", "del", &cgroup, "--pin-dir", &pin_dir]
+        };
+        let out = crate::mif::run_mif(self.lab, &args)?;
+        if !out.status.success() {
+            bail!(
+                "mif {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        self.strict_on = on;
+        Ok(())
     }
 
     /// The cgroup `variant`'s load runs in.
@@ -301,6 +342,8 @@ impl<'lab> Testbed<'lab> {
     }
 
     fn stop_daemon(&mut self) -> Result<()> {
+        // A CLI policy outlives the daemon (its state file): gone with it.
+        self.set_strict(false)?;
         match self.daemon.take() {
             Some((daemon, _)) => daemon.stop(),
             None => Ok(()),
@@ -520,6 +563,7 @@ impl<'lab> Testbed<'lab> {
             self.rules,
             self.nft_awake,
             self.daemon.as_ref().map(|(_, m)| m.synthetic()),
+            self.strict_on,
         );
         if nft != self.nft_awake {
             self.set_nft(None)?;
@@ -534,12 +578,14 @@ impl<'lab> Testbed<'lab> {
         if let Some((_, maps)) = self.daemon.as_mut() {
             maps.set_synthetic(synthetic)?;
         }
+        self.set_strict(matches!(variant, Variant::Strict | Variant::Unsteered))?;
         self.set_nft(nft)?;
         let after = (
             self.daemon.is_some(),
             self.rules,
             self.nft_awake,
             self.daemon.as_ref().map(|(_, m)| m.synthetic()),
+            self.strict_on,
         );
         if before != after {
             settle();
