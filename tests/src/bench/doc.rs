@@ -743,12 +743,16 @@ fn findings(
              policy that says the same), the policy set owns the file's \
              policies, resolving borrows them, the file is parsed on a thread \
              of its own and free pages are handed back (`malloc_trim`) before \
-             `ready`, after a reload and after each resolve. *Not done:* what \
-             is left per policy is its cgroup path held as a `String` four \
-             times (the resolved policy, the policy id map's key, the watch \
-             targets and the watcher's set of exact cgroups); sharing one \
-             `Arc<str>` among them is the next step. The peak (about 230 MiB) \
-             is the toml crate's document; only another parser would lower it. ",
+             `ready`, after a reload and after each resolve. *Not done:* the \
+             64 MiB target. *Tried at 1958dc1 (not kept):* one `Arc<str>` per \
+             cgroup path shared by the resolved policy, the policy id map, the \
+             watch targets and the watcher's set (four `String`s before) left \
+             the resident memory with 100k policies at 87.0 MiB: what stays \
+             resident is not the records in use (35 MiB by a counting \
+             allocator) but pages of the parse's peak (about 230 MiB, the toml \
+             crate's document) that fragmentation keeps; parsing in a child \
+             process, or a parser without a whole document, is what would lower \
+             both. ",
             rss.join(", ")
         );
     }
