@@ -96,22 +96,19 @@ pub mod names {
     /// interfaces while there are strict policies): nothing else pays.
     pub const GUARDS: [&str; 2] = [PROG_GUARD, PROG_PKT_GUARD];
     /// Every program in the object: the hooks, then the guards.
-    pub const PROGRAMS: [&str; 14] = [
-        PROG_RECVMSG4,
-        PROG_RECVMSG6,
-        PROG_GETPEER4,
-        PROG_GETPEER6,
-        PROG_SOCK_CREATE,
-        PROG_CONNECT4,
-        PROG_CONNECT6,
-        PROG_SENDMSG4,
-        PROG_SENDMSG6,
-        PROG_BIND4,
-        PROG_BIND6,
-        PROG_SETSOCKOPT,
-        PROG_GUARD,
-        PROG_PKT_GUARD,
-    ];
+    pub const PROGRAMS: [&str; HOOKS.len() + GUARDS.len()] = {
+        let mut all = [""; HOOKS.len() + GUARDS.len()];
+        let mut i = 0;
+        while i < HOOKS.len() {
+            all[i] = HOOKS[i];
+            i += 1;
+        }
+        while i < all.len() {
+            all[i] = GUARDS[i - HOOKS.len()];
+            i += 1;
+        }
+        all
+    };
     /// Globals set at load time.
     pub const GLOBAL_SETTINGS: &str = "MIF_SETTINGS";
 }

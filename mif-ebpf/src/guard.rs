@@ -34,11 +34,7 @@
 //! Packet sockets (`AF_PACKET`) never pass here: they hand frames to the
 //! device directly, past the IP output path; the packet guard holds them
 //! (see [`crate::packet_guard`]).
-use aya_ebpf::{
-    bindings::__sk_buff,
-    helpers::generated::{bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
-    programs::SkBuffContext,
-};
+use aya_ebpf::{bindings::__sk_buff, programs::SkBuffContext};
 use mif_common::{Policy, Settings, COUNTER_NO_PVD, MAX_PREFER, MAX_PVDS, NO_PVD};
 
 use crate::{
@@ -46,7 +42,7 @@ use crate::{
     counters::{count, report_drop, Event},
     exclude::{excludes, mapped4},
     maps::PVDS,
-    policy::{find_policy_of, in_managed_netns},
+    policy::{in_managed_netns, socket_policy},
 };
 
 /// Let the packet go.
@@ -74,12 +70,7 @@ pub fn egress(ctx: &SkBuffContext, settings: &Settings) -> i32 {
     if ifindex == LOOPBACK_IFINDEX {
         return PASS;
     }
-    let own = unsafe { bpf_skb_cgroup_id(skb) };
-    let Some(policy) = find_policy_of(
-        own,
-        |level| unsafe { bpf_skb_ancestor_cgroup_id(skb, level) },
-        settings.attach_level,
-    ) else {
+    let Some(policy) = socket_policy(skb, settings.attach_level) else {
         return PASS;
     };
     if !policy.is_strict() || !in_managed_netns(skb, settings) {

@@ -25,9 +25,7 @@
 //! policies are refused the socket options those need (see
 //! [`crate::strict`]).
 use aya_ebpf::{
-    bindings::__sk_buff,
-    helpers::generated::{bpf_get_netns_cookie, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
-    programs::TcContext,
+    bindings::__sk_buff, helpers::generated::bpf_get_netns_cookie, programs::TcContext,
 };
 use mif_common::Settings;
 
@@ -35,7 +33,7 @@ use crate::{
     addr::{AF_INET, AF_INET6},
     counters::{count, report_drop, Event},
     guard::{pvd_on, uses_interface},
-    policy::find_policy_of,
+    policy::socket_policy,
 };
 
 /// Let the next tc program (or the kernel's default) decide (`TCX_NEXT`,
@@ -59,12 +57,7 @@ pub fn egress(ctx: &TcContext, settings: &Settings) -> i32 {
     if family == AF_INET || family == AF_INET6 {
         return NEXT;
     }
-    let own = unsafe { bpf_skb_cgroup_id(skb) };
-    let Some(policy) = find_policy_of(
-        own,
-        |level| unsafe { bpf_skb_ancestor_cgroup_id(skb, level) },
-        settings.attach_level,
-    ) else {
+    let Some(policy) = socket_policy(skb, settings.attach_level) else {
         return NEXT;
     };
     if !policy.is_strict() || unsafe { bpf_get_netns_cookie(skb.cast()) } != settings.netns_cookie {

@@ -1,8 +1,12 @@
 //! Who a hook runs for: this instance's settings, whether the socket is in
 //! its network namespace, and the policy of the current process, shared by
 //! every program.
-use aya_ebpf::helpers::generated::{
-    bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie,
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::generated::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie,
+        bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
+    },
 };
 use mif_common::{Policy, Settings, MAX_CGROUP_DEPTH};
 
@@ -88,6 +92,17 @@ pub fn find_policy_of(
         level += 1;
     }
     deepest
+}
+
+/// The policy of the socket a packet belongs to (where the socket was
+/// created; at egress the running task may be anyone), for the guards.
+#[inline(always)]
+pub fn socket_policy(skb: *mut __sk_buff, attach_level: u32) -> Option<&'static Policy> {
+    find_policy_of(
+        unsafe { bpf_skb_cgroup_id(skb) },
+        |level| unsafe { bpf_skb_ancestor_cgroup_id(skb, level) },
+        attach_level,
+    )
 }
 
 /// The current process's policy when it is strict.

@@ -239,61 +239,34 @@ fn interface_and_mark_options_are_refused_even_to_root() {
         (&v4, "join"),
         (&v6, "join"),
     ];
-    for (to, option) in attempts {
-        for proto in ["udp", "tcp"] {
-            let result = attack(
-                &lab,
-                &app,
-                &[
-                    "--to",
-                    to,
-                    "--proto",
-                    proto,
-                    "--setsockopt",
-                    option,
-                    "--dev",
-                    "wlan0",
-                ],
-            );
-            assert_refused_at(
-                result,
-                "setsockopt",
-                &format!("{option} on {proto} to {to}"),
-            );
-        }
-    }
     // A device named once the route is chosen is refused just the same:
     // the kernel would drop the connected socket's cached route and send
     // the next datagram or segment by wlan0. The TCP connections and the
     // UDP connect() themselves go by wwan0, as ever.
-    let late = [
+    let late: &[(&str, &str)] = &[
         (&v4, "device"),
         (&v4, "bindtoifindex"),
         (&v6, "device"),
         (&v6, "bindtoifindex"),
     ];
-    for (to, option) in late {
-        for proto in ["udp", "tcp"] {
-            let result = attack(
-                &lab,
-                &app,
-                &[
-                    "--to",
-                    to,
-                    "--proto",
-                    proto,
-                    "--connected",
-                    "--setsockopt",
-                    option,
-                    "--dev",
-                    "wlan0",
-                ],
-            );
-            assert_refused_at(
-                result,
-                "setsockopt",
-                &format!("{option} on a connected {proto} socket to {to}"),
-            );
+    let refused = |to: &str, option: &str, proto: &str, connected: bool| {
+        let mut args = vec!["--to", to, "--proto", proto];
+        if connected {
+            args.push("--connected");
+        }
+        args.extend(["--setsockopt", option, "--dev", "wlan0"]);
+        let socket = if connected { "a connected " } else { "" };
+        assert_refused_at(
+            attack(&lab, &app, &args),
+            "setsockopt",
+            &format!("{option} on {socket}{proto} to {to}"),
+        );
+    };
+    for (list, connected) in [(attempts, false), (late, true)] {
+        for (to, option) in list {
+            for proto in ["udp", "tcp"] {
+                refused(to, option, proto, connected);
+            }
         }
     }
     // Other options are none of strict mode's business.
