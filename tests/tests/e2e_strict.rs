@@ -770,10 +770,30 @@ fn the_guard_holds_while_the_daemon_is_killed() {
             &format!("{attempt:?}, daemon killed"),
         );
     }
+    // The packet guard's links are pinned too: a packet socket's frame
+    // stays held, and so does the refusal to send past tc.
+    let [plain, bypass] = &frames(&lab)[..] else {
+        unreachable!("two frames")
+    };
+    let result = escape(&lab, &app, plain);
+    let held = match &result {
+        Ok(reply) => reply == "sent",
+        Err(e) => e.starts_with("send: "),
+    };
+    assert!(held, "a packet socket's frame, daemon killed: {result:?}");
+    assert_refused_at(
+        escape(&lab, &app, bypass),
+        "setsockopt",
+        "PACKET_QDISC_BYPASS, daemon killed",
+    );
     // Ordinary traffic still leaves by wwan0.
     let reply = attack(&lab, &app, &["--to", &v4]).unwrap();
     assert!(reply.starts_with("wwan0 "), "{reply}");
-    assert_eq!(leaks.packets(), 0, "packets reached wlan0's network");
+    assert_eq!(
+        leaks.packets(),
+        0,
+        "packets or frames reached wlan0's network"
+    );
 
     let pin_dir = instance.pin_dir.display().to_string();
     let out = mif_tests::mif::run_mif(&lab, &["maps", "--json", "--pin-dir", &pin_dir]).unwrap();
@@ -783,7 +803,8 @@ fn the_guard_holds_while_the_daemon_is_killed() {
         String::from_utf8_lossy(&out.stderr)
     );
     let maps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let n = 2 + escapes.len() as u64;
+    // The two datagrams, the escapes, the frame.
+    let n = 3 + escapes.len() as u64;
     assert_eq!(guard_drops(&maps, "wlan0"), (n, n), "{maps:#}");
 }
 
