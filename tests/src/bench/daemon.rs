@@ -37,6 +37,10 @@ impl<'lab> BenchDaemon<'lab> {
             config.display().to_string(),
         ];
         args.extend(instance.args());
+        // (f)'s strict policy is set from the CLI: its state file goes with
+        // the lab, not to the host's /var/lib/mif.
+        let state = config.parent().map(|d| d.join("state")).unwrap_or_default();
+        args.extend(["--state-dir".to_string(), state.display().to_string()]);
         let mut cmd = lab.command_in(None, mif_path()?, &args)?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
