@@ -69,6 +69,8 @@ pub struct GuardLinks {
     attached: BTreeSet<(&'static str, u64)>,
     /// Whether a previous instance's pins that are not wanted were removed.
     swept: bool,
+    /// See [`GuardLinks::problem`].
+    problem: Option<String>,
 }
 
 impl GuardLinks {
@@ -85,32 +87,41 @@ impl GuardLinks {
             left_out,
             attached: BTreeSet::new(),
             swept: false,
+            problem: None,
         }
     }
 
     /// Makes the links exactly `plan`. A cgroup that is gone by now (or was
     /// re-created under its name, with a new id), or an interface that is
     /// gone, is skipped: the next pass no longer names it.
+    /// A target that cannot be attached does not stop the others (nor the
+    /// pass): the first such error is returned, and kept for `mif status`
+    /// until a pass attaches everything.
     pub fn apply(&mut self, plan: &GuardPlan) -> Result<(), GuardError> {
         let mut wanted = BTreeSet::new();
+        let mut first_error = None;
         for guard in &self.guards {
-            match guard.target {
-                GuardTarget::Cgroups => {
-                    for cgroup in &plan.cgroups {
-                        let key = (guard.program, cgroup.id);
-                        wanted.insert(key);
-                        if !self.attached.contains(&key) && self.attach_cgroup(guard, cgroup)? {
-                            self.attached.insert(key);
-                        }
-                    }
+            let targets: Vec<u64> = match guard.target {
+                GuardTarget::Cgroups => plan.cgroups.iter().map(|c| c.id).collect(),
+                GuardTarget::Interfaces => plan.interfaces.iter().map(|&i| u64::from(i)).collect(),
+            };
+            for (i, target) in targets.into_iter().enumerate() {
+                let key = (guard.program, target);
+                wanted.insert(key);
+                if self.attached.contains(&key) {
+                    continue;
                 }
-                GuardTarget::Interfaces => {
-                    for &ifindex in &plan.interfaces {
-                        let key = (guard.program, u64::from(ifindex));
-                        wanted.insert(key);
-                        if !self.attached.contains(&key) && self.attach_interface(guard, ifindex)? {
-                            self.attached.insert(key);
-                        }
+                let attached = match guard.target {
+                    GuardTarget::Cgroups => self.attach_cgroup(guard, &plan.cgroups[i]),
+                    GuardTarget::Interfaces => self.attach_interface(guard, plan.interfaces[i]),
+                };
+                match attached {
+                    Ok(true) => {
+                        self.attached.insert(key);
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        first_error.get_or_insert(e);
                     }
                 }
             }
@@ -128,7 +139,13 @@ impl GuardLinks {
             self.sweep();
             self.swept = true;
         }
-        Ok(())
+        self.problem = first_error.as_ref().map(|e| e.to_string());
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Why the last pass could not attach a guard somewhere, if it could not.
+    pub fn problem(&self) -> Option<&str> {
+        self.problem.as_deref()
     }
 
     /// How many cgroups, or interfaces, have guard links of this instance.

@@ -75,6 +75,11 @@ impl StatusArgs {
         // A guard this kernel cannot run (the egress guard before 6.15,
         // the packet-socket refusal without the BPF LSM) leaves strict
         // policies enforced per socket only; steering is whole without it.
+        if let Some(problem) = daemon.as_ref().and_then(|d| d.guard_problem.as_ref()) {
+            problems.push(format!(
+                "{problem}: a strict policy is enforced per socket only there"
+            ));
+        }
         for left in daemon.iter().flat_map(|d| &d.guards_left_out) {
             problems.push(format!(
                 "program {left}; strict policies are enforced without it"

@@ -93,6 +93,9 @@ pub struct StatusView {
     /// The guards this kernel cannot run, each with why.
     #[serde(default)]
     pub guards_left_out: Vec<String>,
+    /// Why the last pass could not attach a guard somewhere.
+    #[serde(default)]
+    pub guard_problem: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

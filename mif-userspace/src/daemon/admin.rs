@@ -101,6 +101,7 @@ impl Admin {
             last_reload_error: self.last_reload_error.clone(),
             guarded_cgroups: reconciler.guards().guarded(GuardTarget::Cgroups),
             guarded_interfaces: reconciler.guards().guarded(GuardTarget::Interfaces),
+            guard_problem: reconciler.guards().problem().map(str::to_string),
             guards_left_out: reconciler
                 .guards()
                 .left_out()

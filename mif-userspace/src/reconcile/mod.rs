@@ -324,9 +324,11 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
         self.maps.write(&self.numbers.settings, &desired)?;
         // After the maps: a guard decides by the policy map, and one whose
         // policy is not there yet lets everything pass.
-        self.guards
-            .guard(&desired.guarded)
-            .context("attaching the strict policies' guards")?;
+        // A guard that cannot be attached somewhere is logged and shown by
+        // `mif status`; the rest of the pass (and the other guards) goes on.
+        if let Err(e) = self.guards.guard(&desired.guarded) {
+            warn!("attaching the strict policies' guards: {e}");
+        }
         let wanted: Vec<u32> = desired.routing.iter().map(|r| r.table).collect();
         let stale: Vec<PvdRouting> = self
             .applied
