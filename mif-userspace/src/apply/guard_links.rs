@@ -12,7 +12,7 @@
 //! restarting, as the hooks do. A new instance replaces every guard link it
 //! still wants the same way the loader replaces the hooks' (a new link
 //! pinned under a staging name, renamed over the old pin), and removes the
-//! pins it does not want once its first pass has attached the rest. When a
+//! pins it does not want; one it cannot replace keeps guarding meanwhile. When a
 //! guarded cgroup or interface is removed the kernel detaches its links;
 //! the pins go with the pass that no longer wants them. Interfaces are
 //! known by index, which the kernel does not hand out twice while it has
@@ -64,16 +64,29 @@ pub struct GuardLinks {
     mount: PathBuf,
     guards: Vec<LoadedGuard>,
     left_out: Vec<LeftOut>,
-    /// (program, cgroup id or ifindex) of the links that are this
-    /// instance's.
-    attached: BTreeSet<(&'static str, u64)>,
-    /// Whether a previous instance's pins that are not wanted were removed.
-    swept: bool,
+    /// (program, cgroup id or ifindex) of every link pinned: this
+    /// instance's and, until replaced or removed, a previous instance's.
+    pinned: BTreeSet<Key>,
+    /// Those of them this instance made.
+    ours: BTreeSet<Key>,
     /// See [`GuardLinks::problem`].
     problem: Option<String>,
 }
 
+/// A link's (program, cgroup id or ifindex).
+type Key = (&'static str, u64);
+
+/// What one guard is attached to.
+enum Target<'a> {
+    Cgroup(&'a GuardedCgroup),
+    Interface(u32),
+}
+
 impl GuardLinks {
+    /// Takes over the links a previous instance pinned (staging leftovers
+    /// go): each is replaced when this instance attaches its own, and
+    /// removed once not wanted, so a target this instance fails to attach
+    /// keeps the previous guard meanwhile.
     pub fn new(
         pins: PinDir,
         mount: PathBuf,
@@ -81,12 +94,12 @@ impl GuardLinks {
         left_out: Vec<LeftOut>,
     ) -> Self {
         Self {
-            pins,
             mount,
             guards,
             left_out,
-            attached: BTreeSet::new(),
-            swept: false,
+            pinned: adopt(&pins),
+            ours: BTreeSet::new(),
+            pins,
             problem: None,
         }
     }
@@ -101,23 +114,32 @@ impl GuardLinks {
         let mut wanted = BTreeSet::new();
         let mut first_error = None;
         for guard in &self.guards {
-            let targets: Vec<u64> = match guard.target {
-                GuardTarget::Cgroups => plan.cgroups.iter().map(|c| c.id).collect(),
-                GuardTarget::Interfaces => plan.interfaces.iter().map(|&i| u64::from(i)).collect(),
+            let targets: Vec<(u64, Target)> = match guard.target {
+                GuardTarget::Cgroups => plan
+                    .cgroups
+                    .iter()
+                    .map(|c| (c.id, Target::Cgroup(c)))
+                    .collect(),
+                GuardTarget::Interfaces => plan
+                    .interfaces
+                    .iter()
+                    .map(|&i| (u64::from(i), Target::Interface(i)))
+                    .collect(),
             };
-            for (i, target) in targets.into_iter().enumerate() {
-                let key = (guard.program, target);
+            for (id, target) in targets {
+                let key = (guard.program, id);
                 wanted.insert(key);
-                if self.attached.contains(&key) {
+                if self.ours.contains(&key) {
                     continue;
                 }
-                let attached = match guard.target {
-                    GuardTarget::Cgroups => self.attach_cgroup(guard, &plan.cgroups[i]),
-                    GuardTarget::Interfaces => self.attach_interface(guard, plan.interfaces[i]),
+                let attached = match target {
+                    Target::Cgroup(cgroup) => self.attach_cgroup(guard, cgroup),
+                    Target::Interface(ifindex) => self.attach_interface(guard, ifindex),
                 };
                 match attached {
                     Ok(true) => {
-                        self.attached.insert(key);
+                        self.ours.insert(key);
+                        self.pinned.insert(key);
                     }
                     Ok(false) => {}
                     Err(e) => {
@@ -126,18 +148,10 @@ impl GuardLinks {
                 }
             }
         }
-        for key in self
-            .attached
-            .difference(&wanted)
-            .copied()
-            .collect::<Vec<_>>()
-        {
+        for key in self.pinned.difference(&wanted).copied().collect::<Vec<_>>() {
             let _ = std::fs::remove_file(link_pin(&self.pins, key.0, key.1));
-            self.attached.remove(&key);
-        }
-        if !self.swept {
-            self.sweep();
-            self.swept = true;
+            self.pinned.remove(&key);
+            self.ours.remove(&key);
         }
         self.problem = first_error.as_ref().map(|e| e.to_string());
         first_error.map_or(Ok(()), Err)
@@ -156,7 +170,7 @@ impl GuardLinks {
             .filter(|g| g.target == target)
             .map(|g| g.program)
             .collect();
-        self.attached
+        self.ours
             .iter()
             .filter(|(program, _)| programs.contains(program))
             .count()
@@ -231,21 +245,27 @@ impl GuardLinks {
         raw::obj_pin(link.as_fd(), &staging).map_err(pin_failed)?;
         std::fs::rename(&staging, link_pin(&self.pins, program, target)).map_err(pin_failed)
     }
+}
 
-    /// Removes the pins that are not this instance's: a previous
-    /// instance's that are no longer wanted, and staging leftovers.
-    fn sweep(&self) {
-        for path in pinned(&self.pins) {
-            let ours = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(target_of_pin)
-                .is_some_and(|key| self.attached.contains(&key));
-            if !ours {
+/// The links pinned in `pins`, by key; anything else there (a staging pin
+/// left by a crash) is removed.
+fn adopt(pins: &PinDir) -> BTreeSet<Key> {
+    let mut keys = BTreeSet::new();
+    for path in pinned(pins) {
+        match path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(target_of_pin)
+        {
+            Some(key) => {
+                keys.insert(key);
+            }
+            None => {
                 let _ = std::fs::remove_file(path);
             }
         }
     }
+    keys
 }
 
 /// Removes every guard link pinned in `pins`; returns how many.

@@ -282,19 +282,11 @@ fn ops_ran(r: &Report, variant: Variant, program: &str) -> Option<bool> {
 /// if it ran for them, `Some(false)` if it did not while it did run for
 /// (f)'s (so the statistics would have seen it), `None` if unknown.
 fn guard_meets_unsteered(r: &Report) -> Option<bool> {
-    let ran = |v, op| r.prog_run(v, op, GUARD_PROGRAM).map(|x| x.is_some());
-    let ops = r.guard_ops();
-    if ops
-        .iter()
-        .any(|&op| ran(Variant::Unsteered, op) == Some(true))
-    {
-        return Some(true);
+    match ops_ran(r, Variant::Unsteered, GUARD_PROGRAM)? {
+        true => Some(true),
+        // Only a claim if the statistics would have seen it run.
+        false => (ops_ran(r, Variant::Strict, GUARD_PROGRAM) == Some(true)).then_some(false),
     }
-    let seen_strict = ops.iter().any(|&op| ran(Variant::Strict, op) == Some(true));
-    let measured = ops
-        .iter()
-        .any(|&op| ran(Variant::Unsteered, op) == Some(false));
-    (seen_strict && measured).then_some(false)
 }
 
 /// "The strict guards, per packet": what (f) and (g) measure, their
@@ -572,11 +564,9 @@ fn findings(
             pkt_ns.join(", ")
         );
     }
-    if let Some(b_pkt) = ops_ran(r, Variant::Mif(0), PKT_GUARD_PROGRAM) {
-        if b_pkt {
-            *md += "The packet guard ran for (b)'s frames too, which it should \
-                    not: (b) runs without strict policies. ";
-        }
+    if ops_ran(r, Variant::Mif(0), PKT_GUARD_PROGRAM) == Some(true) {
+        *md += "The packet guard ran for (b)'s frames too, which it should \
+                not: (b) runs without strict policies. ";
     }
     let nft_pp: Vec<String> = [Op::UdpSendto, Op::UdpStream, Op::TcpStream]
         .into_iter()
