@@ -6,6 +6,7 @@
 //! lab-peer client --proto tcp|udp|udp-unconnected --to ADDR --port PORT [--bind IP]
 //! lab-peer sockmark --family 4|6
 //! lab-peer attack --to ADDR ...   (see lab_peer/attack.rs)
+//! lab-peer http --name NAME --listen ADDR:PORT ... --state DIR   (see lab_peer/http.rs)
 //! ```
 //!
 //! `serve` answers every TCP connection and UDP datagram with
@@ -38,6 +39,8 @@ use nix::sys::time::{TimeVal, TimeValLike};
 // In a directory of its own: cargo would take a file of src/bin for a binary.
 #[path = "lab_peer/attack.rs"]
 mod attack;
+#[path = "lab_peer/http.rs"]
+mod http;
 
 const DEFAULT_PORT: u16 = 7777;
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
             "client" => client(&args),
             "sockmark" => sockmark(&args),
             "attack" => attack::attack(&args),
+            "http" => http::http(&args),
             other => Err(format!("unknown command {other:?}")),
         });
     match result {
@@ -60,10 +64,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// `COMMAND (--key value | --flag)*`.
+/// `COMMAND (--key value | --flag)*`; a key given twice keeps both values
+/// (`http --listen A --listen B`), and [`Args::get`] sees the last.
 struct Args {
     command: String,
-    options: HashMap<String, String>,
+    options: HashMap<String, Vec<String>>,
     flags: Vec<String>,
 }
 
@@ -80,7 +85,7 @@ impl Args {
     fn parse(mut argv: impl Iterator<Item = String>) -> Result<Self, String> {
         let command = argv
             .next()
-            .ok_or("usage: lab-peer serve|client|sockmark ...")?;
+            .ok_or("usage: lab-peer serve|client|sockmark|attack|http ...")?;
         let (mut options, mut flags) = (HashMap::new(), Vec::new());
         while let Some(arg) = argv.next() {
             let key = arg
@@ -90,7 +95,10 @@ impl Args {
                 flags.push(key.to_owned());
             } else {
                 let value = argv.next().ok_or_else(|| format!("{arg} needs a value"))?;
-                options.insert(key.to_owned(), value);
+                options
+                    .entry(key.to_owned())
+                    .or_insert_with(Vec::new)
+                    .push(value);
             }
         }
         Ok(Self {
@@ -101,7 +109,12 @@ impl Args {
     }
 
     fn get(&self, key: &str) -> Option<&str> {
-        self.options.get(key).map(String::as_str)
+        self.options.get(key)?.last().map(String::as_str)
+    }
+
+    /// Every value given for `key`, in order.
+    fn all(&self, key: &str) -> &[String] {
+        self.options.get(key).map_or(&[], Vec::as_slice)
     }
 
     fn required(&self, key: &str) -> Result<&str, String> {
