@@ -15,13 +15,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::{Lab, LabChild};
+use super::{Lab, LabChild, INTERNET_V4, INTERNET_V6};
 
 /// The name every lab resolver answers, each with its own addresses.
 pub const DNS_NAME: &str = "whoami.lab";
 /// A domain every lab resolver also answers for (any name below it), with
 /// the same addresses: what a PvD declares in `domains`.
 pub const CORP_DOMAIN: &str = "corp.lab";
+/// The name of the connectivity check (see [`Lab::start_connectivity_servers`]):
+/// every network's resolver answers it with the internet addresses
+/// ([`INTERNET_V4`], [`INTERNET_V6`]), where that network's HTTP server
+/// listens. The host's stub does not know it, so a probe by name only works
+/// through a network's own resolver.
+pub const CONNECTIVITY_NAME: &str = "connectivity.lab";
 /// A TXT record of `big.corp.lab` too large for a UDP answer without EDNS
 /// (512 bytes): such answers come truncated (TC), and clients retry over TCP.
 pub const BIG_TXT: &str = "big.corp.lab";
@@ -173,6 +179,11 @@ impl Lab {
                 format!(",{}", big_txt_chunk(resolver)).repeat(4)
             ),
         ];
+        if let Resolver::Network(_) = resolver {
+            for internet in [IpAddr::V4(INTERNET_V4), IpAddr::V6(INTERNET_V6)] {
+                args.push(format!("--address=/{CONNECTIVITY_NAME}/{internet}"));
+            }
+        }
         args.extend(listen.iter().map(|a| format!("--listen-address={a}")));
         args.extend(extra.iter().cloned());
         let mut cmd = match router {

@@ -19,8 +19,11 @@
 //! ([`Lab::start_vpn`]), a second router on network 0's link announcing a
 //! route of its own ([`Lab::add_second_router`]), a network configured by
 //! DHCP ([`Lab::use_dhcp`]), packet counters in the routers
-//! ([`Lab::count_arrivals`]), and more or deprecated addresses on the host's
-//! interfaces ([`Lab::add_host_address`], [`Lab::deprecate_host_address`]).
+//! ([`Lab::count_arrivals`]), more or deprecated addresses on the host's
+//! interfaces ([`Lab::add_host_address`], [`Lab::deprecate_host_address`]),
+//! connectivity-check HTTP servers for network validation
+//! ([`Lab::start_connectivity_servers`]) and networks whose upstream dies
+//! while their link stays up ([`Lab::cut_upstream`]).
 //!
 //! Traffic only ever goes to addresses inside these namespaces. Everything
 //! is removed on drop, also while a failing test unwinds: child processes
@@ -52,6 +55,7 @@ mod cgroup;
 mod dhcp;
 mod dns;
 mod exec;
+mod http;
 mod names;
 mod netns;
 mod peer;
@@ -73,8 +77,14 @@ use anyhow::{bail, Context, Result};
 pub use capture::{ArrivalCounter, Arrivals};
 pub use cgroup::{cgroup2_mount, effective_egress_programs};
 pub use dhcp::{DhcpLease, DHCP_DOMAIN, DHCP_ONLY_ANSWER, DHCP_ONLY_NAME};
-pub use dns::{big_txt_chunk, Dnsmasq, Resolver, BIG_TXT, CORP_DOMAIN, DNS_NAME};
+pub use dns::{
+    big_txt_chunk, Dnsmasq, Resolver, BIG_TXT, CONNECTIVITY_NAME, CORP_DOMAIN, DNS_NAME,
+};
 pub use exec::LabChild;
+pub use http::{
+    Answer, ConnectivityServers, HttpFailure, HttpReply, HttpRequest, CONNECTIVITY_PATH,
+    HTTP_CONNECT_TIMEOUT, HTTP_PORT, WHOAMI_PATH,
+};
 pub use peer::{
     lab_peer_path, ClientFailure, ClientReply, Family, Proto, SockMark, LAB_PEER_ENV, PEER_PORT,
 };
