@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use mif_tests::lab::{
-    lab_peer_path, Arrivals, ClientFailure, Lab, Proto, VpnShape, DHCP_DOMAIN, DHCP_ONLY_ANSWER,
-    DHCP_ONLY_NAME, INTERNET_V4, INTERNET_V6, SECOND_ROUTER_V6, VPN_NETWORK_NAME, VPN_SERVER_V4,
+    lab_peer_path, Answer, Arrivals, ClientFailure, HttpFailure, HttpReply, HttpRequest, Lab,
+    Proto, VpnShape, CONNECTIVITY_NAME, CONNECTIVITY_PATH, DHCP_DOMAIN, DHCP_ONLY_ANSWER,
+    DHCP_ONLY_NAME, INTERNET_V4, INTERNET_V6, OUTPUT_TIMEOUT, SECOND_ROUTER_V6, VPN_NETWORK_NAME,
+    VPN_SERVER_V4, WHOAMI_PATH,
 };
 use mif_tests::skip_unless_root;
 
@@ -484,7 +486,8 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 }
 
 /// Every scenario at once, then a panic: the namespaces, processes
-/// (openvpn, radvd, dnsmasq, dhclient) and files they made are all gone.
+/// (openvpn, radvd, dnsmasq, dhclient, the HTTP servers) and files they
+/// made are all gone.
 #[test]
 fn scenarios_leave_nothing_behind_when_a_test_panics() {
     skip_unless_root!();
@@ -494,6 +497,8 @@ fn scenarios_leave_nothing_behind_when_a_test_panics() {
         let vpn = lab.start_vpn(VpnShape::FullTunnel).unwrap();
         let r2 = lab.add_second_router().unwrap();
         let lease = lab.use_dhcp(1).unwrap();
+        let _http = lab.start_connectivity_servers().unwrap();
+        lab.cut_upstream(1).unwrap();
         let mut fp = Footprint::of(&lab);
         fp.namespaces.extend(
             [vpn.server_ns_name(), r2.ns_name()].map(|ns| Path::new("/run/netns").join(ns)),
@@ -521,4 +526,273 @@ fn scenarios_leave_nothing_behind_when_a_test_panics() {
     }
     let left = processes_mentioning(&needle);
     assert!(left.is_empty(), "left running: {left:?}");
+}
+
+// Connectivity checks: every network's HTTP server on the internet
+// addresses, and networks whose upstream dies.
+
+/// The connectivity-check URLs of both families.
+fn check_urls() -> [(String, &'static str); 2] {
+    [
+        (format!("http://{INTERNET_V4}{CONNECTIVITY_PATH}"), "v4"),
+        (format!("http://[{INTERNET_V6}]{CONNECTIVITY_PATH}"), "v6"),
+    ]
+}
+
+/// `GET url` from the host, leaving by network `i` (bound to its
+/// interface); panics if curl fails.
+fn get_via(lab: &Lab, i: usize, url: &str) -> HttpReply {
+    let dev = &lab.network(i).name;
+    lab.http_get(None, Some(dev), url)
+        .unwrap_or_else(|e| panic!("GET {url} via {dev}: {e:#}"))
+}
+
+/// A request leaving by network `i` gets 204 from network `i`'s server
+/// alone, which logs it with the source, method, path and Host it had;
+/// `/whoami` names the network and the source.
+#[test]
+fn connectivity_servers_answer_each_network_on_its_own() {
+    skip_unless_root!();
+    let lab = Lab::new(NETWORKS).unwrap();
+    let servers = lab.start_connectivity_servers().unwrap();
+
+    // Network 1 first: network 0 is where unsteered traffic would go, so
+    // its server staying silent shows the requests really left by wwan0.
+    for i in [1, 0] {
+        let net = lab.network(i).clone();
+        let sources = [IpAddr::V4(net.host_v4), IpAddr::V6(net.host_v6)];
+        let hosts = [INTERNET_V4.to_string(), format!("[{INTERNET_V6}]")];
+        for ((url, family), source) in check_urls().iter().zip(sources) {
+            let reply = get_via(&lab, i, url);
+            assert_eq!((reply.status, reply.body.as_str()), (204, ""), "{family}");
+            assert_eq!(reply.location, None, "{family}");
+            let whoami = url.replace(CONNECTIVITY_PATH, WHOAMI_PATH);
+            let reply = get_via(&lab, i, &whoami);
+            assert_eq!(reply.status, 200, "{family}");
+            assert_eq!(reply.body, format!("{} {source}\n", net.name), "{family}");
+        }
+        let seen = servers.requests(i).unwrap();
+        let expected: Vec<_> = sources
+            .iter()
+            .zip(&hosts)
+            .flat_map(|(source, host)| {
+                [CONNECTIVITY_PATH, WHOAMI_PATH].map(|path| HttpRequest {
+                    source: *source,
+                    method: "GET".into(),
+                    path: path.into(),
+                    host: Some(host.clone()),
+                })
+            })
+            .collect();
+        assert_eq!(seen, expected, "{}'s server", net.name);
+        if i == 1 {
+            let other = servers.requests(0).unwrap();
+            assert!(other.is_empty(), "wlan0's server saw {other:?}");
+        }
+    }
+}
+
+/// The answer file switches a network's server between a working network,
+/// a captive portal's redirect and a page answered in place, request by
+/// request, without touching the other networks; `/whoami` answers in
+/// every mode.
+#[test]
+fn connectivity_answers_switch_to_captive_and_back() {
+    skip_unless_root!();
+    let lab = Lab::new(NETWORKS).unwrap();
+    let servers = lab.start_connectivity_servers().unwrap();
+    let portal = "http://198.18.1.1/login?from=probe";
+    let wwan0 = lab.network(1).clone();
+
+    servers
+        .set_answer(1, Answer::Redirect(portal.to_owned()))
+        .unwrap();
+    for (url, family) in check_urls() {
+        let reply = get_via(&lab, 1, &url);
+        assert_eq!(reply.status, 302, "{family}: {reply:?}");
+        assert_eq!(reply.location.as_deref(), Some(portal), "{family}");
+        assert_eq!(get_via(&lab, 0, &url).status, 204, "{family} via wlan0");
+    }
+    let whoami = format!("http://{INTERNET_V4}{WHOAMI_PATH}");
+    let reply = get_via(&lab, 1, &whoami);
+    assert_eq!(
+        (reply.status, reply.body),
+        (200, format!("wwan0 {}\n", wwan0.host_v4))
+    );
+
+    servers.set_answer(1, Answer::Page).unwrap();
+    for (url, family) in check_urls() {
+        let reply = get_via(&lab, 1, &url);
+        assert_eq!((reply.status, &reply.location), (200, &None), "{family}");
+        assert!(reply.body.contains("<html>"), "{family}: {reply:?}");
+    }
+
+    servers.set_answer(1, Answer::NoContent).unwrap();
+    for (url, family) in check_urls() {
+        assert_eq!(get_via(&lab, 1, &url).status, 204, "{family}");
+    }
+}
+
+/// A cut upstream: packets to the internet addresses reach network 1's
+/// router and vanish there, so connections time out (not refused) and the
+/// server logs nothing, while the gateway itself still answers, after a
+/// fresh ARP/ND resolution, and network 0 is untouched. Cutting twice and
+/// restoring twice are harmless; after restoring, the server answers again.
+#[test]
+fn cut_upstream_silences_the_internet_but_not_the_gateway() {
+    skip_unless_root!();
+    let lab = Lab::new(NETWORKS).unwrap();
+    let servers = lab.start_connectivity_servers().unwrap();
+    let wwan0 = lab.network(1).clone();
+
+    lab.cut_upstream(1).unwrap();
+    lab.cut_upstream(1).unwrap();
+    let nft = lab.command_in_router(1, "nft", ["list", "tables"]).unwrap();
+    let out = lab.output(nft, OUTPUT_TIMEOUT).unwrap();
+    let tables = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(tables.matches("mif_cut_upstream").count(), 1, "{tables}");
+
+    let arrivals = lab.count_arrivals(1, Arrivals::All).unwrap();
+    for (url, family) in check_urls() {
+        let err = lab
+            .http_get(None, Some(&wwan0.name), &url)
+            .expect_err(&format!("{family} through a cut upstream"));
+        let failure = err.downcast::<HttpFailure>().expect("curl ran");
+        assert!(failure.timed_out(), "{family}: {failure}");
+        assert_eq!(get_via(&lab, 0, &url).status, 204, "{family} via wlan0");
+    }
+    assert!(arrivals.packets().unwrap() > 0, "no SYN reached router 1");
+    let seen = servers.requests(1).unwrap();
+    assert!(seen.is_empty(), "wwan0's server saw {seen:?}");
+
+    // The gateway is still there, also for a neighbour resolution made
+    // now, with the upstream cut.
+    lab.ip_host(&["neigh", "flush", "dev", &wwan0.name])
+        .unwrap();
+    for gateway in [IpAddr::V4(wwan0.gateway_v4), IpAddr::V6(wwan0.gateway_v6)] {
+        let reply = lab
+            .client(None, Proto::Tcp, gateway, None)
+            .unwrap_or_else(|e| panic!("TCP to gateway {gateway}: {e:#}"));
+        assert_eq!(reply.network, "wwan0", "{gateway}");
+        let neigh = lab
+            .ip_host(&[
+                "-j",
+                "neigh",
+                "show",
+                &gateway.to_string(),
+                "dev",
+                &wwan0.name,
+            ])
+            .unwrap();
+        let entries: serde_json::Value = serde_json::from_str(&neigh).unwrap();
+        assert!(entries[0]["lladdr"].is_string(), "{gateway}: {neigh}");
+        let state = entries[0]["state"].to_string();
+        assert!(
+            !state.contains("FAILED") && !state.contains("INCOMPLETE"),
+            "{gateway}: {neigh}"
+        );
+    }
+
+    // The peer on PEER_PORT is cut off too: unsteered traffic leaves by
+    // wlan0, so cut network 0 to see it.
+    lab.cut_upstream(0).unwrap();
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let err = lab
+            .client(None, proto, INTERNET_V4.into(), None)
+            .expect_err("peer through a cut upstream");
+        let failure = err.downcast::<ClientFailure>().expect("lab-peer ran");
+        assert!(failure.stderr.contains("timed out"), "{proto}: {failure}");
+    }
+
+    for i in [0, 1] {
+        lab.restore_upstream(i).unwrap();
+        lab.restore_upstream(i).unwrap();
+    }
+    for (url, family) in check_urls() {
+        assert_eq!(get_via(&lab, 1, &url).status, 204, "{family} restored");
+    }
+    assert_answered(
+        &lab,
+        INTERNET_V4.into(),
+        "wlan0",
+        lab.network(0).host_v4.into(),
+    );
+    assert_eq!(servers.requests(1).unwrap().len(), 2);
+}
+
+/// Every network's resolver gives the connectivity name the internet
+/// addresses; the host's stub does not know it.
+#[test]
+fn connectivity_name_resolves_through_each_network() {
+    skip_unless_root!();
+    let lab = Lab::new(NETWORKS).unwrap();
+    let _resolvers: Vec<_> = (0..NETWORKS.len())
+        .map(|i| lab.start_resolver(i, &[]).unwrap())
+        .collect();
+    let stub = lab.start_stub_resolver().unwrap();
+    for i in 0..NETWORKS.len() {
+        let server = IpAddr::V4(lab.network(i).gateway_v4);
+        for (rtype, expected) in [
+            ("A", INTERNET_V4.to_string()),
+            ("AAAA", INTERNET_V6.to_string()),
+        ] {
+            let out = lab
+                .dig_name(None, server, false, CONNECTIVITY_NAME, rtype)
+                .unwrap();
+            let answer = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(
+                answer.trim(),
+                expected,
+                "{rtype} from resolver {i}: {out:?}"
+            );
+        }
+    }
+    let out = lab
+        .dig_name(
+            None,
+            "127.0.0.53".parse().unwrap(),
+            false,
+            CONNECTIVITY_NAME,
+            "A",
+        )
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "the stub answered: {out:?}"
+    );
+    assert!(stub
+        .queries()
+        .iter()
+        .any(|(name, _)| name == CONNECTIVITY_NAME));
+}
+
+/// Dropping the servers' handle stops them: port 80 is free again for a
+/// second set (its bind would fail otherwise), and no process of the first
+/// set is left.
+#[test]
+fn connectivity_servers_stop_when_dropped() {
+    skip_unless_root!();
+    let lab = Lab::new(NETWORKS).unwrap();
+    // Their state directories, in their arguments, are in the scratch dir.
+    let scratch = lab.scratch_root().display().to_string();
+    let servers_running = || {
+        processes_mentioning(&scratch)
+            .into_iter()
+            .filter(|p| p.contains(" http "))
+            .collect::<Vec<_>>()
+    };
+    let first = lab.start_connectivity_servers().unwrap();
+    let before = servers_running();
+    assert_eq!(before.len(), NETWORKS.len(), "{before:?}");
+    drop(first);
+    assert!(servers_running().is_empty(), "{:?}", servers_running());
+
+    let second = lab.start_connectivity_servers().unwrap();
+    for (url, family) in check_urls() {
+        assert_eq!(get_via(&lab, 1, &url).status, 204, "{family}");
+    }
+    assert_eq!(second.requests(1).unwrap().len(), 2);
+    let after = servers_running();
+    assert_eq!(after.len(), NETWORKS.len(), "{after:?}");
+    assert!(after.iter().all(|p| !before.contains(p)), "{after:?}");
 }
