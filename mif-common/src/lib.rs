@@ -325,6 +325,13 @@ pub const PVD_AVAIL_V6: u32 = 1 << 1;
 /// scope); the daemon's forwarder reaches them, so while it is on,
 /// queries go there instead of being treated as having no resolver.
 pub const PVD_DNS_VIA_FORWARDER: u32 = 1 << 2;
+/// PvD flag: validation found the PvD captive or failing for IPv4 (its
+/// link, address and gateway are fine, the internet behind them is not).
+/// Non-strict policies pass it over while another PvD of theirs is
+/// available and not degraded; strict policies ignore it.
+pub const PVD_DEGRADED_V4: u32 = 1 << 3;
+/// PvD flag: likewise for IPv6.
+pub const PVD_DEGRADED_V6: u32 = 1 << 4;
 
 /// Value of the PvD array, indexed by PvD index.
 #[repr(C)]
@@ -355,6 +362,25 @@ impl Pvd {
             PVD_AVAIL_V4
         };
         self.flags & bit != 0
+    }
+
+    /// Whether validation found the PvD captive or failing for the family.
+    pub const fn degraded(&self, family_v6: bool) -> bool {
+        let bit = if family_v6 {
+            PVD_DEGRADED_V6
+        } else {
+            PVD_DEGRADED_V4
+        };
+        self.flags & bit != 0
+    }
+
+    /// Whether a socket of the family may be given this PvD: in the first
+    /// of the choice's two rounds (`healthy_only`) it must also not be
+    /// degraded; the second round, for non-strict policies whose PvDs are
+    /// all degraded, takes any available one (an application is better
+    /// off trying a captive network than having none).
+    pub const fn choosable(&self, family_v6: bool, healthy_only: bool) -> bool {
+        self.available(family_v6) && !(healthy_only && self.degraded(family_v6))
     }
 }
 
@@ -583,6 +609,27 @@ mod tests {
         };
         p.prefer[..prefer.len()].copy_from_slice(prefer);
         p
+    }
+
+    #[test]
+    fn degraded_pvds_are_choosable_only_in_the_second_round() {
+        let healthy = Pvd {
+            flags: PVD_AVAIL_V4 | PVD_AVAIL_V6,
+            ..Default::default()
+        };
+        let captive4 = Pvd {
+            flags: PVD_AVAIL_V4 | PVD_AVAIL_V6 | PVD_DEGRADED_V4,
+            ..Default::default()
+        };
+        let down = Pvd {
+            flags: PVD_DEGRADED_V4,
+            ..Default::default()
+        };
+        assert!(healthy.choosable(false, true) && healthy.choosable(true, true));
+        assert!(!captive4.choosable(false, true), "degraded for IPv4");
+        assert!(captive4.choosable(false, false), "but available");
+        assert!(captive4.choosable(true, true), "IPv6 is validated apart");
+        assert!(!down.choosable(false, false), "never an unavailable one");
     }
 
     #[test]

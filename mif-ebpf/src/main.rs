@@ -112,28 +112,39 @@ fn try_sock_create(ctx: &SockContext) -> Result<i32, i32> {
     }
     let want_v6 = family == AF_INET6;
 
-    let mut rank = 0;
-    while rank < policy.prefer.len() {
-        let index = policy.prefer[rank];
-        if index == NO_PVD {
-            break;
-        }
-        if let Some(pvd) = unsafe { PVDS.get(u32::from(index)) } {
-            if pvd.available(want_v6) {
-                unsafe {
-                    (*sk).mark = pvd.mark;
-                    if policy.binds_device() {
-                        (*sk).bound_dev_if = pvd.ifindex;
-                    }
-                }
-                count(policy.id, u32::from(index), Event::Steered);
-                if rank > 0 {
-                    count(policy.id, u32::from(index), Event::Fallback);
-                }
-                return Ok(ALLOW);
+    // Two rounds over the preference list: the first passes over PvDs that
+    // validation found captive or failing, the second (non-strict policies
+    // only, whose PvDs are then all degraded or unavailable) takes the
+    // first available one. A strict policy has one round that ignores
+    // validation: its admin asked for those networks only, and a portal
+    // must stay reachable to log in.
+    let mut round = if policy.is_strict() { 1 } else { 0 };
+    while round < 2 {
+        let healthy_only = round == 0;
+        let mut rank = 0;
+        while rank < policy.prefer.len() {
+            let index = policy.prefer[rank];
+            if index == NO_PVD {
+                break;
             }
+            if let Some(pvd) = unsafe { PVDS.get(u32::from(index)) } {
+                if pvd.choosable(want_v6, healthy_only) {
+                    unsafe {
+                        (*sk).mark = pvd.mark;
+                        if policy.binds_device() {
+                            (*sk).bound_dev_if = pvd.ifindex;
+                        }
+                    }
+                    count(policy.id, u32::from(index), Event::Steered);
+                    if rank > 0 {
+                        count(policy.id, u32::from(index), Event::Fallback);
+                    }
+                    return Ok(ALLOW);
+                }
+            }
+            rank += 1;
         }
-        rank += 1;
+        round += 1;
     }
 
     if policy.is_strict() {

@@ -13,8 +13,8 @@
 //!   socket resets, the link-down fast path;
 //! - [`reconcile`] runs one pass host → model → plan → apply;
 //! - [`daemon`] is the lifecycle and event loop around the passes, with the
-//!   [`dns`] forwarder and the [`control`] socket; [`cli`] the admin verbs
-//!   and their rendering.
+//!   [`dns`] forwarder, the [`validation`] probes and the [`control`]
+//!   socket; [`cli`] the admin verbs and their rendering.
 //!
 //! In the kernel, the programs of `mif-ebpf` steer each new socket by what
 //! [`apply`] wrote.
@@ -33,3 +33,4 @@ pub mod prefix;
 pub mod reconcile;
 #[doc(hidden)]
 pub mod test_support;
+pub mod validation;

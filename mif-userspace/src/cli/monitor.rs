@@ -29,7 +29,7 @@ fn describe(event: &MonitorEvent) -> String {
     match event {
         MonitorEvent::Subscribed => "following PvD and policy changes".into(),
         MonitorEvent::Pvd(p) => format!(
-            "pvd {}: link {}, IPv4 {}, IPv6 {}",
+            "pvd {}: link {}, IPv4 {}, IPv6 {}{}",
             p.name,
             if p.link_up { "up" } else { "down" },
             if p.available_v4 {
@@ -42,6 +42,7 @@ fn describe(event: &MonitorEvent) -> String {
             } else {
                 "unavailable"
             },
+            validation(p),
         ),
         MonitorEvent::PolicySet(s) => format!(
             "policy set {}: prefer {}{}",
@@ -55,4 +56,18 @@ fn describe(event: &MonitorEvent) -> String {
             format!("config reload refused: {}", error.as_deref().unwrap_or("?"))
         }
     }
+}
+
+/// `; validation IPv4 captive (portal http://...)` for the families probed.
+fn validation(p: &crate::control::protocol::PvdView) -> String {
+    [("IPv4", &p.validation_v4), ("IPv6", &p.validation_v6)]
+        .iter()
+        .filter_map(|(family, v)| {
+            let v = v.as_ref()?;
+            Some(match &v.portal {
+                Some(portal) => format!("; validation {family} {} (portal {portal})", v.state),
+                None => format!("; validation {family} {}", v.state),
+            })
+        })
+        .collect()
 }

@@ -5,9 +5,18 @@ use crate::{
     cli::report::{table, MapsReport},
     control::{
         client::ClientError,
-        protocol::{PvdView, Request, Response},
+        protocol::{ProbedView, PvdView, Request, Response},
     },
+    validation::FamilyValidationView,
 };
+
+/// How long ago a Unix time was, in words (`12 s ago`).
+fn ago(unix_secs: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("{} s ago", now.saturating_sub(unix_secs))
+}
 
 /// Provisioning domains.
 #[derive(Debug, Args)]
@@ -21,8 +30,15 @@ pub struct PvdArgs {
 #[derive(Debug, Subcommand)]
 pub enum PvdCommand {
     /// Each PvD: name, interface, state per family, addresses, gateways,
-    /// DNS servers (and where they came from), mark, table.
+    /// DNS servers (and where they came from), mark, table, and validation
+    /// (validated, captive with the portal, failing, unknown; last probe).
     List,
+    /// Validate a PvD now (each family it is available for) and show what
+    /// the probes found; needs `[validation]` or the PvD's own URL.
+    Probe {
+        /// The PvD's name, as `mif pvd list` shows it.
+        name: String,
+    },
 }
 
 impl PvdArgs {
@@ -38,7 +54,50 @@ impl PvdArgs {
                 }
                 Err(e) => Err(e.into()),
             },
+            PvdCommand::Probe { name } => {
+                match self.client.request(&Request::PvdProbe { name })? {
+                    Response::Probed(views) => self.client.print(&views, || render_probed(&views)),
+                    Response::Error(e) => anyhow::bail!("{e}"),
+                    other => Err(unexpected(other)),
+                }
+            }
         }
+    }
+}
+
+fn render_probed(views: &[ProbedView]) -> String {
+    let mut out = String::new();
+    for v in views {
+        out.push_str(&format!(
+            "{}: {} ({}, {})\n",
+            v.family,
+            state_words(&v.validation),
+            v.validation.url,
+            v.validation.last_outcome.as_deref().unwrap_or("-"),
+        ));
+    }
+    out
+}
+
+/// A family's validation in a few words: `validated`, `captive (portal
+/// http://...)`.
+fn state_words(v: &FamilyValidationView) -> String {
+    match &v.portal {
+        Some(portal) => format!("{} (portal {portal})", v.state),
+        None => v.state.clone(),
+    }
+}
+
+/// The VALIDATION column: one state when both families agree.
+fn validation_cell(p: &PvdView) -> String {
+    match (&p.validation_v4, &p.validation_v6) {
+        (None, None) => "-".into(),
+        (Some(a), Some(b)) if a.state == b.state => a.state.clone(),
+        (a, b) => [("v4", a), ("v6", b)]
+            .iter()
+            .filter_map(|(f, v)| Some(format!("{f} {}", v.as_ref()?.state)))
+            .collect::<Vec<_>>()
+            .join(", "),
     }
 }
 
@@ -54,6 +113,7 @@ fn render(pvds: &[PvdView]) -> String {
         "DNS",
         "MARK",
         "TABLE",
+        "VALIDATION",
     ]
     .map(String::from)
     .to_vec()];
@@ -88,6 +148,7 @@ fn render(pvds: &[PvdView]) -> String {
             },
             p.mark.clone(),
             p.table.to_string(),
+            validation_cell(p),
         ]);
         notes.extend(pvd_notes(p));
     }
@@ -122,6 +183,23 @@ fn pvd_notes(p: &PvdView) -> Vec<String> {
         notes.push(format!(
             "{}: domains {domains} ({})",
             p.name, p.domains_source
+        ));
+    }
+    for (family, v) in [("IPv4", &p.validation_v4), ("IPv6", &p.validation_v6)] {
+        let Some(v) = v else { continue };
+        let when = match v.last_probe {
+            Some(at) => format!("last probe {}", ago(at)),
+            None => "not probed yet".into(),
+        };
+        let outcome = v
+            .last_outcome
+            .as_deref()
+            .map_or(String::new(), |o| format!(": {o}"));
+        notes.push(format!(
+            "{}: {family} {} by {} ({when}{outcome})",
+            p.name,
+            state_words(v),
+            v.url
         ));
     }
     notes.extend(p.routes.iter().map(|r| format!("{}: route {r}", p.name)));

@@ -5,6 +5,7 @@ use crate::{
     host::netlink::{HostRoute, Uplink, UplinkShape},
     model::policies::{Origin, PolicySpec},
     model::pvd::PvdState,
+    validation::FamilyValidationView,
 };
 
 /// The name serde gives a unit enum variant (`point-to-point`, `ra`...),
@@ -29,6 +30,10 @@ pub enum Request {
     Reload,
     /// Streams [`MonitorEvent`]s until the client goes away.
     Monitor,
+    /// Validates a PvD now; answered when its probes end.
+    PvdProbe {
+        name: String,
+    },
 }
 
 impl Request {
@@ -42,7 +47,7 @@ impl Request {
     pub fn is_change(&self) -> bool {
         matches!(
             self,
-            Self::PolicySet(_) | Self::PolicyDel { .. } | Self::Reload
+            Self::PolicySet(_) | Self::PolicyDel { .. } | Self::Reload | Self::PvdProbe { .. }
         )
     }
 }
@@ -55,6 +60,16 @@ pub enum Response {
     Status(StatusView),
     Pvds(Vec<PvdView>),
     Policies(Vec<PolicyView>),
+    /// What `PvdProbe` found, per probed family.
+    Probed(Vec<ProbedView>),
+}
+
+/// One family's validation after `mif pvd probe`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbedView {
+    pub family: String,
+    #[serde(flatten)]
+    pub validation: FamilyValidationView,
 }
 
 impl Response {
@@ -142,6 +157,12 @@ pub struct PvdView {
     pub domains: Vec<String>,
     #[serde(default)]
     pub domains_source: String,
+    /// Validation per family: None while the family is not probed
+    /// (validation off, or the family unavailable).
+    #[serde(default)]
+    pub validation_v4: Option<FamilyValidationView>,
+    #[serde(default)]
+    pub validation_v6: Option<FamilyValidationView>,
 }
 
 /// An uplink in words.
@@ -199,6 +220,8 @@ impl From<&PvdState> for PvdView {
             routes_left_out: p.routes_left_out,
             domains: p.domains.clone(),
             domains_source: wire_name(p.domains_source),
+            validation_v4: None,
+            validation_v6: None,
         }
     }
 }

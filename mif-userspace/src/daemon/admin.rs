@@ -9,12 +9,55 @@ use tokio::sync::broadcast;
 use super::prepare::check_config;
 use crate::{
     apply::loader::GuardTarget,
-    control::protocol::{MonitorEvent, PolicyView, PvdView, Request, Response, StatusView},
+    control::protocol::{
+        MonitorEvent, PolicyView, ProbedView, PvdView, Request, Response, StatusView,
+    },
     host::cgroup::normalize_cgroup,
     instance::InstanceOptions,
     model::policies::{self, Origin, PolicySpec},
+    model::pvd::PvdState,
     reconcile::Reconciler,
+    validation::Validator,
 };
+
+/// A PvD as `mif pvd list` and `mif monitor` show it, with its validation.
+pub fn pvd_view(p: &PvdState, validator: &Validator) -> PvdView {
+    let mut view = PvdView::from(p);
+    view.validation_v4 = validator.view(&p.name, false);
+    view.validation_v6 = validator.view(&p.name, true);
+    view
+}
+
+/// `mif pvd probe NAME`: probes the PvD's families now and answers on
+/// `reply` when they end (a task waits for them, so the event loop goes
+/// on); at once with an error when the PvD is not validated at all.
+pub fn probe(
+    validator: &mut Validator,
+    pvds: &[PvdState],
+    name: &str,
+    reply: tokio::sync::oneshot::Sender<Response>,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if let Err(e) = validator.probe_now(name, pvds, tx) {
+        let _ = reply.send(Response::Error(e));
+        return;
+    }
+    tokio::spawn(async move {
+        let response = match rx.await {
+            Ok(views) => Response::Probed(
+                views
+                    .into_iter()
+                    .map(|(v6, validation)| ProbedView {
+                        family: if v6 { "IPv6" } else { "IPv4" }.into(),
+                        validation,
+                    })
+                    .collect(),
+            ),
+            Err(_) => Response::Error("the PvD changed while it was probed; probe again".into()),
+        };
+        let _ = reply.send(response);
+    });
+}
 
 pub struct Admin {
     pub config_path: PathBuf,
@@ -39,11 +82,18 @@ impl Admin {
         &mut self,
         reconciler: &mut Reconciler,
         monitor: &broadcast::Sender<MonitorEvent>,
+        validator: &Validator,
         request: Request,
     ) -> Response {
         match request {
             Request::Status => Response::Status(self.status(reconciler)),
-            Request::Pvds => Response::Pvds(reconciler.pvds().iter().map(PvdView::from).collect()),
+            Request::Pvds => Response::Pvds(
+                reconciler
+                    .pvds()
+                    .iter()
+                    .map(|p| pvd_view(p, validator))
+                    .collect(),
+            ),
             Request::Policies => Response::Policies(policy_views(reconciler)),
             Request::PolicySet(spec) => match self.set_policy(reconciler, spec.clone()).await {
                 Ok(()) => {
@@ -72,6 +122,8 @@ impl Admin {
             }
             // Served by the connection itself.
             Request::Monitor => Response::Error("monitor is a stream".into()),
+            // Served by [`probe`], which answers when the probes end.
+            Request::PvdProbe { .. } => Response::Error("probe is answered apart".into()),
         }
     }
 

@@ -13,6 +13,7 @@
 //! 6. on SIGINT/SIGTERM remove everything (or, with --keep-steering, leave
 //!    it for the next daemon to adopt).
 mod admin;
+mod failing;
 mod guard_log;
 mod predating;
 mod prepare;
@@ -45,6 +46,7 @@ use crate::{
     model::pvd::PvdState,
     reconcile::PolicyState,
     reconcile::{InstanceNumbers, Lost, Reconciler, WatchTargets},
+    validation::{Validator, VerdictChange},
 };
 
 /// How often the kernel state is re-checked even without events, to repair
@@ -136,6 +138,7 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    let mut validator = Validator::new(&prepared.config);
     let mut reconciler = Reconciler::new(
         netlink.clone(),
         maps,
@@ -210,6 +213,7 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
             control: &mut control,
             signals: &mut signals,
             drops: drops.as_mut(),
+            validator: &mut validator,
         },
         &mut admin,
         &mut dns_forwarder,
@@ -236,6 +240,8 @@ struct Inputs<'a> {
     signals: &'a mut Signals,
     /// The guards' drops, to log; `None` if the ring could not be opened.
     drops: Option<&'a mut guard_log::GuardLog>,
+    /// Probes due and probes finished.
+    validator: &'a mut Validator,
 }
 
 /// Reconciles on every batch of events until SIGINT/SIGTERM.
@@ -251,6 +257,7 @@ async fn follow(
         control,
         signals,
         mut drops,
+        validator,
     } = inputs;
     let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
     recheck.tick().await;
@@ -269,6 +276,9 @@ async fn follow(
     // with, then than each that arrives.
     let mut predating = predating::PredatingResets::default();
     predating.after_pass(reconciler, mark_mask).await;
+    follow_validation(reconciler, validator).await;
+    // Verdicts that changed since the last pass, for its resets.
+    let mut changed: Vec<VerdictChange> = Vec::new();
     loop {
         let verify = tokio::select! {
             _ = signals.term.recv() => return Ok(()),
@@ -291,6 +301,16 @@ async fn follow(
                         .map(|p| p.cgroup.clone())
                 });
                 continue;
+            }
+            _ = sleep_until(validator.next_due()) => {
+                validator.start_due(reconciler.pvds());
+                continue;
+            }
+            result = validator.next_result() => {
+                let Some(change) = validator.record(result) else { continue };
+                reconciler.set_verdicts(validator.verdicts());
+                changed.push(change);
+                false
             }
             event = watcher.next() => {
                 if event.is_none() {
@@ -324,11 +344,18 @@ async fn follow(
             }
             command = control.commands.recv() => {
                 let Some(command) = command else { continue };
+                if let control::protocol::Request::PvdProbe { name } = command.request {
+                    // Answered when the probes end, by a task: the loop
+                    // goes on meanwhile.
+                    admin::probe(validator, reconciler.pvds(), &name, command.reply);
+                    continue;
+                }
                 let before = reconciler.pvds().to_vec();
-                let response = admin.handle(reconciler, &control.monitor, command.request).await;
+                let response = admin.handle(reconciler, &control.monitor, validator, command.request).await;
                 let _ = command.reply.send(response);
                 dns_forwarder.follow(reconciler.pvds()).await;
-                announce_pvd_changes(&before, reconciler, &control.monitor);
+                follow_validation(reconciler, validator).await;
+                announce_pvd_changes(&before, reconciler, validator, &control.monitor);
                 if !watcher.follow(reconciler) {
                     continue;
                 }
@@ -369,9 +396,12 @@ async fn follow(
         let before = reconciler.pvds().to_vec();
         match reconciler.reconcile(verify).await {
             Ok(lost) => {
-                announce_pvd_changes(&before, reconciler, &control.monitor);
+                follow_validation(reconciler, validator).await;
+                announce_pvd_changes(&before, reconciler, validator, &control.monitor);
                 dns_forwarder.follow(reconciler.pvds()).await;
                 reset_lost(reconciler, &lost, mark_mask).await;
+                failing::reset_on_failing(reconciler, &std::mem::take(&mut changed), mark_mask)
+                    .await;
                 predating.after_pass(reconciler, mark_mask).await;
             }
             // A failed pass is retried on the next event or recheck; the
@@ -458,16 +488,42 @@ impl Signals {
     }
 }
 
-/// Tells `mif monitor` clients about PvDs whose state changed.
+/// Tells `mif monitor` clients about PvDs whose state changed (validation
+/// verdicts included).
 fn announce_pvd_changes(
     before: &[PvdState],
     reconciler: &Reconciler,
+    validator: &Validator,
     monitor: &broadcast::Sender<MonitorEvent>,
 ) {
     for pvd in reconciler.pvds() {
         if !before.contains(pvd) {
-            let _ = monitor.send(MonitorEvent::Pvd(Box::new(pvd.into())));
+            let view = admin::pvd_view(pvd, validator);
+            let _ = monitor.send(MonitorEvent::Pvd(Box::new(view)));
         }
+    }
+}
+
+/// Sleeps until `when`; forever when there is nothing to wait for.
+async fn sleep_until(when: Option<std::time::Instant>) {
+    match when {
+        Some(when) => tokio::time::sleep_until(when.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// After a pass: the validator follows the PvDs (probing new or changed
+/// ones, dropping gone ones). When that changes a verdict the kernel holds
+/// (a degraded PvD left, or came back as a new network), the maps take it
+/// at once rather than at the next event.
+async fn follow_validation(reconciler: &mut Reconciler, validator: &mut Validator) {
+    validator.configure(reconciler.config());
+    if !validator.follow(reconciler.pvds()) {
+        return;
+    }
+    reconciler.set_verdicts(validator.verdicts());
+    if let Err(e) = reconciler.reconcile(false).await {
+        warn!("reconciling: {e:#}");
     }
 }
 

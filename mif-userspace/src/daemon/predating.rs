@@ -73,7 +73,7 @@ impl PredatingResets {
 
 /// The ids of `top` (whose id is `top_id`) and of the cgroups below it,
 /// leaving out the subtrees of cgroups in `own_policy` (other than `top`).
-fn subtree(top: &Path, top_id: u64, own_policy: &BTreeSet<u64>) -> Vec<u64> {
+pub(super) fn subtree(top: &Path, top_id: u64, own_policy: &BTreeSet<u64>) -> Vec<u64> {
     let mut ids = vec![top_id];
     let mut dirs = vec![top.to_path_buf()];
     while let Some(dir) = dirs.pop() {

@@ -9,10 +9,15 @@ use std::{
     ops::Range,
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use mif_common::{MAX_PREFER, PVD_NAME_LEN};
 use serde::{Deserialize, Serialize};
+
+use crate::model::validation::{
+    ProbeUrl, PvdValidation, Timing, ValidationConfig, DEFAULT_INTERVAL, MAX_INTERVAL, MIN_INTERVAL,
+};
 use toml::Spanned;
 
 /// A checked configuration.
@@ -38,6 +43,10 @@ pub struct Config {
     /// `plan::policy_capacity_for`), for policies added later by the CLI or
     /// patterns without a restart.
     pub policy_capacity: Option<usize>,
+    /// `[validation]`: probe every PvD through itself (see
+    /// [`crate::model::validation`]); None: nothing is probed but PvDs
+    /// with a `validation` URL of their own.
+    pub validation: Option<ValidationConfig>,
 }
 
 /// Default first port of the DNS forwarder: below 1024, so that only root
@@ -61,6 +70,8 @@ pub struct PvdConfig {
     /// DNS domains (RFC 6731) whose names this PvD's resolvers answer for
     /// every `dns = "pvd"` application, lowercase, no trailing dot.
     pub domains: Vec<String>,
+    /// `validation`: inherit `[validation]`, off, or a URL of its own.
+    pub validation: PvdValidation,
     pub line: usize,
 }
 
@@ -259,6 +270,16 @@ struct RawConfig {
     control: Option<RawControl>,
     dns: Option<RawDns>,
     limits: Option<RawLimits>,
+    validation: Option<Spanned<RawValidation>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawValidation {
+    url: Spanned<String>,
+    /// Seconds, an integer or not.
+    interval: Option<Spanned<toml::Value>>,
+    timeout: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -291,6 +312,8 @@ struct RawPvd {
     dns: Vec<Spanned<String>>,
     #[serde(default)]
     domains: Vec<Spanned<String>>,
+    /// `false`, or a URL.
+    validation: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -486,6 +509,26 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             }
             domains.push(normal);
         }
+        let validation = match pvd.validation {
+            None => PvdValidation::Inherit,
+            Some(v) => match v.get_ref() {
+                toml::Value::Boolean(false) => PvdValidation::Off,
+                toml::Value::Boolean(true) => PvdValidation::Inherit,
+                toml::Value::String(text) => {
+                    PvdValidation::Url(ProbeUrl::parse(text).map_err(|problem| {
+                        checker.error(v.span(), "pvd.validation", format!("{text:?}"), problem)
+                    })?)
+                }
+                other => {
+                    return Err(checker.error(
+                        v.span(),
+                        "pvd.validation",
+                        other,
+                        "must be false (never probe this PvD) or an http:// URL",
+                    ))
+                }
+            },
+        };
         pvds.push(PvdConfig {
             name,
             interface,
@@ -493,6 +536,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             table,
             dns,
             domains,
+            validation,
             line,
         });
     }
@@ -644,6 +688,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             }
         }
     };
+    let validation = raw
+        .validation
+        .map(|v| validation_section(&checker, v))
+        .transpose()?;
     Ok(Config {
         path: path.to_path_buf(),
         pvds,
@@ -652,7 +700,55 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         dns_forwarder_port,
         dns_leases,
         policy_capacity,
+        validation,
     })
+}
+
+/// `[validation]`, checked.
+fn validation_section(
+    checker: &Checker<'_>,
+    section: Spanned<RawValidation>,
+) -> Result<ValidationConfig, ConfigError> {
+    let raw = section.into_inner();
+    let url = ProbeUrl::parse(raw.url.get_ref()).map_err(|problem| {
+        checker.error(
+            raw.url.span(),
+            "validation.url",
+            format!("{:?}", raw.url.get_ref()),
+            problem,
+        )
+    })?;
+    let seconds = |v: &Spanned<toml::Value>, field: &str, min: Duration| {
+        let secs = match v.get_ref() {
+            toml::Value::Integer(n) => Some(*n as f64),
+            toml::Value::Float(f) => Some(*f),
+            _ => None,
+        };
+        secs.filter(|s| s.is_finite())
+            .map(Duration::from_secs_f64)
+            .filter(|d| (min..=MAX_INTERVAL).contains(d))
+            .ok_or_else(|| {
+                checker.error(
+                    v.span(),
+                    field,
+                    v.get_ref(),
+                    format!(
+                        "must be a number of seconds from {} to {}",
+                        min.as_secs_f64(),
+                        MAX_INTERVAL.as_secs()
+                    ),
+                )
+            })
+    };
+    let interval = match &raw.interval {
+        None => DEFAULT_INTERVAL,
+        Some(v) => seconds(v, "validation.interval", MIN_INTERVAL)?,
+    };
+    let mut timing = Timing::with_interval(interval);
+    if let Some(v) = &raw.timeout {
+        timing.timeout = seconds(v, "validation.timeout", Duration::from_millis(100))?;
+    }
+    Ok(ValidationConfig { url, timing })
 }
 
 /// A DNS name as `domains` takes it: dot-separated labels.
@@ -751,6 +847,74 @@ mod tests {
 
     fn parse_str(text: &str) -> Result<Config, ConfigError> {
         parse(Path::new("mif.toml"), text)
+    }
+
+    #[test]
+    fn validation_section_and_pvd_overrides() {
+        let config = parse_str(
+            r#"
+[validation]
+url = "http://connectivity.example/generate_204"
+interval = 2.5
+
+[[pvd]]
+name = "vpn"
+interface = "tun0"
+validation = false
+
+[[pvd]]
+name = "lte"
+interface = "wwan0"
+validation = "http://[2001:db8::1]/204"
+"#,
+        )
+        .unwrap();
+        let v = config.validation.unwrap();
+        assert_eq!(v.url.path, "/generate_204");
+        assert_eq!(v.timing.interval, Duration::from_millis(2500));
+        assert_eq!(v.timing.timeout, Duration::from_millis(1250));
+        assert_eq!(config.pvds[0].validation, PvdValidation::Off);
+        assert!(matches!(&config.pvds[1].validation, PvdValidation::Url(u) if u.port == 80));
+        assert_eq!(parse_str("").unwrap().validation, None, "off by default");
+    }
+
+    #[test]
+    fn bad_validation_settings_name_line_field_and_value() {
+        for (text, line, field, value) in [
+            (
+                "\n[validation]\nurl = \"https://x.example/\"\n",
+                3,
+                "validation.url",
+                "\"https://x.example/\"",
+            ),
+            (
+                "[validation]\nurl = \"http://x.example/\"\ninterval = 0\n",
+                3,
+                "validation.interval",
+                "0",
+            ),
+            (
+                "[validation]\nurl = \"http://x.example/\"\ntimeout = \"5s\"\n",
+                3,
+                "validation.timeout",
+                "\"5s\"",
+            ),
+            (
+                "[[pvd]]\nname = \"a\"\nvalidation = 3\n",
+                3,
+                "pvd.validation",
+                "3",
+            ),
+        ] {
+            let err = parse_str(text).unwrap_err();
+            assert_eq!(
+                (err.line, err.field.as_str(), err.value.as_str()),
+                (line, field, value),
+                "{text}: {err}"
+            );
+        }
+        let err = parse_str("[validation]\ninterval = 5\n").unwrap_err();
+        assert!(err.problem.contains("url"), "{err}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use mif_common::MAX_PVDS;
 use crate::{
     host::netlink::{HostRoute, Interface, InterfaceAddr, LinkKind, Uplink, UplinkShape},
     model::config::Config,
+    model::validation::PvdVerdicts,
     prefix::network,
 };
 
@@ -100,6 +101,10 @@ pub struct PvdState {
     /// application through the forwarder ([`crate::dns`]).
     pub domains: Vec<String>,
     pub domains_source: DnsSource,
+    /// Whether the PvD reaches the internet, per family, as the daemon's
+    /// probes last found (see [`crate::model::validation`]); `unknown`
+    /// while validation is off or has not probed yet.
+    pub validation: PvdVerdicts,
 }
 
 /// Where a PvD's DNS servers come from.
@@ -453,6 +458,7 @@ fn state(
         dns_source: DnsSource::None,
         domains: Vec::new(),
         domains_source: DnsSource::None,
+        validation: PvdVerdicts::default(),
     };
     let Some(link) = found else {
         return pvd;

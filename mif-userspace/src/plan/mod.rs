@@ -11,7 +11,8 @@ use std::{
 use mif_common::{
     ExcludeKey, Policy, Pvd, PvdMeta, MAX_DNS, MAX_POLICIES, MAX_PREFER, NO_PVD,
     POLICY_BIND_DEVICE, POLICY_DENY_RAW, POLICY_DNS_PVD, POLICY_EXCLUDES, POLICY_STRICT,
-    PVD_AVAIL_V4, PVD_AVAIL_V6, PVD_DNS_VIA_FORWARDER, PVD_NAME_LEN,
+    PVD_AVAIL_V4, PVD_AVAIL_V6, PVD_DEGRADED_V4, PVD_DEGRADED_V6, PVD_DNS_VIA_FORWARDER,
+    PVD_NAME_LEN,
 };
 
 use crate::{
@@ -205,6 +206,12 @@ fn kernel_pvd(p: &PvdState) -> Pvd {
     }
     if only_via_forwarder(&p.dns) {
         flags |= PVD_DNS_VIA_FORWARDER;
+    }
+    if p.validation.v4.degraded() {
+        flags |= PVD_DEGRADED_V4;
+    }
+    if p.validation.v6.degraded() {
+        flags |= PVD_DEGRADED_V6;
     }
     Pvd {
         mark: p.mark,
@@ -505,6 +512,7 @@ mod tests {
             dns_source: Default::default(),
             domains: vec![],
             domains_source: Default::default(),
+            validation: Default::default(),
         }
     }
 

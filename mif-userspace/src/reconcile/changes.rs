@@ -125,6 +125,7 @@ mod tests {
             dns_source: Default::default(),
             domains: vec![],
             domains_source: Default::default(),
+            validation: Default::default(),
         }
     }
 

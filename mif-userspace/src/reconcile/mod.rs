@@ -26,6 +26,7 @@ use crate::{
         config::Config,
         pvd::{self, Numbering, PvdState, Registry},
         ra_learned::{RaDns, RaLearned},
+        validation::PvdVerdicts,
     },
     plan::{self, routing::PvdRouting, ResolvedPolicy, RuleOptions},
 };
@@ -63,6 +64,9 @@ pub struct Reconciler<H = Netlink, M = KernelMaps, G = GuardLinks> {
     /// Unreadable or garbled lease files already logged, so each problem
     /// is logged once, not on every pass.
     lease_problems: std::collections::BTreeSet<String>,
+    /// The validation verdicts by PvD name, as the daemon's probes last
+    /// found them; copied into each pass's PvDs.
+    verdicts: BTreeMap<String, PvdVerdicts>,
 }
 
 /// The numbers one instance steers by, fixed for its lifetime.
@@ -98,6 +102,7 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
             ra_dns: RaDns::default(),
             ra_domains: RaLearned::default(),
             lease_problems: Default::default(),
+            verdicts: BTreeMap::new(),
         }
     }
 
@@ -162,6 +167,12 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
     pub fn learn_ra_domains(&mut self, ifindex: u32, domains: &[String], lifetime: Duration) {
         self.ra_domains
             .learn(ifindex, domains, lifetime, Instant::now());
+    }
+
+    /// Takes the verdicts of validation (all of them: a PvD left out is
+    /// `unknown`); they reach the kernel with the next pass.
+    pub fn set_verdicts(&mut self, verdicts: BTreeMap<String, PvdVerdicts>) {
+        self.verdicts = verdicts;
     }
 
     pub fn pvds(&self) -> &[PvdState] {
@@ -271,7 +282,7 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
         if self.policy.stale {
             self.policy.resolve();
         }
-        let (pvds, skipped) = pvd::build(
+        let (mut pvds, skipped) = pvd::build(
             &self.config,
             self.policy.preferred_names(),
             &interfaces,
@@ -279,6 +290,11 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
             &self.numbers.numbering,
             &mut self.registry,
         )?;
+        for p in &mut pvds {
+            if let Some(v) = self.verdicts.get(&p.name) {
+                p.validation = v.clone();
+            }
+        }
         if !skipped.is_empty() {
             warn!(
                 "more uplinks than the mark mask holds PvDs for; no PvD for: {}",
