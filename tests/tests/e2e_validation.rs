@@ -15,7 +15,10 @@ use std::{
 
 use mif_tests::e2e::{host_addr, policy_toml, two_networks as lab, wait_until_leaves_by};
 use mif_tests::{
-    lab::{Answer, ConnectivityServers, Family, Lab, Proto, CONNECTIVITY_PATH, INTERNET_V4},
+    lab::{
+        Answer, ConnectivityServers, Family, Lab, Proto, CONNECTIVITY_NAME, CONNECTIVITY_PATH,
+        INTERNET_V4,
+    },
     mif::Daemon,
     skip_unless_root,
 };
@@ -34,6 +37,11 @@ fn validation_toml() -> String {
 
 /// The validation state of `pvd` for IPv4, as `mif pvd list --json` shows.
 fn state(daemon: &Daemon, pvd: &str) -> (Option<String>, Option<String>) {
+    state_of(daemon, pvd, Family::V4)
+}
+
+/// The validation state and portal of `pvd` for `family`.
+fn state_of(daemon: &Daemon, pvd: &str, family: Family) -> (Option<String>, Option<String>) {
     let out = daemon.mif(&["pvd", "list", "--json"]).unwrap();
     assert!(
         out.status.success(),
@@ -47,7 +55,10 @@ fn state(daemon: &Daemon, pvd: &str) -> (Option<String>, Option<String>) {
         .iter()
         .find(|p| p["name"] == pvd)
         .unwrap_or_else(|| panic!("no PvD {pvd} in {pvds:#}"));
-    let v = &p["validation_v4"];
+    let v = match family {
+        Family::V4 => &p["validation_v4"],
+        Family::V6 => &p["validation_v6"],
+    };
     (
         v["state"].as_str().map(String::from),
         v["portal"].as_str().map(String::from),
@@ -56,15 +67,26 @@ fn state(daemon: &Daemon, pvd: &str) -> (Option<String>, Option<String>) {
 
 /// Polls until `pvd`'s IPv4 validation is `want`; returns how long it took.
 fn wait_state(daemon: &Daemon, pvd: &str, want: &str, within: Duration) -> Duration {
+    wait_state_of(daemon, pvd, Family::V4, want, within)
+}
+
+/// Polls until `pvd`'s validation for `family` is `want`.
+fn wait_state_of(
+    daemon: &Daemon,
+    pvd: &str,
+    family: Family,
+    want: &str,
+    within: Duration,
+) -> Duration {
     let start = Instant::now();
     loop {
-        let (got, _) = state(daemon, pvd);
+        let (got, _) = state_of(daemon, pvd, family);
         if got.as_deref() == Some(want) {
             return start.elapsed();
         }
         assert!(
             start.elapsed() < within,
-            "{pvd}: still {got:?} after {within:?}, expected {want}"
+            "{pvd} {family:?}: still {got:?} after {within:?}, expected {want}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -278,6 +300,73 @@ fn strict_apps_stay_on_a_failing_pvd_reset_apps_are_reset_and_probes_stay_on_the
         }
     }
     drop(daemon);
+}
+
+/// A URL by name: each PvD resolves it through its own resolver (the
+/// host's stub does not know the name), over either family, and validates
+/// IPv4 and IPv6 apart; a dead upstream fails both and the app's IPv6
+/// connections move as well.
+#[test]
+fn a_named_url_is_resolved_by_each_pvd_and_both_families_are_validated() {
+    skip_unless_root!();
+    let lab = lab();
+    let servers = lab.start_connectivity_servers().unwrap();
+    let _resolvers = [lab.start_resolver(0, &[]), lab.start_resolver(1, &[])];
+    let app = lab.create_cgroup("app").unwrap();
+    let (wlan, wwan) = (lab.network(0), lab.network(1));
+    // wlan0's resolver is asked over IPv4, wwan0's over IPv6.
+    let config = format!(
+        "[validation]\nurl = \"http://{CONNECTIVITY_NAME}{CONNECTIVITY_PATH}\"\ninterval = {INTERVAL}\n\
+         [[pvd]]\nname = \"wlan0\"\ndns = [\"{}\"]\n\
+         [[pvd]]\nname = \"wwan0\"\ndns = [\"{}\"]\n{}",
+        wlan.gateway_v4,
+        wwan.gateway_v6,
+        policy_toml(&format!("{}/app", lab.cgroup_rel()), &["wwan0", "wlan0"], ""),
+    );
+    let daemon = Daemon::start(&lab, &config).unwrap();
+    for pvd in ["wlan0", "wwan0"] {
+        for family in [Family::V4, Family::V6] {
+            wait_state_of(&daemon, pvd, family, "validated", Duration::from_secs(5));
+        }
+    }
+    for net in [wlan, wwan] {
+        let sources: Vec<IpAddr> = servers
+            .requests(net.index)
+            .unwrap()
+            .iter()
+            .map(|r| r.source)
+            .collect();
+        for family in [Family::V4, Family::V6] {
+            assert!(
+                sources.contains(&host_addr(net, family)),
+                "{}: no {family:?} probe in {sources:?}",
+                net.name
+            );
+        }
+        assert!(
+            sources
+                .iter()
+                .all(|s| *s == net.host_v4 || *s == net.host_v6),
+            "{}: {sources:?}",
+            net.name
+        );
+    }
+    let named = servers.requests(wwan.index).unwrap();
+    assert!(named
+        .iter()
+        .all(|r| r.host.as_deref() == Some(CONNECTIVITY_NAME)));
+
+    lab.cut_upstream(wwan.index).unwrap();
+    for family in [Family::V4, Family::V6] {
+        wait_state_of(
+            &daemon,
+            "wwan0",
+            family,
+            "failing",
+            Duration::from_secs(3 * INTERVAL),
+        );
+        wait_until_leaves_by(&lab, &app, family, wlan, Duration::from_secs(1));
+    }
 }
 
 #[test]
