@@ -19,6 +19,12 @@
 //! 2 × interval with the default timeout of interval / 2); while failing,
 //! after 1 s, 2 s, 4 s, ... up to `interval`, so a recovery is noticed
 //! quickly after a short outage and a long-dead network costs little.
+//!
+//! Passive detection ([`Check::hurry`]): TCP retransmission timeouts on the
+//! PvD's sockets bring the next probe forward to now, and its failure needs
+//! no confirmation (the traffic already failed): a dead network is then
+//! failing one timeout after the first application's retransmission timer
+//! fired, whatever the interval.
 use std::{
     fmt,
     net::IpAddr,
@@ -278,6 +284,10 @@ pub struct Check {
     failures: u32,
     /// The delay after the next failed probe while failing.
     backoff: Duration,
+    /// Traffic on the PvD timed out since the last probe that got an
+    /// answer (passive detection): a failed probe then needs no second one
+    /// to confirm it, the traffic already did.
+    suspect: bool,
     /// When the next probe is due.
     pub due: Instant,
     /// The last probe's wall-clock time and outcome, for `mif pvd list`.
@@ -291,6 +301,7 @@ impl Check {
             verdict: Verdict::Unknown,
             failures: 0,
             backoff: FIRST_BACKOFF,
+            suspect: false,
             due: now,
             last: None,
         }
@@ -300,6 +311,7 @@ impl Check {
     pub fn record(&mut self, outcome: Outcome, timing: &Timing, now: Instant) -> bool {
         let before = self.verdict.clone();
         let first_backoff = FIRST_BACKOFF.min(timing.interval);
+        let suspect = std::mem::take(&mut self.suspect);
         match &outcome {
             Outcome::NoContent => {
                 self.verdict = Verdict::Validated;
@@ -317,7 +329,7 @@ impl Check {
             }
             Outcome::Failed(_) => {
                 self.failures = self.failures.saturating_add(1);
-                if self.failures < FAILURES_TO_FAIL {
+                if self.failures < FAILURES_TO_FAIL && !suspect {
                     // Confirm at once: one lost probe is not an outage.
                     self.due = now;
                 } else {
@@ -337,9 +349,14 @@ impl Check {
     }
 
     /// A hint that the PvD may have stopped working (TCP timeouts on it):
-    /// probe now unless a probe is due soon anyway. Returns whether it
-    /// moved the probe earlier.
+    /// probe now, and let a failure of that probe count as confirmed.
+    /// Returns whether it moved the probe earlier. Ignored while failing
+    /// (the back-off decides) and while a probe is due anyway.
     pub fn hurry(&mut self, now: Instant) -> bool {
+        if self.verdict == Verdict::Failing {
+            return false;
+        }
+        self.suspect = true;
         if self.due <= now {
             return false;
         }
@@ -509,7 +526,7 @@ mod tests {
     }
 
     #[test]
-    fn a_hint_brings_the_next_probe_forward_once() {
+    fn a_hint_brings_the_next_probe_forward_and_confirms_its_failure() {
         let t = timing(10);
         let now = Instant::now();
         let mut c = Check::new(now);
@@ -517,5 +534,14 @@ mod tests {
         assert!(c.hurry(now));
         assert_eq!(c.due, now);
         assert!(!c.hurry(now), "already due");
+        assert!(c.record(failed(), &t, now), "one failure suffices");
+        assert_eq!(c.verdict, Verdict::Failing);
+        assert!(!c.hurry(now), "failing: the back-off decides");
+        // An answer clears the suspicion: the next failure needs two again.
+        c.record(Outcome::NoContent, &t, now);
+        c.hurry(now);
+        c.record(Outcome::NoContent, &t, now);
+        assert!(!c.record(failed(), &t, now));
+        assert_eq!(c.verdict, Verdict::Validated);
     }
 }

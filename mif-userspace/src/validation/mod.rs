@@ -347,15 +347,16 @@ impl Validator {
         Ok(())
     }
 
-    /// A hint that traffic on the PvD is timing out (passive detection):
-    /// probe its families now unless a probe is in flight already. Returns
-    /// whether a probe was brought forward.
+    /// A hint that TCP on the PvD is timing out (passive detection): its
+    /// families are probed now (a probe in flight just ends sooner in a
+    /// verdict: its failure needs no confirmation). Returns whether a probe
+    /// was brought forward.
     pub fn hurry(&mut self, pvd: &str) -> bool {
         let now = Instant::now();
         let mut any = false;
         for ((name, _), e) in self.entries.iter_mut() {
-            if name == pvd && e.in_flight.is_none() {
-                any |= e.check.hurry(now);
+            if name == pvd {
+                any |= e.check.hurry(now) && e.in_flight.is_none();
             }
         }
         any
