@@ -178,6 +178,7 @@ pub fn markdown(r: &Report) -> String {
     md += "\n";
 
     md += &vpn_section(r);
+    md += &validation_section(r);
 
     if !r.memory.is_empty() {
         md += "## Kernel memory of the maps\n\n";
@@ -313,6 +314,45 @@ pub fn guard_section(r: &Report) -> String {
            per-round ratios with their p25–p75:\n\n";
     md += &table;
     md += "\n";
+    md
+}
+
+/// "A network whose upstream died": validation's reaction, per interval,
+/// with and without passive detection, and what probing costs. Empty when
+/// the part did not run.
+pub fn validation_section(r: &Report) -> String {
+    let Some(v) = &r.validation else {
+        return String::new();
+    };
+    let mut md = String::new();
+    md += "## A network whose upstream died (validation)\n\n";
+    md += "Both networks are validated through `http://203.0.113.1/generate_204` \
+           (each router serves it); the benchmark's cgroup prefers wwan0, then \
+           wlan0. An outage: wwan0's router starts dropping, silently, \
+           everything for the internet address, while the host's link, \
+           address and gateway stay up (an nftables rule in the router: the \
+           cellular operator's upstream died). Each outage starts at another \
+           point of the probe schedule (spread evenly over one interval). The \
+           benchmark polls wwan0's `PVD_DEGRADED_V4` flag in the pinned \
+           `MIF_PVDS` map, then creates sockets in the cgroup until one gets \
+           wlan0's mark: from then on the app's new connections leave by \
+           wlan0. With passive detection on, an application in the cgroup \
+           opens a TCP connection to the internet every 100 ms; its SYNs time \
+           out on wwan0 and mif's `sock_ops` program reports the \
+           retransmission timeouts, which bring wwan0's next probe forward \
+           and make its failure enough. Without, the cgroup sends nothing and \
+           only the probes can tell. The timeout of a probe is half the \
+           interval (at most 5 s); a failure is confirmed by a second probe \
+           at once, so the bound is interval + 2 × timeout.\n\n";
+    md += &r.validation_table();
+    let _ = writeln!(
+        md,
+        "\nThe traffic was counted in wwan0's router (TCP port 80, both \
+         directions, IP bytes) over {} probes at interval 1 s; per hour is \
+         that per probe times 3600 / interval, for one PvD and one family (a \
+         URL by name adds a DNS query and answer per probe).\n",
+        v.traffic.probes
+    );
     md
 }
 

@@ -10,7 +10,8 @@
 //! run in those cgroups ([`worker`]), servers in the routers; variants are
 //! interleaved round by round ([`measure`]). Then the reaction
 //! to a lost link ([`reaction`]), that of a strict VPN app to its tunnel
-//! going down ([`vpn`]: a real OpenVPN client killed), the kernel memory
+//! going down ([`vpn`]: a real OpenVPN client killed), that of validation
+//! to a dead upstream and its probe traffic ([`validation`]), the kernel memory
 //! of the daemon's maps ([`memory`]) and the daemon at scale ([`scale`]).
 //!
 //! `--smoke` runs every part with tiny counts in seconds and asserts
@@ -18,7 +19,7 @@
 //! `docs/bench-policies.svg` when given `--docs DIR` (`cargo xtask bench`
 //! does both). For working on it:
 //!
-//! - `--only costs|reaction|vpn|memory|scale` (repeatable) runs only those parts,
+//! - `--only costs|reaction|vpn|validation|memory|scale` (repeatable) runs only those parts,
 //!   `--rounds N` overrides the number of measured rounds and `--others
 //!   N,N...` the other policies of (c) and cgroups of (d);
 //! - `mif-bench hold a|b|c|d|e|f|g [OTHERS]` builds the lab, puts it in one
@@ -41,6 +42,7 @@ mod report;
 mod scale;
 mod stats;
 mod testbed;
+mod validation;
 mod vpn;
 pub mod worker;
 
@@ -66,7 +68,8 @@ pub struct Options {
     pub smoke: bool,
     /// Where to write benchmarks.md and bench-policies.svg.
     pub docs: Option<PathBuf>,
-    /// Parts to run (`costs`, `reaction`, `vpn`, `memory`, `scale`); empty: all.
+    /// Parts to run (`costs`, `reaction`, `vpn`, `validation`, `memory`,
+    /// `scale`); empty: all.
     pub only: Vec<String>,
     /// Overrides the number of measured rounds.
     pub rounds: Option<usize>,
@@ -124,6 +127,8 @@ struct Plan {
     /// Passes of the program-time measurement.
     prog_repeats: usize,
     start_timeout: Duration,
+    /// Outages per validation interval, and the traffic window.
+    validation: validation::Trials,
 }
 
 /// The variants of the cost measurement, in the table's order.
@@ -166,6 +171,10 @@ impl Plan {
                 big_lab: 4,
                 prog_repeats: 1,
                 start_timeout: Duration::from_secs(60),
+                validation: validation::Trials {
+                    per_interval: vec![(1, 2)],
+                    traffic_window: Duration::from_secs(3),
+                },
             };
         }
         let others = vec![10_000, 100_000];
@@ -197,6 +206,11 @@ impl Plan {
             big_lab: 64,
             prog_repeats: 7,
             start_timeout: Duration::from_secs(1200),
+            // An outage at interval 10 takes up to half a minute.
+            validation: validation::Trials {
+                per_interval: vec![(1, 20), (10, 6)],
+                traffic_window: Duration::from_secs(30),
+            },
         }
     }
 }
@@ -316,6 +330,11 @@ pub fn run(opts: &Options) -> Result<Report> {
             &exe,
             plan.params.worker_cpu,
         )?);
+    }
+    check_interrupted()?;
+
+    if opts.wants("validation") {
+        report.validation = Some(validation::run(&lab, &plan.validation, plan.start_timeout)?);
     }
     check_interrupted()?;
 
@@ -446,8 +465,12 @@ pub fn main_with_args(argv: &[String]) -> Result<()> {
             }
             "--only" => {
                 let part = it.next().ok_or_else(|| anyhow!("--only needs a part"))?;
-                if !["costs", "reaction", "vpn", "memory", "scale"].contains(&part.as_str()) {
-                    bail!("--only takes costs, reaction, vpn, memory or scale, not {part:?}");
+                if !["costs", "reaction", "vpn", "validation", "memory", "scale"]
+                    .contains(&part.as_str())
+                {
+                    bail!(
+                        "--only takes costs, reaction, vpn, validation, memory or scale, not {part:?}"
+                    );
                 }
                 opts.only.push(part.clone());
             }
@@ -459,7 +482,7 @@ pub fn main_with_args(argv: &[String]) -> Result<()> {
                 );
             }
             "-h" | "--help" => {
-                println!("usage: mif-bench [--smoke] [--only costs|reaction|vpn|memory|scale]... [--rounds N] [--others N,N...] [--docs DIR] | hold a|b|c|d|e|f|g [OTHERS]");
+                println!("usage: mif-bench [--smoke] [--only costs|reaction|vpn|validation|memory|scale]... [--rounds N] [--others N,N...] [--docs DIR] | hold a|b|c|d|e|f|g [OTHERS]");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (usage: mif-bench [--smoke] [--docs DIR])"),

@@ -109,6 +109,8 @@ pub struct Report {
     pub nft_load: Vec<(usize, Duration)>,
     pub reaction: Option<Reaction>,
     pub vpn: Option<VpnReaction>,
+    /// Validation's reaction to a dead upstream, and its probe traffic.
+    pub validation: Option<super::validation::ValidationBench>,
     /// Kernel memory of the maps, per instance ([`super::memory`]).
     pub memory: Vec<MemoryRow>,
     pub scale: Vec<ScaleRow>,
@@ -478,6 +480,58 @@ impl Report {
         )
     }
 
+    /// Validation's table: from the upstream's death, per interval and
+    /// passive detection; then the probes' traffic.
+    pub fn validation_table(&self) -> String {
+        let Some(v) = &self.validation else {
+            return String::new();
+        };
+        let labels: Vec<(String, String)> = v
+            .rows
+            .iter()
+            .map(|r| {
+                let how = format!(
+                    "interval {} s, passive detection {}",
+                    r.interval,
+                    if r.passive { "on" } else { "off" }
+                );
+                (
+                    format!("{how}: wwan0 flagged degraded in MIF_PVDS"),
+                    format!("{how}: first new socket on wlan0"),
+                )
+            })
+            .collect();
+        let mut rows: Vec<(&str, &Vec<f64>)> = Vec::new();
+        for (r, (flag, moved)) in v.rows.iter().zip(&labels) {
+            rows.push((flag, &r.flag_ms));
+            rows.push((moved, &r.moved_ms));
+        }
+        let mut t = latency_table("upstream of wwan0 dies →", "outages", &rows);
+        let tr = &v.traffic;
+        t += "\n| probe traffic (one PvD, one family) | per probe | per hour at 1 s | at 10 s | at 300 s |\n";
+        t += "| --- | ---: | ---: | ---: | ---: |\n";
+        let hour = |per: f64, interval: f64| per * 3600.0 / interval;
+        let _ = writeln!(
+            t,
+            "| packets (both ways, {} probes) | {:.1} | {:.0} | {:.0} | {:.0} |",
+            tr.probes,
+            tr.packets_per_probe(),
+            hour(tr.packets_per_probe(), 1.0),
+            hour(tr.packets_per_probe(), 10.0),
+            hour(tr.packets_per_probe(), 300.0),
+        );
+        let kib = |b: f64| b / 1024.0;
+        let _ = writeln!(
+            t,
+            "| bytes (IP, both ways) | {:.0} B | {:.0} KiB | {:.0} KiB | {:.1} KiB |",
+            tr.bytes_per_probe(),
+            kib(hour(tr.bytes_per_probe(), 1.0)),
+            kib(hour(tr.bytes_per_probe(), 10.0)),
+            kib(hour(tr.bytes_per_probe(), 300.0)),
+        );
+        t
+    }
+
     /// The maps' memlock per instance, measured and projected to other
     /// CPU counts; then per map.
     pub fn memory_table(&self) -> String {
@@ -604,6 +658,7 @@ impl Report {
         out += &self.reaction_table();
         out += "\n";
         out += &self.vpn_table();
+        out += &self.validation_table();
         out += "\n";
         out += &self.memory_table();
         out += "\n";
