@@ -204,10 +204,16 @@ impl Validator {
             .map(|(pair, _)| pair.clone())
             .collect();
         for pair in due {
-            let Some(p) = pvds.iter().find(|p| p.name == pair.0) else {
-                continue;
-            };
-            self.start(&pair, p);
+            match pvds.iter().find(|p| p.name == pair.0) {
+                Some(p) => self.start(&pair, p),
+                // Gone since the last pass (the next `follow` drops it):
+                // not due again before then, or the loop would spin.
+                None => {
+                    if let Some(e) = self.entries.get_mut(&pair) {
+                        e.check.due = now + e.config.timing.interval;
+                    }
+                }
+            }
         }
     }
 
