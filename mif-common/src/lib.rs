@@ -43,10 +43,17 @@ pub mod names {
     /// The guards' drops as they happen ([`crate::GuardDrop`] records, a
     /// ring buffer), for the daemon's rate-limited log.
     pub const MAP_GUARD_LOG: &str = "MIF_GUARD_LOG";
+    /// Retransmission timeouts of connections on PvDs as they happen
+    /// ([`crate::TcpTrouble`] records, a ring buffer), for the daemon.
+    pub const MAP_TCP_TROUBLE: &str = "MIF_TCP_TROUBLE";
+    /// One `u64`: the [`MAP_TCP_TROUBLE`] records lost to a full ring.
+    pub const MAP_TCP_LOST: &str = "MIF_TCP_LOST";
     /// All maps, as pinned in the pin directory.
-    pub const MAPS: [&str; 9] = [
+    pub const MAPS: [&str; 11] = [
         MAP_EXCLUDE,
         MAP_GUARD_LOG,
+        MAP_TCP_TROUBLE,
+        MAP_TCP_LOST,
         MAP_DNS_FWD,
         MAP_POLICIES,
         MAP_PVDS,
@@ -71,13 +78,15 @@ pub mod names {
     pub const PROG_GUARD: &str = "mif_guard";
     /// The packet guard of strict policies (tc egress, for packet sockets).
     pub const PROG_PKT_GUARD: &str = "mif_pkt_guard";
+    /// Retransmission timeouts of connections on PvDs (`sock_ops`).
+    pub const PROG_TCP_HEALTH: &str = "mif_tcp_health";
     /// The hooks, attached once to the attach cgroup, in attach order. The
     /// reverse translations of DNS redirection (recvmsg, getpeername) come
     /// before the programs that redirect, so no redirected reply is ever
     /// seen untranslated; the strict-mode checks (bind, setsockopt) come
     /// last: until they are attached, strict sockets are only as protected
-    /// as before.
-    pub const HOOKS: [&str; 12] = [
+    /// as before. The TCP health watch steers nothing and comes after all.
+    pub const HOOKS: [&str; 13] = [
         PROG_RECVMSG4,
         PROG_RECVMSG6,
         PROG_GETPEER4,
@@ -90,6 +99,7 @@ pub mod names {
         PROG_BIND4,
         PROG_BIND6,
         PROG_SETSOCKOPT,
+        PROG_TCP_HEALTH,
     ];
     /// The strict policies' guards, attached where strict policies need
     /// them instead (each strict policy's cgroup, the namespace's
@@ -422,6 +432,41 @@ pub struct GuardDrop {
 /// two reads of the daemon; more are counted, not logged.
 pub const GUARD_LOG_BYTES: u32 = 16384;
 
+/// One retransmission timeout of a connection on a PvD, as `mif_tcp_health`
+/// writes it to [`names::MAP_TCP_TROUBLE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpTrouble {
+    /// The socket's mark: a PvD's within the mark mask (other bits are
+    /// whatever else set them).
+    pub mark: u32,
+    /// The connection's TCP state (the kernel's `TCP_*`, as
+    /// `BPF_TCP_*`): [`TCP_SYN_SENT`] for a connect whose SYN went
+    /// unanswered, [`TCP_ESTABLISHED`] for data that went unacknowledged.
+    pub state: u32,
+    /// How often the segment was retransmitted before this timeout (0 at
+    /// the first).
+    pub retransmits: u32,
+    /// `TCP_TROUBLE_*` flags.
+    pub flags: u32,
+}
+
+/// [`TcpTrouble`] flag: the kernel gives the connection up with this
+/// timeout (the application sees ETIMEDOUT).
+pub const TCP_TROUBLE_EXPIRED: u32 = 1 << 0;
+/// [`TcpTrouble`] flag: an `AF_INET6` socket (IPv4-mapped peers included).
+pub const TCP_TROUBLE_V6: u32 = 1 << 1;
+
+/// TCP states of [`TcpTrouble::state`] (include/net/tcp_states.h).
+pub const TCP_ESTABLISHED: u32 = 1;
+pub const TCP_SYN_SENT: u32 = 2;
+
+/// The size of [`names::MAP_TCP_TROUBLE`]: about 680 records between two
+/// reads of the daemon. As large as the guards' ring, and for the same
+/// reason: a ring's size must be a multiple of the page size, and 16 KiB
+/// is one on 4 KiB and 16 KiB pages alike.
+pub const TCP_TROUBLE_BYTES: u32 = 16384;
+
 /// Key of the counter map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -551,6 +596,7 @@ mod pod {
     unsafe impl aya::Pod for super::DnsNat {}
     unsafe impl aya::Pod for super::DnsForward {}
     unsafe impl aya::Pod for super::ExcludeKey {}
+    unsafe impl aya::Pod for super::TcpTrouble {}
 }
 
 #[cfg(test)]
@@ -658,5 +704,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<ExcludeKey>(), 20);
         assert_eq!(core::mem::size_of::<DnsNat>(), 40);
         assert_eq!(core::mem::size_of::<PvdMeta>(), 88);
+        assert_eq!(core::mem::size_of::<TcpTrouble>(), 16);
     }
 }

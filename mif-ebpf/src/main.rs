@@ -27,6 +27,9 @@
 //! - `pkt_guard` (tc egress, on the namespace's interfaces while strict
 //!   policies exist) drops the frames of their packet sockets, which pass
 //!   no cgroup hook, on the same terms (see [`packet_guard`]).
+//! - `tcp_health` (`sock_ops`) reports retransmission timeouts of the
+//!   connections this host opens over a PvD, so the daemon notices a dead
+//!   network between its probes (see [`tcp_health`]).
 //!
 //! Steering itself is no per-packet work: routing by mark is done by the
 //! kernel's policy rules that the daemon installs per PvD. The guard is
@@ -55,12 +58,15 @@ mod maps;
 mod packet_guard;
 mod policy;
 mod strict;
+mod tcp_health;
 
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr},
     helpers::generated::bpf_bind,
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, classifier},
-    programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext, TcContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, classifier, sock_ops},
+    programs::{
+        SkBuffContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext, TcContext,
+    },
 };
 use mif_common::{pvd_from_mark, Pvd, Settings, COUNTER_NO_PVD, NO_PVD};
 
@@ -460,6 +466,15 @@ pub fn mif_guard(ctx: SkBuffContext) -> i32 {
 #[classifier]
 pub fn mif_pkt_guard(ctx: TcContext) -> i32 {
     packet_guard::egress(&ctx, &settings())
+}
+
+/// Minimum kernel: 5.15 (see [`tcp_health`]). Attached with the hooks; the
+/// return value is the kernel's to ignore for the callbacks this program
+/// acts on, and 1 leaves any reply another program gave as it is.
+#[sock_ops]
+pub fn mif_tcp_health(ctx: SockOpsContext) -> u32 {
+    tcp_health::on_op(&ctx, &settings());
+    1
 }
 
 #[cfg(not(test))]

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use mif_common::{
     CounterKey, Counters, ExcludeKey, Policy, Pvd, PvdMeta, Settings, GUARD_LOG_BYTES,
-    MAX_COUNTERS, MAX_EXCLUDES, MAX_POLICIES, MAX_PVDS,
+    MAX_COUNTERS, MAX_EXCLUDES, MAX_POLICIES, MAX_PVDS, TCP_TROUBLE_BYTES,
 };
 
 /// cgroup id → policy. Written by the daemon only, so not preallocating
@@ -51,6 +51,16 @@ pub static MIF_EXCLUDE: LpmTrie<ExcludeKey, u8> = LpmTrie::pinned(MAX_EXCLUDES, 
 /// the others, so drops while the daemon restarts are read by the next.
 #[map]
 pub static MIF_GUARD_LOG: RingBuf = RingBuf::pinned(GUARD_LOG_BYTES, 0);
+
+/// Retransmission timeouts of connections on PvDs, one record each, for
+/// the daemon (see `tcp_health`). Pinned, so timeouts while the daemon
+/// restarts reach the next one.
+#[map]
+pub static MIF_TCP_TROUBLE: RingBuf = RingBuf::pinned(TCP_TROUBLE_BYTES, 0);
+
+/// One entry: how many records [`MIF_TCP_TROUBLE`] had no room for.
+#[map]
+pub static MIF_TCP_LOST: Array<u64> = Array::pinned(1, 0);
 
 pub use MIF_COUNTERS as COUNTERS;
 pub use MIF_EXCLUDE as EXCLUDE;

@@ -6,7 +6,8 @@
 //! `sendmsg`, 5.3 for `setsockopt`, 5.7 for bpf_link; the `setsockopt`
 //! program's cgroup walk needs 6.0 (see mif-ebpf's crate documentation).
 //! The egress guard's namespace check needs 6.15; an older kernel runs
-//! everything else, without the guard, and the daemon says so.
+//! everything else, without the guard, and the daemon says so. The TCP
+//! health watch (`sock_ops`, the RTO callback) needs 5.15.
 use std::{
     fs::File,
     os::fd::{AsFd as _, OwnedFd},
@@ -16,7 +17,7 @@ use std::{
 use aya::{
     programs::{
         links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt,
-        ProgramError, SchedClassifier,
+        ProgramError, SchedClassifier, SockOps,
     },
     Ebpf, EbpfLoader,
 };
@@ -256,6 +257,17 @@ fn attach_one(ebpf: &mut Ebpf, program: &'static str, cgroup: &File) -> Result<N
                 .map_err(failed(program, "take the link of"))?;
             fd_link(program, link).map(NewLink::Aya)
         }
+        Kind::SockOps => {
+            let prog: &mut SockOps = prog.try_into().map_err(failed(program, "type-check"))?;
+            prog.load().map_err(failed(program, "load"))?;
+            let id = prog
+                .attach(cgroup, mode)
+                .map_err(failed(program, "attach"))?;
+            let link = prog
+                .take_link(id)
+                .map_err(failed(program, "take the link of"))?;
+            fd_link(program, link).map(NewLink::Aya)
+        }
         Kind::Sockopt => {
             // aya 0.14 cannot turn a sockopt program's link into an FdLink
             // (no pinning): aya loads it, the link is made here.
@@ -403,12 +415,15 @@ enum Kind {
     SockAddr,
     /// `cgroup/setsockopt`.
     Sockopt,
+    /// `sockops`: the TCP health watch.
+    SockOps,
 }
 
 fn kind_of(program: &str) -> Kind {
     match program {
         names::PROG_SOCK_CREATE => Kind::Sock,
         names::PROG_SETSOCKOPT => Kind::Sockopt,
+        names::PROG_TCP_HEALTH => Kind::SockOps,
         _ => Kind::SockAddr,
     }
 }

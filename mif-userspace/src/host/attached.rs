@@ -9,7 +9,7 @@ const BPF_PROG_QUERY: libc::c_long = 16;
 
 /// Attach types of mif's programs (uapi `enum bpf_attach_type`, as in
 /// aya-obj's bindings: BPF_CGROUP_INET_SOCK_CREATE = 2, ...).
-const ATTACH_TYPES: [(&str, u32); 12] = [
+const ATTACH_TYPES: [(&str, u32); 13] = [
     (names::PROG_SOCK_CREATE, 2),
     (names::PROG_CONNECT4, 10),
     (names::PROG_CONNECT6, 11),
@@ -22,6 +22,7 @@ const ATTACH_TYPES: [(&str, u32); 12] = [
     (names::PROG_RECVMSG6, 20),
     (names::PROG_GETPEER4, 29),
     (names::PROG_GETPEER6, 30),
+    (names::PROG_TCP_HEALTH, 3),
 ];
 
 /// The `query` part of `union bpf_attr`, zero-padded to what the kernel may
