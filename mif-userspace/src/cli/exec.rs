@@ -53,7 +53,7 @@ impl Drop for Transient<'_> {
 impl ExecArgs {
     pub fn execute(self) -> anyhow::Result<()> {
         let status: StatusView = match self.client.request(&Request::Status)? {
-            Response::Status(s) => s,
+            Response::Status(s) => *s,
             other => return Err(super::common::unexpected(other)),
         };
         let cgroup2 = Cgroup2::find()?;

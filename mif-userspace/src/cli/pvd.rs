@@ -202,6 +202,9 @@ fn pvd_notes(p: &PvdView) -> Vec<String> {
             v.url
         ));
     }
+    if let Some(n) = p.tcp_timeouts.filter(|&n| n > 0) {
+        notes.push(format!("{}: {n} TCP retransmission timeouts", p.name));
+    }
     notes.extend(p.routes.iter().map(|r| format!("{}: route {r}", p.name)));
     if p.routes_left_out > 0 {
         let n = p.routes_left_out;

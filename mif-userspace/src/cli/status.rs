@@ -35,7 +35,7 @@ struct Status {
 impl StatusArgs {
     pub fn execute(self) -> anyhow::Result<()> {
         let daemon = match self.client.request(&Request::Status) {
-            Ok(Response::Status(s)) => Some(s),
+            Ok(Response::Status(s)) => Some(*s),
             Ok(other) => return Err(super::common::unexpected(other)),
             Err(ClientError::NotRunning(_)) => None,
             Err(e) => return Err(e.into()),

@@ -57,7 +57,8 @@ impl Request {
 pub enum Response {
     Ok,
     Error(String),
-    Status(StatusView),
+    /// Boxed: the status is several times the size of the other answers.
+    Status(Box<StatusView>),
     Pvds(Vec<PvdView>),
     Policies(Vec<PolicyView>),
     /// What `PvdProbe` found, per probed family.
@@ -111,6 +112,10 @@ pub struct StatusView {
     /// Why the last pass could not attach a guard somewhere.
     #[serde(default)]
     pub guard_problem: Option<String>,
+    /// TCP retransmission timeouts reported for sockets whose mark is no
+    /// current PvD's (those of PvDs are in each PvD's `tcp_timeouts`).
+    #[serde(default)]
+    pub tcp_timeouts_no_pvd: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +168,11 @@ pub struct PvdView {
     pub validation_v4: Option<FamilyValidationView>,
     #[serde(default)]
     pub validation_v6: Option<FamilyValidationView>,
+    /// TCP retransmission timeouts (SYN timeouts included) of connections
+    /// on the PvD since the daemon started: a sign the network stopped
+    /// working. Known to `mif pvd list` only (None in monitor events).
+    #[serde(default)]
+    pub tcp_timeouts: Option<u64>,
 }
 
 /// An uplink in words.
@@ -222,6 +232,7 @@ impl From<&PvdState> for PvdView {
             domains_source: wire_name(p.domains_source),
             validation_v4: None,
             validation_v6: None,
+            tcp_timeouts: None,
         }
     }
 }

@@ -65,6 +65,8 @@ pub struct Admin {
     pub state_file: PathBuf,
     started: Instant,
     last_reload_error: Option<String>,
+    /// Retransmission timeouts per PvD, for `mif pvd list`.
+    pub tcp_health: super::tcp_trouble::TcpHealth,
 }
 
 impl Admin {
@@ -75,6 +77,7 @@ impl Admin {
             state_file,
             started: Instant::now(),
             last_reload_error: None,
+            tcp_health: Default::default(),
         }
     }
 
@@ -86,12 +89,15 @@ impl Admin {
         request: Request,
     ) -> Response {
         match request {
-            Request::Status => Response::Status(self.status(reconciler)),
+            Request::Status => Response::Status(Box::new(self.status(reconciler))),
             Request::Pvds => Response::Pvds(
                 reconciler
                     .pvds()
                     .iter()
-                    .map(|p| pvd_view(p, validator))
+                    .map(|p| PvdView {
+                        tcp_timeouts: Some(self.tcp_health.timeouts(&p.name)),
+                        ..pvd_view(p, validator)
+                    })
                     .collect(),
             ),
             Request::Policies => Response::Policies(policy_views(reconciler)),
@@ -160,6 +166,7 @@ impl Admin {
                 .iter()
                 .map(|l| format!("{}: {}", l.program, l.why))
                 .collect(),
+            tcp_timeouts_no_pvd: self.tcp_health.no_pvd(),
         }
     }
 

@@ -18,12 +18,13 @@ mod guard_log;
 mod predating;
 mod prepare;
 pub mod steering;
+mod tcp_trouble;
 
 use std::{net::IpAddr, path::Path, time::Duration};
 
 use anyhow::Context as _;
 use futures::FutureExt as _;
-use log::{info, warn};
+use log::{debug, info, warn};
 use mif_common::Settings;
 use tokio::sync::broadcast;
 
@@ -206,6 +207,10 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
     let mut drops = guard_log::GuardLog::open(&steering.pins)
         .inspect_err(|e| warn!("guard drops will not be logged: {e:#}"))
         .ok();
+    // Without it steering is whole; only the passive health signal is lost.
+    let mut tcp_trouble = tcp_trouble::TcpTroubleRing::open(&steering.pins)
+        .inspect_err(|e| warn!("TCP retransmission timeouts will not be followed: {e:#}"))
+        .ok();
     follow(
         &mut reconciler,
         Inputs {
@@ -214,6 +219,7 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
             signals: &mut signals,
             drops: drops.as_mut(),
             validator: &mut validator,
+            tcp_trouble: tcp_trouble.as_mut(),
         },
         &mut admin,
         &mut dns_forwarder,
@@ -242,6 +248,9 @@ struct Inputs<'a> {
     drops: Option<&'a mut guard_log::GuardLog>,
     /// Probes due and probes finished.
     validator: &'a mut Validator,
+    /// Retransmission timeouts on PvDs; `None` if the ring could not be
+    /// opened.
+    tcp_trouble: Option<&'a mut tcp_trouble::TcpTroubleRing>,
 }
 
 /// Reconciles on every batch of events until SIGINT/SIGTERM.
@@ -258,6 +267,7 @@ async fn follow(
         signals,
         mut drops,
         validator,
+        mut tcp_trouble,
     } = inputs;
     let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
     recheck.tick().await;
@@ -311,6 +321,34 @@ async fn follow(
                 reconciler.set_verdicts(validator.verdicts());
                 changed.push(change);
                 false
+            }
+            batch = async {
+                match tcp_trouble.as_deref_mut() {
+                    Some(ring) => ring.next().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                for record in &batch.records {
+                    // No PvD: one that went away before a restart (a
+                    // name keeps its index while the daemon runs).
+                    match tcp_trouble::pvd_of_mark(reconciler.pvds(), record.mark, mark_mask) {
+                        Some(pvd) => on_tcp_timeout(&mut admin.tcp_health, pvd, record),
+                        None => {
+                            admin.tcp_health.record_no_pvd();
+                            debug!(
+                                "tcp: retransmission timeout of a socket with mark {:#x}, no PvD's",
+                                record.mark
+                            );
+                        }
+                    }
+                }
+                if batch.lost > 0 {
+                    debug!(
+                        "tcp: {} retransmission timeouts not reported (the ring was full)",
+                        batch.lost
+                    );
+                }
+                continue;
             }
             event = watcher.next() => {
                 if event.is_none() {
@@ -408,6 +446,17 @@ async fn follow(
             // kernel keeps the last good state meanwhile.
             Err(e) => warn!("reconciling: {e:#}"),
         }
+    }
+}
+
+/// One retransmission timeout of a connection on PvD `pvd`, as the kernel
+/// reported it: the hand-off from passive detection to network validation.
+/// `record.state == TCP_SYN_SENT` is a connect whose SYN went unanswered.
+/// Counted (`tcp_timeouts` in `mif pvd list`) and logged at debug level,
+/// rate-limited per PvD.
+fn on_tcp_timeout(health: &mut tcp_trouble::TcpHealth, pvd: &str, record: &mif_common::TcpTrouble) {
+    if let Some(line) = health.record(pvd, record, std::time::Instant::now()) {
+        debug!("{line}");
     }
 }
 
