@@ -526,6 +526,16 @@ fn findings(
             (sc + c4) / base * 100.0
         );
     }
+    // A sock_ops program runs at every callback of a connection's setup
+    // (initial RTO and window, ECN, connect, establishment), deciding at
+    // connect alone.
+    if let Some(Some((runs, ns))) = r.prog_run(b, Op::TcpCrr, "mif_tcp_health") {
+        let _ = write!(
+            md,
+            "The TCP health watch (`mif_tcp_health`, `sock_ops`) adds              {runs:.1} runs of {ns:.0} ns per connection ({:.2} µs): a              `sock_ops` program is called at each step of a connection's              setup, and decides only at connect. ",
+            runs * ns / 1000.0
+        );
+    }
     let per_packet = |v: Variant| -> Vec<String> {
         [Op::TcpStream, Op::UdpStream]
             .into_iter()

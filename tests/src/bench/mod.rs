@@ -296,10 +296,13 @@ pub fn run(opts: &Options) -> Result<Report> {
         traced.extend(testbed::DEPTHS.iter().map(|&d| Variant::Depth(d)));
         // The guard's run time per packet, with and without a strict policy.
         traced.extend([Variant::Strict, Variant::Unsteered]);
+        // TCP_CRR for the TCP health watch (`mif_tcp_health`), which runs
+        // at a connection's setup and nowhere else.
         let ops: Vec<(Op, u64)> = plan.params.iter_of(&[
             Op::Socket,
             Op::UdpConnect,
             Op::UdpSendto,
+            Op::TcpCrr,
             Op::TcpStream,
             Op::UdpStream,
         ]);
