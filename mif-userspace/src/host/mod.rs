@@ -3,6 +3,7 @@
 //! containers and other network namespaces. Nothing here writes kernel
 //! state; [`crate::apply`] does.
 pub mod attached;
+pub mod captive_portal;
 pub mod cgroup;
 pub mod cgroup_pattern;
 pub mod cgroup_watch;

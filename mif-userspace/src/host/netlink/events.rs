@@ -97,6 +97,8 @@ pub enum NetEvent {
         router: Option<Ipv6Addr>,
         rdnss: Vec<Rdnss>,
         dnssl: Vec<Dnssl>,
+        /// The captive portal's API URI (RA option 37, RFC 8910).
+        captive_portal: Option<String>,
     },
     /// Notifications may have been lost (the receive buffer overran, or the
     /// socket was replaced): dump everything and reconcile. Router
@@ -132,6 +134,7 @@ impl From<RaOptions> for NetEvent {
             router: options.router,
             rdnss: options.rdnss,
             dnssl: options.dnssl,
+            captive_portal: options.captive_portal,
         }
     }
 }
@@ -557,6 +560,7 @@ mod tests {
                     lifetime: Duration::from_secs(256),
                 }],
                 dnssl: vec![],
+                captive_portal: None,
             }]
         );
     }
@@ -586,6 +590,7 @@ mod tests {
             router: None,
             rdnss: vec![],
             dnssl: vec![],
+            captive_portal: None,
         };
         let mut events = VecDeque::new();
         for event in [Link, Address, Link, Route, Address].map(NetEvent::Changed) {
@@ -969,6 +974,7 @@ mod tests {
                         router: from,
                         rdnss: r,
                         dnssl: d,
+                        ..
                     } = event
                     else {
                         continue;

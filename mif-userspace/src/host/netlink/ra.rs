@@ -3,8 +3,9 @@
 //! The kernel acts on the parts of a router advertisement it understands
 //! (prefixes, routes, MTU) itself and passes the others on as
 //! `RTM_NEWNDUSEROPT` messages to the `RTNLGRP_ND_USEROPT` group, one message
-//! per option: RDNSS and DNSSL (RFC 8106), but also prefix information,
-//! captive portal and PREF64. netlink-packet-route 0.34 has no type for
+//! per option: RDNSS and DNSSL (RFC 8106), the captive portal's API URI
+//! (RFC 8910 option 37, passed up since Linux 5.3), but also prefix
+//! information and PREF64 (net/ipv6/ndisc.c `ndisc_is_useropt`). netlink-packet-route 0.34 has no type for
 //! these messages (its parser fails on them, and netlink-proto then logs and
 //! drops them), so they are parsed here from the raw payload.
 //!
@@ -26,6 +27,9 @@ use super::frames;
 const ND_OPT_RDNSS: u8 = 25;
 /// `ND_OPT_DNSSL`: DNS search list (RFC 8106 section 5.2).
 const ND_OPT_DNSSL: u8 = 31;
+/// `ND_OPT_CAPTIVE_PORTAL`: the captive portal's API URI (RFC 8910
+/// section 2.3; RFC 7710 named it the portal's URI).
+const ND_OPT_CAPTIVE_PORTAL: u8 = 37;
 /// `ND_ROUTER_ADVERT`, the ICMPv6 type of a router advertisement.
 const ND_ROUTER_ADVERT: u8 = 134;
 /// `NDUSEROPT_SRCADDR`: the IPv6 source address of the advertisement.
@@ -59,8 +63,8 @@ pub struct Dnssl {
 }
 
 /// The options of one `RTM_NEWNDUSEROPT` message. Options of other types
-/// (prefix information, captive portal, PREF64, ...) are skipped, so both
-/// lists can be empty.
+/// (prefix information, PREF64, ...) are skipped, so everything can be
+/// empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RaOptions {
     /// The interface the advertisement arrived on.
@@ -70,12 +74,17 @@ pub struct RaOptions {
     pub router: Option<Ipv6Addr>,
     pub rdnss: Vec<Rdnss>,
     pub dnssl: Vec<Dnssl>,
+    /// The captive portal's API URI (option 37), as the router sent it
+    /// less the NUL padding, checked by
+    /// [`crate::host::captive_portal::clean_uri`]. The option has no
+    /// lifetime of its own (see [`crate::model::ra_learned`]).
+    pub captive_portal: Option<String>,
 }
 
 impl RaOptions {
     /// Whether the message carried nothing mif uses.
     pub fn is_empty(&self) -> bool {
-        self.rdnss.is_empty() && self.dnssl.is_empty()
+        self.rdnss.is_empty() && self.dnssl.is_empty() && self.captive_portal.is_none()
     }
 }
 
@@ -103,6 +112,9 @@ pub enum RaParseError {
 
     #[error("invalid domain name in DNSSL option: {0}")]
     BadDomain(&'static str),
+
+    #[error("captive portal option without a usable URI (empty, too long, or not URI characters)")]
+    BadCaptivePortal,
 }
 
 /// Parses the payload of an `RTM_NEWNDUSEROPT` message (what follows the
@@ -139,6 +151,7 @@ pub fn parse_nduseropt(payload: &[u8]) -> Result<RaOptions, RaParseError> {
         router: source_address(attrs)?,
         rdnss: Vec::new(),
         dnssl: Vec::new(),
+        captive_portal: None,
     };
     let mut rest = opts;
     while !rest.is_empty() {
@@ -156,6 +169,13 @@ pub fn parse_nduseropt(payload: &[u8]) -> Result<RaOptions, RaParseError> {
         match kind {
             ND_OPT_RDNSS => options.rdnss.push(rdnss(option)?),
             ND_OPT_DNSSL => options.dnssl.push(dnssl(option)?),
+            // Type, length, then the URI, NUL-padded to the 8-octet unit.
+            ND_OPT_CAPTIVE_PORTAL => {
+                options.captive_portal = Some(
+                    crate::host::captive_portal::clean_uri(&option[2..])
+                        .ok_or(RaParseError::BadCaptivePortal)?,
+                )
+            }
             _ => {}
         }
         rest = next;
@@ -314,6 +334,7 @@ mod tests {
                     lifetime: Duration::from_secs(3600),
                 }],
                 dnssl: vec![],
+                captive_portal: None,
             }
         );
         assert!(!parsed.is_empty());
@@ -361,17 +382,44 @@ mod tests {
     }
 
     #[test]
+    fn captive_portal_uri_without_its_padding() {
+        // RFC 8910 section 2.3: type 37, length in 8-octet units, the URI
+        // NUL-padded to the unit ("https://portal.lab/api" is 22 octets:
+        // 2 + 22 = 24, exactly 3 units; one more octet needs padding).
+        for uri in ["https://portal.lab/api", "https://portal.lab/api2"] {
+            let mut opts = vec![37, 0];
+            opts.extend_from_slice(uri.as_bytes());
+            opts.resize(opts.len().next_multiple_of(8), 0);
+            opts[1] = u8::try_from(opts.len() / 8).unwrap();
+            let parsed = parse_nduseropt(&message(4, &opts, Some(ROUTER))).unwrap();
+            assert_eq!(parsed.captive_portal.as_deref(), Some(uri));
+            assert!(!parsed.is_empty());
+        }
+        // All padding, and a URI with a blank in it: refused.
+        assert_eq!(
+            parse_nduseropt(&message(4, &[37, 1, 0, 0, 0, 0, 0, 0], None)),
+            Err(RaParseError::BadCaptivePortal)
+        );
+        assert_eq!(
+            parse_nduseropt(&message(4, &[37, 1, b'a', b' ', b'b', 0, 0, 0], None)),
+            Err(RaParseError::BadCaptivePortal)
+        );
+    }
+
+    #[test]
     fn unknown_options_are_skipped() {
-        // A prefix information option (type 3, 32 octets) and a captive
-        // portal option (type 37) around an RDNSS option.
+        // A prefix information option (type 3, 32 octets) and a PREF64
+        // option (type 38) around an RDNSS option.
         let mut opts = vec![3, 4, 64, 0xc0];
         opts.resize(32, 0);
         opts.extend_from_slice(&[25, 3, 0, 0, 0, 0, 0, 60]);
         opts.extend_from_slice(&addr("2001:db8::53").octets());
-        opts.extend_from_slice(&[37, 1, b'h', b't', b't', b'p', 0, 0]);
+        opts.extend_from_slice(&[38, 2, 0, 0, 0x20, 0x01, 0x0d, 0xb8]);
+        opts.extend_from_slice(&[0; 8]);
         let parsed = parse_nduseropt(&message(4, &opts, Some(ROUTER))).unwrap();
         assert_eq!(parsed.rdnss.len(), 1);
         assert_eq!(parsed.rdnss[0].servers, [addr("2001:db8::53")]);
+        assert_eq!(parsed.captive_portal, None);
 
         // The kernel sends the prefix option on its own: nothing for mif.
         let parsed = parse_nduseropt(&message(4, &opts[..32], Some(ROUTER))).unwrap();
