@@ -116,6 +116,7 @@ fn interfaces(list: &[Iface]) -> (Vec<Interface>, LearnedDns) {
                     servers_from: DnsSource::Ra,
                     domains: vec!["corp.lab".into()],
                     domains_from: DnsSource::Ra,
+                    captive_portal: Some(("https://portal.lab/".into(), DnsSource::Ra)),
                 },
             );
         }

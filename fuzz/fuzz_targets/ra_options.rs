@@ -1,5 +1,6 @@
 //! The RDNSS/DNSSL option parser (RFC 8106) on any `RTM_NEWNDUSEROPT`
-//! payload: what it returns is safe to write into a resolver configuration.
+//! payload: what it returns is safe to write into a resolver configuration;
+//! a captive portal URI (RFC 8910) holds only URI characters.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -20,5 +21,13 @@ fuzz_target!(|data: &[u8]| {
                 "{domain:?}"
             );
         }
+    }
+    if let Some(uri) = &options.captive_portal {
+        assert!(!uri.is_empty(), "{uri:?}");
+        assert!(
+            uri.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=%".contains(&c)),
+            "{uri:?}"
+        );
     }
 });

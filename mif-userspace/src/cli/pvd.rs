@@ -202,6 +202,10 @@ fn pvd_notes(p: &PvdView) -> Vec<String> {
             v.url
         ));
     }
+    if let Some(uri) = &p.captive_portal_api {
+        let from = p.captive_portal_source.as_deref().unwrap_or("?");
+        notes.push(format!("{}: captive portal API {uri} ({from})", p.name));
+    }
     if let Some(n) = p.tcp_timeouts.filter(|&n| n > 0) {
         notes.push(format!("{}: {n} TCP retransmission timeouts", p.name));
     }

@@ -173,6 +173,12 @@ pub struct PvdView {
     /// working. Known to `mif pvd list` only (None in monitor events).
     #[serde(default)]
     pub tcp_timeouts: Option<u64>,
+    /// The captive portal's API URI the network announced (RFC 8910), and
+    /// where it came from (`ra`, `dhcp`).
+    #[serde(default)]
+    pub captive_portal_api: Option<String>,
+    #[serde(default)]
+    pub captive_portal_source: Option<String>,
 }
 
 /// An uplink in words.
@@ -233,6 +239,11 @@ impl From<&PvdState> for PvdView {
             validation_v4: None,
             validation_v6: None,
             tcp_timeouts: None,
+            captive_portal_api: p.captive_portal_api.clone(),
+            captive_portal_source: p
+                .captive_portal_api
+                .as_ref()
+                .map(|_| wire_name(p.captive_portal_source)),
         }
     }
 }

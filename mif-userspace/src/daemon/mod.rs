@@ -415,9 +415,13 @@ async fn follow(
                         ifindex,
                         rdnss,
                         dnssl,
+                        captive_portal,
                         ..
                     } = &event
                     {
+                        if let Some(uri) = captive_portal {
+                            reconciler.learn_ra_captive_portal(*ifindex, uri);
+                        }
                         for option in rdnss {
                             let servers: Vec<IpAddr> =
                                 option.servers.iter().map(|&a| a.into()).collect();

@@ -25,6 +25,16 @@
 //! Only DHCPv4 is read: dhclient's `lease6` declarations, NetworkManager's
 //! `[dhcp6]` group and its `*6-*.lease` files are skipped.
 //!
+//! Besides DNS, the captive portal's API URI is read where a format keeps
+//! it (RFC 8910 option 114; RFC 7710 had used 160, which is read when 114
+//! is not there): dhclient's `option default-url` (its name for 114) and
+//! `option v4-captive-portal` (160); NetworkManager's `dhcp4.default_url`
+//! and `dhcp4.v4_captive_portal`. systemd-networkd's lease file does not
+//! keep it (neither `dhcp_lease_save`'s `KEY=value` lines nor its JSON
+//! successor; networkd writes the URI to the link's state file,
+//! `/run/systemd/netif/links/<ifindex>` `CAPTIVE_PORTAL=`, which is not
+//! read here).
+//!
 //! Precedence is the caller's to apply: a PvD's `dns` and `domains` from the
 //! configuration win over what router advertisements say, which wins over
 //! what is learned here. Among several lease files naming one interface,
@@ -183,6 +193,9 @@ pub struct Lease {
     /// The search list (option 119) first, then the domain name (option 15)
     /// when it is not in the list; lowercase, without the trailing dot.
     pub domains: Vec<String>,
+    /// The captive portal's API URI (option 114, else 160), checked by
+    /// [`crate::host::captive_portal::clean_uri`].
+    pub captive_portal: Option<String>,
     pub expires: Expiry,
     /// The lease time in seconds where the file records it only relative
     /// (`LIFETIME=` of the `KEY=value` format).
@@ -196,15 +209,30 @@ impl Lease {
             address: None,
             servers: Vec::new(),
             domains: Vec::new(),
+            captive_portal: None,
             expires,
             lifetime: None,
         }
     }
 
-    /// Whether the lease gives anything a PvD can use.
+    /// Whether the lease gives resolvers or domains.
     pub fn has_dns(&self) -> bool {
         !self.servers.is_empty() || !self.domains.is_empty()
     }
+
+    /// Whether the lease gives anything a PvD can use.
+    pub fn is_useful(&self) -> bool {
+        self.has_dns() || self.captive_portal.is_some()
+    }
+}
+
+/// The captive portal's URI from option 114 (RFC 8910), else from 160
+/// (RFC 7710), as read; checked.
+fn captive_portal_of(option_114: Option<&str>, option_160: Option<&str>) -> Option<String> {
+    let clean = |uri: &str| crate::host::captive_portal::clean_uri(uri.trim().as_bytes());
+    option_114
+        .and_then(clean)
+        .or_else(|| option_160.and_then(clean))
 }
 
 /// What the current lease of one link says about DNS.
@@ -214,6 +242,8 @@ pub struct LinkDns {
     pub servers: Vec<IpAddr>,
     /// At most [`MAX_DOMAINS`], lowercase, without the trailing dot.
     pub domains: Vec<String>,
+    /// The captive portal's API URI (DHCP option 114), if the lease has one.
+    pub captive_portal: Option<String>,
     /// The leased address: a lease whose address the link no longer holds
     /// belongs to a network the link has left.
     pub address: Option<Ipv4Addr>,
@@ -279,8 +309,8 @@ pub enum LeaseError {
 /// What [`learn`] found.
 #[derive(Debug, Default)]
 pub struct Learned {
-    /// The current lease's resolvers and domains, by interface name; only
-    /// links whose lease gives at least one server or domain.
+    /// The current lease's resolvers, domains and captive portal, by
+    /// interface name; only links whose lease gives at least one of them.
     pub links: BTreeMap<String, LinkDns>,
     /// Files or leases that could not be used, for the caller to log.
     pub problems: Vec<LeaseError>,
@@ -405,7 +435,7 @@ fn leases_of_file(
     }
     let unnamed = leases
         .iter()
-        .any(|l| l.interface.is_none() && l.has_dns() && !l.expires.is_expired(now));
+        .any(|l| l.interface.is_none() && l.is_useful() && !l.expires.is_expired(now));
     if unnamed {
         problems.push(LeaseError::NoInterface {
             path: path.to_path_buf(),
@@ -427,11 +457,12 @@ fn leases_of_file(
     };
     let found = current
         .into_iter()
-        .filter(|(_, lease)| lease.has_dns())
+        .filter(|(_, lease)| lease.is_useful())
         .map(|(name, lease)| {
             let dns = LinkDns {
                 servers: lease.servers,
                 domains: lease.domains,
+                captive_portal: lease.captive_portal,
                 address: lease.address,
                 expires: lease.expires,
                 source: source.clone(),
@@ -1042,6 +1073,8 @@ fn dhclient_lease(block: &[Statement]) -> Result<Lease, ParseError> {
     let mut search = Vec::new();
     let mut domain_name = Vec::new();
     let mut servers = Vec::new();
+    // Options 114 and 160: one string each.
+    let (mut url, mut portal) = (None, None);
     for statement in block {
         let Some(Token::Word(keyword)) = statement.words.first() else {
             continue;
@@ -1090,6 +1123,8 @@ fn dhclient_lease(block: &[Statement]) -> Result<Lease, ParseError> {
                             .collect()
                     }
                     "domain-search" => search = texts.map(str::to_string).collect(),
+                    "default-url" => url = texts.map(str::to_string).next(),
+                    "v4-captive-portal" => portal = texts.map(str::to_string).next(),
                     _ => {}
                 }
             }
@@ -1098,6 +1133,7 @@ fn dhclient_lease(block: &[Statement]) -> Result<Lease, ParseError> {
     }
     lease.servers = clean_servers(servers);
     lease.domains = clean_domains(search.iter().chain(&domain_name).map(String::as_str));
+    lease.captive_portal = captive_portal_of(url.as_deref(), portal.as_deref());
     Ok(lease)
 }
 
@@ -1332,7 +1368,8 @@ fn json_ipv4(value: &serde_json::Value) -> Option<Ipv4Addr> {
 /// `key=value` lines, `#` comments). Its `[dhcp4]` group holds the current
 /// lease's options as `dhcp4.<name>=value`, names as in
 /// src/core/dhcp/nm-dhcp-options.c: `domain_name_servers` and
-/// `domain_search` blank-separated, `domain_name`, `ip_address`, and
+/// `domain_search` blank-separated, `domain_name`, `ip_address`,
+/// `default_url` and `v4_captive_portal` (options 114 and 160), and
 /// `expiry` in seconds since 1970. No `[dhcp4]` group, no lease.
 pub fn parse_nm_device_state(text: &str) -> Parsed {
     let mut errors = Vec::new();
@@ -1342,6 +1379,7 @@ pub fn parse_nm_device_state(text: &str) -> Parsed {
     let mut servers = String::new();
     let mut search = String::new();
     let mut domain_name = String::new();
+    let (mut url, mut portal) = (None, None);
     for (index, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -1376,6 +1414,10 @@ pub fn parse_nm_device_state(text: &str) -> Parsed {
             "domain_name_servers" => servers = value,
             "domain_search" => search = value,
             "domain_name" => domain_name = value,
+            // Options 114 and 160 (nm-dhcp-options.c `default_url`,
+            // `v4_captive_portal`).
+            "default_url" => url = Some(value),
+            "v4_captive_portal" => portal = Some(value),
             "ip_address" => lease.address = value.parse().ok(),
             "expiry" => {
                 if let Ok(seconds) = value.parse::<u64>() {
@@ -1399,6 +1441,7 @@ pub fn parse_nm_device_state(text: &str) -> Parsed {
             .split_whitespace()
             .chain(domain_name.split_whitespace()),
     );
+    lease.captive_portal = captive_portal_of(url.as_deref(), portal.as_deref());
     Parsed {
         leases: vec![lease],
         errors,
@@ -1591,6 +1634,73 @@ dhcp6.dhcp6_domain_search=v6.lab
         // The same instant dhclient wrote as `epoch 1796109705` once
         // db-time-format was local.
         assert_eq!(lease.expires, Expiry::At(at(1_796_109_705)));
+    }
+
+    /// Written by isc-dhcp-client 4.4.3-P1 (Debian 12) for a lease from
+    /// dnsmasq 2.90 started with `--dhcp-option-force=114,https://...`
+    /// (the lab's `use_dhcp_forcing`): option 114 is dhclient's
+    /// `default-url`, kept although its request list did not ask for it.
+    const DHCLIENT_CAPTIVE_REAL: &str = r#"lease {
+  interface "wwan0";
+  fixed-address 198.18.1.191;
+  option subnet-mask 255.255.255.0;
+  option routers 198.18.1.1;
+  option dhcp-lease-time 3600;
+  option default-url "https://portal.lab/capport/api?net=wwan0";
+  option dhcp-message-type 5;
+  option domain-name-servers 198.18.1.1;
+  option dhcp-server-identifier 198.18.1.1;
+  option dhcp-renewal-time 1800;
+  option broadcast-address 198.18.1.255;
+  option dhcp-rebinding-time 3150;
+  option domain-name "dhcp.lab";
+  renew 2 2026/12/01 15:37:02;
+  rebind 2 2026/12/01 16:00:49;
+  expire 2 2026/12/01 16:08:19;
+}
+"#;
+
+    #[test]
+    fn dhclient_captive_portal_from_option_114_then_160() {
+        let parsed = parse_dhclient(DHCLIENT_CAPTIVE_REAL);
+        assert_eq!(parsed.errors, []);
+        let lease = &parsed.leases[0];
+        let uri = "https://portal.lab/capport/api?net=wwan0";
+        assert_eq!(lease.captive_portal.as_deref(), Some(uri));
+        assert_eq!(lease.servers, [v4(198, 18, 1, 1)]);
+        assert_eq!(lease.domains, ["dhcp.lab"]);
+        assert!(parse_dhclient(DHCLIENT_REAL).leases[0]
+            .captive_portal
+            .is_none());
+
+        // RFC 7710's option 160 (`v4-captive-portal`) when 114 is absent,
+        // 114 when both are there.
+        let old = DHCLIENT_CAPTIVE_REAL.replace("default-url", "v4-captive-portal");
+        assert_eq!(
+            parse_dhclient(&old).leases[0].captive_portal.as_deref(),
+            Some(uri)
+        );
+        let both = DHCLIENT_CAPTIVE_REAL.replace(
+            "  option dhcp-message-type 5;\n",
+            "  option v4-captive-portal \"https://old.lab/\";\n  option dhcp-message-type 5;\n",
+        );
+        assert_eq!(
+            parse_dhclient(&both).leases[0].captive_portal.as_deref(),
+            Some(uri)
+        );
+
+        // What dhclient wrote when dnsmasq was given the URI in quotes
+        // (`114,"https://..."`): the quotes are part of the string, which
+        // is then no URI; the rest of the lease stands.
+        let quoted =
+            DHCLIENT_CAPTIVE_REAL.replace(&format!("\"{uri}\""), &format!("\"\\\"{uri}\\\"\""));
+        assert!(
+            quoted.contains(r#"option default-url "\"https://"#),
+            "{quoted}"
+        );
+        let lease = &parse_dhclient(&quoted).leases[0];
+        assert_eq!(lease.captive_portal, None);
+        assert_eq!(lease.servers, [v4(198, 18, 1, 1)]);
     }
 
     #[test]
@@ -1986,6 +2096,34 @@ alias { interface \"eth0\"; fixed-address 198.18.0.9; }
         assert_eq!(lease.domains, ["dhcp.lab", "corp.example"]);
         assert_eq!(lease.expires, Expiry::At(at(1_796_109_705)));
 
+        assert_eq!(lease.captive_portal, None);
+
+        // Options 114 and 160 as NetworkManager names them
+        // (nm-dhcp-options.c: `default_url`, `v4_captive_portal`).
+        let with = |lines: &str| {
+            let text = NM_DEVICE.replace(
+                "dhcp4.domain_name=dhcp.lab\n",
+                &format!("dhcp4.domain_name=dhcp.lab\n{lines}"),
+            );
+            parse_nm_device_state(&text).leases[0]
+                .captive_portal
+                .clone()
+        };
+        let portal = "https://portal.lab/api";
+        assert_eq!(
+            with(&format!("dhcp4.default_url={portal}\n")).as_deref(),
+            Some(portal)
+        );
+        assert_eq!(
+            with("dhcp4.v4_captive_portal=https://old.lab/\n").as_deref(),
+            Some("https://old.lab/")
+        );
+        let both =
+            format!("dhcp4.v4_captive_portal=https://old.lab/\ndhcp4.default_url={portal}\n");
+        assert_eq!(with(&both).as_deref(), Some(portal));
+        // GKeyFile's `\s` is a blank: no URI.
+        assert_eq!(with("dhcp4.default_url=https://a\\sb/\n"), None);
+
         // A device without DHCPv4 (static, or IPv6 only).
         let parsed = parse_nm_device_state(
             "[device]\nmanaged=true\n\n[dhcp6]\ndhcp6.dhcp6_name_servers=2001:db8::53\n",
@@ -2179,6 +2317,27 @@ alias { interface \"eth0\"; fixed-address 198.18.0.9; }
         let learned = learn(&[dir.path()], &ifnames(&[(3, "lan"), (7, "wan")]), at(NOW));
         assert_eq!(learned.links.keys().collect::<Vec<_>>(), ["lan", "wan"]);
         assert!(learned.problems.is_empty());
+    }
+
+    #[test]
+    fn learn_keeps_a_lease_that_gives_only_a_captive_portal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = DHCLIENT_CAPTIVE_REAL
+            .replace("  option domain-name-servers 198.18.1.1;\n", "")
+            .replace("  option domain-name \"dhcp.lab\";\n", "")
+            .replace("2026/12/01 16:08:19", "2026/12/01 07:30:00");
+        write(dir.path(), "dhclient.leases", &text);
+        let learned = learn(&[dir.path()], &ifnames(&[]), at(NOW));
+        assert!(learned.problems.is_empty(), "{:?}", learned.problems);
+        let link = &learned.links["wwan0"];
+        assert!(link.servers.is_empty() && link.domains.is_empty());
+        assert_eq!(
+            link.captive_portal.as_deref(),
+            Some("https://portal.lab/capport/api?net=wwan0")
+        );
+        // Expired, it teaches nothing, portal included.
+        let learned = learn(&[dir.path()], &ifnames(&[]), at(NOW + 7200));
+        assert!(learned.links.is_empty());
     }
 
     #[test]

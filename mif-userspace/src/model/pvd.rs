@@ -105,6 +105,11 @@ pub struct PvdState {
     /// probes last found (see [`crate::model::validation`]); `unknown`
     /// while validation is off or has not probed yet.
     pub validation: PvdVerdicts,
+    /// The captive portal's API URI the network announced (RFC 8910: RA
+    /// option 37 heard on the interface, else DHCPv4 option 114 in the
+    /// host's DHCP client's lease), and where it came from.
+    pub captive_portal_api: Option<String>,
+    pub captive_portal_source: DnsSource,
 }
 
 /// Where a PvD's DNS servers come from.
@@ -126,6 +131,8 @@ pub struct Learned {
     pub servers_from: DnsSource,
     pub domains: Vec<String>,
     pub domains_from: DnsSource,
+    /// The captive portal's API URI, see [`learned_captive_portals`].
+    pub captive_portal: Option<(String, DnsSource)>,
 }
 
 /// [`Learned`] by interface name. See [`learned_dns`] for the precedence.
@@ -151,6 +158,9 @@ pub fn learned_dns(
         if !lease.domains.is_empty() {
             (entry.domains, entry.domains_from) = (lease.domains, DnsSource::Dhcp);
         }
+        if let Some(uri) = lease.captive_portal {
+            entry.captive_portal = Some((uri, DnsSource::Dhcp));
+        }
     }
     for (name, servers) in ra_servers.into_iter().filter(|(_, s)| !s.is_empty()) {
         let entry = learned.entry(name).or_default();
@@ -161,6 +171,19 @@ pub fn learned_dns(
         (entry.domains, entry.domains_from) = (domains, DnsSource::Ra);
     }
     learned
+}
+
+/// Adds the captive-portal URIs that router advertisements announced
+/// (option 37, by interface) to `learned`, over those of DHCP leases
+/// (option 114, which [`learned_dns`] took). RFC 8910 section 2 calls
+/// differing URIs a configuration error of the network without saying
+/// which wins; the RA's is the one the network announces now, as for DNS.
+pub fn learned_captive_portals(learned: &mut LearnedDns, ra: BTreeMap<String, Vec<String>>) {
+    for (name, uris) in ra {
+        if let Some(uri) = uris.into_iter().last() {
+            learned.entry(name).or_default().captive_portal = Some((uri, DnsSource::Ra));
+        }
+    }
 }
 
 impl PvdState {
@@ -423,6 +446,9 @@ pub fn build(
                 Some(h) if !h.domains.is_empty() => (h.domains.clone(), h.domains_from),
                 _ => (Vec::new(), DnsSource::None),
             };
+            if let Some((uri, from)) = heard.and_then(|h| h.captive_portal.clone()) {
+                (pvd.captive_portal_api, pvd.captive_portal_source) = (Some(uri), from);
+            }
             pvd
         })
         .collect();
@@ -459,6 +485,8 @@ fn state(
         domains: Vec::new(),
         domains_source: DnsSource::None,
         validation: PvdVerdicts::default(),
+        captive_portal_api: None,
+        captive_portal_source: DnsSource::None,
     };
     let Some(link) = found else {
         return pvd;
@@ -857,6 +885,7 @@ mod tests {
             servers: vec![a(server)],
             domains: vec![domain.to_string()],
             address: None,
+            captive_portal: None,
             expires: crate::host::dns_leases::Expiry::Never,
             source: crate::host::dns_leases::LeaseSource {
                 path: "/var/lib/dhcp/dhclient.leases".into(),
@@ -911,6 +940,65 @@ mod tests {
         };
         assert_eq!(dns("wlan0"), (vec![a("192.0.2.53")], DnsSource::Config));
         assert_eq!(dns("eth0"), (vec![a("198.18.2.1")], DnsSource::Dhcp));
+    }
+
+    #[test]
+    fn captive_portals_come_from_ra_then_dhcp() {
+        let lease = |portal: Option<&str>| crate::host::dns_leases::LinkDns {
+            servers: vec![],
+            domains: vec![],
+            address: None,
+            captive_portal: portal.map(str::to_owned),
+            expires: crate::host::dns_leases::Expiry::Never,
+            source: crate::host::dns_leases::LeaseSource {
+                path: "/var/lib/dhcp/dhclient.leases".into(),
+                format: crate::host::dns_leases::LeaseFormat::Dhclient,
+            },
+        };
+        let dhcp = BTreeMap::from([
+            ("wlan0".to_string(), lease(Some("https://dhcp.lab/a"))),
+            ("eth0".to_string(), lease(Some("https://dhcp.lab/b"))),
+        ]);
+        let mut learned = learned_dns(BTreeMap::new(), BTreeMap::new(), dhcp);
+        learned_captive_portals(
+            &mut learned,
+            BTreeMap::from([("wlan0".to_string(), vec!["https://ra.lab/".to_string()])]),
+        );
+        let config = parse(Path::new("c.toml"), "").unwrap();
+        let interfaces = [
+            iface(
+                "wlan0",
+                2,
+                vec![addr("198.18.0.2", 24)],
+                Some("198.18.0.1"),
+                None,
+            ),
+            iface(
+                "eth0",
+                3,
+                vec![addr("198.18.2.2", 24)],
+                Some("198.18.2.1"),
+                None,
+            ),
+            iface(
+                "eth1",
+                4,
+                vec![addr("198.18.3.2", 24)],
+                Some("198.18.3.1"),
+                None,
+            ),
+        ];
+        let pvds = built(&config, &interfaces, &learned, &mut Registry::default());
+        let portal = |n: &str| {
+            let p = pvds.iter().find(|p| p.name == n).unwrap();
+            (p.captive_portal_api.as_deref(), p.captive_portal_source)
+        };
+        assert_eq!(portal("wlan0"), (Some("https://ra.lab/"), DnsSource::Ra));
+        assert_eq!(
+            portal("eth0"),
+            (Some("https://dhcp.lab/b"), DnsSource::Dhcp)
+        );
+        assert_eq!(portal("eth1"), (None, DnsSource::None));
     }
 
     #[test]

@@ -1,7 +1,20 @@
 //! What router advertisements taught about each interface's DNS (RDNSS
-//! servers, DNSSL domains; RFC 8106), kept between passes because an RA
-//! comes once and stays valid for its lifetime, while every pass starts
-//! from a fresh dump.
+//! servers, DNSSL domains; RFC 8106) and its captive portal (RFC 8910),
+//! kept between passes because an RA comes once and stays valid for its
+//! lifetime, while every pass starts from a fresh dump.
+//!
+//! The captive-portal option has no lifetime, and RFC 8910 gives it none:
+//! it describes the network as long as the router keeps announcing it.
+//! An RA that stops carrying it cannot be told apart here from one whose
+//! option went unnoticed, because the kernel passes each option up as a
+//! message of its own and an RA without the option sends none. So the URI
+//! an interface's routers announced last is kept ([`RaCaptivePortal`]):
+//! replaced by the next one announced, and dropped when none was
+//! announced for [`CAPTIVE_PORTAL_HOLD`] (three of the longest intervals
+//! between unsolicited RAs that RFC 4861 allows a router) or when the
+//! interface goes away, like RDNSS servers. A network that drops its
+//! portal can say so at once with `urn:ietf:params:capport:unrestricted`
+//! (RFC 8910 section 2), which replaces the old URI like any other.
 use std::{
     collections::BTreeMap,
     net::IpAddr,
@@ -25,6 +38,25 @@ impl<T> Default for RaLearned<T> {
 
 /// RDNSS servers by interface.
 pub type RaDns = RaLearned<IpAddr>;
+
+/// How long an announced captive-portal URI is kept without being
+/// announced again: 3 × MaxRtrAdvInterval's largest value (1800 s,
+/// RFC 4861 section 6.2.1), so a router advertising as rarely as allowed
+/// may miss two advertisements before its URI goes.
+pub const CAPTIVE_PORTAL_HOLD: Duration = Duration::from_secs(3 * 1800);
+
+/// The captive-portal URI (RA option 37) last announced on each interface.
+pub type RaCaptivePortal = RaLearned<String>;
+
+impl RaCaptivePortal {
+    /// Records the URI a router announced now on `ifindex`: it replaces
+    /// whatever the interface had (one portal per network).
+    pub fn announce(&mut self, ifindex: u32, uri: &str, now: Instant) {
+        let entry = self.by_ifindex.entry(ifindex).or_default();
+        entry.clear();
+        entry.push((uri.to_owned(), now + CAPTIVE_PORTAL_HOLD));
+    }
+}
 
 impl<T: Clone + PartialEq> RaLearned<T> {
     /// Records items announced now with `lifetime`; a zero lifetime
@@ -99,5 +131,41 @@ mod tests {
         // Learned on an interface that is gone: dropped.
         dns.learn(9, &[server], Duration::from_secs(10), t0);
         assert!(dns.current(&[iface], t0).is_empty());
+    }
+
+    #[test]
+    fn the_last_captive_portal_uri_is_kept_for_the_hold_time() {
+        let iface = crate::host::netlink::Interface {
+            name: "wlan0".into(),
+            index: 2,
+            up: true,
+            loopback: false,
+            kind: Default::default(),
+            addrs: vec![],
+            uplink4: None,
+            uplink6: None,
+            routes: vec![],
+            routes_left_out: 0,
+        };
+        let ifaces = std::slice::from_ref(&iface);
+        let t0 = Instant::now();
+        let mut portal = RaCaptivePortal::default();
+        portal.announce(2, "https://portal.lab/a", t0);
+        portal.announce(2, "https://portal.lab/b", t0 + Duration::from_secs(5));
+        assert_eq!(
+            portal.current(ifaces, t0 + Duration::from_secs(6))["wlan0"],
+            ["https://portal.lab/b"],
+            "a new URI replaces the old"
+        );
+        // Announced again before the hold ran out: kept from then on.
+        let again = t0 + CAPTIVE_PORTAL_HOLD;
+        portal.announce(2, "https://portal.lab/b", again);
+        assert_eq!(
+            portal.current(ifaces, again + CAPTIVE_PORTAL_HOLD - Duration::from_secs(1))["wlan0"],
+            ["https://portal.lab/b"]
+        );
+        assert!(portal
+            .current(ifaces, again + CAPTIVE_PORTAL_HOLD)
+            .is_empty());
     }
 }

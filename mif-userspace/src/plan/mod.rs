@@ -513,6 +513,8 @@ mod tests {
             domains: vec![],
             domains_source: Default::default(),
             validation: Default::default(),
+            captive_portal_api: None,
+            captive_portal_source: Default::default(),
         }
     }
 

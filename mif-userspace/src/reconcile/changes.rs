@@ -79,6 +79,22 @@ pub(super) fn log_changes(old: &[PvdState], new: &[PvdState]) {
                 availability(p, true),
             );
         }
+        let portal = |p: &PvdState| (p.captive_portal_api.clone(), p.captive_portal_source);
+        let had = before.map(portal).filter(|(uri, _)| uri.is_some());
+        if had != Some(portal(p)).filter(|(uri, _)| uri.is_some()) {
+            match (&p.captive_portal_api, had) {
+                (Some(uri), _) => info!(
+                    "PvD {}: captive portal API {uri} (from {})",
+                    p.name,
+                    match p.captive_portal_source {
+                        crate::model::pvd::DnsSource::Ra => "a router advertisement",
+                        _ => "the DHCP lease",
+                    }
+                ),
+                (None, Some(_)) => info!("PvD {}: no captive portal API any more", p.name),
+                (None, None) => {}
+            }
+        }
     }
 }
 
@@ -126,6 +142,8 @@ mod tests {
             domains: vec![],
             domains_source: Default::default(),
             validation: Default::default(),
+            captive_portal_api: None,
+            captive_portal_source: Default::default(),
         }
     }
 

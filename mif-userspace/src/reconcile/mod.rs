@@ -25,7 +25,7 @@ use crate::{
     model::{
         config::Config,
         pvd::{self, Numbering, PvdState, Registry},
-        ra_learned::{RaDns, RaLearned},
+        ra_learned::{RaCaptivePortal, RaDns, RaLearned},
         validation::PvdVerdicts,
     },
     plan::{self, routing::PvdRouting, ResolvedPolicy, RuleOptions},
@@ -61,6 +61,7 @@ pub struct Reconciler<H = Netlink, M = KernelMaps, G = GuardLinks> {
     pvds: Vec<PvdState>,
     ra_dns: RaDns,
     ra_domains: RaLearned<String>,
+    ra_captive_portal: RaCaptivePortal,
     /// Unreadable or garbled lease files already logged, so each problem
     /// is logged once, not on every pass.
     lease_problems: std::collections::BTreeSet<String>,
@@ -101,6 +102,7 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
             pvds: Vec::new(),
             ra_dns: RaDns::default(),
             ra_domains: RaLearned::default(),
+            ra_captive_portal: RaCaptivePortal::default(),
             lease_problems: Default::default(),
             verdicts: BTreeMap::new(),
         }
@@ -173,6 +175,13 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
     /// `unknown`); they reach the kernel with the next pass.
     pub fn set_verdicts(&mut self, verdicts: BTreeMap<String, PvdVerdicts>) {
         self.verdicts = verdicts;
+    }
+
+    /// Records the captive portal's API URI a router advertisement on
+    /// `ifindex` announced (RFC 8910 option 37).
+    pub fn learn_ra_captive_portal(&mut self, ifindex: u32, uri: &str) {
+        self.ra_captive_portal
+            .announce(ifindex, uri, Instant::now());
     }
 
     pub fn pvds(&self) -> &[PvdState] {
@@ -277,7 +286,11 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
         let now = Instant::now();
         let ra_servers = self.ra_dns.current(&interfaces, now);
         let ra_domains = self.ra_domains.current(&interfaces, now);
-        let learned = pvd::learned_dns(ra_servers, ra_domains, self.dhcp_dns(&interfaces));
+        let mut learned = pvd::learned_dns(ra_servers, ra_domains, self.dhcp_dns(&interfaces));
+        pvd::learned_captive_portals(
+            &mut learned,
+            self.ra_captive_portal.current(&interfaces, now),
+        );
         // Policies first: the PvDs include every interface a policy prefers.
         if self.policy.stale {
             self.policy.resolve();
