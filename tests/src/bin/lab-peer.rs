@@ -7,6 +7,7 @@
 //! lab-peer sockmark --family 4|6
 //! lab-peer attack --to ADDR ...   (see lab_peer/attack.rs)
 //! lab-peer http --name NAME --listen ADDR:PORT ... --state DIR   (see lab_peer/http.rs)
+//! lab-peer ra --dev IF --captive-portal URI [--lifetime S]   (see lab_peer/ra.rs)
 //! ```
 //!
 //! `serve` answers every TCP connection and UDP datagram with
@@ -41,6 +42,8 @@ use nix::sys::time::{TimeVal, TimeValLike};
 mod attack;
 #[path = "lab_peer/http.rs"]
 mod http;
+#[path = "lab_peer/ra.rs"]
+mod ra;
 
 const DEFAULT_PORT: u16 = 7777;
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
             "sockmark" => sockmark(&args),
             "attack" => attack::attack(&args),
             "http" => http::http(&args),
+            "ra" => ra::ra(&args),
             other => Err(format!("unknown command {other:?}")),
         });
     match result {

@@ -182,6 +182,15 @@ impl Lab {
     /// then already runs a resolver: do not also call
     /// [`Lab::start_resolver`] for it.
     pub fn use_dhcp(&self, i: usize) -> Result<DhcpLease> {
+        self.use_dhcp_forcing(i, &[])
+    }
+
+    /// [`Lab::use_dhcp`], the server also sending each of `options`
+    /// (dnsmasq's `CODE,VALUE`, e.g. `114,https://portal.lab/api`: no
+    /// quotes, dnsmasq would send them as part of the string) in
+    /// every reply whether dhclient asked for it or not
+    /// (`--dhcp-option-force`): dhclient's request list is the lab's own.
+    pub fn use_dhcp_forcing(&self, i: usize, options: &[&str]) -> Result<DhcpLease> {
         let net = self.network(i).clone();
         let [a, b, c, _] = net.gateway_v4.octets();
         let pool = (
@@ -197,7 +206,7 @@ impl Lab {
 
         let dir = self.scratch_dir(&format!("dhcp-{}", net.name))?;
         let server_leases = dir.join("dnsmasq.leases");
-        let dhcp_args = vec![
+        let mut dhcp_args = vec![
             format!(
                 "--dhcp-range={},{},255.255.255.0,{LEASE_TIME}",
                 pool.0, pool.1
@@ -212,6 +221,7 @@ impl Lab {
             "--log-dhcp".into(),
             format!("--address=/{DHCP_ONLY_NAME}/{DHCP_ONLY_ANSWER}"),
         ];
+        dhcp_args.extend(options.iter().map(|o| format!("--dhcp-option-force={o}")));
         let listen = [IpAddr::V4(router), IpAddr::V6(net.gateway_v6)];
         let server = self
             .start_dnsmasq(Some(i), Resolver::Network(i), &listen, &dhcp_args)
