@@ -289,3 +289,70 @@ fn a_restarted_daemon_follows_timeouts_and_a_stopped_one_leaves_nothing() {
         );
     }
 }
+
+/// A child process killed (and reaped) when this drops, also while a
+/// failing test unwinds.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An established connection whose data stops being acknowledged (the
+/// network went dark after the handshake) is counted too: the callback
+/// asked for at connect stays with the connection.
+#[test]
+fn unacknowledged_data_of_an_established_connection_counts_too() {
+    skip_unless_root!();
+    let lab = lab();
+    let rel = lab.cgroup_rel();
+    let app = lab.create_cgroup("app").unwrap();
+    let servers = lab.create_cgroup("echo").unwrap();
+    let mut daemon =
+        Daemon::start(&lab, &policy_toml(&format!("{rel}/app"), &["wwan0"], "")).unwrap();
+    let echo = lab
+        .command_in_router_within(
+            1,
+            &servers,
+            "socat",
+            [
+                "TCP-LISTEN:9000,fork,reuseaddr,bind=203.0.113.1",
+                "EXEC:cat",
+            ],
+        )
+        .unwrap();
+    lab.spawn(echo).unwrap();
+
+    // Connected and carrying data (the server may take a moment to listen).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (client, mut stdin) = loop {
+        let mut cmd = lab
+            .command_in(Some(&app), "socat", ["-", "TCP4:203.0.113.1:9000"])
+            .unwrap();
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut client = KillOnDrop(cmd.spawn().unwrap());
+        let mut stdin = client.0.stdin.take().unwrap();
+        let stdout = client.0.stdout.take().unwrap();
+        let mut echoed = String::new();
+        if stdin.write_all(b"hello\n").is_ok()
+            && std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut echoed)
+                .is_ok()
+            && echoed == "hello\n"
+        {
+            break (client, stdin);
+        }
+        assert!(Instant::now() < deadline, "no echo connection");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(tcp_timeouts(&daemon)["wwan0"], 0);
+
+    let _dark = Blackhole::install(&lab, 1);
+    stdin.write_all(b"anyone?\n").unwrap();
+    wait_for_timeouts(&mut daemon, "wwan0", 0);
+    drop(client);
+}
