@@ -332,7 +332,12 @@ async fn follow(
                     // No PvD: one that went away before a restart (a
                     // name keeps its index while the daemon runs).
                     match tcp_trouble::pvd_of_mark(reconciler.pvds(), record.mark, mark_mask) {
-                        Some(pvd) => on_tcp_timeout(&mut admin.tcp_health, pvd, record),
+                        Some(pvd) => on_tcp_timeout(
+                            &mut admin.tcp_health,
+                            pvd,
+                            record.state == mif_common::TCP_SYN_SENT,
+                            record,
+                        ),
                         None => {
                             admin.tcp_health.record_no_pvd();
                             debug!(
@@ -455,10 +460,22 @@ async fn follow(
 
 /// One retransmission timeout of a connection on PvD `pvd`, as the kernel
 /// reported it: the hand-off from passive detection to network validation.
-/// `record.state == TCP_SYN_SENT` is a connect whose SYN went unanswered.
+/// `syn_sent`: a connect whose SYN went unanswered (else data that went
+/// unacknowledged on an established connection); `record` has the rest
+/// (retransmissions so far, whether the kernel gave the connection up).
+/// Called once per record, in the order the kernel wrote them: a dead
+/// network gives several per connection, one per backed-off retry.
 /// Counted (`tcp_timeouts` in `mif pvd list`) and logged at debug level,
 /// rate-limited per PvD.
-fn on_tcp_timeout(health: &mut tcp_trouble::TcpHealth, pvd: &str, record: &mif_common::TcpTrouble) {
+fn on_tcp_timeout(
+    health: &mut tcp_trouble::TcpHealth,
+    pvd: &str,
+    syn_sent: bool,
+    record: &mif_common::TcpTrouble,
+) {
+    // Network validation starts here (a probe of `pvd` at once); until
+    // then a timeout is only counted and logged.
+    let _ = syn_sent;
     if let Some(line) = health.record(pvd, record, std::time::Instant::now()) {
         debug!("{line}");
     }
