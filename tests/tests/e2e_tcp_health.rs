@@ -356,3 +356,53 @@ fn unacknowledged_data_of_an_established_connection_counts_too() {
     wait_for_timeouts(&mut daemon, "wwan0", 0);
     drop(client);
 }
+
+/// Passive detection: with probes only every 300 s, a network whose
+/// upstream dies under an application's connects is declared failing
+/// within seconds, by the probe its first SYN timeout brings forward, and
+/// that probe's failure alone.
+#[test]
+fn a_timeout_brings_the_pvds_probe_forward_and_its_failure_is_final() {
+    skip_unless_root!();
+    let lab = lab();
+    let _servers = lab.start_connectivity_servers().unwrap();
+    let app = lab.create_cgroup("app").unwrap();
+    let config = format!(
+        "[validation]\nurl = \"http://{INTERNET_V4}{}\"\ninterval = 300\ntimeout = 2\n\n{}",
+        mif_tests::lab::CONNECTIVITY_PATH,
+        policy_toml(&format!("{}/app", lab.cgroup_rel()), &["wwan0"], "")
+    );
+    let daemon = Daemon::start(&lab, &config).unwrap();
+    let validation = |pvd: &str| {
+        let out = daemon.mif(&["pvd", "list", "--json"]).unwrap();
+        let pvds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        pvds.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == pvd)
+            .and_then(|p| p["validation_v4"]["state"].as_str().map(str::to_owned))
+    };
+    let wait_for = |want: &str, within: Duration| {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = validation("wwan0");
+            if got.as_deref() == Some(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wwan0 still {got:?} after {within:?}, expected {want}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("validated", Duration::from_secs(10));
+
+    lab.cut_upstream(1).unwrap();
+    let client = connect_and_wait(&lab, &app, INTERNET_V4.into());
+    // The first SYN timeout after 1 s, then one probe of at most 2 s:
+    // without passive detection the next probe would be 300 s away.
+    wait_for("failing", Duration::from_secs(10));
+    stop(client);
+    assert!(tcp_timeouts(&daemon)["wwan0"] >= 1);
+}

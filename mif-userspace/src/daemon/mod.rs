@@ -334,6 +334,7 @@ async fn follow(
                     match tcp_trouble::pvd_of_mark(reconciler.pvds(), record.mark, mark_mask) {
                         Some(pvd) => on_tcp_timeout(
                             &mut admin.tcp_health,
+                            validator,
                             pvd,
                             record.state == mif_common::TCP_SYN_SENT,
                             record,
@@ -465,17 +466,24 @@ async fn follow(
 /// (retransmissions so far, whether the kernel gave the connection up).
 /// Called once per record, in the order the kernel wrote them: a dead
 /// network gives several per connection, one per backed-off retry.
-/// Counted (`tcp_timeouts` in `mif pvd list`) and logged at debug level,
-/// rate-limited per PvD.
+/// Brings the PvD's next probe forward (passive detection, see
+/// [`Validator::hurry`]), counts it (`tcp_timeouts` in `mif pvd list`) and
+/// logs it at debug level, rate-limited per PvD.
 fn on_tcp_timeout(
     health: &mut tcp_trouble::TcpHealth,
+    validator: &mut Validator,
     pvd: &str,
     syn_sent: bool,
     record: &mif_common::TcpTrouble,
 ) {
-    // Network validation starts here (a probe of `pvd` at once); until
-    // then a timeout is only counted and logged.
-    let _ = syn_sent;
+    if validator.hurry(pvd) {
+        let what = if syn_sent {
+            "a connect"
+        } else {
+            "a connection"
+        };
+        debug!("validation: probing PvD {pvd} now: {what} on it timed out");
+    }
     if let Some(line) = health.record(pvd, record, std::time::Instant::now()) {
         debug!("{line}");
     }
