@@ -354,15 +354,17 @@ impl Validator {
     }
 
     /// A hint that TCP on the PvD is timing out (passive detection): its
-    /// families are probed now (a probe in flight just ends sooner in a
-    /// verdict: its failure needs no confirmation). Returns whether a probe
-    /// was brought forward.
+    /// families are probed now, and a failure of that probe needs no
+    /// confirmation. Returns whether a probe was brought forward. Hints
+    /// while a family's probe is in flight are left to that probe: with
+    /// mif attached at the root cgroup the probe's own socket is watched
+    /// too, and its SYN timing out must not confirm its own failure.
     pub fn hurry(&mut self, pvd: &str) -> bool {
         let now = Instant::now();
         let mut any = false;
         for ((name, _), e) in self.entries.iter_mut() {
-            if name == pvd {
-                any |= e.check.hurry(now) && e.in_flight.is_none();
+            if name == pvd && e.in_flight.is_none() {
+                any |= e.check.hurry(now);
             }
         }
         any
