@@ -1,8 +1,11 @@
 //! Helpers shared by the end-to-end test files: the usual lab, policies as
-//! TOML, and waiting until a cgroup's traffic leaves by a network.
+//! TOML, waiting until a cgroup's traffic leaves by a network, and a TCP
+//! echo connection that stays open (for resets).
 use std::{
+    io::Write as _,
     net::IpAddr,
     path::{Path, PathBuf},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -101,4 +104,66 @@ pub fn pvd_table(maps: &serde_json::Value, pvd: &str) -> u64 {
         .unwrap_or_else(|| panic!("no PvD {pvd} in {maps}"))["table"]
         .as_u64()
         .unwrap_or_else(|| panic!("PvD {pvd} has no table in {maps}"))
+}
+
+/// An echo server on router `i` (1: wwan0's network, 0: wlan0's, where the
+/// main table's default leads), 203.0.113.1:9000, one process per
+/// connection.
+pub fn echo_server(lab: &Lab, i: usize) {
+    // In a cgroup of the lab's, so that the per-connection processes go
+    // with the lab even when a connection never saw its end.
+    let servers = lab
+        .create_cgroup(&format!("echo{i}"))
+        .expect("creating the echo server's cgroup");
+    let echo = lab
+        .command_in_router_within(
+            i,
+            &servers,
+            "socat",
+            [
+                "TCP-LISTEN:9000,fork,reuseaddr,bind=203.0.113.1",
+                "EXEC:cat",
+            ],
+        )
+        .unwrap();
+    lab.spawn(echo).unwrap();
+    // Listening once the router's socket table shows it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !router_listens(lab, i, 9000) {
+        assert!(Instant::now() < deadline, "socat never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A connection from `app` to [`echo_server`], checked to carry data; it
+/// stays open until its stdin is dropped (or it is reset).
+pub fn echo_client(lab: &Lab, app: &Path) -> (std::process::Child, std::process::ChildStdin) {
+    let mut client = lab
+        .command_in(Some(app), "socat", ["-", "TCP:203.0.113.1:9000"])
+        .unwrap();
+    client
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = client.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello\n").unwrap();
+    let mut echoed = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut echoed,
+    )
+    .unwrap();
+    assert_eq!(echoed, "hello\n", "the connection does not carry data");
+    (child, stdin)
+}
+
+/// Whether router `i` has a TCP socket listening on `port`.
+pub fn router_listens(lab: &Lab, i: usize, port: u16) -> bool {
+    let ns = &lab.network(i).router_ns;
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "ss", "-Hltn"])
+        .output()
+        .expect("running ss");
+    String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} "))
 }

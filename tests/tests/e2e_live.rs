@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mif_tests::e2e::{app_with_policy, two_networks as lab};
+use mif_tests::e2e::{app_with_policy, echo_client, echo_server, two_networks as lab};
 use mif_tests::{
     lab::{Family, Lab, Network, Proto, INTERNET_V4},
     mif::Daemon,
@@ -272,67 +272,6 @@ fn sigkill_and_restart_never_misroute_a_connection_and_never_duplicate_programs(
 fn echo_connection(lab: &Lab, app: &Path) -> (std::process::Child, std::process::ChildStdin) {
     echo_server(lab, 1);
     echo_client(lab, app)
-}
-
-/// An echo server on router `i` (1: wwan0's network, 0: wlan0's, where the
-/// main table's default leads), 203.0.113.1:9000, one process per
-/// connection.
-fn echo_server(lab: &Lab, i: usize) {
-    // In a cgroup of the lab's, so that the per-connection processes go
-    // with the lab even when a connection never saw its end.
-    let servers = lab
-        .create_cgroup(&format!("echo{i}"))
-        .expect("creating the echo server's cgroup");
-    let echo = lab
-        .command_in_router_within(
-            i,
-            &servers,
-            "socat",
-            [
-                "TCP-LISTEN:9000,fork,reuseaddr,bind=203.0.113.1",
-                "EXEC:cat",
-            ],
-        )
-        .unwrap();
-    lab.spawn(echo).unwrap();
-    // Listening once the router's socket table shows it.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !router_listens(lab, i, 9000) {
-        assert!(Instant::now() < deadline, "socat never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A connection from `app` to [`echo_server`], checked to carry data.
-fn echo_client(lab: &Lab, app: &Path) -> (std::process::Child, std::process::ChildStdin) {
-    let mut client = lab
-        .command_in(Some(app), "socat", ["-", "TCP:203.0.113.1:9000"])
-        .unwrap();
-    client
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = client.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"hello\n").unwrap();
-    let mut echoed = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut echoed,
-    )
-    .unwrap();
-    assert_eq!(echoed, "hello\n", "the connection does not carry data");
-    (child, stdin)
-}
-
-/// Whether router `i` has a TCP socket listening on `port`.
-fn router_listens(lab: &Lab, i: usize, port: u16) -> bool {
-    let ns = &lab.network(i).router_ns;
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "ss", "-Hltn"])
-        .output()
-        .expect("running ss");
-    String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} "))
 }
 
 #[test]

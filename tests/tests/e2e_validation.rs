@@ -13,7 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mif_tests::e2e::{host_addr, policy_toml, two_networks as lab, wait_until_leaves_by};
+use mif_tests::e2e::{
+    echo_client, echo_server, host_addr, policy_toml, two_networks as lab, wait_until_leaves_by,
+};
 use mif_tests::{
     lab::{
         Answer, ConnectivityServers, Family, Lab, Proto, CONNECTIVITY_NAME, CONNECTIVITY_PATH,
@@ -435,57 +437,4 @@ impl Monitor {
             }
         }
     }
-}
-
-/// An echo server on router `i`, 203.0.113.1:9000 (socat, one process per
-/// connection, in a cgroup of the lab's).
-fn echo_server(lab: &Lab, i: usize) {
-    let servers = lab.create_cgroup(&format!("echo{i}")).unwrap();
-    let echo = lab
-        .command_in_router_within(
-            i,
-            &servers,
-            "socat",
-            [
-                "TCP-LISTEN:9000,fork,reuseaddr,bind=203.0.113.1",
-                "EXEC:cat",
-            ],
-        )
-        .unwrap();
-    lab.spawn(echo).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let out = lab
-            .output_in(
-                None,
-                "ip",
-                ["netns", "exec", &lab.network(i).router_ns, "ss", "-Hltn"],
-            )
-            .unwrap();
-        if String::from_utf8_lossy(&out.stdout).contains(":9000 ") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "socat never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A connection from `app` to [`echo_server`], checked to carry data.
-fn echo_client(lab: &Lab, app: &Path) -> (std::process::Child, std::process::ChildStdin) {
-    let mut client = lab
-        .command_in(Some(app), "socat", ["-", "TCP:203.0.113.1:9000"])
-        .unwrap();
-    client
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = client.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"hello\n").unwrap();
-    let mut echoed = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut echoed)
-        .unwrap();
-    assert_eq!(echoed, "hello\n", "the connection does not carry data");
-    (child, stdin)
 }

@@ -226,6 +226,23 @@ fn failed(program: &'static str, action: &'static str) -> impl FnOnce(ProgramErr
     }
 }
 
+/// Loads a cgroup program of aya type `$ty`, attaches it to `$cgroup` and
+/// takes its link: the aya program types have these methods alike, with
+/// no trait to be generic over.
+macro_rules! attach_by_aya {
+    ($prog:expr, $ty:ty, $program:expr, $cgroup:expr, $mode:expr) => {{
+        let prog: &mut $ty = $prog.try_into().map_err(failed($program, "type-check"))?;
+        prog.load().map_err(failed($program, "load"))?;
+        let id = prog
+            .attach($cgroup, $mode)
+            .map_err(failed($program, "attach"))?;
+        let link = prog
+            .take_link(id)
+            .map_err(failed($program, "take the link of"))?;
+        fd_link($program, link).map(NewLink::Aya)
+    }};
+}
+
 fn attach_one(ebpf: &mut Ebpf, program: &'static str, cgroup: &File) -> Result<NewLink, LoadError> {
     let prog = ebpf
         .program_mut(program)
@@ -234,40 +251,9 @@ fn attach_one(ebpf: &mut Ebpf, program: &'static str, cgroup: &File) -> Result<N
     // stack with other programs on the same cgroup anyway.
     let mode = CgroupAttachMode::Single;
     match kind_of(program) {
-        Kind::Sock => {
-            let prog: &mut CgroupSock = prog.try_into().map_err(failed(program, "type-check"))?;
-            prog.load().map_err(failed(program, "load"))?;
-            let id = prog
-                .attach(cgroup, mode)
-                .map_err(failed(program, "attach"))?;
-            let link = prog
-                .take_link(id)
-                .map_err(failed(program, "take the link of"))?;
-            fd_link(program, link).map(NewLink::Aya)
-        }
-        Kind::SockAddr => {
-            let prog: &mut CgroupSockAddr =
-                prog.try_into().map_err(failed(program, "type-check"))?;
-            prog.load().map_err(failed(program, "load"))?;
-            let id = prog
-                .attach(cgroup, mode)
-                .map_err(failed(program, "attach"))?;
-            let link = prog
-                .take_link(id)
-                .map_err(failed(program, "take the link of"))?;
-            fd_link(program, link).map(NewLink::Aya)
-        }
-        Kind::SockOps => {
-            let prog: &mut SockOps = prog.try_into().map_err(failed(program, "type-check"))?;
-            prog.load().map_err(failed(program, "load"))?;
-            let id = prog
-                .attach(cgroup, mode)
-                .map_err(failed(program, "attach"))?;
-            let link = prog
-                .take_link(id)
-                .map_err(failed(program, "take the link of"))?;
-            fd_link(program, link).map(NewLink::Aya)
-        }
+        Kind::Sock => attach_by_aya!(prog, CgroupSock, program, cgroup, mode),
+        Kind::SockAddr => attach_by_aya!(prog, CgroupSockAddr, program, cgroup, mode),
+        Kind::SockOps => attach_by_aya!(prog, SockOps, program, cgroup, mode),
         Kind::Sockopt => {
             // aya 0.14 cannot turn a sockopt program's link into an FdLink
             // (no pinning): aya loads it, the link is made here.

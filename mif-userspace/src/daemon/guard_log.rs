@@ -8,28 +8,17 @@
 //! when the kernel writes to it.
 use std::{
     collections::BTreeMap,
-    os::fd::{AsFd as _, AsRawFd, RawFd},
     time::{Duration, Instant},
 };
 
-use aya::maps::{Map, MapData, RingBuf};
 use log::warn;
 use mif_common::{names, GuardDrop};
-use tokio::io::{unix::AsyncFd, Interest};
 
+use super::ring::PinnedRing;
 use crate::apply::pins::PinDir;
 
 /// At most one line per (policy, interface, family) this often.
 pub const NOTICE_INTERVAL: Duration = Duration::from_secs(10);
-
-/// The ring, as a file descriptor tokio can wait on.
-struct Ring(RingBuf<MapData>);
-
-impl AsRawFd for Ring {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_fd().as_raw_fd()
-    }
-}
 
 /// What to log of one (policy, interface, family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,20 +29,15 @@ struct Notice {
 }
 
 pub struct GuardLog {
-    ring: AsyncFd<Ring>,
+    ring: PinnedRing,
     notices: Notices,
 }
 
 impl GuardLog {
     /// Opens the pinned ring of the instance at `pins`.
     pub fn open(pins: &PinDir) -> anyhow::Result<Self> {
-        let data = MapData::from_pin(pins.map(names::MAP_GUARD_LOG))?;
-        let ring = RingBuf::try_from(Map::RingBuf(data))?;
-        // SAFETY: the ring's fd lives in the `Ring` the AsyncFd owns, so it
-        // stays open as long as the registration does.
-        let ring = unsafe { AsyncFd::register_with_interest(Ring(ring), Interest::READABLE) }?;
         Ok(Self {
-            ring,
+            ring: PinnedRing::open(pins, names::MAP_GUARD_LOG)?,
             notices: Notices::default(),
         })
     }
@@ -61,25 +45,12 @@ impl GuardLog {
     /// Waits until the guards have written something; returns the drops
     /// to log now, each with how many drops its line covers.
     pub async fn next(&mut self) -> Vec<(GuardDrop, u64)> {
-        let mut lines = Vec::new();
-        let Ok(mut ready) = self.ring.readable_mut().await else {
-            return lines;
-        };
+        let drops: Vec<GuardDrop> = self.ring.next().await;
         let now = Instant::now();
-        let ring = &mut ready.get_inner_mut().0;
-        while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<GuardDrop>() {
-                continue;
-            }
-            // SAFETY: the guards write exactly one GuardDrop per record;
-            // the length is checked and the read is unaligned.
-            let drop: GuardDrop = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            if let Some(covered) = self.notices.record(&drop, now) {
-                lines.push((drop, covered));
-            }
-        }
-        ready.clear_ready();
-        lines
+        drops
+            .into_iter()
+            .filter_map(|drop| Some((drop, self.notices.record(&drop, now)?)))
+            .collect()
     }
 }
 

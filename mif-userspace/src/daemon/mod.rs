@@ -17,6 +17,7 @@ mod failing;
 mod guard_log;
 mod predating;
 mod prepare;
+mod ring;
 pub mod steering;
 mod tcp_trouble;
 

@@ -11,27 +11,17 @@
 //! `mif pvd list`) and a debug line per PvD, rate-limited.
 use std::{
     collections::BTreeMap,
-    os::fd::{AsFd as _, AsRawFd, RawFd},
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, Map, MapData, RingBuf};
+use aya::maps::{Array, Map, MapData};
 use mif_common::{names, TcpTrouble, TCP_ESTABLISHED, TCP_SYN_SENT, TCP_TROUBLE_EXPIRED};
-use tokio::io::{unix::AsyncFd, Interest};
 
+use super::ring::PinnedRing;
 use crate::apply::pins::PinDir;
 
 /// At most one debug line per PvD this often.
 pub const NOTICE_INTERVAL: Duration = Duration::from_secs(10);
-
-/// The ring, as a file descriptor tokio can wait on.
-struct Ring(RingBuf<MapData>);
-
-impl AsRawFd for Ring {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_fd().as_raw_fd()
-    }
-}
 
 /// What one wake-up of the ring brought.
 #[derive(Debug, Default)]
@@ -44,7 +34,7 @@ pub struct Batch {
 
 /// The pinned ring of the instance, and its count of lost records.
 pub struct TcpTroubleRing {
-    ring: AsyncFd<Ring>,
+    ring: PinnedRing,
     lost: Option<Array<MapData, u64>>,
     lost_seen: u64,
 }
@@ -52,8 +42,7 @@ pub struct TcpTroubleRing {
 impl TcpTroubleRing {
     /// Opens the pinned ring (and lost count) of the instance at `pins`.
     pub fn open(pins: &PinDir) -> anyhow::Result<Self> {
-        let data = MapData::from_pin(pins.map(names::MAP_TCP_TROUBLE))?;
-        let ring = RingBuf::try_from(Map::RingBuf(data))?;
+        let ring = PinnedRing::open(pins, names::MAP_TCP_TROUBLE)?;
         // Without the count the records still arrive; only losses go
         // unnoticed.
         let lost = MapData::from_pin(pins.map(names::MAP_TCP_LOST))
@@ -61,9 +50,6 @@ impl TcpTroubleRing {
             .and_then(|data| Array::try_from(Map::Array(data)).ok());
         // Losses from before this daemon are not this daemon's to report.
         let lost_seen = lost.as_ref().and_then(|a| a.get(&0, 0).ok()).unwrap_or(0);
-        // SAFETY: the ring's fd lives in the `Ring` the AsyncFd owns, so it
-        // stays open as long as the registration does.
-        let ring = unsafe { AsyncFd::register_with_interest(Ring(ring), Interest::READABLE) }?;
         Ok(Self {
             ring,
             lost,
@@ -74,22 +60,10 @@ impl TcpTroubleRing {
     /// Waits until the kernel has written something; returns every record
     /// there is.
     pub async fn next(&mut self) -> Batch {
-        let mut batch = Batch::default();
-        let Ok(mut ready) = self.ring.readable_mut().await else {
-            return batch;
+        let mut batch = Batch {
+            records: self.ring.next().await,
+            lost: 0,
         };
-        let ring = &mut ready.get_inner_mut().0;
-        while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<TcpTrouble>() {
-                continue;
-            }
-            // SAFETY: the program writes exactly one TcpTrouble per record;
-            // the length is checked and the read is unaligned.
-            batch
-                .records
-                .push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
-        }
-        ready.clear_ready();
         if let Some(total) = self.lost.as_ref().and_then(|a| a.get(&0, 0).ok()) {
             batch.lost = total.saturating_sub(self.lost_seen);
             self.lost_seen = total;
