@@ -21,18 +21,24 @@ const PACKAGES: &[&str] = &[
     // The lab's VPN (a real tunnel over TUN) and DHCP client scenarios.
     "openvpn",
     "isc-dhcp-client",
+    // `cargo xtask deb`: cargo-deb computes the package's Depends with
+    // dpkg-shlibdeps, the changelog is read with dpkg-parsechangelog.
+    "dpkg-dev",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The newest cargo-fuzz; it builds with stable 1.95 and drives nightly.
 pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// Builds the Debian package (`cargo xtask deb`); 3.8.0 needs Rust 1.85.
+pub const CARGO_DEB_VERSION: &str = "3.8.0";
 
 pub fn run() -> anyhow::Result<()> {
     install_packages()?;
     install_rust_src()?;
     install_bpf_linker()?;
     install_cargo_fuzz()?;
+    install_cargo_deb()?;
     Ok(())
 }
 
@@ -118,5 +124,25 @@ fn install_cargo_fuzz() -> anyhow::Result<()> {
         "cargo-fuzz",
         "--version",
         CARGO_FUZZ_VERSION,
+    ]))
+}
+
+fn install_cargo_deb() -> anyhow::Result<()> {
+    // `cargo-deb --version` prints "cargo-deb 3.8.0".
+    let current = Command::new("cargo-deb").arg("--version").output();
+    if current.is_ok_and(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .any(|w| w == CARGO_DEB_VERSION)
+    }) {
+        return Ok(());
+    }
+    eprintln!("xtask: building cargo-deb {CARGO_DEB_VERSION} (about 70 s)");
+    run_command(Command::new(env!("CARGO")).args([
+        "install",
+        "--locked",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
     ]))
 }
