@@ -1,10 +1,11 @@
-//! Project chores: `cargo xtask setup | demo | test | fuzz | bench | deb`.
+//! Project chores: `cargo xtask setup | demo | test | fuzz | bench | deb | kubernetes`.
 //!
 //! Everything the project needs on a fresh Debian machine (as root) is
 //! installed here, idempotently: a second run only checks and takes seconds.
 mod bench;
 mod deb;
 mod fuzz;
+mod kubernetes;
 mod setup;
 
 use std::{path::PathBuf, process::Command};
@@ -22,14 +23,15 @@ struct Xtask {
 #[derive(Subcommand)]
 enum Chore {
     /// Install what is missing: Debian packages, nightly rust-src,
-    /// bpf-linker, cargo-fuzz, cargo-deb.
+    /// bpf-linker, cargo-fuzz, cargo-deb, kubernetes-validate.
     Setup,
     /// Set up, then run the demo: a throwaway lab of two networks, the daemon
     /// with the bundled example policy, two apps leaving by different networks.
     Demo,
-    /// Set up, then check formatting and lints, run every test (unit and
-    /// end-to-end in the real kernel; needs root), a short run of every
-    /// fuzz target and a smoke run of the benchmark.
+    /// Set up, then check formatting and lints, validate the Kubernetes
+    /// manifests, run every test (unit and end-to-end in the real kernel;
+    /// needs root), a short run of every fuzz target and a smoke run of the
+    /// benchmark.
     Test,
     /// Set up, then run the fuzz targets in fuzz/ (cargo-fuzz, nightly):
     /// the config parser, the control socket, netlink events, router
@@ -61,6 +63,9 @@ enum Chore {
         #[arg(long)]
         dev: bool,
     },
+    /// Set up, then validate dist/kubernetes against the Kubernetes
+    /// schemas (offline, strict) and check that broken copies are refused.
+    Kubernetes,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,6 +106,7 @@ fn main() -> anyhow::Result<()> {
                 "-D",
                 "warnings",
             ]))?;
+            kubernetes::check()?;
             cargo(&["test", "--", "--test-threads=4"])?;
             // Untrusted inputs must never panic the daemon: a short run of
             // each fuzz target (longer runs: docs/security.md, Fuzzing).
@@ -127,6 +133,10 @@ fn main() -> anyhow::Result<()> {
             let deb = deb::build(profile)?;
             println!("{}", deb.display());
             Ok(())
+        }
+        Chore::Kubernetes => {
+            setup::run()?;
+            kubernetes::check()
         }
     }
 }

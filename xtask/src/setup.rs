@@ -24,6 +24,9 @@ const PACKAGES: &[&str] = &[
     // `cargo xtask deb`: cargo-deb computes the package's Depends with
     // dpkg-shlibdeps, the changelog is read with dpkg-parsechangelog.
     "dpkg-dev",
+    // The Kubernetes manifests' validator lives in a virtualenv of Debian's
+    // Python (PEP 668 keeps pip off the system's site-packages).
+    "python3-venv",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -39,6 +42,7 @@ pub fn run() -> anyhow::Result<()> {
     install_bpf_linker()?;
     install_cargo_fuzz()?;
     install_cargo_deb()?;
+    crate::kubernetes::install_validator()?;
     Ok(())
 }
 
