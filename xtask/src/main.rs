@@ -29,9 +29,9 @@ enum Chore {
     /// with the bundled example policy, two apps leaving by different networks.
     Demo,
     /// Set up, then check formatting and lints, validate the Kubernetes
-    /// manifests, run every test (unit and end-to-end in the real kernel;
-    /// needs root), a short run of every fuzz target and a smoke run of the
-    /// benchmark.
+    /// manifests, run every test (unit and end-to-end in the real kernel,
+    /// the Debian package installed and removed; needs root), a short run
+    /// of every fuzz target and a smoke run of the benchmark.
     Test,
     /// Set up, then run the fuzz targets in fuzz/ (cargo-fuzz, nightly):
     /// the config parser, the control socket, netlink events, router
@@ -107,7 +107,14 @@ fn main() -> anyhow::Result<()> {
                 "warnings",
             ]))?;
             kubernetes::check()?;
-            cargo(&["test", "--", "--test-threads=4"])?;
+            // tests/tests/package.rs installs this package: the dev build,
+            // which the tests need anyway, saves a release build.
+            let deb = deb::build(deb::Profile::Dev)?;
+            run_command(Command::new(env!("CARGO")).env("MIF_DEB", &deb).args([
+                "test",
+                "--",
+                "--test-threads=4",
+            ]))?;
             // Untrusted inputs must never panic the daemon: a short run of
             // each fuzz target (longer runs: docs/security.md, Fuzzing).
             fuzz::run(CI_FUZZ_SECONDS, None)?;

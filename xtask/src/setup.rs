@@ -24,6 +24,9 @@ const PACKAGES: &[&str] = &[
     // `cargo xtask deb`: cargo-deb computes the package's Depends with
     // dpkg-shlibdeps, the changelog is read with dpkg-parsechangelog.
     "dpkg-dev",
+    // The package test checks the unit with `systemd-analyze verify` and
+    // `security` (they need no running systemd).
+    "systemd",
     // The Kubernetes manifests' validator lives in a virtualenv of Debian's
     // Python (PEP 668 keeps pip off the system's site-packages).
     "python3-venv",
