@@ -4,10 +4,8 @@
 //! observes (the network a new connection leaves by, the source the peer
 //! sees) follows at once.
 use std::{
-    io::Write as _,
     net::IpAddr,
     path::Path,
-    process::Stdio,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };

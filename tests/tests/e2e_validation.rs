@@ -6,7 +6,7 @@
 //! network a new connection of the app leaves by, `mif pvd list`, `mif
 //! monitor`, the connections reset, and the probes each server saw.
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader},
     net::IpAddr,
     path::Path,
     process::Stdio,
