@@ -295,6 +295,52 @@ fn exec_runs_a_command_under_a_policy_and_cleans_up() {
     );
 }
 
+/// `mif exec --user nobody` (and, through sudo, the invoking user) runs the
+/// command as that user, steered from its first instruction: the peer sees
+/// wwan0's address, `id` says nobody.
+#[test]
+fn exec_runs_the_command_as_an_unprivileged_user_over_the_chosen_network() {
+    skip_unless_root!();
+    let lab = lab();
+    let daemon = Daemon::start(&lab, "").unwrap();
+    let peer = lab.peer_path().display().to_string();
+    let pin_dir = daemon.instance.pin_dir.display().to_string();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let script =
+        format!("id -u; id -g; exec {peer} client --proto tcp --to 203.0.113.1 --port 7777");
+    let run = |user: Option<&str>, sudo_user: Option<&str>| {
+        let mut args = vec!["exec", "--pin-dir", &pin_dir, "--prefer", "wwan0"];
+        if let Some(user) = user {
+            args.extend(["--user", user]);
+        }
+        args.extend(["--", "sh", "-c", &script]);
+        let mut cmd = lab.command_in(None, mif_path().unwrap(), &args).unwrap();
+        if let Some(u) = sudo_user {
+            cmd.env("SUDO_USER", u);
+        }
+        ok(&lab.output(cmd, Duration::from_secs(10)).unwrap())
+    };
+    let want = format!(
+        "{}\n{}\nwwan0 198.18.1.2",
+        nobody.uid.as_raw(),
+        nobody.gid.as_raw()
+    );
+    let out = run(Some("nobody"), None);
+    assert!(out.starts_with(&want), "{out}");
+    let out = run(None, Some("nobody"));
+    assert!(out.starts_with(&want), "through sudo: {out}");
+    let out = run(Some("root"), Some("nobody"));
+    assert!(
+        out.starts_with("0\n0\nwwan0 198.18.1.2"),
+        "--user root: {out}"
+    );
+    let mut args = vec!["exec", "--pin-dir", &pin_dir, "--prefer", "wwan0"];
+    args.extend(["--user", "no-such-user-here", "--", "true"]);
+    let out = lab.output_in(None, mif_path().unwrap(), &args).unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such user"));
+}
+
 #[test]
 fn sighup_reloads_and_an_invalid_reload_keeps_the_running_policy() {
     skip_unless_root!();
