@@ -227,3 +227,32 @@ fn stopped_and_cleaned_up_instances_leave_no_runtime_files() {
         );
     }
 }
+
+/// The example config starts on a host that has none of its networks and
+/// runs none of its applications: its PvDs are unavailable, its policies
+/// (by app and by unit) pending.
+#[test]
+fn the_example_config_starts_on_any_host() {
+    skip_unless_root!();
+    let lab = mif_tests::lab::Lab::new(&["eth7"]).unwrap();
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/mif.toml"),
+    )
+    .unwrap();
+    let daemon = mif_tests::mif::Daemon::start(&lab, &example).unwrap();
+    let out = daemon.mif(&["policy", "list", "--json"]).unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let states: Vec<(&str, &str)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["cgroup"].as_str().unwrap(), p["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("app:org.mozilla.firefox", "pending"),
+            ("unit:backup.service", "pending")
+        ]
+    );
+}

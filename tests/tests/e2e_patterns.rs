@@ -166,3 +166,128 @@ fn kubernetes_pods_by_recursive_pattern_and_containers_by_id() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ffffffffffff"));
 }
+
+/// Policies by application, unit and user, with cgroups laid out as
+/// systemd and GNOME/KDE/flatpak lay them out (below the lab's own cgroup,
+/// which the daemon attaches to), all created after the daemon started:
+/// pending until then, steered the moment they appear; a similarly named
+/// other application is not; a unit that moves to another slice stays
+/// steered.
+#[test]
+fn applications_units_and_users_by_selector_created_after_the_daemon() {
+    skip_unless_root!();
+    let lab = Lab::new(&["wlan0", "wwan0"]).unwrap();
+    let config = "[[policy]]\napp = \"org.mozilla.firefox\"\nprefer = [\"wwan0\"]\n\n\
+                  [[policy]]\nunit = \"backup.service\"\nprefer = [\"wwan0\"]\n\n\
+                  [[policy]]\nuser = 4242\nprefer = [\"wwan0\"]\n";
+    let daemon = Daemon::start(&lab, config).unwrap();
+    let states = |daemon: &Daemon| -> Vec<String> {
+        let out = mif(&lab, daemon, &["policy", "list", "--json"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {}",
+                    p["cgroup"].as_str().unwrap(),
+                    p["state"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        states(&daemon),
+        [
+            "app:org.mozilla.firefox pending",
+            "unit:backup.service pending",
+            "user:4242 pending"
+        ]
+    );
+
+    let apps = "user.slice/user-1000.slice/user@1000.service/app.slice";
+    for scope in [
+        "app-gnome-org.mozilla.firefox-12345.scope",
+        "app-flatpak-org.mozilla.firefox-3.scope",
+        "app-org.mozilla.firefox@9f3a.service",
+    ] {
+        let cgroup = lab.create_cgroup(&format!("{apps}/{scope}")).unwrap();
+        wait_for_network(&lab, &cgroup, "wwan0");
+    }
+    let helper = lab
+        .create_cgroup(&format!(
+            "{apps}/app-gnome-org.mozilla.firefoxHelper-7.scope"
+        ))
+        .unwrap();
+    let session = lab
+        .create_cgroup("user.slice/user-1000.slice/session-2.scope")
+        .unwrap();
+    for other in [&helper, &session] {
+        assert_eq!(
+            lab.sockmark(Some(other), Family::V4).unwrap().mark,
+            0,
+            "{other:?} was steered"
+        );
+    }
+
+    let unit = lab.create_cgroup("system.slice/backup.service").unwrap();
+    wait_for_network(&lab, &unit, "wwan0");
+    // The unit moves to a slice of its own (systemd makes it anew there).
+    std::fs::remove_dir(&unit).unwrap();
+    let moved = lab
+        .create_cgroup("system.slice/batch.slice/backup.service")
+        .unwrap();
+    wait_for_network(&lab, &moved, "wwan0");
+
+    let user = lab
+        .create_cgroup("user.slice/user-4242.slice/session-1.scope")
+        .unwrap();
+    wait_for_network(&lab, &user, "wwan0");
+    let states = states(&daemon);
+    assert!(
+        states[0].starts_with("app:org.mozilla.firefox active (3"),
+        "{states:?}"
+    );
+    assert!(
+        states[1].starts_with("unit:backup.service active (1"),
+        "{states:?}"
+    );
+
+    // The CLI takes the same selectors.
+    let set = mif(
+        &lab,
+        &daemon,
+        &[
+            "policy",
+            "set",
+            "--app",
+            "org.kde.konsole",
+            "--prefer",
+            "wwan0",
+        ],
+    );
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    let konsole = lab
+        .create_cgroup(&format!("{apps}/app-org.kde.konsole-7f2c.scope"))
+        .unwrap();
+    wait_for_network(&lab, &konsole, "wwan0");
+    let del = mif(
+        &lab,
+        &daemon,
+        &["policy", "del", "--app", "org.kde.konsole"],
+    );
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab.sockmark(Some(&konsole), Family::V4).unwrap().mark != 0 {
+        assert!(Instant::now() < deadline, "still steered after policy del");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

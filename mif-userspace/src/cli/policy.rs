@@ -98,45 +98,54 @@ impl PolicyOptions {
 
 #[derive(Debug, Args)]
 pub struct SetArgs {
-    /// cgroup path relative to the cgroup2 root (see /proc/PID/cgroup).
-    #[arg(required_unless_present = "container", conflicts_with = "container")]
-    pub cgroup: Option<String>,
-    /// A Docker, Podman, containerd or CRI-O container id (or a unique
-    /// prefix of 12+ hex digits), or a Kubernetes pod UID.
-    #[arg(long, value_name = "ID")]
-    pub container: Option<String>,
+    #[command(flatten)]
+    pub target: Target,
     #[command(flatten)]
     pub policy: PolicyOptions,
 }
 
 #[derive(Debug, Args)]
 pub struct DelArgs {
-    #[arg(required_unless_present = "container", conflicts_with = "container")]
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// What a policy applies to: exactly one of these.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Target {
+    /// cgroup path relative to the cgroup2 root (see /proc/PID/cgroup), or
+    /// a glob pattern (`/system.slice/docker-*.scope`).
     pub cgroup: Option<String>,
+    /// A Docker, Podman, containerd or CRI-O container id (or a unique
+    /// prefix of 12+ hex digits), or a Kubernetes pod UID.
     #[arg(long, value_name = "ID")]
     pub container: Option<String>,
+    /// A systemd unit (`backup.service`), wherever its cgroup is, also
+    /// when it starts later.
+    #[arg(long, value_name = "UNIT")]
+    pub unit: Option<String>,
+    /// A desktop application by id (`org.mozilla.firefox`): every scope
+    /// or service systemd's desktop naming gives it, for any launcher.
+    #[arg(long, value_name = "ID")]
+    pub app: Option<String>,
+    /// Everything a user runs (a name or a uid): its user-UID.slice.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
 }
 
 impl PolicyArgs {
     pub fn execute(self) -> anyhow::Result<()> {
         match &self.command {
             PolicyCommand::Set(args) => {
-                let cgroup = target(
-                    &self.client,
-                    args.cgroup.as_deref(),
-                    args.container.as_deref(),
-                )?;
+                let cgroup = target(&self.client, &args.target)?;
                 expect_ok(
                     self.client
                         .request(&Request::PolicySet(args.policy.spec(cgroup))),
                 )
             }
             PolicyCommand::Del(args) => {
-                let cgroup = target(
-                    &self.client,
-                    args.cgroup.as_deref(),
-                    args.container.as_deref(),
-                )?;
+                let cgroup = target(&self.client, &args.target)?;
                 expect_ok(self.client.request(&Request::PolicyDel { cgroup }))
             }
             PolicyCommand::List => match self.client.request(&Request::Policies) {
@@ -156,17 +165,25 @@ impl PolicyArgs {
     }
 }
 
-/// The cgroup a policy verb is about: given, or the container's.
-fn target(
-    client: &ClientArgs,
-    cgroup: Option<&str>,
-    container: Option<&str>,
-) -> anyhow::Result<String> {
-    match (cgroup, container) {
-        (Some(cgroup), _) => Ok(cgroup.to_string()),
-        (None, Some(id)) => super::container::cgroup_of(client, id),
-        (None, None) => anyhow::bail!("name a cgroup or --container"),
-    }
+/// The key a policy verb is about: the cgroup given, the container's, or
+/// a selector's (`unit:`, `app:`, `user:`).
+fn target(client: &ClientArgs, target: &Target) -> anyhow::Result<String> {
+    use crate::host::selector::Selector;
+    let selector = match target {
+        Target {
+            cgroup: Some(cgroup),
+            ..
+        } => return Ok(cgroup.clone()),
+        Target {
+            container: Some(id),
+            ..
+        } => return super::container::cgroup_of(client, id),
+        Target { unit: Some(u), .. } => Selector::unit(u),
+        Target { app: Some(a), .. } => Selector::app(a),
+        Target { user: Some(u), .. } => Selector::user(u),
+        _ => anyhow::bail!("name a cgroup, --container, --unit, --app or --user"),
+    };
+    selector.map(|s| s.key()).map_err(anyhow::Error::msg)
 }
 
 pub fn expect_ok(response: Result<Response, ClientError>) -> anyhow::Result<()> {

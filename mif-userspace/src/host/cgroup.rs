@@ -227,6 +227,11 @@ impl Cgroup {
 
 /// A cgroup path as written in policies: absolute within cgroup2, no `..`.
 pub fn check_cgroup_path(path: &str) -> Result<(), String> {
+    // A selector (`unit:`, `app:`, `user:`) stands for the cgroups it
+    // matches, like a pattern.
+    if crate::host::selector::is_selector(path) {
+        return crate::host::selector::Selector::parse(path).map(|_| ());
+    }
     if !path.starts_with('/') {
         return Err("must start with '/' (paths are relative to the cgroup2 root)".into());
     }
@@ -241,8 +246,11 @@ pub fn check_cgroup_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `/a//b/` → `/a/b`; `/` stays `/`.
+/// `/a//b/` → `/a/b`; `/` stays `/`; a selector's key stays as it is.
 pub fn normalize_cgroup(path: &str) -> String {
+    if crate::host::selector::is_selector(path) {
+        return path.to_string();
+    }
     let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
     format!("/{}", parts.join("/"))
 }

@@ -16,6 +16,8 @@
 //! Matching is pure; [`existing_matches`] walks a mounted hierarchy.
 use std::{fmt, fs, path::Path};
 
+use crate::host::selector::{app_id_of, is_selector, Selector};
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatternError {
     #[error("empty cgroup pattern")]
@@ -30,6 +32,8 @@ pub enum PatternError {
     DotComponent { pattern: String, component: String },
     #[error("cgroup pattern {pattern:?}: ** must be a whole path component, found {component:?}")]
     PartialDoubleStar { pattern: String, component: String },
+    #[error("{0}")]
+    Selector(String),
     #[error("cgroup pattern {pattern:?}: unterminated [ in component {component:?}")]
     UnterminatedClass { pattern: String, component: String },
     #[error(
@@ -43,20 +47,22 @@ pub enum PatternError {
     },
 }
 
-/// Whether `s` is meant as a pattern rather than a literal cgroup path.
+/// Whether `s` is meant as a pattern rather than a literal cgroup path: a
+/// glob, or a selector (`unit:`, `app:`, `user:`, see
+/// [`crate::host::selector`]), which is matched the same way.
 pub fn is_pattern(s: &str) -> bool {
-    s.contains(['*', '?', '['])
+    s.contains(['*', '?', '[']) || is_selector(s)
 }
 
 /// A parsed, normalized pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CgroupPattern {
     /// Normalized text: leading `/`, single separators, no trailing `/`,
-    /// runs of `**` collapsed.
+    /// runs of `**` collapsed; a selector's key.
     text: String,
     components: Vec<Component>,
-    /// Byte length of the literal prefix within `text`.
-    prefix_len: usize,
+    /// The leading whole literal components, as a path (`/` when none).
+    prefix: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -64,6 +70,9 @@ enum Component {
     Literal(String),
     Glob(Vec<Token>),
     AnyDepth,
+    /// A cgroup systemd's desktop naming gives this (escaped) application
+    /// id.
+    App(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -80,6 +89,9 @@ enum Token {
 
 impl CgroupPattern {
     pub fn parse(pattern: &str) -> Result<Self, PatternError> {
+        if is_selector(pattern) {
+            return Self::of_selector(pattern);
+        }
         if pattern.is_empty() {
             return Err(PatternError::Empty);
         }
@@ -122,16 +134,38 @@ impl CgroupPattern {
             .take_while(|c| matches!(c, Component::Literal(_)))
             .count();
         let text = format!("/{}", texts.join("/"));
-        let prefix_len = if literal == 0 {
-            1
-        } else {
-            // Each component adds its separator.
-            texts[..literal].iter().map(|t| t.len() + 1).sum()
-        };
+        let prefix = format!("/{}", texts[..literal].join("/"));
         Ok(Self {
             text,
             components,
-            prefix_len,
+            prefix,
+        })
+    }
+
+    /// A selector as a pattern: `unit:NAME` is `/**/NAME`; `app:ID` is any
+    /// cgroup named as ID's unit, at any depth; `user:UID` is
+    /// `/**/user.slice/user-UID.slice`. At any depth because what counts is
+    /// below the cgroup mif attaches to (the root on a host; a test's or a
+    /// systemd container's own tree elsewhere).
+    fn of_selector(key: &str) -> Result<Self, PatternError> {
+        let selector = Selector::parse(key).map_err(PatternError::Selector)?;
+        let literal = |s: &str| Component::Literal(s.into());
+        let components = match &selector {
+            Selector::Unit(unit) => vec![Component::AnyDepth, literal(unit)],
+            Selector::App(id) => vec![
+                Component::AnyDepth,
+                Component::App(Selector::escaped_app_id(id)),
+            ],
+            Selector::User(uid) => vec![
+                Component::AnyDepth,
+                literal("user.slice"),
+                literal(&format!("user-{uid}.slice")),
+            ],
+        };
+        Ok(Self {
+            text: selector.key(),
+            components,
+            prefix: "/".into(),
         })
     }
 
@@ -142,14 +176,16 @@ impl CgroupPattern {
 
     /// Whether the pattern has no wildcard at all (it names one cgroup).
     pub fn is_literal(&self) -> bool {
-        self.prefix_len == self.text.len()
+        self.components
+            .iter()
+            .all(|c| matches!(c, Component::Literal(_)))
     }
 
     /// The leading whole components without wildcards (`/` when the first
     /// has one): every match lies at or below it, so that is the directory to
     /// walk and watch.
     pub fn literal_prefix(&self) -> &str {
-        &self.text[..self.prefix_len]
+        &self.prefix
     }
 
     /// Whether the cgroup at `rel` (relative to the cgroup2 root) matches.
@@ -179,6 +215,9 @@ impl CgroupPattern {
                     Component::AnyDepth => next[i] = true,
                     Component::Literal(l) if l == part => next[i + 1] = true,
                     Component::Glob(tokens) if glob_matches(tokens, part) => next[i + 1] = true,
+                    Component::App(id) if app_id_of(part) == Some(id.as_str()) => {
+                        next[i + 1] = true
+                    }
                     _ => {}
                 }
             }
@@ -574,5 +613,49 @@ mod tests {
         );
         assert!(existing_matches(dir.path(), &p("/nowhere/*")).is_empty());
         assert_eq!(existing_matches(dir.path(), &p("/")), ["/"]);
+    }
+
+    #[test]
+    fn selectors_match_as_systemd_lays_cgroups_out() {
+        let app = CgroupPattern::parse("app:org.mozilla.firefox").unwrap();
+        assert_eq!(app.as_str(), "app:org.mozilla.firefox");
+        assert_eq!(app.literal_prefix(), "/");
+        let apps = "/user.slice/user-1000.slice/user@1000.service/app.slice";
+        for name in [
+            "app-gnome-org.mozilla.firefox-12345.scope",
+            "app-flatpak-org.mozilla.firefox-3.scope",
+            "app-org.mozilla.firefox@9f3a.service",
+        ] {
+            assert!(app.matches(&format!("{apps}/{name}")), "{name}");
+        }
+        // A nested slice of the desktop's own is searched too.
+        assert!(app.matches(&format!(
+            "{apps}/app-gnome.slice/app-gnome-org.mozilla.firefox-7.scope"
+        )));
+        assert!(!app.matches(&format!(
+            "{apps}/app-gnome-org.mozilla.firefoxHelper-1.scope"
+        )));
+        assert!(!app.matches("/system.slice/org.mozilla.firefox.service"));
+        assert!(app.could_match_below(apps));
+        assert!(!app.is_literal());
+
+        let unit = CgroupPattern::parse("unit:backup.service").unwrap();
+        assert_eq!(unit.literal_prefix(), "/");
+        for at in [
+            "/system.slice/backup.service",
+            "/system.slice/batch.slice/backup.service",
+            "/user.slice/user-1000.slice/user@1000.service/app.slice/backup.service",
+        ] {
+            assert!(unit.matches(at), "{at}");
+        }
+        assert!(!unit.matches("/system.slice/backup.service/child"));
+        assert!(!unit.matches("/system.slice/old-backup.service"));
+
+        let user = CgroupPattern::parse("user:1000").unwrap();
+        assert!(user.matches("/user.slice/user-1000.slice"));
+        assert!(user.matches("/test-parent/user.slice/user-1000.slice"));
+        assert!(!user.matches("/user.slice/user-10000.slice"));
+        assert!(is_pattern("user:1000"), "resolved as patterns are");
+        assert!(CgroupPattern::parse("app:org/evil").is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! Observing the host, read-only: what the kernel and the system say about
-//! interfaces, routes, router advertisements, DHCP leases, cgroups,
-//! containers and other network namespaces. Nothing here writes kernel
+//! interfaces, routes, router advertisements, DHCP leases, cgroups (by
+//! path, pattern or selector), containers and other network namespaces. Nothing here writes kernel
 //! state; [`crate::apply`] does.
 pub mod attached;
 pub mod captive_portal;
@@ -12,3 +12,4 @@ pub mod dns_leases;
 pub mod foreign_netns;
 pub mod netlink;
 pub mod netns;
+pub mod selector;

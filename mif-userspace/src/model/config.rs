@@ -319,7 +319,11 @@ struct RawPvd {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
-    cgroup: Spanned<String>,
+    /// Exactly one of `cgroup`, `unit`, `app`, `user`.
+    cgroup: Option<Spanned<String>>,
+    unit: Option<Spanned<String>>,
+    app: Option<Spanned<String>>,
+    user: Option<Spanned<toml::Value>>,
     prefer: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     strict: bool,
@@ -546,20 +550,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let mut interner = TermsInterner::default();
     for policy in raw.policy {
         let line = checker.lines.line_of(policy.span().start);
+        let span = policy.span();
         let policy = policy.into_inner();
-        let cgroup = policy.cgroup.get_ref();
-        if let Err(problem) = crate::host::cgroup::check_cgroup_path(cgroup) {
-            return Err(checker.error(
-                policy.cgroup.span(),
-                "policy.cgroup",
-                format!("{cgroup:?}"),
-                problem,
-            ));
-        }
-        let cgroup = crate::host::cgroup::normalize_cgroup(cgroup);
+        let (cgroup, key_span) = policy_key(&checker, &policy, span)?;
         if !cgroups.insert(cgroup.clone()) {
             return Err(checker.error(
-                policy.cgroup.span(),
+                key_span,
                 "policy.cgroup",
                 format!("{cgroup:?}"),
                 "a policy for this cgroup is already defined above",
@@ -702,6 +698,91 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         policy_capacity,
         validation,
     })
+}
+
+/// What a policy applies to: its cgroup path (normalized) or its
+/// selector's key (`unit:`, `app:`, `user:`), with the span to blame.
+fn policy_key(
+    checker: &Checker<'_>,
+    policy: &RawPolicy,
+    span: Range<usize>,
+) -> Result<(String, Range<usize>), ConfigError> {
+    use crate::host::selector::Selector;
+    let given = [
+        policy.cgroup.as_ref().map(|_| "cgroup"),
+        policy.unit.as_ref().map(|_| "unit"),
+        policy.app.as_ref().map(|_| "app"),
+        policy.user.as_ref().map(|_| "user"),
+    ];
+    let given: Vec<&str> = given.into_iter().flatten().collect();
+    if given.len() != 1 {
+        return Err(checker.error(
+            span,
+            "policy",
+            if given.is_empty() {
+                "none".to_string()
+            } else {
+                given.join(" and ")
+            },
+            "give exactly one of cgroup, unit, app or user",
+        ));
+    }
+    let selected = |field: &str, span: Range<usize>, value: String, s: Result<Selector, String>| {
+        s.map(|s| (s.key(), span.clone()))
+            .map_err(|problem| checker.error(span, field, value, problem))
+    };
+    if let Some(cgroup) = &policy.cgroup {
+        let text = cgroup.get_ref();
+        // A selector's key is not a path: `unit = ...` says it plainly.
+        let checked = match crate::host::selector::is_selector(text) {
+            true => Err(format!(
+                "a cgroup path starts with '/' (for a selector write {} = ...)",
+                text.split(':').next().unwrap_or_default()
+            )),
+            false => crate::host::cgroup::check_cgroup_path(text),
+        };
+        if let Err(problem) = checked {
+            return Err(checker.error(
+                cgroup.span(),
+                "policy.cgroup",
+                format!("{text:?}"),
+                problem,
+            ));
+        }
+        return Ok((crate::host::cgroup::normalize_cgroup(text), cgroup.span()));
+    }
+    if let Some(unit) = &policy.unit {
+        let text = unit.get_ref();
+        return selected(
+            "policy.unit",
+            unit.span(),
+            format!("{text:?}"),
+            Selector::unit(text),
+        );
+    }
+    if let Some(app) = &policy.app {
+        let text = app.get_ref();
+        return selected(
+            "policy.app",
+            app.span(),
+            format!("{text:?}"),
+            Selector::app(text),
+        );
+    }
+    let user = policy.user.as_ref().expect("one selector is given");
+    let parsed = match user.get_ref() {
+        toml::Value::String(name) => Selector::user(name),
+        toml::Value::Integer(uid) => u32::try_from(*uid)
+            .map(Selector::User)
+            .map_err(|_| "a uid is 0 to 4294967295".to_string()),
+        _ => Err("a user name or a uid".to_string()),
+    };
+    selected(
+        "policy.user",
+        user.span(),
+        user.get_ref().to_string(),
+        parsed,
+    )
 }
 
 /// `[validation]`, checked.
@@ -847,6 +928,67 @@ mod tests {
 
     fn parse_str(text: &str) -> Result<Config, ConfigError> {
         parse(Path::new("mif.toml"), text)
+    }
+
+    #[test]
+    fn policies_by_app_unit_and_user_are_keyed_by_their_selector() {
+        let config = parse_str(
+            "[[policy]]\napp = \"org.mozilla.firefox\"\nprefer = [\"a\"]\n\
+             [[policy]]\nunit = \"backup.service\"\nprefer = [\"a\"]\n\
+             [[policy]]\nuser = 1000\nprefer = [\"a\"]\n\
+             [[policy]]\nuser = \"root\"\nprefer = [\"a\"]\n",
+        )
+        .unwrap();
+        let keys: Vec<&str> = config.policies.iter().map(|p| p.cgroup.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "app:org.mozilla.firefox",
+                "unit:backup.service",
+                "user:1000",
+                "user:0"
+            ]
+        );
+        for (text, line, field, value) in [
+            ("[[policy]]\nprefer = [\"a\"]\n", 1, "policy", "none"),
+            (
+                "[[policy]]\napp = \"x.y\"\nunit = \"b.service\"\nprefer = [\"a\"]\n",
+                1,
+                "policy",
+                "unit and app",
+            ),
+            (
+                "\n[[policy]]\nunit = \"backup\"\nprefer = [\"a\"]\n",
+                3,
+                "policy.unit",
+                "\"backup\"",
+            ),
+            (
+                "[[policy]]\napp = \"a/b\"\nprefer = [\"a\"]\n",
+                2,
+                "policy.app",
+                "\"a/b\"",
+            ),
+            (
+                "[[policy]]\nuser = \"no-such-user-here\"\nprefer = [\"a\"]\n",
+                2,
+                "policy.user",
+                "\"no-such-user-here\"",
+            ),
+            (
+                "[[policy]]\ncgroup = \"unit:x.service\"\nprefer = [\"a\"]\n",
+                2,
+                "policy.cgroup",
+                "\"unit:x.service\"",
+            ),
+        ] {
+            let err = parse_str(text).unwrap_err();
+            assert_eq!(
+                (err.line, err.field.as_str(), err.value.as_str()),
+                (line, field, value),
+                "{text}: {err}"
+            );
+        }
     }
 
     #[test]
