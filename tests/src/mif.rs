@@ -115,6 +115,14 @@ pub fn write_config(lab: &Lab, toml: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The policies directory of the daemon started with `config`.
+pub fn policies_dir(config: &Path) -> PathBuf {
+    config
+        .parent()
+        .map(|d| d.join("policies.d"))
+        .unwrap_or_default()
+}
+
 /// Runs `mif ARGS` in the lab's host namespace to completion.
 pub fn run_mif<S: AsRef<str>>(lab: &Lab, args: &[S]) -> Result<Output> {
     let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
@@ -153,6 +161,14 @@ impl<'lab> Daemon<'lab> {
         if !extra.contains(&"--state-dir") {
             let state = config.parent().map(|d| d.join("state")).unwrap_or_default();
             args.extend(["--state-dir".to_string(), state.display().to_string()]);
+        }
+        // Never the host's /etc/mif/policies.d: one next to the config
+        // (absent unless the test makes it).
+        if !extra.contains(&"--policies-dir") {
+            args.extend([
+                "--policies-dir".to_string(),
+                policies_dir(&config).display().to_string(),
+            ]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut cmd = lab.command_in(None, mif_path()?, &args)?;

@@ -71,6 +71,7 @@ fn bad_configuration_is_refused_clearly_and_changes_nothing() {
             path.display().to_string(),
         ];
         args.extend(instance.args());
+        args.push("--no-policies-dir".into());
         args.extend(extra);
         let out = run_mif(&lab, &args).unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -254,5 +255,158 @@ fn the_example_config_starts_on_any_host() {
             ("app:org.mozilla.firefox", "pending"),
             ("unit:backup.service", "pending")
         ]
+    );
+}
+
+/// A policies directory laid out as a Kubernetes ConfigMap volume is:
+/// `app.toml -> ..data/app.toml`, `..data -> ..TIMESTAMP/`, replaced by
+/// renaming a new `..data` symlink over the old one.
+struct ConfigMapDir {
+    dir: std::path::PathBuf,
+    generation: usize,
+}
+
+impl ConfigMapDir {
+    fn new(dir: std::path::PathBuf) -> Self {
+        std::fs::create_dir_all(&dir).unwrap();
+        Self { dir, generation: 0 }
+    }
+
+    /// Publishes `files` (name, content) as kubelet does: a new data
+    /// directory, then one atomic swap of `..data`; the files' own symlinks
+    /// are made once and point through `..data`.
+    fn publish(&mut self, files: &[(&str, &str)]) {
+        use std::os::unix::fs::symlink;
+        self.generation += 1;
+        let data = format!("..2026_12_01_{}", self.generation);
+        std::fs::create_dir(self.dir.join(&data)).unwrap();
+        for (name, content) in files {
+            std::fs::write(self.dir.join(&data).join(name), content).unwrap();
+        }
+        let tmp = self.dir.join("..data_tmp");
+        symlink(&data, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+        for (name, _) in files {
+            let link = self.dir.join(name);
+            if link.symlink_metadata().is_err() {
+                symlink(format!("..data/{name}"), link).unwrap();
+            }
+        }
+        // Links to files the new data no longer has dangle, as kubelet
+        // leaves them until it removes them.
+        for entry in std::fs::read_dir(&self.dir).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && !files.iter().any(|(f, _)| *f == name) {
+                std::fs::remove_file(entry.path()).unwrap();
+            }
+        }
+    }
+}
+
+/// Policies from a directory: added, changed (by a ConfigMap's symlink
+/// swap) and removed while traffic flows, each applied at once; a broken
+/// file keeps the running policy and is reported with file, line and
+/// field.
+#[test]
+fn a_policies_directory_is_applied_live_all_or_nothing() {
+    skip_unless_root!();
+    let lab = Lab::new(&["wlan0", "wwan0"]).unwrap();
+    let app = lab.create_cgroup("app").unwrap();
+    let cgroup = format!("{}/app", lab.cgroup_rel());
+    let config = write_config(&lab, "").unwrap();
+    let mut dir = ConfigMapDir::new(mif_tests::mif::policies_dir(&config));
+    let daemon = Daemon::start(&lab, "").unwrap();
+    let network = || {
+        lab.client(
+            Some(&app),
+            mif_tests::lab::Proto::Tcp,
+            mif_tests::lab::INTERNET_V4.into(),
+            None,
+        )
+        .map(|r| r.network)
+        .unwrap_or_default()
+    };
+    let wait_network = |want: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while network() != want {
+            assert!(std::time::Instant::now() < deadline, "never left by {want}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let policies = || -> serde_json::Value {
+        let out = daemon.mif(&["policy", "list", "--json"]).unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(network(), "wlan0", "unsteered: the main table's default");
+
+    let policy = |prefer: &str| {
+        format!("[[policy]]\ncgroup = {cgroup:?}\nprefer = [{prefer:?}]\nstrict = true\n")
+    };
+    dir.publish(&[("app.toml", &policy("wwan0"))]);
+    wait_network("wwan0");
+    let listed = policies();
+    assert_eq!(listed[0]["origin"]["kind"], "config", "{listed:#}");
+    assert!(
+        listed[0]["origin"]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("policies.d/app.toml"),
+        "{listed:#}"
+    );
+
+    // Changed by a swap of ..data: wlan0, strict (so its mark is set).
+    dir.publish(&[("app.toml", &policy("wlan0"))]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while policies()[0]["prefer"][0] != "wlan0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the change was not applied"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_network("wlan0");
+
+    // A broken file next to it: refused whole, the running policy stays.
+    let broken = dir.dir.join("zz-broken.toml");
+    std::fs::write(
+        &broken,
+        "[[policy]]\ncgroup = \"/nope\"\nprefer = [\"wwan0\"]\nstrikt = true\n",
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let error = loop {
+        let out = daemon.mif(&["status", "--json"]).unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if let Some(e) = status["daemon"]["last_reload_error"].as_str() {
+            break e.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload error: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        error.contains("zz-broken.toml:4:") && error.contains("strikt"),
+        "{error}"
+    );
+    assert_eq!(policies()[0]["prefer"][0], "wlan0");
+    assert_eq!(network(), "wlan0");
+
+    // Removed: the broken file, then the policy's (kubelet drops its link).
+    std::fs::remove_file(&broken).unwrap();
+    dir.publish(&[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while policies().as_array().is_some_and(|a| !a.is_empty()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the policy was not removed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        lab.sockmark(Some(&app), Family::V4).unwrap().mark,
+        0,
+        "still steered after its file went"
     );
 }

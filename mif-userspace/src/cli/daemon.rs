@@ -25,6 +25,18 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub keep_steering: bool,
 
+    /// A directory of `*.toml` files with more `[[pvd]]` and `[[policy]]`
+    /// entries, merged after the config file in name order and watched:
+    /// a file added, changed or removed (also by a Kubernetes ConfigMap's
+    /// symlink swap) is applied at once, all or nothing, as a reload is.
+    /// A directory that does not exist holds none (create it and reload).
+    #[arg(long, default_value = crate::model::config::DEFAULT_POLICIES_DIR, value_name = "DIR")]
+    pub policies_dir: PathBuf,
+
+    /// Read no policies directory: the config file only.
+    #[arg(long, conflicts_with = "policies_dir")]
+    pub no_policies_dir: bool,
+
     /// Where policies set with `mif policy set` are kept across restarts.
     #[arg(long, default_value = "/var/lib/mif", value_name = "DIR")]
     pub state_dir: PathBuf,
@@ -34,6 +46,7 @@ impl DaemonArgs {
     pub async fn execute(self) -> anyhow::Result<()> {
         crate::daemon::run(crate::daemon::DaemonOptions {
             config: &self.config,
+            policies_dir: (!self.no_policies_dir).then_some(self.policies_dir.as_path()),
             instance: &self.instance,
             keep_steering: self.keep_steering,
             state_dir: &self.state_dir,

@@ -14,6 +14,7 @@ use crate::{
     },
     host::cgroup::normalize_cgroup,
     instance::InstanceOptions,
+    model::config::ConfigSources,
     model::policies::{self, Origin, PolicySpec},
     model::pvd::PvdState,
     reconcile::Reconciler,
@@ -60,7 +61,7 @@ pub fn probe(
 }
 
 pub struct Admin {
-    pub config_path: PathBuf,
+    pub sources: ConfigSources,
     pub opts: InstanceOptions,
     pub state_file: PathBuf,
     started: Instant,
@@ -70,9 +71,9 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub fn new(config_path: PathBuf, opts: InstanceOptions, state_file: PathBuf) -> Self {
+    pub fn new(sources: ConfigSources, opts: InstanceOptions, state_file: PathBuf) -> Self {
         Self {
-            config_path,
+            sources,
             opts,
             state_file,
             started: Instant::now(),
@@ -257,7 +258,7 @@ impl Admin {
             let interfaces: Vec<String> = reconciler.known_pvd_names().await?.into_iter().collect();
             let state = reconciler.policy_state();
             check_config(
-                &self.config_path,
+                &self.sources,
                 &self.opts,
                 &interfaces,
                 state.cgroup2(),
@@ -274,7 +275,7 @@ impl Admin {
                     );
                 }
                 self.last_reload_error = None;
-                info!("reloaded {}", self.config_path.display());
+                info!("reloaded {}", self.sources.file.display());
                 self.persist_and_apply(reconciler).await
             }
             Err(e) => {

@@ -44,6 +44,7 @@ use crate::{
     host::netlink::{self, NetEvent, Netlink},
     host::netns,
     instance::InstanceOptions,
+    model::config::ConfigSources,
     model::policies::{self, PolicySet},
     model::pvd::PvdState,
     reconcile::PolicyState,
@@ -55,12 +56,19 @@ use crate::{
 /// what someone else changed without our noticing.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(30);
 
+/// How long a change in the policies directory may take to settle before
+/// the files are read: a file is often written in several steps.
+const POLICIES_SETTLE: Duration = Duration::from_millis(100);
+
 /// How often policy cgroups are scanned for processes in network namespaces
 /// of their own (containers), which are steered from the host side.
 const CONTAINER_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct DaemonOptions<'a> {
     pub config: &'a Path,
+    /// The policies directory (`*.toml` merged after the config file,
+    /// watched), if any.
+    pub policies_dir: Option<&'a Path>,
     pub instance: &'a InstanceOptions,
     /// Where policies set from the CLI are kept across restarts.
     pub state_dir: &'a Path,
@@ -79,7 +87,11 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
         .into_iter()
         .map(|i| i.name)
         .collect();
-    let mut prepared = prepare(opts.config, opts.instance, &interfaces)?;
+    let sources = ConfigSources {
+        file: opts.config.to_path_buf(),
+        dir: opts.policies_dir.map(Path::to_path_buf),
+    };
+    let mut prepared = prepare(&sources, opts.instance, &interfaces)?;
 
     let settings = Settings {
         netns_cookie: netns::current_netns_cookie()
@@ -187,7 +199,7 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
                 return Err(e.into());
             }
         };
-    let mut admin = Admin::new(opts.config.to_path_buf(), opts.instance.clone(), state_file);
+    let mut admin = Admin::new(sources.clone(), opts.instance.clone(), state_file);
     info!(
         "steering {} policies over {} PvDs below cgroup {} (pins in {})",
         reconciler.policies().len(),
@@ -272,6 +284,19 @@ async fn follow(
     } = inputs;
     let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
     recheck.tick().await;
+    // The policies directory: a change there is a reload.
+    let mut policies_dir = match admin.sources.dir.as_deref() {
+        Some(dir) => crate::host::dir_watch::DirWatch::new(dir)
+            .inspect_err(|e| {
+                warn!(
+                    "not watching {}: {e}; reload to apply its changes",
+                    dir.display()
+                )
+            })
+            .ok()
+            .flatten(),
+        None => None,
+    };
     // Containers start and stop without a netlink event in our namespace
     // that reliably follows their processes: poll for them, cheaply.
     let mut containers = tokio::time::interval(CONTAINER_SCAN_INTERVAL);
@@ -373,6 +398,38 @@ async fn follow(
                     continue;
                 }
                 known_containers = now;
+                reconciler.policy_state_mut().cgroups_changed();
+                false
+            }
+            changed = async {
+                match policies_dir.as_mut() {
+                    Some(w) => w.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Err(e) = changed {
+                    warn!("policies directory watch ended ({e}); reload to apply its changes");
+                    policies_dir = None;
+                    continue;
+                }
+                // Take the rest of the burst (an editor's or kubelet's
+                // several steps) before reading the files.
+                tokio::time::sleep(POLICIES_SETTLE).await;
+                while let Some(w) = policies_dir.as_mut() {
+                    if w.changed().now_or_never().is_none() {
+                        break;
+                    }
+                }
+                info!("the policies directory changed: reloading");
+                let result = admin.reload(reconciler).await;
+                let _ = control.monitor.send(MonitorEvent::Reload {
+                    ok: result.is_ok(),
+                    error: result.err(),
+                });
+                dns_forwarder.follow(reconciler.pvds()).await;
+                if !watcher.follow(reconciler) {
+                    continue;
+                }
                 reconciler.policy_state_mut().cgroups_changed();
                 false
             }

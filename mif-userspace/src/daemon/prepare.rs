@@ -1,13 +1,11 @@
 //! Everything the daemon checks before it touches the host: the config, the
 //! mark mask, the cgroups its policies name. A failure here changes nothing.
-use std::path::Path;
-
 use anyhow::Context as _;
 
 use crate::{
     host::cgroup::{Cgroup, Cgroup2, CgroupError},
     instance::InstanceOptions,
-    model::config::{self, Config},
+    model::config::{self, Config, ConfigSources},
     model::pvd,
 };
 
@@ -21,14 +19,14 @@ pub struct Prepared {
 /// Checks the config file against the host: marks, PvD names, and that each
 /// policy's cgroup exists within the attach cgroup.
 pub fn prepare(
-    config_path: &Path,
+    sources: &ConfigSources,
     opts: &InstanceOptions,
     interfaces: &[String],
 ) -> anyhow::Result<Prepared> {
     pvd::check_mark_mask(opts.mark_mask).context("--mark-mask")?;
     let cgroup2 = Cgroup2::find()?;
     let attach = cgroup2.resolve(&opts.cgroup).context("--cgroup")?;
-    let config = check_config(config_path, opts, interfaces, &cgroup2, &attach)?;
+    let config = check_config(sources, opts, interfaces, &cgroup2, &attach)?;
     Ok(Prepared {
         config,
         cgroup2,
@@ -38,13 +36,13 @@ pub fn prepare(
 
 /// Loads and checks a config file (at start, and on reload).
 pub fn check_config(
-    config_path: &Path,
+    sources: &ConfigSources,
     opts: &InstanceOptions,
     interfaces: &[String],
     cgroup2: &Cgroup2,
     attach: &Cgroup,
 ) -> anyhow::Result<Config> {
-    let config = config::load(config_path)?;
+    let config = sources.load()?;
     config.check_marks(opts.mark_mask)?;
     config.check_prefer(&interfaces.iter().cloned().collect())?;
     resolve_policy_cgroups(&config, cgroup2, attach)?;
@@ -89,20 +87,26 @@ fn resolve_policy_cgroups(
                     }
                     e => e.to_string(),
                 };
-                config.error_at(p.line, "policy.cgroup", format!("{:?}", p.cgroup), problem)
+                config::error_in(
+                    &p.file,
+                    p.line,
+                    "policy.cgroup",
+                    format!("{:?}", p.cgroup),
+                    problem,
+                )
             })?;
             if !cg.is_within(attach) {
-                return Err(config
-                    .error_at(
-                        p.line,
-                        "policy.cgroup",
-                        format!("{:?}", p.cgroup),
-                        format!(
-                            "outside the cgroup mif attaches to ({}); see --cgroup",
-                            attach.rel
-                        ),
-                    )
-                    .into());
+                return Err(config::error_in(
+                    &p.file,
+                    p.line,
+                    "policy.cgroup",
+                    format!("{:?}", p.cgroup),
+                    format!(
+                        "outside the cgroup mif attaches to ({}); see --cgroup",
+                        attach.rel
+                    ),
+                )
+                .into());
             }
             Ok(cg)
         })

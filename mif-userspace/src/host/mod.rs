@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod cgroup_pattern;
 pub mod cgroup_watch;
 pub mod containers;
+pub mod dir_watch;
 pub mod dns_leases;
 pub mod foreign_netns;
 pub mod netlink;

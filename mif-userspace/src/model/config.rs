@@ -72,6 +72,8 @@ pub struct PvdConfig {
     pub domains: Vec<String>,
     /// `validation`: inherit `[validation]`, off, or a URL of its own.
     pub validation: PvdValidation,
+    /// The file it is in, as for policies.
+    pub file: Arc<Path>,
     pub line: usize,
 }
 
@@ -229,6 +231,9 @@ pub struct PolicyConfig {
     pub cgroup: String,
     /// Shared with every policy of the file that asks for the same.
     pub terms: Arc<PolicyTerms>,
+    /// The file it is in (the config file, or one of the policies
+    /// directory's), shared by the file's policies.
+    pub file: Arc<Path>,
     pub line: usize,
 }
 
@@ -432,6 +437,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         problem: e.message().to_string(),
     })?;
 
+    let file: Arc<Path> = Arc::from(path);
     let mut pvds = Vec::new();
     let mut names = HashSet::new();
     for pvd in raw.pvd {
@@ -541,6 +547,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             dns,
             domains,
             validation,
+            file: Arc::clone(&file),
             line,
         });
     }
@@ -617,6 +624,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 dns: policy.dns,
                 exclude,
             }),
+            file: Arc::clone(&file),
             line,
         });
     }
@@ -854,6 +862,143 @@ fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
 }
 
+/// An error at `line` of `file`.
+pub fn error_in(
+    file: &Path,
+    line: usize,
+    field: &str,
+    value: impl fmt::Display,
+    problem: impl Into<String>,
+) -> ConfigError {
+    ConfigError {
+        file: file.to_path_buf(),
+        line,
+        field: field.into(),
+        value: value.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// Where a daemon's configuration comes from: the config file and the
+/// policies directory (see [`load_all`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSources {
+    pub file: PathBuf,
+    pub dir: Option<PathBuf>,
+}
+
+impl ConfigSources {
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        load_all(&self.file, self.dir.as_deref())
+    }
+}
+
+/// The policies directory's default (`mif daemon --policies-dir`).
+pub const DEFAULT_POLICIES_DIR: &str = "/etc/mif/policies.d";
+
+/// The config file and, after it, the `*.toml` files of `dir` in name
+/// order (a directory that does not exist has none), merged into one
+/// config: each file's `[[pvd]]` and `[[policy]]` entries are added to the
+/// config file's; the other sections belong in the config file only. A PvD
+/// named twice or a cgroup given two policies across files is an error
+/// naming the later file and line. Names starting with `.` are left out:
+/// a Kubernetes ConfigMap volume keeps its data under `..data` and
+/// `..TIMESTAMP` beside the files, which are symlinks into them.
+pub fn load_all(path: &Path, dir: Option<&Path>) -> Result<Config, ConfigError> {
+    let mut config = load(path)?;
+    let Some(dir) = dir else {
+        return Ok(config);
+    };
+    for file in policy_files(dir)? {
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| error_in(&file, 0, "", "", format!("cannot read: {e}")))?;
+        if let Some((key, line)) = foreign_section(&text) {
+            return Err(error_in(
+                &file,
+                line,
+                &key,
+                "",
+                "a policies directory file holds [[pvd]] and [[policy]] entries only; this belongs in the config file",
+            ));
+        }
+        let part = parse(&file, &text)?;
+        for pvd in part.pvds {
+            if config.pvds.iter().any(|p| p.name == pvd.name) {
+                return Err(error_in(
+                    &file,
+                    pvd.line,
+                    "pvd.name",
+                    format!("{:?}", pvd.name),
+                    "declared in another file already",
+                ));
+            }
+            config.pvds.push(pvd);
+        }
+        for policy in part.policies {
+            if let Some(first) = config.policies.iter().find(|p| p.cgroup == policy.cgroup) {
+                return Err(error_in(
+                    &file,
+                    policy.line,
+                    "policy",
+                    format!("{:?}", policy.cgroup),
+                    format!(
+                        "has a policy in {}:{} already",
+                        first.file.display(),
+                        first.line
+                    ),
+                ));
+            }
+            config.policies.push(policy);
+        }
+    }
+    Ok(config)
+}
+
+/// The `*.toml` files of a policies directory, in name order.
+pub fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(error_in(
+                dir,
+                0,
+                "",
+                "",
+                format!("cannot read the policies directory: {e}"),
+            ))
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            // `is_file` follows symlinks: a ConfigMap's file is one.
+            !name.starts_with('.') && name.ends_with(".toml") && p.is_file()
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// A top-level table other than `pvd` and `policy`, with its line.
+fn foreign_section(text: &str) -> Option<(String, usize)> {
+    let table: toml::Table = text.parse().ok()?;
+    let key = table
+        .keys()
+        .find(|k| *k != "pvd" && *k != "policy")?
+        .clone();
+    let line = text
+        .lines()
+        .position(|l| {
+            let l = l.trim_start().trim_start_matches('[');
+            l.starts_with(key.as_str())
+        })
+        .map_or(0, |i| i + 1);
+    Some((key, line))
+}
+
 impl Config {
     /// Checks that every preferred PvD is known: an explicit `[[pvd]]` or an
     /// interface that exists now (an implicit PvD).
@@ -862,7 +1007,8 @@ impl Config {
         for policy in &self.policies {
             for name in &policy.terms.prefer {
                 if !explicit.contains(name.as_str()) && !interfaces.contains(name) {
-                    return Err(self.error_at(
+                    return Err(error_in(
+                        &policy.file,
                         policy.line,
                         "policy.prefer",
                         format!("{name:?}"),
@@ -883,7 +1029,8 @@ impl Config {
                     || mark & !mask != 0
                     || mif_common::pvd_from_mark(mark, mask, shift).is_none()
                 {
-                    return Err(self.error_at(
+                    return Err(error_in(
+                        &pvd.file,
                         pvd.line,
                         "pvd.mark",
                         format!("{mark:#x}"),

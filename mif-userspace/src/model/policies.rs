@@ -109,7 +109,6 @@ pub enum PolicyError {
 /// policies, every per-policy copy or field costs megabytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicySet {
-    config_file: PathBuf,
     config: Vec<PolicyConfig>,
     cli: BTreeMap<String, PolicySpec>,
 }
@@ -150,7 +149,6 @@ impl PolicySet {
     /// daemon. CLI policies for cgroups the file now names give way; they
     /// are returned.
     pub fn replace_config(&mut self, config: &mut Config) -> Vec<PolicySpec> {
-        self.config_file = config.path.clone();
         self.config = std::mem::take(&mut config.policies);
         let owned: Vec<String> = self.config.iter().map(|p| p.cgroup.clone()).collect();
         owned.iter().filter_map(|cg| self.cli.remove(cg)).collect()
@@ -161,7 +159,7 @@ impl PolicySet {
         let p = self.config.iter().find(|p| p.cgroup == cgroup)?;
         Some(PolicyError::OwnedByConfig {
             cgroup: cgroup.into(),
-            file: self.config_file.clone(),
+            file: p.file.to_path_buf(),
             line: p.line,
         })
     }
@@ -202,7 +200,7 @@ impl PolicySet {
             .iter()
             .map(|p| {
                 let origin = Origin::Config {
-                    file: self.config_file.clone(),
+                    file: p.file.to_path_buf(),
                     line: p.line,
                 };
                 (PolicySpec::from_config(p), origin)

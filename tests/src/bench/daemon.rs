@@ -41,6 +41,8 @@ impl<'lab> BenchDaemon<'lab> {
         // the lab, not to the host's /var/lib/mif.
         let state = config.parent().map(|d| d.join("state")).unwrap_or_default();
         args.extend(["--state-dir".to_string(), state.display().to_string()]);
+        let policies = crate::mif::policies_dir(&config);
+        args.extend(["--policies-dir".to_string(), policies.display().to_string()]);
         let mut cmd = lab.command_in(None, mif_path()?, &args)?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -71,6 +71,8 @@ fn main() -> Result<()> {
         &format!("/{DEMO_CGROUP}"),
         "--pin-dir",
         PIN_DIR,
+        // The demo's policy only, whatever the host has in /etc/mif.
+        "--no-policies-dir",
     ];
     let mut cmd = lab.command_in(None, &mif, args)?;
     cmd.stdout(Stdio::piped());
