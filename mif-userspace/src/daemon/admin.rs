@@ -34,12 +34,12 @@ pub fn pvd_view(p: &PvdState, validator: &Validator) -> PvdView {
 /// on); at once with an error when the PvD is not validated at all.
 pub fn probe(
     validator: &mut Validator,
-    pvds: &[PvdState],
+    reconciler: &Reconciler,
     name: &str,
     reply: tokio::sync::oneshot::Sender<Response>,
 ) {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    if let Err(e) = validator.probe_now(name, pvds, tx) {
+    if let Err(e) = validator.probe_now(name, reconciler.pvds(), reconciler.config(), tx) {
         let _ = reply.send(Response::Error(e));
         return;
     }

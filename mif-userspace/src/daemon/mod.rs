@@ -152,7 +152,7 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    let mut validator = Validator::new(&prepared.config);
+    let mut validator = Validator::default();
     let mut reconciler = Reconciler::new(
         netlink.clone(),
         maps,
@@ -449,7 +449,7 @@ async fn follow(
                 if let control::protocol::Request::PvdProbe { name } = command.request {
                     // Answered when the probes end, by a task: the loop
                     // goes on meanwhile.
-                    admin::probe(validator, reconciler.pvds(), &name, command.reply);
+                    admin::probe(validator, reconciler, &name, command.reply);
                     continue;
                 }
                 let before = reconciler.pvds().to_vec();
@@ -653,8 +653,7 @@ async fn sleep_until(when: Option<std::time::Instant>) {
 /// (a degraded PvD left, or came back as a new network), the maps take it
 /// at once rather than at the next event.
 async fn follow_validation(reconciler: &mut Reconciler, validator: &mut Validator) {
-    validator.configure(reconciler.config());
-    if !validator.follow(reconciler.pvds()) {
+    if !validator.follow(reconciler.pvds(), reconciler.config()) {
         return;
     }
     reconciler.set_verdicts(validator.verdicts());

@@ -85,9 +85,21 @@ pub struct FamilyValidationView {
 /// each probed family (true: IPv6) as it then stands.
 pub type Waiter = oneshot::Sender<Vec<(bool, FamilyValidationView)>>;
 
+/// What to probe for the PvD named `pvd`: `[validation]` with the PvD's own
+/// `validation` over it, if any.
+fn config_for(config: &Config, pvd: &str) -> Option<ValidationConfig> {
+    let own = config
+        .pvds
+        .iter()
+        .find(|p| p.name == pvd)
+        .map(|p| &p.validation);
+    effective(
+        config.validation.as_ref(),
+        own.unwrap_or(&PvdValidation::Inherit),
+    )
+}
+
 pub struct Validator {
-    global: Option<ValidationConfig>,
-    own: BTreeMap<String, PvdValidation>,
     entries: BTreeMap<Pair, Entry>,
     next_probe: u64,
     results_tx: mpsc::UnboundedSender<ProbeResult>,
@@ -96,52 +108,31 @@ pub struct Validator {
     waiters: BTreeMap<String, Vec<Waiter>>,
 }
 
-impl Validator {
-    pub fn new(config: &Config) -> Self {
+impl Default for Validator {
+    fn default() -> Self {
         let (results_tx, results) = mpsc::unbounded_channel();
-        let mut v = Self {
-            global: None,
-            own: BTreeMap::new(),
+        Self {
             entries: BTreeMap::new(),
             next_probe: 0,
             results_tx,
             results,
             waiters: BTreeMap::new(),
-        };
-        v.configure(config);
-        v
+        }
     }
+}
 
-    /// Takes the settings of a (re)loaded config; pairs whose URL or timing
-    /// changed start over as `unknown`.
-    pub fn configure(&mut self, config: &Config) {
-        self.global = config.validation.clone();
-        self.own = config
-            .pvds
-            .iter()
-            .map(|p| (p.name.clone(), p.validation.clone()))
-            .collect();
-    }
-
-    /// Whether anything is probed at all.
-    pub fn enabled(&self) -> bool {
-        !self.entries.is_empty()
-    }
-
-    fn config_for(&self, pvd: &str) -> Option<ValidationConfig> {
-        let own = self.own.get(pvd).cloned().unwrap_or_default();
-        effective(self.global.as_ref(), &own)
-    }
-
-    /// Follows the PvDs of a pass: starts checks for pairs that became
-    /// probe-able, drops those that did not stay. Returns whether the
-    /// verdicts changed (a dropped degraded pair is no longer degraded).
-    pub fn follow(&mut self, pvds: &[PvdState]) -> bool {
+impl Validator {
+    /// Follows the PvDs of a pass and the config in force: starts checks
+    /// for pairs that became probe-able, drops those that did not stay
+    /// (pairs whose URL or timing a reload changed start over as
+    /// `unknown`). Returns whether the verdicts changed (a dropped
+    /// degraded pair is no longer degraded).
+    pub fn follow(&mut self, pvds: &[PvdState], config: &Config) -> bool {
         let before = self.verdicts();
         let now = Instant::now();
         let mut wanted = BTreeMap::new();
         for p in pvds {
-            let Some(config) = self.config_for(&p.name) else {
+            let Some(config) = config_for(config, &p.name) else {
                 continue;
             };
             for v6 in [false, true] {
@@ -322,7 +313,13 @@ impl Validator {
 
     /// Probes a PvD's families now (`mif pvd probe`); `reply` gets their
     /// outcomes. Err when the PvD is not probed at all, with why.
-    pub fn probe_now(&mut self, pvd: &str, pvds: &[PvdState], reply: Waiter) -> Result<(), String> {
+    pub fn probe_now(
+        &mut self,
+        pvd: &str,
+        pvds: &[PvdState],
+        config: &Config,
+        reply: Waiter,
+    ) -> Result<(), String> {
         let Some(p) = pvds.iter().find(|p| p.name == pvd) else {
             return Err(format!("no PvD named {pvd:?}"));
         };
@@ -333,7 +330,7 @@ impl Validator {
             .cloned()
             .collect();
         if pairs.is_empty() {
-            return Err(match self.config_for(pvd) {
+            return Err(match config_for(config, pvd) {
                 None => format!(
                     "validation is off for PvD {pvd} (no [validation] section, or validation = false)"
                 ),
