@@ -116,17 +116,10 @@ impl Admin {
                 }
                 Err(e) => Response::Error(e),
             },
-            Request::Reload => {
-                let result = self.reload(reconciler).await;
-                let _ = monitor.send(MonitorEvent::Reload {
-                    ok: result.is_ok(),
-                    error: result.clone().err(),
-                });
-                match result {
-                    Ok(()) => Response::Ok,
-                    Err(e) => Response::Error(e),
-                }
-            }
+            Request::Reload => match self.reload_announced(reconciler, monitor).await {
+                Ok(()) => Response::Ok,
+                Err(e) => Response::Error(e),
+            },
             // Served by the connection itself.
             Request::Monitor => Response::Error("monitor is a stream".into()),
             // Served by [`probe`], which answers when the probes end.
@@ -242,6 +235,20 @@ impl Admin {
             .await
             .map_err(|e| format!("{e:#}"))?;
         Ok(())
+    }
+
+    /// [`Admin::reload`], its outcome streamed to `mif monitor`.
+    pub async fn reload_announced(
+        &mut self,
+        reconciler: &mut Reconciler,
+        monitor: &broadcast::Sender<MonitorEvent>,
+    ) -> Result<(), String> {
+        let result = self.reload(reconciler).await;
+        let _ = monitor.send(MonitorEvent::Reload {
+            ok: result.is_ok(),
+            error: result.clone().err(),
+        });
+        result
     }
 
     /// Re-reads the config file; on any error the running policy stays.

@@ -421,27 +421,17 @@ async fn follow(
                     }
                 }
                 info!("the policies directory changed: reloading");
-                let result = admin.reload(reconciler).await;
-                let _ = control.monitor.send(MonitorEvent::Reload {
-                    ok: result.is_ok(),
-                    error: result.err(),
-                });
-                dns_forwarder.follow(reconciler.pvds()).await;
-                if !watcher.follow(reconciler) {
+                let _ = admin.reload_announced(reconciler, &control.monitor).await;
+                if !after_reload(reconciler, validator, dns_forwarder, &mut watcher).await {
                     continue;
                 }
-                reconciler.policy_state_mut().cgroups_changed();
                 false
             }
             _ = signals.hup.recv() => {
                 let _ = admin.reload(reconciler).await;
-                // The reload's own pass may have changed the PvDs' domains.
-                dns_forwarder.follow(reconciler.pvds()).await;
-                if !watcher.follow(reconciler) {
+                if !after_reload(reconciler, validator, dns_forwarder, &mut watcher).await {
                     continue;
                 }
-                // A new watcher: see what appeared before it (as at start).
-                reconciler.policy_state_mut().cgroups_changed();
                 false
             }
             command = control.commands.recv() => {
@@ -638,6 +628,25 @@ fn announce_pvd_changes(
             let _ = monitor.send(MonitorEvent::Pvd(Box::new(view)));
         }
     }
+}
+
+/// After a reload (SIGHUP, the policies directory), whose own pass is done:
+/// the forwarder follows the PvDs' domains, validation its settings, the
+/// cgroup watcher the policies. Returns whether another pass is due (a new
+/// watcher: cgroups made before it are looked for, as at start).
+async fn after_reload(
+    reconciler: &mut Reconciler,
+    validator: &mut Validator,
+    dns_forwarder: &mut crate::dns::ForwarderControl,
+    watcher: &mut CgroupWatch,
+) -> bool {
+    dns_forwarder.follow(reconciler.pvds()).await;
+    follow_validation(reconciler, validator).await;
+    if !watcher.follow(reconciler) {
+        return false;
+    }
+    reconciler.policy_state_mut().cgroups_changed();
+    true
 }
 
 /// Sleeps until `when`; forever when there is nothing to wait for.
