@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use log::{info, warn};
 
-use super::predating::subtree;
+use super::predating::reset_in_subtree;
 use crate::{
     apply::sockdiag, model::validation::Verdict, reconcile::Reconciler, validation::VerdictChange,
 };
@@ -34,29 +34,17 @@ pub async fn reset_on_failing(reconciler: &Reconciler, changes: &[VerdictChange]
             .iter()
             .filter(|p| p.terms.reset && !p.terms.strict && p.terms.prefer.contains(&pvd.name))
         {
-            let top = mount.join(policy.cgroup.trim_start_matches('/'));
-            let cgroups = subtree(&top, policy.cgroup_id, &with_policy);
-            let mark = pvd.mark;
-            let reset = tokio::task::spawn_blocking(move || {
-                cgroups.iter().try_fold(0, |n, &id| {
-                    let filter = sockdiag::DestroyFilter {
-                        source: Some(source),
-                        mark: Some((mark, mark_mask)),
-                        cgroup: Some(id),
-                        spare_loopback: true,
-                    };
-                    sockdiag::destroy_tcp(&filter).map(|m| n + m)
-                })
-            })
-            .await;
+            let on_pvd = sockdiag::DestroyFilter {
+                source: Some(source),
+                mark: Some((pvd.mark, mark_mask)),
+                cgroup: None,
+                spare_loopback: true,
+            };
             let (name, cgroup) = (&pvd.name, &policy.cgroup);
-            match reset {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => info!("PvD {name} is failing: reset {n} TCP connections of {cgroup}"),
-                Ok(Err(e)) => {
-                    warn!("PvD {name} is failing: resetting connections of {cgroup}: {e}")
-                }
-                Err(e) => warn!("resetting connections: {e}"),
+            match reset_in_subtree(&mount, policy, &with_policy, on_pvd).await {
+                Ok(0) => {}
+                Ok(n) => info!("PvD {name} is failing: reset {n} TCP connections of {cgroup}"),
+                Err(e) => warn!("PvD {name} is failing: resetting connections of {cgroup}: {e:#}"),
             }
         }
     }

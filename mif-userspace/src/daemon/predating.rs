@@ -17,7 +17,7 @@ use std::{collections::BTreeSet, os::unix::fs::MetadataExt as _, path::Path};
 
 use log::{info, warn};
 
-use crate::{apply::sockdiag, reconcile::Reconciler};
+use crate::{apply::sockdiag, plan::ResolvedPolicy, reconcile::Reconciler};
 
 #[derive(Debug, Default)]
 pub struct PredatingResets {
@@ -43,37 +43,51 @@ impl PredatingResets {
             if !self.done.insert(policy.cgroup_id) {
                 continue;
             }
-            let top = mount.join(policy.cgroup.trim_start_matches('/'));
-            let cgroups = subtree(&top, policy.cgroup_id, &with_policy);
-            let cgroup = policy.cgroup.clone();
-            let reset = tokio::task::spawn_blocking(move || {
-                cgroups.iter().try_fold(0, |n, &id| {
-                    let filter = sockdiag::DestroyFilter {
-                        mark: Some((0, mark_mask)),
-                        cgroup: Some(id),
-                        spare_loopback: true,
-                        ..Default::default()
-                    };
-                    sockdiag::destroy_tcp(&filter).map(|m| n + m)
-                })
-            })
-            .await;
-            match reset {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => info!(
+            let unmarked = sockdiag::DestroyFilter {
+                mark: Some((0, mark_mask)),
+                spare_loopback: true,
+                ..Default::default()
+            };
+            let cgroup = &policy.cgroup;
+            match reset_in_subtree(&mount, policy, &with_policy, unmarked).await {
+                Ok(0) => {}
+                Ok(n) => info!(
                     "strict policy of {cgroup}: reset {n} TCP connections opened before it \
                      applied"
                 ),
-                Ok(Err(e)) => warn!("strict policy of {cgroup}: resetting older connections: {e}"),
-                Err(e) => warn!("resetting connections: {e}"),
+                Err(e) => warn!("strict policy of {cgroup}: resetting older connections: {e:#}"),
             }
         }
     }
 }
 
+/// Resets the TCP connections `filter` matches in `policy`'s cgroup and the
+/// cgroups below it, except below those in `with_policy` (their own policy
+/// decides there): one sock_diag pass per cgroup, off the event loop.
+/// Returns how many were reset.
+pub(super) async fn reset_in_subtree(
+    mount: &Path,
+    policy: &ResolvedPolicy,
+    with_policy: &BTreeSet<u64>,
+    filter: sockdiag::DestroyFilter,
+) -> anyhow::Result<usize> {
+    let top = mount.join(policy.cgroup.trim_start_matches('/'));
+    let cgroups = subtree(&top, policy.cgroup_id, with_policy);
+    let reset = tokio::task::spawn_blocking(move || {
+        cgroups.iter().try_fold(0, |n, &id| {
+            let filter = sockdiag::DestroyFilter {
+                cgroup: Some(id),
+                ..filter
+            };
+            sockdiag::destroy_tcp(&filter).map(|m| n + m)
+        })
+    });
+    Ok(reset.await??)
+}
+
 /// The ids of `top` (whose id is `top_id`) and of the cgroups below it,
 /// leaving out the subtrees of cgroups in `own_policy` (other than `top`).
-pub(super) fn subtree(top: &Path, top_id: u64, own_policy: &BTreeSet<u64>) -> Vec<u64> {
+fn subtree(top: &Path, top_id: u64, own_policy: &BTreeSet<u64>) -> Vec<u64> {
     let mut ids = vec![top_id];
     let mut dirs = vec![top.to_path_buf()];
     while let Some(dir) = dirs.pop() {
