@@ -14,11 +14,11 @@ use std::{
 
 use mif_common::{MAX_PREFER, PVD_NAME_LEN};
 use serde::{Deserialize, Serialize};
+use toml::Spanned;
 
 use crate::model::validation::{
     ProbeUrl, PvdValidation, Timing, ValidationConfig, DEFAULT_INTERVAL, MAX_INTERVAL, MIN_INTERVAL,
 };
-use toml::Spanned;
 
 /// A checked configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,10 +272,22 @@ struct RawConfig {
     pvd: Vec<Spanned<RawPvd>>,
     #[serde(default)]
     policy: Vec<Spanned<RawPolicy>>,
-    control: Option<RawControl>,
-    dns: Option<RawDns>,
-    limits: Option<RawLimits>,
+    control: Option<Spanned<RawControl>>,
+    dns: Option<Spanned<RawDns>>,
+    limits: Option<Spanned<RawLimits>>,
     validation: Option<Spanned<RawValidation>>,
+}
+
+impl RawConfig {
+    /// The first section beside `[[pvd]]` and `[[policy]]`, with its span:
+    /// what a policies directory's file may not have.
+    fn section(&self) -> Option<(&'static str, Range<usize>)> {
+        let span = |name, s: Option<Range<usize>>| Some((name, s?));
+        span("control", self.control.as_ref().map(Spanned::span))
+            .or_else(|| span("dns", self.dns.as_ref().map(Spanned::span)))
+            .or_else(|| span("limits", self.limits.as_ref().map(Spanned::span)))
+            .or_else(|| span("validation", self.validation.as_ref().map(Spanned::span)))
+    }
 }
 
 #[derive(Deserialize)]
@@ -379,13 +391,13 @@ impl Checker<'_> {
         value: impl fmt::Display,
         problem: impl Into<String>,
     ) -> ConfigError {
-        ConfigError {
-            file: self.file.to_path_buf(),
-            line: self.lines.line_of(span.start),
-            field: field.to_string(),
-            value: value.to_string(),
-            problem: problem.into(),
-        }
+        error_in(
+            self.file,
+            self.lines.line_of(span.start),
+            field,
+            value,
+            problem,
+        )
     }
 }
 
@@ -425,6 +437,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses configuration text; `path` is only used in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    parse_file(path, text, false)
+}
+
+/// [`parse`], for a config file or (`part`) a policies directory's file,
+/// which holds `[[pvd]]` and `[[policy]]` entries only.
+fn parse_file(path: &Path, text: &str, part: bool) -> Result<Config, ConfigError> {
     let checker = Checker {
         file: path,
         lines: LineIndex::new(text),
@@ -436,6 +454,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         value: String::new(),
         problem: e.message().to_string(),
     })?;
+    if let Some((section, span)) = raw.section().filter(|_| part) {
+        return Err(checker.error(
+            span,
+            section,
+            "",
+            "a policies directory file holds [[pvd]] and [[policy]] entries only; this belongs in the config file",
+        ));
+    }
 
     let file: Arc<Path> = Arc::from(path);
     let mut pvds = Vec::new();
@@ -631,9 +657,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 
     let control_group = raw
         .control
-        .and_then(|c| c.group)
+        .and_then(|c| c.into_inner().group)
         .map(|g| (g.get_ref().clone(), checker.lines.line_of(g.span().start)));
-    let dns_leases = match raw.dns.as_ref().and_then(|d| d.leases.as_ref()) {
+    let dns = raw.dns.map(Spanned::into_inner);
+    let dns_leases = match dns.as_ref().and_then(|d| d.leases.as_ref()) {
         None => crate::host::dns_leases::DEFAULT_LEASE_PATHS
             .iter()
             .map(PathBuf::from)
@@ -654,7 +681,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             out
         }
     };
-    let dns_forwarder_port = match raw.dns.and_then(|d| d.forwarder_port) {
+    let dns_forwarder_port = match dns.and_then(|d| d.forwarder_port) {
         None => DEFAULT_FORWARDER_PORT,
         Some(port) => {
             let n = *port.get_ref();
@@ -675,7 +702,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             }
         }
     };
-    let policy_capacity = match raw.limits.and_then(|l| l.policy_capacity) {
+    let policy_capacity = match raw.limits.and_then(|l| l.into_inner().policy_capacity) {
         None => None,
         Some(n) => {
             let max = crate::plan::POLICY_CAPACITY_MAX;
@@ -912,16 +939,7 @@ pub fn load_all(path: &Path, dir: Option<&Path>) -> Result<Config, ConfigError> 
     for file in policy_files(dir)? {
         let text = std::fs::read_to_string(&file)
             .map_err(|e| error_in(&file, 0, "", "", format!("cannot read: {e}")))?;
-        if let Some((key, line)) = foreign_section(&text) {
-            return Err(error_in(
-                &file,
-                line,
-                &key,
-                "",
-                "a policies directory file holds [[pvd]] and [[policy]] entries only; this belongs in the config file",
-            ));
-        }
-        let part = parse(&file, &text)?;
+        let part = parse_file(&file, &text, true)?;
         for pvd in part.pvds {
             if config.pvds.iter().any(|p| p.name == pvd.name) {
                 return Err(error_in(
@@ -982,23 +1000,6 @@ pub fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     Ok(files)
 }
 
-/// A top-level table other than `pvd` and `policy`, with its line.
-fn foreign_section(text: &str) -> Option<(String, usize)> {
-    let table: toml::Table = text.parse().ok()?;
-    let key = table
-        .keys()
-        .find(|k| *k != "pvd" && *k != "policy")?
-        .clone();
-    let line = text
-        .lines()
-        .position(|l| {
-            let l = l.trim_start().trim_start_matches('[');
-            l.starts_with(key.as_str())
-        })
-        .map_or(0, |i| i + 1);
-    Some((key, line))
-}
-
 impl Config {
     /// Checks that every preferred PvD is known: an explicit `[[pvd]]` or an
     /// interface that exists now (an implicit PvD).
@@ -1052,13 +1053,7 @@ impl Config {
         value: impl fmt::Display,
         problem: impl Into<String>,
     ) -> ConfigError {
-        ConfigError {
-            file: self.path.clone(),
-            line,
-            field: field.into(),
-            value: value.to_string(),
-            problem: problem.into(),
-        }
+        error_in(&self.path, line, field, value, problem)
     }
 }
 
@@ -1136,6 +1131,56 @@ mod tests {
                 "{text}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_policies_directory_adds_entries_in_name_order_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("mif.toml");
+        let parts = dir.path().join("policies.d");
+        std::fs::create_dir(&parts).unwrap();
+        std::fs::write(&main, "[[pvd]]\nname = \"a\"\n").unwrap();
+        let policy = |cgroup: &str| format!("[[policy]]\ncgroup = {cgroup:?}\nprefer = [\"a\"]\n");
+        std::fs::write(parts.join("20-b.toml"), policy("/b")).unwrap();
+        std::fs::write(parts.join("10-a.toml"), policy("/a")).unwrap();
+        // A ConfigMap's own entries and other files are left out.
+        std::fs::create_dir(parts.join("..data")).unwrap();
+        std::fs::write(parts.join("..data/x.toml"), "garbage").unwrap();
+        std::fs::write(parts.join("notes.txt"), "garbage").unwrap();
+        let config = load_all(&main, Some(&parts)).unwrap();
+        let got: Vec<(&str, String)> = config
+            .policies
+            .iter()
+            .map(|p| (p.cgroup.as_str(), p.file.display().to_string()))
+            .collect();
+        let at = |f: &str| parts.join(f).display().to_string();
+        assert_eq!(got, [("/a", at("10-a.toml")), ("/b", at("20-b.toml"))]);
+        assert_eq!(
+            load_all(&main, Some(&dir.path().join("absent")))
+                .unwrap()
+                .policies,
+            []
+        );
+
+        std::fs::write(parts.join("30-dup.toml"), format!("\n{}", policy("/a"))).unwrap();
+        let err = load_all(&main, Some(&parts)).unwrap_err();
+        assert_eq!(
+            (err.file, err.line),
+            (parts.join("30-dup.toml"), 2),
+            "{}",
+            err.problem
+        );
+        assert!(err.problem.contains("10-a.toml:1"), "{}", err.problem);
+        std::fs::remove_file(parts.join("30-dup.toml")).unwrap();
+
+        let section =
+            "[[policy]]\ncgroup = \"/c\"\nprefer = [\"a\"]\n\n[validation]\nurl = \"http://x/\"\n";
+        std::fs::write(parts.join("40-section.toml"), section).unwrap();
+        let err = load_all(&main, Some(&parts)).unwrap_err();
+        assert_eq!(
+            (err.file, err.line, err.field.as_str()),
+            (parts.join("40-section.toml"), 5, "validation")
+        );
     }
 
     #[test]
