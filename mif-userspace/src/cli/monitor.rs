@@ -62,12 +62,6 @@ fn describe(event: &MonitorEvent) -> String {
 fn validation(p: &crate::control::protocol::PvdView) -> String {
     [("IPv4", &p.validation_v4), ("IPv6", &p.validation_v6)]
         .iter()
-        .filter_map(|(family, v)| {
-            let v = v.as_ref()?;
-            Some(match &v.portal {
-                Some(portal) => format!("; validation {family} {} (portal {portal})", v.state),
-                None => format!("; validation {family} {}", v.state),
-            })
-        })
+        .filter_map(|(family, v)| Some(format!("; validation {family} {}", v.as_ref()?.words())))
         .collect()
 }

@@ -7,7 +7,6 @@ use crate::{
         client::ClientError,
         protocol::{ProbedView, PvdView, Request, Response},
     },
-    validation::FamilyValidationView,
 };
 
 /// How long ago a Unix time was, in words (`12 s ago`).
@@ -71,21 +70,12 @@ fn render_probed(views: &[ProbedView]) -> String {
         out.push_str(&format!(
             "{}: {} ({}, {})\n",
             v.family,
-            state_words(&v.validation),
+            v.validation.words(),
             v.validation.url,
             v.validation.last_outcome.as_deref().unwrap_or("-"),
         ));
     }
     out
-}
-
-/// A family's validation in a few words: `validated`, `captive (portal
-/// http://...)`.
-fn state_words(v: &FamilyValidationView) -> String {
-    match &v.portal {
-        Some(portal) => format!("{} (portal {portal})", v.state),
-        None => v.state.clone(),
-    }
 }
 
 /// The VALIDATION column: one state when both families agree.
@@ -198,7 +188,7 @@ fn pvd_notes(p: &PvdView) -> Vec<String> {
         notes.push(format!(
             "{}: {family} {} by {} ({when}{outcome})",
             p.name,
-            state_words(v),
+            v.words(),
             v.url
         ));
     }

@@ -81,6 +81,16 @@ pub struct FamilyValidationView {
     pub last_outcome: Option<String>,
 }
 
+impl FamilyValidationView {
+    /// The state in a few words: `validated`, `captive (portal http://...)`.
+    pub fn words(&self) -> String {
+        match &self.portal {
+            Some(portal) => format!("{} (portal {portal})", self.state),
+            None => self.state.clone(),
+        }
+    }
+}
+
 /// An answer owed to a `mif pvd probe` caller once its PvD's probes end:
 /// each probed family (true: IPv6) as it then stands.
 pub type Waiter = oneshot::Sender<Vec<(bool, FamilyValidationView)>>;
