@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mif_tests::e2e::{policy_toml, two_networks as lab};
+use mif_tests::e2e::{echo_client, echo_server, policy_toml, two_networks as lab};
 use mif_tests::{
     lab::{Lab, LabChild, INTERNET_V4, INTERNET_V6, PEER_PORT},
     mif::Daemon,
@@ -23,69 +23,6 @@ use mif_tests::{
 /// How long the first SYN retransmission may take to be counted: the
 /// initial RTO is 1 s, and the daemon reads the ring as it fills.
 const FIRST_TIMEOUT_WITHIN: Duration = Duration::from_secs(10);
-
-/// An nftables table in router `i` that drops every TCP segment to the
-/// internet address (both families): from the host, the network looks
-/// alive (the link is up, the router answers neighbour discovery) but no
-/// connection through it gets an answer. The table goes with the guard or
-/// with the router's namespace.
-struct Blackhole<'lab> {
-    lab: &'lab Lab,
-    router: usize,
-}
-
-const BLACKHOLE: &str = "mif_blackhole";
-
-impl<'lab> Blackhole<'lab> {
-    fn install(lab: &'lab Lab, router: usize) -> Self {
-        let rules = format!(
-            "table inet {BLACKHOLE} {{\n\
-             chain prerouting {{\n\
-             type filter hook prerouting priority -150; policy accept;\n\
-             ip daddr {INTERNET_V4} meta l4proto tcp drop\n\
-             ip6 daddr {INTERNET_V6} meta l4proto tcp drop\n\
-             }}\n}}\n"
-        );
-        nft(lab, router, &["-f", "-"], Some(&rules));
-        Self { lab, router }
-    }
-}
-
-impl Drop for Blackhole<'_> {
-    fn drop(&mut self) {
-        let mut cmd = match self.lab.command_in_router(
-            self.router,
-            "nft",
-            ["delete", "table", "inet", BLACKHOLE],
-        ) {
-            Ok(cmd) => cmd,
-            Err(_) => return,
-        };
-        cmd.stdin(Stdio::null());
-        let _ = self.lab.output(cmd, Duration::from_secs(10));
-    }
-}
-
-/// `nft ARGS` in router `i`, with `stdin` fed to it; panics with nft's
-/// stderr on failure.
-fn nft(lab: &Lab, router: usize, args: &[&str], stdin: Option<&str>) {
-    let mut cmd = lab.command_in_router(router, "nft", args).unwrap();
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("running nft");
-    let mut input = child.stdin.take().unwrap();
-    input
-        .write_all(stdin.unwrap_or_default().as_bytes())
-        .unwrap();
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "nft {args:?} in router {router}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A TCP connect from `cgroup` to the internet address that waits up to a
 /// minute for an answer (the SYN is retransmitted meanwhile); killed with
@@ -200,7 +137,8 @@ fn timeouts_of_steered_connections_count_for_their_pvd_only() {
     );
     // Both networks go dark; the main table (unsteered traffic) leads to
     // wlan0's.
-    let _dark = [Blackhole::install(&lab, 0), Blackhole::install(&lab, 1)];
+    lab.cut_upstream(0).unwrap();
+    lab.cut_upstream(1).unwrap();
 
     // Unsteered: the kernel times the SYN out, mif is not told.
     let before = kernel_tcp_timeouts(&lab);
@@ -266,7 +204,7 @@ fn a_restarted_daemon_follows_timeouts_and_a_stopped_one_leaves_nothing() {
         .join(format!("v{}", mif_common::LAYOUT_VERSION));
     first.kill_hard().unwrap();
     let mut second = Daemon::start(&lab, &config).unwrap();
-    let _dark = Blackhole::install(&lab, 1);
+    lab.cut_upstream(1).unwrap();
     let client = connect_and_wait(&lab, &app, INTERNET_V4.into());
     wait_for_timeouts(&mut second, "wwan0", 0);
     stop(client);
@@ -310,48 +248,15 @@ fn unacknowledged_data_of_an_established_connection_counts_too() {
     let lab = lab();
     let rel = lab.cgroup_rel();
     let app = lab.create_cgroup("app").unwrap();
-    let servers = lab.create_cgroup("echo").unwrap();
     let mut daemon =
         Daemon::start(&lab, &policy_toml(&format!("{rel}/app"), &["wwan0"], "")).unwrap();
-    let echo = lab
-        .command_in_router_within(
-            1,
-            &servers,
-            "socat",
-            [
-                "TCP-LISTEN:9000,fork,reuseaddr,bind=203.0.113.1",
-                "EXEC:cat",
-            ],
-        )
-        .unwrap();
-    lab.spawn(echo).unwrap();
-
-    // Connected and carrying data (the server may take a moment to listen).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let (client, mut stdin) = loop {
-        let mut cmd = lab
-            .command_in(Some(&app), "socat", ["-", "TCP4:203.0.113.1:9000"])
-            .unwrap();
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut client = KillOnDrop(cmd.spawn().unwrap());
-        let mut stdin = client.0.stdin.take().unwrap();
-        let stdout = client.0.stdout.take().unwrap();
-        let mut echoed = String::new();
-        if stdin.write_all(b"hello\n").is_ok()
-            && std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut echoed)
-                .is_ok()
-            && echoed == "hello\n"
-        {
-            break (client, stdin);
-        }
-        assert!(Instant::now() < deadline, "no echo connection");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    echo_server(&lab, 1);
+    // Connected and carrying data.
+    let (client, mut stdin) = echo_client(&lab, &app);
+    let client = KillOnDrop(client);
     assert_eq!(tcp_timeouts(&daemon)["wwan0"], 0);
 
-    let _dark = Blackhole::install(&lab, 1);
+    lab.cut_upstream(1).unwrap();
     stdin.write_all(b"anyone?\n").unwrap();
     wait_for_timeouts(&mut daemon, "wwan0", 0);
     drop(client);
