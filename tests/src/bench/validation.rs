@@ -33,7 +33,7 @@ use super::daemon::{policy_toml, BenchDaemon};
 use super::kmaps::PinnedMaps;
 use super::reaction::{ms_between, poll_flags};
 use super::worker::now_ns;
-use crate::lab::{Family, Lab, LabChild, CONNECTIVITY_PATH, INTERNET_V4, PEER_PORT};
+use crate::lab::{nft, Family, Lab, LabChild, CONNECTIVITY_PATH, INTERNET_V4, PEER_PORT};
 
 /// One row: an interval with or without passive detection.
 #[derive(Debug, Clone, Default)]
@@ -207,12 +207,12 @@ fn traffic(
     );
     let file = lab.scratch_root().join("probe-counter.nft");
     std::fs::write(&file, rules)?;
-    nft(lab, &["-f", &file.display().to_string()])?;
+    nft(lab, 1, &["-f", &file.display().to_string()])?;
     let before = servers.requests(1)?.len() as u64;
     std::thread::sleep(window);
-    let json = nft(lab, &["-j", "list", "counter", "inet", table, "probes"])?;
+    let json = nft(lab, 1, &["-j", "list", "counter", "inet", table, "probes"])?;
     let after = servers.requests(1)?.len() as u64;
-    let _ = nft(lab, &["delete", "table", "inet", table]);
+    let _ = nft(lab, 1, &["delete", "table", "inet", table]);
     daemon.stop()?;
     let parsed: serde_json::Value = serde_json::from_str(&json)?;
     let counter = parsed["nftables"]
@@ -228,19 +228,4 @@ fn traffic(
         packets: counter["packets"].as_u64().unwrap_or(0),
         bytes: counter["bytes"].as_u64().unwrap_or(0),
     })
-}
-
-fn nft(lab: &Lab, args: &[&str]) -> Result<String> {
-    let out = lab.output(
-        lab.command_in_router(1, "nft", args)?,
-        Duration::from_secs(10),
-    )?;
-    if !out.status.success() {
-        bail!(
-            "nft {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -117,7 +117,9 @@ impl Drop for ArrivalCounter<'_> {
 }
 
 /// `nft ARGS` in router `i`; returns stdout, fails with nft's stderr.
-fn nft(lab: &Lab, i: usize, args: &[&str]) -> Result<String> {
+/// Shared by the lab's nftables users (counters, cut upstreams, the
+/// benchmark's probe counter).
+pub(crate) fn nft(lab: &Lab, i: usize, args: &[&str]) -> Result<String> {
     let out = lab.output(lab.command_in_router(i, "nft", args)?, OUTPUT_TIMEOUT)?;
     if !out.status.success() {
         bail!(

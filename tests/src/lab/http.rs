@@ -44,7 +44,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::topology::ROUTER_IF;
-use super::{Lab, LabChild, INTERNET_V4, INTERNET_V6, OUTPUT_TIMEOUT};
+use super::{Lab, LabChild, INTERNET_V4, INTERNET_V6};
 
 /// The port of every connectivity-check server: HTTP's own, so a probe URL
 /// needs none.
@@ -257,20 +257,9 @@ impl Lab {
         let file = self.scratch_dir("nft")?.join(format!("cut-r{i}-{n}.nft"));
         fs::write(&file, &script).with_context(|| format!("writing {}", file.display()))?;
         let path = file.to_str().context("scratch dir is not UTF-8")?;
-        let out = self.output(
-            self.command_in_router(i, "nft", ["-f", path])?,
-            OUTPUT_TIMEOUT,
-        );
+        let done = super::capture::nft(self, i, &["-f", path]);
         let _ = fs::remove_file(&file);
-        let out = out?;
-        if !out.status.success() {
-            bail!(
-                "nft -f in router {i} failed ({}): {}\n{script}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        done.with_context(|| script.clone()).map(drop)
     }
 
     /// `GET url` with curl on the host, optionally in `cgroup` and bound to

@@ -74,6 +74,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+pub(crate) use capture::nft;
 pub use capture::{ArrivalCounter, Arrivals};
 pub use cgroup::{cgroup2_mount, effective_egress_programs};
 pub use dhcp::{DhcpLease, DHCP_DOMAIN, DHCP_ONLY_ANSWER, DHCP_ONLY_NAME};
