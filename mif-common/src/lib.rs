@@ -8,7 +8,7 @@
 #![no_std]
 
 /// Version of the map layouts and program semantics. Part of the pin path.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Most PvDs one instance manages; the PvD table is an array of this size.
 pub const MAX_PVDS: u32 = 64;
@@ -23,6 +23,12 @@ pub const MAX_EXCLUDES: u32 = 16_384;
 /// Deepest cgroup level the policy walk looks at. cgroup trees on real hosts
 /// (systemd slices, kubepods) are under 10 levels deep.
 pub const MAX_CGROUP_DEPTH: u32 = 32;
+/// Most selectors (`unit`, `app`, `user` policies) the kernel matches at
+/// cgroup creation ([`names::MAP_SELECTORS`]).
+pub const MAX_SELECTORS: u32 = 4096;
+/// Longest name a [`SelectorKey`] holds; longer ones are matched by the
+/// daemon's watcher only.
+pub const SELECTOR_NAME_MAX: usize = 127;
 
 /// Names of the maps and programs, as the kernel and the pin directory know them.
 /// The kernel cuts object names to 15 characters: keep them short.
@@ -48,8 +54,19 @@ pub mod names {
     pub const MAP_TCP_TROUBLE: &str = "MIF_TCP_TROUBLE";
     /// One `u64`: the [`MAP_TCP_TROUBLE`] records lost to a full ring.
     pub const MAP_TCP_LOST: &str = "MIF_TCP_LOST";
+    /// Selector → policy ([`crate::SelectorKey`] → [`crate::Policy`]): what
+    /// the kernel gives a cgroup the moment it is made, by its name.
+    pub const MAP_SELECTORS: &str = "MIF_SELECTORS";
+    /// One entry: where in the kernel's structures a new cgroup's id and
+    /// hierarchy are, and the attach cgroup's path ([`crate::CgroupNaming`]).
+    pub const MAP_CG_NAMING: &str = "MIF_CG_NAMING";
+    /// The cgroup watchers' working memory (one slot per CPU).
+    pub const MAP_CG_SCRATCH: &str = "MIF_CG_SCRATCH";
     /// All maps, as pinned in the pin directory.
-    pub const MAPS: [&str; 11] = [
+    pub const MAPS: [&str; 14] = [
+        MAP_SELECTORS,
+        MAP_CG_NAMING,
+        MAP_CG_SCRATCH,
         MAP_EXCLUDE,
         MAP_GUARD_LOG,
         MAP_TCP_TROUBLE,
@@ -80,6 +97,11 @@ pub mod names {
     pub const PROG_PKT_GUARD: &str = "mif_pkt_guard";
     /// Retransmission timeouts of connections on PvDs (`sock_ops`).
     pub const PROG_TCP_HEALTH: &str = "mif_tcp_health";
+    /// Gives a new cgroup its selector's policy as it is made (raw
+    /// tracepoint `cgroup_mkdir`).
+    pub const PROG_CG_MKDIR: &str = "mif_cg_mkdir";
+    /// Drops a removed cgroup's policy entry (raw tracepoint `cgroup_rmdir`).
+    pub const PROG_CG_RMDIR: &str = "mif_cg_rmdir";
     /// The hooks, attached once to the attach cgroup, in attach order. The
     /// reverse translations of DNS redirection (recvmsg, getpeername) come
     /// before the programs that redirect, so no redirected reply is ever
@@ -105,16 +127,24 @@ pub mod names {
     /// them instead (each strict policy's cgroup, the namespace's
     /// interfaces while there are strict policies): nothing else pays.
     pub const GUARDS: [&str; 2] = [PROG_GUARD, PROG_PKT_GUARD];
-    /// Every program in the object: the hooks, then the guards.
-    pub const PROGRAMS: [&str; HOOKS.len() + GUARDS.len()] = {
-        let mut all = [""; HOOKS.len() + GUARDS.len()];
+    /// The cgroup watchers: host-wide tracepoints, attached after the
+    /// hooks, that give cgroups made below the attach cgroup their
+    /// selector's policy before any process can be moved in.
+    pub const CGROUP_WATCHERS: [&str; 2] = [PROG_CG_MKDIR, PROG_CG_RMDIR];
+    /// Every program in the object: the hooks, the guards, the watchers.
+    pub const PROGRAMS: [&str; HOOKS.len() + GUARDS.len() + CGROUP_WATCHERS.len()] = {
+        let mut all = [""; HOOKS.len() + GUARDS.len() + CGROUP_WATCHERS.len()];
         let mut i = 0;
         while i < HOOKS.len() {
             all[i] = HOOKS[i];
             i += 1;
         }
-        while i < all.len() {
+        while i < HOOKS.len() + GUARDS.len() {
             all[i] = GUARDS[i - HOOKS.len()];
+            i += 1;
+        }
+        while i < all.len() {
+            all[i] = CGROUP_WATCHERS[i - HOOKS.len() - GUARDS.len()];
             i += 1;
         }
         all
@@ -256,6 +286,84 @@ pub mod sockopt {
                 | (SOL_XDP, _)
         )
     }
+}
+
+/// [`SelectorKey::kind`] of a `unit` selector: the cgroup's own name.
+pub const SELECTOR_UNIT: u8 = 1;
+/// [`SelectorKey::kind`] of a `user` selector: the name of a cgroup whose
+/// parent is `user.slice` (`user-1000.slice`).
+pub const SELECTOR_USER: u8 = 2;
+/// [`SelectorKey::kind`] of an `app` selector: the application id in the
+/// cgroup's name, as systemd's desktop naming puts it there (escaped).
+pub const SELECTOR_APP: u8 = 3;
+
+/// Key of [`names::MAP_SELECTORS`]: a kind and a name, zero-padded, so the
+/// kernel finds a new cgroup's selector with one lookup per kind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SelectorKey {
+    pub kind: u8,
+    pub name: [u8; SELECTOR_NAME_MAX],
+}
+
+impl SelectorKey {
+    /// The key of `name` for `kind`; `None` when the name is empty or
+    /// longer than [`SELECTOR_NAME_MAX`].
+    pub fn new(kind: u8, name: &[u8]) -> Option<Self> {
+        if name.is_empty() || name.len() > SELECTOR_NAME_MAX {
+            return None;
+        }
+        let mut key = Self {
+            kind,
+            name: [0; SELECTOR_NAME_MAX],
+        };
+        key.name[..name.len()].copy_from_slice(name);
+        Some(key)
+    }
+
+    /// The name, without its padding.
+    pub fn name(&self) -> &[u8] {
+        let len = self
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(SELECTOR_NAME_MAX);
+        &self.name[..len]
+    }
+}
+
+/// The one entry of [`names::MAP_CG_NAMING`], written by the daemon before
+/// it attaches the cgroup watchers: what they need to know of a new cgroup
+/// that a raw tracepoint's `struct cgroup *` does not tell a program built
+/// without the kernel's headers. The offsets come from the kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupNaming {
+    /// Non-zero once written: until then the watchers do nothing.
+    pub ready: u32,
+    /// `offsetof(struct cgroup, kn)`.
+    pub cgroup_kn: u32,
+    /// `offsetof(struct cgroup, root)`.
+    pub cgroup_root: u32,
+    /// `offsetof(struct cgroup, level)`.
+    pub cgroup_level: u32,
+    /// `offsetof(struct cgroup, ancestors)`: the cgroup at each level
+    /// above it (Linux 6.1).
+    pub cgroup_ancestors: u32,
+    /// `offsetof(struct cgroup_root, hierarchy_id)`: 0 is cgroup2's, the
+    /// others are cgroup v1 hierarchies (a hybrid mount has both), whose
+    /// ids may equal cgroup2 ids.
+    pub root_hierarchy_id: u32,
+    /// `offsetof(struct kernfs_node, id)`: the cgroup id.
+    pub kn_id: u32,
+    /// `offsetof(struct kernfs_node, name)`: the cgroup's name.
+    pub kn_name: u32,
+    /// `offsetof(struct kernfs_node, __parent)` (`parent` before 6.15).
+    pub kn_parent: u32,
+    /// The attach cgroup's level: only cgroups below it are matched.
+    pub attach_level: u32,
+    /// The attach cgroup's id.
+    pub attach_id: u64,
 }
 
 /// Slot in `prefer` that lists no PvD.
@@ -597,6 +705,8 @@ mod pod {
     unsafe impl aya::Pod for super::DnsForward {}
     unsafe impl aya::Pod for super::ExcludeKey {}
     unsafe impl aya::Pod for super::TcpTrouble {}
+    unsafe impl aya::Pod for super::SelectorKey {}
+    unsafe impl aya::Pod for super::CgroupNaming {}
 }
 
 #[cfg(test)]

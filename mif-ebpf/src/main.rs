@@ -30,6 +30,10 @@
 //! - `tcp_health` (`sock_ops`) reports retransmission timeouts of the
 //!   connections this host opens over a PvD, so the daemon notices a dead
 //!   network between its probes (see [`tcp_health`]).
+//! - `cg_mkdir` and `cg_rmdir` (raw tracepoints, host-wide) give a cgroup
+//!   made below the attach cgroup the policy of a `unit`, `app` or `user`
+//!   selector that names it, inside `mkdir`, before any process can be in
+//!   it, and drop a removed cgroup's entry (see [`cgroup_naming`]).
 //!
 //! Steering itself is no per-packet work: routing by mark is done by the
 //! kernel's policy rules that the daemon installs per PvD. The guard is
@@ -50,6 +54,7 @@
 #![feature(core_intrinsics)]
 
 mod addr;
+mod cgroup_naming;
 mod counters;
 mod dns;
 mod exclude;
@@ -63,9 +68,13 @@ mod tcp_health;
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr},
     helpers::generated::bpf_bind,
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, classifier, sock_ops},
+    macros::{
+        cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, classifier, raw_tracepoint,
+        sock_ops,
+    },
     programs::{
-        SkBuffContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext, TcContext,
+        RawTracePointContext, SkBuffContext, SockAddrContext, SockContext, SockOpsContext,
+        SockoptContext, TcContext,
     },
 };
 use mif_common::{pvd_from_mark, Pvd, Settings, COUNTER_NO_PVD, NO_PVD};
@@ -475,6 +484,18 @@ pub fn mif_pkt_guard(ctx: TcContext) -> i32 {
 pub fn mif_tcp_health(ctx: SockOpsContext) -> u32 {
     tcp_health::on_op(&ctx, &settings());
     1
+}
+
+#[raw_tracepoint(tracepoint = "cgroup_mkdir")]
+pub fn mif_cg_mkdir(ctx: RawTracePointContext) -> i32 {
+    cgroup_naming::on_mkdir(&ctx);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "cgroup_rmdir")]
+pub fn mif_cg_rmdir(ctx: RawTracePointContext) -> i32 {
+    cgroup_naming::on_rmdir(&ctx);
+    0
 }
 
 #[cfg(not(test))]

@@ -5,16 +5,18 @@
 //! `MIF_COUNTERS`) are hash maps without preallocation, so an instance pays
 //! for the entries it holds (and 16 bytes of bucket per slot of
 //! `max_entries`, which the daemon sets at load from its policies; the
-//! sizes here are the most it may ask for). Nothing is per CPU: memory does
-//! not grow with the machine's CPU count.
+//! sizes here are the most it may ask for). Nothing is per CPU but the
+//! cgroup watchers' scratch slot (1.2 KiB a CPU): memory barely grows with
+//! the machine's CPU count.
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, RingBuf},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use mif_common::{
-    CounterKey, Counters, ExcludeKey, Policy, Pvd, PvdMeta, Settings, GUARD_LOG_BYTES,
-    MAX_COUNTERS, MAX_EXCLUDES, MAX_POLICIES, MAX_PVDS, TCP_TROUBLE_BYTES,
+    CgroupNaming, CounterKey, Counters, ExcludeKey, Policy, Pvd, PvdMeta, SelectorKey, Settings,
+    GUARD_LOG_BYTES, MAX_COUNTERS, MAX_EXCLUDES, MAX_POLICIES, MAX_PVDS, MAX_SELECTORS,
+    TCP_TROUBLE_BYTES,
 };
 
 /// cgroup id → policy. Written by the daemon only, so not preallocating
@@ -62,7 +64,27 @@ pub static MIF_TCP_TROUBLE: RingBuf = RingBuf::pinned(TCP_TROUBLE_BYTES, 0);
 #[map]
 pub static MIF_TCP_LOST: Array<u64> = Array::pinned(1, 0);
 
+/// Selector → the policy a new cgroup it selects gets at once (see
+/// `cgroup_naming`). Written by the daemon only.
+#[map]
+pub static MIF_SELECTORS: HashMap<SelectorKey, Policy> =
+    HashMap::pinned(MAX_SELECTORS, BPF_F_NO_PREALLOC);
+
+/// One entry: what the cgroup watchers need to read a new cgroup (see
+/// [`CgroupNaming`]); all zero, so inert, until the daemon writes it.
+#[map]
+pub static MIF_CG_NAMING: Array<CgroupNaming> = Array::pinned(1, 0);
+
+/// The cgroup watchers' working memory, one slot per CPU (a watcher runs
+/// on one CPU from start to end). Nothing in it outlives a run; pinned
+/// only so that the pin directory lists every map.
+#[map]
+pub static MIF_CG_SCRATCH: PerCpuArray<crate::cgroup_naming::Scratch> = PerCpuArray::pinned(1, 0);
+
+pub use MIF_CG_NAMING as CG_NAMING;
+pub use MIF_CG_SCRATCH as CG_SCRATCH;
 pub use MIF_COUNTERS as COUNTERS;
 pub use MIF_EXCLUDE as EXCLUDE;
 pub use MIF_POLICIES as POLICIES;
 pub use MIF_PVDS as PVDS;
+pub use MIF_SELECTORS as SELECTORS;

@@ -291,3 +291,93 @@ fn applications_units_and_users_by_selector_created_after_the_daemon() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The window the issue asks to close: systemd makes a unit's cgroup, moves
+/// the first process in and lets it run; a process that opens a socket as
+/// its very first act must already be steered. Each client here makes its
+/// cgroup and enters it itself, then connects at once, with nothing in
+/// between for the daemon's watcher to catch up in: only the kernel's
+/// own matching inside `mkdir` (mif-ebpf's `cgroup_naming`) steers it.
+#[test]
+fn a_new_application_is_steered_from_its_very_first_socket() {
+    skip_unless_root!();
+    let lab = Lab::new(&["wlan0", "wwan0"]).unwrap();
+    let config = "[[policy]]\napp = \"org.example.Fast\"\nprefer = [\"wwan0\"]\n\n\
+                  [[policy]]\nunit = \"fast.service\"\nprefer = [\"wwan0\"]\n\n\
+                  [[policy]]\nuser = 4343\nprefer = [\"wwan0\"]\n";
+    let daemon = Daemon::start(&lab, config).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_slice(&mif(&lab, &daemon, &["status", "--json"]).stdout).unwrap();
+    assert!(
+        status["daemon"]["cgroup_watchers_left_out"].is_null(),
+        "{status:#}"
+    );
+    let unsteered = lab
+        .client(None, Proto::Tcp, INTERNET_V4.into(), None)
+        .unwrap()
+        .network;
+    assert_eq!(unsteered, "wlan0");
+
+    let apps = lab
+        .create_cgroup("user.slice/user-1000.slice/user@1000.service/app.slice")
+        .unwrap();
+    let services = lab.create_cgroup("system.slice").unwrap();
+    let first_connection = |cgroup: &Path| {
+        lab.client_in_new_cgroup(cgroup, INTERNET_V4.into())
+            .unwrap()
+            .network
+    };
+    let mut made = Vec::new();
+    for i in 0..25 {
+        for name in [
+            format!("app-gnome-org.example.Fast-{i}.scope"),
+            format!("app-flatpak-org.example.Fast-{i}.scope"),
+            format!("app-org.example.Fast@{i:x}.service"),
+        ] {
+            let cgroup = apps.join(&name);
+            assert_eq!(first_connection(&cgroup), "wwan0", "{name}");
+            made.push(cgroup);
+        }
+        // A similar id is another application, left alone.
+        let helper = apps.join(format!("app-gnome-org.example.FastHelper-{i}.scope"));
+        assert_eq!(first_connection(&helper), "wlan0", "{helper:?}");
+        made.push(helper);
+        // A unit started again and again, a new cgroup each time.
+        let unit = services.join("fast.service");
+        assert_eq!(first_connection(&unit), "wwan0", "round {i}");
+        remove_cgroup(&unit);
+    }
+    let user = lab.cgroup_root().join("user.slice/user-4343.slice");
+    assert_eq!(first_connection(&user), "wwan0");
+    made.push(user);
+
+    // Short-lived cgroups leave no policy entry behind, whether or not the
+    // daemon saw them.
+    for cgroup in made.iter().rev() {
+        remove_cgroup(cgroup);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let maps: serde_json::Value =
+            serde_json::from_slice(&mif(&lab, &daemon, &["maps", "--json"]).stdout).unwrap();
+        let left = maps["policies"].as_array().unwrap().len();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} policy entries left: {maps:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Removes an empty cgroup whose last process has exited (the kernel may
+/// refuse for a moment while it is still going).
+fn remove_cgroup(cgroup: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = std::fs::remove_dir(cgroup) {
+        assert!(Instant::now() < deadline, "rmdir {cgroup:?}: {e}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

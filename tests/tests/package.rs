@@ -391,6 +391,8 @@ fn the_debian_package_installs_runs_and_removes_cleanly() {
         UNIT,
         CONFFILE,
         "/usr/share/man/man1/mif.1.gz",
+        "/usr/share/man/man1/mif-daemon.1.gz",
+        "/usr/share/man/man1/mif-policy-set.1.gz",
         "/usr/share/bash-completion/completions/mif",
         "/usr/share/zsh/vendor-completions/_mif",
         "/usr/share/fish/vendor_completions.d/mif.fish",
@@ -446,6 +448,12 @@ fn the_debian_package_installs_runs_and_removes_cleanly() {
     assert!(
         man.contains(".TH mif 1") && man.contains("daemon"),
         "the man page: {man}"
+    );
+    // A page per command, as git has: `man mif-policy-set`.
+    let policy_set = zcat("/usr/share/man/man1/mif-policy-set.1.gz");
+    assert!(
+        policy_set.contains(".TH mif-policy-set 1") && policy_set.contains("\\-\\-app"),
+        "the page of mif policy set: {policy_set}"
     );
     let bash = std::fs::read_to_string("/usr/share/bash-completion/completions/mif").unwrap();
     assert!(bash.contains("complete -F _mif"), "bash completion: {bash}");

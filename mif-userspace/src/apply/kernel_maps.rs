@@ -6,7 +6,9 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
     Array, HashMap, Map, MapData, MapError,
 };
-use mif_common::{names, CounterKey, Counters, ExcludeKey, Policy, Pvd, PvdMeta, Settings};
+use mif_common::{
+    names, CounterKey, Counters, ExcludeKey, Policy, Pvd, PvdMeta, SelectorKey, Settings,
+};
 
 use log::{info, warn};
 
@@ -69,6 +71,10 @@ pub struct KernelMaps {
     /// `None` until the first write: the map may hold a previous daemon's
     /// entries, so the first write lists the map itself.
     written_policies: Option<StdHashMap<u64, Policy>>,
+    selectors: HashMap<MapData, SelectorKey, Policy>,
+    /// The selector entries this process last wrote (`None` until the
+    /// first write, which lists the map, like `written_policies`).
+    written_selectors: Option<StdHashMap<SelectorKey, Policy>>,
 }
 
 fn open(pins: &PinDir, name: &'static str) -> Result<Map, MapsError> {
@@ -178,6 +184,8 @@ impl KernelMaps {
             written_excludes: None,
             over_capacity: 0,
             written_policies: None,
+            selectors: typed!(pins, names::MAP_SELECTORS),
+            written_selectors: None,
         })
     }
 
@@ -251,6 +259,7 @@ impl KernelMaps {
             remove_stale(&mut self.policies)?;
         }
         self.written_policies = Some(desired.policies.iter().copied().collect());
+        self.write_selectors(&desired.selectors)?;
         self.write_excludes(&desired.excludes)?;
         let keep: HashSet<u32> = desired.pvds.iter().map(|(k, _, _)| *k).collect();
         let mut pvds = self.pvds.lock();
@@ -266,6 +275,38 @@ impl KernelMaps {
             let _ = self.meta.remove(&key);
         }
         pvds.settle(self.generation);
+        Ok(())
+    }
+
+    /// Makes the selector map hold exactly `entries` (a few: one per
+    /// selector policy), changed ones only.
+    fn write_selectors(&mut self, entries: &[(SelectorKey, Policy)]) -> Result<(), MapsError> {
+        let fail = |action| {
+            move |e| MapsError::Update {
+                name: names::MAP_SELECTORS,
+                action,
+                source: Box::new(e),
+            }
+        };
+        let previous = match self.written_selectors.take() {
+            Some(previous) => previous,
+            None => self.selectors.iter().filter_map(Result::ok).collect(),
+        };
+        let keep: StdHashMap<SelectorKey, Policy> = entries.iter().copied().collect();
+        for (key, policy) in &keep {
+            if previous.get(key) != Some(policy) {
+                self.selectors
+                    .insert(key, policy, 0)
+                    .map_err(fail("write"))?;
+            }
+        }
+        for key in previous.keys().filter(|k| !keep.contains_key(k)) {
+            match self.selectors.remove(key) {
+                Err(MapError::KeyNotFound) | Ok(()) => {}
+                Err(e) => return Err(fail("remove from")(e)),
+            }
+        }
+        self.written_selectors = Some(keep);
         Ok(())
     }
 
@@ -318,6 +359,7 @@ impl KernelMaps {
     pub fn forget_written(&mut self) {
         self.written_policies = None;
         self.written_excludes = None;
+        self.written_selectors = None;
     }
 
     /// Clears, in the PvD map, the availability that `desired` takes away,

@@ -7,7 +7,9 @@
 //! program's cgroup walk needs 6.0 (see mif-ebpf's crate documentation).
 //! The egress guard's namespace check needs 6.15; an older kernel runs
 //! everything else, without the guard, and the daemon says so. The TCP
-//! health watch (`sock_ops`, the RTO callback) needs 5.15.
+//! health watch (`sock_ops`, the RTO callback) needs 5.15. The cgroup
+//! watchers (raw tracepoints) need 6.1 and the kernel's BTF; without them
+//! selectors apply when the daemon sees a new cgroup, not at its creation.
 use std::{
     fs::File,
     os::fd::{AsFd as _, OwnedFd},
@@ -15,13 +17,14 @@ use std::{
 };
 
 use aya::{
+    maps::{Array, MapError},
     programs::{
         links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt,
-        ProgramError, SchedClassifier, SockOps,
+        ProgramError, RawTracePoint, SchedClassifier, SockOps,
     },
     Ebpf, EbpfLoader,
 };
-use mif_common::{names, Settings};
+use mif_common::{names, CgroupNaming, Settings};
 
 use crate::apply::pins::PinDir;
 
@@ -34,6 +37,8 @@ pub enum LoadError {
     Object(#[source] Box<aya::EbpfError>),
     #[error("program {0} is missing from the eBPF object")]
     MissingProgram(&'static str),
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
     #[error("the kernel refused program {program}:\n{log}")]
     Verifier { program: &'static str, log: String },
     #[error("cannot {action} program {program}")]
@@ -42,6 +47,12 @@ pub enum LoadError {
         action: &'static str,
         #[source]
         source: Box<ProgramError>,
+    },
+    #[error("cannot write map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<MapError>,
     },
     #[error("cannot open cgroup {}", path.display())]
     Cgroup {
@@ -105,22 +116,76 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pins: &PinDir) -> Result<(), LoadE
     })?;
     for program in names::HOOKS {
         let link = attach_one(ebpf, program, &cgroup_fd)?;
-        let staging = pins.link_staging(program);
-        let _ = std::fs::remove_file(&staging);
-        link.pin(&staging).map_err(|source| LoadError::Pin {
-            program,
-            path: staging.clone(),
-            source,
-        })?;
-        let path = pins.link(program);
-        std::fs::rename(&staging, &path).map_err(|e| LoadError::Pin {
-            program,
-            path: path.clone(),
-            source: Box::new(e),
-        })?;
+        pin_in_place(link, program, pins)?;
     }
     let _ = std::fs::remove_file(pins.link(names::PROG_GUARD));
     Ok(())
+}
+
+/// Pins a new link of `program` under a staging name and renames it over
+/// the pin of the link it replaces (if any), whose link then goes.
+fn pin_in_place(link: NewLink, program: &'static str, pins: &PinDir) -> Result<(), LoadError> {
+    let staging = pins.link_staging(program);
+    let _ = std::fs::remove_file(&staging);
+    link.pin(&staging).map_err(|source| LoadError::Pin {
+        program,
+        path: staging.clone(),
+        source,
+    })?;
+    let path = pins.link(program);
+    std::fs::rename(&staging, &path).map_err(|e| LoadError::Pin {
+        program,
+        path: path.clone(),
+        source: Box::new(e),
+    })
+}
+
+/// Tells the cgroup watchers what they need to read new cgroups
+/// (`naming`), then verifies them, attaches each to its tracepoint and
+/// pins its link like the hooks' (replacing an adopted one). Run after the
+/// hooks and the first pass: the selector map is filled by then.
+pub fn attach_watchers(
+    ebpf: &mut Ebpf,
+    naming: &CgroupNaming,
+    pins: &PinDir,
+) -> Result<(), LoadError> {
+    let map_failed = |source| LoadError::Map {
+        name: names::MAP_CG_NAMING,
+        source: Box::new(source),
+    };
+    let map = ebpf
+        .map_mut(names::MAP_CG_NAMING)
+        .ok_or(LoadError::MissingMap(names::MAP_CG_NAMING))?;
+    let mut map: Array<_, CgroupNaming> = Array::try_from(map).map_err(map_failed)?;
+    map.set(0, naming, 0).map_err(map_failed)?;
+    for program in names::CGROUP_WATCHERS {
+        let tracepoint = match program {
+            names::PROG_CG_MKDIR => "cgroup_mkdir",
+            _ => "cgroup_rmdir",
+        };
+        let prog: &mut RawTracePoint = ebpf
+            .program_mut(program)
+            .ok_or(LoadError::MissingProgram(program))?
+            .try_into()
+            .map_err(failed(program, "type-check"))?;
+        prog.load().map_err(failed(program, "load"))?;
+        let id = prog.attach(tracepoint).map_err(failed(program, "attach"))?;
+        let link = prog
+            .take_link(id)
+            .map_err(failed(program, "take the link of"))?;
+        pin_in_place(NewLink::Aya(fd_link(program, link)?), program, pins)?;
+    }
+    Ok(())
+}
+
+/// Removes the cgroup watchers' pins (detaching them), when this daemon
+/// cannot run them: an adopted pair must not go on with another
+/// instance's settings.
+pub fn detach_watchers(pins: &PinDir) {
+    for program in names::CGROUP_WATCHERS {
+        let _ = std::fs::remove_file(pins.link_staging(program));
+        let _ = std::fs::remove_file(pins.link(program));
+    }
 }
 
 /// A guard program, verified and loaded, ready to be attached to cgroups.

@@ -3,6 +3,7 @@
 //! writing the maps, installing each PvD's routes and rules, resetting
 //! sockets of a lost network, and the link-down fast path. What to write
 //! comes from [`crate::plan`].
+pub mod cgroup_layout;
 pub mod guard_links;
 pub mod kernel_maps;
 pub mod link_watch;

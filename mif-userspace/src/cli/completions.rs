@@ -16,11 +16,21 @@ impl CompletionsArgs {
 
 /// Print the man page (roff), generated from the same definitions as --help.
 #[derive(Debug, Args)]
-pub struct ManArgs {}
+pub struct ManArgs {
+    /// Write a page per command instead, git-style (mif.1, mif-daemon.1,
+    /// mif-policy-set.1, ...), into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
+}
 
 impl ManArgs {
     pub fn execute(self) -> anyhow::Result<()> {
-        clap_mangen::Man::new(super::Cli::command()).render(&mut std::io::stdout())?;
+        use anyhow::Context as _;
+        match self.dir {
+            None => clap_mangen::Man::new(super::Cli::command()).render(&mut std::io::stdout())?,
+            Some(dir) => clap_mangen::generate_to(super::Cli::command(), &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?,
+        }
         Ok(())
     }
 }

@@ -85,6 +85,15 @@ impl StatusArgs {
                 "program {left}; strict policies are enforced without it"
             ));
         }
+        if let Some(why) = daemon
+            .as_ref()
+            .and_then(|d| d.cgroup_watchers_left_out.as_ref())
+        {
+            problems.push(format!(
+                "new cgroups get their selector's policy when the daemon sees them, not as \
+                 they are made: {why}"
+            ));
+        }
         let steering = kernel.is_some()
             && attached.len() == mif_common::names::HOOKS.len()
             && attached.values().all(|&n| n == 1)

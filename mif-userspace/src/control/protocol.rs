@@ -109,6 +109,10 @@ pub struct StatusView {
     /// The guards this kernel cannot run, each with why.
     #[serde(default)]
     pub guards_left_out: Vec<String>,
+    /// Why the cgroup watchers (policies for new cgroups inside `mkdir`)
+    /// are not attached, if they are not.
+    #[serde(default)]
+    pub cgroup_watchers_left_out: Option<String>,
     /// Why the last pass could not attach a guard somewhere.
     #[serde(default)]
     pub guard_problem: Option<String>,

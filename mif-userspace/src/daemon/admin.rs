@@ -68,6 +68,8 @@ pub struct Admin {
     last_reload_error: Option<String>,
     /// Retransmission timeouts per PvD, for `mif pvd list`.
     pub tcp_health: super::tcp_trouble::TcpHealth,
+    /// Why the cgroup watchers are not attached, if they are not.
+    pub cgroup_watchers_left_out: Option<String>,
 }
 
 impl Admin {
@@ -79,6 +81,7 @@ impl Admin {
             started: Instant::now(),
             last_reload_error: None,
             tcp_health: Default::default(),
+            cgroup_watchers_left_out: None,
         }
     }
 
@@ -161,6 +164,7 @@ impl Admin {
                 .map(|l| format!("{}: {}", l.program, l.why))
                 .collect(),
             tcp_timeouts_no_pvd: self.tcp_health.no_pvd(),
+            cgroup_watchers_left_out: self.cgroup_watchers_left_out.clone(),
         }
     }
 

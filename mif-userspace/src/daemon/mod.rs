@@ -78,6 +78,10 @@ pub struct DaemonOptions<'a> {
 }
 
 pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
+    // The kernel's structure layouts, for the cgroup watchers: parsing its
+    // BTF takes about 0.1 s, done meanwhile on the other core.
+    let kernel_layout =
+        std::thread::spawn(crate::apply::cgroup_layout::KernelLayout::of_running_kernel);
     let netlink = Netlink::connect().context("opening rtnetlink")?;
     let mut events = netlink::subscribe().context("subscribing to netlink events")?;
     let interfaces: Vec<String> = netlink
@@ -199,7 +203,17 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
                 return Err(e.into());
             }
         };
+    let naming = kernel_layout
+        .join()
+        .unwrap_or_else(|_| {
+            Err(crate::apply::cgroup_layout::LayoutError::Parse(
+                "panicked".into(),
+            ))
+        })
+        .map(|layout| layout.naming(&prepared.attach));
+    let watchers_left_out = steering.attach_watchers(naming);
     let mut admin = Admin::new(sources.clone(), opts.instance.clone(), state_file);
+    admin.cgroup_watchers_left_out = watchers_left_out;
     info!(
         "steering {} policies over {} PvDs below cgroup {} (pins in {})",
         reconciler.policies().len(),

@@ -103,6 +103,40 @@ impl Steering {
         Ok(())
     }
 
+    /// Attaches the cgroup watchers, which give a new cgroup its selector's
+    /// policy inside `mkdir`, once the hooks are attached and the selector
+    /// map filled. Returns why they are not attached when they cannot be:
+    /// selectors then apply when the daemon's watcher sees a new cgroup,
+    /// a little after a first process may have opened a socket (`mif
+    /// status` says so). Any adopted watchers go then too.
+    pub fn attach_watchers(
+        &mut self,
+        naming: Result<mif_common::CgroupNaming, crate::apply::cgroup_layout::LayoutError>,
+    ) -> Option<String> {
+        let attached = match (naming, self.ebpf.as_mut()) {
+            (Ok(naming), Some(ebpf)) => {
+                loader::attach_watchers(ebpf, &naming, &self.pins).map_err(|e| match e {
+                    // The log's end says why; all of it would fill `mif status`.
+                    loader::LoadError::Verifier { program, log } => {
+                        let lines: Vec<&str> = log.lines().filter(|l| !l.is_empty()).collect();
+                        let tail = lines[lines.len().saturating_sub(3)..].join("; ");
+                        format!("the kernel refused program {program}: {tail}")
+                    }
+                    e => format!("{:#}", anyhow::Error::from(e)),
+                })
+            }
+            (Err(e), _) => Err(format!("{:#}", anyhow::Error::from(e))),
+            (_, None) => Err("programs not loaded".into()),
+        };
+        let why = attached.err()?;
+        loader::detach_watchers(&self.pins);
+        warn!(
+            "new cgroups get their selector's policy when the daemon sees them, not as they \
+             are made (the cgroup watchers are not attached: {why})"
+        );
+        Some(why)
+    }
+
     /// The guards, to attach to strict cgroups below `cgroup2` (once).
     pub fn guard_links(&mut self, cgroup2: &Path) -> anyhow::Result<GuardLinks> {
         let (guards, left_out) = self.guards.take().context("guards already handed out")?;

@@ -22,6 +22,8 @@
 //! [`CgroupPattern`]: crate::host::cgroup_pattern::CgroupPattern
 use std::fmt;
 
+use mif_common::{SelectorKey, SELECTOR_APP, SELECTOR_UNIT, SELECTOR_USER};
+
 /// The key prefixes, one per kind.
 const UNIT: &str = "unit:";
 const APP: &str = "app:";
@@ -119,6 +121,25 @@ impl Selector {
     /// The key the policy is kept under.
     pub fn key(&self) -> String {
         self.to_string()
+    }
+
+    /// The key the kernel finds this selector by when a cgroup is made
+    /// (mif-ebpf's `cgroup_naming`, which reads names as [`app_id_of`]
+    /// does and as [`crate::host::cgroup_pattern`] matches selectors):
+    /// the unit's name, the user's slice (below `user.slice`), the escaped
+    /// application id. `None` when longer than the key holds
+    /// ([`mif_common::SELECTOR_NAME_MAX`]): the daemon's watcher still
+    /// matches it.
+    pub fn kernel_key(&self) -> Option<SelectorKey> {
+        match self {
+            Selector::Unit(unit) => SelectorKey::new(SELECTOR_UNIT, unit.as_bytes()),
+            Selector::App(id) => {
+                SelectorKey::new(SELECTOR_APP, Self::escaped_app_id(id).as_bytes())
+            }
+            Selector::User(uid) => {
+                SelectorKey::new(SELECTOR_USER, format!("user-{uid}.slice").as_bytes())
+            }
+        }
     }
 
     /// The application id as it appears in unit names (`-` escaped).
@@ -235,5 +256,20 @@ mod tests {
             Selector::escaped_app_id("org.example.my-app"),
             "org.example.my\\x2dapp"
         );
+    }
+
+    #[test]
+    fn kernel_keys_name_what_the_kernel_reads_from_a_new_cgroup() {
+        let key = |s: &str| Selector::parse(s).unwrap().kernel_key().unwrap();
+        assert_eq!(key("unit:backup.service").kind, SELECTOR_UNIT);
+        assert_eq!(key("unit:backup.service").name(), b"backup.service");
+        assert_eq!(key("user:1000").name(), b"user-1000.slice");
+        assert_eq!(key("app:org.example.my-app").kind, SELECTOR_APP);
+        assert_eq!(
+            key("app:org.example.my-app").name(),
+            b"org.example.my\\x2dapp"
+        );
+        let long = format!("app:org.{}", "a".repeat(200));
+        assert_eq!(Selector::parse(&long).unwrap().kernel_key(), None);
     }
 }

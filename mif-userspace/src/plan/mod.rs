@@ -9,7 +9,7 @@ use std::{
 };
 
 use mif_common::{
-    ExcludeKey, Policy, Pvd, PvdMeta, MAX_DNS, MAX_POLICIES, MAX_PREFER, NO_PVD,
+    ExcludeKey, Policy, Pvd, PvdMeta, SelectorKey, MAX_DNS, MAX_POLICIES, MAX_PREFER, NO_PVD,
     POLICY_BIND_DEVICE, POLICY_DENY_RAW, POLICY_DNS_PVD, POLICY_EXCLUDES, POLICY_STRICT,
     PVD_AVAIL_V4, PVD_AVAIL_V6, PVD_DEGRADED_V4, PVD_DEGRADED_V6, PVD_DNS_VIA_FORWARDER,
     PVD_NAME_LEN,
@@ -29,6 +29,15 @@ pub struct ResolvedPolicy {
     pub cgroup_id: u64,
     pub cgroup: String,
     /// Shared with the policy it came from (and its other cgroups).
+    pub terms: std::sync::Arc<PolicyTerms>,
+}
+
+/// A `unit`, `app` or `user` policy as the kernel matches it when a cgroup
+/// is made (see mif-ebpf's `cgroup_naming`), under its pattern's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectorPolicy {
+    pub key: SelectorKey,
+    pub id: u32,
     pub terms: std::sync::Arc<PolicyTerms>,
 }
 
@@ -76,6 +85,8 @@ pub fn counter_capacity_for(policy_capacity: usize) -> usize {
 pub struct Desired {
     pub pvds: Vec<(u32, Pvd, PvdMeta)>,
     pub policies: Vec<(u64, Policy)>,
+    /// The selector map's entries (see [`selector_entries`]).
+    pub selectors: Vec<(SelectorKey, Policy)>,
     pub routing: Vec<PvdRouting>,
     /// The exclusion trie's entries (see [`exclusions`]).
     pub excludes: Vec<ExcludeEntry>,
@@ -111,8 +122,9 @@ pub fn desired(
         // other change unapplied): what fits is written, the rest reported.
         policies: policies[..fit]
             .iter()
-            .map(|p| (p.cgroup_id, kernel_policy(p, &index_of)))
+            .map(|p| (p.cgroup_id, kernel_policy(p.id, &p.terms, &index_of)))
             .collect(),
+        selectors: Vec::new(),
         routing: pvds.iter().filter_map(|p| routing(p, rules)).collect(),
         excludes: Vec::new(),
         over_capacity: over_capacity(policies, capacity)
@@ -283,10 +295,23 @@ fn meta(p: &PvdState) -> PvdMeta {
     }
 }
 
-fn kernel_policy(p: &ResolvedPolicy, index_of: &HashMap<&str, u32>) -> Policy {
+/// The selector map's entries: each selector's policy as a cgroup it
+/// selects gets it, the same entry the daemon writes once it sees the
+/// cgroup.
+pub fn selector_entries(
+    pvds: &[PvdState],
+    selectors: &[SelectorPolicy],
+) -> Vec<(SelectorKey, Policy)> {
+    let index_of: HashMap<&str, u32> = pvds.iter().map(|p| (p.name.as_str(), p.index)).collect();
+    selectors
+        .iter()
+        .map(|s| (s.key, kernel_policy(s.id, &s.terms, &index_of)))
+        .collect()
+}
+
+fn kernel_policy(id: u32, terms: &PolicyTerms, index_of: &HashMap<&str, u32>) -> Policy {
     let mut prefer = [NO_PVD; MAX_PREFER];
-    let indices = p
-        .terms
+    let indices = terms
         .prefer
         .iter()
         .filter_map(|name| index_of.get(name.as_str()));
@@ -294,23 +319,23 @@ fn kernel_policy(p: &ResolvedPolicy, index_of: &HashMap<&str, u32>) -> Policy {
         *slot = *index as u8;
     }
     let mut flags = 0;
-    if p.terms.strict {
+    if terms.strict {
         flags |= POLICY_STRICT;
     }
-    if p.terms.bind == BindMode::Device {
+    if terms.bind == BindMode::Device {
         flags |= POLICY_BIND_DEVICE;
     }
-    if p.terms.deny_raw {
+    if terms.deny_raw {
         flags |= POLICY_DENY_RAW;
     }
-    if p.terms.dns == DnsMode::Pvd {
+    if terms.dns == DnsMode::Pvd {
         flags |= POLICY_DNS_PVD;
     }
-    if !p.terms.exclude.is_empty() {
+    if !terms.exclude.is_empty() {
         flags |= POLICY_EXCLUDES;
     }
     Policy {
-        id: p.id,
+        id,
         prefer,
         flags,
         _pad: [0; 3],

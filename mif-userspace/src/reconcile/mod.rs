@@ -317,6 +317,7 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
         let capacity = self.maps.policy_capacity();
         let mut desired =
             plan::desired(&pvds, self.policy.resolved(), &self.numbers.rules, capacity);
+        desired.selectors = plan::selector_entries(&pvds, self.policy.selectors());
         // Only the interfaces some policy excludes are looked at.
         desired.excludes = plan::exclusions(self.policy.resolved(), capacity, |name| {
             interfaces

@@ -2,8 +2,9 @@
 //! the cgroups its watcher must follow for them.
 use crate::{
     host::cgroup::{Cgroup, Cgroup2},
+    host::selector::{is_selector, Selector},
     model::policies::{self, Pending, PolicyIds, PolicySet},
-    plan::ResolvedPolicy,
+    plan::{ResolvedPolicy, SelectorPolicy},
 };
 
 /// The policies to enforce and what they resolve to right now.
@@ -14,6 +15,8 @@ pub struct PolicyState {
     pub attach: Cgroup,
     resolved: Vec<ResolvedPolicy>,
     pending: Vec<Pending>,
+    /// The selector policies as the kernel matches new cgroups by them.
+    selectors: Vec<SelectorPolicy>,
     /// Whether policies or cgroups may have changed since the last resolve.
     /// Resolving looks up every policy's cgroup (a `stat` each: seconds for
     /// 100,000 policies), and a pass for a network change needs none of it.
@@ -32,6 +35,7 @@ impl PolicyState {
             attach,
             resolved: Vec::new(),
             pending: Vec::new(),
+            selectors: Vec::new(),
             stale: true,
             preferred_names: Default::default(),
         }
@@ -42,6 +46,18 @@ impl PolicyState {
         (self.resolved, self.pending) =
             policies::resolve(&self.set, &self.cgroup2, &self.attach, &mut self.ids);
         self.preferred_names = self.set.preferred_names();
+        self.selectors = self
+            .set
+            .iter()
+            .filter(|(key, _)| is_selector(key))
+            .filter_map(|(key, terms)| {
+                Some(SelectorPolicy {
+                    key: Selector::parse(key).ok()?.kernel_key()?,
+                    id: self.ids.id(key),
+                    terms: std::sync::Arc::clone(terms),
+                })
+            })
+            .collect();
         self.stale = false;
         // The previous resolution (a record per cgroup) and this one's
         // look-ups were freed among the records kept: with 100,000
@@ -74,6 +90,10 @@ impl PolicyState {
 
     pub fn pending(&self) -> &[Pending] {
         &self.pending
+    }
+
+    pub fn selectors(&self) -> &[SelectorPolicy] {
+        &self.selectors
     }
 
     pub fn cgroup2(&self) -> &Cgroup2 {

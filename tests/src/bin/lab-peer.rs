@@ -5,6 +5,7 @@
 //! lab-peer serve --name NAME [--port 7777] [--watch-stdin] [--mptcp]
 //! lab-peer client --proto tcp|udp|udp-unconnected --to ADDR --port PORT [--bind IP]
 //! lab-peer sockmark --family 4|6
+//! lab-peer client|sockmark --new-cgroup DIR ...
 //! lab-peer attack --to ADDR ...   (see lab_peer/attack.rs)
 //! lab-peer http --name NAME --listen ADDR:PORT ... --state DIR   (see lab_peer/http.rs)
 //! lab-peer ra --dev IF --captive-portal URI [--lifetime S]   (see lab_peer/ra.rs)
@@ -18,6 +19,11 @@
 //! as `<syscall>: <io::Error>` (e.g. `socket: Operation not permitted (os
 //! error 1)`) with exit status 1, so tests can tell a refusal by mif's
 //! programs from a timeout or a wrong route.
+//!
+//! `--new-cgroup DIR` makes the cgroup DIR and moves the process into it
+//! as its very first act, as systemd starts a unit (the cgroup first,
+//! then the process in it), before `client` or `sockmark` opens its
+//! socket: nothing runs between the cgroup's creation and the socket.
 //!
 //! Sockets are made with raw syscalls rather than std's constructors
 //! because std can neither set IPV6_V6ONLY (needed to bind `0.0.0.0` and
@@ -49,8 +55,14 @@ const DEFAULT_PORT: u16 = 7777;
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
-    let result =
-        Args::parse(std::env::args().skip(1)).and_then(|args| match args.command.as_str() {
+    let result = Args::parse(std::env::args().skip(1))
+        .and_then(|args| {
+            if let Some(dir) = args.get("new-cgroup") {
+                enter_new_cgroup(dir)?;
+            }
+            Ok(args)
+        })
+        .and_then(|args| match args.command.as_str() {
             "serve" => serve(&args),
             "client" => client(&args),
             "sockmark" => sockmark(&args),
@@ -66,6 +78,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Makes the cgroup `dir` (it must not exist) and moves this process in.
+fn enter_new_cgroup(dir: &str) -> Result<(), String> {
+    std::fs::create_dir(dir).map_err(|e| format!("mkdir {dir}: {e}"))?;
+    std::fs::write(
+        format!("{dir}/cgroup.procs"),
+        std::process::id().to_string(),
+    )
+    .map_err(|e| format!("moving into {dir}: {e}"))
 }
 
 /// `COMMAND (--key value | --flag)*`; a key given twice keeps both values

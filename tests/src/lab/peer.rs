@@ -187,6 +187,33 @@ impl Lab {
         ClientReply::parse(&line)
     }
 
+    /// Runs `lab-peer client` (TCP) on the host in a cgroup it makes itself
+    /// at `new_cgroup` (below the lab's, which must not exist yet) as its
+    /// first act, so its socket is opened right after the cgroup appears.
+    pub fn client_in_new_cgroup(&self, new_cgroup: &Path, to: IpAddr) -> Result<ClientReply> {
+        anyhow::ensure!(
+            new_cgroup.starts_with(self.cgroup_root()) && !new_cgroup.exists(),
+            "{} is no new cgroup of this lab",
+            new_cgroup.display()
+        );
+        let new = new_cgroup.display().to_string();
+        let to = to.to_string();
+        let port = PEER_PORT.to_string();
+        let args = [
+            "client",
+            "--new-cgroup",
+            &new,
+            "--proto",
+            "tcp",
+            "--to",
+            &to,
+            "--port",
+            &port,
+        ];
+        let line = self.run_peer(None, &args)?;
+        ClientReply::parse(&line)
+    }
+
     /// Runs `lab-peer sockmark` on the host, optionally in `cgroup`.
     pub fn sockmark(&self, cgroup: Option<&Path>, family: Family) -> Result<SockMark> {
         let family = match family {

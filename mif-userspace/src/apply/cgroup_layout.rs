@@ -1,0 +1,107 @@
+//! What the cgroup watchers (mif-ebpf's `cgroup_naming`) must be told about
+//! the running kernel: where a `struct cgroup` keeps its id, name,
+//! hierarchy and ancestors, read from the kernel's BTF (the programs are
+//! built without the kernel's headers, and these offsets differ between
+//! kernel builds), and which cgroup is the attach cgroup.
+use std::fs;
+
+use btfparse::{Offset, Readable, TypeInformation};
+use mif_common::CgroupNaming;
+
+use crate::host::cgroup::Cgroup;
+
+/// Where the kernel describes its own types.
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("cannot read the kernel's BTF at {KERNEL_BTF}")]
+    Read(#[source] std::io::Error),
+    #[error("cannot parse the kernel's BTF at {KERNEL_BTF}: {0}")]
+    Parse(String),
+    #[error("the kernel's BTF has no {0} (Linux 6.1 or later is needed)")]
+    Missing(&'static str),
+}
+
+/// Field offsets, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelLayout {
+    pub cgroup_kn: u32,
+    pub cgroup_root: u32,
+    pub cgroup_level: u32,
+    pub cgroup_ancestors: u32,
+    pub root_hierarchy_id: u32,
+    pub kn_id: u32,
+    pub kn_name: u32,
+    pub kn_parent: u32,
+}
+
+/// The BTF file's bytes, for btfparse.
+struct Bytes(Vec<u8>);
+
+impl Readable for Bytes {
+    fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
+        let eof = || btfparse::Error::new(btfparse::ErrorKind::EOF, "past the end of the BTF");
+        let start = usize::try_from(offset).map_err(|_| eof())?;
+        let end = start.checked_add(buffer.len()).ok_or_else(eof)?;
+        buffer.copy_from_slice(self.0.get(start..end).ok_or_else(eof)?);
+        Ok(())
+    }
+}
+
+impl KernelLayout {
+    /// Reads the running kernel's layout (about 0.1 s: the whole kernel's
+    /// types are parsed, so the daemon does it on a thread of its own).
+    pub fn of_running_kernel() -> Result<Self, LayoutError> {
+        let bytes = fs::read(KERNEL_BTF).map_err(LayoutError::Read)?;
+        let types = TypeInformation::new(&Bytes(bytes))
+            .map_err(|e| LayoutError::Parse(format!("{e:?}")))?;
+        // The first of `fields` that `ty` has (fields get renamed).
+        let offset = |ty: &str, fields: &[&str], what: &'static str| {
+            let id = types.id_of(ty).ok_or(LayoutError::Missing(what))?;
+            fields
+                .iter()
+                .find_map(|field| match types.offset_of(id, field) {
+                    Ok((_, Offset::ByteOffset(bytes))) => Some(bytes),
+                    _ => None,
+                })
+                .ok_or(LayoutError::Missing(what))
+        };
+        Ok(Self {
+            cgroup_kn: offset("cgroup", &["kn"], "struct cgroup's kn")?,
+            cgroup_root: offset("cgroup", &["root"], "struct cgroup's root")?,
+            cgroup_level: offset("cgroup", &["level"], "struct cgroup's level")?,
+            cgroup_ancestors: offset("cgroup", &["ancestors"], "struct cgroup's ancestors")?,
+            root_hierarchy_id: offset(
+                "cgroup_root",
+                &["hierarchy_id"],
+                "struct cgroup_root's hierarchy_id",
+            )?,
+            kn_id: offset("kernfs_node", &["id"], "struct kernfs_node's id")?,
+            kn_name: offset("kernfs_node", &["name"], "struct kernfs_node's name")?,
+            // Renamed in 6.15, when it became RCU-protected.
+            kn_parent: offset(
+                "kernfs_node",
+                &["__parent", "parent"],
+                "struct kernfs_node's parent",
+            )?,
+        })
+    }
+
+    /// The watchers' settings for the attach cgroup `attach`.
+    pub fn naming(&self, attach: &Cgroup) -> CgroupNaming {
+        CgroupNaming {
+            ready: 1,
+            cgroup_kn: self.cgroup_kn,
+            cgroup_root: self.cgroup_root,
+            cgroup_level: self.cgroup_level,
+            cgroup_ancestors: self.cgroup_ancestors,
+            root_hierarchy_id: self.root_hierarchy_id,
+            kn_id: self.kn_id,
+            kn_name: self.kn_name,
+            kn_parent: self.kn_parent,
+            attach_level: attach.level,
+            attach_id: attach.id,
+        }
+    }
+}
