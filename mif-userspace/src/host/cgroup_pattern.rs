@@ -348,14 +348,39 @@ fn glob_matches(tokens: &[Token], name: &str) -> bool {
     tokens[t..].iter().all(|t| *t == Token::AnyRun)
 }
 
-/// The cgroups (paths relative to the root) under the cgroup2 hierarchy at
-/// `cgroup2_mount` that match `pattern`, sorted. Walks only from the literal
-/// prefix down, and only into directories below which a match is possible.
-/// Directories that vanish during the walk are skipped: cgroups come and go,
-/// and a watcher reports what the walk missed.
-pub fn existing_matches(cgroup2_mount: &Path, pattern: &CgroupPattern) -> Vec<String> {
+/// Where a pattern's matches below the attach cgroup `attach` can be (both
+/// relative to the cgroup2 root): the deeper of its literal prefix and
+/// `attach` when one contains the other, `None` when they lie apart. A
+/// selector's prefix is `/`: on a host attached at the root that is the
+/// whole tree, for an instance attached to a sub-tree only that sub-tree
+/// (a walk and watches of the host's whole tree for an instance that can
+/// steer none of it cost it seconds when another made 100,000 cgroups).
+pub fn search_root<'a>(prefix: &'a str, attach: &'a str) -> Option<&'a str> {
+    let within = |path: &str, ancestor: &str| {
+        ancestor == "/"
+            || path == ancestor
+            || path
+                .strip_prefix(ancestor)
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    if within(attach, prefix) {
+        Some(attach)
+    } else if within(prefix, attach) {
+        Some(prefix)
+    } else {
+        None
+    }
+}
+
+/// The cgroups (paths relative to the root) at or below `from` in the
+/// cgroup2 hierarchy at `cgroup2_mount` that match `pattern`, sorted
+/// (`from`: its literal prefix, or [`search_root`]). Walks only into
+/// directories below which a match is possible. Directories that vanish
+/// during the walk are skipped: cgroups come and go, and a watcher
+/// reports what the walk missed.
+pub fn existing_matches(cgroup2_mount: &Path, pattern: &CgroupPattern, from: &str) -> Vec<String> {
     let mut found = Vec::new();
-    let mut stack = vec![pattern.literal_prefix().to_string()];
+    let mut stack = vec![from.to_string()];
     while let Some(rel) = stack.pop() {
         let path = cgroup2_mount.join(rel.trim_start_matches('/'));
         if !path.is_dir() {
@@ -394,6 +419,22 @@ mod tests {
 
     fn p(s: &str) -> CgroupPattern {
         CgroupPattern::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    /// Every match below the root, as an instance attached there finds them.
+    fn all_matches(mount: &Path, pattern: &CgroupPattern) -> Vec<String> {
+        existing_matches(mount, pattern, pattern.literal_prefix())
+    }
+
+    #[test]
+    fn searches_stay_within_the_attach_cgroup() {
+        assert_eq!(search_root("/", "/"), Some("/"));
+        assert_eq!(search_root("/", "/mif-test/x"), Some("/mif-test/x"));
+        assert_eq!(search_root("/kubepods.slice", "/"), Some("/kubepods.slice"));
+        assert_eq!(search_root("/a", "/a/b"), Some("/a/b"));
+        assert_eq!(search_root("/a/b/c", "/a/b"), Some("/a/b/c"));
+        assert_eq!(search_root("/ab", "/a"), None);
+        assert_eq!(search_root("/kubepods.slice", "/mif-test"), None);
     }
 
     #[test]
@@ -590,14 +631,14 @@ mod tests {
         }
         fs::write(dir.path().join("system.slice/docker-f.scope"), "").unwrap();
         assert_eq!(
-            existing_matches(dir.path(), &p("/system.slice/docker-*.scope")),
+            all_matches(dir.path(), &p("/system.slice/docker-*.scope")),
             [
                 "/system.slice/docker-a.scope",
                 "/system.slice/docker-b.scope"
             ]
         );
         assert_eq!(
-            existing_matches(dir.path(), &p("/**/docker-*.scope")),
+            all_matches(dir.path(), &p("/**/docker-*.scope")),
             [
                 "/system.slice/docker-a.scope",
                 "/system.slice/docker-b.scope",
@@ -605,14 +646,19 @@ mod tests {
             ]
         );
         assert_eq!(
-            existing_matches(dir.path(), &p("/system.slice/docker-a.scope/**")),
+            all_matches(dir.path(), &p("/system.slice/docker-a.scope/**")),
             [
                 "/system.slice/docker-a.scope",
                 "/system.slice/docker-a.scope/inner"
             ]
         );
-        assert!(existing_matches(dir.path(), &p("/nowhere/*")).is_empty());
-        assert_eq!(existing_matches(dir.path(), &p("/")), ["/"]);
+        assert!(all_matches(dir.path(), &p("/nowhere/*")).is_empty());
+        assert_eq!(all_matches(dir.path(), &p("/")), ["/"]);
+        // From a sub-tree, only what is in it.
+        assert_eq!(
+            existing_matches(dir.path(), &p("/**/docker-*.scope"), "/user.slice"),
+            ["/user.slice/docker-c.scope"]
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use mif_common::{names, MAX_PREFER};
 use crate::{
     host::cgroup::{check_cgroup_path, normalize_cgroup},
     host::cgroup::{Cgroup, Cgroup2},
-    host::cgroup_pattern::{existing_matches, is_pattern, CgroupPattern},
+    host::cgroup_pattern::{existing_matches, is_pattern, search_root, CgroupPattern},
     model::config::{Config, PolicyConfig, PolicyTerms, MAX_EXCLUDE},
     plan::{ResolvedPolicy, POLICY_CAPACITY_MAX},
 };
@@ -282,7 +282,13 @@ pub fn resolve(
         };
         let id = ids.id(cgroup);
         let mut matched = false;
-        for rel in existing_matches(cgroup2.mount(), &pattern) {
+        let Some(from) = search_root(pattern.literal_prefix(), &attach.rel) else {
+            pending.push(Pending {
+                cgroup: cgroup.to_string(),
+            });
+            continue;
+        };
+        for rel in existing_matches(cgroup2.mount(), &pattern, from) {
             let Ok(cg) = cgroup2.resolve(&rel) else {
                 continue;
             };

@@ -117,7 +117,12 @@ impl PolicyState {
         for (cgroup, _) in self.set.iter() {
             if crate::host::cgroup_pattern::is_pattern(cgroup) {
                 if let Ok(p) = crate::host::cgroup_pattern::CgroupPattern::parse(cgroup) {
-                    targets.roots.push(p.literal_prefix().to_string());
+                    // Nothing outside the attach cgroup can be steered.
+                    let root = crate::host::cgroup_pattern::search_root(
+                        p.literal_prefix(),
+                        &self.attach.rel,
+                    );
+                    targets.roots.extend(root.map(str::to_string));
                 }
             } else {
                 targets.exact.push(cgroup.to_string());
