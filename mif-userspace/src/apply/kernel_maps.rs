@@ -223,6 +223,38 @@ impl KernelMaps {
                 .map_err(fail(names::MAP_PVDS, "write"))?;
         }
         self.report_over_capacity(&desired.over_capacity);
+        if !(desired.policies_unchanged && self.written_policies.is_some()) {
+            self.write_policies(desired)?;
+        }
+        self.write_selectors(&desired.selectors)?;
+        self.write_excludes(&desired.excludes)?;
+        let keep: HashSet<u32> = desired.pvds.iter().map(|(k, _, _)| *k).collect();
+        let mut pvds = self.pvds.lock();
+        let stale: Vec<u32> = pvds
+            .entries()
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| !keep.contains(k))
+            .collect();
+        for key in stale {
+            pvds.remove(key)
+                .map_err(fail(names::MAP_PVDS, "remove from"))?;
+            let _ = self.meta.remove(&key);
+        }
+        pvds.settle(self.generation);
+        Ok(())
+    }
+
+    /// Makes the policy map hold exactly `desired.policies`, writing the
+    /// entries that changed since the last write.
+    fn write_policies(&mut self, desired: &Desired) -> Result<(), MapsError> {
+        let fail = |name, action| {
+            move |e| MapsError::Update {
+                name,
+                action,
+                source: Box::new(e),
+            }
+        };
         let keep: HashSet<u64> = desired.policies.iter().map(|(k, _)| *k).collect();
         // Until the new set is written in full, nothing is known to be there.
         let previous = self.written_policies.take();
@@ -259,22 +291,6 @@ impl KernelMaps {
             remove_stale(&mut self.policies)?;
         }
         self.written_policies = Some(desired.policies.iter().copied().collect());
-        self.write_selectors(&desired.selectors)?;
-        self.write_excludes(&desired.excludes)?;
-        let keep: HashSet<u32> = desired.pvds.iter().map(|(k, _, _)| *k).collect();
-        let mut pvds = self.pvds.lock();
-        let stale: Vec<u32> = pvds
-            .entries()
-            .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| !keep.contains(k))
-            .collect();
-        for key in stale {
-            pvds.remove(key)
-                .map_err(fail(names::MAP_PVDS, "remove from"))?;
-            let _ = self.meta.remove(&key);
-        }
-        pvds.settle(self.generation);
         Ok(())
     }
 

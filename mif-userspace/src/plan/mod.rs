@@ -85,6 +85,10 @@ pub fn counter_capacity_for(policy_capacity: usize) -> usize {
 pub struct Desired {
     pub pvds: Vec<(u32, Pvd, PvdMeta)>,
     pub policies: Vec<(u64, Policy)>,
+    /// Whether `policies` are those of the previous pass, reused (see
+    /// [`desired_reusing`]): a writer that knows it wrote them has nothing
+    /// to compare.
+    pub policies_unchanged: bool,
     /// The selector map's entries (see [`selector_entries`]).
     pub selectors: Vec<(SelectorKey, Policy)>,
     pub routing: Vec<PvdRouting>,
@@ -111,8 +115,22 @@ pub fn desired(
     rules: &RuleOptions,
     capacity: usize,
 ) -> Desired {
+    desired_reusing(pvds, policies, rules, capacity, None)
+}
+
+/// [`desired`], with the policy entries a previous call made for the same
+/// `policies`, PvD indices and `capacity` (`entries`), which it then
+/// takes as they are instead of making them again.
+pub fn desired_reusing(
+    pvds: &[PvdState],
+    policies: &[ResolvedPolicy],
+    rules: &RuleOptions,
+    capacity: usize,
+    entries: Option<Vec<(u64, Policy)>>,
+) -> Desired {
     let index_of: HashMap<&str, u32> = pvds.iter().map(|p| (p.name.as_str(), p.index)).collect();
     let fit = policies.len().min(capacity);
+    let policies_unchanged = entries.is_some();
     Desired {
         pvds: pvds
             .iter()
@@ -120,10 +138,13 @@ pub fn desired(
             .collect(),
         // One map too small must not fail the whole pass (and leave every
         // other change unapplied): what fits is written, the rest reported.
-        policies: policies[..fit]
-            .iter()
-            .map(|p| (p.cgroup_id, kernel_policy(p.id, &p.terms, &index_of)))
-            .collect(),
+        policies: entries.unwrap_or_else(|| {
+            policies[..fit]
+                .iter()
+                .map(|p| (p.cgroup_id, kernel_policy(p.id, &p.terms, &index_of)))
+                .collect()
+        }),
+        policies_unchanged,
         selectors: Vec::new(),
         routing: pvds.iter().filter_map(|p| routing(p, rules)).collect(),
         excludes: Vec::new(),

@@ -1,7 +1,7 @@
 //! Containers with a network namespace of their own, steered from the host
 //! side: which policy claims each namespace, and the `from` rules their
 //! addresses become (see [`crate::host::foreign_netns`]).
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use log::warn;
 
@@ -29,16 +29,11 @@ pub(super) fn foreign_claims(policy: &PolicyState) -> Vec<ForeignClaim<'_>> {
     if processes.is_empty() {
         return Vec::new();
     }
-    let by_cgroup: HashMap<&str, &ResolvedPolicy> = policy
-        .resolved()
-        .iter()
-        .map(|p| (p.cgroup.as_str(), p))
-        .collect();
     // Per namespace: (depth of the claiming policy's cgroup, claim).
     let mut claims: BTreeMap<u64, (usize, ForeignClaim<'_>)> = BTreeMap::new();
     for process in &processes {
         let Some(claimant) = crate::host::foreign_netns::cgroup_and_ancestors(&process.cgroup)
-            .find_map(|cgroup| by_cgroup.get(cgroup).copied())
+            .find_map(|cgroup| policy.policy_of_cgroup(cgroup))
         else {
             continue;
         };

@@ -68,6 +68,20 @@ pub struct Reconciler<H = Netlink, M = KernelMaps, G = GuardLinks> {
     /// The validation verdicts by PvD name, as the daemon's probes last
     /// found them; copied into each pass's PvDs.
     verdicts: BTreeMap<String, PvdVerdicts>,
+    /// The policy entries the last pass wrote, and what they were made of.
+    policy_entries: Option<PolicyEntries>,
+}
+
+/// A pass's policy map entries, kept for the next pass: one for a network
+/// change (the same resolved policies, the same PvD indices, the same map)
+/// takes them as they are, and the map writer, which wrote them, compares
+/// none. With 100,000 policies making and comparing them was most of the
+/// work of a pass that changes no policy.
+struct PolicyEntries {
+    resolution: u64,
+    index_of: Vec<(String, u32)>,
+    capacity: usize,
+    entries: Vec<(u64, mif_common::Policy)>,
 }
 
 /// The numbers one instance steers by, fixed for its lifetime.
@@ -105,6 +119,7 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
             ra_captive_portal: RaCaptivePortal::default(),
             lease_problems: Default::default(),
             verdicts: BTreeMap::new(),
+            policy_entries: None,
         }
     }
 
@@ -315,8 +330,24 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
             );
         }
         let capacity = self.maps.policy_capacity();
-        let mut desired =
-            plan::desired(&pvds, self.policy.resolved(), &self.numbers.rules, capacity);
+        let mut index_of: Vec<(String, u32)> =
+            pvds.iter().map(|p| (p.name.clone(), p.index)).collect();
+        index_of.sort();
+        let resolution = self.policy.resolution();
+        let reused = self
+            .policy_entries
+            .take()
+            .filter(|e| {
+                e.resolution == resolution && e.capacity == capacity && e.index_of == index_of
+            })
+            .map(|e| e.entries);
+        let mut desired = plan::desired_reusing(
+            &pvds,
+            self.policy.resolved(),
+            &self.numbers.rules,
+            capacity,
+            reused,
+        );
         desired.selectors = plan::selector_entries(&pvds, self.policy.selectors());
         // Only the interfaces some policy excludes are looked at.
         desired.excludes = plan::exclusions(self.policy.resolved(), capacity, |name| {
@@ -352,6 +383,12 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
             }
         }
         self.maps.write(&self.numbers.settings, &desired)?;
+        self.policy_entries = Some(PolicyEntries {
+            resolution,
+            index_of,
+            capacity,
+            entries: std::mem::take(&mut desired.policies),
+        });
         // After the maps: a guard decides by the policy map, and one whose
         // policy is not there yet lets everything pass.
         // A guard that cannot be attached somewhere is logged and shown by

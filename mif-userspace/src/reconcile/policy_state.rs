@@ -17,6 +17,12 @@ pub struct PolicyState {
     pending: Vec<Pending>,
     /// The selector policies as the kernel matches new cgroups by them.
     selectors: Vec<SelectorPolicy>,
+    /// Positions in `resolved`, in the order of their cgroup paths: finds
+    /// a cgroup's policy by binary search, without a map of every path.
+    by_cgroup: Vec<u32>,
+    /// Counts resolves: what a pass built from `resolved` stays valid while
+    /// this is unchanged.
+    resolution: u64,
     /// Whether policies or cgroups may have changed since the last resolve.
     /// Resolving looks up every policy's cgroup (a `stat` each: seconds for
     /// 100,000 policies), and a pass for a network change needs none of it.
@@ -36,6 +42,8 @@ impl PolicyState {
             resolved: Vec::new(),
             pending: Vec::new(),
             selectors: Vec::new(),
+            by_cgroup: Vec::new(),
+            resolution: 0,
             stale: true,
             preferred_names: Default::default(),
         }
@@ -58,6 +66,14 @@ impl PolicyState {
                 })
             })
             .collect();
+        let mut by_cgroup: Vec<u32> = (0..self.resolved.len() as u32).collect();
+        by_cgroup.sort_unstable_by(|a, b| {
+            self.resolved[*a as usize]
+                .cgroup
+                .cmp(&self.resolved[*b as usize].cgroup)
+        });
+        self.by_cgroup = by_cgroup;
+        self.resolution += 1;
         self.stale = false;
         // The previous resolution (a record per cgroup) and this one's
         // look-ups were freed among the records kept: with 100,000
@@ -94,6 +110,20 @@ impl PolicyState {
 
     pub fn selectors(&self) -> &[SelectorPolicy] {
         &self.selectors
+    }
+
+    /// Which resolve [`Self::resolved`] comes from (see `resolution`).
+    pub fn resolution(&self) -> u64 {
+        self.resolution
+    }
+
+    /// The resolved policy of exactly the cgroup `cgroup`, if any.
+    pub fn policy_of_cgroup(&self, cgroup: &str) -> Option<&ResolvedPolicy> {
+        let at = self
+            .by_cgroup
+            .binary_search_by(|i| self.resolved[*i as usize].cgroup.as_str().cmp(cgroup))
+            .ok()?;
+        self.resolved.get(self.by_cgroup[at] as usize)
     }
 
     pub fn cgroup2(&self) -> &Cgroup2 {

@@ -71,6 +71,9 @@ impl RoutingHost for FakeHost {
 #[derive(Clone, Default)]
 struct FakeMaps {
     pvds: Arc<Mutex<BTreeMap<u32, (Pvd, PvdMeta)>>>,
+    /// Per write: whether its policy entries were the previous pass's, and
+    /// how many there were.
+    writes: Arc<Mutex<Vec<(bool, usize)>>>,
 }
 
 impl FakeMaps {
@@ -96,6 +99,10 @@ impl MapWriter for FakeMaps {
     }
 
     fn write(&mut self, _: &Settings, desired: &Desired) -> Result<(), MapsError> {
+        self.writes
+            .lock()
+            .unwrap()
+            .push((desired.policies_unchanged, desired.policies.len()));
         *self.pvds.lock().unwrap() = desired
             .pvds
             .iter()
@@ -169,13 +176,22 @@ fn reconciler_with(
     maps: &FakeMaps,
     policies: &str,
 ) -> Reconciler<FakeHost, FakeMaps, FakeGuards> {
-    let cgroups = tempfile::tempdir().unwrap();
+    reconciler_at(tempfile::tempdir().unwrap().path(), host, maps, policies)
+}
+
+/// Like [`reconciler_with`], with `cgroups` standing for the cgroup2 mount.
+fn reconciler_at(
+    cgroups: &std::path::Path,
+    host: &FakeHost,
+    maps: &FakeMaps,
+    policies: &str,
+) -> Reconciler<FakeHost, FakeMaps, FakeGuards> {
     let mut config = config::parse(
-        &cgroups.path().join("mif.toml"),
+        &cgroups.join("mif.toml"),
         &format!("[dns]\nleases = []\n{policies}"),
     )
     .unwrap();
-    let cgroup2 = Cgroup2::at(cgroups.path());
+    let cgroup2 = Cgroup2::at(cgroups);
     let attach = cgroup2.resolve("/").unwrap();
     let (set, _) = PolicySet::new(&mut config, Vec::new());
     let rules = RuleOptions {
@@ -213,6 +229,43 @@ fn only_pvd(r: &Reconciler<FakeHost, FakeMaps, FakeGuards>) -> &PvdState {
         [pvd] => pvd,
         other => panic!("expected one PvD, got {other:?}"),
     }
+}
+
+#[test]
+fn a_network_change_reuses_the_policy_entries_and_other_changes_do_not() {
+    let cgroups = tempfile::tempdir().unwrap();
+    std::fs::create_dir(cgroups.path().join("app")).unwrap();
+    let (host, maps) = (FakeHost::default(), FakeMaps::default());
+    let policy = "[[policy]]\ncgroup = \"/app\"\nprefer = [\"wlan0\"]\n";
+    let mut r = reconciler_at(cgroups.path(), &host, &maps, policy);
+    host.set(vec![uplink("wlan0", 2, true, FIRST)]);
+    pass(&mut r, false);
+    // The link goes down and comes back: the same policies, the same PvD.
+    host.set(vec![uplink("wlan0", 2, false, FIRST)]);
+    pass(&mut r, false);
+    host.set(vec![uplink("wlan0", 2, true, FIRST)]);
+    pass(&mut r, false);
+    // A new PvD: the indices by name change.
+    host.set(vec![
+        uplink("wlan0", 2, true, FIRST),
+        uplink("wwan0", 3, true, RENUMBERED),
+    ]);
+    pass(&mut r, false);
+    // Cgroups changed: the policies are resolved again.
+    r.policy.cgroups_changed();
+    pass(&mut r, false);
+    pass(&mut r, false);
+    assert_eq!(
+        *maps.writes.lock().unwrap(),
+        [
+            (false, 1),
+            (true, 1),
+            (true, 1),
+            (false, 1),
+            (false, 1),
+            (true, 1)
+        ]
+    );
 }
 
 #[test]

@@ -898,6 +898,68 @@ impl Report {
                 details.join(", ")
             },
         });
+
+        // Issue 18: a link change does work proportional to what changed.
+        let mut details = Vec::new();
+        let mut all = None;
+        for r in self.scale.iter().filter(|r| r.policies >= 100_000) {
+            let median = sorted(&r.down_ms).get(r.down_ms.len() / 2).copied();
+            match (&r.error, median) {
+                (None, Some(median)) => {
+                    all = Some(all.unwrap_or(true) && median <= 10.0);
+                    details.push(format!("{} PvDs: {} (median)", r.pvds, ms(median)));
+                }
+                _ => {
+                    all = Some(false);
+                    details.push(format!("{} PvDs: not measured", r.pvds));
+                }
+            }
+        }
+        out.push(Target {
+            name: "link change with 100k policies reconciled in ≤ 10 ms".into(),
+            met: all,
+            detail: if details.is_empty() {
+                "not run (smoke)".into()
+            } else {
+                details.join(", ")
+            },
+        });
+
+        // Issue 18: start-up to `ready`.
+        let mut details = Vec::new();
+        let mut all = None;
+        for r in self
+            .scale
+            .iter()
+            .filter(|r| r.policies == 1 || r.policies >= 100_000)
+        {
+            let limit = if r.policies == 1 { 0.3 } else { 1.5 };
+            if r.error.is_some() {
+                all = Some(false);
+                continue;
+            }
+            all = Some(all.unwrap_or(true) && r.start.as_secs_f64() <= limit);
+            details.push(format!(
+                "{} PvDs, {} {}: {:.2} s (≤ {limit} s)",
+                r.pvds,
+                r.policies,
+                if r.policies == 1 {
+                    "policy"
+                } else {
+                    "policies"
+                },
+                r.start.as_secs_f64()
+            ));
+        }
+        out.push(Target {
+            name: "start-up ≤ 300 ms with 1 policy, ≤ 1.5 s with 100k".into(),
+            met: all,
+            detail: if details.is_empty() {
+                "not run".into()
+            } else {
+                details.join(", ")
+            },
+        });
         out
     }
 }
