@@ -14,7 +14,8 @@
 use std::{collections::BTreeSet, mem::size_of};
 
 use aya_obj::{maps::PinningType, EbpfSectionKind, Object};
-use btfparse::{Offset, Readable, TypeInformation, TypeVariant};
+use btfparse::{Offset, TypeInformation, TypeVariant};
+use mif::apply::cgroup_layout::BtfBytes;
 use mif_common::{names, Settings};
 use object::{Object as _, ObjectSection as _};
 
@@ -140,19 +141,6 @@ fn section(name: &str) -> &'static [u8] {
         .unwrap_or_else(|e| panic!("reading {name}: {e}"))
 }
 
-/// `.BTF` for btfparse, which reads through this trait.
-struct Bytes(&'static [u8]);
-
-impl Readable for Bytes {
-    fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
-        let eof = || btfparse::Error::new(btfparse::ErrorKind::EOF, "past the end of .BTF");
-        let start = usize::try_from(offset).map_err(|_| eof())?;
-        let end = start.checked_add(buffer.len()).ok_or_else(eof)?;
-        buffer.copy_from_slice(self.0.get(start..end).ok_or_else(eof)?);
-        Ok(())
-    }
-}
-
 /// A BTF name as the Rust source spells it: bpf-linker writes each
 /// character not allowed in a C identifier as `_XX_` (its hex code), so
 /// `Option<(u32, &Pvd)>` is `Option_3C__28_u32_2C__20__26_Pvd_29__3E_`.
@@ -222,7 +210,7 @@ fn describe_union(types: &TypeInformation, id: u32, name: Option<&str>) -> Strin
 /// be at offset 0.
 #[test]
 fn no_btf_union_has_a_member_at_a_nonzero_offset() {
-    let types = TypeInformation::new(&Bytes(section(".BTF")))
+    let types = TypeInformation::new(&BtfBytes(section(".BTF")))
         .unwrap_or_else(|e| panic!("the object's .BTF does not parse: {e:?}"));
     // A reader that found nothing would pass anything: every program is a
     // BTF function.

@@ -23,28 +23,21 @@ pub enum LayoutError {
     Missing(&'static str),
 }
 
-/// Field offsets, in bytes.
+/// The running kernel's field offsets, as the watchers' settings
+/// ([`CgroupNaming`]) without an attach cgroup yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KernelLayout {
-    pub cgroup_kn: u32,
-    pub cgroup_root: u32,
-    pub cgroup_level: u32,
-    pub cgroup_ancestors: u32,
-    pub root_hierarchy_id: u32,
-    pub kn_id: u32,
-    pub kn_name: u32,
-    pub kn_parent: u32,
-}
+pub struct KernelLayout(CgroupNaming);
 
-/// The BTF file's bytes, for btfparse.
-struct Bytes(Vec<u8>);
+/// BTF bytes for btfparse, which reads through [`Readable`] (also how the
+/// tests read the kernel object's own BTF).
+pub struct BtfBytes<T>(pub T);
 
-impl Readable for Bytes {
+impl<T: AsRef<[u8]>> Readable for BtfBytes<T> {
     fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
         let eof = || btfparse::Error::new(btfparse::ErrorKind::EOF, "past the end of the BTF");
         let start = usize::try_from(offset).map_err(|_| eof())?;
         let end = start.checked_add(buffer.len()).ok_or_else(eof)?;
-        buffer.copy_from_slice(self.0.get(start..end).ok_or_else(eof)?);
+        buffer.copy_from_slice(self.0.as_ref().get(start..end).ok_or_else(eof)?);
         Ok(())
     }
 }
@@ -54,7 +47,7 @@ impl KernelLayout {
     /// types are parsed, so the daemon does it on a thread of its own).
     pub fn of_running_kernel() -> Result<Self, LayoutError> {
         let bytes = fs::read(KERNEL_BTF).map_err(LayoutError::Read)?;
-        let types = TypeInformation::new(&Bytes(bytes))
+        let types = TypeInformation::new(&BtfBytes(bytes))
             .map_err(|e| LayoutError::Parse(format!("{e:?}")))?;
         // The first of `fields` that `ty` has (fields get renamed).
         let offset = |ty: &str, fields: &[&str], what: &'static str| {
@@ -67,7 +60,8 @@ impl KernelLayout {
                 })
                 .ok_or(LayoutError::Missing(what))
         };
-        Ok(Self {
+        Ok(Self(CgroupNaming {
+            ready: 1,
             cgroup_kn: offset("cgroup", &["kn"], "struct cgroup's kn")?,
             cgroup_root: offset("cgroup", &["root"], "struct cgroup's root")?,
             cgroup_level: offset("cgroup", &["level"], "struct cgroup's level")?,
@@ -85,23 +79,17 @@ impl KernelLayout {
                 &["__parent", "parent"],
                 "struct kernfs_node's parent",
             )?,
-        })
+            attach_level: 0,
+            attach_id: 0,
+        }))
     }
 
     /// The watchers' settings for the attach cgroup `attach`.
     pub fn naming(&self, attach: &Cgroup) -> CgroupNaming {
         CgroupNaming {
-            ready: 1,
-            cgroup_kn: self.cgroup_kn,
-            cgroup_root: self.cgroup_root,
-            cgroup_level: self.cgroup_level,
-            cgroup_ancestors: self.cgroup_ancestors,
-            root_hierarchy_id: self.root_hierarchy_id,
-            kn_id: self.kn_id,
-            kn_name: self.kn_name,
-            kn_parent: self.kn_parent,
             attach_level: attach.level,
             attach_id: attach.id,
+            ..self.0
         }
     }
 }

@@ -709,6 +709,33 @@ pub struct Target {
     pub detail: String,
 }
 
+/// A target judged on each of the scale rows `rows` by `judge` (whether
+/// the row meets it, and what it measured; `None`: not measured): met when
+/// every row meets it, not run without rows.
+fn scale_target<'a>(
+    name: &str,
+    rows: impl Iterator<Item = &'a ScaleRow>,
+    judge: impl Fn(&ScaleRow) -> Option<(bool, String)>,
+) -> Target {
+    let mut details = Vec::new();
+    let mut met = None;
+    for r in rows {
+        let verdict = r.error.is_none().then(|| judge(r)).flatten();
+        met = Some(met.unwrap_or(true) && verdict.as_ref().is_some_and(|(ok, _)| *ok));
+        let detail = verdict.map_or("not measured".into(), |(_, detail)| detail);
+        details.push(format!("{} PvDs: {detail}", r.pvds));
+    }
+    Target {
+        name: name.into(),
+        met,
+        detail: if details.is_empty() {
+            "not run (smoke)".into()
+        } else {
+            details.join(", ")
+        },
+    }
+}
+
 impl Target {
     pub fn text(&self) -> String {
         let verdict = match self.met {
@@ -836,130 +863,59 @@ impl Report {
             });
         }
 
-        let big: Vec<&ScaleRow> = self
-            .scale
-            .iter()
-            .filter(|r| r.policies >= 100_000)
-            .collect();
-        let mut details = Vec::new();
-        let mut all = (!big.is_empty()).then_some(true);
-        for r in big {
-            match (&r.error, sorted(&r.down_ms).last()) {
-                (None, Some(&worst)) => {
-                    all = all.map(|x| x && worst < 2000.0);
-                    details.push(format!(
-                        "{} PvDs: {} (worst of {})",
-                        r.pvds,
-                        ms(worst),
-                        r.down_ms.len()
-                    ));
-                }
-                _ => {
-                    all = Some(false);
-                    details.push(format!("{} PvDs: not measured", r.pvds));
-                }
-            }
-        }
-        out.push(Target {
-            name: "100,000 policies reconciled in under 2 s".into(),
-            met: all,
-            detail: if details.is_empty() {
-                "not run (smoke)".into()
-            } else {
-                details.join(", ")
+        let big = |r: &&ScaleRow| r.policies >= 100_000;
+        out.push(scale_target(
+            "100,000 policies reconciled in under 2 s",
+            self.scale.iter().filter(big),
+            |r| {
+                let worst = *sorted(&r.down_ms).last()?;
+                Some((
+                    worst < 2000.0,
+                    format!("{} (worst of {})", ms(worst), r.down_ms.len()),
+                ))
             },
-        });
-
+        ));
         // Issue 18: the daemon's own memory, once ready (its peak, reached
         // while the config is parsed, is shown alongside).
-        let mut details = Vec::new();
-        let mut all = None;
-        for r in self.scale.iter().filter(|r| r.policies >= 100_000) {
-            let mib = |kib: u64| kib as f64 / 1024.0;
-            if r.error.is_some() {
-                all = Some(false);
-                details.push(format!("{} PvDs: not measured", r.pvds));
-                continue;
-            }
-            all = Some(all.unwrap_or(true) && r.rss_kib <= 64 * 1024);
-            details.push(format!(
-                "{} PvDs: {:.1} MiB (peak {:.1} MiB)",
-                r.pvds,
-                mib(r.rss_kib),
-                mib(r.peak_rss_kib)
-            ));
-        }
-        out.push(Target {
-            name: "daemon RSS ≤ 64 MiB with 100k policies".into(),
-            met: all,
-            detail: if details.is_empty() {
-                "not run (smoke)".into()
-            } else {
-                details.join(", ")
+        out.push(scale_target(
+            "daemon RSS ≤ 64 MiB with 100k policies",
+            self.scale.iter().filter(big),
+            |r| {
+                let mib = |kib: u64| kib as f64 / 1024.0;
+                Some((
+                    r.rss_kib <= 64 * 1024,
+                    format!(
+                        "{:.1} MiB (peak {:.1} MiB)",
+                        mib(r.rss_kib),
+                        mib(r.peak_rss_kib)
+                    ),
+                ))
             },
-        });
-
+        ));
         // Issue 18: a link change does work proportional to what changed.
-        let mut details = Vec::new();
-        let mut all = None;
-        for r in self.scale.iter().filter(|r| r.policies >= 100_000) {
-            let median = sorted(&r.down_ms).get(r.down_ms.len() / 2).copied();
-            match (&r.error, median) {
-                (None, Some(median)) => {
-                    all = Some(all.unwrap_or(true) && median <= 10.0);
-                    details.push(format!("{} PvDs: {} (median)", r.pvds, ms(median)));
-                }
-                _ => {
-                    all = Some(false);
-                    details.push(format!("{} PvDs: not measured", r.pvds));
-                }
-            }
-        }
-        out.push(Target {
-            name: "link change with 100k policies reconciled in ≤ 10 ms".into(),
-            met: all,
-            detail: if details.is_empty() {
-                "not run (smoke)".into()
-            } else {
-                details.join(", ")
+        out.push(scale_target(
+            "link change with 100k policies reconciled in ≤ 10 ms",
+            self.scale.iter().filter(big),
+            |r| {
+                let median = *sorted(&r.down_ms).get(r.down_ms.len() / 2)?;
+                Some((median <= 10.0, format!("{} (median)", ms(median))))
             },
-        });
-
+        ));
         // Issue 18: start-up to `ready`.
-        let mut details = Vec::new();
-        let mut all = None;
-        for r in self
-            .scale
-            .iter()
-            .filter(|r| r.policies == 1 || r.policies >= 100_000)
-        {
-            let limit = if r.policies == 1 { 0.3 } else { 1.5 };
-            if r.error.is_some() {
-                all = Some(false);
-                continue;
-            }
-            all = Some(all.unwrap_or(true) && r.start.as_secs_f64() <= limit);
-            details.push(format!(
-                "{} PvDs, {} {}: {:.2} s (≤ {limit} s)",
-                r.pvds,
-                r.policies,
-                if r.policies == 1 {
-                    "policy"
-                } else {
-                    "policies"
-                },
-                r.start.as_secs_f64()
-            ));
-        }
-        out.push(Target {
-            name: "start-up ≤ 300 ms with 1 policy, ≤ 1.5 s with 100k".into(),
-            met: all,
-            detail: if details.is_empty() {
-                "not run".into()
-            } else {
-                details.join(", ")
+        out.push(scale_target(
+            "start-up ≤ 300 ms with 1 policy, ≤ 1.5 s with 100k",
+            self.scale
+                .iter()
+                .filter(|r| r.policies == 1 || r.policies >= 100_000),
+            |r| {
+                let limit = if r.policies == 1 { 0.3 } else { 1.5 };
+                let start = r.start.as_secs_f64();
+                Some((
+                    start <= limit,
+                    format!("{} policies: {start:.2} s (≤ {limit} s)", r.policies),
+                ))
             },
-        });
+        ));
         out
     }
 }
