@@ -77,6 +77,17 @@ pub struct KernelMaps {
     written_selectors: Option<StdHashMap<SelectorKey, Policy>>,
 }
 
+/// Whether a failed removal found no entry to remove: aya reports that
+/// as the syscall's ENOENT (`KeyNotFound` is for lookups), which must not
+/// fail a pass over an entry that is gone anyway.
+fn already_gone(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 fn open(pins: &PinDir, name: &'static str) -> Result<Map, MapsError> {
     let path = pins.map(name);
     if !path.exists() {
@@ -269,8 +280,9 @@ impl KernelMaps {
         let early = current.len() + keep.difference(&current).count() > self.policy_capacity;
         let remove_stale = |policies: &mut HashMap<MapData, u64, Policy>| {
             stale.iter().try_for_each(|key| match policies.remove(key) {
-                // Someone else (`mif cleanup`, a test) removed it already.
-                Err(MapError::KeyNotFound) => Ok(()),
+                // Gone already: the kernel's cgroup watcher drops a removed
+                // cgroup's entry, or someone else (`mif cleanup`, a test).
+                Err(e) if already_gone(&e) => Ok(()),
                 other => other.map_err(fail(names::MAP_POLICIES, "remove from")),
             })
         };
@@ -318,7 +330,8 @@ impl KernelMaps {
         }
         for key in previous.keys().filter(|k| !keep.contains_key(k)) {
             match self.selectors.remove(key) {
-                Err(MapError::KeyNotFound) | Ok(()) => {}
+                Ok(()) => {}
+                Err(e) if already_gone(&e) => {}
                 Err(e) => return Err(fail("remove from")(e)),
             }
         }
@@ -362,7 +375,8 @@ impl KernelMaps {
         for entry in previous.difference(&keep) {
             let (bits, data) = entry.key();
             match self.excludes.remove(&Key::new(bits, data)) {
-                Err(MapError::KeyNotFound) | Ok(()) => {}
+                Ok(()) => {}
+                Err(e) if already_gone(&e) => {}
                 Err(e) => return Err(fail("remove from")(e)),
             }
         }
@@ -472,5 +486,23 @@ impl KernelMaps {
     /// The counters (one copy for all CPUs, see mif-ebpf's `counters`).
     pub fn counters(&self) -> StdHashMap<CounterKey, Counters> {
         self.counters.iter().filter_map(Result::ok).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removal_that_finds_nothing_is_no_failure() {
+        let syscall = |errno| {
+            MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_delete_elem",
+                io_error: std::io::Error::from_raw_os_error(errno),
+            })
+        };
+        assert!(already_gone(&syscall(libc::ENOENT)));
+        assert!(already_gone(&MapError::KeyNotFound));
+        assert!(!already_gone(&syscall(libc::EPERM)));
     }
 }
