@@ -18,6 +18,8 @@ const PACKAGES: &[&str] = &[
     "curl",
     "dnsutils",
     "iperf3",
+    // The DNS forwarder's benchmark: a real load generator.
+    "dnsperf",
     // The lab's VPN (a real tunnel over TUN) and DHCP client scenarios.
     "openvpn",
     "isc-dhcp-client",

@@ -417,12 +417,15 @@ async fn udp_exchange(
     socket.connect(server).await?;
     socket.send(query).await?;
     let want = message::id(query);
-    let mut buf = vec![0u8; MAX_MESSAGE];
+    // Room for the largest message, not zeroed (64 KiB of zeroes per
+    // query were work for nothing).
+    let mut buf = Vec::with_capacity(MAX_MESSAGE);
     tokio::time::timeout(UPSTREAM_TIMEOUT, async {
         loop {
-            let n = socket.recv(&mut buf).await?;
-            if message::id(&buf[..n]) == want {
-                return Ok(buf[..n].to_vec());
+            buf.clear();
+            socket.recv_buf(&mut buf).await?;
+            if message::id(&buf) == want {
+                return Ok(buf);
             }
         }
     })

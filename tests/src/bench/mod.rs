@@ -11,7 +11,8 @@
 //! interleaved round by round ([`measure`]). Then the reaction
 //! to a lost link ([`reaction`]), that of a strict VPN app to its tunnel
 //! going down ([`vpn`]: a real OpenVPN client killed), that of validation
-//! to a dead upstream and its probe traffic ([`validation`]), the kernel memory
+//! to a dead upstream and its probe traffic ([`validation`]), what the
+//! per-domain DNS forwarder adds under load ([`dns`]), the kernel memory
 //! of the daemon's maps ([`memory`]) and the daemon at scale ([`scale`]).
 //!
 //! `--smoke` runs every part with tiny counts in seconds and asserts
@@ -19,7 +20,7 @@
 //! `docs/bench-policies.svg` when given `--docs DIR` (`cargo xtask bench`
 //! does both). For working on it:
 //!
-//! - `--only costs|reaction|vpn|validation|memory|scale` (repeatable) runs only those parts,
+//! - `--only costs|reaction|vpn|validation|dns|memory|scale` (repeatable) runs only those parts,
 //!   `--rounds N` overrides the number of measured rounds and `--others
 //!   N,N...` the other policies of (c) and cgroups of (d);
 //! - `mif-bench hold a|b|c|d|e|f|g [OTHERS]` builds the lab, puts it in one
@@ -33,6 +34,7 @@
 //! at the next step and still remove the labs.
 
 mod daemon;
+mod dns;
 mod doc;
 mod kmaps;
 mod measure;
@@ -129,6 +131,8 @@ struct Plan {
     start_timeout: Duration,
     /// Outages per validation interval, and the traffic window.
     validation: validation::Trials,
+    /// The DNS forwarder's load runs.
+    dns: dns::DnsPlan,
 }
 
 /// The variants of the cost measurement, in the table's order.
@@ -175,6 +179,10 @@ impl Plan {
                     per_interval: vec![(1, 2)],
                     traffic_window: Duration::from_secs(3),
                 },
+                dns: dns::DnsPlan {
+                    rates: vec![2_000],
+                    seconds: 1,
+                },
             };
         }
         let others = vec![10_000, 100_000];
@@ -210,6 +218,11 @@ impl Plan {
             validation: validation::Trials {
                 per_interval: vec![(1, 20), (10, 6)],
                 traffic_window: Duration::from_secs(30),
+            },
+            // Issue 18's rate, then as fast as dnsperf goes.
+            dns: dns::DnsPlan {
+                rates: vec![20_000, 0],
+                seconds: 10,
             },
         }
     }
@@ -341,6 +354,11 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     check_interrupted()?;
 
+    if opts.wants("dns") {
+        report.dns = Some(dns::run(&lab, &plan.dns, plan.start_timeout)?);
+    }
+    check_interrupted()?;
+
     if opts.wants("memory") {
         report.memory = memory::run(
             &lab,
@@ -468,11 +486,19 @@ pub fn main_with_args(argv: &[String]) -> Result<()> {
             }
             "--only" => {
                 let part = it.next().ok_or_else(|| anyhow!("--only needs a part"))?;
-                if !["costs", "reaction", "vpn", "validation", "memory", "scale"]
-                    .contains(&part.as_str())
+                if ![
+                    "costs",
+                    "reaction",
+                    "vpn",
+                    "validation",
+                    "dns",
+                    "memory",
+                    "scale",
+                ]
+                .contains(&part.as_str())
                 {
                     bail!(
-                        "--only takes costs, reaction, vpn, validation, memory or scale, not {part:?}"
+                        "--only takes costs, reaction, vpn, validation, dns, memory or scale, not {part:?}"
                     );
                 }
                 opts.only.push(part.clone());
@@ -485,7 +511,7 @@ pub fn main_with_args(argv: &[String]) -> Result<()> {
                 );
             }
             "-h" | "--help" => {
-                println!("usage: mif-bench [--smoke] [--only costs|reaction|vpn|validation|memory|scale]... [--rounds N] [--others N,N...] [--docs DIR] | hold a|b|c|d|e|f|g [OTHERS]");
+                println!("usage: mif-bench [--smoke] [--only costs|reaction|vpn|validation|dns|memory|scale]... [--rounds N] [--others N,N...] [--docs DIR] | hold a|b|c|d|e|f|g [OTHERS]");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (usage: mif-bench [--smoke] [--docs DIR])"),

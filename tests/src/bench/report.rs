@@ -111,6 +111,7 @@ pub struct Report {
     pub vpn: Option<VpnReaction>,
     /// Validation's reaction to a dead upstream, and its probe traffic.
     pub validation: Option<super::validation::ValidationBench>,
+    pub dns: Option<super::dns::DnsBench>,
     /// Kernel memory of the maps, per instance ([`super::memory`]).
     pub memory: Vec<MemoryRow>,
     pub scale: Vec<ScaleRow>,
@@ -480,6 +481,37 @@ impl Report {
         )
     }
 
+    /// The DNS forwarder's table: per rate and path, what dnsperf saw.
+    pub fn dns_table(&self) -> String {
+        let Some(d) = &self.dns else {
+            return String::new();
+        };
+        let mut t = String::from(
+            "| rate asked | path | sent | lost | answered/s | p50 | p99 | max |\n\
+             | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        );
+        for r in &d.rows {
+            let rate = if r.rate == 0 {
+                "as fast as possible".to_string()
+            } else {
+                format!("{} /s", r.rate)
+            };
+            let _ = writeln!(
+                t,
+                "| {rate} | {} | {} | {} ({:.2} %) | {:.0} | {:.0} µs | {:.0} µs | {:.0} µs |",
+                r.path.label(),
+                r.sent,
+                r.lost,
+                100.0 * r.lost as f64 / r.sent.max(1) as f64,
+                r.qps,
+                r.percentile_us(50.0),
+                r.percentile_us(99.0),
+                r.latencies_us.last().copied().unwrap_or(0.0),
+            );
+        }
+        t
+    }
+
     /// Validation's table: from the upstream's death, per interval and
     /// passive detection; then the probes' traffic.
     pub fn validation_table(&self) -> String {
@@ -659,6 +691,8 @@ impl Report {
         out += "\n";
         out += &self.vpn_table();
         out += &self.validation_table();
+        out += "\n";
+        out += &self.dns_table();
         out += "\n";
         out += &self.memory_table();
         out += "\n";
@@ -863,6 +897,28 @@ impl Report {
             });
         }
 
+        // Issue 18: the per-domain forwarder under load.
+        if let Some(d) = &self.dns {
+            let rate = 20_000;
+            let added = d.added_p50_us(rate);
+            out.push(Target {
+                name: "DNS forwarder adds ≤ 50 µs at p50 (20k queries/s)".into(),
+                met: added.map(|a| a <= 50.0),
+                detail: match added {
+                    Some(a) => format!("{a:+.0} µs"),
+                    None => "not run at 20k queries/s (smoke)".into(),
+                },
+            });
+            let lost = d.row(super::dns::DnsPath::Forwarder, rate).map(|r| r.lost);
+            out.push(Target {
+                name: "no DNS query lost through the forwarder at 20k queries/s".into(),
+                met: lost.map(|n| n == 0),
+                detail: match lost {
+                    Some(n) => format!("{n} lost"),
+                    None => "not run at 20k queries/s (smoke)".into(),
+                },
+            });
+        }
         let big = |r: &&ScaleRow| r.policies >= 100_000;
         out.push(scale_target(
             "100,000 policies reconciled in under 2 s",

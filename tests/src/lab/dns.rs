@@ -135,6 +135,15 @@ impl Lab {
         self.start_dnsmasq(Some(i), Resolver::Network(i), &listen, &[])
     }
 
+    /// [`Lab::start_resolver`] without query logging, for load: logging
+    /// each query would be most of dnsmasq's work at tens of thousands a
+    /// second ([`Dnsmasq::queries`] then sees none).
+    pub fn start_resolver_unlogged(&self, i: usize) -> Result<Dnsmasq> {
+        let net = self.network(i).clone();
+        let listen: Vec<IpAddr> = vec![net.gateway_v4.into(), net.gateway_v6.into()];
+        self.start_dnsmasq_logging(Some(i), Resolver::Network(i), &listen, &[], false)
+    }
+
     /// dnsmasq in the host namespace on 127.0.0.53 and ::1: the system's
     /// local stub resolver, as systemd-resolved would be.
     pub fn start_stub_resolver(&self) -> Result<Dnsmasq> {
@@ -155,6 +164,17 @@ impl Lab {
         listen: &[IpAddr],
         extra: &[String],
     ) -> Result<Dnsmasq> {
+        self.start_dnsmasq_logging(router, resolver, listen, extra, true)
+    }
+
+    fn start_dnsmasq_logging(
+        &self,
+        router: Option<usize>,
+        resolver: Resolver,
+        listen: &[IpAddr],
+        extra: &[String],
+        log_queries: bool,
+    ) -> Result<Dnsmasq> {
         let tag = router.map_or("stub".to_string(), |i| format!("r{i}"));
         let dir = std::env::temp_dir().join(format!("mif-dnsmasq-{}-{tag}", self.host_ns_name()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -168,7 +188,6 @@ impl Lab {
             "--bind-interfaces".into(),
             "--user=root".into(),
             format!("--pid-file={}", dir.join("pid").display()),
-            "--log-queries".into(),
             format!("--log-facility={}", log.display()),
             format!("--address=/{DNS_NAME}/{}", resolver.answer_v4()),
             format!("--address=/{DNS_NAME}/{}", resolver.answer_v6()),
@@ -183,6 +202,9 @@ impl Lab {
             for internet in [IpAddr::V4(INTERNET_V4), IpAddr::V6(INTERNET_V6)] {
                 args.push(format!("--address=/{CONNECTIVITY_NAME}/{internet}"));
             }
+        }
+        if log_queries {
+            args.push("--log-queries".into());
         }
         args.extend(listen.iter().map(|a| format!("--listen-address={a}")));
         args.extend(extra.iter().cloned());
