@@ -151,11 +151,17 @@ fn a_storm_of_address_and_route_changes_leaves_steering_right_and_nothing_leaked
     }
     // Nothing left over: the `from <address>` rules of the extra addresses
     // are gone again, no stray route, no stray map entry, no fd.
-    eventually(
-        Duration::from_secs(10),
-        "the state before the storm",
-        || snapshot(&lab, &daemon) == before,
-    );
+    let mut after = snapshot(&lab, &daemon);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while after != before {
+        assert!(
+            Instant::now() < deadline,
+            "not the state before the storm:\nbefore: {before:#?}\nafter: {after:#?}\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        after = snapshot(&lab, &daemon);
+    }
     let fds_after = daemon.open_fds().unwrap();
     assert!(
         fds_after <= fds_before + 2,
