@@ -77,6 +77,15 @@ pub struct KernelMaps {
     written_selectors: Option<StdHashMap<SelectorKey, Policy>>,
 }
 
+/// How a failed `action` on the map `name` becomes a [`MapsError`].
+fn update_failed(name: &'static str, action: &'static str) -> impl FnOnce(MapError) -> MapsError {
+    move |e| MapsError::Update {
+        name,
+        action,
+        source: Box::new(e),
+    }
+}
+
 /// Whether a failed removal found no entry to remove: aya reports that
 /// as the syscall's ENOENT (`KeyNotFound` is for lookups), which must not
 /// fail a pass over an entry that is gone anyway.
@@ -85,6 +94,14 @@ fn already_gone(e: &MapError) -> bool {
         MapError::KeyNotFound => true,
         MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
         _ => false,
+    }
+}
+
+/// A removal's outcome, an entry that was already gone counted as removed.
+fn removed(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(e) if already_gone(&e) => Ok(()),
+        other => other,
     }
 }
 
@@ -166,11 +183,7 @@ pub fn put_back_counters(pins: &PinDir, carried: &CarriedCounters) -> Result<usi
     for (key, value) in &carried.0 {
         counters
             .insert(key, value, 0)
-            .map_err(|e| MapsError::Update {
-                name: names::MAP_COUNTERS,
-                action: "write",
-                source: Box::new(e),
-            })?;
+            .map_err(update_failed(names::MAP_COUNTERS, "write"))?;
     }
     Ok(carried.0.len())
 }
@@ -214,24 +227,17 @@ impl KernelMaps {
     /// policies that point at them; stale entries are removed last, so a
     /// socket created meanwhile sees either the old or the new state.
     pub fn write(&mut self, settings: &Settings, desired: &Desired) -> Result<(), MapsError> {
-        let fail = |name, action| {
-            move |e| MapsError::Update {
-                name,
-                action,
-                source: Box::new(e),
-            }
-        };
         self.instance
             .set(0, settings, 0)
-            .map_err(fail(names::MAP_INSTANCE, "write"))?;
+            .map_err(update_failed(names::MAP_INSTANCE, "write"))?;
         for (index, pvd, meta) in &desired.pvds {
             self.meta
                 .insert(index, meta, 0)
-                .map_err(fail(names::MAP_PVD_META, "write"))?;
+                .map_err(update_failed(names::MAP_PVD_META, "write"))?;
             self.pvds
                 .lock()
                 .insert(*index, pvd, self.generation)
-                .map_err(fail(names::MAP_PVDS, "write"))?;
+                .map_err(update_failed(names::MAP_PVDS, "write"))?;
         }
         self.report_over_capacity(&desired.over_capacity);
         if !(desired.policies_unchanged && self.written_policies.is_some()) {
@@ -249,7 +255,7 @@ impl KernelMaps {
             .collect();
         for key in stale {
             pvds.remove(key)
-                .map_err(fail(names::MAP_PVDS, "remove from"))?;
+                .map_err(update_failed(names::MAP_PVDS, "remove from"))?;
             let _ = self.meta.remove(&key);
         }
         pvds.settle(self.generation);
@@ -259,13 +265,6 @@ impl KernelMaps {
     /// Makes the policy map hold exactly `desired.policies`, writing the
     /// entries that changed since the last write.
     fn write_policies(&mut self, desired: &Desired) -> Result<(), MapsError> {
-        let fail = |name, action| {
-            move |e| MapsError::Update {
-                name,
-                action,
-                source: Box::new(e),
-            }
-        };
         let keep: HashSet<u64> = desired.policies.iter().map(|(k, _)| *k).collect();
         // Until the new set is written in full, nothing is known to be there.
         let previous = self.written_policies.take();
@@ -279,11 +278,12 @@ impl KernelMaps {
         // cgroups lose their policy in this pass anyway.
         let early = current.len() + keep.difference(&current).count() > self.policy_capacity;
         let remove_stale = |policies: &mut HashMap<MapData, u64, Policy>| {
-            stale.iter().try_for_each(|key| match policies.remove(key) {
-                // Gone already: the kernel's cgroup watcher drops a removed
-                // cgroup's entry, or someone else (`mif cleanup`, a test).
-                Err(e) if already_gone(&e) => Ok(()),
-                other => other.map_err(fail(names::MAP_POLICIES, "remove from")),
+            // Gone already is fine: the kernel's cgroup watcher drops a
+            // removed cgroup's entry, and so may someone else (`mif
+            // cleanup`, a test).
+            stale.iter().try_for_each(|key| {
+                removed(policies.remove(key))
+                    .map_err(update_failed(names::MAP_POLICIES, "remove from"))
             })
         };
         if early {
@@ -296,7 +296,7 @@ impl KernelMaps {
             if !unchanged {
                 self.policies
                     .insert(cgroup_id, policy, 0)
-                    .map_err(fail(names::MAP_POLICIES, "write"))?;
+                    .map_err(update_failed(names::MAP_POLICIES, "write"))?;
             }
         }
         if !early {
@@ -309,13 +309,6 @@ impl KernelMaps {
     /// Makes the selector map hold exactly `entries` (a few: one per
     /// selector policy), changed ones only.
     fn write_selectors(&mut self, entries: &[(SelectorKey, Policy)]) -> Result<(), MapsError> {
-        let fail = |action| {
-            move |e| MapsError::Update {
-                name: names::MAP_SELECTORS,
-                action,
-                source: Box::new(e),
-            }
-        };
         let previous = match self.written_selectors.take() {
             Some(previous) => previous,
             None => self.selectors.iter().filter_map(Result::ok).collect(),
@@ -325,15 +318,12 @@ impl KernelMaps {
             if previous.get(key) != Some(policy) {
                 self.selectors
                     .insert(key, policy, 0)
-                    .map_err(fail("write"))?;
+                    .map_err(update_failed(names::MAP_SELECTORS, "write"))?;
             }
         }
         for key in previous.keys().filter(|k| !keep.contains_key(k)) {
-            match self.selectors.remove(key) {
-                Ok(()) => {}
-                Err(e) if already_gone(&e) => {}
-                Err(e) => return Err(fail("remove from")(e)),
-            }
+            removed(self.selectors.remove(key))
+                .map_err(update_failed(names::MAP_SELECTORS, "remove from"))?;
         }
         self.written_selectors = Some(keep);
         Ok(())
@@ -343,13 +333,6 @@ impl KernelMaps {
     /// ones go out: a connect meanwhile sees the old or the new exclusions,
     /// a policy flagged for them finds its entries.
     fn write_excludes(&mut self, entries: &[ExcludeEntry]) -> Result<(), MapsError> {
-        let fail = |action| {
-            move |e| MapsError::Update {
-                name: names::MAP_EXCLUDE,
-                action,
-                source: Box::new(e),
-            }
-        };
         let keep: HashSet<ExcludeEntry> = entries.iter().copied().collect();
         let previous = match self.written_excludes.take() {
             Some(previous) => previous,
@@ -360,7 +343,9 @@ impl KernelMaps {
                     self.excludes.keys().filter_map(Result::ok).collect();
                 for key in listed {
                     if !wanted.contains(&(key.prefix_len(), key.data())) {
-                        self.excludes.remove(&key).map_err(fail("remove from"))?;
+                        self.excludes
+                            .remove(&key)
+                            .map_err(update_failed(names::MAP_EXCLUDE, "remove from"))?;
                     }
                 }
                 HashSet::new()
@@ -370,15 +355,12 @@ impl KernelMaps {
             let (bits, data) = entry.key();
             self.excludes
                 .insert(&Key::new(bits, data), 1, 0)
-                .map_err(fail("write"))?;
+                .map_err(update_failed(names::MAP_EXCLUDE, "write"))?;
         }
         for entry in previous.difference(&keep) {
             let (bits, data) = entry.key();
-            match self.excludes.remove(&Key::new(bits, data)) {
-                Ok(()) => {}
-                Err(e) if already_gone(&e) => {}
-                Err(e) => return Err(fail("remove from")(e)),
-            }
+            removed(self.excludes.remove(&Key::new(bits, data)))
+                .map_err(update_failed(names::MAP_EXCLUDE, "remove from"))?;
         }
         self.written_excludes = Some(keep);
         Ok(())
@@ -420,11 +402,7 @@ impl KernelMaps {
             ..current
         };
         pvds.insert(index, &withdrawn, self.generation)
-            .map_err(|e| MapsError::Update {
-                name: names::MAP_PVDS,
-                action: "write",
-                source: Box::new(e),
-            })?;
+            .map_err(update_failed(names::MAP_PVDS, "write"))?;
         Ok(true)
     }
 
