@@ -158,11 +158,7 @@ pub fn attach_watchers(
         .ok_or(LoadError::MissingMap(names::MAP_CG_NAMING))?;
     let mut map: Array<_, CgroupNaming> = Array::try_from(map).map_err(map_failed)?;
     map.set(0, naming, 0).map_err(map_failed)?;
-    for program in names::CGROUP_WATCHERS {
-        let tracepoint = match program {
-            names::PROG_CG_MKDIR => "cgroup_mkdir",
-            _ => "cgroup_rmdir",
-        };
+    for (program, tracepoint) in WATCHED_TRACEPOINTS {
         let prog: &mut RawTracePoint = ebpf
             .program_mut(program)
             .ok_or(LoadError::MissingProgram(program))?
@@ -178,14 +174,27 @@ pub fn attach_watchers(
     Ok(())
 }
 
+/// Each cgroup watcher with the raw tracepoint it is attached to.
+const WATCHED_TRACEPOINTS: [(&str, &str); names::CGROUP_WATCHERS.len()] = [
+    (names::PROG_CG_MKDIR, "cgroup_mkdir"),
+    (names::PROG_CG_RMDIR, "cgroup_rmdir"),
+];
+
 /// Removes the cgroup watchers' pins (detaching them), when this daemon
 /// cannot run them: an adopted pair must not go on with another
 /// instance's settings.
 pub fn detach_watchers(pins: &PinDir) {
     for program in names::CGROUP_WATCHERS {
-        let _ = std::fs::remove_file(pins.link_staging(program));
-        let _ = std::fs::remove_file(pins.link(program));
+        unpin_link(pins, program);
     }
+}
+
+/// Removes `program`'s link pin (and a staging one left by a crash):
+/// the program is detached as its last reference goes. Whether a pin was
+/// there.
+fn unpin_link(pins: &PinDir, program: &str) -> bool {
+    let _ = std::fs::remove_file(pins.link_staging(program));
+    std::fs::remove_file(pins.link(program)).is_ok()
 }
 
 /// A guard program, verified and loaded, ready to be attached to cgroups.
@@ -499,10 +508,7 @@ where
 pub fn detach(pins: &PinDir) -> usize {
     let hooks = names::PROGRAMS
         .iter()
-        .filter(|program| {
-            let _ = std::fs::remove_file(pins.link_staging(program));
-            std::fs::remove_file(pins.link(program)).is_ok()
-        })
+        .filter(|program| unpin_link(pins, program))
         .count();
     hooks + crate::apply::guard_links::remove_all(pins)
 }
@@ -518,6 +524,14 @@ pub fn unpin_maps(pins: &PinDir) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_cgroup_watcher_has_its_tracepoint() {
+        assert_eq!(
+            WATCHED_TRACEPOINTS.map(|(program, _)| program),
+            names::CGROUP_WATCHERS
+        );
+    }
 
     #[test]
     fn only_the_missing_netns_cookie_leaves_the_guard_out() {
