@@ -57,8 +57,9 @@ pub mod names {
     /// Selector → policy ([`crate::SelectorKey`] → [`crate::Policy`]): what
     /// the kernel gives a cgroup the moment it is made, by its name.
     pub const MAP_SELECTORS: &str = "MIF_SELECTORS";
-    /// One entry: where in the kernel's structures a new cgroup's id and
-    /// hierarchy are, and the attach cgroup's path ([`crate::CgroupNaming`]).
+    /// One entry: where in the kernel's structures a new cgroup's id, name,
+    /// hierarchy and ancestors are, and which cgroup is the attach cgroup
+    /// ([`crate::CgroupNaming`]).
     pub const MAP_CG_NAMING: &str = "MIF_CG_NAMING";
     /// The cgroup watchers' working memory (one slot per CPU).
     pub const MAP_CG_SCRATCH: &str = "MIF_CG_SCRATCH";

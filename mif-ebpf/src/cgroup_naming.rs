@@ -114,13 +114,21 @@ pub fn on_rmdir(ctx: &RawTracePointContext) {
     let _ = try_rmdir(ctx);
 }
 
-fn try_mkdir(ctx: &RawTracePointContext) -> Option<()> {
+/// The tracepoint's cgroup (`struct cgroup *`) and its kernfs node, when
+/// the watchers are set up and it is a cgroup2 one.
+#[inline(always)]
+fn cgroup2_of(ctx: &RawTracePointContext) -> Option<(&'static CgroupNaming, u64, u64)> {
     let naming = CG_NAMING.get(0)?;
     if naming.ready == 0 {
         return None;
     }
     let cgrp: u64 = ctx.arg(0);
     let kn = cgroup2_kn(cgrp, naming)?;
+    Some((naming, cgrp, kn))
+}
+
+fn try_mkdir(ctx: &RawTracePointContext) -> Option<()> {
+    let (naming, cgrp, kn) = cgroup2_of(ctx)?;
     if !below_attach(cgrp, naming)? {
         return None;
     }
@@ -136,11 +144,7 @@ fn try_mkdir(ctx: &RawTracePointContext) -> Option<()> {
 }
 
 fn try_rmdir(ctx: &RawTracePointContext) -> Option<()> {
-    let naming = CG_NAMING.get(0)?;
-    if naming.ready == 0 {
-        return None;
-    }
-    let kn = cgroup2_kn(ctx.arg::<u64>(0), naming)?;
+    let (naming, _, kn) = cgroup2_of(ctx)?;
     let id: u64 = read(kn + naming.kn_id as u64)?;
     POLICIES.remove(id).ok()
 }

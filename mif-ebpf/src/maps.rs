@@ -6,8 +6,8 @@
 //! for the entries it holds (and 16 bytes of bucket per slot of
 //! `max_entries`, which the daemon sets at load from its policies; the
 //! sizes here are the most it may ask for). Nothing is per CPU but the
-//! cgroup watchers' scratch slot (1.2 KiB a CPU): memory barely grows with
-//! the machine's CPU count.
+//! cgroup watchers' scratch slot (under 0.7 KiB a CPU): memory barely
+//! grows with the machine's CPU count.
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
