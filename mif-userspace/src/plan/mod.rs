@@ -89,7 +89,9 @@ pub struct Desired {
     /// [`desired_reusing`]): a writer that knows it wrote them has nothing
     /// to compare.
     pub policies_unchanged: bool,
-    /// The selector map's entries (see [`selector_entries`]).
+    /// The selector map's entries: each selector's policy as a cgroup it
+    /// selects gets it, the same entry the daemon writes once it sees the
+    /// cgroup.
     pub selectors: Vec<(SelectorKey, Policy)>,
     pub routing: Vec<PvdRouting>,
     /// The exclusion trie's entries (see [`exclusions`]).
@@ -115,15 +117,17 @@ pub fn desired(
     rules: &RuleOptions,
     capacity: usize,
 ) -> Desired {
-    desired_reusing(pvds, policies, rules, capacity, None)
+    desired_reusing(pvds, policies, &[], rules, capacity, None)
 }
 
-/// [`desired`], with the policy entries a previous call made for the same
-/// `policies`, PvD indices and `capacity` (`entries`), which it then
-/// takes as they are instead of making them again.
+/// [`desired`], with the selector policies, and with the policy entries a
+/// previous call made for the same `policies`, PvD indices and `capacity`
+/// (`entries`), which it then takes as they are instead of making them
+/// again.
 pub fn desired_reusing(
     pvds: &[PvdState],
     policies: &[ResolvedPolicy],
+    selectors: &[SelectorPolicy],
     rules: &RuleOptions,
     capacity: usize,
     entries: Option<Vec<(u64, Policy)>>,
@@ -145,7 +149,10 @@ pub fn desired_reusing(
                 .collect()
         }),
         policies_unchanged,
-        selectors: Vec::new(),
+        selectors: selectors
+            .iter()
+            .map(|s| (s.key, kernel_policy(s.id, &s.terms, &index_of)))
+            .collect(),
         routing: pvds.iter().filter_map(|p| routing(p, rules)).collect(),
         excludes: Vec::new(),
         over_capacity: over_capacity(policies, capacity)
@@ -314,20 +321,6 @@ fn meta(p: &PvdState) -> PvdMeta {
         dns_count: p.dns.len().min(MAX_DNS) as u32,
         dns,
     }
-}
-
-/// The selector map's entries: each selector's policy as a cgroup it
-/// selects gets it, the same entry the daemon writes once it sees the
-/// cgroup.
-pub fn selector_entries(
-    pvds: &[PvdState],
-    selectors: &[SelectorPolicy],
-) -> Vec<(SelectorKey, Policy)> {
-    let index_of: HashMap<&str, u32> = pvds.iter().map(|p| (p.name.as_str(), p.index)).collect();
-    selectors
-        .iter()
-        .map(|s| (s.key, kernel_policy(s.id, &s.terms, &index_of)))
-        .collect()
 }
 
 fn kernel_policy(id: u32, terms: &PolicyTerms, index_of: &HashMap<&str, u32>) -> Policy {

@@ -344,11 +344,11 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
         let mut desired = plan::desired_reusing(
             &pvds,
             self.policy.resolved(),
+            self.policy.selectors(),
             &self.numbers.rules,
             capacity,
             reused,
         );
-        desired.selectors = plan::selector_entries(&pvds, self.policy.selectors());
         // Only the interfaces some policy excludes are looked at.
         desired.excludes = plan::exclusions(self.policy.resolved(), capacity, |name| {
             interfaces
