@@ -45,6 +45,15 @@ pub enum DnsPath {
     Forwarder,
 }
 
+/// A rate as the report names it.
+pub fn rate_label(rate: u64) -> String {
+    if rate == 0 {
+        "as fast as possible".to_string()
+    } else {
+        format!("{rate} queries/s")
+    }
+}
+
 impl DnsPath {
     pub fn label(self) -> &'static str {
         match self {
@@ -125,15 +134,7 @@ pub fn run(lab: &Lab, plan: &DnsPlan, start_timeout: Duration) -> Result<DnsBenc
     for &rate in &plan.rates {
         for path in [DnsPath::Direct, DnsPath::Forwarder] {
             super::check_interrupted()?;
-            eprintln!(
-                "mif-bench: dns, {}, {}",
-                path.label(),
-                if rate == 0 {
-                    "as fast as possible".to_string()
-                } else {
-                    format!("{rate} queries/s")
-                }
-            );
+            eprintln!("mif-bench: dns, {}, {}", path.label(), rate_label(rate));
             let (cgroup, server) = match path {
                 DnsPath::Direct => (&plain, wwan.gateway_v4),
                 DnsPath::Forwarder => (&app, wlan.gateway_v4),

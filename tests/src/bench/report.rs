@@ -491,14 +491,10 @@ impl Report {
              | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for r in &d.rows {
-            let rate = if r.rate == 0 {
-                "as fast as possible".to_string()
-            } else {
-                format!("{} /s", r.rate)
-            };
             let _ = writeln!(
                 t,
-                "| {rate} | {} | {} | {} ({:.2} %) | {:.0} | {:.0} µs | {:.0} µs | {:.0} µs |",
+                "| {} | {} | {} | {} ({:.2} %) | {:.0} | {:.0} µs | {:.0} µs | {:.0} µs |",
+                super::dns::rate_label(r.rate),
                 r.path.label(),
                 r.sent,
                 r.lost,

@@ -161,6 +161,19 @@ impl SockMark {
     }
 }
 
+/// `lab-peer client` to the peer at `to` over `proto`.
+fn client_args(proto: Proto, to: IpAddr) -> Vec<String> {
+    vec![
+        "client".to_owned(),
+        "--proto".to_owned(),
+        proto.arg().to_owned(),
+        "--to".to_owned(),
+        to.to_string(),
+        "--port".to_owned(),
+        PEER_PORT.to_string(),
+    ]
+}
+
 impl Lab {
     /// Runs `lab-peer client` on the host, optionally in `cgroup`, against
     /// the peer at `to`, optionally bound to the source address `bind`.
@@ -171,15 +184,7 @@ impl Lab {
         to: IpAddr,
         bind: Option<IpAddr>,
     ) -> Result<ClientReply> {
-        let mut args = vec![
-            "client".to_owned(),
-            "--proto".to_owned(),
-            proto.arg().to_owned(),
-            "--to".to_owned(),
-            to.to_string(),
-            "--port".to_owned(),
-            PEER_PORT.to_string(),
-        ];
+        let mut args = client_args(proto, to);
         if let Some(bind) = bind {
             args.extend(["--bind".to_owned(), bind.to_string()]);
         }
@@ -196,20 +201,8 @@ impl Lab {
             "{} is no new cgroup of this lab",
             new_cgroup.display()
         );
-        let new = new_cgroup.display().to_string();
-        let to = to.to_string();
-        let port = PEER_PORT.to_string();
-        let args = [
-            "client",
-            "--new-cgroup",
-            &new,
-            "--proto",
-            "tcp",
-            "--to",
-            &to,
-            "--port",
-            &port,
-        ];
+        let mut args = client_args(Proto::Tcp, to);
+        args.extend(["--new-cgroup".to_owned(), new_cgroup.display().to_string()]);
         let line = self.run_peer(None, &args)?;
         ClientReply::parse(&line)
     }
