@@ -8,7 +8,7 @@
 #![no_std]
 
 /// Version of the map layouts and program semantics. Part of the pin path.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Most PvDs one instance manages; the PvD table is an array of this size.
 pub const MAX_PVDS: u32 = 64;
@@ -88,6 +88,8 @@ pub mod names {
     pub const PROG_BIND4: &str = "mif_bind4";
     pub const PROG_BIND6: &str = "mif_bind6";
     pub const PROG_SETSOCKOPT: &str = "mif_setsockopt";
+    /// Answers `getsockopt(SOL_MIF, MIF_PVD)` (see [`crate::api`]).
+    pub const PROG_GETSOCKOPT: &str = "mif_getsockopt";
     pub const PROG_RECVMSG4: &str = "mif_recvmsg4";
     pub const PROG_RECVMSG6: &str = "mif_recvmsg6";
     pub const PROG_GETPEER4: &str = "mif_getpeer4";
@@ -108,8 +110,10 @@ pub mod names {
     /// before the programs that redirect, so no redirected reply is ever
     /// seen untranslated; the strict-mode checks (bind, setsockopt) come
     /// last: until they are attached, strict sockets are only as protected
-    /// as before. The TCP health watch steers nothing and comes after all.
-    pub const HOOKS: [&str; 13] = [
+    /// as before (the per-socket choice of [`crate::api`] is served by the
+    /// setsockopt program too, and its answer by the getsockopt one). The
+    /// TCP health watch steers nothing and comes after all.
+    pub const HOOKS: [&str; 14] = [
         PROG_RECVMSG4,
         PROG_RECVMSG6,
         PROG_GETPEER4,
@@ -122,6 +126,7 @@ pub mod names {
         PROG_BIND4,
         PROG_BIND6,
         PROG_SETSOCKOPT,
+        PROG_GETSOCKOPT,
         PROG_TCP_HEALTH,
     ];
     /// The strict policies' guards, attached where strict policies need
@@ -210,6 +215,21 @@ impl ExcludeKey {
 
 /// The DNS port, in network byte order as `user_port` holds it.
 pub const DNS_PORT_BE: u32 = 53u16.to_be() as u32;
+
+/// The MIF API's socket option: an application chooses the PvD of one of
+/// its sockets, without privileges, with
+/// `setsockopt(fd, SOL_MIF, MIF_PVD, "wwan0", 5)`, and reads the PvD a
+/// socket uses with `getsockopt(fd, SOL_MIF, MIF_PVD, buf, &len)`. The
+/// kernel knows no such level: mif's setsockopt and getsockopt programs
+/// serve it before (set) and after (get) the kernel's handler, which
+/// answers `ENOPROTOOPT` where mif is not running.
+pub mod api {
+    /// "mif" in ASCII: far from the kernel's levels (`SOL_*` < 300).
+    pub const SOL_MIF: i32 = 0x6d6966;
+    /// The option: the PvD's name, NUL-terminated or not, at most
+    /// [`crate::PVD_NAME_LEN`] - 1 bytes.
+    pub const MIF_PVD: i32 = 1;
+}
 
 /// Socket options that strict policies refuse (uapi numbers; options are
 /// numbered per level).
@@ -381,6 +401,10 @@ pub struct Policy {
     /// `POLICY_*` flags.
     pub flags: u8,
     pub _pad: [u8; 3],
+    /// PvDs (bit = PvD index) the policy's processes may also choose for a
+    /// socket themselves ([`api::MIF_PVD`]) besides those of `prefer`.
+    /// Ignored for strict policies: they may choose among `prefer` only.
+    pub allow: u64,
 }
 
 impl Policy {
@@ -414,6 +438,14 @@ impl Policy {
             rank += 1;
         }
         false
+    }
+
+    /// Whether a process of this policy may choose the PvD with `index` for
+    /// a socket of its own ([`api::MIF_PVD`]): one of `prefer`, or, unless
+    /// the policy is strict, one of `allow`. A strict policy's processes
+    /// can never leave its PvDs this way.
+    pub const fn may_choose(&self, index: u32) -> bool {
+        self.lists(index) || (!self.is_strict() && index < 64 && self.allow & (1u64 << index) != 0)
     }
 
     /// Whether a strict socket of this policy may bind an address owned by
@@ -509,9 +541,9 @@ pub const PVD_NAME_LEN: usize = 16;
 /// Most DNS servers kept per PvD.
 pub const MAX_DNS: usize = 4;
 
-/// What the programs do not need but an operator reading the pinned maps
-/// does: the PvD's name, routing table and DNS servers. Written by the
-/// daemon only.
+/// What an operator reading the pinned maps needs besides [`Pvd`]: the
+/// PvD's name, routing table and DNS servers; the programs read only the
+/// name, to serve [`api::MIF_PVD`]. Written by the daemon only.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PvdMeta {
@@ -621,6 +653,8 @@ pub struct Counters {
     /// under the PvD whose interface it was ([`COUNTER_NO_PVD`] for an
     /// interface of no PvD).
     pub guard_drops: u64,
+    /// Sockets whose process chose this PvD itself (`SOL_MIF`, see [`api`]).
+    pub chosen: u64,
 }
 
 /// What a redirected DNS socket asked and where it was sent, so that
@@ -763,9 +797,22 @@ mod tests {
             prefer: [NO_PVD; MAX_PREFER],
             flags: POLICY_STRICT,
             _pad: [0; 3],
+            allow: 0,
         };
         p.prefer[..prefer.len()].copy_from_slice(prefer);
         p
+    }
+
+    #[test]
+    fn a_strict_policy_chooses_among_its_prefer_list_only() {
+        let mut p = policy(&[1, 3]);
+        p.allow = 1 << 5;
+        assert!(p.may_choose(1) && p.may_choose(3));
+        assert!(!p.may_choose(5), "strict: allow does not count");
+        assert!(!p.may_choose(0));
+        p.flags = 0;
+        assert!(p.may_choose(5), "non-strict: allow counts");
+        assert!(!p.may_choose(0) && !p.may_choose(63) && !p.may_choose(200));
     }
 
     #[test]
@@ -808,10 +855,10 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<Settings>(), 32);
-        assert_eq!(core::mem::size_of::<Policy>(), 16);
+        assert_eq!(core::mem::size_of::<Policy>(), 24);
         assert_eq!(core::mem::size_of::<Pvd>(), 52);
         assert_eq!(core::mem::size_of::<CounterKey>(), 8);
-        assert_eq!(core::mem::size_of::<Counters>(), 80);
+        assert_eq!(core::mem::size_of::<Counters>(), 88);
         assert_eq!(core::mem::size_of::<ExcludeKey>(), 20);
         assert_eq!(core::mem::size_of::<DnsNat>(), 40);
         assert_eq!(core::mem::size_of::<PvdMeta>(), 88);

@@ -24,6 +24,7 @@ pub enum Event {
     Dns,
     Excluded,
     GuardDrop,
+    Chosen,
 }
 
 #[inline(always)]
@@ -55,6 +56,7 @@ pub fn count(policy: u32, pvd: u32, event: Event) {
             Event::Dns => &raw mut (*slot).dns,
             Event::Excluded => &raw mut (*slot).excluded,
             Event::GuardDrop => &raw mut (*slot).guard_drops,
+            Event::Chosen => &raw mut (*slot).chosen,
         }
     };
     // SAFETY: `field` points into a live map value, 8-byte aligned (the

@@ -17,6 +17,9 @@
 //! - `connect4/6` and `sendmsg4/6` first send DNS queries of `dns = "pvd"`
 //!   policies to the resolver of the socket's PvD; `recvmsg4/6` and
 //!   `getpeername4/6` show the application the server it asked (see [`dns`]).
+//! - `setsockopt` and `getsockopt` serve the MIF API's `SOL_MIF` level: an
+//!   application chooses the PvD of a socket itself, within what its
+//!   policy allows (see [`choice`]).
 //! - `bind4/6`, `setsockopt`, and `connect6`/`sendmsg4/6` again, keep the
 //!   sockets of strict policies on their PvDs (see [`strict`]);
 //!   `sock_create` also refuses raw IP sockets to policies with `deny_raw`.
@@ -41,9 +44,11 @@
 //! a strict policy's cgroup or below it.
 //!
 //! Minimum kernel versions, per hook: `sock_create` 4.10, `connect`/`bind`
-//! 4.17, `sendmsg` 4.18, `recvmsg` 5.2, `setsockopt` 5.3, `getpeername`
+//! 4.17, `sendmsg` 4.18, `recvmsg` 5.2, `setsockopt` and `getsockopt` 5.3,
+//! `getpeername`
 //! 5.8; with what the programs call,
 //! 5.7 (netns cookie in `sock_create`, `connect`, `sendmsg`, `bind`),
+//! 5.18 (`bpf_set_retval` in `setsockopt`, for the MIF API's errors),
 //! 6.0 (`bpf_get_current_ancestor_cgroup_id` in `setsockopt`) and
 //! 6.15 (the netns cookie in the `cgroup_skb` guard).
 #![no_std]
@@ -55,6 +60,7 @@
 
 mod addr;
 mod cgroup_naming;
+mod choice;
 mod counters;
 mod dns;
 mod exclude;
@@ -77,7 +83,7 @@ use aya_ebpf::{
         SockoptContext, TcContext,
     },
 };
-use mif_common::{pvd_from_mark, Pvd, Settings, COUNTER_NO_PVD, NO_PVD};
+use mif_common::{api::SOL_MIF, pvd_from_mark, Pvd, Settings, COUNTER_NO_PVD, NO_PVD};
 
 use crate::{
     addr::{
@@ -420,14 +426,31 @@ pub fn mif_bind6(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// Minimum kernel: 5.3 (6.0 for the cgroup walk in sockopt programs).
+/// Minimum kernel: 5.3 (6.0 for the cgroup walk in sockopt programs; 5.18
+/// for `bpf_set_retval`, the errors of the MIF API's `SOL_MIF`).
 #[cgroup_sockopt(setsockopt)]
 pub fn mif_setsockopt(ctx: SockoptContext) -> i32 {
     let so = ctx.sockopt;
-    if strict::refuses_sockopt(so) && strict::refuses(so, &settings(), |_| true) {
+    let settings = settings();
+    if unsafe { (*so).level } == SOL_MIF {
+        return choice::answer(so, choice::set(so, &settings));
+    }
+    if strict::refuses_sockopt(so) && strict::refuses(so, &settings, |_| true) {
         return REFUSE;
     }
     strict::pass_through(so);
+    ALLOW
+}
+
+/// Minimum kernel: 5.3 (6.5 for options longer than a page, which the
+/// kernel answers itself without complaint). Runs after the kernel's
+/// handler: only `SOL_MIF`, which it answered `ENOPROTOOPT`, is changed.
+#[cgroup_sockopt(getsockopt)]
+pub fn mif_getsockopt(ctx: SockoptContext) -> i32 {
+    let so = ctx.sockopt;
+    if unsafe { (*so).level } == SOL_MIF {
+        choice::get(so, &settings());
+    }
     ALLOW
 }
 

@@ -36,7 +36,8 @@ pub static MIF_PVDS: HashMap<u32, Pvd> = HashMap::pinned(MAX_PVDS, 0);
 pub static MIF_COUNTERS: HashMap<CounterKey, Counters> =
     HashMap::pinned(MAX_COUNTERS, BPF_F_NO_PREALLOC);
 
-/// PvD index → name and table, for `mif maps`; the programs never read it.
+/// PvD index → name and table, for `mif maps`; the programs read the name
+/// only to find the PvD an application chooses by name (see `choice`).
 #[map]
 pub static MIF_PVD_META: HashMap<u32, PvdMeta> = HashMap::pinned(MAX_PVDS, 0);
 
@@ -87,4 +88,5 @@ pub use MIF_COUNTERS as COUNTERS;
 pub use MIF_EXCLUDE as EXCLUDE;
 pub use MIF_POLICIES as POLICIES;
 pub use MIF_PVDS as PVDS;
+pub use MIF_PVD_META as PVD_META;
 pub use MIF_SELECTORS as SELECTORS;

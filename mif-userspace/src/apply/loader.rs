@@ -328,19 +328,20 @@ fn attach_one(ebpf: &mut Ebpf, program: &'static str, cgroup: &File) -> Result<N
         Kind::Sock => attach_by_aya!(prog, CgroupSock, program, cgroup, mode),
         Kind::SockAddr => attach_by_aya!(prog, CgroupSockAddr, program, cgroup, mode),
         Kind::SockOps => attach_by_aya!(prog, SockOps, program, cgroup, mode),
-        Kind::Sockopt => {
+        Kind::Sockopt(attach_type) => {
             // aya 0.14 cannot turn a sockopt program's link into an FdLink
             // (no pinning): aya loads it, the link is made here.
             let prog: &mut CgroupSockopt =
                 prog.try_into().map_err(failed(program, "type-check"))?;
             prog.load().map_err(failed(program, "load"))?;
             let prog_fd = prog.fd().map_err(failed(program, "attach"))?.as_fd();
-            let link = raw::link_create(prog_fd, cgroup.as_fd(), raw::BPF_CGROUP_SETSOCKOPT)
-                .map_err(|e| LoadError::Program {
+            let link = raw::link_create(prog_fd, cgroup.as_fd(), attach_type).map_err(|e| {
+                LoadError::Program {
                     program,
                     action: "attach",
                     source: Box::new(ProgramError::IOError(e)),
-                })?;
+                }
+            })?;
             Ok(NewLink::Raw(link))
         }
     }
@@ -378,6 +379,7 @@ pub(crate) mod raw {
     const BPF_OBJ_PIN: libc::c_long = 6;
     const BPF_LINK_CREATE: libc::c_long = 28;
     /// uapi `enum bpf_attach_type`.
+    pub const BPF_CGROUP_GETSOCKOPT: u32 = 21;
     pub const BPF_CGROUP_SETSOCKOPT: u32 = 22;
 
     /// The `link_create` part of `union bpf_attr`; the zeroed tail stands
@@ -473,8 +475,8 @@ enum Kind {
     /// `cgroup/connect4|6`, `sendmsg4|6`, `bind4|6`, `recvmsg4|6`,
     /// `getpeername4|6`.
     SockAddr,
-    /// `cgroup/setsockopt`.
-    Sockopt,
+    /// `cgroup/setsockopt` or `cgroup/getsockopt`, with its attach type.
+    Sockopt(u32),
     /// `sockops`: the TCP health watch.
     SockOps,
 }
@@ -482,7 +484,8 @@ enum Kind {
 fn kind_of(program: &str) -> Kind {
     match program {
         names::PROG_SOCK_CREATE => Kind::Sock,
-        names::PROG_SETSOCKOPT => Kind::Sockopt,
+        names::PROG_SETSOCKOPT => Kind::Sockopt(raw::BPF_CGROUP_SETSOCKOPT),
+        names::PROG_GETSOCKOPT => Kind::Sockopt(raw::BPF_CGROUP_GETSOCKOPT),
         names::PROG_TCP_HEALTH => Kind::SockOps,
         _ => Kind::SockAddr,
     }

@@ -58,6 +58,11 @@ pub struct PolicyOptions {
     /// (192.168.0.0/16), addresses, or interface names (docker0).
     #[arg(long, value_delimiter = ',', value_name = "PREFIX|IF,...")]
     pub exclude: Vec<Exclusion>,
+    /// PvDs the processes may also choose for their own sockets with the
+    /// MIF API (`SOL_MIF`, `mif connect --pvd`), besides those of
+    /// --prefer. Not with --strict.
+    #[arg(long, value_delimiter = ',', value_name = "PVD,...")]
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -90,6 +95,7 @@ impl PolicyOptions {
                     Dns::Pvd => DnsMode::Pvd,
                 },
                 exclude: self.exclude.clone(),
+                allow: self.allow.clone(),
             }
             .into(),
         }

@@ -268,6 +268,7 @@ impl MapsReport {
             "DNS",
             "EXCLUDED",
             "GUARD DROPS",
+            "CHOSEN",
         ]
         .into_iter()
         .map(String::from)
@@ -286,6 +287,7 @@ impl MapsReport {
                 c.counts.dns.to_string(),
                 c.counts.excluded.to_string(),
                 c.counts.guard_drops.to_string(),
+                c.counts.chosen.to_string(),
             ]);
         }
         table(&rows)

@@ -77,6 +77,7 @@ fn render(rows: &[Row]) -> String {
         "DNS",
         "EXCLUDED",
         "GUARD DROPS",
+        "CHOSEN",
     ]
     .map(String::from)
     .to_vec()];
@@ -96,6 +97,7 @@ fn render(rows: &[Row]) -> String {
             c.counts.dns.to_string(),
             c.counts.excluded.to_string(),
             c.counts.guard_drops.to_string(),
+            c.counts.chosen.to_string(),
         ]);
     }
     table(&out)

@@ -34,6 +34,9 @@ pub enum Request {
     PvdProbe {
         name: String,
     },
+    /// The asking process's policy, as the kernel applies it to its
+    /// sockets (the MIF API's candidates for `mif_connect`).
+    Choices,
 }
 
 impl Request {
@@ -63,6 +66,21 @@ pub enum Response {
     Policies(Vec<PolicyView>),
     /// What `PvdProbe` found, per probed family.
     Probed(Vec<ProbedView>),
+    Choices(ChoicesView),
+}
+
+/// The answer to [`Request::Choices`]: the policy covering the asking
+/// process (the deepest among its cgroup and the cgroup's ancestors), if
+/// any, and what it lets the process choose for its own sockets.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChoicesView {
+    /// The process's cgroup.
+    pub cgroup: String,
+    /// The policy's cgroup; None when no policy covers the process.
+    pub policy: Option<String>,
+    pub prefer: Vec<String>,
+    pub allow: Vec<String>,
+    pub strict: bool,
 }
 
 /// One family's validation after `mif pvd probe`.

@@ -20,6 +20,9 @@ use crate::backoff::Backoff;
 pub struct Command {
     pub request: Request,
     pub reply: oneshot::Sender<Response>,
+    /// The asking process (`SO_PEERCRED`), for what is answered per caller
+    /// (`choices`).
+    pub peer_pid: Option<i32>,
 }
 
 /// Who may change things besides root.
@@ -146,7 +149,12 @@ async fn serve(
             }
         }
         let (reply, answer) = oneshot::channel();
-        if commands.send(Command { request, reply }).await.is_err() {
+        let command = Command {
+            request,
+            reply,
+            peer_pid: cred.pid(),
+        };
+        if commands.send(command).await.is_err() {
             return Ok(());
         }
         let response = answer

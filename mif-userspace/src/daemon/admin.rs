@@ -10,9 +10,9 @@ use super::prepare::check_config;
 use crate::{
     apply::loader::GuardTarget,
     control::protocol::{
-        MonitorEvent, PolicyView, ProbedView, PvdView, Request, Response, StatusView,
+        ChoicesView, MonitorEvent, PolicyView, ProbedView, PvdView, Request, Response, StatusView,
     },
-    host::cgroup::normalize_cgroup,
+    host::{cgroup::normalize_cgroup, foreign_netns},
     instance::InstanceOptions,
     model::config::ConfigSources,
     model::policies::{self, Origin, PolicySpec},
@@ -27,6 +27,30 @@ pub fn pvd_view(p: &PvdState, validator: &Validator) -> PvdView {
     view.validation_v4 = validator.view(&p.name, false);
     view.validation_v6 = validator.view(&p.name, true);
     view
+}
+
+/// The policy covering process `pid` and what it may choose (see
+/// [`ChoicesView`]): the deepest policy among its cgroup and the cgroup's
+/// ancestors, as the kernel's walk finds it. Any local process may ask,
+/// about itself only (the pid is the socket peer's).
+pub fn choices(reconciler: &Reconciler, pid: Option<i32>) -> Response {
+    let Some(cgroup) = pid.and_then(|pid| foreign_netns::cgroup2_path_of(pid as u32)) else {
+        return Response::Error("cannot read the asking process's cgroup".into());
+    };
+    let state = reconciler.policy_state();
+    let found =
+        foreign_netns::cgroup_and_ancestors(&cgroup).find_map(|c| state.policy_of_cgroup(c));
+    let mut view = ChoicesView {
+        cgroup: cgroup.clone(),
+        ..Default::default()
+    };
+    if let Some(policy) = found {
+        view.policy = Some(policy.cgroup.clone());
+        view.prefer = policy.terms.prefer.clone();
+        view.allow = policy.terms.allow.clone();
+        view.strict = policy.terms.strict;
+    }
+    Response::Choices(view)
 }
 
 /// `mif pvd probe NAME`: probes the PvD's families now and answers on
@@ -127,6 +151,8 @@ impl Admin {
             Request::Monitor => Response::Error("monitor is a stream".into()),
             // Served by [`probe`], which answers when the probes end.
             Request::PvdProbe { .. } => Response::Error("probe is answered apart".into()),
+            // Served by [`choices`], which needs the asking process.
+            Request::Choices => Response::Error("choices are answered apart".into()),
         }
     }
 

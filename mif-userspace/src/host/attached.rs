@@ -9,7 +9,7 @@ const BPF_PROG_QUERY: libc::c_long = 16;
 
 /// Attach types of mif's programs (uapi `enum bpf_attach_type`, as in
 /// aya-obj's bindings: BPF_CGROUP_INET_SOCK_CREATE = 2, ...).
-const ATTACH_TYPES: [(&str, u32); 13] = [
+const ATTACH_TYPES: [(&str, u32); 14] = [
     (names::PROG_SOCK_CREATE, 2),
     (names::PROG_CONNECT4, 10),
     (names::PROG_CONNECT6, 11),
@@ -18,6 +18,7 @@ const ATTACH_TYPES: [(&str, u32); 13] = [
     (names::PROG_BIND4, 8),
     (names::PROG_BIND6, 9),
     (names::PROG_SETSOCKOPT, 22),
+    (names::PROG_GETSOCKOPT, 21),
     (names::PROG_RECVMSG4, 19),
     (names::PROG_RECVMSG6, 20),
     (names::PROG_GETPEER4, 29),

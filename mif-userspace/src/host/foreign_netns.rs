@@ -57,7 +57,7 @@ pub fn foreign_processes(ours: u64) -> Vec<ForeignProcess> {
 
 /// The cgroup2 path of `pid`, from the `0::` line of /proc/PID/cgroup
 /// (relative to the daemon's cgroup namespace, which is the host's).
-fn cgroup2_path_of(pid: u32) -> Option<String> {
+pub fn cgroup2_path_of(pid: u32) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     parse_cgroup2_line(&text)
 }

@@ -202,6 +202,10 @@ pub struct PolicyTerms {
     /// Destinations that keep the main table's route.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<Exclusion>,
+    /// PvDs the policy's processes may also choose for their own sockets
+    /// with the MIF API, besides those of `prefer` (never with `strict`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
 }
 
 /// Hands out one shared copy of each distinct [`PolicyTerms`]. A file of
@@ -354,6 +358,53 @@ struct RawPolicy {
     dns: DnsMode,
     #[serde(default)]
     exclude: Vec<Spanned<String>>,
+    #[serde(default)]
+    allow: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// A policy's `allow` list, checked: PvD names, each once, and none with
+/// `strict` (a strict policy's processes choose among `prefer` only, so an
+/// `allow` there would promise what the kernel refuses).
+fn checked_allow(
+    checker: &Checker<'_>,
+    allow: Option<Spanned<Vec<Spanned<String>>>>,
+    strict: bool,
+) -> Result<Vec<String>, ConfigError> {
+    let Some(allow) = allow else {
+        return Ok(Vec::new());
+    };
+    let span = allow.span();
+    let items = allow.into_inner();
+    if strict && !items.is_empty() {
+        return Err(checker.error(
+            span,
+            "policy.allow",
+            format!("{} entries", items.len()),
+            "a strict policy's processes may choose among its prefer list only: \
+             drop allow, or strict",
+        ));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for item in items {
+        if item.get_ref().is_empty() || item.get_ref().len() >= mif_common::PVD_NAME_LEN {
+            return Err(checker.error(
+                item.span(),
+                "policy.allow",
+                format!("{:?}", item.get_ref()),
+                format!("a PvD name of 1 to {} bytes", mif_common::PVD_NAME_LEN - 1),
+            ));
+        }
+        if out.contains(item.get_ref()) {
+            return Err(checker.error(
+                item.span(),
+                "policy.allow",
+                format!("{:?}", item.get_ref()),
+                "listed twice",
+            ));
+        }
+        out.push(item.into_inner());
+    }
+    Ok(out)
 }
 
 /// Byte offsets of a text's line starts, so that the line of any offset is
@@ -639,6 +690,7 @@ fn parse_file(path: &Path, text: &str, part: bool) -> Result<Config, ConfigError
                 exclude.push(parsed);
             }
         }
+        let allow = checked_allow(&checker, policy.allow, policy.strict)?;
         policies.push(PolicyConfig {
             cgroup,
             terms: interner.intern(PolicyTerms {
@@ -649,6 +701,7 @@ fn parse_file(path: &Path, text: &str, part: bool) -> Result<Config, ConfigError
                 deny_raw: policy.deny_raw,
                 dns: policy.dns,
                 exclude,
+                allow,
             }),
             file: Arc::clone(&file),
             line,
@@ -1006,12 +1059,15 @@ impl Config {
     pub fn check_prefer(&self, interfaces: &HashSet<String>) -> Result<(), ConfigError> {
         let explicit: HashSet<&str> = self.pvds.iter().map(|p| p.name.as_str()).collect();
         for policy in &self.policies {
-            for name in &policy.terms.prefer {
+            let terms = &policy.terms;
+            let named = (terms.prefer.iter().map(|n| ("policy.prefer", n)))
+                .chain(terms.allow.iter().map(|n| ("policy.allow", n)));
+            for (field, name) in named {
                 if !explicit.contains(name.as_str()) && !interfaces.contains(name) {
                     return Err(error_in(
                         &policy.file,
                         policy.line,
-                        "policy.prefer",
+                        field,
                         format!("{name:?}"),
                         "unknown PvD: neither a [[pvd]] name nor an existing interface (declare a [[pvd]] for an interface that appears later)",
                     ));
@@ -1333,6 +1389,31 @@ bind = "device"
             .unwrap_err();
         assert_eq!(err.line, 4, "{err}");
         assert!(err.to_string().contains("doh"), "{err}");
+    }
+
+    #[test]
+    fn allow_lists_pvds_a_loose_policy_may_choose_and_no_strict_one() {
+        let config =
+            parse_str("[[policy]]\ncgroup = \"/a\"\nprefer = [\"x\"]\nallow = [\"y\", \"z\"]\n")
+                .unwrap();
+        assert_eq!(config.policies[0].terms.allow, ["y", "z"]);
+        let err = parse_str(
+            "[[policy]]\ncgroup = \"/a\"\nprefer = [\"x\"]\nstrict = true\nallow = [\"y\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (5, "policy.allow"), "{err}");
+        assert!(err.to_string().contains("strict"), "{err}");
+        let err =
+            parse_str("[[policy]]\ncgroup = \"/a\"\nprefer = [\"x\"]\nallow = [\"y\", \"y\"]\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("listed twice"), "{err}");
+        let config =
+            parse_str("[[policy]]\ncgroup = \"/a\"\nprefer = [\"x\"]\nallow = [\"nope\"]\n")
+                .unwrap();
+        let interfaces = ["x".to_string()].into_iter().collect();
+        let err = config.check_prefer(&interfaces).unwrap_err();
+        assert_eq!(err.field, "policy.allow", "{err}");
+        assert!(err.to_string().contains("nope"), "{err}");
     }
 
     #[test]

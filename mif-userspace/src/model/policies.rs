@@ -61,6 +61,14 @@ impl PolicySpec {
         if self.terms.exclude.len() > MAX_EXCLUDE {
             return Err(PolicyError::ExcludeCount);
         }
+        if self.terms.strict && !self.terms.allow.is_empty() {
+            return Err(PolicyError::AllowStrict);
+        }
+        for (i, name) in self.terms.allow.iter().enumerate() {
+            if self.terms.allow[..i].contains(name) {
+                return Err(PolicyError::AllowTwice(name.clone()));
+            }
+        }
         Ok(self)
     }
 
@@ -90,6 +98,10 @@ pub enum PolicyError {
     PreferTwice(String),
     #[error("--exclude: at most {MAX_EXCLUDE} destinations")]
     ExcludeCount,
+    #[error("--allow with --strict: a strict policy's processes may choose among its --prefer list only")]
+    AllowStrict,
+    #[error("--allow: {0:?} listed twice")]
+    AllowTwice(String),
     #[error(
         "refused, nothing changed: the policy map {} holds at most {limit} cgroups, \
          and with this policy for {cgroup} the policies would cover {needed}; \
@@ -116,13 +128,14 @@ pub struct PolicySet {
 impl PolicySet {
     /// Every PvD name some policy prefers, from the file and the CLI: an
     /// interface so named is a PvD even without a default route (a split
-    /// VPN, a link that is down at start).
+    /// VPN, a link that is down at start). The PvDs of `allow` lists count
+    /// too: an application may choose them.
     pub fn preferred_names(&self) -> BTreeSet<String> {
+        let named = |t: &PolicyTerms| t.prefer.iter().chain(&t.allow).cloned().collect::<Vec<_>>();
         self.config
             .iter()
-            .flat_map(|p| p.terms.prefer.iter())
-            .chain(self.cli.values().flat_map(|s| s.terms.prefer.iter()))
-            .cloned()
+            .flat_map(|p| named(&p.terms))
+            .chain(self.cli.values().flat_map(|s| named(&s.terms)))
             .collect()
     }
 

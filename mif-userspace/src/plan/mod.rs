@@ -348,11 +348,17 @@ fn kernel_policy(id: u32, terms: &PolicyTerms, index_of: &HashMap<&str, u32>) ->
     if !terms.exclude.is_empty() {
         flags |= POLICY_EXCLUDES;
     }
+    let allow = terms
+        .allow
+        .iter()
+        .filter_map(|name| index_of.get(name.as_str()))
+        .fold(0u64, |mask, index| mask | 1u64 << index);
     Policy {
         id,
         prefer,
         flags,
         _pad: [0; 3],
+        allow,
     }
 }
 

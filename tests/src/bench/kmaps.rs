@@ -101,6 +101,7 @@ impl PinnedMaps {
                 prefer,
                 flags: 0,
                 _pad: [0; 3],
+                allow: 0,
             };
             self.policies
                 .insert(SYNTHETIC_BASE + i as u64, policy, 0)
