@@ -31,6 +31,20 @@ pub(crate) fn command_in_ns<S: AsRef<OsStr>>(
     program: impl AsRef<OsStr>,
     args: impl IntoIterator<Item = S>,
 ) -> Result<Command> {
+    command_in_ns_as(ns_path, cgroup, None, program, args)
+}
+
+/// [`command_in_ns`], the program then running as the unprivileged user
+/// `uid` (its group the same number, no supplementary groups). The user
+/// changes after the namespace and cgroup are entered, which need root;
+/// std's own `Command::uid` would change it before the `pre_exec` hook.
+pub(crate) fn command_in_ns_as<S: AsRef<OsStr>>(
+    ns_path: &Path,
+    cgroup: Option<&Path>,
+    uid: Option<u32>,
+    program: impl AsRef<OsStr>,
+    args: impl IntoIterator<Item = S>,
+) -> Result<Command> {
     let ns: OwnedFd = File::open(ns_path)
         .with_context(|| format!("opening network namespace {}", ns_path.display()))?
         .into();
@@ -48,8 +62,9 @@ pub(crate) fn command_in_ns<S: AsRef<OsStr>>(
 
     let mut cmd = Command::new(program);
     cmd.args(args);
-    // SAFETY: the closure only calls write(2) and setns(2) on fds opened
-    // above and builds io::Errors from errno, which does not allocate.
+    // SAFETY: the closure only calls write(2), setns(2) and the user's
+    // set*id(2) on fds and values from above, and builds io::Errors from
+    // errno, which does not allocate.
     unsafe {
         cmd.pre_exec(move || {
             if let Some(procs) = &procs {
@@ -60,6 +75,14 @@ pub(crate) fn command_in_ns<S: AsRef<OsStr>>(
             }
             if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                 return Err(io::Error::last_os_error());
+            }
+            if let Some(uid) = uid {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(uid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });

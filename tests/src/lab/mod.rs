@@ -298,6 +298,17 @@ impl Lab {
         exec::command_in_ns(&self.host_ns_path(), cgroup, program, args)
     }
 
+    /// [`Lab::command_in`], running as the unprivileged user `uid`.
+    pub fn command_in_as<S: AsRef<OsStr>>(
+        &self,
+        cgroup: Option<&Path>,
+        uid: u32,
+        program: impl AsRef<OsStr>,
+        args: impl IntoIterator<Item = S>,
+    ) -> Result<Command> {
+        exec::command_in_ns_as(&self.host_ns_path(), cgroup, Some(uid), program, args)
+    }
+
     /// A command that starts in router `i`'s namespace.
     pub fn command_in_router<S: AsRef<OsStr>>(
         &self,

@@ -66,7 +66,7 @@ pub enum Proto {
 impl Proto {
     pub const ALL: [Proto; 3] = [Proto::Tcp, Proto::Udp, Proto::UdpUnconnected];
 
-    fn arg(self) -> &'static str {
+    pub fn arg(self) -> &'static str {
         match self {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",

@@ -1,0 +1,178 @@
+"""A client of the MIF API, as an application would use it: the tests run
+it as an unprivileged user inside the lab, with the Python module over
+libmif (mif-api/python/mif.py). Every command prints one JSON object.
+
+  mif_client.py choose --to ADDR --port P --proto tcp|udp|udp-unconnected [--pvd NAME]
+      choose the PvD (if given) of a new socket, then reach the lab's peer
+      with it, which answers with the network it came by and the source it
+      saw; a failed choice is reported and the socket still used, so the
+      test sees it was left as it was.
+  mif_client.py handoff --to ADDR --port P --pvd NAME
+      choose, then fork and exec this script ("use-fd") with the socket:
+      the child connects it.
+  mif_client.py use-fd --fd N --to ADDR --port P
+  mif_client.py connect --host H --port P [--pvd NAME] [--delay MS]
+      Happy Eyeballs across PvDs (mif.connect), then read the peer's line.
+  mif_client.py watch --pvd NAME
+      subscribe, print {"subscribed": true}, and wait for an event about
+      the PvD NAME.
+  mif_client.py resolve --pvd NAME --host H
+  mif_client.py pvds
+"""
+import argparse
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+
+import mif
+
+
+def family_of(addr):
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def talk(sock, proto, to, port):
+    """The peer's reply line over `sock`, or the error that stopped it."""
+    sock.settimeout(3)
+    try:
+        if proto == "tcp":
+            sock.connect((to, port))
+            return {"reply": sock.makefile().readline().strip()}
+        if proto == "udp":
+            sock.connect((to, port))
+            sock.send(b"?")
+            return {"reply": sock.recv(512).decode().strip()}
+        sock.sendto(b"?", (to, port))
+        data, _ = sock.recvfrom(512)
+        return {"reply": data.decode().strip()}
+    except OSError as e:
+        return {"talk_error": e.errno, "talk_message": str(e)}
+
+
+def new_socket(proto, to):
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    return socket.socket(family_of(to), kind)
+
+
+def choose(args):
+    sock = new_socket(args.proto, args.to)
+    out = {"before": mif.socket_pvd(sock)}
+    if args.pvd is not None:
+        try:
+            mif.set_socket_pvd(sock, args.pvd)
+        except mif.MifError as e:
+            out["choose_error"] = e.errno
+            out["choose_message"] = e.strerror
+    out["after"] = mif.socket_pvd(sock)
+    out.update(talk(sock, args.proto, args.to, args.port))
+    return out
+
+
+def handoff(args):
+    sock = new_socket("tcp", args.to)
+    mif.set_socket_pvd(sock, args.pvd)
+    fd = sock.fileno()
+    os.set_inheritable(fd, True)
+    child = subprocess.run(
+        [sys.executable, __file__, "use-fd", "--fd", str(fd), "--to", args.to,
+         "--port", str(args.port)],
+        pass_fds=[fd], capture_output=True, text=True, check=False)
+    sock.close()
+    if child.returncode != 0:
+        return {"child_error": child.stderr.strip()}
+    return json.loads(child.stdout)
+
+
+def use_fd(args):
+    sock = socket.socket(fileno=args.fd)
+    out = {"pid": os.getpid(), "pvd": mif.socket_pvd(sock)}
+    out.update(talk(sock, "tcp", args.to, args.port))
+    return out
+
+
+def connect(args):
+    start = time.monotonic()
+    try:
+        won = mif.connect(args.host, args.port, pvd=args.pvd,
+                          attempt_delay=args.delay / 1000.0, timeout=10)
+    except mif.MifError as e:
+        return {"connect_error": e.errno, "message": e.strerror}
+    connected_ms = (time.monotonic() - start) * 1000
+    won.socket.settimeout(3)
+    line = won.socket.makefile().readline().strip()
+    return {
+        "pvd": won.pvd, "address": won.address, "attempts": won.attempts,
+        "socket_pvd": mif.socket_pvd(won.socket), "reply": line,
+        "connected_ms": connected_ms,
+        "first_byte_ms": (time.monotonic() - start) * 1000,
+    }
+
+
+def watch(args):
+    with mif.Watch() as w:
+        print(json.dumps({"subscribed": True}), flush=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([w], [], [], max(0, deadline - time.monotonic()))
+            if not ready:
+                break
+            event = w.next()
+            if event is None:
+                return {"error": "the daemon went away"}
+            if event == ("pvd", args.pvd):
+                state = next(p for p in mif.pvds() if p.name == args.pvd)
+                return {"event": event[0], "pvd": event[1],
+                        "available_v4": state.available_v4}
+    return {"error": "no event"}
+
+
+def resolve(args):
+    try:
+        return {"addresses": mif.resolve(args.pvd, args.host)}
+    except mif.MifError as e:
+        return {"resolve_error": e.errno, "message": e.strerror}
+
+
+def pvds(_args):
+    return [p.__dict__ for p in mif.pvds()]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("choose")
+    c.add_argument("--to", required=True)
+    c.add_argument("--port", type=int, required=True)
+    c.add_argument("--proto", default="tcp")
+    c.add_argument("--pvd")
+    h = sub.add_parser("handoff")
+    h.add_argument("--to", required=True)
+    h.add_argument("--port", type=int, required=True)
+    h.add_argument("--pvd", required=True)
+    u = sub.add_parser("use-fd")
+    u.add_argument("--fd", type=int, required=True)
+    u.add_argument("--to", required=True)
+    u.add_argument("--port", type=int, required=True)
+    k = sub.add_parser("connect")
+    k.add_argument("--host", required=True)
+    k.add_argument("--port", type=int, required=True)
+    k.add_argument("--pvd")
+    k.add_argument("--delay", type=float, default=250)
+    w = sub.add_parser("watch")
+    w.add_argument("--pvd", required=True)
+    r = sub.add_parser("resolve")
+    r.add_argument("--pvd", required=True)
+    r.add_argument("--host", required=True)
+    sub.add_parser("pvds")
+    args = parser.parse_args()
+    commands = {"choose": choose, "handoff": handoff, "use-fd": use_fd,
+                "connect": connect, "watch": watch, "resolve": resolve, "pvds": pvds}
+    print(json.dumps(commands[args.command](args)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

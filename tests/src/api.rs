@@ -1,0 +1,119 @@
+//! The MIF API as applications use it: `tests/python/mif_client.py`, over
+//! the Python module over libmif, run as an unprivileged user in the lab.
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::OnceLock,
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::{
+    lab::{Lab, LabChild},
+    mif::Daemon,
+};
+
+/// The user the clients run as: `nobody`, no capability, no group.
+pub const UNPRIVILEGED: u32 = 65534;
+
+/// `$MIF_LIBRARY`, or libmif built (once per test process) from this
+/// workspace, as [`crate::mif::mif_path`] builds mif.
+pub fn libmif_path() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("MIF_LIBRARY") {
+        return Ok(path.into());
+    }
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_libmif().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_libmif() -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(workspace())
+        .args(["build", "--quiet", "--package", "mif-api"])
+        .status()
+        .context("running cargo build for mif-api")?;
+    if !status.success() {
+        bail!("cargo build of mif-api failed: {status}");
+    }
+    let exe = std::env::current_exe()?;
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("libmif_api.so"))
+        .find(|candidate| candidate.is_file())
+        .with_context(|| format!("libmif_api.so not found near {}", exe.display()))
+}
+
+fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate is in the workspace")
+}
+
+/// The daemon's control socket (as `mif::control::socket_path` names it).
+pub fn control_socket(daemon: &Daemon<'_>) -> PathBuf {
+    let flat = (daemon.instance.pin_dir.display().to_string())
+        .trim_matches('/')
+        .replace('/', "-");
+    PathBuf::from(format!("/run/mif/{flat}.sock"))
+}
+
+/// The client's command line, environment set for `daemon`.
+fn client_command(
+    lab: &Lab,
+    daemon: &Daemon<'_>,
+    cgroup: Option<&Path>,
+    args: &[&str],
+) -> Result<std::process::Command> {
+    let script = workspace().join("tests/python/mif_client.py");
+    let mut all = vec![script.display().to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    // Debian's interpreter: one under /root (pyenv) is not the
+    // unprivileged user's to run.
+    let mut cmd = lab.command_in_as(cgroup, UNPRIVILEGED, "/usr/bin/python3", all)?;
+    cmd.env("PYTHONPATH", workspace().join("mif-api/python"))
+        .env("MIF_LIBRARY", libmif_path()?)
+        .env("MIF_SOCKET", control_socket(daemon))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env_remove("PYTHONHOME");
+    Ok(cmd)
+}
+
+/// Runs the client to completion; its one JSON line.
+pub fn client(
+    lab: &Lab,
+    daemon: &Daemon<'_>,
+    cgroup: Option<&Path>,
+    args: &[&str],
+) -> Result<Value> {
+    let cmd = client_command(lab, daemon, cgroup, args)?;
+    let out = lab.output(cmd, std::time::Duration::from_secs(30))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "mif_client.py {args:?} failed ({}): {}{}",
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_str(stdout.trim())
+        .with_context(|| format!("mif_client.py {args:?} printed {stdout:?}"))
+}
+
+/// Starts the client, its stdout piped (for `watch`).
+pub fn spawn_client(
+    lab: &Lab,
+    daemon: &Daemon<'_>,
+    cgroup: Option<&Path>,
+    args: &[&str],
+) -> Result<LabChild> {
+    let mut cmd = client_command(lab, daemon, cgroup, args)?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    lab.spawn(cmd)
+}

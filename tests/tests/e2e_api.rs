@@ -1,0 +1,294 @@
+//! End-to-end: the MIF API as an unprivileged application uses it, through
+//! the Python module over libmif (`tests/python/mif_client.py`), against
+//! the real `mif daemon` and kernel programs in a lab of two networks. What
+//! is asserted is what the application and the network's peer observe:
+//! which network a socket left by, which source the peer saw, which errno
+//! a refused choice gave, and which PvD `mif_connect` won by.
+use std::{net::IpAddr, path::Path};
+
+use mif_tests::api::{client, spawn_client};
+use mif_tests::e2e::{host_addr, internet, policy_toml as policy, two_networks as lab};
+use mif_tests::{
+    lab::{Family, Lab, Proto, Resolver, CONNECTIVITY_NAME, DNS_NAME, INTERNET_V4, PEER_PORT},
+    mif::Daemon,
+    skip_unless_root,
+};
+use serde_json::Value;
+
+const ENOENT: i64 = 2;
+const EPERM: i64 = 1;
+const ENETUNREACH: i64 = 101;
+
+fn port() -> String {
+    PEER_PORT.to_string()
+}
+
+/// The client's `choose` for `proto` to `to`, choosing `pvd` (None: no
+/// choice), from `cgroup`.
+fn choose(
+    lab: &Lab,
+    daemon: &Daemon<'_>,
+    cgroup: &Path,
+    proto: Proto,
+    to: IpAddr,
+    pvd: Option<&str>,
+) -> Value {
+    let (to, port) = (to.to_string(), port());
+    let mut args = vec![
+        "choose",
+        "--to",
+        &to,
+        "--port",
+        &port,
+        "--proto",
+        proto.arg(),
+    ];
+    if let Some(pvd) = pvd {
+        args.extend(["--pvd", pvd]);
+    }
+    client(lab, daemon, Some(cgroup), &args).unwrap()
+}
+
+/// The network and source the peer reported in `out`'s reply.
+fn reply(out: &Value) -> (String, IpAddr) {
+    let line = out["reply"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no reply: {out}"));
+    let (network, source) = line
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("odd reply {line:?}"));
+    (network.to_owned(), source.parse().unwrap())
+}
+
+fn config(lab: &Lab, policies: &[(&str, &[&str], &str)]) -> String {
+    let rel = lab.cgroup_rel();
+    let mut toml = String::new();
+    for n in 0..2 {
+        let net = lab.network(n);
+        toml += &format!(
+            "[[pvd]]\nname = {:?}\ndns = [\"{}\"]\n",
+            net.name, net.gateway_v4
+        );
+    }
+    for (cgroup, prefer, extra) in policies {
+        toml += &policy(&format!("{rel}/{cgroup}"), prefer, extra);
+    }
+    toml
+}
+
+#[test]
+fn an_unprivileged_app_chooses_each_pvd_for_each_kind_of_socket() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    lab.create_cgroup("other").unwrap();
+    let daemon = Daemon::start(&lab, &config(&lab, &[("other", &["wwan0"], "")])).unwrap();
+
+    for n in 0..2 {
+        let net = lab.network(n);
+        for family in [Family::V4, Family::V6] {
+            for proto in Proto::ALL {
+                let out = choose(
+                    &lab,
+                    &daemon,
+                    &app,
+                    proto,
+                    internet(family),
+                    Some(&net.name),
+                );
+                let what = format!("{proto} {family:?} choosing {}: {out}", net.name);
+                assert_eq!(out["before"], Value::Null, "{what}: no policy, no PvD");
+                assert_eq!(out["after"], net.name.as_str(), "{what}: getsockopt");
+                assert_eq!(out.get("choose_error"), None, "{what}");
+                let (network, source) = reply(&out);
+                assert_eq!(network, net.name, "{what}: left by the wrong network");
+                assert_eq!(source, host_addr(net, family), "{what}: wrong source");
+            }
+        }
+    }
+    // Without a choice the app follows the main table (wlan0), so the
+    // wwan0 answers above were the choice's doing.
+    let out = choose(&lab, &daemon, &app, Proto::Tcp, INTERNET_V4.into(), None);
+    assert_eq!(reply(&out).0, "wlan0", "{out}");
+}
+
+#[test]
+fn refused_choices_give_their_errno_and_leave_the_socket_as_it_was() {
+    skip_unless_root!();
+    let lab = lab();
+    let tight = lab.create_cgroup("tight").unwrap();
+    let loose = lab.create_cgroup("loose").unwrap();
+    let toml = config(
+        &lab,
+        &[
+            ("tight", &["wlan0"], ""),
+            ("loose", &["wlan0"], "allow = [\"wwan0\"]"),
+        ],
+    );
+    let daemon = Daemon::start(&lab, &toml).unwrap();
+    let to: IpAddr = INTERNET_V4.into();
+
+    for (cgroup, pvd, errno) in [(&tight, "nope0", ENOENT), (&tight, "wwan0", EPERM)] {
+        for proto in Proto::ALL {
+            let out = choose(&lab, &daemon, cgroup, proto, to, Some(pvd));
+            assert_eq!(out["choose_error"], errno, "{proto} choosing {pvd}: {out}");
+            assert_eq!(out["before"], "wlan0", "{out}");
+            assert_eq!(out["after"], "wlan0", "unchanged: {out}");
+            assert_eq!(reply(&out).0, "wlan0", "{out}");
+        }
+    }
+    // The allow list lets the loose policy's processes choose wwan0.
+    let out = choose(&lab, &daemon, &loose, Proto::Tcp, to, Some("wwan0"));
+    assert_eq!(
+        reply(&out),
+        ("wwan0".into(), lab.network(1).host_v4.into()),
+        "{out}"
+    );
+
+    // Change notifications: a watcher hears of wwan0 going down.
+    let watcher = spawn_client(&lab, &daemon, Some(&loose), &["watch", "--pvd", "wwan0"]).unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        watcher.take_stdout().expect("the watcher's stdout"),
+    ));
+    let first = lines.next().expect("the watcher's first line").unwrap();
+    assert!(first.contains("subscribed"), "{first}");
+    lab.ip_host(&["link", "set", "wwan0", "down"]).unwrap();
+    let event: Value = serde_json::from_str(&lines.next().expect("an event").unwrap()).unwrap();
+    assert_eq!(event["pvd"], "wwan0", "{event}");
+    assert_eq!(event["available_v4"], false, "{event}");
+
+    // An allowed PvD that is unavailable: ENETUNREACH, socket unchanged.
+    let out = choose(&lab, &daemon, &loose, Proto::Tcp, to, Some("wwan0"));
+    assert_eq!(out["choose_error"], ENETUNREACH, "{out}");
+    assert_eq!(out["after"], "wlan0", "{out}");
+    assert_eq!(reply(&out).0, "wlan0", "{out}");
+}
+
+#[test]
+fn a_strict_app_cannot_escape_its_pvds() {
+    skip_unless_root!();
+    let lab = lab();
+    let strict = lab.create_cgroup("strict").unwrap();
+    let toml = config(&lab, &[("strict", &["wwan0"], "strict = true")]);
+    let daemon = Daemon::start(&lab, &toml).unwrap();
+    for family in [Family::V4, Family::V6] {
+        for proto in Proto::ALL {
+            let out = choose(
+                &lab,
+                &daemon,
+                &strict,
+                proto,
+                internet(family),
+                Some("wlan0"),
+            );
+            assert_eq!(out["choose_error"], EPERM, "{proto} {family:?}: {out}");
+            assert_eq!(out["after"], "wwan0", "{out}");
+            assert_eq!(reply(&out).0, "wwan0", "{proto} {family:?}: {out}");
+        }
+    }
+    let out = choose(
+        &lab,
+        &daemon,
+        &strict,
+        Proto::Tcp,
+        INTERNET_V4.into(),
+        Some("wwan0"),
+    );
+    assert_eq!(out.get("choose_error"), None, "its own PvD: {out}");
+    assert_eq!(reply(&out).0, "wwan0");
+    let maps = daemon.maps_json().unwrap();
+    assert!(
+        mif_tests::e2e::counter_total(&maps, "denied") >= 6,
+        "the refusals are counted: {maps}"
+    );
+}
+
+#[test]
+fn a_chosen_socket_keeps_its_pvd_in_a_child_process() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let daemon = Daemon::start(
+        &lab,
+        &config(&lab, &[("app", &["wlan0"], "allow = [\"wwan0\"]")]),
+    )
+    .unwrap();
+    let (to, port) = (INTERNET_V4.to_string(), port());
+    let args = ["handoff", "--to", &to, "--port", &port, "--pvd", "wwan0"];
+    let out = client(&lab, &daemon, Some(&app), &args).unwrap();
+    assert_eq!(out["pvd"], "wwan0", "the child reads the choice: {out}");
+    assert_eq!(
+        reply(&out),
+        ("wwan0".into(), lab.network(1).host_v4.into()),
+        "{out}"
+    );
+}
+
+#[test]
+fn names_resolve_through_the_chosen_pvds_resolvers() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    lab.create_cgroup("other").unwrap();
+    let _dns: Vec<_> = (0..2)
+        .map(|i| lab.start_resolver(i, &[]).unwrap())
+        .collect();
+    let daemon = Daemon::start(&lab, &config(&lab, &[("other", &["wlan0"], "")])).unwrap();
+    for i in 0..2 {
+        let pvd = &lab.network(i).name;
+        let out = client(
+            &lab,
+            &daemon,
+            Some(&app),
+            &["resolve", "--pvd", pvd, "--host", DNS_NAME],
+        )
+        .unwrap();
+        let text = out["addresses"].to_string();
+        assert!(Resolver::Network(i).answered(&text), "{pvd}: {out}");
+        assert!(!Resolver::Network(1 - i).answered(&text), "{pvd}: {out}");
+    }
+}
+
+#[test]
+fn mif_connect_wins_over_the_next_pvd_when_the_first_is_black_holed() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let _dns: Vec<_> = (0..2)
+        .map(|i| lab.start_resolver(i, &[]).unwrap())
+        .collect();
+    let toml = config(&lab, &[("app", &["wwan0", "wlan0"], "")]);
+    let daemon = Daemon::start(&lab, &toml).unwrap();
+    let port = port();
+    let connect = |host: &str| {
+        let args = ["connect", "--host", host, "--port", &port, "--delay", "250"];
+        client(&lab, &daemon, Some(&app), &args).unwrap()
+    };
+
+    // Healthy: the policy's first PvD wins, at the first attempt.
+    let healthy = connect(CONNECTIVITY_NAME);
+    assert_eq!(healthy["pvd"], "wwan0", "{healthy}");
+    assert_eq!(healthy["attempts"], 1, "{healthy}");
+    assert_eq!(reply(&healthy).0, "wwan0", "{healthy}");
+
+    // wwan0's upstream silently drops everything: a plain connect (the
+    // policy gives wwan0) hangs until it gives up ...
+    lab.cut_upstream(1).unwrap();
+    let plain = lab.client(Some(&app), Proto::Tcp, INTERNET_V4.into(), None);
+    assert!(plain.is_err(), "a plain connect got through: {plain:?}");
+    // ... while mif_connect starts wlan0's attempt 250 ms later and wins.
+    for host in [CONNECTIVITY_NAME.to_owned(), INTERNET_V4.to_string()] {
+        let raced = connect(&host);
+        assert_eq!(raced["pvd"], "wlan0", "{host}: {raced}");
+        assert_eq!(reply(&raced).0, "wlan0", "{host}: {raced}");
+        assert_eq!(raced["socket_pvd"], "wlan0", "{raced}");
+        let ms = raced["connected_ms"].as_f64().unwrap();
+        // The attempt delay plus one round trip, with room for a loaded
+        // machine (the lab's round trip is well under a millisecond).
+        assert!(
+            (250.0..250.0 + 250.0).contains(&ms),
+            "{host}: connected after {ms:.0} ms: {raced}"
+        );
+        eprintln!("{host}: black-holed first PvD, connected over wlan0 in {ms:.1} ms");
+    }
+}
