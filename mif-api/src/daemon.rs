@@ -16,10 +16,23 @@ use crate::Error;
 /// `/sys/fs/bpf/mif`); `MIF_SOCKET` names another.
 pub const DEFAULT_SOCKET: &str = "/run/mif/sys-fs-bpf-mif.sock";
 
-/// The control socket this process talks to.
+/// The socket [`use_socket`] named, if any.
+static CHOSEN_SOCKET: std::sync::RwLock<Option<PathBuf>> = std::sync::RwLock::new(None);
+
+/// Talks to the daemon at `path` from now on (another instance's socket),
+/// whatever `MIF_SOCKET` says.
+pub fn use_socket(path: PathBuf) {
+    if let Ok(mut chosen) = CHOSEN_SOCKET.write() {
+        *chosen = Some(path);
+    }
+}
+
+/// The control socket this process talks to: the one [`use_socket`] named,
+/// else `$MIF_SOCKET`, else [`DEFAULT_SOCKET`].
 pub fn socket_path() -> PathBuf {
-    std::env::var_os("MIF_SOCKET")
-        .map(PathBuf::from)
+    let chosen = CHOSEN_SOCKET.read().ok().and_then(|c| c.clone());
+    chosen
+        .or_else(|| std::env::var_os("MIF_SOCKET").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
 }
 

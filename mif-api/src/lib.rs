@@ -25,7 +25,8 @@ mod resolve;
 mod socket;
 
 pub use daemon::{
-    choices, pvd, pvds, set_process_pvd, socket_path, Choices, Event, Pvd, Watch, DEFAULT_SOCKET,
+    choices, pvd, pvds, set_process_pvd, socket_path, use_socket, Choices, Event, Pvd, Watch,
+    DEFAULT_SOCKET,
 };
 pub use error::Error;
 pub use happy_eyeballs::{connect, order, ConnectOptions, Connected, Resolved};

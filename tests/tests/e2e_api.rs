@@ -6,7 +6,7 @@
 //! a refused choice gave, and which PvD `mif_connect` won by.
 use std::{net::IpAddr, path::Path};
 
-use mif_tests::api::{client, spawn_client};
+use mif_tests::api::{client, spawn_client, UNPRIVILEGED};
 use mif_tests::e2e::{host_addr, internet, policy_toml as policy, two_networks as lab};
 use mif_tests::{
     lab::{Family, Lab, Proto, Resolver, CONNECTIVITY_NAME, DNS_NAME, INTERNET_V4, PEER_PORT},
@@ -291,4 +291,21 @@ fn mif_connect_wins_over_the_next_pvd_when_the_first_is_black_holed() {
         );
         eprintln!("{host}: black-holed first PvD, connected over wlan0 in {ms:.1} ms");
     }
+
+    // `mif connect`, the same for scripts: the peer's line on stdout, the
+    // winner on stderr.
+    let mif = mif_tests::mif::mif_path().unwrap();
+    let pin_dir = daemon.instance.pin_dir.display().to_string();
+    let args = ["connect", "--pin-dir", &pin_dir, CONNECTIVITY_NAME, &port];
+    let cmd = lab
+        .command_in_as(Some(&app), UNPRIVILEGED, &mif, args)
+        .unwrap();
+    let out = lab.output(cmd, std::time::Duration::from_secs(20)).unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "mif connect: {stderr}");
+    assert!(stdout.starts_with("wlan0 "), "{stdout}");
+    assert!(stderr.contains("over wlan0 (2 attempts)"), "{stderr}");
 }

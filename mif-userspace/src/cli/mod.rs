@@ -2,6 +2,7 @@
 pub mod cleanup;
 mod common;
 mod completions;
+mod connect;
 mod container;
 pub mod daemon;
 mod exec;
@@ -32,6 +33,7 @@ pub enum Command {
     Pvd(pvd::PvdArgs),
     Policy(policy::PolicyArgs),
     Exec(exec::ExecArgs),
+    Connect(connect::ConnectArgs),
     Maps(maps::MapsArgs),
     Stats(stats::StatsArgs),
     Monitor(monitor::MonitorArgs),
@@ -50,6 +52,7 @@ impl Cli {
             Command::Pvd(args) => args.execute(),
             Command::Policy(args) => args.execute(),
             Command::Exec(args) => args.execute(),
+            Command::Connect(args) => args.execute(),
             Command::Maps(args) => args.execute(),
             Command::Stats(args) => args.execute(),
             Command::Monitor(args) => args.execute(),
