@@ -225,9 +225,16 @@ pub fn choices() -> Result<Choices, Error> {
 /// that PvD. Sockets already open keep their PvD.
 pub fn set_process_pvd(pvd: &str) -> Result<(), Error> {
     let request = serde_json::json!({ "op": "process_pvd", "pvd": pvd }).to_string();
-    match ask(&request)? {
-        Answer::Ok => Ok(()),
-        _ => Err(Error::Protocol("expected ok".into())),
+    // The daemon's refusals are words; the two a caller acts on keep the
+    // errno of the per-socket choice.
+    match ask(&request) {
+        Ok(Answer::Ok) => Ok(()),
+        Ok(_) => Err(Error::Protocol("expected ok".into())),
+        Err(Error::Daemon(why)) if why.contains("(EPERM)") => Err(Error::NotAllowed(pvd.into())),
+        Err(Error::Daemon(why)) if why.starts_with("no PvD is named") => {
+            Err(Error::NoSuchPvd(pvd.into()))
+        }
+        Err(e) => Err(e),
     }
 }
 

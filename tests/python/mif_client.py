@@ -16,6 +16,8 @@ libmif (mif-api/python/mif.py). Every command prints one JSON object.
   mif_client.py watch --pvd NAME
       subscribe, print {"subscribed": true}, and wait for an event about
       the PvD NAME.
+  mif_client.py process --pvd NAME --to ADDR --port P
+      set_process_pvd, then reach the peer with a new socket.
   mif_client.py resolve --pvd NAME --host H
   mif_client.py pvds
 """
@@ -130,6 +132,21 @@ def watch(args):
     return {"error": "no event"}
 
 
+def process(args):
+    """set_process_pvd, then a new socket without a choice of its own."""
+    out = {}
+    try:
+        mif.set_process_pvd(args.pvd)
+    except mif.MifError as e:
+        out["process_error"] = e.errno
+        out["process_message"] = e.strerror
+    sock = new_socket("tcp", args.to)
+    out["pvd"] = mif.socket_pvd(sock)
+    out.update(talk(sock, "tcp", args.to, args.port))
+    out["cgroup"] = open("/proc/self/cgroup").read().strip()
+    return out
+
+
 def resolve(args):
     try:
         return {"addresses": mif.resolve(args.pvd, args.host)}
@@ -164,13 +181,17 @@ def main():
     k.add_argument("--delay", type=float, default=250)
     w = sub.add_parser("watch")
     w.add_argument("--pvd", required=True)
+    p = sub.add_parser("process")
+    p.add_argument("--pvd", required=True)
+    p.add_argument("--to", required=True)
+    p.add_argument("--port", type=int, required=True)
     r = sub.add_parser("resolve")
     r.add_argument("--pvd", required=True)
     r.add_argument("--host", required=True)
     sub.add_parser("pvds")
     args = parser.parse_args()
     commands = {"choose": choose, "handoff": handoff, "use-fd": use_fd,
-                "connect": connect, "watch": watch, "resolve": resolve, "pvds": pvds}
+                "connect": connect, "watch": watch, "resolve": resolve, "process": process, "pvds": pvds}
     print(json.dumps(commands[args.command](args)), flush=True)
 
 

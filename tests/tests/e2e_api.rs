@@ -225,6 +225,65 @@ fn a_chosen_socket_keeps_its_pvd_in_a_child_process() {
 }
 
 #[test]
+fn a_process_chooses_the_pvd_of_all_its_future_sockets() {
+    skip_unless_root!();
+    let lab = lab();
+    let loose = lab.create_cgroup("loose").unwrap();
+    let strict = lab.create_cgroup("strict").unwrap();
+    let toml = config(
+        &lab,
+        &[
+            ("loose", &["wlan0"], "allow = [\"wwan0\"]"),
+            ("strict", &["wwan0"], "strict = true"),
+        ],
+    );
+    let daemon = Daemon::start(&lab, &toml).unwrap();
+    let (to, port) = (INTERNET_V4.to_string(), port());
+    let process = |cgroup: &Path, pvd: &str| {
+        let args = ["process", "--pvd", pvd, "--to", &to, "--port", &port];
+        client(&lab, &daemon, Some(cgroup), &args).unwrap()
+    };
+
+    let out = process(&loose, "wwan0");
+    assert_eq!(out.get("process_error"), None, "{out}");
+    assert_eq!(out["pvd"], "wwan0", "{out}");
+    assert_eq!(
+        reply(&out),
+        ("wwan0".into(), lab.network(1).host_v4.into()),
+        "{out}"
+    );
+    assert!(
+        out["cgroup"]
+            .as_str()
+            .unwrap()
+            .ends_with("/loose/mif-pvd-wwan0"),
+        "{out}"
+    );
+
+    // Not allowed: refused, the process stays where it was.
+    let out = process(&strict, "wlan0");
+    assert_eq!(out["process_error"], EPERM, "{out}");
+    assert_eq!(reply(&out).0, "wwan0", "{out}");
+    assert!(
+        out["cgroup"].as_str().unwrap().ends_with("/strict"),
+        "{out}"
+    );
+
+    // The first caller has exited: the next request removes its cgroup
+    // and policy.
+    let out = process(&strict, "wwan0");
+    assert_eq!(reply(&out).0, "wwan0", "{out}");
+    assert!(
+        !loose.join("mif-pvd-wwan0").exists(),
+        "the empty cgroup was removed"
+    );
+    let policies = daemon.mif(&["policy", "list", "--json"]).unwrap();
+    let policies = String::from_utf8_lossy(&policies.stdout);
+    assert!(!policies.contains("loose/mif-pvd-wwan0"), "{policies}");
+    assert!(policies.contains("strict/mif-pvd-wwan0"), "{policies}");
+}
+
+#[test]
 fn names_resolve_through_the_chosen_pvds_resolvers() {
     skip_unless_root!();
     let lab = lab();

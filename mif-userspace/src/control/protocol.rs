@@ -37,6 +37,13 @@ pub enum Request {
     /// The asking process's policy, as the kernel applies it to its
     /// sockets (the MIF API's candidates for `mif_connect`).
     Choices,
+    /// Moves the asking process into a cgroup of the daemon's whose policy
+    /// prefers `pvd` (the MIF API's `mif_set_process_pvd`), if its own
+    /// policy allows it to choose `pvd`. Any local process may ask, for
+    /// itself only (the pid is the socket peer's).
+    ProcessPvd {
+        pvd: String,
+    },
 }
 
 impl Request {

@@ -14,7 +14,7 @@ use crate::{
     },
     host::{cgroup::normalize_cgroup, foreign_netns},
     instance::InstanceOptions,
-    model::config::ConfigSources,
+    model::config::{ConfigSources, PolicyTerms},
     model::policies::{self, Origin, PolicySpec},
     model::pvd::PvdState,
     reconcile::Reconciler,
@@ -28,6 +28,10 @@ pub fn pvd_view(p: &PvdState, validator: &Validator) -> PvdView {
     view.validation_v6 = validator.view(&p.name, true);
     view
 }
+
+/// The leaf name of the cgroups [`Admin::process_pvd`] makes, before the
+/// PvD's name.
+pub const PROCESS_PVD_PREFIX: &str = "mif-pvd-";
 
 /// The policy covering process `pid` and what it may choose (see
 /// [`ChoicesView`]): the deepest policy among its cgroup and the cgroup's
@@ -115,6 +119,7 @@ impl Admin {
         monitor: &broadcast::Sender<MonitorEvent>,
         validator: &Validator,
         request: Request,
+        peer_pid: Option<i32>,
     ) -> Response {
         match request {
             Request::Status => Response::Status(Box::new(self.status(reconciler))),
@@ -151,8 +156,15 @@ impl Admin {
             Request::Monitor => Response::Error("monitor is a stream".into()),
             // Served by [`probe`], which answers when the probes end.
             Request::PvdProbe { .. } => Response::Error("probe is answered apart".into()),
-            // Served by [`choices`], which needs the asking process.
-            Request::Choices => Response::Error("choices are answered apart".into()),
+            Request::Choices => choices(reconciler, peer_pid),
+            Request::ProcessPvd { pvd } => match self.process_pvd(reconciler, peer_pid, &pvd).await
+            {
+                Ok(cgroup) => {
+                    let _ = monitor.send(MonitorEvent::PolicySet(cgroup));
+                    Response::Ok
+                }
+                Err(e) => Response::Error(e),
+            },
         }
     }
 
@@ -206,7 +218,8 @@ impl Admin {
             .known_pvd_names()
             .await
             .map_err(|e| format!("{e:#}"))?;
-        if let Some(unknown) = spec.terms.prefer.iter().find(|n| !known.contains(*n)) {
+        let named = spec.terms.prefer.iter().chain(&spec.terms.allow);
+        if let Some(unknown) = named.into_iter().find(|n| !known.contains(*n)) {
             return Err(format!(
                 "unknown PvD {unknown:?}: neither a [[pvd]] of the config nor an interface (known: {})",
                 known.iter().cloned().collect::<Vec<_>>().join(", ")
@@ -242,6 +255,113 @@ impl Admin {
             .set(spec)
             .map_err(|e| e.to_string())?;
         self.persist_and_apply(reconciler).await
+    }
+
+    /// `mif_set_process_pvd`: moves process `pid` into a cgroup of the
+    /// daemon's below its own, `mif-pvd-<pvd>`, whose policy prefers `pvd`
+    /// and keeps the rest of the process's policy (its other PvDs after,
+    /// strictness, DNS, exclusions, allow list), when that policy lets the
+    /// process choose `pvd` (the kernel's rule for one socket). A process
+    /// already in such a cgroup moves to its sibling: what it may choose
+    /// is judged by the policy above, never by the daemon's own. The
+    /// policy is written before the move, so no socket of the process
+    /// misses it. Such cgroups left empty by earlier callers are removed
+    /// with their policies first.
+    async fn process_pvd(
+        &mut self,
+        reconciler: &mut Reconciler,
+        pid: Option<i32>,
+        pvd: &str,
+    ) -> Result<PolicySpec, String> {
+        let pid = pid.ok_or("the asking process is unknown")?;
+        let own = foreign_netns::cgroup2_path_of(pid as u32)
+            .ok_or("cannot read the asking process's cgroup")?;
+        let base = match own.rsplit_once('/') {
+            Some((parent, leaf)) if leaf.starts_with(PROCESS_PVD_PREFIX) => {
+                if parent.is_empty() { "/" } else { parent }.to_owned()
+            }
+            _ => own.clone(),
+        };
+        if !reconciler.pvds().iter().any(|p| p.name == pvd) {
+            return Err(format!("no PvD is named {pvd:?}"));
+        }
+        let state = reconciler.policy_state();
+        let origin = foreign_netns::cgroup_and_ancestors(&base)
+            .find_map(|c| state.policy_of_cgroup(c))
+            .map(|p| p.terms.clone());
+        let terms = match &origin {
+            Some(t) => {
+                let may = t.prefer.iter().any(|n| n == pvd)
+                    || (!t.strict && t.allow.iter().any(|n| n == pvd));
+                if !may {
+                    return Err(format!(
+                        "PvD {pvd:?} is not one this process's policy allows it to choose (EPERM)"
+                    ));
+                }
+                let mut prefer = vec![pvd.to_owned()];
+                prefer.extend(t.prefer.iter().filter(|n| *n != pvd).cloned());
+                prefer.truncate(mif_common::MAX_PREFER);
+                PolicyTerms {
+                    prefer,
+                    ..(**t).clone()
+                }
+            }
+            // Under no policy the process could choose any PvD: it still may.
+            None => PolicyTerms {
+                prefer: vec![pvd.to_owned()],
+                allow: (reconciler.pvds().iter())
+                    .map(|p| p.name.clone())
+                    .filter(|n| n != pvd)
+                    .collect(),
+                ..Default::default()
+            },
+        };
+        self.remove_empty_process_cgroups(reconciler).await;
+        let leaf = format!("{PROCESS_PVD_PREFIX}{pvd}");
+        let cgroup = normalize_cgroup(&format!("{}/{leaf}", base.trim_end_matches('/')));
+        let dir = reconciler
+            .policy_state()
+            .cgroup2()
+            .mount()
+            .join(cgroup.trim_start_matches('/'));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("cannot make cgroup {}: {e}", dir.display())),
+        }
+        let spec = PolicySpec {
+            cgroup: cgroup.clone(),
+            terms: terms.into(),
+        };
+        self.set_policy(reconciler, spec.clone()).await?;
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+            .map_err(|e| format!("cannot move process {pid} into {cgroup}: {e}"))?;
+        info!("process {pid} now uses PvD {pvd} ({cgroup})");
+        Ok(spec)
+    }
+
+    /// Removes the `mif-pvd-*` cgroups of [`Self::process_pvd`] whose
+    /// processes are all gone, and their policies.
+    async fn remove_empty_process_cgroups(&mut self, reconciler: &mut Reconciler) {
+        let mount = reconciler.policy_state().cgroup2().mount().to_path_buf();
+        let empty: Vec<String> = (reconciler.policy_state().set.iter())
+            .map(|(cgroup, _)| cgroup.to_owned())
+            .filter(|c| {
+                c.rsplit('/')
+                    .next()
+                    .is_some_and(|l| l.starts_with(PROCESS_PVD_PREFIX))
+            })
+            .filter(|c| {
+                let procs = mount.join(c.trim_start_matches('/')).join("cgroup.procs");
+                std::fs::read_to_string(procs).map_or(true, |p| p.trim().is_empty())
+            })
+            .collect();
+        for cgroup in empty {
+            let _ = std::fs::remove_dir(mount.join(cgroup.trim_start_matches('/')));
+            if let Err(e) = self.del_policy(reconciler, &cgroup).await {
+                warn!("removing the policy of the empty cgroup {cgroup}: {e}");
+            }
+        }
     }
 
     async fn del_policy(

@@ -456,12 +456,10 @@ async fn follow(
                     admin::probe(validator, reconciler, &name, command.reply);
                     continue;
                 }
-                if command.request == control::protocol::Request::Choices {
-                    let _ = command.reply.send(admin::choices(reconciler, command.peer_pid));
-                    continue;
-                }
                 let before = reconciler.pvds().to_vec();
-                let response = admin.handle(reconciler, &control.monitor, validator, command.request).await;
+                let response = admin
+                    .handle(reconciler, &control.monitor, validator, command.request, command.peer_pid)
+                    .await;
                 let _ = command.reply.send(response);
                 dns_forwarder.follow(reconciler.pvds()).await;
                 follow_validation(reconciler, validator).await;
