@@ -49,6 +49,88 @@ fn build_libmif() -> Result<PathBuf> {
         .with_context(|| format!("libmif_api.so not found near {}", exe.display()))
 }
 
+/// `mif-api/examples/mif-pvd.c` built as a C program would be: against
+/// libmif installed by `cargo xtask api` (into `target/api-e2e`), with the
+/// flags its pkg-config file gives. Once per test process.
+pub fn c_example() -> Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_c_example().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_c_example() -> Result<PathBuf> {
+    let prefix = workspace().join("target/api-e2e");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(workspace())
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "xtask",
+            "--",
+            "api",
+            "--prefix",
+        ])
+        .arg(&prefix)
+        .stdout(Stdio::null())
+        .status()
+        .context("running cargo xtask api")?;
+    if !status.success() {
+        bail!("cargo xtask api failed: {status}");
+    }
+    let pkg_config = std::process::Command::new("pkg-config")
+        .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"))
+        .args(["--cflags", "--libs", "mif"])
+        .output()
+        .context("running pkg-config")?;
+    if !pkg_config.status.success() {
+        bail!(
+            "pkg-config mif: {}",
+            String::from_utf8_lossy(&pkg_config.stderr)
+        );
+    }
+    let flags = String::from_utf8(pkg_config.stdout)?;
+    let exe = prefix.join("mif-pvd");
+    let out = std::process::Command::new("cc")
+        .args(["-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&exe)
+        .arg(workspace().join("mif-api/examples/mif-pvd.c"))
+        .args(flags.split_whitespace())
+        .output()
+        .context("running cc")?;
+    if !out.status.success() {
+        bail!("cc mif-pvd.c: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(exe)
+}
+
+/// Runs the C example as the unprivileged user, in `cgroup`, against
+/// `daemon`: its stdout, or its stderr as the error.
+pub fn run_c_example(
+    lab: &Lab,
+    daemon: &Daemon<'_>,
+    cgroup: Option<&Path>,
+    args: &[&str],
+) -> Result<String> {
+    let exe = c_example()?;
+    let lib = exe.parent().context("the example's prefix")?.join("lib");
+    let mut cmd = lab.command_in_as(cgroup, UNPRIVILEGED, &exe, args)?;
+    cmd.env("LD_LIBRARY_PATH", lib)
+        .env("MIF_SOCKET", control_socket(daemon));
+    let out = lab.output(cmd, std::time::Duration::from_secs(30))?;
+    if !out.status.success() {
+        bail!(
+            "mif-pvd {args:?} ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn workspace() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -6,7 +6,7 @@
 //! a refused choice gave, and which PvD `mif_connect` won by.
 use std::{net::IpAddr, path::Path};
 
-use mif_tests::api::{client, spawn_client, UNPRIVILEGED};
+use mif_tests::api::{client, run_c_example, spawn_client, UNPRIVILEGED};
 use mif_tests::e2e::{host_addr, internet, policy_toml as policy, two_networks as lab};
 use mif_tests::{
     lab::{Family, Lab, Proto, Resolver, CONNECTIVITY_NAME, DNS_NAME, INTERNET_V4, PEER_PORT},
@@ -281,6 +281,48 @@ fn a_process_chooses_the_pvd_of_all_its_future_sockets() {
     let policies = String::from_utf8_lossy(&policies.stdout);
     assert!(!policies.contains("loose/mif-pvd-wwan0"), "{policies}");
     assert!(policies.contains("strict/mif-pvd-wwan0"), "{policies}");
+}
+
+#[test]
+fn a_c_program_uses_the_api_through_libmif_and_pkg_config() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let daemon = Daemon::start(
+        &lab,
+        &config(&lab, &[("app", &["wlan0"], "allow = [\"wwan0\"]")]),
+    )
+    .unwrap();
+    let list = run_c_example(&lab, &daemon, Some(&app), &["list"]).unwrap();
+    let wwan = lab.network(1);
+    assert!(list.contains("wwan0 interface=wwan0"), "{list}");
+    assert!(
+        list.contains(&wwan.host_v4.to_string()),
+        "its address: {list}"
+    );
+    assert!(
+        list.contains(&wwan.gateway_v4.to_string()),
+        "its resolver: {list}"
+    );
+
+    let (to, port) = (INTERNET_V4.to_string(), port());
+    let chosen =
+        run_c_example(&lab, &daemon, Some(&app), &["choose", "wwan0", &to, &port]).unwrap();
+    assert_eq!(
+        chosen.trim(),
+        format!("pvd=wwan0 reply=wwan0 {}", wwan.host_v4)
+    );
+    let refused = run_c_example(&lab, &daemon, Some(&app), &["choose", "nope0", &to, &port]);
+    let refused = refused.unwrap_err().to_string();
+    assert!(
+        refused.contains("no PvD is named \"nope0\" (errno 2)"),
+        "{refused}"
+    );
+    let raced = run_c_example(&lab, &daemon, Some(&app), &["connect", &to, &port]).unwrap();
+    assert!(
+        raced.starts_with("won=wlan0 address=203.0.113.1 attempts=1\npvd=wlan0 reply=wlan0 "),
+        "{raced}"
+    );
 }
 
 #[test]

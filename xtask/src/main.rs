@@ -2,6 +2,7 @@
 //!
 //! Everything the project needs on a fresh Debian machine (as root) is
 //! installed here, idempotently: a second run only checks and takes seconds.
+mod api;
 mod bench;
 mod deb;
 mod fuzz;
@@ -62,6 +63,14 @@ enum Chore {
         /// shipping).
         #[arg(long)]
         dev: bool,
+    },
+    /// Build the MIF API's C library and install it for C programs and
+    /// pkg-config under PREFIX (default target/api): lib/libmif.so.0,
+    /// include/mif.h, lib/pkgconfig/mif.pc, share/mif/python/mif.py.
+    /// Prints the prefix on stdout.
+    Api {
+        #[arg(long)]
+        prefix: Option<std::path::PathBuf>,
     },
     /// Set up, then validate dist/kubernetes against the Kubernetes
     /// schemas (offline, strict) and check that broken copies are refused.
@@ -129,6 +138,10 @@ fn main() -> anyhow::Result<()> {
         Chore::Bench { smoke } => {
             setup::run()?;
             bench::run(smoke)
+        }
+        Chore::Api { prefix } => {
+            println!("{}", api::install(prefix)?.display());
+            Ok(())
         }
         Chore::Deb { dev } => {
             setup::run()?;
