@@ -402,6 +402,11 @@ fn the_debian_package_installs_runs_and_removes_cleanly() {
         "/usr/share/doc/mif/benchmarks.md",
         "/usr/share/doc/mif/copyright",
         "/usr/share/doc/mif/changelog.gz",
+        "/usr/share/doc/mif/api.md",
+        "/usr/lib/libmif.so.0",
+        "/usr/include/mif.h",
+        "/usr/lib/pkgconfig/mif.pc",
+        "/usr/lib/python3/dist-packages/mif.py",
     ] {
         assert!(
             paths.iter().any(|p| p == expected),
@@ -427,6 +432,23 @@ fn the_debian_package_installs_runs_and_removes_cleanly() {
     );
     let help = stdout(&run(Command::new(BIN).args(["daemon", "--help"])));
     assert!(help.contains("--config"), "mif daemon --help: {help}");
+
+    // The MIF API from the system's paths: Debian's Python finds the
+    // module and the module the library; with no daemon on a socket of
+    // that name, the call says so with the library's words.
+    let probe = "import mif\ntry:\n    mif.pvds()\nexcept mif.MifError as e:\n    print(e.errno, e.strerror)\n";
+    let api = stdout(&run(Command::new("/usr/bin/python3")
+        .args(["-c", probe])
+        .env("MIF_SOCKET", "/nonexistent/mif-package-test.sock")));
+    assert!(
+        api.contains("the mif daemon is not reachable at /nonexistent/mif-package-test.sock"),
+        "python3 -c 'import mif': {api}"
+    );
+    let pc = std::fs::read_to_string("/usr/lib/pkgconfig/mif.pc").unwrap();
+    assert!(
+        pc.contains("prefix=/usr\n") && pc.contains("-l:libmif.so.0"),
+        "{pc}"
+    );
 
     let conffiles = stdout(&run(Command::new("dpkg-query").args([
         "--show",

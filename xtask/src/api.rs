@@ -1,7 +1,8 @@
 //! `cargo xtask api`: the MIF API's C library as a C program uses it, under
 //! a prefix: `lib/libmif.so.0` (the SONAME) and its `libmif.so` link,
 //! `include/mif.h`, `lib/pkgconfig/mif.pc`, and the Python module in
-//! `share/mif/python/mif.py`.
+//! `share/mif/python/mif.py`. The Debian package ships the same files in
+//! /usr (see `deb`).
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -9,14 +10,14 @@ use std::{
 
 use anyhow::Context as _;
 
+use crate::{target_dir, workspace_root};
+
 /// Builds mif-api (release) and installs it under `prefix`
 /// (`target/api` by default); returns the prefix.
 pub fn install(prefix: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    crate::cargo(&["build", "--release", "--package", "mif-api"])?;
-    let prefix = match prefix {
-        Some(p) => p,
-        None => std::env::current_dir()?.join("target/api"),
-    };
+    crate::cargo(&["build", "--release", "--package", "mif-api", "--lib"])?;
+    let root = workspace_root();
+    let prefix = prefix.unwrap_or_else(|| root.join("target/api"));
     let lib = prefix.join("lib");
     for dir in [
         lib.join("pkgconfig"),
@@ -25,29 +26,34 @@ pub fn install(prefix: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     ] {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    copy(
-        Path::new("target/release/libmif_api.so"),
-        &lib.join("libmif.so.0"),
-    )?;
+    let built = target_dir().join("release/libmif_api.so");
+    copy(&built, &lib.join("libmif.so.0"))?;
     let link = lib.join("libmif.so");
     let _ = fs::remove_file(&link);
     std::os::unix::fs::symlink("libmif.so.0", &link)
         .with_context(|| format!("linking {}", link.display()))?;
     copy(
-        Path::new("mif-api/include/mif.h"),
+        &root.join("mif-api/include/mif.h"),
         &prefix.join("include/mif.h"),
     )?;
     copy(
-        Path::new("mif-api/python/mif.py"),
+        &root.join("mif-api/python/mif.py"),
         &prefix.join("share/mif/python/mif.py"),
     )?;
-    let template = fs::read_to_string("mif-api/mif.pc.in").context("reading mif-api/mif.pc.in")?;
-    let pc = template
+    write_pkg_config(&prefix, &lib.join("pkgconfig/mif.pc"))?;
+    Ok(prefix)
+}
+
+/// Writes `mif.pc` for libmif installed under `prefix` to `path`. It links
+/// `-l:libmif.so.0`, so no development link `libmif.so` is needed (the
+/// Debian package ships none).
+pub fn write_pkg_config(prefix: &Path, path: &Path) -> anyhow::Result<()> {
+    let template = workspace_root().join("mif-api/mif.pc.in");
+    let pc = fs::read_to_string(&template)
+        .with_context(|| format!("reading {}", template.display()))?
         .replace("@PREFIX@", &prefix.display().to_string())
         .replace("@VERSION@", env!("CARGO_PKG_VERSION"));
-    let pc_path = lib.join("pkgconfig/mif.pc");
-    fs::write(&pc_path, pc).with_context(|| format!("writing {}", pc_path.display()))?;
-    Ok(prefix)
+    fs::write(path, pc).with_context(|| format!("writing {}", path.display()))
 }
 
 fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {

@@ -52,7 +52,8 @@ pub fn build(profile: Profile) -> anyhow::Result<PathBuf> {
     let mut cargo_build = Command::new(env!("CARGO"));
     cargo_build
         .current_dir(&root)
-        .args(["build", "--package", "mif-userspace", "--bin", "mif"]);
+        .args(["build", "--package", "mif-userspace", "--bin", "mif"])
+        .args(["--package", "mif-api", "--lib"]);
     if profile == Profile::Release {
         cargo_build.arg("--release");
     }
@@ -107,6 +108,9 @@ pub fn build(profile: Profile) -> anyhow::Result<PathBuf> {
         &assets.join("mif.fish"),
         "complete -c mif",
     )?;
+
+    // The MIF API's pkg-config file, for libmif in /usr/lib.
+    crate::api::write_pkg_config(Path::new("/usr"), &assets.join("mif.pc"))?;
 
     let arch = output_of(Command::new("dpkg").arg("--print-architecture"))?;
     let out_dir = target.join(profile.output_dir());
