@@ -139,10 +139,7 @@ fn workspace() -> &'static Path {
 
 /// The daemon's control socket (as `mif::control::socket_path` names it).
 pub fn control_socket(daemon: &Daemon<'_>) -> PathBuf {
-    let flat = (daemon.instance.pin_dir.display().to_string())
-        .trim_matches('/')
-        .replace('/', "-");
-    PathBuf::from(format!("/run/mif/{flat}.sock"))
+    crate::mif::control_socket_of(&daemon.instance.pin_dir)
 }
 
 /// The client's command line, environment set for `daemon`.

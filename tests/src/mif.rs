@@ -64,6 +64,17 @@ fn build_mif() -> Result<PathBuf> {
         .with_context(|| format!("mif not found near {}", exe.display()))
 }
 
+/// The control socket of the instance pinned at `pin_dir` (as mif's
+/// `control::socket_path` names it: `/run/mif/<pin dir with / as ->.sock`).
+pub fn control_socket_of(pin_dir: &Path) -> PathBuf {
+    let flat = pin_dir
+        .display()
+        .to_string()
+        .trim_matches('/')
+        .replace('/', "-");
+    PathBuf::from(format!("/run/mif/{flat}.sock"))
+}
+
 /// The options that keep one test's mif apart from every other's.
 #[derive(Debug, Clone)]
 pub struct Instance {

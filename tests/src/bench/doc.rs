@@ -111,10 +111,17 @@ pub fn markdown(r: &Report) -> String {
     md += "- **(g)** what unsteered traffic pays when a strict policy exists on \
            the host: the same daemon, the load in a sibling cgroup that no \
            policy covers, while (f)'s strict policy is in force on its own \
-           cgroup; traffic leaves by wlan0 as in (a).\n\n";
+           cgroup; traffic leaves by wlan0 as in (a).\n";
+    md += "- **(h)** the MIF API: the same daemon, the load in (g)'s cgroup (no \
+           policy), choosing wwan0 itself for every socket with \
+           `setsockopt(SOL_MIF, MIF_PVD, \"wwan0\")` (part of the measured \
+           cost): mif's setsockopt program finds the PvD, checks the policy and \
+           sets the mark. *×(b)* is what a chosen socket costs against one a \
+           policy steers.\n\n";
     md += "(f) and (g) are measured on the per-packet rows only (TCP stream and \
            UDP stream): their other rows would repeat (b)'s per-socket work, and \
-           would lengthen every round.\n\n";
+           would lengthen every round; (h) on the per-socket rows only, for the \
+           same reason the other way round.\n\n";
     md += "Every round visits every variant once, so that the machine's noise \
            hits all alike, in orders that put every variant after every other \
            equally often over the rounds (a Williams design: what one variant \
@@ -180,6 +187,7 @@ pub fn markdown(r: &Report) -> String {
     md += &vpn_section(r);
     md += &validation_section(r);
     md += &dns_section(r);
+    md += &api_section(r);
 
     if !r.memory.is_empty() {
         md += "## Kernel memory of the maps\n\n";
@@ -356,6 +364,42 @@ pub fn dns_section(r: &Report) -> String {
            resolver as other `dns = \"pvd\"` queries do, is what would remove \
            the extra trips. A 64 KiB zeroed buffer per query, replaced by an \
            unzeroed one, made no difference that these runs could see.\n\n";
+    md
+}
+
+/// "Happy Eyeballs across PvDs": mif_connect's time to first byte with
+/// the policy's first PvD healthy and black-holed. Empty when the part did
+/// not run.
+pub fn api_section(r: &Report) -> String {
+    let Some(a) = &r.api else {
+        return String::new();
+    };
+    let mut md = String::new();
+    md += "## Happy Eyeballs across PvDs (the MIF API's `mif_connect`)\n\n";
+    md += "Both routers' dnsmasq answer `connectivity.lab` with the internet \
+           address; the load's cgroup prefers wwan0, then wlan0. Each \
+           connection is `mif_api::connect(\"connectivity.lab\", 7777)` with \
+           the default options (250 ms between attempts), in process, timed \
+           from the call to the peer's first line: the daemon's PvD list and \
+           the caller's policy, resolution through each PvD's own resolver, \
+           the race, the answer. *Black-holed*: wwan0's router drops, \
+           silently, whatever the host sends to the internet address (its \
+           resolver still answers), so the first attempt hangs, and a plain \
+           `connect()` of the same application would hang until TCP gives up. \
+           The two states alternate, round by round.\n\n";
+    md += &r.api_table();
+    if let (Some(ok), Some(dead)) = (a.row(false), a.row(true)) {
+        let _ = writeln!(
+            md,
+            "\nWith wwan0 black-holed the first byte comes {:+.1} ms later at the \
+             median than with it healthy: the attempt delay ({} ms) and the second \
+             attempt's own round trip.",
+            dead.percentile_ms(50.0) - ok.percentile_ms(50.0),
+            super::api::ATTEMPT_DELAY_MS
+        );
+    }
+    md += "\nThe per-socket cost of choosing (`setsockopt(SOL_MIF)`) is variant \
+           (h) of the cost table.\n\n";
     md
 }
 

@@ -155,6 +155,8 @@ pub fn ops_of(variant: Variant, p: &Params) -> Vec<(Op, u64)> {
     let wanted = |op: &Op| match variant {
         Variant::Depth(_) => matches!(op, Op::Socket | Op::UdpConnect),
         Variant::Strict | Variant::Unsteered => op.is_stream(),
+        // (h) differs from (b) per socket (its setsockopt), not per packet.
+        Variant::Chosen => !op.is_stream(),
         _ => true,
     };
     p.iters
@@ -187,6 +189,9 @@ fn run_worker(
     }
     if variant == Variant::SoMark {
         args.extend(["--mark".into(), format!("{:#x}", tb.steer_mark)]);
+    }
+    if variant == Variant::Chosen {
+        args.extend(["--pvd".into(), variant.network().into()]);
     }
     let ops = ops_of(variant, p);
     for (op, n) in &ops {

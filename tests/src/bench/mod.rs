@@ -12,7 +12,8 @@
 //! to a lost link ([`reaction`]), that of a strict VPN app to its tunnel
 //! going down ([`vpn`]: a real OpenVPN client killed), that of validation
 //! to a dead upstream and its probe traffic ([`validation`]), what the
-//! per-domain DNS forwarder adds under load ([`dns`]), the kernel memory
+//! per-domain DNS forwarder adds under load ([`dns`]), what Happy Eyeballs
+//! across PvDs takes with the first PvD healthy and dead ([`api`]), the kernel memory
 //! of the daemon's maps ([`memory`]) and the daemon at scale ([`scale`]).
 //!
 //! `--smoke` runs every part with tiny counts in seconds and asserts
@@ -20,7 +21,7 @@
 //! `docs/bench-policies.svg` when given `--docs DIR` (`cargo xtask bench`
 //! does both). For working on it:
 //!
-//! - `--only costs|reaction|vpn|validation|dns|memory|scale` (repeatable) runs only those parts,
+//! - `--only costs|reaction|vpn|validation|dns|api|memory|scale` (repeatable) runs only those parts,
 //!   `--rounds N` overrides the number of measured rounds and `--others
 //!   N,N...` the other policies of (c) and cgroups of (d);
 //! - `mif-bench hold a|b|c|d|e|f|g [OTHERS]` builds the lab, puts it in one
@@ -33,6 +34,7 @@
 //! lab peer is found by [`lab_peer_path`]. SIGINT and SIGTERM stop the run
 //! at the next step and still remove the labs.
 
+mod api;
 mod daemon;
 mod dns;
 mod doc;
@@ -133,11 +135,13 @@ struct Plan {
     validation: validation::Trials,
     /// The DNS forwarder's load runs.
     dns: dns::DnsPlan,
+    /// mif_connect's rounds.
+    api: api::ApiPlan,
 }
 
 /// The variants of the cost measurement, in the table's order.
 fn cost_variants(others: &[usize]) -> Vec<Variant> {
-    let mut variants = vec![Variant::None, Variant::Mif(0)];
+    let mut variants = vec![Variant::None, Variant::Mif(0), Variant::Chosen];
     variants.extend(others.iter().map(|&n| Variant::Mif(n)));
     variants.push(Variant::Nft(0));
     variants.extend(others.iter().map(|&n| Variant::Nft(n)));
@@ -183,6 +187,10 @@ impl Plan {
                     rates: vec![2_000],
                     seconds: 1,
                 },
+                api: api::ApiPlan {
+                    rounds: 1,
+                    tries: 2,
+                },
             };
         }
         let others = vec![10_000, 100_000];
@@ -223,6 +231,11 @@ impl Plan {
             dns: dns::DnsPlan {
                 rates: vec![20_000, 0],
                 seconds: 10,
+            },
+            // A black-holed try takes about 0.25 s.
+            api: api::ApiPlan {
+                rounds: 10,
+                tries: 10,
             },
         }
     }
@@ -309,6 +322,8 @@ pub fn run(opts: &Options) -> Result<Report> {
         traced.extend(testbed::DEPTHS.iter().map(|&d| Variant::Depth(d)));
         // The guard's run time per packet, with and without a strict policy.
         traced.extend([Variant::Strict, Variant::Unsteered]);
+        // The MIF API's setsockopt, per chosen socket.
+        traced.push(Variant::Chosen);
         // TCP_CRR for the TCP health watch (`mif_tcp_health`), which runs
         // at a connection's setup and nowhere else.
         let ops: Vec<(Op, u64)> = plan.params.iter_of(&[
@@ -356,6 +371,12 @@ pub fn run(opts: &Options) -> Result<Report> {
 
     if opts.wants("dns") {
         report.dns = Some(dns::run(&lab, &plan.dns, plan.start_timeout)?);
+    }
+    check_interrupted()?;
+
+    if opts.wants("api") {
+        eprintln!("mif-bench: mif_connect, first PvD healthy and black-holed");
+        report.api = Some(api::run(&lab, &plan.api, plan.start_timeout, &exe)?);
     }
     check_interrupted()?;
 
@@ -458,6 +479,7 @@ pub fn main_with_args(argv: &[String]) -> Result<()> {
         Some("worker") => return worker::worker_main(&argv[1..]),
         Some("watch") => return worker::watch_main(&argv[1..]),
         Some("server") => return worker::server_main(&argv[1..]),
+        Some("api-connect") => return api::connect_main(&argv[1..]),
         Some("hold") => return hold(&argv[1..]),
         _ => {}
     }
@@ -492,13 +514,14 @@ pub fn main_with_args(argv: &[String]) -> Result<()> {
                     "vpn",
                     "validation",
                     "dns",
+                    "api",
                     "memory",
                     "scale",
                 ]
                 .contains(&part.as_str())
                 {
                     bail!(
-                        "--only takes costs, reaction, vpn, validation, dns, memory or scale, not {part:?}"
+                        "--only takes costs, reaction, vpn, validation, dns, api, memory or scale, not {part:?}"
                     );
                 }
                 opts.only.push(part.clone());

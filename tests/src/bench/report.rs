@@ -112,6 +112,8 @@ pub struct Report {
     /// Validation's reaction to a dead upstream, and its probe traffic.
     pub validation: Option<super::validation::ValidationBench>,
     pub dns: Option<super::dns::DnsBench>,
+    /// mif_connect with the first PvD healthy and black-holed.
+    pub api: Option<super::api::ApiBench>,
     /// Kernel memory of the maps, per instance ([`super::memory`]).
     pub memory: Vec<MemoryRow>,
     pub scale: Vec<ScaleRow>,
@@ -212,7 +214,11 @@ impl Report {
                         .map_or("".into(), |r| format!("{:.2}–{:.2}", r.p25, r.p75)),
                 };
                 let rb = match v {
-                    Variant::Mif(_) | Variant::Nft(_) | Variant::SoMark | Variant::Strict => self
+                    Variant::Mif(_)
+                    | Variant::Nft(_)
+                    | Variant::SoMark
+                    | Variant::Strict
+                    | Variant::Chosen => self
                         .ratio(op, v, Variant::Mif(0))
                         .map_or("–".into(), |r| format!("{r:.3}")),
                     // (g) leaves by another network than (b), unsteered.
@@ -482,6 +488,31 @@ impl Report {
     }
 
     /// The DNS forwarder's table: per rate and path, what dnsperf saw.
+    /// mif_connect's table: call to first byte per state of the first PvD.
+    pub fn api_table(&self) -> String {
+        let Some(a) = &self.api else {
+            return String::new();
+        };
+        let mut t = String::from(
+            "| first PvD (wwan0) | connections | p50 | p90 | max | won by |\n\
+             | --- | ---: | ---: | ---: | ---: | --- |\n",
+        );
+        for r in &a.rows {
+            let won: Vec<String> = r.won.iter().map(|(p, n)| format!("{p} {n}")).collect();
+            let _ = writeln!(
+                t,
+                "| {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {} |",
+                r.label(),
+                r.first_byte_ms.len(),
+                r.percentile_ms(50.0),
+                r.percentile_ms(90.0),
+                r.first_byte_ms.last().copied().unwrap_or(0.0),
+                won.join(", "),
+            );
+        }
+        t
+    }
+
     pub fn dns_table(&self) -> String {
         let Some(d) = &self.dns else {
             return String::new();
@@ -689,6 +720,8 @@ impl Report {
         out += &self.validation_table();
         out += "\n";
         out += &self.dns_table();
+        out += "\n";
+        out += &self.api_table();
         out += "\n";
         out += &self.memory_table();
         out += "\n";
@@ -914,6 +947,25 @@ impl Report {
                     None => "not run at 20k queries/s (smoke)".into(),
                 },
             });
+        }
+        // Issue 15: Happy Eyeballs gets past a dead first PvD within the
+        // attempt delay (the second attempt's round trip is in both).
+        if let Some(a) = &self.api {
+            if let (Some(ok), Some(dead)) = (a.row(false), a.row(true)) {
+                let extra = dead.percentile_ms(50.0) - ok.percentile_ms(50.0);
+                let delay = super::api::ATTEMPT_DELAY_MS as f64;
+                out.push(Target {
+                    name: format!(
+                        "mif_connect past a black-holed first PvD within the attempt delay ({delay:.0} ms, p50)"
+                    ),
+                    met: Some(extra <= delay + 5.0),
+                    detail: format!(
+                        "{extra:+.1} ms against healthy ({:.1} → {:.1} ms)",
+                        ok.percentile_ms(50.0),
+                        dead.percentile_ms(50.0)
+                    ),
+                });
+            }
         }
         let big = |r: &&ScaleRow| r.policies >= 100_000;
         out.push(scale_target(

@@ -66,6 +66,9 @@ pub enum Variant {
     /// mif as in (b), the load in a cgroup without a policy while (f)'s
     /// strict policy exists on another cgroup.
     Unsteered,
+    /// mif as in (b), the load in a cgroup without a policy choosing wwan0
+    /// itself for every socket (the MIF API's `SOL_MIF`).
+    Chosen,
 }
 
 /// Cgroup levels of the [`Variant::Depth`] experiment (the deepest the
@@ -90,6 +93,7 @@ impl Variant {
             Variant::Depth(_) => 'b',
             Variant::Strict => 'f',
             Variant::Unsteered => 'g',
+            Variant::Chosen => 'h',
         }
     }
 
@@ -124,6 +128,7 @@ impl fmt::Display for Variant {
             Variant::Depth(level) => write!(f, "({l}) mif, cgroup level {level}"),
             Variant::Strict => write!(f, "({l}) mif strict"),
             Variant::Unsteered => write!(f, "({l}) mif, no policy"),
+            Variant::Chosen => write!(f, "({l}) mif, chosen (SOL_MIF)"),
         }
     }
 }
@@ -329,7 +334,7 @@ impl<'lab> Testbed<'lab> {
                 .find(|(l, _)| *l == level)
                 .map_or(&self.bench_cgroup, |(_, p)| p),
             Variant::Strict => &self.strict_cgroup,
-            Variant::Unsteered => &self.plain_cgroup,
+            Variant::Unsteered | Variant::Chosen => &self.plain_cgroup,
             _ => &self.bench_cgroup,
         }
     }
@@ -554,7 +559,9 @@ impl<'lab> Testbed<'lab> {
         let (daemon, rules, nft, synthetic) = match variant {
             Variant::None => (false, Rules::Off, None, 0),
             Variant::Mif(n) => (true, Rules::Off, None, n),
-            Variant::Depth(_) | Variant::Strict | Variant::Unsteered => (true, Rules::Off, None, 0),
+            Variant::Depth(_) | Variant::Strict | Variant::Unsteered | Variant::Chosen => {
+                (true, Rules::Off, None, 0)
+            }
             Variant::Nft(n) => (false, Rules::FwmarkFirst, Some(n), 0),
             Variant::SoMark => (false, Rules::Mif, None, 0),
         };

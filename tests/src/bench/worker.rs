@@ -6,7 +6,7 @@
 //! exactly the syscalls it names and nothing std adds around them.
 //!
 //! ```text
-//! mif-bench worker --to IP [--mark M] [--expect NAME] [--cpu C] [--crr-port P] --batches B --op NAME=N...
+//! mif-bench worker --to IP [--mark M | --pvd NAME] [--expect NAME] [--cpu C] [--crr-port P] --batches B --op NAME=N...
 //! mif-bench watch --to IP [--cpu C]        (commands on stdin: `go NAME`, `refused`)
 //! mif-bench server [--cpu C]               (exits at EOF on stdin)
 //! ```
@@ -183,12 +183,14 @@ fn sockaddr(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
 
 const SOCKADDR_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
 
-/// Where the load goes, and the mark an application sets itself (variant
-/// "SO_MARK"; 0 = none).
+/// Where the load goes, the mark an application sets itself (variant
+/// "SO_MARK"; 0 = none) and the PvD it chooses itself with the MIF API's
+/// `SOL_MIF` (variant "chosen"; empty = none, NUL-padded).
 #[derive(Clone, Copy)]
 struct Target {
     to: Ipv4Addr,
     mark: u32,
+    pvd: [u8; 16],
     crr_port: u16,
 }
 
@@ -218,6 +220,22 @@ impl Target {
             };
             if rc != 0 {
                 return Err(os_err("setsockopt SO_MARK"));
+            }
+        }
+        if self.pvd[0] != 0 {
+            let len = self.pvd.iter().position(|&b| b == 0).unwrap_or(16);
+            // SAFETY: valid fd; the pointer and length describe self.pvd.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    mif_common::api::SOL_MIF,
+                    mif_common::api::MIF_PVD,
+                    self.pvd.as_ptr().cast(),
+                    len as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(os_err("setsockopt SOL_MIF"));
             }
         }
         Ok(fd)
@@ -423,7 +441,17 @@ pub fn worker_main(argv: &[String]) -> Result<()> {
     if let Some(cpu) = args.parsed::<usize>("cpu")? {
         pin_cpu(cpu)?;
     }
-    let t = Target { to, mark, crr_port };
+    let mut pvd = [0u8; 16];
+    if let Some(name) = args.get("pvd") {
+        anyhow::ensure!(name.len() < pvd.len(), "--pvd {name:?}: too long");
+        pvd[..name.len()].copy_from_slice(name.as_bytes());
+    }
+    let t = Target {
+        to,
+        mark,
+        pvd,
+        crr_port,
+    };
     if let Some(expect) = args.get("expect") {
         let got = network_of(t, Duration::from_secs(2)).context("route check")?;
         if got != expect {
