@@ -442,14 +442,17 @@ pub fn mif_setsockopt(ctx: SockoptContext) -> i32 {
     ALLOW
 }
 
-/// Minimum kernel: 5.3 (6.5 for options longer than a page, which the
-/// kernel answers itself without complaint). Runs after the kernel's
-/// handler: only `SOL_MIF`, which it answered `ENOPROTOOPT`, is changed.
+/// Minimum kernel: 5.3 (5.19 for an errno other than the kernel's in
+/// `retval`). Runs after the kernel's handler: only `SOL_MIF`, which it
+/// answered `ENOPROTOOPT`, is changed; every other answer is left as the
+/// kernel (or a program before this one) gave it.
 #[cgroup_sockopt(getsockopt)]
 pub fn mif_getsockopt(ctx: SockoptContext) -> i32 {
     let so = ctx.sockopt;
     if unsafe { (*so).level } == SOL_MIF {
         choice::get(so, &settings());
+    } else {
+        choice::leave_answer(so);
     }
     ALLOW
 }
