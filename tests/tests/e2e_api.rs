@@ -110,6 +110,9 @@ fn an_unprivileged_app_chooses_each_pvd_for_each_kind_of_socket() {
     // wwan0 answers above were the choice's doing.
     let out = choose(&lab, &daemon, &app, Proto::Tcp, INTERNET_V4.into(), None);
     assert_eq!(reply(&out).0, "wlan0", "{out}");
+    // Every choice is counted: 2 PvDs × 2 families × 3 kinds of socket.
+    let maps = daemon.maps_json().unwrap();
+    assert_eq!(mif_tests::e2e::counter_total(&maps, "chosen"), 12, "{maps}");
 }
 
 #[test]
