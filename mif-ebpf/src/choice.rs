@@ -265,22 +265,6 @@ fn reply(so: *mut bpf_sockopt, optlen: i32, retval: i32) {
     }
 }
 
-/// Leaves the kernel's answer to another option as it is. The program sees
-/// at most a page of it; an answer longer than that (iptables' rule dumps,
-/// `SO_PEERGROUPS` of a large group list) would fail with EFAULT before
-/// Linux 6.5 unless `optlen` is 0, which tells the kernel to keep what it
-/// wrote to the application's buffer. Shorter answers are left untouched,
-/// so a program before this one that rewrote one keeps its rewrite.
-#[inline(always)]
-pub fn leave_answer(so: *mut bpf_sockopt) {
-    const PAGE_SIZE: i32 = 4096;
-    unsafe {
-        if (*so).optlen > PAGE_SIZE {
-            (*so).optlen = 0;
-        }
-    }
-}
-
 /// Copies `name[..=len]` (the name and its NUL) into a buffer shorter than
 /// [`PVD_NAME_LEN`], when it fits; whether it did.
 #[inline(always)]

@@ -68,6 +68,7 @@ mod guard;
 mod maps;
 mod packet_guard;
 mod policy;
+mod sockopt;
 mod strict;
 mod tcp_health;
 
@@ -438,7 +439,7 @@ pub fn mif_setsockopt(ctx: SockoptContext) -> i32 {
     if strict::refuses_sockopt(so) && strict::refuses(so, &settings, |_| true) {
         return REFUSE;
     }
-    strict::pass_through(so);
+    sockopt::pass_through(so);
     ALLOW
 }
 
@@ -452,7 +453,7 @@ pub fn mif_getsockopt(ctx: SockoptContext) -> i32 {
     if unsafe { (*so).level } == SOL_MIF {
         choice::get(so, &settings());
     } else {
-        choice::leave_answer(so);
+        sockopt::pass_through(so);
     }
     ALLOW
 }

@@ -125,22 +125,3 @@ pub fn refuses_sockopt(so: *const bpf_sockopt) -> bool {
     let (level, optname) = unsafe { ((*so).level, (*so).optname) };
     sockopt::moves_off_pvd(level, optname)
 }
-
-/// Lets an option through to the kernel unchanged. For an option longer
-/// than a page the kernel gave the program only the first page: `optlen`
-/// 0 tells it to use the application's own buffer, where an untouched
-/// `optlen` fails the call with EFAULT before Linux 6.5 (and is logged
-/// after). Shorter options are left alone, so a program attached before
-/// ours that rewrote one keeps its rewrite. `optlen` -1 would skip the
-/// kernel's handler: the option would silently not be set.
-#[inline(always)]
-pub fn pass_through(so: *mut bpf_sockopt) {
-    // The smallest page size Linux runs with; with bigger pages, 0 for an
-    // option between 4 KiB and a page means the same as untouched.
-    const PAGE_SIZE: i32 = 4096;
-    unsafe {
-        if (*so).optlen > PAGE_SIZE {
-            (*so).optlen = 0;
-        }
-    }
-}
