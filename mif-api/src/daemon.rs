@@ -8,6 +8,8 @@ use std::{
     path::PathBuf,
 };
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
 use crate::Error;
@@ -102,9 +104,16 @@ impl Choices {
             &self.allow[..]
         };
         let mut out: Vec<&Pvd> = Vec::new();
-        for pvd in self.prefer.iter().chain(extra).filter_map(by_name) {
-            if !out.iter().any(|p| p.name == pvd.name) {
-                out.push(pvd);
+        for name in self.prefer.iter().chain(extra) {
+            // `*`: any PvD, after those named.
+            let these: Vec<&Pvd> = match name.as_str() {
+                "*" => pvds.iter().collect(),
+                _ => by_name(name).into_iter().collect(),
+            };
+            for pvd in these {
+                if !out.iter().any(|p| p.name == pvd.name) {
+                    out.push(pvd);
+                }
             }
         }
         out
@@ -175,13 +184,24 @@ enum Answer {
     Choices(Choices),
 }
 
+/// How long the daemon gets to answer a question (a daemon that hangs
+/// must not hang its applications, `mif_connect`'s deadline included).
+pub const DAEMON_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn connect() -> Result<UnixStream, Error> {
     let path = socket_path();
-    UnixStream::connect(&path).map_err(|source| Error::NoDaemon { path, source })
+    let stream = UnixStream::connect(&path).map_err(|source| Error::NoDaemon { path, source })?;
+    stream
+        .set_write_timeout(Some(DAEMON_TIMEOUT))
+        .map_err(Error::Socket)?;
+    Ok(stream)
 }
 
 fn ask(request: &str) -> Result<Answer, Error> {
     let mut stream = connect()?;
+    stream
+        .set_read_timeout(Some(DAEMON_TIMEOUT))
+        .map_err(Error::Socket)?;
     let io = |e| Error::Protocol(format!("control socket: {e}"));
     stream.write_all(request.as_bytes()).map_err(io)?;
     stream.write_all(b"\n").map_err(io)?;
@@ -251,7 +271,7 @@ pub enum Event {
 /// A subscription to the daemon's changes. Its fd becomes readable when an
 /// event is there: poll it with the application's other fds.
 pub struct Watch {
-    reader: BufReader<UnixStream>,
+    stream: UnixStream,
 }
 
 impl Watch {
@@ -260,31 +280,70 @@ impl Watch {
         let mut stream = connect()?;
         let io = |e| Error::Protocol(format!("control socket: {e}"));
         stream.write_all(b"{\"op\":\"monitor\"}\n").map_err(io)?;
-        let mut reader = BufReader::new(stream);
-        let mut first = String::new();
-        reader.read_line(&mut first).map_err(io)?;
+        stream
+            .set_read_timeout(Some(DAEMON_TIMEOUT))
+            .map_err(Error::Socket)?;
+        let mut watch = Self { stream };
+        let first = watch.line()?.unwrap_or_default();
         let subscribed = serde_json::from_str::<serde_json::Value>(&first)
             .is_ok_and(|v| v["event"] == "subscribed");
         if !subscribed {
             return Err(Error::Protocol(format!("not subscribed: {}", first.trim())));
         }
-        Ok(Self { reader })
+        // Events come when they come.
+        watch.stream.set_read_timeout(None).map_err(Error::Socket)?;
+        Ok(watch)
     }
 
     /// The fd to poll for readability.
     pub fn fd(&self) -> RawFd {
-        self.reader.get_ref().as_raw_fd()
+        self.stream.as_raw_fd()
+    }
+
+    /// One line, and not a byte more: what follows stays in the socket, so
+    /// its fd stays readable while events wait (a buffered reader would
+    /// take them in, and an application polling the fd would never hear of
+    /// them). `None` at the end of the stream.
+    fn line(&mut self) -> Result<Option<String>, Error> {
+        let io = |e: std::io::Error| Error::Protocol(format!("control socket: {e}"));
+        let mut line = Vec::new();
+        let mut peek = vec![0u8; 64 << 10];
+        loop {
+            // SAFETY: peek is a live buffer of its length.
+            let n = unsafe {
+                libc::recv(
+                    self.stream.as_raw_fd(),
+                    peek.as_mut_ptr().cast(),
+                    peek.len(),
+                    libc::MSG_PEEK,
+                )
+            };
+            if n < 0 {
+                return Err(io(std::io::Error::last_os_error()));
+            }
+            if n == 0 {
+                return Ok(None);
+            }
+            let seen = &peek[..n as usize];
+            let take = seen
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(seen.len(), |i| i + 1);
+            let mut chunk = vec![0u8; take];
+            std::io::Read::read_exact(&mut self.stream, &mut chunk).map_err(io)?;
+            line.extend_from_slice(&chunk);
+            if line.last() == Some(&b'\n') {
+                return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+            }
+        }
     }
 
     /// The next event, waiting for it; `None` when the daemon went away.
     pub fn next_event(&mut self) -> Result<Option<Event>, Error> {
         loop {
-            let mut line = String::new();
-            let n = (self.reader.read_line(&mut line))
-                .map_err(|e| Error::Protocol(format!("control socket: {e}")))?;
-            if n == 0 {
+            let Some(line) = self.line()? else {
                 return Ok(None);
-            }
+            };
             let value: serde_json::Value = serde_json::from_str(&line)
                 .map_err(|e| Error::Protocol(format!("{e}: {}", line.trim())))?;
             // The monitor's events are tagged by `event`, their fields
@@ -345,6 +404,13 @@ mod tests {
             ..loose
         };
         assert_eq!(names(strict.candidates(&pvds)), ["wwan0"]);
+        let any = Choices {
+            policy: Some("/app".into()),
+            prefer: vec!["tun0".into()],
+            allow: vec!["*".into()],
+            strict: false,
+        };
+        assert_eq!(names(any.candidates(&pvds)), ["tun0", "wlan0", "wwan0"]);
     }
 
     #[test]

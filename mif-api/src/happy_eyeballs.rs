@@ -23,6 +23,10 @@ use std::{
 
 use crate::{daemon, resolve, socket::set_socket_pvd, Error};
 
+/// How often the race looks for resolutions that came in while it waits
+/// for attempts (the resolvers answer on threads of their own).
+const ANSWER_POLL: Duration = Duration::from_millis(5);
+
 /// How [`connect`] races.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -217,11 +221,16 @@ impl<'a> Race<'a> {
             {
                 return Err(self.failed());
             }
-            // Wake for the next start, the deadline, or (while answers
-            // are awaited) soon, to take them.
-            let mut wake = deadline.min(next_start.max(Instant::now()));
+            // Wake at the deadline, for the next start if there is one to
+            // make, and (while answers are awaited) soon, to take them;
+            // otherwise only an attempt finishing wakes the poll.
+            let now = Instant::now();
+            let mut wake = deadline;
+            if self.may_start() && self.next_candidate().is_some() {
+                wake = wake.min(next_start.max(now));
+            }
             if self.pending_resolutions > 0 {
-                wake = wake.min(Instant::now() + Duration::from_millis(5));
+                wake = wake.min(now + ANSWER_POLL);
             }
             if let Some(won) = self.wait(wake)? {
                 return Ok(won);

@@ -14,12 +14,12 @@
 //! - [`resolve`]: names through one PvD's resolvers.
 //! - [`connect`]: Happy Eyeballs across the PvDs the caller may use.
 //!
-//! The C ABI over the same (`include/mif.h`, `libmif.so`) is in [`ffi`];
-//! `docs/api.md` describes the permission model and the mapping to the MIF
-//! API draft's abstract functions.
+//! The C ABI over the same (`libmif.so.0`, `mif.h`) and the Python module
+//! over that are the `mif-capi` crate; `docs/api.md` describes the
+//! permission model and the mapping to the MIF API draft's abstract
+//! functions.
 mod daemon;
 mod error;
-pub mod ffi;
 mod happy_eyeballs;
 mod resolve;
 mod socket;

@@ -27,7 +27,9 @@
 //! not available for the socket's family `ENETUNREACH`, a socket already
 //! connected `EISCONN` (its route and source are chosen: changing the mark
 //! now would send its packets elsewhere from the old source), a name that
-//! is empty or too long `EINVAL`.
+//! is empty or too long, or a socket bound to an address of another PvD,
+//! `EINVAL`; a socket bound to another interface that the caller may not
+//! rebind (CAP_NET_RAW) `EPERM`.
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sockopt},
     helpers::generated::{bpf_set_retval, bpf_setsockopt},
@@ -40,7 +42,7 @@ use mif_common::{
 };
 
 use crate::{
-    addr::AF_INET6,
+    addr::{is_v4_mapped, AF_INET6},
     counters::{count, Event},
     maps::{PVDS, PVD_META},
     policy::{find_policy, in_managed_netns},
@@ -83,7 +85,8 @@ pub fn set(so: *mut bpf_sockopt, settings: &Settings) -> Verdict {
     if sk.is_null() {
         return Verdict::Fail(EINVAL);
     }
-    let (family, dst_port, old_mark) = unsafe { ((*sk).family, (*sk).dst_port, (*sk).mark) };
+    let (family, dst_port, old_mark, bound_dev) =
+        unsafe { ((*sk).family, (*sk).dst_port, (*sk).mark, (*sk).bound_dev_if) };
     if dst_port != 0 {
         return Verdict::Fail(EISCONN);
     }
@@ -97,22 +100,32 @@ pub fn set(so: *mut bpf_sockopt, settings: &Settings) -> Verdict {
     let Some(pvd) = (unsafe { PVDS.get(index) }) else {
         return Verdict::Fail(ENETUNREACH);
     };
-    if !pvd.available(family == AF_INET6) {
+    let v6 = family == AF_INET6;
+    if !pvd.available(v6) {
         return Verdict::Fail(ENETUNREACH);
     }
-    // The other bits of the mark are other programs' (VPN clients, routers
-    // of containers): kept as they are.
-    let mut mark = ((old_mark & !settings.mark_mask) | pvd.mark) as i32;
-    let len = core::mem::size_of::<i32>() as i32;
-    let sk = sk.cast();
-    if unsafe { bpf_setsockopt(sk, SOL_SOCKET, SO_MARK, (&raw mut mark).cast(), len) } != 0 {
+    // A socket bound to an address keeps it as its source: one of another
+    // network would leave by the chosen one with the wrong source.
+    let (src4, src6) = unsafe { ((*sk).src_ip4, (*sk).src_ip6) };
+    let bound_elsewhere = if v6 {
+        src6 != [0; 4] && src6 != pvd.addr6 && !(is_v4_mapped(&src6) && src6[3] == pvd.addr4)
+    } else {
+        src4 != 0 && src4 != pvd.addr4
+    };
+    if bound_elsewhere {
         return Verdict::Fail(EINVAL);
     }
-    // A `bind = "device"` policy's socket was bound to its first PvD's
-    // interface at creation: it follows the choice.
-    if policy.is_some_and(|p| p.binds_device()) {
+    let len = core::mem::size_of::<i32>() as i32;
+    let sk = sk.cast();
+    // A socket bound to an interface (a `bind = "device"` policy's, bound
+    // to its first PvD's at creation, or the application's own) must move
+    // to the chosen PvD's first, or the mark would send it to a table
+    // whose routes its interface cannot use. The kernel lets only
+    // CAP_NET_RAW rebind a bound socket, also from a program (unlike
+    // SO_MARK): without it the choice is refused, the socket untouched.
+    if bound_dev != 0 && bound_dev != pvd.ifindex {
         let mut ifindex = pvd.ifindex as i32;
-        unsafe {
+        let rebound = unsafe {
             bpf_setsockopt(
                 sk,
                 SOL_SOCKET,
@@ -121,6 +134,15 @@ pub fn set(so: *mut bpf_sockopt, settings: &Settings) -> Verdict {
                 len,
             )
         };
+        if rebound != 0 {
+            return Verdict::Fail(EPERM);
+        }
+    }
+    // The other bits of the mark are other programs' (VPN clients, routers
+    // of containers): kept as they are.
+    let mut mark = ((old_mark & !settings.mark_mask) | pvd.mark) as i32;
+    if unsafe { bpf_setsockopt(sk, SOL_SOCKET, SO_MARK, (&raw mut mark).cast(), len) } != 0 {
+        return Verdict::Fail(EINVAL);
     }
     count(policy.map_or(u32::MAX, |p| p.id), index, Event::Chosen);
     Verdict::Done
@@ -205,7 +227,7 @@ fn words(name: &[u8; PVD_NAME_LEN]) -> [u64; 2] {
 /// Answers `getsockopt(fd, SOL_MIF, MIF_PVD, buf, &len)` after the kernel
 /// said `ENOPROTOOPT`: the name of the PvD whose mark the socket carries,
 /// chosen or given by a policy, NUL-terminated (`len` = its length + 1),
-/// or nothing (`len` 0) for a socket mif does not steer. A buffer too
+/// or the empty name (one NUL, `len` 1) for a socket mif does not steer. A buffer too
 /// short for the name is `EINVAL`, as for `SO_BINDTODEVICE`. Other
 /// options and levels, and sockets of other namespaces, are left as the
 /// kernel answered them.
@@ -222,8 +244,17 @@ pub fn get(so: *mut bpf_sockopt, settings: &Settings) {
     let name = pvd_from_mark(mark, settings.mark_mask, settings.mark_shift)
         .and_then(|index| unsafe { PVD_META.get(index) })
         .map(|meta| meta.name);
+    // Unsteered: the empty name, one NUL. (An `optlen` of 0 would leave
+    // the application's buffer and length as they were.)
     let Some(name) = name else {
-        reply(so, 0, 0);
+        let start = unsafe { (*so).__bindgen_anon_2.optval as *mut u8 };
+        let end = unsafe { (*so).__bindgen_anon_3.optval_end as *mut u8 };
+        if start.wrapping_add(1) > end {
+            unsafe { core::ptr::write_volatile(&raw mut (*so).retval, -EINVAL) };
+            return;
+        }
+        unsafe { *start = 0 };
+        reply(so, 1, 0);
         return;
     };
     let (start, end) = unsafe {

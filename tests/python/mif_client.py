@@ -1,6 +1,6 @@
 """A client of the MIF API, as an application would use it: the tests run
 it as an unprivileged user inside the lab, with the Python module over
-libmif (mif-api/python/mif.py). Every command prints one JSON object.
+libmif (mif-capi/python/mif.py). Every command prints one JSON object.
 
   mif_client.py choose --to ADDR --port P --proto tcp|udp|udp-unconnected [--pvd NAME]
       choose the PvD (if given) of a new socket, then reach the lab's peer
@@ -62,6 +62,8 @@ def new_socket(proto, to):
 
 def choose(args):
     sock = new_socket(args.proto, args.to)
+    if args.bind:
+        sock.bind((args.bind, 0))
     out = {"before": mif.socket_pvd(sock)}
     if args.pvd is not None:
         try:
@@ -98,50 +100,70 @@ def use_fd(args):
 
 def connect(args):
     start = time.monotonic()
+    cpu = time.process_time()
     try:
         won = mif.connect(args.host, args.port, pvd=args.pvd,
                           attempt_delay=args.delay / 1000.0, timeout=10)
     except mif.MifError as e:
         return {"connect_error": e.errno, "message": e.strerror}
     connected_ms = (time.monotonic() - start) * 1000
+    cpu_ms = (time.process_time() - cpu) * 1000
     won.socket.settimeout(3)
     line = won.socket.makefile().readline().strip()
     return {
         "pvd": won.pvd, "address": won.address, "attempts": won.attempts,
         "socket_pvd": mif.socket_pvd(won.socket), "reply": line,
-        "connected_ms": connected_ms,
+        "connected_ms": connected_ms, "cpu_ms": cpu_ms,
         "first_byte_ms": (time.monotonic() - start) * 1000,
     }
 
 
 def watch(args):
+    """Waits, as a poll loop would, for an event about each of --pvd."""
+    waiting = set(args.pvd)
+    seen = {}
     with mif.Watch() as w:
         print(json.dumps({"subscribed": True}), flush=True)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+        while waiting and time.monotonic() < deadline:
+            # Only what select() says is readable is read: events must
+            # not wait unseen behind a readable-looking fd.
             ready, _, _ = select.select([w], [], [], max(0, deadline - time.monotonic()))
             if not ready:
                 break
             event = w.next()
             if event is None:
                 return {"error": "the daemon went away"}
-            if event == ("pvd", args.pvd):
-                state = next(p for p in mif.pvds() if p.name == args.pvd)
-                return {"event": event[0], "pvd": event[1],
-                        "available_v4": state.available_v4}
-    return {"error": "no event"}
+            if event[0] == "pvd" and event[1] in waiting:
+                waiting.discard(event[1])
+                state = next(p for p in mif.pvds() if p.name == event[1])
+                seen[event[1]] = {"available_v4": state.available_v4}
+    if waiting:
+        return {"error": "no event", "missing": sorted(waiting), "seen": seen}
+    return {"events": seen}
 
 
 def process(args):
-    """set_process_pvd, then a new socket without a choice of its own."""
+    """set_process_pvd, then a new socket without a choice of its own; with
+    --hold, once more after a line on stdin (the test changes policies in
+    between)."""
     out = {}
     try:
         mif.set_process_pvd(args.pvd)
     except mif.MifError as e:
         out["process_error"] = e.errno
         out["process_message"] = e.strerror
+    out.update(new_connection(args))
+    if args.hold:
+        print(json.dumps(out), flush=True)
+        sys.stdin.readline()
+        return new_connection(args)
+    return out
+
+
+def new_connection(args):
     sock = new_socket("tcp", args.to)
-    out["pvd"] = mif.socket_pvd(sock)
+    out = {"pvd": mif.socket_pvd(sock)}
     out.update(talk(sock, "tcp", args.to, args.port))
     out["cgroup"] = open("/proc/self/cgroup").read().strip()
     return out
@@ -166,6 +188,7 @@ def main():
     c.add_argument("--port", type=int, required=True)
     c.add_argument("--proto", default="tcp")
     c.add_argument("--pvd")
+    c.add_argument("--bind")
     h = sub.add_parser("handoff")
     h.add_argument("--to", required=True)
     h.add_argument("--port", type=int, required=True)
@@ -180,11 +203,12 @@ def main():
     k.add_argument("--pvd")
     k.add_argument("--delay", type=float, default=250)
     w = sub.add_parser("watch")
-    w.add_argument("--pvd", required=True)
+    w.add_argument("--pvd", action="append", required=True)
     p = sub.add_parser("process")
     p.add_argument("--pvd", required=True)
     p.add_argument("--to", required=True)
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--hold", action="store_true")
     r = sub.add_parser("resolve")
     r.add_argument("--pvd", required=True)
     r.add_argument("--host", required=True)

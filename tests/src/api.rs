@@ -34,7 +34,7 @@ fn build_libmif() -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = std::process::Command::new(cargo)
         .current_dir(workspace())
-        .args(["build", "--quiet", "--package", "mif-api"])
+        .args(["build", "--quiet", "--package", "mif-capi"])
         .status()
         .context("running cargo build for mif-api")?;
     if !status.success() {
@@ -44,12 +44,12 @@ fn build_libmif() -> Result<PathBuf> {
     exe.ancestors()
         .skip(1)
         .take(2)
-        .map(|dir| dir.join("libmif_api.so"))
+        .map(|dir| dir.join("libmif_capi.so"))
         .find(|candidate| candidate.is_file())
-        .with_context(|| format!("libmif_api.so not found near {}", exe.display()))
+        .with_context(|| format!("libmif_capi.so not found near {}", exe.display()))
 }
 
-/// `mif-api/examples/mif-pvd.c` built as a C program would be: against
+/// `mif-capi/examples/mif-pvd.c` built as a C program would be: against
 /// libmif installed by `cargo xtask api` (into `target/api-e2e`), with the
 /// flags its pkg-config file gives. Once per test process.
 pub fn c_example() -> Result<PathBuf> {
@@ -97,7 +97,7 @@ fn build_c_example() -> Result<PathBuf> {
     let out = std::process::Command::new("cc")
         .args(["-Wall", "-Wextra", "-Werror", "-o"])
         .arg(&exe)
-        .arg(workspace().join("mif-api/examples/mif-pvd.c"))
+        .arg(workspace().join("mif-capi/examples/mif-pvd.c"))
         .args(flags.split_whitespace())
         .output()
         .context("running cc")?;
@@ -155,7 +155,7 @@ fn client_command(
     // Debian's interpreter: one under /root (pyenv) is not the
     // unprivileged user's to run.
     let mut cmd = lab.command_in_as(cgroup, UNPRIVILEGED, "/usr/bin/python3", all)?;
-    cmd.env("PYTHONPATH", workspace().join("mif-api/python"))
+    cmd.env("PYTHONPATH", workspace().join("mif-capi/python"))
         .env("MIF_LIBRARY", libmif_path()?)
         .env("MIF_SOCKET", control_socket(daemon))
         .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -185,7 +185,8 @@ pub fn client(
         .with_context(|| format!("mif_client.py {args:?} printed {stdout:?}"))
 }
 
-/// Starts the client, its stdout piped (for `watch`).
+/// Starts the client, its stdin and stdout piped (for `watch`, `process
+/// --hold`).
 pub fn spawn_client(
     lab: &Lab,
     daemon: &Daemon<'_>,
@@ -193,6 +194,6 @@ pub fn spawn_client(
     args: &[&str],
 ) -> Result<LabChild> {
     let mut cmd = client_command(lab, daemon, cgroup, args)?;
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
     lab.spawn(cmd)
 }

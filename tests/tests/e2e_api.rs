@@ -18,6 +18,7 @@ use serde_json::Value;
 const ENOENT: i64 = 2;
 const EPERM: i64 = 1;
 const ENETUNREACH: i64 = 101;
+const EINVAL: i64 = 22;
 
 fn port() -> String {
     PEER_PORT.to_string()
@@ -147,6 +148,20 @@ fn refused_choices_give_their_errno_and_leave_the_socket_as_it_was() {
         ("wwan0".into(), lab.network(1).host_v4.into()),
         "{out}"
     );
+    // But not for a socket bound to wlan0's address, which would then
+    // leave by wwan0 from wlan0's source.
+    let (to_text, wlan_addr, port) = (to.to_string(), lab.network(0).host_v4.to_string(), port());
+    let args = [
+        "choose", "--to", &to_text, "--port", &port, "--bind", &wlan_addr, "--pvd", "wwan0",
+    ];
+    let out = client(&lab, &daemon, Some(&loose), &args).unwrap();
+    assert_eq!(out["choose_error"], EINVAL, "{out}");
+    assert_eq!(out["after"], "wlan0", "{out}");
+    assert_eq!(
+        reply(&out),
+        ("wlan0".into(), lab.network(0).host_v4.into()),
+        "{out}"
+    );
 
     // Change notifications: a watcher hears of wwan0 going down.
     let watcher = spawn_client(&lab, &daemon, Some(&loose), &["watch", "--pvd", "wwan0"]).unwrap();
@@ -157,13 +172,59 @@ fn refused_choices_give_their_errno_and_leave_the_socket_as_it_was() {
     assert!(first.contains("subscribed"), "{first}");
     lab.ip_host(&["link", "set", "wwan0", "down"]).unwrap();
     let event: Value = serde_json::from_str(&lines.next().expect("an event").unwrap()).unwrap();
-    assert_eq!(event["pvd"], "wwan0", "{event}");
-    assert_eq!(event["available_v4"], false, "{event}");
+    assert_eq!(event["events"]["wwan0"]["available_v4"], false, "{event}");
 
     // An allowed PvD that is unavailable: ENETUNREACH, socket unchanged.
     let out = choose(&lab, &daemon, &loose, Proto::Tcp, to, Some("wwan0"));
     assert_eq!(out["choose_error"], ENETUNREACH, "{out}");
     assert_eq!(out["after"], "wlan0", "{out}");
+    assert_eq!(reply(&out).0, "wlan0", "{out}");
+}
+
+#[test]
+fn change_notifications_are_each_seen_by_a_poll_loop() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let daemon = Daemon::start(&lab, &config(&lab, &[("app", &["wlan0"], "")])).unwrap();
+    let args = ["watch", "--pvd", "wlan0", "--pvd", "wwan0"];
+    let watcher = spawn_client(&lab, &daemon, Some(&app), &args).unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        watcher.take_stdout().expect("the watcher's stdout"),
+    ));
+    let first = lines.next().expect("the watcher's first line").unwrap();
+    assert!(first.contains("subscribed"), "{first}");
+    // Both in one ip(8) call: the daemon sends both events at once, and
+    // the second must not wait unseen behind the first.
+    std::fs::create_dir_all(lab.scratch_root()).unwrap();
+    let script = lab.scratch_root().join("both-down.ip");
+    std::fs::write(&script, "link set wwan0 down\nlink set wlan0 down\n").unwrap();
+    lab.ip_host(&["-batch", script.to_str().unwrap()]).unwrap();
+    let events: Value = serde_json::from_str(&lines.next().expect("events").unwrap()).unwrap();
+    for pvd in ["wlan0", "wwan0"] {
+        assert_eq!(events["events"][pvd]["available_v4"], false, "{events}");
+    }
+}
+
+#[test]
+fn a_bind_device_policy_keeps_its_interface() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let terms = "allow = [\"wwan0\"]\nbind = \"device\"";
+    let daemon = Daemon::start(&lab, &config(&lab, &[("app", &["wlan0"], terms)])).unwrap();
+    let to: IpAddr = INTERNET_V4.into();
+    // Bound to wlan0 at socket(); only CAP_NET_RAW may rebind it.
+    let out = choose(&lab, &daemon, &app, Proto::Tcp, to, Some("wwan0"));
+    assert_eq!(out["choose_error"], EPERM, "{out}");
+    assert_eq!(out["after"], "wlan0", "{out}");
+    assert_eq!(reply(&out).0, "wlan0", "{out}");
+    let out = choose(&lab, &daemon, &app, Proto::Tcp, to, Some("wlan0"));
+    assert_eq!(
+        out.get("choose_error"),
+        None,
+        "its own interface's PvD: {out}"
+    );
     assert_eq!(reply(&out).0, "wlan0", "{out}");
 }
 
@@ -263,7 +324,7 @@ fn a_process_chooses_the_pvd_of_all_its_future_sockets() {
         "{out}"
     );
 
-    // Not allowed: refused, the process stays where it was.
+    // Not allowed: refused, the process stays where it was, no cgroup made.
     let out = process(&strict, "wlan0");
     assert_eq!(out["process_error"], EPERM, "{out}");
     assert_eq!(reply(&out).0, "wwan0", "{out}");
@@ -271,6 +332,7 @@ fn a_process_chooses_the_pvd_of_all_its_future_sockets() {
         out["cgroup"].as_str().unwrap().ends_with("/strict"),
         "{out}"
     );
+    assert!(!strict.join("mif-pvd-wlan0").exists());
 
     // The first caller has exited: the next request removes its cgroup
     // and policy.
@@ -284,6 +346,41 @@ fn a_process_chooses_the_pvd_of_all_its_future_sockets() {
     let policies = String::from_utf8_lossy(&policies.stdout);
     assert!(!policies.contains("loose/mif-pvd-wwan0"), "{policies}");
     assert!(policies.contains("strict/mif-pvd-wwan0"), "{policies}");
+}
+
+#[test]
+fn a_process_choice_follows_its_policy_when_the_admin_tightens_it() {
+    skip_unless_root!();
+    let lab = lab();
+    let app = lab.create_cgroup("app").unwrap();
+    let loose = config(&lab, &[("app", &["wlan0"], "allow = [\"wwan0\"]")]);
+    let daemon = Daemon::start(&lab, &loose).unwrap();
+    let (to, port) = (INTERNET_V4.to_string(), port());
+    let args = [
+        "process", "--hold", "--pvd", "wwan0", "--to", &to, "--port", &port,
+    ];
+    let held = spawn_client(&lab, &daemon, Some(&app), &args).unwrap();
+    let mut stdin = held.take_stdin().expect("the client's stdin");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        held.take_stdout().expect("the client's stdout"),
+    ));
+    let line = lines.next().expect("a first line").unwrap();
+    let before: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(reply(&before).0, "wwan0", "{before}");
+
+    // The admin takes wwan0 out of the policy's allow list and reloads.
+    std::fs::write(&daemon.config, config(&lab, &[("app", &["wlan0"], "")])).unwrap();
+    let reload = daemon.mif(&["reload"]).unwrap();
+    let why = String::from_utf8_lossy(&reload.stderr);
+    assert!(reload.status.success(), "{why}");
+    std::io::Write::write_all(&mut stdin, b"go\n").unwrap();
+    let line = lines.next().expect("a second line").unwrap();
+    let after: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(after["pvd"], "wlan0", "the derived policy went: {after}");
+    assert_eq!(reply(&after).0, "wlan0", "{after}");
+    let policies = daemon.mif(&["policy", "list", "--json"]).unwrap();
+    let policies = String::from_utf8_lossy(&policies.stdout);
+    assert!(!policies.contains("mif-pvd-wwan0"), "{policies}");
 }
 
 #[test]
@@ -385,6 +482,12 @@ fn mif_connect_wins_over_the_next_pvd_when_the_first_is_black_holed() {
         assert_eq!(reply(&raced).0, "wlan0", "{host}: {raced}");
         assert_eq!(raced["socket_pvd"], "wlan0", "{raced}");
         let ms = raced["connected_ms"].as_f64().unwrap();
+        // Waiting is waiting: the race sleeps in poll(2), it does not spin.
+        let cpu = raced["cpu_ms"].as_f64().unwrap();
+        assert!(
+            cpu < 100.0,
+            "{host}: {cpu:.0} ms of CPU in {ms:.0} ms: {raced}"
+        );
         // The attempt delay plus one round trip, with room for a loaded
         // machine (the lab's round trip is well under a millisecond).
         assert!(

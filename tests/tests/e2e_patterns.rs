@@ -372,6 +372,69 @@ fn a_new_application_is_steered_from_its_very_first_socket() {
     }
 }
 
+/// The cgroup watchers cost start-up time and memory and have nothing to
+/// do without selectors: they come with the first selector policy, set
+/// from the CLI here, and from then on steer a new unit's first socket.
+#[test]
+fn the_cgroup_watchers_come_with_the_first_selector_policy() {
+    skip_unless_root!();
+    let lab = Lab::new(&["wlan0", "wwan0"]).unwrap();
+    lab.create_cgroup("plain").unwrap();
+    let config = format!(
+        "[[policy]]\ncgroup = \"{}/plain\"\nprefer = [\"wwan0\"]\n",
+        lab.cgroup_rel()
+    );
+    let daemon = Daemon::start(&lab, &config).unwrap();
+    let watchers = || {
+        let status: serde_json::Value =
+            serde_json::from_slice(&mif(&lab, &daemon, &["status", "--json"]).stdout).unwrap();
+        let daemon = &status["daemon"];
+        let attached = daemon["cgroup_watchers_attached"].as_bool().unwrap();
+        assert!(daemon["cgroup_watchers_left_out"].is_null(), "{status:#}");
+        let pinned = daemon_pins(&daemon_pin_dir(&lab));
+        assert_eq!(attached, pinned, "status and pins disagree: {status:#}");
+        attached
+    };
+    assert!(!watchers(), "no selector, no watchers");
+
+    let set = mif(
+        &lab,
+        &daemon,
+        &[
+            "policy",
+            "set",
+            "--unit",
+            "fast.service",
+            "--prefer",
+            "wwan0",
+        ],
+    );
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    assert!(watchers(), "attached with the first selector");
+    let services = lab.create_cgroup("system.slice").unwrap();
+    let unit = services.join("fast.service");
+    let first = lab.client_in_new_cgroup(&unit, INTERNET_V4.into()).unwrap();
+    assert_eq!(first.network, "wwan0", "the unit's very first socket");
+    remove_cgroup(&unit);
+}
+
+/// The pin directory of the lab's daemon (as `Instance::for_lab` names it).
+fn daemon_pin_dir(lab: &Lab) -> std::path::PathBuf {
+    mif_tests::mif::Instance::for_lab(lab).pin_dir
+}
+
+/// Whether both cgroup watchers' links are pinned in `pin_dir`.
+fn daemon_pins(pin_dir: &Path) -> bool {
+    mif_common::names::CGROUP_WATCHERS.iter().all(|program| {
+        let links = pin_dir.join(format!("v{}/links", mif_common::LAYOUT_VERSION));
+        links.join(program).exists()
+    })
+}
+
 /// Removes an empty cgroup whose last process has exited (the kernel may
 /// refuse for a moment while it is still going).
 fn remove_cgroup(cgroup: &Path) {

@@ -15,7 +15,7 @@ use crate::{target_dir, workspace_root};
 /// Builds mif-api (release) and installs it under `prefix`
 /// (`target/api` by default); returns the prefix.
 pub fn install(prefix: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    crate::cargo(&["build", "--release", "--package", "mif-api", "--lib"])?;
+    crate::cargo(&["build", "--release", "--package", "mif-capi", "--lib"])?;
     let root = workspace_root();
     let prefix = prefix.unwrap_or_else(|| root.join("target/api"));
     let lib = prefix.join("lib");
@@ -26,18 +26,18 @@ pub fn install(prefix: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     ] {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let built = target_dir().join("release/libmif_api.so");
+    let built = target_dir().join("release/libmif_capi.so");
     copy(&built, &lib.join("libmif.so.0"))?;
     let link = lib.join("libmif.so");
     let _ = fs::remove_file(&link);
     std::os::unix::fs::symlink("libmif.so.0", &link)
         .with_context(|| format!("linking {}", link.display()))?;
     copy(
-        &root.join("mif-api/include/mif.h"),
+        &root.join("mif-capi/include/mif.h"),
         &prefix.join("include/mif.h"),
     )?;
     copy(
-        &root.join("mif-api/python/mif.py"),
+        &root.join("mif-capi/python/mif.py"),
         &prefix.join("share/mif/python/mif.py"),
     )?;
     write_pkg_config(&prefix, &lib.join("pkgconfig/mif.pc"))?;
@@ -48,7 +48,7 @@ pub fn install(prefix: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 /// `-l:libmif.so.0`, so no development link `libmif.so` is needed (the
 /// Debian package ships none).
 pub fn write_pkg_config(prefix: &Path, path: &Path) -> anyhow::Result<()> {
-    let template = workspace_root().join("mif-api/mif.pc.in");
+    let template = workspace_root().join("mif-capi/mif.pc.in");
     let pc = fs::read_to_string(&template)
         .with_context(|| format!("reading {}", template.display()))?
         .replace("@PREFIX@", &prefix.display().to_string())

@@ -53,7 +53,7 @@ pub fn build(profile: Profile) -> anyhow::Result<PathBuf> {
     cargo_build
         .current_dir(&root)
         .args(["build", "--package", "mif-userspace", "--bin", "mif"])
-        .args(["--package", "mif-api", "--lib"]);
+        .args(["--package", "mif-capi", "--lib"]);
     if profile == Profile::Release {
         cargo_build.arg("--release");
     }

@@ -6,6 +6,7 @@
 //! credentials, SO_PEERCRED). Each instance has its own socket, named after
 //! its pin directory, like its lock.
 pub mod client;
+pub mod peer;
 pub mod protocol;
 pub mod server;
 

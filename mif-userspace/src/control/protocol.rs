@@ -138,6 +138,10 @@ pub struct StatusView {
     /// are not attached, if they are not.
     #[serde(default)]
     pub cgroup_watchers_left_out: Option<String>,
+    /// Whether they are attached: from the first `unit`, `app` or `user`
+    /// policy on (without one they have nothing to do).
+    #[serde(default)]
+    pub cgroup_watchers_attached: bool,
     /// Why the last pass could not attach a guard somewhere.
     #[serde(default)]
     pub guard_problem: Option<String>,

@@ -13,16 +13,19 @@ use tokio::{
     sync::{broadcast, mpsc, oneshot},
 };
 
-use super::protocol::{MonitorEvent, Request, Response};
+use super::{
+    peer::Peer,
+    protocol::{MonitorEvent, Request, Response},
+};
 use crate::backoff::Backoff;
 
 /// A request for the daemon's loop, with where to send the answer.
 pub struct Command {
     pub request: Request,
     pub reply: oneshot::Sender<Response>,
-    /// The asking process (`SO_PEERCRED`), for what is answered per caller
-    /// (`choices`).
-    pub peer_pid: Option<i32>,
+    /// The asking process, for what is answered per caller (`choices`,
+    /// `process_pvd`).
+    pub peer: Peer,
 }
 
 /// Who may change things besides root.
@@ -105,6 +108,10 @@ async fn serve(
     writers: Writers,
 ) -> std::io::Result<()> {
     let cred = stream.peer_cred()?;
+    let peer = Peer {
+        pid: cred.pid(),
+        pidfd: super::peer::peer_pidfd(&stream).map(std::sync::Arc::new),
+    };
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut buf = Vec::new();
@@ -152,7 +159,7 @@ async fn serve(
         let command = Command {
             request,
             reply,
-            peer_pid: cred.pid(),
+            peer: peer.clone(),
         };
         if commands.send(command).await.is_err() {
             return Ok(());

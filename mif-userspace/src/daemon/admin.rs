@@ -6,9 +6,10 @@ use std::{path::PathBuf, time::Instant};
 use log::{info, warn};
 use tokio::sync::broadcast;
 
-use super::prepare::check_config;
+use super::{prepare::check_config, process_pvd};
 use crate::{
     apply::loader::GuardTarget,
+    control::peer::Peer,
     control::protocol::{
         ChoicesView, MonitorEvent, PolicyView, ProbedView, PvdView, Request, Response, StatusView,
     },
@@ -29,16 +30,35 @@ pub fn pvd_view(p: &PvdState, validator: &Validator) -> PvdView {
     view
 }
 
-/// The leaf name of the cgroups [`Admin::process_pvd`] makes, before the
-/// PvD's name.
-pub const PROCESS_PVD_PREFIX: &str = "mif-pvd-";
+/// The policies [`Admin::process_pvd`] made (CLI ones, by their cgroup's
+/// name).
+fn process_policies(reconciler: &Reconciler) -> Vec<PolicySpec> {
+    let mut specs = reconciler.policy_state().set.cli();
+    specs.retain(|p| process_pvd::parse(&p.cgroup).is_some());
+    specs
+}
+
+/// The terms of the policy covering `cgroup` (the deepest among it and its
+/// ancestors), as the kernel's walk finds it.
+fn origin_of(reconciler: &Reconciler, cgroup: &str) -> Option<std::sync::Arc<PolicyTerms>> {
+    let state = reconciler.policy_state();
+    foreign_netns::cgroup_and_ancestors(cgroup)
+        .find_map(|c| state.policy_of_cgroup(c))
+        .map(|p| p.terms.clone())
+}
 
 /// The policy covering process `pid` and what it may choose (see
 /// [`ChoicesView`]): the deepest policy among its cgroup and the cgroup's
 /// ancestors, as the kernel's walk finds it. Any local process may ask,
 /// about itself only (the pid is the socket peer's).
-pub fn choices(reconciler: &Reconciler, pid: Option<i32>) -> Response {
-    let Some(cgroup) = pid.and_then(|pid| foreign_netns::cgroup2_path_of(pid as u32)) else {
+pub fn choices(reconciler: &Reconciler, peer: &Peer) -> Response {
+    if !peer.still_there() {
+        return Response::Error("the process that opened this connection is gone".into());
+    }
+    let Some(cgroup) = peer
+        .pid
+        .and_then(|pid| foreign_netns::cgroup2_path_of(pid as u32))
+    else {
         return Response::Error("cannot read the asking process's cgroup".into());
     };
     let state = reconciler.policy_state();
@@ -97,7 +117,7 @@ pub struct Admin {
     /// Retransmission timeouts per PvD, for `mif pvd list`.
     pub tcp_health: super::tcp_trouble::TcpHealth,
     /// Why the cgroup watchers are not attached, if they are not.
-    pub cgroup_watchers_left_out: Option<String>,
+    pub cgroup_watchers: super::watchers::WatcherState,
 }
 
 impl Admin {
@@ -109,7 +129,7 @@ impl Admin {
             started: Instant::now(),
             last_reload_error: None,
             tcp_health: Default::default(),
-            cgroup_watchers_left_out: None,
+            cgroup_watchers: super::watchers::WatcherState::NotNeeded,
         }
     }
 
@@ -119,7 +139,7 @@ impl Admin {
         monitor: &broadcast::Sender<MonitorEvent>,
         validator: &Validator,
         request: Request,
-        peer_pid: Option<i32>,
+        peer: &Peer,
     ) -> Response {
         match request {
             Request::Status => Response::Status(Box::new(self.status(reconciler))),
@@ -156,9 +176,8 @@ impl Admin {
             Request::Monitor => Response::Error("monitor is a stream".into()),
             // Served by [`probe`], which answers when the probes end.
             Request::PvdProbe { .. } => Response::Error("probe is answered apart".into()),
-            Request::Choices => choices(reconciler, peer_pid),
-            Request::ProcessPvd { pvd } => match self.process_pvd(reconciler, peer_pid, &pvd).await
-            {
+            Request::Choices => choices(reconciler, peer),
+            Request::ProcessPvd { pvd } => match self.process_pvd(reconciler, peer, &pvd).await {
                 Ok(cgroup) => {
                     let _ = monitor.send(MonitorEvent::PolicySet(cgroup));
                     Response::Ok
@@ -202,7 +221,12 @@ impl Admin {
                 .map(|l| format!("{}: {}", l.program, l.why))
                 .collect(),
             tcp_timeouts_no_pvd: self.tcp_health.no_pvd(),
-            cgroup_watchers_left_out: self.cgroup_watchers_left_out.clone(),
+            cgroup_watchers_left_out: match &self.cgroup_watchers {
+                super::watchers::WatcherState::LeftOut(why) => Some(why.clone()),
+                _ => None,
+            },
+            cgroup_watchers_attached: self.cgroup_watchers
+                == super::watchers::WatcherState::Attached,
         }
     }
 
@@ -218,8 +242,7 @@ impl Admin {
             .known_pvd_names()
             .await
             .map_err(|e| format!("{e:#}"))?;
-        let named = spec.terms.prefer.iter().chain(&spec.terms.allow);
-        if let Some(unknown) = named.into_iter().find(|n| !known.contains(*n)) {
+        if let Some(unknown) = spec.terms.named_pvds().find(|n| !known.contains(*n)) {
             return Err(format!(
                 "unknown PvD {unknown:?}: neither a [[pvd]] of the config nor an interface (known: {})",
                 known.iter().cloned().collect::<Vec<_>>().join(", ")
@@ -257,100 +280,117 @@ impl Admin {
         self.persist_and_apply(reconciler).await
     }
 
-    /// `mif_set_process_pvd`: moves process `pid` into a cgroup of the
-    /// daemon's below its own, `mif-pvd-<pvd>`, whose policy prefers `pvd`
-    /// and keeps the rest of the process's policy (its other PvDs after,
-    /// strictness, DNS, exclusions, allow list), when that policy lets the
-    /// process choose `pvd` (the kernel's rule for one socket). A process
-    /// already in such a cgroup moves to its sibling: what it may choose
-    /// is judged by the policy above, never by the daemon's own. The
+    /// `mif_set_process_pvd` (see [`process_pvd`]): moves the asking
+    /// process into `mif-pvd-<pvd>` below its cgroup, with a policy derived
+    /// from the one above, when that policy lets it choose `pvd`. The
     /// policy is written before the move, so no socket of the process
-    /// misses it. Such cgroups left empty by earlier callers are removed
-    /// with their policies first.
+    /// misses it; on any failure nothing is left behind.
     async fn process_pvd(
         &mut self,
         reconciler: &mut Reconciler,
-        pid: Option<i32>,
+        peer: &Peer,
         pvd: &str,
     ) -> Result<PolicySpec, String> {
-        let pid = pid.ok_or("the asking process is unknown")?;
-        let own = foreign_netns::cgroup2_path_of(pid as u32)
-            .ok_or("cannot read the asking process's cgroup")?;
-        let base = match own.rsplit_once('/') {
-            Some((parent, leaf)) if leaf.starts_with(PROCESS_PVD_PREFIX) => {
-                if parent.is_empty() { "/" } else { parent }.to_owned()
-            }
-            _ => own.clone(),
-        };
-        if !reconciler.pvds().iter().any(|p| p.name == pvd) {
+        let pid = peer.pid.ok_or("the asking process is unknown")?;
+        if !peer.still_there() {
+            return Err("the process that opened this connection is gone".into());
+        }
+        if !process_pvd::is_plain_name(pvd) || !reconciler.pvds().iter().any(|p| p.name == pvd) {
             return Err(format!("no PvD is named {pvd:?}"));
         }
-        let state = reconciler.policy_state();
-        let origin = foreign_netns::cgroup_and_ancestors(&base)
-            .find_map(|c| state.policy_of_cgroup(c))
-            .map(|p| p.terms.clone());
-        let terms = match &origin {
-            Some(t) => {
-                let may = t.prefer.iter().any(|n| n == pvd)
-                    || (!t.strict && t.allow.iter().any(|n| n == pvd));
-                if !may {
-                    return Err(format!(
-                        "PvD {pvd:?} is not one this process's policy allows it to choose (EPERM)"
-                    ));
-                }
-                let mut prefer = vec![pvd.to_owned()];
-                prefer.extend(t.prefer.iter().filter(|n| *n != pvd).cloned());
-                prefer.truncate(mif_common::MAX_PREFER);
-                PolicyTerms {
-                    prefer,
-                    ..(**t).clone()
-                }
-            }
-            // Under no policy the process could choose any PvD: it still may.
-            None => PolicyTerms {
-                prefer: vec![pvd.to_owned()],
-                allow: (reconciler.pvds().iter())
-                    .map(|p| p.name.clone())
-                    .filter(|n| n != pvd)
-                    .collect(),
-                ..Default::default()
-            },
-        };
+        let own = foreign_netns::cgroup2_path_of(pid as u32)
+            .ok_or("cannot read the asking process's cgroup")?;
+        let base = process_pvd::base_of(&own);
+        let terms = process_pvd::derive(origin_of(reconciler, &base).as_deref(), pvd)?;
         self.remove_empty_process_cgroups(reconciler).await;
-        let leaf = format!("{PROCESS_PVD_PREFIX}{pvd}");
-        let cgroup = normalize_cgroup(&format!("{}/{leaf}", base.trim_end_matches('/')));
-        let dir = reconciler
-            .policy_state()
-            .cgroup2()
-            .mount()
-            .join(cgroup.trim_start_matches('/'));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(format!("cannot make cgroup {}: {e}", dir.display())),
+        let cgroup = normalize_cgroup(&process_pvd::cgroup_for(&base, pvd));
+        let state = reconciler.policy_state();
+        let derived = process_policies(reconciler);
+        if !derived.iter().any(|p| p.cgroup == cgroup)
+            && derived.len() >= process_pvd::MAX_PROCESS_POLICIES
+        {
+            return Err(format!(
+                "{} processes have chosen their PvD already, the most mif holds",
+                process_pvd::MAX_PROCESS_POLICIES
+            ));
         }
+        let within = state
+            .cgroup2()
+            .resolve(&base)
+            .is_ok_and(|c| c.is_within(&state.attach));
+        if !within {
+            return Err(format!(
+                "the process's cgroup {base} is outside the cgroup mif attaches to ({})",
+                state.attach.rel
+            ));
+        }
+        let dir = state.cgroup2().mount().join(cgroup.trim_start_matches('/'));
+        let made = match std::fs::create_dir(&dir) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(format!("cannot make cgroup {}: {e}", dir.display())),
+        };
         let spec = PolicySpec {
             cgroup: cgroup.clone(),
             terms: terms.into(),
         };
-        self.set_policy(reconciler, spec.clone()).await?;
-        std::fs::write(dir.join("cgroup.procs"), pid.to_string())
-            .map_err(|e| format!("cannot move process {pid} into {cgroup}: {e}"))?;
+        let moved = match self.set_policy(reconciler, spec.clone()).await {
+            Ok(()) => std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+                .map_err(|e| format!("cannot move process {pid} into {cgroup}: {e}")),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = moved {
+            if process_policies(reconciler)
+                .iter()
+                .any(|p| p.cgroup == cgroup)
+            {
+                let _ = self.del_policy(reconciler, &cgroup).await;
+            }
+            if made {
+                let _ = std::fs::remove_dir(&dir);
+            }
+            return Err(e);
+        }
         info!("process {pid} now uses PvD {pvd} ({cgroup})");
         Ok(spec)
+    }
+
+    /// Derives every `mif-pvd-*` policy again from its origin (see
+    /// [`process_pvd`]), after the policies changed: one whose origin no
+    /// longer allows its PvD is removed (its processes fall back to the
+    /// origin), the others follow the origin's terms.
+    pub async fn refresh_process_policies(&mut self, reconciler: &mut Reconciler) {
+        for PolicySpec { cgroup, terms: now } in process_policies(reconciler) {
+            let Some((base, pvd)) = process_pvd::parse(&cgroup) else {
+                continue;
+            };
+            let outcome = match process_pvd::derive(origin_of(reconciler, &base).as_deref(), pvd) {
+                Ok(terms) if terms == *now => continue,
+                Ok(terms) => {
+                    let spec = PolicySpec {
+                        cgroup: cgroup.clone(),
+                        terms: terms.into(),
+                    };
+                    self.set_policy(reconciler, spec).await
+                }
+                Err(why) => {
+                    info!("{cgroup}: {why}; its processes follow their policy again");
+                    self.del_policy(reconciler, &cgroup).await
+                }
+            };
+            if let Err(e) = outcome {
+                warn!("deriving the policy of {cgroup} again: {e}");
+            }
+        }
     }
 
     /// Removes the `mif-pvd-*` cgroups of [`Self::process_pvd`] whose
     /// processes are all gone, and their policies.
     async fn remove_empty_process_cgroups(&mut self, reconciler: &mut Reconciler) {
         let mount = reconciler.policy_state().cgroup2().mount().to_path_buf();
-        let empty: Vec<String> = (reconciler.policy_state().set.iter())
-            .map(|(cgroup, _)| cgroup.to_owned())
-            .filter(|c| {
-                c.rsplit('/')
-                    .next()
-                    .is_some_and(|l| l.starts_with(PROCESS_PVD_PREFIX))
-            })
+        let empty: Vec<String> = process_policies(reconciler)
+            .into_iter()
+            .map(|p| p.cgroup)
             .filter(|c| {
                 let procs = mount.join(c.trim_start_matches('/')).join("cgroup.procs");
                 std::fs::read_to_string(procs).map_or(true, |p| p.trim().is_empty())

@@ -17,9 +17,11 @@ mod failing;
 mod guard_log;
 mod predating;
 mod prepare;
+pub mod process_pvd;
 mod ring;
 pub mod steering;
 mod tcp_trouble;
+mod watchers;
 
 use std::{net::IpAddr, path::Path, time::Duration};
 
@@ -30,7 +32,7 @@ use mif_common::Settings;
 use tokio::sync::broadcast;
 
 pub use self::prepare::{prepare, Prepared};
-use self::{admin::Admin, steering::Steering};
+use self::{admin::Admin, steering::Steering, watchers::CgroupWatchers};
 use crate::{
     apply::kernel_maps::KernelMaps,
     apply::loader::Capacity,
@@ -78,10 +80,6 @@ pub struct DaemonOptions<'a> {
 }
 
 pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
-    // The kernel's structure layouts, for the cgroup watchers: parsing its
-    // BTF takes about 0.1 s, done meanwhile on the other core.
-    let kernel_layout =
-        std::thread::spawn(crate::apply::cgroup_layout::KernelLayout::of_running_kernel);
     let netlink = Netlink::connect().context("opening rtnetlink")?;
     let mut events = netlink::subscribe().context("subscribing to netlink events")?;
     let interfaces: Vec<String> = netlink
@@ -96,6 +94,11 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
         dir: opts.policies_dir.map(Path::to_path_buf),
     };
     let mut prepared = prepare(&sources, opts.instance, &interfaces)?;
+    // The cgroup watchers' layouts are read meanwhile when the config has
+    // selectors (see `watchers`).
+    let mut watchers = CgroupWatchers::new(
+        (prepared.config.policies.iter()).any(|p| crate::host::selector::is_selector(&p.cgroup)),
+    );
 
     let settings = Settings {
         netns_cookie: netns::current_netns_cookie()
@@ -203,17 +206,11 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
                 return Err(e.into());
             }
         };
-    let naming = kernel_layout
-        .join()
-        .unwrap_or_else(|_| {
-            Err(crate::apply::cgroup_layout::LayoutError::Parse(
-                "panicked".into(),
-            ))
-        })
-        .map(|layout| layout.naming(&prepared.attach));
-    let watchers_left_out = steering.attach_watchers(naming);
+    watchers.follow(&reconciler, &mut steering, true);
     let mut admin = Admin::new(sources.clone(), opts.instance.clone(), state_file);
-    admin.cgroup_watchers_left_out = watchers_left_out;
+    // Process choices saved by the previous daemon follow today's policies.
+    admin.refresh_process_policies(&mut reconciler).await;
+    admin.cgroup_watchers = watchers.state.clone();
     info!(
         "steering {} policies over {} PvDs below cgroup {} (pins in {})",
         reconciler.policies().len(),
@@ -248,6 +245,10 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
             validator: &mut validator,
             tcp_trouble: tcp_trouble.as_mut(),
         },
+        Kernel {
+            steering: &mut steering,
+            watchers: &mut watchers,
+        },
         &mut admin,
         &mut dns_forwarder,
         opts.instance.mark_mask,
@@ -280,10 +281,26 @@ struct Inputs<'a> {
     tcp_trouble: Option<&'a mut tcp_trouble::TcpTroubleRing>,
 }
 
+/// What the event loop attaches to the kernel besides the passes' writes:
+/// the cgroup watchers, once a policy needs them.
+struct Kernel<'a> {
+    steering: &'a mut Steering,
+    watchers: &'a mut CgroupWatchers,
+}
+
+impl Kernel<'_> {
+    /// After a pass that may have changed the policies.
+    fn follow(&mut self, reconciler: &Reconciler, admin: &mut Admin) {
+        self.watchers.follow(reconciler, self.steering, false);
+        admin.cgroup_watchers = self.watchers.state.clone();
+    }
+}
+
 /// Reconciles on every batch of events until SIGINT/SIGTERM.
 async fn follow(
     reconciler: &mut Reconciler,
     inputs: Inputs<'_>,
+    mut kernel: Kernel<'_>,
     admin: &mut Admin,
     dns_forwarder: &mut crate::dns::ForwarderControl,
     mark_mask: u32,
@@ -436,6 +453,8 @@ async fn follow(
                 }
                 info!("the policies directory changed: reloading");
                 let _ = admin.reload_announced(reconciler, &control.monitor).await;
+                admin.refresh_process_policies(reconciler).await;
+                kernel.follow(reconciler, admin);
                 if !after_reload(reconciler, validator, dns_forwarder, &mut watcher).await {
                     continue;
                 }
@@ -443,6 +462,8 @@ async fn follow(
             }
             _ = signals.hup.recv() => {
                 let _ = admin.reload(reconciler).await;
+                admin.refresh_process_policies(reconciler).await;
+                kernel.follow(reconciler, admin);
                 if !after_reload(reconciler, validator, dns_forwarder, &mut watcher).await {
                     continue;
                 }
@@ -458,9 +479,13 @@ async fn follow(
                 }
                 let before = reconciler.pvds().to_vec();
                 let response = admin
-                    .handle(reconciler, &control.monitor, validator, command.request, command.peer_pid)
+                    .handle(reconciler, &control.monitor, validator, command.request, &command.peer)
                     .await;
+                // Before the answer: whoever changed a policy sees the
+                // process choices below it follow once it returns.
+                admin.refresh_process_policies(reconciler).await;
                 let _ = command.reply.send(response);
+                kernel.follow(reconciler, admin);
                 dns_forwarder.follow(reconciler.pvds()).await;
                 follow_validation(reconciler, validator).await;
                 announce_pvd_changes(&before, reconciler, validator, &control.monitor);

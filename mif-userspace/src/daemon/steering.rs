@@ -137,6 +137,11 @@ impl Steering {
         Some(why)
     }
 
+    /// Removes the cgroup watchers' pins (a previous daemon's, unneeded now).
+    pub fn detach_watchers(&self) {
+        loader::detach_watchers(&self.pins);
+    }
+
     /// The guards, to attach to strict cgroups below `cgroup2` (once).
     pub fn guard_links(&mut self, cgroup2: &Path) -> anyhow::Result<GuardLinks> {
         let (guards, left_out) = self.guards.take().context("guards already handed out")?;

@@ -203,7 +203,8 @@ pub struct PolicyTerms {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<Exclusion>,
     /// PvDs the policy's processes may also choose for their own sockets
-    /// with the MIF API, besides those of `prefer` (never with `strict`).
+    /// with the MIF API, besides those of `prefer` (never with `strict`);
+    /// [`ALLOW_ANY`] for any PvD, now or later.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<String>,
 }
@@ -362,7 +363,20 @@ struct RawPolicy {
     allow: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
-/// A policy's `allow` list, checked: PvD names, each once, and none with
+/// An `allow` entry that lets a policy's processes choose any PvD.
+pub const ALLOW_ANY: &str = "*";
+
+impl PolicyTerms {
+    /// The PvD names this policy names, preferred or allowed (not
+    /// [`ALLOW_ANY`]).
+    pub fn named_pvds(&self) -> impl Iterator<Item = &String> {
+        self.prefer
+            .iter()
+            .chain(self.allow.iter().filter(|n| n.as_str() != ALLOW_ANY))
+    }
+}
+
+/// A policy's `allow` list, checked: PvD names (or [`ALLOW_ANY`]), each once, and none with
 /// `strict` (a strict policy's processes choose among `prefer` only, so an
 /// `allow` there would promise what the kernel refuses).
 fn checked_allow(
@@ -386,12 +400,16 @@ fn checked_allow(
     }
     let mut out: Vec<String> = Vec::new();
     for item in items {
-        if item.get_ref().is_empty() || item.get_ref().len() >= mif_common::PVD_NAME_LEN {
+        let name = item.get_ref();
+        if name != ALLOW_ANY && (name.is_empty() || name.len() >= mif_common::PVD_NAME_LEN) {
             return Err(checker.error(
                 item.span(),
                 "policy.allow",
                 format!("{:?}", item.get_ref()),
-                format!("a PvD name of 1 to {} bytes", mif_common::PVD_NAME_LEN - 1),
+                format!(
+                    "a PvD name of 1 to {} bytes, or {ALLOW_ANY:?} for any",
+                    mif_common::PVD_NAME_LEN - 1
+                ),
             ));
         }
         if out.contains(item.get_ref()) {
@@ -1060,8 +1078,11 @@ impl Config {
         let explicit: HashSet<&str> = self.pvds.iter().map(|p| p.name.as_str()).collect();
         for policy in &self.policies {
             let terms = &policy.terms;
-            let named = (terms.prefer.iter().map(|n| ("policy.prefer", n)))
-                .chain(terms.allow.iter().map(|n| ("policy.allow", n)));
+            let named = (terms.prefer.iter().map(|n| ("policy.prefer", n))).chain(
+                (terms.allow.iter())
+                    .filter(|n| n.as_str() != ALLOW_ANY)
+                    .map(|n| ("policy.allow", n)),
+            );
             for (field, name) in named {
                 if !explicit.contains(name.as_str()) && !interfaces.contains(name) {
                     return Err(error_in(

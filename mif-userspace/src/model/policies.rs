@@ -131,7 +131,7 @@ impl PolicySet {
     /// VPN, a link that is down at start). The PvDs of `allow` lists count
     /// too: an application may choose them.
     pub fn preferred_names(&self) -> BTreeSet<String> {
-        let named = |t: &PolicyTerms| t.prefer.iter().chain(&t.allow).cloned().collect::<Vec<_>>();
+        let named = |t: &PolicyTerms| t.named_pvds().cloned().collect::<Vec<_>>();
         self.config
             .iter()
             .flat_map(|p| named(&p.terms))

@@ -17,7 +17,7 @@ use mif_common::{
 
 use crate::{
     host::netlink::{Interface, Uplink},
-    model::config::{BindMode, DnsMode, Exclusion, PolicyTerms},
+    model::config::{BindMode, DnsMode, Exclusion, PolicyTerms, ALLOW_ANY},
     model::pvd::PvdState,
     plan::routing::PvdRouting,
 };
@@ -348,11 +348,13 @@ fn kernel_policy(id: u32, terms: &PolicyTerms, index_of: &HashMap<&str, u32>) ->
     if !terms.exclude.is_empty() {
         flags |= POLICY_EXCLUDES;
     }
-    let allow = terms
-        .allow
-        .iter()
-        .filter_map(|name| index_of.get(name.as_str()))
-        .fold(0u64, |mask, index| mask | 1u64 << index);
+    let allow = if terms.allow.iter().any(|n| n == ALLOW_ANY) {
+        u64::MAX
+    } else {
+        (terms.allow.iter())
+            .filter_map(|name| index_of.get(name.as_str()))
+            .fold(0u64, |mask, index| mask | 1u64 << index)
+    };
     Policy {
         id,
         prefer,

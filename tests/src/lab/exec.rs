@@ -164,6 +164,11 @@ impl LabChild {
         self.lock().stdout.take()
     }
 
+    /// Takes the stdin pipe, if the command was built with a piped stdin.
+    pub fn take_stdin(&self) -> Option<std::process::ChildStdin> {
+        self.lock().stdin.take()
+    }
+
     /// Takes the stderr pipe, if the command was built with a piped stderr.
     pub fn take_stderr(&self) -> Option<ChildStderr> {
         self.lock().stderr.take()

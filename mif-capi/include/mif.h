@@ -31,7 +31,7 @@ extern "C" {
 /* The socket option mif's kernel programs serve, usable without libmif:
  *   setsockopt(fd, SOL_MIF, MIF_PVD, "wwan0", 5);
  *   char name[16]; socklen_t len = sizeof name;
- *   getsockopt(fd, SOL_MIF, MIF_PVD, name, &len);  (len 0: not steered) */
+ *   getsockopt(fd, SOL_MIF, MIF_PVD, name, &len);  ("" with len 1: not steered) */
 #define SOL_MIF 0x6d6966
 #define MIF_PVD 1
 

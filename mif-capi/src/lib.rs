@@ -1,4 +1,7 @@
-//! The C ABI (`include/mif.h`, `libmif.so.0`). Every call returns -1 (or
+//! libmif: the MIF API's C ABI (`include/mif.h`, `libmif.so.0`) over the
+//! `mif-api` crate, and, over this ABI, the Python module
+//! (`python/mif.py`). A crate of its own so that the cdylib is built apart
+//! from the rlib that Rust programs link. Every call returns -1 (or
 //! NULL) on failure with `errno` set as [`Error::errno`] gives it, and
 //! [`mif_last_error`] says what went wrong in words. Lists are opaque,
 //! read with accessors and freed by their `_free`: adding a property later
@@ -13,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{daemon, happy_eyeballs, resolve, socket, ConnectOptions, Error, Event, Pvd};
+use mif_api::{ConnectOptions, Error, Event, Pvd, Watch};
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
@@ -55,13 +58,13 @@ pub extern "C" fn mif_last_error() -> *const c_char {
     LAST_ERROR.with(|last| last.borrow().as_ptr())
 }
 
-/// The `SOL_MIF` choice of one socket (see [`socket::set_socket_pvd`]).
+/// The `SOL_MIF` choice of one socket (see [`mif_api::set_socket_pvd`]).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mif_socket_set_pvd(fd: c_int, pvd: *const c_char) -> c_int {
     let Some(pvd) = (unsafe { text(pvd, "pvd") }) else {
         return -1;
     };
-    match socket::set_socket_pvd(fd, pvd) {
+    match mif_api::set_socket_pvd(fd, pvd) {
         Ok(()) => 0,
         Err(e) => {
             fail(&e);
@@ -74,7 +77,7 @@ pub unsafe extern "C" fn mif_socket_set_pvd(fd: c_int, pvd: *const c_char) -> c_
 /// 16 hold any); returns its length, 0 for a socket mif does not steer.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mif_socket_get_pvd(fd: c_int, buf: *mut c_char, len: usize) -> c_int {
-    match socket::socket_pvd(fd) {
+    match mif_api::socket_pvd(fd) {
         Ok(name) => {
             let name = name.unwrap_or_default();
             if buf.is_null() || len <= name.len() {
@@ -97,13 +100,13 @@ pub unsafe extern "C" fn mif_socket_get_pvd(fd: c_int, buf: *mut c_char, len: us
     }
 }
 
-/// See [`daemon::set_process_pvd`].
+/// See [`mif_api::set_process_pvd`].
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mif_set_process_pvd(pvd: *const c_char) -> c_int {
     let Some(pvd) = (unsafe { text(pvd, "pvd") }) else {
         return -1;
     };
-    match daemon::set_process_pvd(pvd) {
+    match mif_api::set_process_pvd(pvd) {
         Ok(()) => 0,
         Err(e) => {
             fail(&e);
@@ -163,7 +166,7 @@ pub struct MifPvdList {
 /// The PvDs now; free with [`mif_pvd_list_free`].
 #[unsafe(no_mangle)]
 pub extern "C" fn mif_pvds() -> *mut MifPvdList {
-    match daemon::pvds() {
+    match mif_api::pvds() {
         Ok(list) => Box::into_raw(Box::new(MifPvdList {
             pvds: list.iter().map(MifPvd::from).collect(),
         })),
@@ -294,7 +297,7 @@ pub unsafe extern "C" fn mif_resolve(pvd: *const c_char, host: *const c_char) ->
     else {
         return ptr::null_mut();
     };
-    match daemon::pvd(pvd).and_then(|p| resolve::resolve(&p, host)) {
+    match mif_api::pvd(pvd).and_then(|p| mif_api::resolve(&p, host)) {
         Ok(addrs) => Box::into_raw(Box::new(MifStrings::of(&addrs))),
         Err(e) => {
             fail(&e);
@@ -348,7 +351,7 @@ fn copy_text<const N: usize>(dst: &mut [c_char; N], s: &str) {
     dst[n] = 0;
 }
 
-/// Happy Eyeballs across PvDs (see [`happy_eyeballs`]): the connected
+/// Happy Eyeballs across PvDs (see [`mif_api::connect`]): the connected
 /// socket's fd (the caller owns it), or -1. `options` may be NULL; `out`
 /// may be NULL, else it is filled.
 #[unsafe(no_mangle)]
@@ -382,7 +385,7 @@ pub unsafe extern "C" fn mif_connect(
             opts.pvds = Some(vec![pvd.to_owned()]);
         }
     }
-    match happy_eyeballs::connect(host, port, &opts) {
+    match mif_api::connect(host, port, &opts) {
         Ok(won) => {
             let fd = won.stream.into_raw_fd();
             // SAFETY: NULL or a live struct (mif.h).
@@ -402,14 +405,14 @@ pub unsafe extern "C" fn mif_connect(
     }
 }
 
-/// A subscription to changes (see [`daemon::Watch`]).
+/// A subscription to changes (see [`mif_api::Watch`]).
 pub struct MifWatch {
-    watch: daemon::Watch,
+    watch: Watch,
 }
 
 #[unsafe(no_mangle)]
 pub extern "C" fn mif_watch_open() -> *mut MifWatch {
-    match daemon::Watch::open() {
+    match Watch::open() {
         Ok(watch) => Box::into_raw(Box::new(MifWatch { watch })),
         Err(e) => {
             fail(&e);
