@@ -73,7 +73,7 @@ impl ApiBench {
 }
 
 pub fn run(lab: &Lab, plan: &ApiPlan, start_timeout: Duration, exe: &Path) -> Result<ApiBench> {
-    let _resolvers = (0..2)
+    let resolvers = (0..2)
         .map(|i| lab.start_resolver_unlogged(i))
         .collect::<Result<Vec<_>>>()?;
     let app = lab.create_cgroup("api-app")?;
@@ -123,6 +123,9 @@ pub fn run(lab: &Lab, plan: &ApiPlan, start_timeout: Duration, exe: &Path) -> Re
     lab.restore_upstream(1)?;
     result?;
     daemon.stop()?;
+    for resolver in resolvers {
+        resolver.stop()?;
+    }
     for row in &mut rows {
         row.first_byte_ms.sort_by(f64::total_cmp);
     }

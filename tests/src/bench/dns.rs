@@ -103,7 +103,7 @@ impl DnsBench {
 }
 
 pub fn run(lab: &Lab, plan: &DnsPlan, start_timeout: Duration) -> Result<DnsBench> {
-    let _resolver = lab.start_resolver_unlogged(1)?;
+    let resolver = lab.start_resolver_unlogged(1)?;
     let (wlan, wwan) = (lab.network(0).clone(), lab.network(1).clone());
     let app = lab.create_cgroup("dns-app")?;
     let plain = lab.create_cgroup("dns-plain")?;
@@ -151,6 +151,8 @@ pub fn run(lab: &Lab, plan: &DnsPlan, start_timeout: Duration) -> Result<DnsBenc
         }
     }
     daemon.stop()?;
+    // The next part starts resolvers of its own on the same addresses.
+    resolver.stop()?;
     Ok(bench)
 }
 
