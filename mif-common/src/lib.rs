@@ -63,8 +63,12 @@ pub mod names {
     pub const MAP_CG_NAMING: &str = "MIF_CG_NAMING";
     /// The cgroup watchers' working memory (one slot per CPU).
     pub const MAP_CG_SCRATCH: &str = "MIF_CG_SCRATCH";
+    /// PvD name (NUL-padded, [`crate::PVD_NAME_LEN`] bytes) → PvD index:
+    /// the PvD an application chooses by name ([`crate::api`]).
+    pub const MAP_PVD_NAMES: &str = "MIF_PVD_NAMES";
     /// All maps, as pinned in the pin directory.
-    pub const MAPS: [&str; 14] = [
+    pub const MAPS: [&str; 15] = [
+        MAP_PVD_NAMES,
         MAP_SELECTORS,
         MAP_CG_NAMING,
         MAP_CG_SCRATCH,

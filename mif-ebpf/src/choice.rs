@@ -38,13 +38,13 @@ use mif_common::{
     api::MIF_PVD,
     pvd_from_mark,
     sockopt::{SOL_SOCKET, SO_BINDTOIFINDEX, SO_MARK},
-    Settings, COUNTER_NO_PVD, MAX_PVDS, PVD_NAME_LEN,
+    Settings, COUNTER_NO_PVD, PVD_NAME_LEN,
 };
 
 use crate::{
     addr::{is_v4_mapped, AF_INET6},
     counters::{count, Event},
-    maps::{PVDS, PVD_META},
+    maps::{PVDS, PVD_META, PVD_NAMES},
     policy::{find_policy, in_managed_netns},
 };
 
@@ -200,28 +200,11 @@ fn read_name(so: *mut bpf_sockopt) -> Option<[u8; PVD_NAME_LEN]> {
     Some(name)
 }
 
-/// The index of the PvD named `name`, from the names the daemon writes
-/// beside each PvD. At most 64 lookups, and only when an application
-/// chooses: nothing on the path of ordinary sockets.
+/// The index of the PvD named `name` (one lookup in the names the daemon
+/// writes beside each PvD).
 #[inline(always)]
 fn index_of(name: &[u8; PVD_NAME_LEN]) -> Option<u32> {
-    let want = words(name);
-    let mut index = 0;
-    while index < MAX_PVDS {
-        if let Some(meta) = unsafe { PVD_META.get(index) } {
-            if words(&meta.name) == want {
-                return Some(index);
-            }
-        }
-        index += 1;
-    }
-    None
-}
-
-#[inline(always)]
-fn words(name: &[u8; PVD_NAME_LEN]) -> [u64; 2] {
-    let p = name.as_ptr().cast::<u64>();
-    unsafe { [p.read_unaligned(), p.add(1).read_unaligned()] }
+    unsafe { PVD_NAMES.get(name) }.copied()
 }
 
 /// Answers `getsockopt(fd, SOL_MIF, MIF_PVD, buf, &len)` after the kernel

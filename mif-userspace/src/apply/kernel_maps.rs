@@ -8,6 +8,7 @@ use aya::maps::{
 };
 use mif_common::{
     names, CounterKey, Counters, ExcludeKey, Policy, Pvd, PvdMeta, SelectorKey, Settings,
+    PVD_NAME_LEN,
 };
 
 use log::{info, warn};
@@ -56,6 +57,8 @@ pub struct KernelMaps {
     /// links that went down after it are written unavailable.
     generation: u64,
     meta: HashMap<MapData, u32, PvdMeta>,
+    /// PvD name → index, for the MIF API's choice by name.
+    names: HashMap<MapData, [u8; PVD_NAME_LEN], u32>,
     counters: HashMap<MapData, CounterKey, Counters>,
     instance: Array<MapData, Settings>,
     excludes: LpmTrie<MapData, ExcludeKey, u8>,
@@ -202,6 +205,7 @@ impl KernelMaps {
             pvds: SharedPvdTable::new(typed!(pins, names::MAP_PVDS)),
             generation: 0,
             meta: typed!(pins, names::MAP_PVD_META),
+            names: typed!(pins, names::MAP_PVD_NAMES),
             counters: typed!(pins, names::MAP_COUNTERS),
             instance: typed!(pins, names::MAP_INSTANCE),
             excludes: typed!(pins, names::MAP_EXCLUDE),
@@ -239,6 +243,7 @@ impl KernelMaps {
                 .insert(*index, pvd, self.generation)
                 .map_err(update_failed(names::MAP_PVDS, "write"))?;
         }
+        self.write_names(&desired.pvds)?;
         self.report_over_capacity(&desired.over_capacity);
         if !(desired.policies_unchanged && self.written_policies.is_some()) {
             self.write_policies(desired)?;
@@ -259,6 +264,29 @@ impl KernelMaps {
             let _ = self.meta.remove(&key);
         }
         pvds.settle(self.generation);
+        Ok(())
+    }
+
+    /// Makes the name map hold exactly the names of `pvds`, each with its
+    /// index (at most [`mif_common::MAX_PVDS`] entries: listed every pass).
+    fn write_names(&mut self, pvds: &[(u32, Pvd, PvdMeta)]) -> Result<(), MapsError> {
+        let wanted: StdHashMap<[u8; PVD_NAME_LEN], u32> = pvds
+            .iter()
+            .map(|(index, _, meta)| (meta.name, *index))
+            .collect();
+        let stale: Vec<[u8; PVD_NAME_LEN]> = (self.names.iter().filter_map(Result::ok))
+            .filter(|(name, index)| wanted.get(name) != Some(index))
+            .map(|(name, _)| name)
+            .collect();
+        for name in stale {
+            removed(self.names.remove(&name))
+                .map_err(update_failed(names::MAP_PVD_NAMES, "remove from"))?;
+        }
+        for (name, index) in &wanted {
+            self.names
+                .insert(name, index, 0)
+                .map_err(update_failed(names::MAP_PVD_NAMES, "write"))?;
+        }
         Ok(())
     }
 
