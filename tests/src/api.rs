@@ -31,22 +31,7 @@ pub fn libmif_path() -> Result<PathBuf> {
 }
 
 fn build_libmif() -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .current_dir(workspace())
-        .args(["build", "--quiet", "--package", "mif-capi"])
-        .status()
-        .context("running cargo build for mif-api")?;
-    if !status.success() {
-        bail!("cargo build of mif-api failed: {status}");
-    }
-    let exe = std::env::current_exe()?;
-    exe.ancestors()
-        .skip(1)
-        .take(2)
-        .map(|dir| dir.join("libmif_capi.so"))
-        .find(|candidate| candidate.is_file())
-        .with_context(|| format!("libmif_capi.so not found near {}", exe.display()))
+    crate::mif::build_artifact(&["--package", "mif-capi"], "libmif_capi.so")
 }
 
 /// `mif-capi/examples/mif-pvd.c` built as a C program would be: against

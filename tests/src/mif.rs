@@ -35,33 +35,33 @@ pub fn mif_path() -> Result<PathBuf> {
 }
 
 fn build_mif() -> Result<PathBuf> {
+    build_artifact(&["--package", "mif-userspace", "--bin", "mif"], "mif")
+}
+
+/// Runs `cargo build --quiet TARGET...` in this workspace and returns the
+/// path of the `artifact` it made, found beside this test's profile.
+pub(crate) fn build_artifact(target: &[&str], artifact: &str) -> Result<PathBuf> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("workspace root")?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = std::process::Command::new(cargo)
         .current_dir(workspace)
-        .args([
-            "build",
-            "--quiet",
-            "--package",
-            "mif-userspace",
-            "--bin",
-            "mif",
-        ])
+        .args(["build", "--quiet"])
+        .args(target)
         .status()
-        .context("running cargo build for mif")?;
+        .with_context(|| format!("running cargo build for {artifact}"))?;
     if !status.success() {
-        bail!("cargo build of mif failed: {status}");
+        bail!("cargo build of {artifact} failed: {status}");
     }
-    // Test binaries live in target/<profile>/deps; mif in target/<profile>.
+    // Test binaries live in target/<profile>/deps; artifacts in target/<profile>.
     let exe = std::env::current_exe()?;
     exe.ancestors()
         .skip(1)
         .take(2)
-        .map(|dir| dir.join("mif"))
+        .map(|dir| dir.join(artifact))
         .find(|candidate| candidate.is_file())
-        .with_context(|| format!("mif not found near {}", exe.display()))
+        .with_context(|| format!("{artifact} not found near {}", exe.display()))
 }
 
 /// The control socket of the instance pinned at `pin_dir` (as mif's
