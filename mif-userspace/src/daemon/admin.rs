@@ -38,13 +38,31 @@ fn process_policies(reconciler: &Reconciler) -> Vec<PolicySpec> {
     specs
 }
 
-/// The terms of the policy covering `cgroup` (the deepest among it and its
-/// ancestors), as the kernel's walk finds it.
-fn origin_of(reconciler: &Reconciler, cgroup: &str) -> Option<std::sync::Arc<PolicyTerms>> {
+/// The policy covering `cgroup`: the deepest among it and its ancestors,
+/// as the kernel's walk finds it.
+fn policy_above<'r>(
+    reconciler: &'r Reconciler,
+    cgroup: &str,
+) -> Option<&'r crate::plan::ResolvedPolicy> {
     let state = reconciler.policy_state();
-    foreign_netns::cgroup_and_ancestors(cgroup)
-        .find_map(|c| state.policy_of_cgroup(c))
-        .map(|p| p.terms.clone())
+    foreign_netns::cgroup_and_ancestors(cgroup).find_map(|c| state.policy_of_cgroup(c))
+}
+
+/// [`policy_above`]'s terms.
+fn origin_of(reconciler: &Reconciler, cgroup: &str) -> Option<std::sync::Arc<PolicyTerms>> {
+    policy_above(reconciler, cgroup).map(|p| p.terms.clone())
+}
+
+/// The asking process's pid and cgroup, when it is still the process that
+/// opened the connection.
+fn peer_cgroup(peer: &Peer) -> Result<(i32, String), String> {
+    let pid = peer.pid.ok_or("the asking process is unknown")?;
+    if !peer.still_there() {
+        return Err("the process that opened this connection is gone".into());
+    }
+    let cgroup = foreign_netns::cgroup2_path_of(pid as u32)
+        .ok_or("cannot read the asking process's cgroup")?;
+    Ok((pid, cgroup))
 }
 
 /// The policy covering process `pid` and what it may choose (see
@@ -52,18 +70,11 @@ fn origin_of(reconciler: &Reconciler, cgroup: &str) -> Option<std::sync::Arc<Pol
 /// ancestors, as the kernel's walk finds it. Any local process may ask,
 /// about itself only (the pid is the socket peer's).
 pub fn choices(reconciler: &Reconciler, peer: &Peer) -> Response {
-    if !peer.still_there() {
-        return Response::Error("the process that opened this connection is gone".into());
-    }
-    let Some(cgroup) = peer
-        .pid
-        .and_then(|pid| foreign_netns::cgroup2_path_of(pid as u32))
-    else {
-        return Response::Error("cannot read the asking process's cgroup".into());
+    let cgroup = match peer_cgroup(peer) {
+        Ok((_, cgroup)) => cgroup,
+        Err(why) => return Response::Error(why),
     };
-    let state = reconciler.policy_state();
-    let found =
-        foreign_netns::cgroup_and_ancestors(&cgroup).find_map(|c| state.policy_of_cgroup(c));
+    let found = policy_above(reconciler, &cgroup);
     let mut view = ChoicesView {
         cgroup: cgroup.clone(),
         ..Default::default()
@@ -291,15 +302,10 @@ impl Admin {
         peer: &Peer,
         pvd: &str,
     ) -> Result<PolicySpec, String> {
-        let pid = peer.pid.ok_or("the asking process is unknown")?;
-        if !peer.still_there() {
-            return Err("the process that opened this connection is gone".into());
-        }
+        let (pid, own) = peer_cgroup(peer)?;
         if !process_pvd::is_plain_name(pvd) || !reconciler.pvds().iter().any(|p| p.name == pvd) {
             return Err(format!("no PvD is named {pvd:?}"));
         }
-        let own = foreign_netns::cgroup2_path_of(pid as u32)
-            .ok_or("cannot read the asking process's cgroup")?;
         let base = process_pvd::base_of(&own);
         let terms = process_pvd::derive(origin_of(reconciler, &base).as_deref(), pvd)?;
         self.remove_empty_process_cgroups(reconciler).await;
