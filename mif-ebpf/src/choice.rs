@@ -224,48 +224,25 @@ pub fn get(so: *mut bpf_sockopt, settings: &Settings) {
         return;
     }
     let mark = unsafe { (*sk).mark };
-    let name = pvd_from_mark(mark, settings.mark_mask, settings.mark_shift)
-        .and_then(|index| unsafe { PVD_META.get(index) })
-        .map(|meta| meta.name);
     // Unsteered: the empty name, one NUL. (An `optlen` of 0 would leave
     // the application's buffer and length as they were.)
-    let Some(name) = name else {
-        let start = unsafe { (*so).__bindgen_anon_2.optval as *mut u8 };
-        let end = unsafe { (*so).__bindgen_anon_3.optval_end as *mut u8 };
-        if start.wrapping_add(1) > end {
-            unsafe { core::ptr::write_volatile(&raw mut (*so).retval, -EINVAL) };
-            return;
-        }
-        unsafe { *start = 0 };
-        reply(so, 1, 0);
-        return;
-    };
+    let name = pvd_from_mark(mark, settings.mark_mask, settings.mark_shift)
+        .and_then(|index| unsafe { PVD_META.get(index) })
+        .map_or([0; PVD_NAME_LEN], |meta| meta.name);
+    let len = name
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(PVD_NAME_LEN - 1);
     let (start, end) = unsafe {
         (
             (*so).__bindgen_anon_2.optval as *mut u8,
             (*so).__bindgen_anon_3.optval_end as *mut u8,
         )
     };
-    // The whole name and its NUL must fit: the verifier wants the bound
-    // proved for the constant size before the copy.
-    if start.wrapping_add(PVD_NAME_LEN) > end {
-        let len = name
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(PVD_NAME_LEN - 1);
-        // Shorter buffers that still hold this name are served byte by byte.
-        if !fits_short(start, end, &name, len) {
-            unsafe { core::ptr::write_volatile(&raw mut (*so).retval, -EINVAL) };
-            return;
-        }
-        reply(so, len as i32 + 1, 0);
+    if !copy_name(start, end, &name, len) {
+        unsafe { core::ptr::write_volatile(&raw mut (*so).retval, -EINVAL) };
         return;
     }
-    let mut len = 0;
-    while len < PVD_NAME_LEN - 1 && name[len] != 0 {
-        len += 1;
-    }
-    unsafe { core::ptr::copy_nonoverlapping(name.as_ptr(), start, PVD_NAME_LEN) };
     reply(so, len as i32 + 1, 0);
 }
 
@@ -279,10 +256,11 @@ fn reply(so: *mut bpf_sockopt, optlen: i32, retval: i32) {
     }
 }
 
-/// Copies `name[..=len]` (the name and its NUL) into a buffer shorter than
-/// [`PVD_NAME_LEN`], when it fits; whether it did.
+/// Copies `name[..=len]` (the name and its NUL) into the buffer from
+/// `start` to `end`, byte by byte (each store's bound proved to the
+/// verifier), when it fits; whether it did.
 #[inline(always)]
-fn fits_short(start: *mut u8, end: *mut u8, name: &[u8; PVD_NAME_LEN], len: usize) -> bool {
+fn copy_name(start: *mut u8, end: *mut u8, name: &[u8; PVD_NAME_LEN], len: usize) -> bool {
     let mut i = 0;
     while i < PVD_NAME_LEN {
         if i > len {
