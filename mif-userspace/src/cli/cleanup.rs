@@ -31,8 +31,9 @@ impl CleanupArgs {
         let detached = loader::detach(&pins);
         if !routing.is_empty() {
             let netlink = Netlink::connect()?;
+            let dump = netlink.routing().await?;
             for r in &routing {
-                netlink.remove(r).await?;
+                netlink.remove(r, &dump).await?;
             }
         }
         let unpinned = loader::unpin_maps(&pins);

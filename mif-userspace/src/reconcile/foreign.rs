@@ -7,9 +7,19 @@ use log::warn;
 
 use super::PolicyState;
 use crate::{
+    host::foreign_netns::{self, ForeignProcess},
     model::pvd::PvdState,
     plan::{self, ResolvedPolicy},
 };
+
+/// The processes in network namespaces other than the daemon's: one pass
+/// over /proc (none when the daemon's own namespace is unreadable).
+pub(super) fn scan_foreign_processes() -> Vec<ForeignProcess> {
+    match foreign_netns::own_namespace() {
+        Ok(ours) => foreign_netns::foreign_processes(ours),
+        Err(_) => Vec::new(),
+    }
+}
 
 /// A network namespace of its own (a container's) whose processes live in
 /// a policy's cgroup, with one of those processes to read its addresses by.
@@ -21,18 +31,14 @@ pub(super) struct ForeignClaim<'a> {
 
 /// Which policy claims each foreign network namespace: the deepest policy
 /// over any of its processes' cgroups, as in the kernel's walk.
-pub(super) fn foreign_claims(policy: &PolicyState) -> Vec<ForeignClaim<'_>> {
-    let Ok(ours) = crate::host::foreign_netns::own_namespace() else {
-        return Vec::new();
-    };
-    let processes = crate::host::foreign_netns::foreign_processes(ours);
-    if processes.is_empty() {
-        return Vec::new();
-    }
+pub(super) fn foreign_claims<'a>(
+    policy: &'a PolicyState,
+    processes: &[ForeignProcess],
+) -> Vec<ForeignClaim<'a>> {
     // Per namespace: (depth of the claiming policy's cgroup, claim).
-    let mut claims: BTreeMap<u64, (usize, ForeignClaim<'_>)> = BTreeMap::new();
-    for process in &processes {
-        let Some(claimant) = crate::host::foreign_netns::cgroup_and_ancestors(&process.cgroup)
+    let mut claims: BTreeMap<u64, (usize, ForeignClaim<'a>)> = BTreeMap::new();
+    for process in processes {
+        let Some(claimant) = foreign_netns::cgroup_and_ancestors(&process.cgroup)
             .find_map(|cgroup| policy.policy_of_cgroup(cgroup))
         else {
             continue;
@@ -60,9 +66,10 @@ pub(super) fn steer_foreign_namespaces(
     desired: &mut plan::Desired,
     pvds: &[PvdState],
     policy: &PolicyState,
+    processes: &[ForeignProcess],
 ) {
-    for ForeignClaim { policy: p, pid, .. } in foreign_claims(policy) {
-        let addrs = match crate::host::foreign_netns::addresses_in_namespace_of(pid) {
+    for ForeignClaim { policy: p, pid, .. } in foreign_claims(policy, processes) {
+        let addrs = match foreign_netns::addresses_in_namespace_of(pid) {
             Ok(addrs) => addrs,
             Err(e) => {
                 warn!(

@@ -12,16 +12,16 @@ use std::{
 };
 
 use anyhow::Context as _;
-use log::{info, warn};
+use log::{debug, info, warn};
 use mif_common::Settings;
 
 use self::{
     changes::log_changes,
-    foreign::{foreign_claims, steer_foreign_namespaces},
+    foreign::{foreign_claims, scan_foreign_processes, steer_foreign_namespaces},
 };
 use crate::{
     apply::{guard_links::GuardLinks, kernel_maps::KernelMaps},
-    host::netlink::Netlink,
+    host::{foreign_netns::ForeignProcess, netlink::Netlink},
     model::{
         config::Config,
         pvd::{self, Numbering, PvdState, Registry},
@@ -70,6 +70,11 @@ pub struct Reconciler<H = Netlink, M = KernelMaps, G = GuardLinks> {
     verdicts: BTreeMap<String, PvdVerdicts>,
     /// The policy entries the last pass wrote, and what they were made of.
     policy_entries: Option<PolicyEntries>,
+    /// The processes of other network namespaces (containers) as the last
+    /// scan of /proc found them: scanned again by the daemon's poll and by
+    /// a pass that resolves policies, not by every pass (with 64 routers'
+    /// namespaces the scan was a third of a link change's pass).
+    foreign: Vec<ForeignProcess>,
 }
 
 /// A pass's policy map entries, kept for the next pass: one for a network
@@ -120,6 +125,7 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
             lease_problems: Default::default(),
             verdicts: BTreeMap::new(),
             policy_entries: None,
+            foreign: Vec::new(),
         }
     }
 
@@ -265,9 +271,11 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
 
     /// Which foreign network namespaces (containers) live in policy cgroups
     /// now, and under which policy; cheap (one pass over /proc), so the
-    /// daemon can poll it and reconcile when containers come or go.
-    pub fn foreign_fingerprint(&self) -> Vec<(String, u64)> {
-        let mut all: Vec<(String, u64)> = foreign_claims(&self.policy)
+    /// daemon can poll it and reconcile when containers come or go. The
+    /// next pass uses this scan.
+    pub fn foreign_fingerprint(&mut self) -> Vec<(String, u64)> {
+        self.foreign = scan_foreign_processes();
+        let mut all: Vec<(String, u64)> = foreign_claims(&self.policy, &self.foreign)
             .into_iter()
             .map(|c| (c.policy.cgroup.clone(), c.netns))
             .collect();
@@ -293,11 +301,10 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
         // Before the dump: links that go down from here on are the
         // link-down thread's to withdraw, and this pass must not undo that.
         self.maps.begin_pass();
-        let interfaces = self
-            .netlink
-            .interfaces()
-            .await
-            .context("dumping interfaces")?;
+        let started = Instant::now();
+        let dump = self.netlink.dump().await.context("dumping interfaces")?;
+        let dumped = started.elapsed();
+        let interfaces = &dump.interfaces;
         let now = Instant::now();
         let ra_servers = self.ra_dns.current(&interfaces, now);
         let ra_domains = self.ra_domains.current(&interfaces, now);
@@ -309,6 +316,8 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
         // Policies first: the PvDs include every interface a policy prefers.
         if self.policy.stale {
             self.policy.resolve();
+            // Cgroups or policies changed: which containers they hold too.
+            self.foreign = scan_foreign_processes();
         }
         let (mut pvds, skipped) = pvd::build(
             &self.config,
@@ -361,13 +370,15 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
         // Losses first: stop choosing a PvD that went away before any slow
         // work (containers' addresses, routing dumps and installs).
         self.maps.withdraw_lost(&desired)?;
-        steer_foreign_namespaces(&mut desired, &pvds, &self.policy);
+        steer_foreign_namespaces(&mut desired, &pvds, &self.policy, &self.foreign);
 
+        let planned = started.elapsed();
+        let mut installs = 0;
         // Routing before maps: a PvD becomes selectable only once its table
         // and rules exist.
         for routing in &desired.routing {
             let changed = self.applied.get(&routing.table) != Some(routing);
-            let missing = !changed && verify && !self.netlink.is_installed(routing).await?;
+            let missing = !changed && verify && !self.netlink.is_installed(routing, &dump);
             if changed || missing {
                 if missing {
                     info!(
@@ -376,13 +387,16 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
                     );
                 }
                 self.netlink
-                    .install(routing)
+                    .install(routing, &dump)
                     .await
                     .with_context(|| format!("installing the routing of PvD {}", routing.name))?;
                 self.applied.insert(routing.table, routing.clone());
+                installs += 1;
             }
         }
+        let routed = started.elapsed();
         self.maps.write(&self.numbers.settings, &desired)?;
+        let written = started.elapsed();
         self.policy_entries = Some(PolicyEntries {
             resolution,
             index_of,
@@ -405,12 +419,22 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
             .collect();
         for routing in stale {
             self.netlink
-                .remove(&routing)
+                .remove(&routing, &dump)
                 .await
                 .with_context(|| format!("removing the routing of PvD {}", routing.name))?;
             self.applied.remove(&routing.table);
         }
 
+        debug!(
+            "pass: dump {:.2} ms, plan {:.2} ms, routing {:.2} ms ({installs} of {} PvDs \
+             installed), maps {:.2} ms, the rest {:.2} ms",
+            ms(dumped),
+            ms(planned - dumped),
+            ms(routed - planned),
+            desired.routing.len(),
+            ms(written - routed),
+            ms(started.elapsed() - written),
+        );
         let lost = transitions(&self.pvds, &pvds);
         log_changes(&self.pvds, &pvds);
         self.pvds = pvds;
@@ -419,10 +443,25 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
 
     /// Removes all routing this instance installed.
     pub async fn remove_routing(&mut self) {
-        for routing in std::mem::take(&mut self.applied).into_values() {
-            if let Err(e) = self.netlink.remove(&routing).await {
+        let applied = std::mem::take(&mut self.applied);
+        if applied.is_empty() {
+            return;
+        }
+        let dump = match self.netlink.dump_routing().await {
+            Ok(dump) => dump,
+            Err(e) => {
+                warn!("removing mif's routing: {e:#}");
+                return;
+            }
+        };
+        for routing in applied.into_values() {
+            if let Err(e) = self.netlink.remove(&routing, &dump).await {
                 warn!("removing the routing of PvD {}: {e:#}", routing.name);
             }
         }
     }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }

@@ -13,7 +13,7 @@ use crate::{
         guard_links::{GuardError, GuardLinks},
         kernel_maps::{KernelMaps, MapsError},
     },
-    host::netlink::{Interface, Netlink, NetlinkError},
+    host::netlink::{HostDump, Interface, Netlink, NetlinkError},
     plan::{routing::PvdRouting, Desired, GuardPlan},
 };
 
@@ -22,19 +22,26 @@ use crate::{
 pub trait RoutingHost {
     /// Every interface with its state, addresses and routing.
     fn interfaces(&self) -> impl Future<Output = Result<Vec<Interface>, NetlinkError>> + Send;
-    /// Whether the kernel holds exactly what `routing` says.
-    fn is_installed(
-        &self,
-        routing: &PvdRouting,
-    ) -> impl Future<Output = Result<bool, NetlinkError>> + Send;
-    /// Makes the kernel hold exactly `routing` for its PvD.
+    /// The interfaces and the routing they came from, in one dump.
+    fn dump(&self) -> impl Future<Output = Result<HostDump, NetlinkError>> + Send;
+    /// Whether the kernel held exactly what `routing` says when `dump` was
+    /// taken.
+    fn is_installed(&self, routing: &PvdRouting, dump: &HostDump) -> bool;
+    /// Makes the kernel hold exactly `routing` for its PvD; `dump` is what
+    /// it held before.
     fn install(
         &self,
         routing: &PvdRouting,
+        dump: &HostDump,
     ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
-    /// Removes all of `routing`'s table and rules.
-    fn remove(&self, routing: &PvdRouting)
-        -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// Removes all of `routing`'s table and rules, as `dump` lists them.
+    fn remove(
+        &self,
+        routing: &PvdRouting,
+        dump: &HostDump,
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// A dump for a removal outside a pass (the routing part only).
+    fn dump_routing(&self) -> impl Future<Output = Result<HostDump, NetlinkError>> + Send;
 }
 
 /// The maps a pass writes (see [`KernelMaps`] for what each step means).
@@ -70,16 +77,27 @@ impl RoutingHost for Netlink {
         Netlink::interfaces(self).await
     }
 
-    async fn is_installed(&self, routing: &PvdRouting) -> Result<bool, NetlinkError> {
-        Netlink::is_installed(self, routing).await
+    async fn dump(&self) -> Result<HostDump, NetlinkError> {
+        Netlink::dump(self).await
     }
 
-    async fn install(&self, routing: &PvdRouting) -> Result<(), NetlinkError> {
-        Netlink::install(self, routing).await
+    fn is_installed(&self, routing: &PvdRouting, dump: &HostDump) -> bool {
+        dump.routing.holds(routing)
     }
 
-    async fn remove(&self, routing: &PvdRouting) -> Result<(), NetlinkError> {
-        Netlink::remove(self, routing).await
+    async fn install(&self, routing: &PvdRouting, dump: &HostDump) -> Result<(), NetlinkError> {
+        Netlink::install(self, routing, &dump.routing).await
+    }
+
+    async fn remove(&self, routing: &PvdRouting, dump: &HostDump) -> Result<(), NetlinkError> {
+        Netlink::remove(self, routing, &dump.routing).await
+    }
+
+    async fn dump_routing(&self) -> Result<HostDump, NetlinkError> {
+        Ok(HostDump {
+            interfaces: Vec::new(),
+            routing: self.routing().await?,
+        })
     }
 }
 

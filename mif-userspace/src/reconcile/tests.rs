@@ -15,7 +15,7 @@ use crate::{
     apply::{guard_links::GuardError, kernel_maps::MapsError},
     host::{
         cgroup::Cgroup2,
-        netlink::{Interface, InterfaceAddr, NetlinkError, Uplink},
+        netlink::{HostDump, Interface, InterfaceAddr, NetlinkError, Uplink},
     },
     model::{config, policies::PolicySet},
     plan::{Desired, GuardPlan},
@@ -48,11 +48,18 @@ impl RoutingHost for FakeHost {
         Ok(self.interfaces.lock().unwrap().clone())
     }
 
-    async fn is_installed(&self, routing: &PvdRouting) -> Result<bool, NetlinkError> {
-        Ok(self.table(routing.table).as_ref() == Some(routing))
+    async fn dump(&self) -> Result<HostDump, NetlinkError> {
+        Ok(HostDump {
+            interfaces: self.interfaces().await?,
+            ..HostDump::default()
+        })
     }
 
-    async fn install(&self, routing: &PvdRouting) -> Result<(), NetlinkError> {
+    fn is_installed(&self, routing: &PvdRouting, _: &HostDump) -> bool {
+        self.table(routing.table).as_ref() == Some(routing)
+    }
+
+    async fn install(&self, routing: &PvdRouting, _: &HostDump) -> Result<(), NetlinkError> {
         *self.installs.lock().unwrap() += 1;
         self.installed
             .lock()
@@ -61,9 +68,13 @@ impl RoutingHost for FakeHost {
         Ok(())
     }
 
-    async fn remove(&self, routing: &PvdRouting) -> Result<(), NetlinkError> {
+    async fn remove(&self, routing: &PvdRouting, _: &HostDump) -> Result<(), NetlinkError> {
         self.installed.lock().unwrap().remove(&routing.table);
         Ok(())
+    }
+
+    async fn dump_routing(&self) -> Result<HostDump, NetlinkError> {
+        Ok(HostDump::default())
     }
 }
 

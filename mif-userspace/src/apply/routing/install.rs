@@ -4,21 +4,38 @@
 //! they can be repeated after a crash or a partial failure: `install` adds
 //! what is missing and prunes what its PvD holds beyond the plan, `remove` is
 //! a prune down to nothing.
+//!
+//! What to prune is read from a [`RoutingDump`] the caller took before: a
+//! pass dumps once for all its PvDs instead of once per PvD (with 64 PvDs,
+//! 192 dumps of every table per link change). That is exact for rules (an
+//! add never changes a rule that was there) and for the routes our adds did
+//! not replace in place; when a dumped route sits where a planned one went
+//! (same prefix and metric, another next hop), the table is dumped again
+//! after the adds.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 
 use netlink_packet_route::{route::RouteMessage, rule::RuleMessage};
 
 use crate::{
     host::netlink::{
         error::{is_exists, is_missing},
-        route_attrs::route_table,
-        Netlink, NetlinkError,
+        route_attrs::{metric_of, prefix_of, route_table},
+        Netlink, NetlinkError, RoutingDump,
     },
     plan::routing::{
         delete_message, describe_route, describe_rule, PvdRouting, RouteSpec, RuleSpec,
     },
 };
+
+/// Where a route sits in its table: a replace overwrites the route with the
+/// same destination and metric.
+type Slot = (IpAddr, u8, u32);
+
+fn slot_of(msg: &RouteMessage) -> Option<Slot> {
+    prefix_of(msg).map(|(dst, len)| (dst, len, metric_of(&msg.attributes)))
+}
 
 impl Netlink {
     /// Makes the kernel hold exactly what `plan` says for this PvD: the
@@ -27,28 +44,52 @@ impl Netlink {
     /// The table is filled before any rule points at it: a rule to an empty
     /// table falls through to the next rule, which would send the PvD's
     /// traffic out of another network.
-    pub async fn install(&self, plan: &PvdRouting) -> Result<(), NetlinkError> {
+    /// `before` is what the kernel held before (a dump of this pass).
+    pub async fn install(
+        &self,
+        plan: &PvdRouting,
+        before: &RoutingDump,
+    ) -> Result<(), NetlinkError> {
         plan.validate()?;
         let routes = plan.routes();
         for route in &routes {
             self.add_route(plan, route).await?;
         }
-        self.prune_routes(plan, &routes).await?;
+        let slots: HashSet<Slot> = routes
+            .iter()
+            .map(|r| (r.dst, r.prefix_len, r.metric))
+            .collect();
+        let keep: HashSet<&RouteSpec> = routes.iter().collect();
+        let replaced = before.routes.iter().any(|msg| {
+            route_table(msg) == plan.table
+                && slot_of(msg).is_some_and(|slot| slots.contains(&slot))
+                && !RouteSpec::from_message(msg).is_some_and(|spec| keep.contains(&spec))
+        });
+        if replaced {
+            self.prune_routes(plan, &routes, &self.routing().await?)
+                .await?;
+        } else {
+            self.prune_routes(plan, &routes, before).await?;
+        }
         let rules = plan.rules();
         for rule in &rules {
             self.add_rule(plan, rule).await?;
         }
-        self.prune_rules(plan, &rules).await
+        self.prune_rules(plan, &rules, before).await
     }
 
     /// Removes what `install` put in: this PvD's rules first (so no rule
-    /// ever leads to a half-emptied table), then every route of its table.
-    /// Objects already gone are fine.
-    pub async fn remove(&self, plan: &PvdRouting) -> Result<(), NetlinkError> {
+    /// ever leads to a half-emptied table), then every route of its table,
+    /// as `before` (a dump) lists them. Objects already gone are fine.
+    pub async fn remove(
+        &self,
+        plan: &PvdRouting,
+        before: &RoutingDump,
+    ) -> Result<(), NetlinkError> {
         // Guards the table flush below against the main table.
         plan.validate_removal()?;
-        self.prune_rules(plan, &[]).await?;
-        self.prune_routes(plan, &[]).await
+        self.prune_rules(plan, &[], before).await?;
+        self.prune_routes(plan, &[], before).await
     }
 
     /// Adds or replaces one route. Replace makes a changed gateway take the
@@ -87,11 +128,10 @@ impl Netlink {
         &self,
         plan: &PvdRouting,
         keep: &[RouteSpec],
+        dump: &RoutingDump,
     ) -> Result<(), NetlinkError> {
         let keep: HashSet<&RouteSpec> = keep.iter().collect();
-        let mut routes = self.routes_v4().await?;
-        routes.extend(self.routes_v6().await?);
-        let stale = routes.iter().filter(|msg| {
+        let stale = dump.routes.iter().filter(|msg| {
             route_table(msg) == plan.table
                 && !RouteSpec::from_message(msg).is_some_and(|spec| keep.contains(&spec))
         });
@@ -120,8 +160,13 @@ impl Netlink {
 
     /// Deletes the PvD's rules (our protocol, its table, its priorities)
     /// that are not in `keep`. Rules of anyone else are never touched.
-    async fn prune_rules(&self, plan: &PvdRouting, keep: &[RuleSpec]) -> Result<(), NetlinkError> {
-        let stale = self.rules().await?.into_iter().filter(|msg| {
+    async fn prune_rules(
+        &self,
+        plan: &PvdRouting,
+        keep: &[RuleSpec],
+        dump: &RoutingDump,
+    ) -> Result<(), NetlinkError> {
+        let stale = dump.rules.iter().filter(|msg| {
             plan.owns_rule(msg)
                 && !RuleSpec::from_message(msg).is_some_and(|spec| keep.contains(&spec))
         });
@@ -134,9 +179,9 @@ impl Netlink {
     /// Deletes a dumped rule by sending it back whole: the kernel deletes the
     /// first rule matching every attribute given, protocol included, so
     /// this can only hit one of ours.
-    async fn delete_rule(&self, plan: &PvdRouting, msg: RuleMessage) -> Result<(), NetlinkError> {
-        let rule = describe_rule(&msg);
-        match self.handle.rule().del(msg).execute().await {
+    async fn delete_rule(&self, plan: &PvdRouting, msg: &RuleMessage) -> Result<(), NetlinkError> {
+        let rule = describe_rule(msg);
+        match self.handle.rule().del(msg.clone()).execute().await {
             Err(err) if !is_missing(&err) => Err(NetlinkError::DeleteRule {
                 pvd: plan.name.clone(),
                 rule,

@@ -172,7 +172,10 @@ fn install_and_remove_a_pvd() {
     ns.run(move || async move {
         let netlink = Netlink::connect().expect("connect");
         let plan = plan_for(&interface(&netlink).await);
-        netlink.install(&plan).await.expect("install");
+        netlink
+            .install(&plan, &netlink.routing().await.expect("dump"))
+            .await
+            .expect("install");
         tx.send(plan).unwrap();
     });
     let plan = rx.recv().unwrap();
@@ -240,7 +243,10 @@ fn install_and_remove_a_pvd() {
     let again = plan.clone();
     ns.run(move || async move {
         let netlink = Netlink::connect().expect("connect");
-        netlink.install(&again).await.expect("second install");
+        netlink
+            .install(&again, &netlink.routing().await.expect("dump"))
+            .await
+            .expect("second install");
     });
     assert_eq!(snapshot(&ns), installed);
 
@@ -252,7 +258,10 @@ fn install_and_remove_a_pvd() {
     changed.prefixes.retain(|(addr, _)| addr.is_ipv4());
     ns.run(move || async move {
         let netlink = Netlink::connect().expect("connect");
-        netlink.install(&changed).await.expect("changed install");
+        netlink
+            .install(&changed, &netlink.routing().await.expect("dump"))
+            .await
+            .expect("changed install");
     });
     assert_eq!(
         ns.rules("-6", TABLE),
@@ -283,8 +292,14 @@ fn install_and_remove_a_pvd() {
     // count) leaves nothing of ours, twice over, and everything of others.
     ns.run(move || async move {
         let netlink = Netlink::connect().expect("connect");
-        netlink.remove(&plan).await.expect("remove");
-        netlink.remove(&plan).await.expect("second remove");
+        netlink
+            .remove(&plan, &netlink.routing().await.expect("dump"))
+            .await
+            .expect("remove");
+        netlink
+            .remove(&plan, &netlink.routing().await.expect("dump"))
+            .await
+            .expect("second remove");
     });
     assert_eq!(ns.rules("-4", TABLE), Vec::<String>::new());
     assert_eq!(ns.rules("-6", TABLE), Vec::<String>::new());
@@ -310,9 +325,15 @@ fn invalid_plans_touch_nothing() {
         let netlink = Netlink::connect().expect("connect");
         let mut plan = plan_for(&interface(&netlink).await);
         plan.table = 254;
-        let err = netlink.remove(&plan).await.unwrap_err();
+        let err = netlink
+            .remove(&plan, &netlink.routing().await.expect("dump"))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("reserved"), "{err}");
-        assert!(netlink.install(&plan).await.is_err());
+        assert!(netlink
+            .install(&plan, &netlink.routing().await.expect("dump"))
+            .await
+            .is_err());
     });
     assert_eq!(ns.routes("-4", 254), before);
 }

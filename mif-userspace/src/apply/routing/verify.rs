@@ -4,33 +4,32 @@
 use std::collections::HashSet;
 
 use crate::{
-    host::netlink::{route_attrs::route_table, Netlink, NetlinkError},
+    host::netlink::{route_attrs::route_table, RoutingDump},
     plan::routing::{PvdRouting, RouteSpec, RuleSpec},
 };
 
-impl Netlink {
+impl RoutingDump {
     /// Whether the PvD's table holds exactly the planned routes and the
-    /// rules the PvD owns are exactly the planned ones.
-    pub async fn is_installed(&self, plan: &PvdRouting) -> Result<bool, NetlinkError> {
-        let mut routes = self.routes_v4().await?;
-        routes.extend(self.routes_v6().await?);
-        let present: HashSet<Option<RouteSpec>> = routes
+    /// rules the PvD owns are exactly the planned ones. Pure: one dump
+    /// serves every PvD of a pass.
+    pub fn holds(&self, plan: &PvdRouting) -> bool {
+        let present: HashSet<Option<RouteSpec>> = self
+            .routes
             .iter()
             .filter(|msg| route_table(msg) == plan.table)
             .map(RouteSpec::from_message)
             .collect();
         let wanted: HashSet<Option<RouteSpec>> = plan.routes().into_iter().map(Some).collect();
         if present != wanted {
-            return Ok(false);
+            return false;
         }
-
-        let rules = self.rules().await?;
-        let present: HashSet<Option<RuleSpec>> = rules
+        let present: HashSet<Option<RuleSpec>> = self
+            .rules
             .iter()
             .filter(|msg| plan.owns_rule(msg))
             .map(RuleSpec::from_message)
             .collect();
         let wanted: HashSet<Option<RuleSpec>> = plan.rules().into_iter().map(Some).collect();
-        Ok(present == wanted)
+        present == wanted
     }
 }

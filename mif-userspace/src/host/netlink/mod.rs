@@ -18,7 +18,9 @@ mod uplinks;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use netlink_packet_route::{route::RouteMessage, rule::RuleMessage};
+use netlink_packet_route::{
+    link::LinkExtentMask, route::RouteMessage, rule::RuleMessage, AddressFamily,
+};
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 
 pub use self::{
@@ -39,6 +41,24 @@ pub use self::{
 /// only ever deletes rules that carry it, and the kernel's rule lookup for a
 /// delete honours it too.
 pub const MIF_PROTOCOL: u8 = 0xf1;
+
+/// What one pass reads of the host.
+#[derive(Debug, Default)]
+pub struct HostDump {
+    /// Every interface with its state, addresses and routing.
+    pub interfaces: Vec<Interface>,
+    /// The routes and rules the interfaces were assembled from.
+    pub routing: RoutingDump,
+}
+
+/// The routes of every table and the rules of both families, as one dump
+/// returned them. [`RoutingDump::holds`] tells whether a PvD's routing is in
+/// place.
+#[derive(Debug, Default)]
+pub struct RoutingDump {
+    pub(crate) routes: Vec<RouteMessage>,
+    pub(crate) rules: Vec<RuleMessage>,
+}
 
 /// An rtnetlink connection to one network namespace.
 #[derive(Debug, Clone)]
@@ -63,10 +83,20 @@ impl Netlink {
     /// more-specific routes from the main table and from the tables other
     /// tools' rules lead to.
     pub async fn interfaces(&self) -> Result<Vec<Interface>, NetlinkError> {
+        Ok(self.dump().await?.interfaces)
+    }
+
+    /// The interfaces, and the routes and rules they were assembled from:
+    /// one dump of each, which a pass also checks every PvD's routing
+    /// against (instead of dumping everything again per PvD).
+    pub async fn dump(&self) -> Result<HostDump, NetlinkError> {
         let links: Vec<_> = self
             .handle
             .link()
             .get()
+            // mif reads no counters: without them the dump is about half
+            // the size (64 PvDs' links: 1.8 of a pass's 4.7 ms of dumps).
+            .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
             .execute()
             .try_collect()
             .await
@@ -85,12 +115,21 @@ impl Netlink {
                 what: "addresses",
                 source,
             })?;
+        let routing = self.routing().await?;
+        let mut found = interfaces::assemble(&links, &addrs, &routing.routes, &routing.rules);
+        interfaces::refine_kinds(&mut found);
+        Ok(HostDump {
+            interfaces: found,
+            routing,
+        })
+    }
+
+    /// The routes of every table and the rules of both families.
+    pub async fn routing(&self) -> Result<RoutingDump, NetlinkError> {
         let mut routes = self.routes_v4().await?;
         routes.extend(self.routes_v6().await?);
         let rules = self.rules().await?;
-        let mut found = interfaces::assemble(&links, &addrs, &routes, &rules);
-        interfaces::refine_kinds(&mut found);
-        Ok(found)
+        Ok(RoutingDump { routes, rules })
     }
 
     /// The ip rules of both families.
