@@ -3,7 +3,7 @@
 //! read from them), reports how long it took to become ready, and allows
 //! long start-ups (100,000 policies).
 
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::mpsc;
@@ -52,8 +52,19 @@ impl<'lab> BenchDaemon<'lab> {
 
         let (line_tx, lines) = mpsc::channel();
         let stderr = child.take_stderr().context("daemon stderr")?;
+        // For profiling by hand: every daemon's log, appended to a file.
+        let mut copy = std::env::var_os("MIF_BENCH_DAEMON_LOG").and_then(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+        });
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(file) = copy.as_mut() {
+                    let _ = writeln!(file, "{line}");
+                }
                 let _ = line_tx.send((Instant::now(), line));
             }
         });

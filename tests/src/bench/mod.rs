@@ -79,6 +79,10 @@ pub struct Options {
     pub rounds: Option<usize>,
     /// Overrides the other policies of (c) and cgroups of (d).
     pub others: Option<Vec<usize>>,
+    /// Overrides the policy counts of the scale part.
+    pub scale: Option<Vec<usize>>,
+    /// Overrides the number of networks of the scale part's second lab.
+    pub networks: Option<usize>,
 }
 
 impl Options {
@@ -287,6 +291,12 @@ pub fn run(opts: &Options) -> Result<Report> {
     if let Some(rounds) = opts.rounds {
         plan.params.rounds = rounds;
     }
+    if let Some(counts) = &opts.scale {
+        plan.scale_counts = counts.clone();
+    }
+    if let Some(networks) = opts.networks {
+        plan.big_lab = networks;
+    }
     let server_cpu = plan.params.worker_cpu.map(|c| (c + 1) % machine.nproc);
     let mut report = Report {
         smoke: opts.smoke,
@@ -473,6 +483,16 @@ fn hold(argv: &[String]) -> Result<()> {
     tb.reset()
 }
 
+/// A list of counts, `N[,N...]`, the value of option `option`.
+fn counts(option: &str, list: Option<&String>) -> Result<Vec<usize>> {
+    let list = list.ok_or_else(|| anyhow!("{option} needs N[,N...]"))?;
+    list.split(',')
+        .filter(|n| !n.is_empty())
+        .map(str::parse)
+        .collect::<Result<Vec<usize>, _>>()
+        .with_context(|| format!("{option} {list:?}"))
+}
+
 /// `mif-bench [--smoke] [--docs DIR]`, `mif-bench worker|watch|server ...`.
 pub fn main_with_args(argv: &[String]) -> Result<()> {
     match argv.first().map(String::as_str) {
@@ -494,17 +514,13 @@ pub fn main_with_args(argv: &[String]) -> Result<()> {
                     .ok_or_else(|| anyhow!("--rounds needs a number"))?;
                 opts.rounds = Some(n.parse().with_context(|| format!("--rounds {n:?}"))?);
             }
-            "--others" => {
-                let list = it
+            "--others" => opts.others = Some(counts(arg, it.next())?),
+            "--scale" => opts.scale = Some(counts(arg, it.next())?),
+            "--networks" => {
+                let n = it
                     .next()
-                    .ok_or_else(|| anyhow!("--others needs N[,N...]"))?;
-                let others = list
-                    .split(',')
-                    .filter(|n| !n.is_empty())
-                    .map(str::parse)
-                    .collect::<Result<Vec<usize>, _>>()
-                    .with_context(|| format!("--others {list:?}"))?;
-                opts.others = Some(others);
+                    .ok_or_else(|| anyhow!("--networks needs a number"))?;
+                opts.networks = Some(n.parse().with_context(|| format!("--networks {n:?}"))?);
             }
             "--only" => {
                 let part = it.next().ok_or_else(|| anyhow!("--only needs a part"))?;
@@ -534,7 +550,7 @@ pub fn main_with_args(argv: &[String]) -> Result<()> {
                 );
             }
             "-h" | "--help" => {
-                println!("usage: mif-bench [--smoke] [--only costs|reaction|vpn|validation|dns|memory|scale]... [--rounds N] [--others N,N...] [--docs DIR] | hold a|b|c|d|e|f|g [OTHERS]");
+                println!("usage: mif-bench [--smoke] [--only costs|reaction|vpn|validation|dns|api|memory|scale]... [--rounds N] [--others N,N...] [--scale N,N...] [--networks N] [--docs DIR] | hold a|b|c|d|e|f|g [OTHERS]");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (usage: mif-bench [--smoke] [--docs DIR])"),
