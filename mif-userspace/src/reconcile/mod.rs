@@ -306,12 +306,12 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
         let dumped = started.elapsed();
         let interfaces = &dump.interfaces;
         let now = Instant::now();
-        let ra_servers = self.ra_dns.current(&interfaces, now);
-        let ra_domains = self.ra_domains.current(&interfaces, now);
-        let mut learned = pvd::learned_dns(ra_servers, ra_domains, self.dhcp_dns(&interfaces));
+        let ra_servers = self.ra_dns.current(interfaces, now);
+        let ra_domains = self.ra_domains.current(interfaces, now);
+        let mut learned = pvd::learned_dns(ra_servers, ra_domains, self.dhcp_dns(interfaces));
         pvd::learned_captive_portals(
             &mut learned,
-            self.ra_captive_portal.current(&interfaces, now),
+            self.ra_captive_portal.current(interfaces, now),
         );
         // Policies first: the PvDs include every interface a policy prefers.
         if self.policy.stale {
@@ -322,7 +322,7 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
         let (mut pvds, skipped) = pvd::build(
             &self.config,
             self.policy.preferred_names(),
-            &interfaces,
+            interfaces,
             &learned,
             &self.numbers.numbering,
             &mut self.registry,
@@ -366,7 +366,7 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
                 .map(pvd::interface_prefixes)
                 .unwrap_or_default()
         });
-        desired.guarded.interfaces = plan::guarded_interfaces(&desired.guarded, &interfaces);
+        desired.guarded.interfaces = plan::guarded_interfaces(&desired.guarded, interfaces);
         // Losses first: stop choosing a PvD that went away before any slow
         // work (containers' addresses, routing dumps and installs).
         self.maps.withdraw_lost(&desired)?;
