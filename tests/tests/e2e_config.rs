@@ -34,7 +34,7 @@ fn bad_configuration_is_refused_clearly_and_changes_nothing() {
     let before = routing_state(&lab);
 
     let cases: Vec<(String, Vec<String>, &str)> = vec![
-        ("[[policy]]\ncgroup = \"/x\"\nprefer = [\"wlan0\"\n".into(), vec![], ": invalid array"),
+        ("[[policy]]\ncgroup = \"/x\"\nprefer = [\"wlan0\"\n".into(), vec![], ":3: unclosed array"),
         (
             format!("[[policy]]\ncgroup = \"{rel}/app\"\nprefer = [\"wlan0\", \"wwan9\"]\n"),
             vec![],
