@@ -71,13 +71,16 @@ fn resolve_policy_cgroups(
     cgroup2: &Cgroup2,
     attach: &Cgroup,
 ) -> anyhow::Result<Vec<Cgroup>> {
-    config
-        .policies
-        .iter()
-        // Patterns need not match anything yet: cgroups appear later.
+    // Patterns need not match anything yet: cgroups appear later.
+    let literals: Vec<_> = (config.policies.iter())
         .filter(|p| !crate::host::cgroup_pattern::is_pattern(&p.cgroup))
-        .map(|p| {
-            let cg = cgroup2.resolve(&p.cgroup).map_err(|e| {
+        .collect();
+    let found = cgroup2.resolve_many(literals.iter().map(|p| p.cgroup.as_str()));
+    literals
+        .into_iter()
+        .zip(found)
+        .map(|(p, found)| {
+            let cg = found.map_err(|e| {
                 let problem = match e {
                     CgroupError::Missing { mount, .. } => {
                         format!(

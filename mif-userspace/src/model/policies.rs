@@ -270,8 +270,9 @@ pub fn resolve(
     let mut pending = Vec::new();
     let (patterns, literals): (Vec<_>, Vec<_>) =
         set.iter().partition(|(cgroup, _)| is_pattern(cgroup));
-    for (cgroup, terms) in literals {
-        match cgroup2.resolve(cgroup) {
+    let found = cgroup2.resolve_many(literals.iter().map(|(cgroup, _)| *cgroup));
+    for ((cgroup, terms), found) in literals.into_iter().zip(found) {
+        match found {
             Ok(cg) if cg.is_within(attach) => resolved.push(ResolvedPolicy {
                 id: ids.id(cgroup),
                 cgroup_id: cg.id,
