@@ -17,3 +17,19 @@ pub fn give_back() {
         libc::malloc_trim(0);
     }
 }
+
+/// This process's resident memory now and at its peak (`VmRSS`, `VmHWM`
+/// of /proc/self/status), in KiB.
+pub fn resident_kib() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |key: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}

@@ -23,7 +23,11 @@ pub mod steering;
 mod tcp_trouble;
 mod watchers;
 
-use std::{net::IpAddr, path::Path, time::Duration};
+use std::{
+    net::IpAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use futures::FutureExt as _;
@@ -80,6 +84,7 @@ pub struct DaemonOptions<'a> {
 }
 
 pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
+    let mut start_up = StartUp::new();
     let netlink = Netlink::connect().context("opening rtnetlink")?;
     let mut events = netlink::subscribe().context("subscribing to netlink events")?;
     let interfaces: Vec<String> = netlink
@@ -94,6 +99,7 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
         dir: opts.policies_dir.map(Path::to_path_buf),
     };
     let mut prepared = prepare(&sources, opts.instance, &interfaces)?;
+    start_up.step("config read");
     // The cgroup watchers' layouts are read meanwhile when the config has
     // selectors (see `watchers`).
     let mut watchers = CgroupWatchers::new(
@@ -125,7 +131,9 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
     // with room for more (see `plan::policy_capacity_for`).
     let capacity =
         Capacity::for_policies(policy_state.resolve_now(), prepared.config.policy_capacity);
+    start_up.step("policies resolved");
     let mut steering = Steering::load(opts.instance.pins(), &settings, capacity)?;
+    start_up.step("programs loaded");
     let maps = match KernelMaps::open(&steering.pins) {
         Ok(maps) => maps,
         Err(e) => {
@@ -181,7 +189,10 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
     }
     let started = async {
         reconciler.reconcile(true).await?;
-        steering.attach(&prepared.attach.path)
+        start_up.step("first pass");
+        steering.attach(&prepared.attach.path)?;
+        start_up.step("programs attached");
+        anyhow::Ok(())
     };
     if let Err(e) = started.await {
         // A fresh install is rolled back whole; adopted state is left as
@@ -211,6 +222,7 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
     // Process choices saved by the previous daemon follow today's policies.
     admin.refresh_process_policies(&mut reconciler).await;
     admin.cgroup_watchers = watchers.state.clone();
+    start_up.step("control socket, DNS, watchers");
     info!(
         "steering {} policies over {} PvDs below cgroup {} (pins in {})",
         reconciler.policies().len(),
@@ -224,6 +236,8 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
     // Start-up's one-off work (the config's TOML document above all) is
     // freed by now: its pages go back before the daemon settles.
     crate::memory::give_back();
+    start_up.step("memory given back");
+    start_up.log();
     // Machine-readable readiness for scripts and tests.
     println!("ready");
 
@@ -720,6 +734,60 @@ fn needs_verify(event: &NetEvent) -> bool {
         NetEvent::Resync
             | NetEvent::Changed(netlink::ChangeKind::Route | netlink::ChangeKind::Rule)
     )
+}
+
+/// Where start-up's time goes, for `RUST_LOG=debug` (the benchmark's
+/// start → ready is the sum).
+struct StartUp {
+    started: Instant,
+    last: Instant,
+    steps: Vec<Step>,
+}
+
+/// A start-up step: its name, how long it took, and the resident memory
+/// after it (now and at the peak, KiB).
+type Step = (&'static str, Duration, Option<(u64, u64)>);
+
+impl StartUp {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            last: now,
+            steps: Vec::new(),
+        }
+    }
+
+    /// Ends a step begun where the last one ended.
+    fn step(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.steps
+            .push((name, now - self.last, crate::memory::resident_kib()));
+        self.last = now;
+    }
+
+    fn log(&self) {
+        let steps: Vec<String> = self
+            .steps
+            .iter()
+            .map(|(name, took, resident)| {
+                let ms = took.as_secs_f64() * 1e3;
+                match resident {
+                    Some((now, peak)) => format!(
+                        "{name} {ms:.1} ms (resident {} MiB, peak {} MiB)",
+                        now / 1024,
+                        peak / 1024
+                    ),
+                    None => format!("{name} {ms:.1} ms"),
+                }
+            })
+            .collect();
+        debug!(
+            "start-up in {:.1} ms: {}",
+            self.started.elapsed().as_secs_f64() * 1e3,
+            steps.join(", ")
+        );
+    }
 }
 
 /// Resets the TCP sockets bound to a lost PvD's address, when a policy that
