@@ -28,15 +28,15 @@ use aya_ebpf::{
     maps::{Array, LruHashMap},
 };
 use mif_common::{
-    pvd_from_mark, v4_mapped_words, DnsForward, DnsNat, Settings, COUNTER_NO_PVD, DNS_PORT_BE,
-    MAX_DNS_NAT, PVD_DNS_VIA_FORWARDER,
+    pvd_from_mark, v4_mapped_words, DnsForward, DnsNat, Policy, Settings, COUNTER_NO_PVD,
+    DNS_PORT_BE, MAX_DNS_NAT, PVD_DNS_VIA_FORWARDER,
 };
 
 use crate::{
     addr::{is_loopback4, is_loopback6, is_v4_mapped, write_ip6, LOOPBACK6},
     counters::{count, Event},
     maps::PVDS,
-    policy::{find_policy, in_managed_netns},
+    policy::in_managed_netns,
 };
 
 /// Socket cookie → what the application asked and where it went instead.
@@ -77,9 +77,14 @@ pub enum Dns {
 
 /// The socket's PvD index and its resolvers, when `sa` is a port-53
 /// destination of a steered socket whose process has a `dns = "pvd"`
-/// policy. Also the policy id and strictness, for counting and refusing.
+/// policy (`policy`, found by the hook). Also the policy id and
+/// strictness, for counting and refusing.
 #[inline(always)]
-fn dns_socket(sa: *mut bpf_sock_addr, settings: &Settings) -> Option<Target> {
+fn dns_socket(
+    sa: *mut bpf_sock_addr,
+    settings: &Settings,
+    policy: Option<&Policy>,
+) -> Option<Target> {
     if unsafe { (*sa).user_port } != DNS_PORT_BE {
         return None;
     }
@@ -97,7 +102,7 @@ fn dns_socket(sa: *mut bpf_sock_addr, settings: &Settings) -> Option<Target> {
         return None;
     }
     let index = pvd_from_mark(mark, settings.mark_mask, settings.mark_shift)?;
-    let policy = find_policy(settings.attach_level)?;
+    let policy = policy?;
     if !policy.dns_pvd() {
         return None;
     }
@@ -157,8 +162,8 @@ fn remember(sa: *mut bpf_sock_addr, orig: [u32; 4], resolver: [u32; 4], port: u3
 /// For connect4 and sendmsg4 (which also sees v4-mapped destinations of
 /// IPv6 sockets: the kernel hands those to the IPv4 path first).
 #[inline(always)]
-pub fn redirect4(sa: *mut bpf_sock_addr, settings: &Settings) -> Dns {
-    let Some(target) = dns_socket(sa, settings) else {
+pub fn redirect4(sa: *mut bpf_sock_addr, settings: &Settings, policy: Option<&Policy>) -> Dns {
+    let Some(target) = dns_socket(sa, settings, policy) else {
         return Dns::Untouched;
     };
     let orig = unsafe { (*sa).user_ip4 };
@@ -195,8 +200,8 @@ pub fn redirect4(sa: *mut bpf_sock_addr, settings: &Settings) -> Dns {
 /// For connect6 and sendmsg6. A v4-mapped destination (connect6 of a
 /// dual-stack socket) goes to the IPv4 resolver, v4-mapped.
 #[inline(always)]
-pub fn redirect6(sa: *mut bpf_sock_addr, settings: &Settings) -> Dns {
-    let Some(target) = dns_socket(sa, settings) else {
+pub fn redirect6(sa: *mut bpf_sock_addr, settings: &Settings, policy: Option<&Policy>) -> Dns {
+    let Some(target) = dns_socket(sa, settings, policy) else {
         return Dns::Untouched;
     };
     let orig = unsafe { (*sa).user_ip6 };

@@ -84,7 +84,7 @@ use aya_ebpf::{
         SockoptContext, TcContext,
     },
 };
-use mif_common::{api::SOL_MIF, pvd_from_mark, Pvd, Settings, COUNTER_NO_PVD, NO_PVD};
+use mif_common::{api::SOL_MIF, pvd_from_mark, Policy, Pvd, Settings, COUNTER_NO_PVD, NO_PVD};
 
 use crate::{
     addr::{
@@ -243,11 +243,11 @@ fn steered_pvd(
 fn bind_or_exclude<A>(
     sa: *mut bpf_sock_addr,
     settings: &Settings,
+    policy: Option<&Policy>,
     index: u32,
     addr: &mut A,
     dst: &[u32; 4],
 ) {
-    let policy = find_policy(settings.attach_level);
     if let Some(p) = policy {
         if exclude::excludes(p, dst) {
             exclude::unsteer(sa, settings, p);
@@ -261,10 +261,27 @@ fn bind_or_exclude<A>(
     }
 }
 
-/// Policy id of the current process, for counters only.
+/// The current process's policy, for the socket hooks' work on a socket
+/// that carries a PvD's mark (DNS redirection, the source, exclusions,
+/// counters): found once per hook, and only for such a socket, so
+/// unsteered sockets pay no walk. (Until 2026-12-02 each of those steps
+/// walked again: two walks per steered connect, and four copies of the
+/// walk for the verifier to explore in connect6.)
 #[inline(always)]
-fn policy_id(settings: &Settings) -> u32 {
-    find_policy(settings.attach_level).map_or(u32::MAX, |p| p.id)
+fn policy_of_marked(sa: *mut bpf_sock_addr, settings: &Settings) -> Option<&'static Policy> {
+    if !in_managed_netns(sa, settings) {
+        return None;
+    }
+    let sk = unsafe { (*sa).__bindgen_anon_1.sk };
+    if sk.is_null() {
+        return None;
+    }
+    pvd_from_mark(
+        unsafe { (*sk).mark },
+        settings.mark_mask,
+        settings.mark_shift,
+    )?;
+    find_policy(settings.attach_level)
 }
 
 /// Minimum kernel: 4.17 (5.7 for the netns cookie; 6.0 for SO_BINDTOIFINDEX
@@ -281,7 +298,8 @@ pub fn mif_connect4(ctx: SockAddrContext) -> i32 {
     }
     // Before the source bind: a redirected stub query (127.0.0.53) is no
     // longer a loopback destination and gets the PvD's source like any.
-    if dns::redirect4(ctx.sock_addr, &settings) == Dns::Refuse {
+    let policy = policy_of_marked(ctx.sock_addr, &settings);
+    if dns::redirect4(ctx.sock_addr, &settings, policy) == Dns::Refuse {
         return REFUSE;
     }
     let Some((index, pvd)) = steered_pvd(&ctx, &settings, SourceBy::Bind) else {
@@ -293,7 +311,14 @@ pub fn mif_connect4(ctx: SockAddrContext) -> i32 {
         return ALLOW;
     }
     let mut bind_addr = SockaddrIn::new(pvd.addr4);
-    bind_or_exclude(sa, &settings, index, &mut bind_addr, &exclude::mapped4(dst));
+    bind_or_exclude(
+        sa,
+        &settings,
+        policy,
+        index,
+        &mut bind_addr,
+        &exclude::mapped4(dst),
+    );
     ALLOW
 }
 
@@ -309,7 +334,8 @@ pub fn mif_connect6(ctx: SockAddrContext) -> i32 {
     if exclude::escapes(sa, &settings, &dst) {
         return REFUSE;
     }
-    if dns::redirect6(sa, &settings) == Dns::Refuse {
+    let policy = policy_of_marked(sa, &settings);
+    if dns::redirect6(sa, &settings, policy) == Dns::Refuse {
         return REFUSE;
     }
     let dst = unsafe { (*sa).user_ip6 };
@@ -321,7 +347,7 @@ pub fn mif_connect6(ctx: SockAddrContext) -> i32 {
         return ALLOW;
     }
     let mut bind_addr = SockaddrIn6::new(pvd.addr6);
-    bind_or_exclude(sa, &settings, index, &mut bind_addr, &dst);
+    bind_or_exclude(sa, &settings, policy, index, &mut bind_addr, &dst);
     ALLOW
 }
 
@@ -342,7 +368,8 @@ pub fn mif_sendmsg4(ctx: SockAddrContext) -> i32 {
     if exclude::escapes(sa, &settings, &exclude::mapped4(unsafe { (*sa).user_ip4 })) {
         return REFUSE;
     }
-    if dns::redirect4(sa, &settings) == Dns::Refuse {
+    let policy = policy_of_marked(sa, &settings);
+    if dns::redirect4(sa, &settings, policy) == Dns::Refuse {
         return REFUSE;
     }
     let Some((index, pvd)) = steered_pvd(&ctx, &settings, SourceBy::Datagram) else {
@@ -355,7 +382,7 @@ pub fn mif_sendmsg4(ctx: SockAddrContext) -> i32 {
         }
         (*sa).msg_src_ip4 = pvd.addr4;
     }
-    count(policy_id(&settings), index, Event::SourceSet);
+    count(policy.map_or(u32::MAX, |p| p.id), index, Event::SourceSet);
     ALLOW
 }
 
@@ -375,7 +402,8 @@ pub fn mif_sendmsg6(ctx: SockAddrContext) -> i32 {
     if exclude::escapes(sa, &settings, &dst) {
         return REFUSE;
     }
-    if dns::redirect6(sa, &settings) == Dns::Refuse {
+    let policy = policy_of_marked(sa, &settings);
+    if dns::redirect6(sa, &settings, policy) == Dns::Refuse {
         return REFUSE;
     }
     let Some((index, pvd)) = steered_pvd(&ctx, &settings, SourceBy::Datagram) else {
@@ -392,7 +420,7 @@ pub fn mif_sendmsg6(ctx: SockAddrContext) -> i32 {
         }
         write_ip6(&raw mut (*sa).msg_src_ip6, &pvd.addr6);
     }
-    count(policy_id(&settings), index, Event::SourceSet);
+    count(policy.map_or(u32::MAX, |p| p.id), index, Event::SourceSet);
     ALLOW
 }
 
