@@ -111,11 +111,11 @@ pub fn ensure_cgroups(lab: &Lab, n: usize) -> Result<Duration> {
 pub fn run(
     lab: &Lab,
     counts: &[usize],
-    steered: &str,
-    fallback: &str,
+    (steered, fallback): (&str, &str),
     flaps: usize,
     start_timeout: Duration,
     skip_after: &[ScaleRow],
+    cgroups_created: &mut Vec<(usize, Duration)>,
 ) -> Result<Vec<ScaleRow>> {
     let link = LinkCtl::new(&lab.host_ns_path())?;
     let steered_index = lab
@@ -146,6 +146,11 @@ pub fn run(
             "mif-bench: scale: {} PvDs, {n} policies",
             lab.networks().len()
         );
+        // Counts grow: each row adds what its policies name, no more.
+        let made = ensure_cgroups(lab, n)?;
+        if n >= 1000 {
+            cgroups_created.push((n, made));
+        }
         let toml: String = (0..n)
             .map(|i| policy_toml(&format!("{}/o{i}", lab.cgroup_rel()), &[steered, fallback]))
             .collect();
