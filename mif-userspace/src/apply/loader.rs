@@ -370,8 +370,9 @@ impl NewLink {
     }
 }
 
-/// The two bpf(2) commands aya does not offer for sockopt programs (and
-/// that the guards' links use, created per cgroup from a program fd).
+/// The bpf(2) commands aya does not offer: links of sockopt programs and
+/// pins of them (the guards' links use them too, created per cgroup from a
+/// program fd), and batch updates of maps.
 pub(crate) mod raw {
     use std::{
         ffi::CString,
@@ -384,6 +385,7 @@ pub(crate) mod raw {
     };
 
     const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
     const BPF_LINK_CREATE: libc::c_long = 28;
     /// uapi `enum bpf_attach_type`.
     pub const BPF_CGROUP_GETSOCKOPT: u32 = 21;
@@ -399,6 +401,44 @@ pub(crate) mod raw {
         attach_type: u32,
         flags: u32,
         _rest: [u64; 4],
+    }
+
+    /// The `batch` part of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+
+    /// Writes `keys[i]` → `values[i]` into `map` in one call (Linux 5.6;
+    /// hash maps). `K` and `V` must be the map's key and value types,
+    /// `repr(C)` without padding the kernel would read. On failure, how
+    /// many entries were written (in order) and why the next was not.
+    pub fn map_update_batch<K: Copy, V: Copy>(
+        map: BorrowedFd<'_>,
+        keys: &[K],
+        values: &[V],
+    ) -> Result<(), (usize, io::Error)> {
+        assert_eq!(keys.len(), values.len(), "a value per key");
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: keys.len() as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        match bpf(BPF_MAP_UPDATE_BATCH, &mut attr) {
+            Ok(_) => Ok(()),
+            // The kernel reports how many it wrote in `count`.
+            Err(e) => Err(((attr.count as usize).min(keys.len()), e)),
+        }
     }
 
     /// The `obj_pin` part of `union bpf_attr`.

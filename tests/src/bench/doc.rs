@@ -560,11 +560,12 @@ fn findings(
             process's level by a binary search and walked up from there; the \
             verifier then explored every level separately, and loading the \
             programs took 2.4 s instead of 0.6 s.) Until 2026-12-02 `connect4/6` \
-            and `sendmsg4/6` walked once for the DNS check and again for the \
-            source (and its counter); they now walk once, for a socket with a \
-            PvD's mark only, which also took the verifier's time for all \
-            programs from about 300 to 200 ms (`mif_connect6` 92 → 40 ms) and \
-            a 1-policy start from 330–350 to 240–270 ms (smoke runs). *Not \
+            and `sendmsg4/6` held a copy of the walk for the DNS check (a \
+            query to port 53 walked twice) and one for the source; they now \
+            walk once, for a socket with a PvD's mark only: the same cost for \
+            other connects, but the verifier's time for all programs went \
+            from about 300 to 200 ms (`mif_connect6` 92 → 40 ms) and a \
+            1-policy start from 330–350 to 240–270 ms (smoke runs). *Not \
             done:* remembering the socket's policy from `sock_create` in \
             socket-local storage so that `connect4`/`sendmsg4` need no walk \
             at all.\n";

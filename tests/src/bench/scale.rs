@@ -208,6 +208,14 @@ fn measure(
     row.maps = map_memory(&daemon.instance.pin_dir)?;
     let maps = PinnedMaps::open(&daemon.instance.pin_dir)?;
     row.in_map = maps.policy_count();
+    // The start-up's batch writes (and every policy's cgroup) checked.
+    if row.in_map != row.policies {
+        bail!(
+            "{} policies, but the daemon's policy map holds {}",
+            row.policies,
+            row.in_map
+        );
+    }
     let pvd = maps
         .pvd_index(steered)
         .with_context(|| format!("no PvD {steered}"))?;
