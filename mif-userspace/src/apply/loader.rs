@@ -436,8 +436,14 @@ pub(crate) mod raw {
         };
         match bpf(BPF_MAP_UPDATE_BATCH, &mut attr) {
             Ok(_) => Ok(()),
-            // The kernel reports how many it wrote in `count`.
-            Err(e) => Err(((attr.count as usize).min(keys.len()), e)),
+            // The kernel reports how many it wrote in `count`, but only
+            // once it got to the entries: errors before them (a kernel
+            // without the command, a refused attribute, no memory) leave
+            // the count asked for, and then nothing was written.
+            Err(e) => {
+                let written = attr.count as usize;
+                Err((if written < keys.len() { written } else { 0 }, e))
+            }
         }
     }
 
