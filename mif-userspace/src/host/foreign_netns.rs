@@ -14,7 +14,7 @@ use std::{net::IpAddr, os::unix::fs::MetadataExt as _, path::PathBuf};
 use anyhow::Context as _;
 
 /// The network namespace inode of `pid`.
-fn netns_of(pid: u32) -> Option<u64> {
+pub fn netns_of(pid: u32) -> Option<u64> {
     std::fs::metadata(format!("/proc/{pid}/ns/net"))
         .ok()
         .map(|m| m.ino())

@@ -21,6 +21,25 @@ pub(super) fn scan_foreign_processes() -> Vec<ForeignProcess> {
     }
 }
 
+/// The foreign processes to steer by: the cached scan while every process
+/// a policy claims a namespace by is still in it (a pid can be up to a
+/// poll old: its process may have exited, and the pid even gone to a
+/// process elsewhere), else a new scan; a scan when there is none.
+pub(super) fn current_foreign<'a>(
+    cache: &'a mut Option<Vec<ForeignProcess>>,
+    policy: &PolicyState,
+) -> &'a [ForeignProcess] {
+    let moved = cache.as_deref().is_some_and(|processes| {
+        foreign_claims(policy, processes)
+            .iter()
+            .any(|claim| foreign_netns::netns_of(claim.pid) != Some(claim.netns))
+    });
+    if moved {
+        *cache = None;
+    }
+    cache.get_or_insert_with(scan_foreign_processes)
+}
+
 /// A network namespace of its own (a container's) whose processes live in
 /// a policy's cgroup, with one of those processes to read its addresses by.
 pub(super) struct ForeignClaim<'a> {

@@ -17,7 +17,7 @@ use mif_common::Settings;
 
 use self::{
     changes::log_changes,
-    foreign::{foreign_claims, scan_foreign_processes, steer_foreign_namespaces},
+    foreign::{current_foreign, foreign_claims, scan_foreign_processes, steer_foreign_namespaces},
 };
 use crate::{
     apply::{guard_links::GuardLinks, kernel_maps::KernelMaps},
@@ -71,10 +71,11 @@ pub struct Reconciler<H = Netlink, M = KernelMaps, G = GuardLinks> {
     /// The policy entries the last pass wrote, and what they were made of.
     policy_entries: Option<PolicyEntries>,
     /// The processes of other network namespaces (containers) as the last
-    /// scan of /proc found them: scanned again by the daemon's poll and by
-    /// a pass that resolves policies, not by every pass (with 64 routers'
-    /// namespaces the scan was a third of a link change's pass).
-    foreign: Vec<ForeignProcess>,
+    /// scan of /proc found them: scanned again by the daemon's poll, by a
+    /// pass that resolves policies and whenever a claimed process left its
+    /// namespace, not by every pass (with 64 routers' namespaces the scan
+    /// was a third of a link change's pass). `None`: not scanned yet.
+    foreign: Option<Vec<ForeignProcess>>,
 }
 
 /// A pass's policy map entries, kept for the next pass: one for a network
@@ -125,7 +126,7 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
             lease_problems: Default::default(),
             verdicts: BTreeMap::new(),
             policy_entries: None,
-            foreign: Vec::new(),
+            foreign: None,
         }
     }
 
@@ -274,8 +275,8 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
     /// daemon can poll it and reconcile when containers come or go. The
     /// next pass uses this scan.
     pub fn foreign_fingerprint(&mut self) -> Vec<(String, u64)> {
-        self.foreign = scan_foreign_processes();
-        let mut all: Vec<(String, u64)> = foreign_claims(&self.policy, &self.foreign)
+        let foreign = self.foreign.insert(scan_foreign_processes());
+        let mut all: Vec<(String, u64)> = foreign_claims(&self.policy, foreign)
             .into_iter()
             .map(|c| (c.policy.cgroup.clone(), c.netns))
             .collect();
@@ -317,7 +318,7 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
         if self.policy.stale {
             self.policy.resolve();
             // Cgroups or policies changed: which containers they hold too.
-            self.foreign = scan_foreign_processes();
+            self.foreign = None;
         }
         let (mut pvds, skipped) = pvd::build(
             &self.config,
@@ -370,7 +371,8 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
         // Losses first: stop choosing a PvD that went away before any slow
         // work (containers' addresses, routing dumps and installs).
         self.maps.withdraw_lost(&desired)?;
-        steer_foreign_namespaces(&mut desired, &pvds, &self.policy, &self.foreign);
+        let foreign = current_foreign(&mut self.foreign, &self.policy);
+        steer_foreign_namespaces(&mut desired, &pvds, &self.policy, foreign);
 
         let planned = started.elapsed();
         let mut installs = 0;
