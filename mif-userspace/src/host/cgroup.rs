@@ -153,8 +153,12 @@ impl Cgroup2 {
         let rels: Vec<String> = rels.into_iter().map(normalize_cgroup).collect();
         let mut by_parent: HashMap<&str, Vec<usize>> = HashMap::new();
         for (i, rel) in rels.iter().enumerate() {
-            if let Some((parent, _)) = rel.rsplit_once('/') {
-                by_parent.entry(parent).or_default().push(i);
+            // The root ("/") has no name in a parent: looked up alone.
+            match rel.rsplit_once('/') {
+                Some((parent, name)) if !name.is_empty() => {
+                    by_parent.entry(parent).or_default().push(i)
+                }
+                _ => {}
             }
         }
         let mut found: Vec<Option<Result<Cgroup, CgroupError>>> =
@@ -367,6 +371,7 @@ mod tests {
         let _ = fs::remove_dir_all(&root);
         for i in 0..READ_DIR_FROM * 2 {
             fs::create_dir_all(root.join(format!("many/c{i}"))).unwrap();
+            fs::create_dir_all(root.join(format!("top{i}"))).unwrap();
         }
         fs::create_dir_all(root.join("few/one")).unwrap();
         fs::write(root.join("many/a-file"), "").unwrap();
@@ -385,6 +390,9 @@ mod tests {
             ]
             .map(String::from),
         );
+        // The root among enough top-level cgroups for the root's directory
+        // to be read for them.
+        rels.extend((0..READ_DIR_FROM * 2).map(|i| format!("/top{i}")));
         let many = cgroup2.resolve_many(rels.iter().map(String::as_str));
         let each: Vec<_> = rels.iter().map(|rel| cgroup2.resolve(rel)).collect();
         fs::remove_dir_all(&root).unwrap();
@@ -399,6 +407,9 @@ mod tests {
         assert_eq!(shown(&many), shown(&each));
         assert!(many[..READ_DIR_FROM * 2].iter().all(Result::is_ok));
         assert!(many[READ_DIR_FROM * 2..][..2].iter().all(Result::is_err));
+        assert!(many[READ_DIR_FROM * 2 + 4]
+            .as_ref()
+            .is_ok_and(|cg| cg.rel == "/"));
     }
 
     #[test]
