@@ -264,9 +264,13 @@ fn bind_or_exclude<A>(
 /// The current process's policy, for the socket hooks' work on a socket
 /// that carries a PvD's mark (DNS redirection, the source, exclusions,
 /// counters): found once per hook, and only for such a socket, so
-/// unsteered sockets pay no walk. (Until 2026-12-02 each of those steps
-/// walked again: two walks per steered connect, and four copies of the
-/// walk for the verifier to explore in connect6.)
+/// unsteered sockets pay no walk. (Until 2026-12-02 the DNS check and the
+/// source each held a copy of the walk: a steered query walked twice, and
+/// the verifier explored four copies in connect6.) A socket whose source
+/// the application chose walks too, though only a query would need it:
+/// walking only for `steered || port 53` gave the verifier both paths to
+/// explore and doubled these programs' verification (about +120 ms of
+/// start-up), for a walk (a helper call and a lookup) on such sockets.
 #[inline(always)]
 fn policy_of_marked(sa: *mut bpf_sock_addr, settings: &Settings) -> Option<&'static Policy> {
     if !in_managed_netns(sa, settings) {

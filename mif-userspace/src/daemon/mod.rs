@@ -764,8 +764,11 @@ impl StartUp {
     /// Ends a step begun where the last one ended.
     fn step(&mut self, name: &'static str) {
         let now = Instant::now();
-        self.steps
-            .push((name, now - self.last, crate::memory::resident_kib()));
+        // Read only for the debug log that shows it.
+        let resident = log::log_enabled!(log::Level::Debug)
+            .then(crate::memory::resident_kib)
+            .flatten();
+        self.steps.push((name, now - self.last, resident));
         self.last = now;
     }
 
