@@ -66,8 +66,12 @@ impl Netlink {
                 && !RouteSpec::from_message(msg).is_some_and(|spec| keep.contains(&spec))
         });
         if replaced {
-            self.prune_routes(plan, &routes, &self.routing().await?)
-                .await?;
+            // The routes only: the rules are pruned from `before` below.
+            let after = RoutingDump {
+                routes: self.routes().await?,
+                rules: Vec::new(),
+            };
+            self.prune_routes(plan, &routes, &after).await?;
         } else {
             self.prune_routes(plan, &routes, before).await?;
         }

@@ -126,10 +126,16 @@ impl Netlink {
 
     /// The routes of every table and the rules of both families.
     pub async fn routing(&self) -> Result<RoutingDump, NetlinkError> {
-        let mut routes = self.routes_v4().await?;
-        routes.extend(self.routes_v6().await?);
+        let routes = self.routes().await?;
         let rules = self.rules().await?;
         Ok(RoutingDump { routes, rules })
+    }
+
+    /// The routes of every table, both families.
+    pub(crate) async fn routes(&self) -> Result<Vec<RouteMessage>, NetlinkError> {
+        let mut routes = self.routes_v4().await?;
+        routes.extend(self.routes_v6().await?);
+        Ok(routes)
     }
 
     /// The ip rules of both families.
