@@ -380,7 +380,7 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
         // and rules exist.
         for routing in &desired.routing {
             let changed = self.applied.get(&routing.table) != Some(routing);
-            let missing = !changed && verify && !self.netlink.is_installed(routing, &dump);
+            let missing = !changed && verify && !self.netlink.is_installed(routing, &dump.routing);
             if changed || missing {
                 if missing {
                     info!(
@@ -389,7 +389,7 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
                     );
                 }
                 self.netlink
-                    .install(routing, &dump)
+                    .install(routing, &dump.routing)
                     .await
                     .with_context(|| format!("installing the routing of PvD {}", routing.name))?;
                 self.applied.insert(routing.table, routing.clone());
@@ -421,7 +421,7 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
             .collect();
         for routing in stale {
             self.netlink
-                .remove(&routing, &dump)
+                .remove(&routing, &dump.routing)
                 .await
                 .with_context(|| format!("removing the routing of PvD {}", routing.name))?;
             self.applied.remove(&routing.table);

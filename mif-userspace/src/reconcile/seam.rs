@@ -13,7 +13,7 @@ use crate::{
         guard_links::{GuardError, GuardLinks},
         kernel_maps::{KernelMaps, MapsError},
     },
-    host::netlink::{HostDump, Interface, Netlink, NetlinkError},
+    host::netlink::{HostDump, Interface, Netlink, NetlinkError, RoutingDump},
     plan::{routing::PvdRouting, Desired, GuardPlan},
 };
 
@@ -26,22 +26,22 @@ pub trait RoutingHost {
     fn dump(&self) -> impl Future<Output = Result<HostDump, NetlinkError>> + Send;
     /// Whether the kernel held exactly what `routing` says when `dump` was
     /// taken.
-    fn is_installed(&self, routing: &PvdRouting, dump: &HostDump) -> bool;
+    fn is_installed(&self, routing: &PvdRouting, dump: &RoutingDump) -> bool;
     /// Makes the kernel hold exactly `routing` for its PvD; `dump` is what
     /// it held before.
     fn install(
         &self,
         routing: &PvdRouting,
-        dump: &HostDump,
+        dump: &RoutingDump,
     ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
     /// Removes all of `routing`'s table and rules, as `dump` lists them.
     fn remove(
         &self,
         routing: &PvdRouting,
-        dump: &HostDump,
+        dump: &RoutingDump,
     ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
-    /// A dump for a removal outside a pass (the routing part only).
-    fn dump_routing(&self) -> impl Future<Output = Result<HostDump, NetlinkError>> + Send;
+    /// The routes and rules, for a removal outside a pass.
+    fn dump_routing(&self) -> impl Future<Output = Result<RoutingDump, NetlinkError>> + Send;
 }
 
 /// The maps a pass writes (see [`KernelMaps`] for what each step means).
@@ -81,23 +81,20 @@ impl RoutingHost for Netlink {
         Netlink::dump(self).await
     }
 
-    fn is_installed(&self, routing: &PvdRouting, dump: &HostDump) -> bool {
-        dump.routing.holds(routing)
+    fn is_installed(&self, routing: &PvdRouting, dump: &RoutingDump) -> bool {
+        dump.holds(routing)
     }
 
-    async fn install(&self, routing: &PvdRouting, dump: &HostDump) -> Result<(), NetlinkError> {
-        Netlink::install(self, routing, &dump.routing).await
+    async fn install(&self, routing: &PvdRouting, dump: &RoutingDump) -> Result<(), NetlinkError> {
+        Netlink::install(self, routing, dump).await
     }
 
-    async fn remove(&self, routing: &PvdRouting, dump: &HostDump) -> Result<(), NetlinkError> {
-        Netlink::remove(self, routing, &dump.routing).await
+    async fn remove(&self, routing: &PvdRouting, dump: &RoutingDump) -> Result<(), NetlinkError> {
+        Netlink::remove(self, routing, dump).await
     }
 
-    async fn dump_routing(&self) -> Result<HostDump, NetlinkError> {
-        Ok(HostDump {
-            interfaces: Vec::new(),
-            routing: self.routing().await?,
-        })
+    async fn dump_routing(&self) -> Result<RoutingDump, NetlinkError> {
+        self.routing().await
     }
 }
 

@@ -15,7 +15,7 @@ use crate::{
     apply::{guard_links::GuardError, kernel_maps::MapsError},
     host::{
         cgroup::Cgroup2,
-        netlink::{HostDump, Interface, InterfaceAddr, NetlinkError, Uplink},
+        netlink::{HostDump, Interface, InterfaceAddr, NetlinkError, RoutingDump, Uplink},
     },
     model::{config, policies::PolicySet},
     plan::{Desired, GuardPlan},
@@ -55,11 +55,11 @@ impl RoutingHost for FakeHost {
         })
     }
 
-    fn is_installed(&self, routing: &PvdRouting, _: &HostDump) -> bool {
+    fn is_installed(&self, routing: &PvdRouting, _: &RoutingDump) -> bool {
         self.table(routing.table).as_ref() == Some(routing)
     }
 
-    async fn install(&self, routing: &PvdRouting, _: &HostDump) -> Result<(), NetlinkError> {
+    async fn install(&self, routing: &PvdRouting, _: &RoutingDump) -> Result<(), NetlinkError> {
         *self.installs.lock().unwrap() += 1;
         self.installed
             .lock()
@@ -68,13 +68,13 @@ impl RoutingHost for FakeHost {
         Ok(())
     }
 
-    async fn remove(&self, routing: &PvdRouting, _: &HostDump) -> Result<(), NetlinkError> {
+    async fn remove(&self, routing: &PvdRouting, _: &RoutingDump) -> Result<(), NetlinkError> {
         self.installed.lock().unwrap().remove(&routing.table);
         Ok(())
     }
 
-    async fn dump_routing(&self) -> Result<HostDump, NetlinkError> {
-        Ok(HostDump::default())
+    async fn dump_routing(&self) -> Result<RoutingDump, NetlinkError> {
+        Ok(RoutingDump::default())
     }
 }
 
