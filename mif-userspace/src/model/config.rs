@@ -16,6 +16,7 @@ use mif_common::{MAX_PREFER, PVD_NAME_LEN};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use super::config_pieces;
 use crate::model::validation::{
     ProbeUrl, PvdValidation, Timing, ValidationConfig, DEFAULT_INTERVAL, MAX_INTERVAL, MIN_INTERVAL,
 };
@@ -447,12 +448,31 @@ impl LineIndex {
     }
 }
 
+/// Errors and line numbers for one piece of a file (see
+/// [`config_pieces`]): spans are the piece's, `base` is where it starts.
 struct Checker<'a> {
     file: &'a Path,
-    lines: LineIndex,
+    lines: &'a LineIndex,
+    base: usize,
 }
 
 impl Checker<'_> {
+    /// The file's line of an offset into the piece.
+    fn line_of(&self, offset: usize) -> usize {
+        self.lines.line_of(self.base + offset)
+    }
+
+    /// A TOML error of the piece, at the file's line.
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        error_in(
+            self.file,
+            e.span().map_or(0, |s| self.line_of(s.start)),
+            "",
+            "",
+            e.message().to_string(),
+        )
+    }
+
     fn error(
         &self,
         span: Range<usize>,
@@ -460,13 +480,7 @@ impl Checker<'_> {
         value: impl fmt::Display,
         problem: impl Into<String>,
     ) -> ConfigError {
-        error_in(
-            self.file,
-            self.lines.line_of(span.start),
-            field,
-            value,
-            problem,
-        )
+        error_in(self.file, self.line_of(span.start), field, value, problem)
     }
 }
 
@@ -511,225 +525,70 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 
 /// [`parse`], for a config file or (`part`) a policies directory's file,
 /// which holds `[[pvd]]` and `[[policy]]` entries only.
+///
+/// A long run of `[[policy]]` entries at the end is cut into pieces parsed
+/// on threads of their own (see [`config_pieces`]): with 100,000 policies
+/// TOML's document was most of a start and of its peak memory.
 fn parse_file(path: &Path, text: &str, part: bool) -> Result<Config, ConfigError> {
+    parse_in_pieces(path, text, part, config_pieces::POLICIES_PER_PIECE)
+}
+
+/// [`parse_file`], cutting pieces of `per_piece` policies.
+fn parse_in_pieces(
+    path: &Path,
+    text: &str,
+    part: bool,
+    per_piece: usize,
+) -> Result<Config, ConfigError> {
+    let lines = LineIndex::new(text);
+    let cuts = config_pieces::policy_cuts(text, per_piece);
+    let head = &text[..cuts.first().copied().unwrap_or(text.len())];
     let checker = Checker {
         file: path,
-        lines: LineIndex::new(text),
+        lines: &lines,
+        base: 0,
     };
-    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
-        line: e.span().map_or(0, |s| checker.lines.line_of(s.start)),
-        field: String::new(),
-        value: String::new(),
-        problem: e.message().to_string(),
-    })?;
-    if let Some((section, span)) = raw.section().filter(|_| part) {
-        return Err(checker.error(
-            span,
-            section,
-            "",
-            "a policies directory file holds [[pvd]] and [[policy]] entries only; this belongs in the config file",
-        ));
-    }
-
     let file: Arc<Path> = Arc::from(path);
-    let mut pvds = Vec::new();
-    let mut names = HashSet::new();
-    for pvd in raw.pvd {
-        let line = checker.lines.line_of(pvd.span().start);
-        let pvd = pvd.into_inner();
-        let name = pvd.name.get_ref().clone();
-        if name.is_empty() || name.len() >= PVD_NAME_LEN || !name.chars().all(is_name_char) {
-            return Err(checker.error(
-                pvd.name.span(),
-                "pvd.name",
-                format!("{name:?}"),
-                format!(
-                    "PvD names are 1 to {} characters of letters, digits, '-', '_' and '.'",
-                    PVD_NAME_LEN - 1
-                ),
-            ));
-        }
-        if !names.insert(name.clone()) {
-            return Err(checker.error(
-                pvd.name.span(),
-                "pvd.name",
-                format!("{name:?}"),
-                "declared twice",
-            ));
-        }
-        let interface = match pvd.interface {
-            Some(i) if i.get_ref().is_empty() => {
+    let mut policies = Policies::new(Arc::clone(&file));
+    // The head (all but the pieces) in the order a whole parse checks it:
+    // its syntax, sections, PvDs and policies; then the pieces' policies,
+    // in order; then the head's other sections.
+    let mut head_rest = None;
+    config_pieces::parse_pieces::<RawConfig, ConfigError, _>(
+        text,
+        &cuts,
+        &mut policies,
+        |policies| {
+            let mut raw: RawConfig = toml::from_str(head).map_err(|e| checker.toml_error(&e))?;
+            if let Some((section, span)) = raw.section().filter(|_| part) {
                 return Err(checker.error(
-                    i.span(),
-                    "pvd.interface",
-                    "\"\"",
-                    "must name an interface",
-                ))
-            }
-            Some(i) => i.into_inner(),
-            // A PvD named after its interface, declared so it may appear later.
-            None => name.clone(),
-        };
-        let mark = pvd
-            .mark
-            .map(|m| to_u32(&checker, m, "pvd.mark"))
-            .transpose()?;
-        let table = pvd
-            .table
-            .map(|t| to_u32(&checker, t, "pvd.table"))
-            .transpose()?;
-        let mut dns = Vec::new();
-        for server in &pvd.dns {
-            let text = server.get_ref();
-            let addr = text.parse().map_err(|_| {
-                checker.error(
-                    server.span(),
-                    "pvd.dns",
-                    format!("{text:?}"),
-                    "not an IP address",
-                )
-            })?;
-            dns.push(addr);
-        }
-        if dns.len() > mif_common::MAX_DNS {
-            return Err(checker.error(
-                pvd.name.span(),
-                "pvd.dns",
-                format!("{} servers", dns.len()),
-                format!("at most {} DNS servers per PvD", mif_common::MAX_DNS),
-            ));
-        }
-        let mut domains = Vec::new();
-        for domain in &pvd.domains {
-            let text = domain.get_ref();
-            let normal = text.trim_end_matches('.').to_ascii_lowercase();
-            if !is_domain(&normal) {
-                return Err(checker.error(
-                    domain.span(),
-                    "pvd.domains",
-                    format!("{text:?}"),
-                    "not a domain name (labels of letters, digits, '-' and '_', 1-63 characters each)",
+                    span,
+                    section,
+                    "",
+                    "a policies directory file holds [[pvd]] and [[policy]] entries only; this belongs in the config file",
                 ));
             }
-            domains.push(normal);
-        }
-        let validation = match pvd.validation {
-            None => PvdValidation::Inherit,
-            Some(v) => match v.get_ref() {
-                toml::Value::Boolean(false) => PvdValidation::Off,
-                toml::Value::Boolean(true) => PvdValidation::Inherit,
-                toml::Value::String(text) => {
-                    PvdValidation::Url(ProbeUrl::parse(text).map_err(|problem| {
-                        checker.error(v.span(), "pvd.validation", format!("{text:?}"), problem)
-                    })?)
-                }
-                other => {
-                    return Err(checker.error(
-                        v.span(),
-                        "pvd.validation",
-                        other,
-                        "must be false (never probe this PvD) or an http:// URL",
-                    ))
-                }
-            },
-        };
-        pvds.push(PvdConfig {
-            name,
-            interface,
-            mark,
-            table,
-            dns,
-            domains,
-            validation,
-            file: Arc::clone(&file),
-            line,
-        });
-    }
-
-    let mut policies = Vec::with_capacity(raw.policy.len());
-    let mut cgroups = HashSet::new();
-    let mut interner = TermsInterner::default();
-    for policy in raw.policy {
-        let line = checker.lines.line_of(policy.span().start);
-        let span = policy.span();
-        let policy = policy.into_inner();
-        let (cgroup, key_span) = policy_key(&checker, &policy, span)?;
-        if !cgroups.insert(cgroup.clone()) {
-            return Err(checker.error(
-                key_span,
-                "policy.cgroup",
-                format!("{cgroup:?}"),
-                "a policy for this cgroup is already defined above",
-            ));
-        }
-        let prefer_span = policy.prefer.span();
-        let prefer_items = policy.prefer.into_inner();
-        if prefer_items.is_empty() || prefer_items.len() > MAX_PREFER {
-            return Err(checker.error(
-                prefer_span,
-                "policy.prefer",
-                format!("{} entries", prefer_items.len()),
-                format!("list 1 to {MAX_PREFER} PvDs"),
-            ));
-        }
-        let mut seen = HashSet::new();
-        let mut prefer = Vec::new();
-        for item in prefer_items {
-            if !seen.insert(item.get_ref().clone()) {
-                return Err(checker.error(
-                    item.span(),
-                    "policy.prefer",
-                    format!("{:?}", item.get_ref()),
-                    "listed twice",
-                ));
-            }
-            prefer.push(item.into_inner());
-        }
-        if policy.exclude.len() > MAX_EXCLUDE {
-            return Err(checker.error(
-                prefer_span,
-                "policy.exclude",
-                format!("{} entries", policy.exclude.len()),
-                format!("at most {MAX_EXCLUDE} exclusions per policy"),
-            ));
-        }
-        let mut exclude = Vec::new();
-        for item in &policy.exclude {
-            let parsed: Exclusion = item.get_ref().parse().map_err(|problem: String| {
-                checker.error(
-                    item.span(),
-                    "policy.exclude",
-                    format!("{:?}", item.get_ref()),
-                    problem,
-                )
-            })?;
-            if !exclude.contains(&parsed) {
-                exclude.push(parsed);
-            }
-        }
-        let allow = checked_allow(&checker, policy.allow, policy.strict)?;
-        policies.push(PolicyConfig {
-            cgroup,
-            terms: interner.intern(PolicyTerms {
-                prefer,
-                strict: policy.strict,
-                bind: policy.bind,
-                reset: policy.reset,
-                deny_raw: policy.deny_raw,
-                dns: policy.dns,
-                exclude,
-                allow,
-            }),
-            file: Arc::clone(&file),
-            line,
-        });
-    }
+            let pvds = check_pvds(&checker, std::mem::take(&mut raw.pvd), &file)?;
+            policies.add(&checker, std::mem::take(&mut raw.policy))?;
+            head_rest = Some((raw, pvds));
+            Ok(())
+        },
+        |policies, base, piece| {
+            let checker = Checker {
+                file: path,
+                lines: &lines,
+                base,
+            };
+            policies.add(&checker, piece.map_err(|e| checker.toml_error(&e))?.policy)
+        },
+    )?;
+    let (raw, pvds) = head_rest.expect("the head is checked first");
+    let policies = policies.finish();
 
     let control_group = raw
         .control
         .and_then(|c| c.into_inner().group)
-        .map(|g| (g.get_ref().clone(), checker.lines.line_of(g.span().start)));
+        .map(|g| (g.get_ref().clone(), checker.line_of(g.span().start)));
     let dns = raw.dns.map(Spanned::into_inner);
     let dns_leases = match dns.as_ref().and_then(|d| d.leases.as_ref()) {
         None => crate::host::dns_leases::DEFAULT_LEASE_PATHS
@@ -804,6 +663,237 @@ fn parse_file(path: &Path, text: &str, part: bool) -> Result<Config, ConfigError
         policy_capacity,
         validation,
     })
+}
+
+/// The `[[pvd]]` entries, checked.
+fn check_pvds(
+    checker: &Checker<'_>,
+    raw: Vec<Spanned<RawPvd>>,
+    file: &Arc<Path>,
+) -> Result<Vec<PvdConfig>, ConfigError> {
+    let mut pvds = Vec::new();
+    let mut names = HashSet::new();
+    for pvd in raw {
+        let line = checker.line_of(pvd.span().start);
+        let pvd = pvd.into_inner();
+        let name = pvd.name.get_ref().clone();
+        if name.is_empty() || name.len() >= PVD_NAME_LEN || !name.chars().all(is_name_char) {
+            return Err(checker.error(
+                pvd.name.span(),
+                "pvd.name",
+                format!("{name:?}"),
+                format!(
+                    "PvD names are 1 to {} characters of letters, digits, '-', '_' and '.'",
+                    PVD_NAME_LEN - 1
+                ),
+            ));
+        }
+        if !names.insert(name.clone()) {
+            return Err(checker.error(
+                pvd.name.span(),
+                "pvd.name",
+                format!("{name:?}"),
+                "declared twice",
+            ));
+        }
+        let interface = match pvd.interface {
+            Some(i) if i.get_ref().is_empty() => {
+                return Err(checker.error(
+                    i.span(),
+                    "pvd.interface",
+                    "\"\"",
+                    "must name an interface",
+                ))
+            }
+            Some(i) => i.into_inner(),
+            // A PvD named after its interface, declared so it may appear later.
+            None => name.clone(),
+        };
+        let mark = pvd
+            .mark
+            .map(|m| to_u32(checker, m, "pvd.mark"))
+            .transpose()?;
+        let table = pvd
+            .table
+            .map(|t| to_u32(checker, t, "pvd.table"))
+            .transpose()?;
+        let mut dns = Vec::new();
+        for server in &pvd.dns {
+            let text = server.get_ref();
+            let addr = text.parse().map_err(|_| {
+                checker.error(
+                    server.span(),
+                    "pvd.dns",
+                    format!("{text:?}"),
+                    "not an IP address",
+                )
+            })?;
+            dns.push(addr);
+        }
+        if dns.len() > mif_common::MAX_DNS {
+            return Err(checker.error(
+                pvd.name.span(),
+                "pvd.dns",
+                format!("{} servers", dns.len()),
+                format!("at most {} DNS servers per PvD", mif_common::MAX_DNS),
+            ));
+        }
+        let mut domains = Vec::new();
+        for domain in &pvd.domains {
+            let text = domain.get_ref();
+            let normal = text.trim_end_matches('.').to_ascii_lowercase();
+            if !is_domain(&normal) {
+                return Err(checker.error(
+                    domain.span(),
+                    "pvd.domains",
+                    format!("{text:?}"),
+                    "not a domain name (labels of letters, digits, '-' and '_', 1-63 characters each)",
+                ));
+            }
+            domains.push(normal);
+        }
+        let validation = match pvd.validation {
+            None => PvdValidation::Inherit,
+            Some(v) => match v.get_ref() {
+                toml::Value::Boolean(false) => PvdValidation::Off,
+                toml::Value::Boolean(true) => PvdValidation::Inherit,
+                toml::Value::String(text) => {
+                    PvdValidation::Url(ProbeUrl::parse(text).map_err(|problem| {
+                        checker.error(v.span(), "pvd.validation", format!("{text:?}"), problem)
+                    })?)
+                }
+                other => {
+                    return Err(checker.error(
+                        v.span(),
+                        "pvd.validation",
+                        other,
+                        "must be false (never probe this PvD) or an http:// URL",
+                    ))
+                }
+            },
+        };
+        pvds.push(PvdConfig {
+            name,
+            interface,
+            mark,
+            table,
+            dns,
+            domains,
+            validation,
+            file: Arc::clone(file),
+            line,
+        });
+    }
+    Ok(pvds)
+}
+
+/// The policies of a file as its pieces are checked, in the file's order:
+/// each cgroup once, equal terms shared (see [`TermsInterner`]).
+struct Policies {
+    file: Arc<Path>,
+    policies: Vec<PolicyConfig>,
+    cgroups: HashSet<String>,
+    interner: TermsInterner,
+}
+
+impl Policies {
+    fn new(file: Arc<Path>) -> Self {
+        Self {
+            file,
+            policies: Vec::new(),
+            cgroups: HashSet::new(),
+            interner: TermsInterner::default(),
+        }
+    }
+
+    /// Checks the next `[[policy]]` entries of the file.
+    fn add(
+        &mut self,
+        checker: &Checker<'_>,
+        raw: Vec<Spanned<RawPolicy>>,
+    ) -> Result<(), ConfigError> {
+        self.policies.reserve(raw.len());
+        for policy in raw {
+            let line = checker.line_of(policy.span().start);
+            let span = policy.span();
+            let policy = policy.into_inner();
+            let (cgroup, key_span) = policy_key(checker, &policy, span)?;
+            if !self.cgroups.insert(cgroup.clone()) {
+                return Err(checker.error(
+                    key_span,
+                    "policy.cgroup",
+                    format!("{cgroup:?}"),
+                    "a policy for this cgroup is already defined above",
+                ));
+            }
+            let prefer_span = policy.prefer.span();
+            let prefer_items = policy.prefer.into_inner();
+            if prefer_items.is_empty() || prefer_items.len() > MAX_PREFER {
+                return Err(checker.error(
+                    prefer_span,
+                    "policy.prefer",
+                    format!("{} entries", prefer_items.len()),
+                    format!("list 1 to {MAX_PREFER} PvDs"),
+                ));
+            }
+            let mut seen = HashSet::new();
+            let mut prefer = Vec::new();
+            for item in prefer_items {
+                if !seen.insert(item.get_ref().clone()) {
+                    return Err(checker.error(
+                        item.span(),
+                        "policy.prefer",
+                        format!("{:?}", item.get_ref()),
+                        "listed twice",
+                    ));
+                }
+                prefer.push(item.into_inner());
+            }
+            if policy.exclude.len() > MAX_EXCLUDE {
+                return Err(checker.error(
+                    prefer_span,
+                    "policy.exclude",
+                    format!("{} entries", policy.exclude.len()),
+                    format!("at most {MAX_EXCLUDE} exclusions per policy"),
+                ));
+            }
+            let mut exclude = Vec::new();
+            for item in &policy.exclude {
+                let parsed: Exclusion = item.get_ref().parse().map_err(|problem: String| {
+                    checker.error(
+                        item.span(),
+                        "policy.exclude",
+                        format!("{:?}", item.get_ref()),
+                        problem,
+                    )
+                })?;
+                if !exclude.contains(&parsed) {
+                    exclude.push(parsed);
+                }
+            }
+            let allow = checked_allow(checker, policy.allow, policy.strict)?;
+            self.policies.push(PolicyConfig {
+                cgroup,
+                terms: self.interner.intern(PolicyTerms {
+                    prefer,
+                    strict: policy.strict,
+                    bind: policy.bind,
+                    reset: policy.reset,
+                    deny_raw: policy.deny_raw,
+                    dns: policy.dns,
+                    exclude,
+                    allow,
+                }),
+                file: Arc::clone(&self.file),
+                line,
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Vec<PolicyConfig> {
+        self.policies
+    }
 }
 
 /// What a policy applies to: its cgroup path (normalized) or its
@@ -1147,6 +1237,43 @@ mod tests {
 
     fn parse_str(text: &str) -> Result<Config, ConfigError> {
         parse(Path::new("mif.toml"), text)
+    }
+
+    /// A file parsed in pieces of one policy means what it means whole:
+    /// the same config, or the same error at the same line.
+    #[test]
+    fn pieces_parse_as_the_whole_file() {
+        let policy = |cg: &str, extra: &str| {
+            format!("[[policy]]\ncgroup = \"{cg}\"\nprefer = [\"a\", \"b\"]\n{extra}")
+        };
+        let run: String = (0..6).map(|i| policy(&format!("/p{i}"), "")).collect();
+        let head = "[dns]\nforwarder_port = 5300\n[[pvd]]\nname = \"a\"\n";
+        let texts = [
+            format!("{head}{run}"),
+            format!("{run}{head}"),
+            format!("{run}{}", policy("/p9", "dns = \"pvd\"\nstrict = true\n")),
+            // Errors in a later piece, at its own line.
+            format!("{run}{}", policy("/p2", "")),
+            format!("{run}{}", policy("/p9", "bogus = 1\n")),
+            format!("{run}{}", policy("/p9", "prefer = [\"a\"]\n")),
+            format!("{run}[[policy]]\ncgroup = \"/p9\"\nprefer = [\"a\",\n"),
+            format!("{run}{}", policy("/p9", "exclude = [\"nonsense\"]\n")),
+            // A head that is not an array of tables, extended after.
+            format!("policy = []\n{run}"),
+        ];
+        for (i, text) in texts.iter().enumerate() {
+            // Not cut: the policies before other sections, an unclosed array.
+            if ![1, 6].contains(&i) {
+                let cuts = config_pieces::policy_cuts(text, 1);
+                assert!(cuts.len() >= 5, "not cut: {text}");
+            }
+            let whole = parse_in_pieces(Path::new("mif.toml"), text, false, usize::MAX);
+            let pieces = parse_in_pieces(Path::new("mif.toml"), text, false, 1);
+            assert_eq!(pieces, whole, "{text}");
+        }
+        let text = format!("{run}{}", policy("/p2", ""));
+        let e = parse_in_pieces(Path::new("mif.toml"), &text, false, 1).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (20, "policy.cgroup"), "{e}");
     }
 
     #[test]
