@@ -12,7 +12,7 @@ use std::{
 
 use mif_tests::e2e::{policy_toml as policy, two_networks as lab};
 use mif_tests::{
-    lab::{big_txt_chunk, Dnsmasq, Lab, Resolver, BIG_TXT, CORP_DOMAIN},
+    lab::{big_txt_chunk, Dnsmasq, Lab, Proto, Resolver, BIG_TXT, CORP_DOMAIN, INTERNET_V4},
     mif::Daemon,
     skip_unless_root,
 };
@@ -211,6 +211,76 @@ fn system_dns_is_left_alone_and_a_pvd_without_resolvers_falls_back_or_refuses() 
     assert_eq!(stub.query_sources().len(), asked, "{}", stub.log_text());
     assert!(r1.query_sources().is_empty(), "{}", r1.log_text());
     assert!(counter(&daemon.maps_json().unwrap(), &rel("strict"), "denied") >= 2);
+}
+
+/// The hooks of DNS redirection's replies and of strict binds are attached
+/// only once a policy needs them: a daemon whose policies need neither
+/// leaves them waiting (and `mif status` says steering is whole), and a
+/// policy set later that needs both works from its first query and bind.
+#[test]
+fn the_dns_and_strict_hooks_wait_until_a_policy_needs_them() {
+    skip_unless_root!();
+    let lab = lab();
+    let _plain = lab.create_cgroup("plain").unwrap();
+    let later = lab.create_cgroup("later").unwrap();
+    let rel = |c: &str| format!("{}/{c}", lab.cgroup_rel());
+    let _r1 = lab.start_resolver(1, &[]).unwrap();
+    let _stub = lab.start_stub_resolver().unwrap();
+    let config = pvds_with_resolvers(&lab) + &policy(&rel("plain"), &["wlan0"], "");
+    let daemon = Daemon::start(&lab, &config).unwrap();
+    let status = || -> serde_json::Value {
+        let out = daemon.mif(&["status", "--json"]).unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let on_demand = mif_common::names::ON_DEMAND_HOOKS;
+    let before = status();
+    let mut waiting: Vec<&str> = (before["hooks_waiting"].as_array().unwrap().iter())
+        .map(|h| h.as_str().unwrap())
+        .collect();
+    waiting.sort_unstable();
+    let mut expected = on_demand.to_vec();
+    expected.sort_unstable();
+    assert_eq!(waiting, expected, "{before:#}");
+    for hook in on_demand {
+        assert_eq!(before["attached"][hook], 0, "{hook}: {before:#}");
+    }
+    assert_eq!(before["steering"], true, "{before:#}");
+
+    let set = daemon
+        .mif(&[
+            "policy",
+            "set",
+            &rel("later"),
+            "--prefer",
+            "wwan0",
+            "--dns",
+            "pvd",
+            "--strict",
+        ])
+        .unwrap();
+    assert!(set.status.success(), "{set:?}");
+    let after = status();
+    assert_eq!(after["hooks_waiting"], serde_json::json!([]), "{after:#}");
+    for hook in on_demand {
+        assert_eq!(after["attached"][hook], 1, "{hook}: {after:#}");
+    }
+    // glibc takes only a reply from the server it asked: the stub's
+    // address, put back by the recvmsg hook on wwan0's resolver's reply.
+    let out = lab.getent_hosts(Some(&later), STUB_V4).unwrap();
+    assert!(out.status.success(), "getent via the stub: {out:?}");
+    assert_answered_by(&out, Resolver::Network(1), "getent, dns = pvd set later");
+    // The bind hook refuses wlan0's address to the strict policy.
+    let foreign = IpAddr::from(lab.network(0).host_v4);
+    let bound = lab.client(Some(&later), Proto::Udp, INTERNET_V4.into(), Some(foreign));
+    let refused = format!(
+        "{:#}",
+        bound.expect_err("a bind to wlan0's address went through")
+    );
+    assert!(
+        refused.contains("bind: Operation not permitted"),
+        "{refused}"
+    );
 }
 
 #[test]

@@ -274,11 +274,14 @@ impl KernelMaps {
         }
         self.write_names(&desired.pvds)?;
         self.report_over_capacity(&desired.over_capacity);
+        // A policy's exclusions before the policy: a socket that finds the
+        // policy finds what it excludes (the programs may already run
+        // while a fresh install's first pass writes).
+        self.write_excludes(&desired.excludes)?;
         if !(desired.policies_unchanged && self.written_policies.is_some()) {
             self.write_policies(desired)?;
         }
         self.write_selectors(&desired.selectors)?;
-        self.write_excludes(&desired.excludes)?;
         let keep: HashSet<u32> = desired.pvds.iter().map(|(k, _, _)| *k).collect();
         let mut pvds = self.pvds.lock();
         let stale: Vec<u32> = pvds

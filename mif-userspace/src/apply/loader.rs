@@ -26,7 +26,10 @@ use aya::{
 };
 use mif_common::{names, CgroupNaming, Settings};
 
-use crate::apply::pins::PinDir;
+use crate::apply::{
+    on_demand::{HookNeeds, OnDemandHooks, Waiting},
+    pins::PinDir,
+};
 
 /// The kernel programs, built by build.rs and embedded so `mif` is one file.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mif-ebpf"));
@@ -109,13 +112,32 @@ pub fn load(settings: &Settings, pins: &PinDir, capacity: Capacity) -> Result<Eb
 /// The guards are not attached here but to strict cgroups, by
 /// [`crate::apply::guard_links`]; a guard link an older mif pinned with the
 /// hooks is removed once they are in place.
-pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pins: &PinDir) -> Result<(), LoadError> {
+///
+/// An on-demand hook ([`names::ON_DEMAND_HOOKS`]) that `needs` does not
+/// want is verified but not attached, unless an earlier instance attached
+/// it (its link is replaced, as the others'): it is returned, waiting, for
+/// the passes to attach when a policy needs it.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    cgroup: &Path,
+    pins: &PinDir,
+    needs: HookNeeds,
+) -> Result<OnDemandHooks, LoadError> {
     let cgroup_fd = File::open(cgroup).map_err(|source| LoadError::Cgroup {
         path: cgroup.to_path_buf(),
         source,
     })?;
+    let mut waiting = Vec::new();
     for program in names::HOOKS {
         let started = std::time::Instant::now();
+        if !needs.wants(program) && !pins.link(program).exists() {
+            waiting.push(load_waiting(ebpf, program)?);
+            log::debug!(
+                "{program}: loaded in {:.1} ms, attached when a policy needs it",
+                started.elapsed().as_secs_f64() * 1e3
+            );
+            continue;
+        }
         let link = attach_one(ebpf, program, &cgroup_fd)?;
         pin_in_place(link, program, pins)?;
         // Most of start-up: the verifier's time, then the kernel's walk
@@ -126,7 +148,67 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pins: &PinDir) -> Result<(), LoadE
         );
     }
     let _ = std::fs::remove_file(pins.link(names::PROG_GUARD));
+    Ok(OnDemandHooks::new(pins.clone(), cgroup_fd, waiting))
+}
+
+/// Attaches (and pins) the on-demand hooks `needs` wants that no earlier
+/// instance attached: an adopted instance's first pass may write the first
+/// policy that needs them, and runs before [`attach`] replaces the rest.
+pub fn attach_new_on_demand(
+    ebpf: &mut Ebpf,
+    cgroup: &Path,
+    pins: &PinDir,
+    needs: HookNeeds,
+) -> Result<(), LoadError> {
+    let new: Vec<&'static str> = (names::ON_DEMAND_HOOKS.into_iter())
+        .filter(|program| needs.wants(program) && !pins.link(program).exists())
+        .collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let cgroup_fd = File::open(cgroup).map_err(|source| LoadError::Cgroup {
+        path: cgroup.to_path_buf(),
+        source,
+    })?;
+    for program in new {
+        let link = attach_one(ebpf, program, &cgroup_fd)?;
+        pin_in_place(link, program, pins)?;
+    }
     Ok(())
+}
+
+/// Verifies an on-demand hook (a `cgroup/sock_addr` program) and keeps its
+/// descriptor, to attach later.
+fn load_waiting(ebpf: &mut Ebpf, program: &'static str) -> Result<Waiting, LoadError> {
+    let attach_type =
+        crate::host::attached::attach_type(program).ok_or(LoadError::MissingProgram(program))?;
+    let prog: &mut CgroupSockAddr = ebpf
+        .program_mut(program)
+        .ok_or(LoadError::MissingProgram(program))?
+        .try_into()
+        .map_err(failed(program, "type-check"))?;
+    prog.load().map_err(failed(program, "load"))?;
+    let fd = (prog.fd().map_err(failed(program, "load"))?.try_clone()).map_err(|e| {
+        LoadError::Program {
+            program,
+            action: "duplicate the descriptor of",
+            source: Box::new(ProgramError::IOError(e)),
+        }
+    })?;
+    Ok(Waiting {
+        program,
+        fd,
+        attach_type,
+    })
+}
+
+/// Pins a link made by [`raw::link_create`] as [`attach`] pins its own.
+pub(crate) fn pin_link(
+    link: OwnedFd,
+    program: &'static str,
+    pins: &PinDir,
+) -> Result<(), LoadError> {
+    pin_in_place(NewLink::Raw(link), program, pins)
 }
 
 /// Pins a new link of `program` under a staging name and renames it over

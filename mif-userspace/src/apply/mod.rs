@@ -8,6 +8,7 @@ pub mod guard_links;
 pub mod kernel_maps;
 pub mod link_watch;
 pub mod loader;
+pub mod on_demand;
 pub mod pins;
 pub mod pvd_table;
 pub mod routing;

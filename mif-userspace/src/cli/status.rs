@@ -28,6 +28,8 @@ struct Status {
     attach_cgroup: Option<String>,
     init_cgroup: Option<String>,
     attached: std::collections::BTreeMap<String, usize>,
+    /// On-demand hooks no policy needs yet: not attached, and rightly so.
+    hooks_waiting: Vec<String>,
     steering: bool,
     problems: Vec<String>,
 }
@@ -63,9 +65,21 @@ impl StatusArgs {
                 d.policy_capacity
             ));
         }
-        if attached.values().any(|&n| n != 1) {
+        // Without the daemon nobody can say an unattached on-demand hook
+        // is needed: it counts as waiting.
+        let waiting: Vec<String> = match &daemon {
+            Some(d) => d.hooks_waiting.clone(),
+            None => (mif_common::names::ON_DEMAND_HOOKS.iter())
+                .filter(|h| attached.get(**h).is_some_and(|&n| n == 0))
+                .map(|h| h.to_string())
+                .collect(),
+        };
+        let expected = |program: &String| !waiting.contains(program);
+        if (attached.iter()).any(|(program, &n)| expected(program) && n != 1) {
             problems.push(format!(
-                "programs attached: {attached:?} (each should be 1)"
+                "programs attached: {attached:?} (each should be 1, but for the ones \
+                 attached on demand: {})",
+                waiting.join(", ")
             ));
         }
 
@@ -96,13 +110,14 @@ impl StatusArgs {
         }
         let steering = kernel.is_some()
             && attached.len() == mif_common::names::HOOKS.len()
-            && attached.values().all(|&n| n == 1)
+            && (attached.iter()).all(|(program, &n)| !expected(program) || n == 1)
             && attach_cgroup.is_some();
         let status = Status {
             daemon,
             attach_cgroup,
             init_cgroup,
             attached,
+            hooks_waiting: waiting,
             steering,
             problems,
         };
@@ -179,6 +194,15 @@ fn render(s: &Status) -> String {
             .collect::<Vec<_>>()
             .join(" "),
     );
+    if !s.hooks_waiting.is_empty() {
+        row(
+            "on demand",
+            format!(
+                "{} (attached when a policy needs them)",
+                s.hooks_waiting.join(" ")
+            ),
+        );
+    }
     row(
         "steering",
         if s.steering {

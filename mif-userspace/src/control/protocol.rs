@@ -142,6 +142,10 @@ pub struct StatusView {
     /// policy on (without one they have nothing to do).
     #[serde(default)]
     pub cgroup_watchers_attached: bool,
+    /// The on-demand hooks no policy has needed yet (verified, not
+    /// attached; see `names::ON_DEMAND_HOOKS`).
+    #[serde(default)]
+    pub hooks_waiting: Vec<String>,
     /// Why the last pass could not attach a guard somewhere.
     #[serde(default)]
     pub guard_problem: Option<String>,

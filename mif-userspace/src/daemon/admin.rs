@@ -231,6 +231,9 @@ impl Admin {
                 .iter()
                 .map(|l| format!("{}: {}", l.program, l.why))
                 .collect(),
+            hooks_waiting: (reconciler.waiting_hooks().into_iter())
+                .map(str::to_string)
+                .collect(),
             tcp_timeouts_no_pvd: self.tcp_health.no_pvd(),
             cgroup_watchers_left_out: match &self.cgroup_watchers {
                 super::watchers::WatcherState::LeftOut(why) => Some(why.clone()),

@@ -36,7 +36,11 @@ use mif_common::Settings;
 use tokio::sync::broadcast;
 
 pub use self::prepare::{prepare, Prepared};
-use self::{admin::Admin, steering::Steering, watchers::CgroupWatchers};
+use self::{
+    admin::Admin,
+    steering::{Attaching, Steering},
+    watchers::CgroupWatchers,
+};
 use crate::{
     apply::kernel_maps::KernelMaps,
     apply::loader::Capacity,
@@ -57,6 +61,7 @@ use crate::{
     reconcile::{InstanceNumbers, Lost, Reconciler, WatchTargets},
     validation::{Validator, VerdictChange},
 };
+use crate::{apply::on_demand::HookNeeds, host::cgroup_pattern::is_pattern};
 
 /// How often the kernel state is re-checked even without events, to repair
 /// what someone else changed without our noticing.
@@ -127,11 +132,27 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
         );
     }
     let mut policy_state = PolicyState::new(set, prepared.cgroup2.clone(), prepared.attach.clone());
+    // A fresh install attaches its hooks on a thread of its own while the
+    // policies are resolved and the first pass fills the maps and routing:
+    // the kernel's part of an attach (a walk over every cgroup below the
+    // attach cgroup) is a third of a start with 100,000 cgroups. Until the
+    // pass ends the programs find no policy and steer nothing, as before
+    // the daemon started. The maps must be sized first: by the policies'
+    // count when each names one cgroup, else (patterns) by their resolve.
+    // An adopted instance resolves and checks before it touches the pins.
+    let literal_only = (policy_state.set.iter()).all(|(cgroup, _)| !is_pattern(cgroup));
+    let resolve_later = literal_only && !opts.instance.pins().has_links();
+    let count = if resolve_later {
+        policy_state.set.iter().count()
+    } else {
+        let resolved = policy_state.resolve_now();
+        check_resolved(&policy_state, &prepared)?;
+        start_up.step("policies resolved");
+        resolved
+    };
     // The maps that grow with the policies are sized for those found now,
     // with room for more (see `plan::policy_capacity_for`).
-    let capacity =
-        Capacity::for_policies(policy_state.resolve_now(), prepared.config.policy_capacity);
-    start_up.step("policies resolved");
+    let capacity = Capacity::for_policies(count, prepared.config.policy_capacity);
     let mut steering = Steering::load(opts.instance.pins(), &settings, capacity)?;
     start_up.step("programs loaded");
     let maps = match KernelMaps::open(&steering.pins) {
@@ -167,6 +188,18 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    let adopted = steering.adopted;
+    let needs = HookNeeds::of(policy_state.set.iter().map(|(_, terms)| &**terms));
+    // Fails for an adopted instance only, whose state stays, steering.
+    let attaching = Attaching::start(steering, &prepared.attach.path, needs)?;
+    if resolve_later {
+        policy_state.resolve_now();
+        if let Err(e) = check_resolved(&policy_state, &prepared) {
+            attaching.finish(false).await.0.remove_all();
+            return Err(e);
+        }
+        start_up.step("policies resolved (the programs attaching meanwhile)");
+    }
     let mut validator = Validator::default();
     let mut reconciler = Reconciler::new(
         netlink.clone(),
@@ -180,21 +213,23 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
             settings,
         },
     );
-    if steering.adopted {
+    if adopted {
         info!(
             "adopting the programs and maps pinned at {}",
-            steering.pins.versioned().display()
+            opts.instance.pins().versioned().display()
         );
         reconciler.adopt_previous();
     }
-    let started = async {
-        reconciler.reconcile(true).await?;
-        start_up.step("first pass");
-        steering.attach(&prepared.attach.path)?;
-        start_up.step("programs attached");
-        anyhow::Ok(())
-    };
-    if let Err(e) = started.await {
+    let passed = reconciler.reconcile(true).await;
+    start_up.step("first pass");
+    // Adopted links are replaced only after a good pass: the new programs
+    // never see maps it has not brought up to date.
+    let (mut steering, attached) = attaching.finish(passed.is_ok()).await;
+    start_up.step("programs attached");
+    let started = passed
+        .and(attached)
+        .map(|waiting| reconciler.set_on_demand_hooks(waiting));
+    if let Err(e) = started {
         // A fresh install is rolled back whole; adopted state is left as
         // the previous daemon had it, still steering.
         if !steering.adopted {
@@ -279,6 +314,17 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
         teardown(reconciler, steering).await;
     }
     Ok(())
+}
+
+/// What `prepare` left to the resolve: each of the file's policies names a
+/// cgroup that exists within the attach cgroup.
+fn check_resolved(policy_state: &PolicyState, prepared: &Prepared) -> anyhow::Result<()> {
+    prepare::check_unresolved(
+        &policy_state.set,
+        policy_state.pending(),
+        &prepared.cgroup2,
+        &prepared.attach,
+    )
 }
 
 /// What the daemon waits on between passes.

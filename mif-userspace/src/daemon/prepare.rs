@@ -16,8 +16,10 @@ pub struct Prepared {
     pub attach: Cgroup,
 }
 
-/// Checks the config file against the host: marks, PvD names, and that each
-/// policy's cgroup exists within the attach cgroup.
+/// Checks the config file against the host: marks, PvD names. Whether
+/// each policy's cgroup exists within the attach cgroup is checked by the
+/// daemon's first resolve ([`check_unresolved`]): resolving 100,000
+/// cgroups twice was a sixth of such a start.
 pub fn prepare(
     sources: &ConfigSources,
     opts: &InstanceOptions,
@@ -26,7 +28,7 @@ pub fn prepare(
     pvd::check_mark_mask(opts.mark_mask).context("--mark-mask")?;
     let cgroup2 = Cgroup2::find()?;
     let attach = cgroup2.resolve(&opts.cgroup).context("--cgroup")?;
-    let config = check_config(sources, opts, interfaces, &cgroup2, &attach)?;
+    let config = check_config_but_cgroups(sources, opts, interfaces)?;
     Ok(Prepared {
         config,
         cgroup2,
@@ -34,7 +36,8 @@ pub fn prepare(
     })
 }
 
-/// Loads and checks a config file (at start, and on reload).
+/// Loads and checks a config file on reload: as at start, and that each
+/// policy's cgroup exists within the attach cgroup.
 pub fn check_config(
     sources: &ConfigSources,
     opts: &InstanceOptions,
@@ -42,10 +45,39 @@ pub fn check_config(
     cgroup2: &Cgroup2,
     attach: &Cgroup,
 ) -> anyhow::Result<Config> {
+    let config = check_config_but_cgroups(sources, opts, interfaces)?;
+    resolve_policy_cgroups(config.policies.iter(), cgroup2, attach)?;
+    Ok(config)
+}
+
+/// After the first resolve: the error for the first policy of the config
+/// file whose cgroup did not resolve (missing, or outside the attach
+/// cgroup), as [`check_config`] gives it. `unresolved` are the cgroups the
+/// resolve left pending; the CLI's saved policies may wait for theirs.
+pub fn check_unresolved(
+    policies: &crate::model::policies::PolicySet,
+    unresolved: &[crate::model::policies::Pending],
+    cgroup2: &Cgroup2,
+    attach: &Cgroup,
+) -> anyhow::Result<()> {
+    if unresolved.is_empty() {
+        return Ok(());
+    }
+    let pending: std::collections::HashSet<&str> =
+        unresolved.iter().map(|p| p.cgroup.as_str()).collect();
+    let of_file = (policies.config_policies()).filter(|p| pending.contains(p.cgroup.as_str()));
+    resolve_policy_cgroups(of_file, cgroup2, attach).map(drop)
+}
+
+/// Loads a config file and checks what needs no cgroup.
+fn check_config_but_cgroups(
+    sources: &ConfigSources,
+    opts: &InstanceOptions,
+    interfaces: &[String],
+) -> anyhow::Result<Config> {
     let config = sources.load()?;
     config.check_marks(opts.mark_mask)?;
     config.check_prefer(&interfaces.iter().cloned().collect())?;
-    resolve_policy_cgroups(&config, cgroup2, attach)?;
     if let Some((group, line)) = &config.control_group {
         if nix::unistd::Group::from_name(group)
             .ok()
@@ -66,13 +98,13 @@ pub fn check_config(
 }
 
 /// Each policy's cgroup, which must exist and lie within the attach cgroup.
-fn resolve_policy_cgroups(
-    config: &Config,
+fn resolve_policy_cgroups<'a>(
+    policies: impl Iterator<Item = &'a config::PolicyConfig>,
     cgroup2: &Cgroup2,
     attach: &Cgroup,
 ) -> anyhow::Result<Vec<Cgroup>> {
     // Patterns need not match anything yet: cgroups appear later.
-    let literals: Vec<_> = (config.policies.iter())
+    let literals: Vec<_> = policies
         .filter(|p| !crate::host::cgroup_pattern::is_pattern(&p.cgroup))
         .collect();
     let found = cgroup2.resolve_many(literals.iter().map(|p| p.cgroup.as_str()));

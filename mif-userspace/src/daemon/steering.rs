@@ -24,8 +24,52 @@ use crate::{
     apply::guard_links::GuardLinks,
     apply::kernel_maps,
     apply::loader::{self, Capacity, LeftOut, LoadedGuard},
+    apply::on_demand::{HookNeeds, OnDemandHooks},
     apply::pins::PinDir,
 };
+
+/// A fresh install's hooks being attached on a thread of its own while
+/// start-up goes on; an adopted instance's, waiting for its first pass.
+pub enum Attaching {
+    Running(tokio::task::JoinHandle<(Steering, anyhow::Result<OnDemandHooks>)>),
+    AfterPass(Box<Steering>, PathBuf, HookNeeds),
+}
+
+impl Attaching {
+    /// Starts attaching the hooks `needs` wants to `cgroup`, now if nothing
+    /// was adopted. An adopted instance attaches now only the on-demand
+    /// hooks it newly needs (its first pass may write the policy that
+    /// needs them), the rest after the pass.
+    pub fn start(mut steering: Steering, cgroup: &Path, needs: HookNeeds) -> anyhow::Result<Self> {
+        let cgroup = cgroup.to_path_buf();
+        if steering.adopted {
+            let ebpf = steering.ebpf.as_mut().context("programs not loaded")?;
+            loader::attach_new_on_demand(ebpf, &cgroup, &steering.pins, needs)?;
+            return Ok(Self::AfterPass(Box::new(steering), cgroup, needs));
+        }
+        Ok(Self::Running(tokio::task::spawn_blocking(move || {
+            let attached = steering.attach(&cgroup, needs);
+            (steering, attached)
+        })))
+    }
+
+    /// Waits for the attach, or (adopted) attaches now if `pass_ok`.
+    pub async fn finish(self, pass_ok: bool) -> (Steering, anyhow::Result<OnDemandHooks>) {
+        match self {
+            Self::Running(handle) => handle
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+            Self::AfterPass(mut steering, cgroup, needs) => {
+                let attached = if pass_ok {
+                    steering.attach(&cgroup, needs)
+                } else {
+                    Err(anyhow::anyhow!("the first pass failed: nothing attached"))
+                };
+                (*steering, attached)
+            }
+        }
+    }
+}
 
 pub struct Steering {
     pub pins: PinDir,
@@ -96,11 +140,11 @@ impl Steering {
     }
 
     /// Attaches the hooks to `cgroup` and pins their links, replacing any
-    /// adopted links atomically.
-    pub fn attach(&mut self, cgroup: &Path) -> anyhow::Result<()> {
+    /// adopted links atomically; returns the on-demand hooks `needs` does
+    /// not want yet, for the passes to attach.
+    pub fn attach(&mut self, cgroup: &Path, needs: HookNeeds) -> anyhow::Result<OnDemandHooks> {
         let ebpf = self.ebpf.as_mut().context("programs not loaded")?;
-        loader::attach(ebpf, cgroup, &self.pins)?;
-        Ok(())
+        Ok(loader::attach(ebpf, cgroup, &self.pins, needs)?)
     }
 
     /// Attaches the cgroup watchers, which give a new cgroup its selector's
@@ -156,6 +200,16 @@ impl Steering {
     /// Removes programs and maps (routing is the caller's).
     pub fn detach_programs(&self) {
         loader::detach(&self.pins);
+    }
+
+    /// What a fresh install that failed before its first pass leaves
+    /// behind: its programs and maps (no routing yet); an adopted one's
+    /// stays, still steering.
+    pub fn remove_all(self) {
+        if !self.adopted {
+            self.detach_programs();
+            self.remove_maps();
+        }
     }
 
     pub fn remove_maps(mut self) {

@@ -26,6 +26,14 @@ const ATTACH_TYPES: [(&str, u32); 14] = [
     (names::PROG_TCP_HEALTH, 3),
 ];
 
+/// The attach type of hook `program`.
+pub fn attach_type(program: &str) -> Option<u32> {
+    ATTACH_TYPES
+        .iter()
+        .find(|(name, _)| *name == program)
+        .map(|(_, attach_type)| *attach_type)
+}
+
 /// The `query` part of `union bpf_attr`, zero-padded to what the kernel may
 /// read for this command.
 #[repr(C)]

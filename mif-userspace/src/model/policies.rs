@@ -126,17 +126,27 @@ pub struct PolicySet {
 }
 
 impl PolicySet {
+    /// The config file's policies, in the file's order.
+    pub fn config_policies(&self) -> impl Iterator<Item = &PolicyConfig> {
+        self.config.iter()
+    }
+
     /// Every PvD name some policy prefers, from the file and the CLI: an
     /// interface so named is a PvD even without a default route (a split
     /// VPN, a link that is down at start). The PvDs of `allow` lists count
     /// too: an application may choose them.
     pub fn preferred_names(&self) -> BTreeSet<String> {
-        let named = |t: &PolicyTerms| t.named_pvds().cloned().collect::<Vec<_>>();
-        self.config
-            .iter()
-            .flat_map(|p| named(&p.terms))
-            .chain(self.cli.values().flat_map(|s| named(&s.terms)))
-            .collect()
+        let mut names = BTreeSet::new();
+        let terms =
+            (self.config.iter().map(|p| &p.terms)).chain(self.cli.values().map(|s| &s.terms));
+        // A name is copied once, not once per policy naming it (100,000
+        // policies name a handful of PvDs).
+        for name in terms.flat_map(|t| t.named_pvds()) {
+            if !names.contains(name) {
+                names.insert(name.clone());
+            }
+        }
+        names
     }
 
     /// The config file's policies (taken out of `config`, see

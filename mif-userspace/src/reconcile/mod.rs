@@ -20,7 +20,7 @@ use self::{
     foreign::{current_foreign, foreign_claims, scan_foreign_processes, steer_foreign_namespaces},
 };
 use crate::{
-    apply::{guard_links::GuardLinks, kernel_maps::KernelMaps},
+    apply::{guard_links::GuardLinks, kernel_maps::KernelMaps, on_demand::OnDemandHooks},
     host::{foreign_netns::ForeignProcess, netlink::Netlink},
     model::{
         config::Config,
@@ -76,6 +76,9 @@ pub struct Reconciler<H = Netlink, M = KernelMaps, G = GuardLinks> {
     /// namespace, not by every pass (with 64 routers' namespaces the scan
     /// was a third of a link change's pass). `None`: not scanned yet.
     foreign: Option<Vec<ForeignProcess>>,
+    /// The hooks attached when a policy first needs them; `None` until the
+    /// start-up pass has attached the others (and in unit tests).
+    on_demand: Option<OnDemandHooks>,
 }
 
 /// A pass's policy map entries, kept for the next pass: one for a network
@@ -127,7 +130,27 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
             verdicts: BTreeMap::new(),
             policy_entries: None,
             foreign: None,
+            on_demand: None,
         }
+    }
+
+    /// Takes the on-demand hooks the start-up left waiting: from now on a
+    /// pass attaches those its policies need before it writes the maps.
+    pub fn set_on_demand_hooks(&mut self, hooks: OnDemandHooks) {
+        self.on_demand = Some(hooks);
+    }
+
+    /// The on-demand hooks no policy needs yet. One a policy needs that
+    /// could not be attached is not among them: `mif status` then counts
+    /// it missing (and every pass fails until it is attached, writing no
+    /// policy whose hook is missing).
+    pub fn waiting_hooks(&self) -> Vec<&'static str> {
+        let needs = self.policy.hook_needs();
+        (self.on_demand.as_ref().map(OnDemandHooks::waiting))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|hook| !needs.wants(hook))
+            .collect()
     }
 
     /// Takes over a previous instance's state from the pinned maps: PvD
@@ -397,6 +420,13 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
             }
         }
         let routed = started.elapsed();
+        // Before the maps: a policy's DNS redirection or strict binds work
+        // from its first socket on.
+        if let Some(hooks) = &mut self.on_demand {
+            hooks
+                .attach_needed(self.policy.hook_needs())
+                .context("attaching the hooks the policies need")?;
+        }
         self.maps.write(&self.numbers.settings, &desired)?;
         let written = started.elapsed();
         self.policy_entries = Some(PolicyEntries {
