@@ -123,10 +123,7 @@ pub fn attach(
     pins: &PinDir,
     needs: HookNeeds,
 ) -> Result<OnDemandHooks, LoadError> {
-    let cgroup_fd = File::open(cgroup).map_err(|source| LoadError::Cgroup {
-        path: cgroup.to_path_buf(),
-        source,
-    })?;
+    let cgroup_fd = open_cgroup(cgroup)?;
     let mut waiting = Vec::new();
     for program in names::HOOKS {
         let started = std::time::Instant::now();
@@ -166,15 +163,20 @@ pub fn attach_new_on_demand(
     if new.is_empty() {
         return Ok(());
     }
-    let cgroup_fd = File::open(cgroup).map_err(|source| LoadError::Cgroup {
-        path: cgroup.to_path_buf(),
-        source,
-    })?;
+    let cgroup_fd = open_cgroup(cgroup)?;
     for program in new {
         let link = attach_one(ebpf, program, &cgroup_fd)?;
         pin_in_place(link, program, pins)?;
     }
     Ok(())
+}
+
+/// The attach cgroup's directory, to attach hooks to.
+fn open_cgroup(cgroup: &Path) -> Result<File, LoadError> {
+    File::open(cgroup).map_err(|source| LoadError::Cgroup {
+        path: cgroup.to_path_buf(),
+        source,
+    })
 }
 
 /// Verifies an on-demand hook (a `cgroup/sock_addr` program) and keeps its

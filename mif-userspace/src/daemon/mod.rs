@@ -41,6 +41,7 @@ use self::{
     steering::{Attaching, Steering},
     watchers::CgroupWatchers,
 };
+use crate::host::cgroup_pattern::is_pattern;
 use crate::{
     apply::kernel_maps::KernelMaps,
     apply::loader::Capacity,
@@ -61,7 +62,6 @@ use crate::{
     reconcile::{InstanceNumbers, Lost, Reconciler, WatchTargets},
     validation::{Validator, VerdictChange},
 };
-use crate::{apply::on_demand::HookNeeds, host::cgroup_pattern::is_pattern};
 
 /// How often the kernel state is re-checked even without events, to repair
 /// what someone else changed without our noticing.
@@ -189,7 +189,7 @@ pub async fn run(opts: DaemonOptions<'_>) -> anyhow::Result<()> {
         }
     };
     let adopted = steering.adopted;
-    let needs = HookNeeds::of(policy_state.set.iter().map(|(_, terms)| &**terms));
+    let needs = policy_state.needs_of_set();
     // Fails for an adopted instance only, whose state stays, steering.
     let attaching = Attaching::start(steering, &prepared.attach.path, needs)?;
     if resolve_later {

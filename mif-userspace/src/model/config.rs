@@ -527,8 +527,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 /// which holds `[[pvd]]` and `[[policy]]` entries only.
 ///
 /// A long run of `[[policy]]` entries at the end is cut into pieces parsed
-/// on threads of their own (see [`config_pieces`]): with 100,000 policies
-/// TOML's document was most of a start and of its peak memory.
+/// on another thread while this one checks them (see [`config_pieces`]):
+/// with 100,000 policies TOML's document was most of a start and of its
+/// peak memory.
 fn parse_file(path: &Path, text: &str, part: bool) -> Result<Config, ConfigError> {
     parse_in_pieces(path, text, part, config_pieces::POLICIES_PER_PIECE)
 }

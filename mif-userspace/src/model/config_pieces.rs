@@ -100,7 +100,7 @@ pub fn policy_cuts(text: &str, per_piece: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Parses the pieces of `text` starting at `cuts` on threads of their own
+/// Parses the pieces of `text` starting at `cuts` on [`WORKERS`] threads
 /// while `head` (which parses and checks the text before the first cut)
 /// runs on this one; then hands each piece's parse, with its offset in
 /// `text`, to `piece`, in order; both work on `state`. The first error

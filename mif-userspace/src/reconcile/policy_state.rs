@@ -1,5 +1,6 @@
 //! The policies a daemon enforces and what they resolve to right now, with
 //! the cgroups its watcher must follow for them.
+use super::ms;
 use crate::{
     apply::on_demand::HookNeeds,
     host::cgroup::{Cgroup, Cgroup2},
@@ -60,7 +61,7 @@ impl PolicyState {
             policies::resolve(&self.set, &self.cgroup2, &self.attach, &mut self.ids);
         let looked_up = started.elapsed();
         self.preferred_names = self.set.preferred_names();
-        self.hook_needs = HookNeeds::of(self.set.iter().map(|(_, terms)| &**terms));
+        self.hook_needs = self.needs_of_set();
         let named = started.elapsed();
         self.selectors = self
             .set
@@ -114,9 +115,15 @@ impl PolicyState {
     }
 
     /// The on-demand hooks the policies need (see
-    /// [`crate::apply::on_demand`]).
+    /// [`crate::apply::on_demand`]), as of the last resolve.
     pub fn hook_needs(&self) -> HookNeeds {
         self.hook_needs
+    }
+
+    /// The on-demand hooks the policy set needs, resolved or not (a
+    /// pending policy's terms count: its cgroup may come any moment).
+    pub fn needs_of_set(&self) -> HookNeeds {
+        HookNeeds::of(self.set.iter().map(|(_, terms)| &**terms))
     }
 
     /// Cgroups appeared or went away: the next pass resolves every policy.
@@ -201,8 +208,4 @@ impl WatchTargets {
     pub fn is_empty(&self) -> bool {
         self.roots.is_empty() && self.exact.is_empty()
     }
-}
-
-fn ms(d: std::time::Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
