@@ -61,7 +61,8 @@ pub enum CgroupEvent {
     Created(String),
     /// A reported cgroup vanished (children before their parents).
     Removed(String),
-    /// Events were lost (the kernel's queue overflowed): walk the roots again.
+    /// Events were lost (the kernel's queue overflowed), or a directory on
+    /// the way to exact cgroups went: walk the roots again.
     Rescan,
 }
 
@@ -108,10 +109,17 @@ pub struct CgroupWatcher {
     root_set: HashSet<String>,
     /// Cgroups reported when they appear or go, but not watched below
     /// (the cgroups of literal policies: what happens inside them needs no
-    /// daemon; children inherit in the kernel).
-    exact: HashSet<String>,
+    /// daemon; children inherit in the kernel), by [`path_key`]: with
+    /// 100,000 literal policies the paths would be 10 MiB, their keys are
+    /// 2. A key two paths share (one chance in 2^64 a pair) costs a report
+    /// of the other's changes, which only makes the caller look again.
+    /// Their reports follow inotify's events one for one (the events come
+    /// paired); nothing below them is watched.
+    exact: HashSet<u64>,
     /// Every proper ancestor of a root or an exact cgroup.
     above: HashSet<String>,
+    /// Those of an exact cgroup.
+    above_exact: HashSet<String>,
     fd: AsyncFd<InotifyFd>,
     by_wd: HashMap<WatchDescriptor, String>,
     /// Watched directories, ordered so a subtree is a contiguous range.
@@ -119,7 +127,7 @@ pub struct CgroupWatcher {
     /// Directories within the roots that exist as far as reports go: each
     /// was reported Created (or was there at the start) and not yet Removed.
     /// Keeps Created/Removed paired and unrepeated when an event and a scan
-    /// see the same directory.
+    /// see the same directory. Exact cgroups are not kept here.
     known: BTreeSet<String>,
     pending: VecDeque<CgroupEvent>,
 }
@@ -166,15 +174,23 @@ impl CgroupWatcher {
                 normalized.push(rel);
             }
         }
-        let exact = exact
-            .into_iter()
-            .map(|rel| normalize(rel.as_ref()))
-            .collect::<Result<HashSet<String>, _>>()?;
-        let above = normalized
-            .iter()
-            .chain(&exact)
-            .flat_map(|rel| proper_ancestors(rel))
-            .collect();
+        let mut above = HashSet::new();
+        for rel in &normalized {
+            above.extend(proper_ancestors(rel));
+        }
+        let mut exact_keys = HashSet::new();
+        let mut above_exact = HashSet::new();
+        for rel in exact {
+            let rel = normalize(rel.as_ref())?;
+            // Siblings share their ancestors: stop at the first one seen.
+            for up in ancestors(&rel) {
+                if !above_exact.insert(up.to_string()) {
+                    break;
+                }
+            }
+            exact_keys.insert(path_key(&rel));
+        }
+        above.extend(above_exact.iter().cloned());
         tokio::runtime::Handle::try_current()
             .map_err(|e| WatchError::Runtime(io::Error::other(e)))?;
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
@@ -188,8 +204,9 @@ impl CgroupWatcher {
             mount: cgroup2_mount.to_path_buf(),
             roots: normalized,
             root_set,
-            exact,
+            exact: exact_keys,
             above,
+            above_exact,
             fd,
             by_wd: HashMap::new(),
             by_rel: BTreeMap::new(),
@@ -205,6 +222,22 @@ impl CgroupWatcher {
     /// The normalized roots.
     pub fn roots(&self) -> &[String] {
         &self.roots
+    }
+
+    /// Whether this watcher watches exactly `roots` and `exact` (as
+    /// [`CgroupWatcher::with_exact`] takes them, each list sorted and
+    /// without repeats), so that a caller need not keep a copy of its own.
+    pub fn watches(&self, roots: &[String], exact: &[&str]) -> bool {
+        let mut want_roots: Vec<String> = roots.iter().map(|r| normalize_cgroup(r)).collect();
+        want_roots.sort();
+        want_roots.dedup();
+        let mut have_roots = self.roots.clone();
+        have_roots.sort();
+        have_roots == want_roots
+            && exact.len() == self.exact.len()
+            && exact
+                .iter()
+                .all(|e| self.exact.contains(&path_key(&normalize_cgroup(e))))
     }
 
     /// How many directories are watched (each costs one of the user's
@@ -292,15 +325,17 @@ impl CgroupWatcher {
     }
 
     fn place(&self, rel: &str) -> Place {
-        let within = std::iter::once(rel.to_string())
-            .chain(proper_ancestors(rel))
-            .any(|r| self.root_set.contains(&r));
+        // Without allocating: this runs for every entry of every listing.
+        let within = !self.root_set.is_empty()
+            && std::iter::once(rel)
+                .chain(ancestors(rel))
+                .any(|r| self.root_set.contains(r));
         if within {
             Place::Within
         } else if self.above.contains(rel) {
             // Above an exact cgroup too: its parent's watch sees it come and go.
             Place::Above
-        } else if self.exact.contains(rel) {
+        } else if self.is_exact(rel) {
             Place::Exact
         } else {
             Place::Outside
@@ -309,6 +344,16 @@ impl CgroupWatcher {
 
     fn path_of(&self, rel: &str) -> PathBuf {
         self.mount.join(rel.trim_start_matches('/'))
+    }
+
+    fn is_exact(&self, rel: &str) -> bool {
+        self.exact.contains(&path_key(rel))
+    }
+
+    /// Records that `rel` exists; whether that is news (always, for an
+    /// exact cgroup: see [`Self::exact`]).
+    fn now_known(&mut self, rel: &str) -> bool {
+        self.is_exact(rel) || self.known.insert(rel.to_string())
     }
 
     /// Watches `start` and whatever below it is on the way to or within a
@@ -326,7 +371,7 @@ impl CgroupWatcher {
                 continue;
             }
             if place == Place::Exact {
-                if self.path_of(&rel).is_dir() && self.known.insert(rel.clone()) && report {
+                if self.path_of(&rel).is_dir() && self.now_known(&rel) && report {
                     self.pending.push_back(CgroupEvent::Created(rel));
                 }
                 continue;
@@ -345,15 +390,30 @@ impl CgroupWatcher {
                     });
                 }
             }
-            let reported = place == Place::Within || self.exact.contains(&rel);
-            if reported && self.known.insert(rel.clone()) && report {
+            let reported = place == Place::Within || self.is_exact(&rel);
+            if reported && self.now_known(&rel) && report {
                 self.pending.push_back(CgroupEvent::Created(rel.clone()));
             }
             // Pushed in reverse so they are visited (and reported) in
             // directory order; a stack keeps parents before children.
-            let mut children = subdirs(&path);
+            // Exact cgroups and the rest are settled here, as listed (no
+            // `stat` each, nor a copy of each on the stack: 100,000 of them
+            // in one directory at start, with as many literal policies).
+            let mut children = Vec::new();
+            for name in subdirs(&path) {
+                let child = join(&rel, &name);
+                match self.place(&child) {
+                    Place::Outside => {}
+                    Place::Exact => {
+                        if self.now_known(&child) && report {
+                            self.pending.push_back(CgroupEvent::Created(child));
+                        }
+                    }
+                    Place::Within | Place::Above => children.push(child),
+                }
+            }
             children.reverse();
-            stack.extend(children.into_iter().map(|name| join(&rel, &name)));
+            stack.extend(children);
         }
         first_error
     }
@@ -393,10 +453,22 @@ impl CgroupWatcher {
             }
         }
         let mut gone = subtree(rel, |r| self.known.range(r..));
+        for k in &gone {
+            self.known.remove(k);
+        }
+        if self.is_exact(rel) && !gone.iter().any(|k| k == rel) {
+            gone.push(rel.to_string());
+        }
         gone.sort_by_key(|k| std::cmp::Reverse(depth(k)));
         for k in gone {
-            self.known.remove(&k);
             self.pending.push_back(CgroupEvent::Removed(k));
+        }
+        // On the way to exact cgroups, which are known by key only: those
+        // below it cannot be named, so the caller looks at them all. Not on
+        // cgroupfs, which removes a cgroup only once its children are gone
+        // (each with an event of its own) and renames none that has any.
+        if self.above_exact.contains(rel) {
+            self.pending.push_back(CgroupEvent::Rescan);
         }
     }
 
@@ -442,6 +514,16 @@ fn is_within(rel: &str, ancestor: &str) -> bool {
         || (rel.starts_with(ancestor) && rel.as_bytes().get(ancestor.len()) == Some(&b'/'))
 }
 
+/// The key of a normalized path in [`CgroupWatcher::exact`] (SipHash with
+/// fixed keys: the same path, the same key, in every watcher of this
+/// process).
+fn path_key(rel: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    rel.hash(&mut hasher);
+    hasher.finish()
+}
+
 fn join(rel: &str, name: &str) -> String {
     if rel == "/" {
         format!("/{name}")
@@ -478,16 +560,22 @@ where
 
 /// The ancestors of `rel` up to the root, nearest first: `/a/b` → `/a`, `/`.
 fn proper_ancestors(rel: &str) -> Vec<String> {
-    let mut out = Vec::new();
+    ancestors(rel).map(str::to_string).collect()
+}
+
+/// [`proper_ancestors`], borrowed.
+fn ancestors(rel: &str) -> impl Iterator<Item = &str> {
     let mut current = rel;
-    while current != "/" {
+    std::iter::from_fn(move || {
+        if current == "/" {
+            return None;
+        }
         current = match current.rfind('/') {
             Some(0) | None => "/",
             Some(i) => &current[..i],
         };
-        out.push(current.to_string());
-    }
-    out
+        Some(current)
+    })
 }
 
 fn depth(rel: &str) -> usize {
@@ -798,6 +886,34 @@ mod tests {
             [created(exact)]
         );
         quiet(&mut w).await;
+    }
+
+    /// A directory on the way to an exact cgroup renamed away takes the
+    /// exact cgroup with it, without an event of the cgroup's own: the
+    /// watcher, which knows exact cgroups by key only, asks for a rescan;
+    /// the name made again is reported again. (Not on cgroupfs, which
+    /// refuses to rename a cgroup with children: EPERM.)
+    async fn exact_cgroup_moved_away(pg: Playground) {
+        let exact = pg.rel("svc/app");
+        pg.mkdir("svc/app");
+        let mut w =
+            CgroupWatcher::with_exact(&pg.mount, std::iter::empty::<&str>(), [&exact]).unwrap();
+        fs::rename(pg.path("svc"), pg.path("gone")).unwrap();
+        assert_eq!(
+            expect(&mut w, &[CgroupEvent::Rescan]).await,
+            [CgroupEvent::Rescan]
+        );
+        pg.mkdir("svc/app");
+        assert_eq!(
+            expect(&mut w, &[created(exact.clone())]).await,
+            [created(exact)]
+        );
+        quiet(&mut w).await;
+    }
+
+    #[tokio::test]
+    async fn exact_cgroup_moved_away_on_a_plain_directory() {
+        exact_cgroup_moved_away(Playground::tempdir()).await;
     }
 
     #[tokio::test]

@@ -173,7 +173,7 @@ impl PolicyState {
     /// of the pattern policies, and the cgroups of literal policies
     /// themselves, so that one deleted and made again (a restarted service)
     /// is steered again at once, not at the next periodic check.
-    pub fn watch_targets(&self) -> WatchTargets {
+    pub fn watch_targets(&self) -> WatchTargets<'_> {
         let mut targets = WatchTargets::default();
         for (cgroup, _) in self.set.iter() {
             if crate::host::cgroup_pattern::is_pattern(cgroup) {
@@ -186,25 +186,26 @@ impl PolicyState {
                     targets.roots.extend(root.map(str::to_string));
                 }
             } else {
-                targets.exact.push(cgroup.to_string());
+                targets.exact.push(cgroup);
             }
         }
-        for list in [&mut targets.roots, &mut targets.exact] {
-            list.sort();
-            list.dedup();
-        }
+        targets.roots.sort();
+        targets.roots.dedup();
+        targets.exact.sort_unstable();
+        targets.exact.dedup();
         targets
     }
 }
 
-/// What the daemon's cgroup watcher watches: subtrees, and single cgroups.
+/// What the daemon's cgroup watcher watches: subtrees, and single cgroups
+/// (the policies' own paths, borrowed: there may be 100,000).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WatchTargets {
+pub struct WatchTargets<'a> {
     pub roots: Vec<String>,
-    pub exact: Vec<String>,
+    pub exact: Vec<&'a str>,
 }
 
-impl WatchTargets {
+impl WatchTargets<'_> {
     pub fn is_empty(&self) -> bool {
         self.roots.is_empty() && self.exact.is_empty()
     }

@@ -911,25 +911,30 @@ fn findings(
              policies, resolving borrows them, the file is parsed on a thread \
              of its own and free pages are handed back (`malloc_trim`) before \
              `ready`, after a reload and after each resolve; since 2026-12-02 \
-             toml 1 (a new parser without toml_edit's document). At `ready` the \
-             daemon holds about 51 MiB with 100k policies (the start-up log), \
-             and 80–90 MiB a few seconds later: the second pass after the \
-             cgroup watcher starts resolves every policy again, and the watcher \
-             keeps every literal policy's path twice. Since 2026-12-02 the file \
-             is parsed in pieces (a document of 2,000 policies at a time: the \
-             peak went from 255 to about 110 MiB, the resident size after start \
-             stayed where it was; parsing the pieces on two threads instead of \
-             one left 25–30 MiB more resident, each thread's malloc arena \
-             keeping pages). *Not done:* \
-             the 64 MiB target. *Tried at 1958dc1 (not kept):* one `Arc<str>` per \
+             toml 1 (a new parser without toml_edit's document). Since \
+             2026-12-02 the file is parsed in pieces (a document of 2,000 \
+             policies at a time: the peak went from 255 to about 110 MiB; \
+             parsing the pieces on two threads instead of one left 25–30 MiB \
+             more resident, each thread's malloc arena keeping pages). Until \
+             2026-12-02 (later) the daemon held about 51 MiB at `ready` with 100k \
+             policies and 80–90 MiB a few seconds later: the cgroup watcher \
+             started after `ready`, so every policy was resolved once more for \
+             the cgroups made in between, and the watcher kept every literal \
+             policy's path twice (a set of them, and a set of those that exist) \
+             beside a copy of its targets. *Fixed:* the watcher is made before \
+             the start-up resolve (no second resolve), knows literal policies' \
+             cgroups by a 64-bit key of the path instead of the path (2 MiB \
+             instead of 10 per copy, one copy), settles them from its listing \
+             of their parent (no `stat` each) and keeps no copy of its targets: \
+             smoke runs before and after, 100k policies: 78–86 MiB (peak \
+             101–109) → 52–64 MiB (peak 71–80); start-up +0.2 s (the watcher, \
+             now before `ready`). Making the watcher on a thread while the \
+             programs load saved 40 ms of that and kept 3–8 MiB more resident \
+             (not kept). *Tried at 1958dc1 (not kept):* one `Arc<str>` per \
              cgroup path shared by the resolved policy, the policy id map, the \
              watch targets and the watcher's set (four `String`s before) left \
-             the resident memory with 100k policies at 87.0 MiB: what stays \
-             resident is not the records in use (35 MiB by a counting \
-             allocator) but pages of the parse's peak (about 230 MiB, the toml \
-             crate's document) that fragmentation keeps; parsing in a child \
-             process, or a parser without a whole document, is what would lower \
-             both. ",
+             the resident memory with 100k policies at 87.0 MiB, when the \
+             parse's peak (about 230 MiB then) dominated. ",
             rss.join(", ")
         );
     }
