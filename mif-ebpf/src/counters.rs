@@ -29,21 +29,31 @@ pub enum Event {
 
 #[inline(always)]
 pub fn count(policy: u32, pvd: u32, event: Event) {
+    if let Some(slot) = slot(policy, pvd) {
+        bump(slot, event);
+    }
+}
+
+/// The counters of (policy, PvD), made at the pair's first event. One hash
+/// lookup: a hook that counts two events of one pair (a steer that is also
+/// a fallback) takes the slot once and [`bump`]s it twice.
+#[inline(always)]
+pub fn slot(policy: u32, pvd: u32) -> Option<*mut Counters> {
     let key = CounterKey { policy, pvd };
-    let slot = match COUNTERS.get_ptr_mut(key) {
-        Some(slot) => slot,
-        None => {
-            let zero = Counters::default();
-            // Another CPU may have created it meanwhile: NOEXIST then fails
-            // harmlessly and the lookup below finds theirs. A full map loses
-            // the count, never the verdict.
-            let _ = COUNTERS.insert(key, zero, u64::from(BPF_NOEXIST));
-            match COUNTERS.get_ptr_mut(key) {
-                Some(slot) => slot,
-                None => return,
-            }
-        }
-    };
+    if let Some(slot) = COUNTERS.get_ptr_mut(key) {
+        return Some(slot);
+    }
+    let zero = Counters::default();
+    // Another CPU may have created it meanwhile: NOEXIST then fails
+    // harmlessly and the lookup below finds theirs. A full map loses the
+    // count, never the verdict.
+    let _ = COUNTERS.insert(key, zero, u64::from(BPF_NOEXIST));
+    COUNTERS.get_ptr_mut(key)
+}
+
+/// Adds one `event` to the counters at `slot` (from [`slot`]).
+#[inline(always)]
+pub fn bump(slot: *mut Counters, event: Event) {
     let field = unsafe {
         match event {
             Event::Steered => &raw mut (*slot).steered,

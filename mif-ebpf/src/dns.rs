@@ -16,8 +16,9 @@
 //! a port that names the socket's PvD (see `MIF_DNS_FWD` and the daemon's
 //! `dns` module).
 //!
-//! The decision needs only the destination port and the socket's mark, so
-//! the cgroup walk (for the `dns` flag) is paid by port-53 traffic alone.
+//! The decision needs the destination port, the socket's PvD and the
+//! process's policy (its `dns` flag), which the hook finds once for all it
+//! does with a socket that carries a PvD's mark (see `Marked`).
 //! Not redirected: DNS over TLS (853) or HTTPS (443), which cannot be told
 //! from other traffic here; a socket bound to a loopback address (it could
 //! not reach a remote resolver).
@@ -28,15 +29,14 @@ use aya_ebpf::{
     maps::{Array, LruHashMap},
 };
 use mif_common::{
-    pvd_from_mark, v4_mapped_words, DnsForward, DnsNat, Policy, Settings, COUNTER_NO_PVD,
-    DNS_PORT_BE, MAX_DNS_NAT, PVD_DNS_VIA_FORWARDER,
+    v4_mapped_words, DnsForward, DnsNat, COUNTER_NO_PVD, DNS_PORT_BE, MAX_DNS_NAT,
+    PVD_DNS_VIA_FORWARDER,
 };
 
 use crate::{
     addr::{is_loopback4, is_loopback6, is_v4_mapped, write_ip6, LOOPBACK6},
     counters::{count, Event},
-    maps::PVDS,
-    policy::in_managed_netns,
+    Marked,
 };
 
 /// Socket cookie → what the application asked and where it went instead.
@@ -76,37 +76,26 @@ pub enum Dns {
 }
 
 /// The socket's PvD index and its resolvers, when `sa` is a port-53
-/// destination of a steered socket whose process has a `dns = "pvd"`
-/// policy (`policy`, found by the hook). Also the policy id and
-/// strictness, for counting and refusing.
+/// destination of a steered socket (`marked`, found by the hook) whose
+/// process has a `dns = "pvd"` policy. Also the policy id and strictness,
+/// for counting and refusing.
 #[inline(always)]
-fn dns_socket(
-    sa: *mut bpf_sock_addr,
-    settings: &Settings,
-    policy: Option<&Policy>,
-) -> Option<Target> {
+fn dns_socket(sa: *mut bpf_sock_addr, marked: Option<&Marked>) -> Option<Target> {
     if unsafe { (*sa).user_port } != DNS_PORT_BE {
         return None;
     }
-    if !in_managed_netns(sa, settings) {
-        return None;
-    }
-    let sk = unsafe { (*sa).__bindgen_anon_1.sk };
-    if sk.is_null() {
-        return None;
-    }
-    let (mark, src4, src6) = unsafe { ((*sk).mark, (*sk).src_ip4, (*sk).src_ip6) };
+    let marked = marked?;
+    let (src4, src6) = marked.bound_to();
     // Bound to loopback (a local server talking to a local stub): a remote
     // resolver could not answer it.
     if is_loopback4(src4) || is_loopback6(&src6) {
         return None;
     }
-    let index = pvd_from_mark(mark, settings.mark_mask, settings.mark_shift)?;
-    let policy = policy?;
+    let policy = marked.policy?;
     if !policy.dns_pvd() {
         return None;
     }
-    let pvd = unsafe { PVDS.get(index)? };
+    let (index, pvd) = (marked.index, marked.pvd);
     Some(Target {
         index,
         policy: policy.id,
@@ -162,8 +151,8 @@ fn remember(sa: *mut bpf_sock_addr, orig: [u32; 4], resolver: [u32; 4], port: u3
 /// For connect4 and sendmsg4 (which also sees v4-mapped destinations of
 /// IPv6 sockets: the kernel hands those to the IPv4 path first).
 #[inline(always)]
-pub fn redirect4(sa: *mut bpf_sock_addr, settings: &Settings, policy: Option<&Policy>) -> Dns {
-    let Some(target) = dns_socket(sa, settings, policy) else {
+pub fn redirect4(sa: *mut bpf_sock_addr, marked: Option<&Marked>) -> Dns {
+    let Some(target) = dns_socket(sa, marked) else {
         return Dns::Untouched;
     };
     let orig = unsafe { (*sa).user_ip4 };
@@ -200,8 +189,8 @@ pub fn redirect4(sa: *mut bpf_sock_addr, settings: &Settings, policy: Option<&Po
 /// For connect6 and sendmsg6. A v4-mapped destination (connect6 of a
 /// dual-stack socket) goes to the IPv4 resolver, v4-mapped.
 #[inline(always)]
-pub fn redirect6(sa: *mut bpf_sock_addr, settings: &Settings, policy: Option<&Policy>) -> Dns {
-    let Some(target) = dns_socket(sa, settings, policy) else {
+pub fn redirect6(sa: *mut bpf_sock_addr, marked: Option<&Marked>) -> Dns {
+    let Some(target) = dns_socket(sa, marked) else {
         return Dns::Untouched;
     };
     let orig = unsafe { (*sa).user_ip6 };

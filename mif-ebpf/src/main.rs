@@ -157,9 +157,11 @@ fn try_sock_create(ctx: &SockContext) -> Result<i32, i32> {
                             (*sk).bound_dev_if = pvd.ifindex;
                         }
                     }
-                    count(policy.id, u32::from(index), Event::Steered);
-                    if rank > 0 {
-                        count(policy.id, u32::from(index), Event::Fallback);
+                    if let Some(slot) = counters::slot(policy.id, u32::from(index)) {
+                        counters::bump(slot, Event::Steered);
+                        if rank > 0 {
+                            counters::bump(slot, Event::Fallback);
+                        }
                     }
                     return Ok(ALLOW);
                 }
@@ -209,31 +211,75 @@ impl SourceBy {
     }
 }
 
-/// The PvD whose mark the socket behind `ctx` carries, when the socket is one
-/// mif steered, lives in the managed namespace and its source is still mif's
-/// to set `by` the calling hook.
+/// A socket of the managed namespace that carries one of mif's PvD marks,
+/// as the connect and sendmsg hooks see it: its PvD and the current
+/// process's policy, found once per hook for everything the hook does with
+/// it (DNS redirection, the source, exclusions, counters), so unmarked
+/// sockets pay no walk. (Until 2026-12-02 the DNS check and the source each
+/// held a copy of the walk; until 2026-12-02 (later) each also asked the
+/// socket's namespace and its PvD again.) A socket whose source the
+/// application chose walks too, though only a query would need it: walking
+/// only for `steered || port 53` gave the verifier both paths to explore
+/// and doubled these programs' verification (about +120 ms of start-up),
+/// for a walk (a helper call and a lookup) on such sockets.
+pub struct Marked {
+    sk: *mut bpf_sock,
+    pub index: u32,
+    pub pvd: &'static Pvd,
+    pub policy: Option<&'static Policy>,
+}
+
+impl Marked {
+    #[inline(always)]
+    fn of(sa: *mut bpf_sock_addr, settings: &Settings) -> Option<Marked> {
+        if !in_managed_netns(sa, settings) {
+            return None;
+        }
+        let sk = unsafe { (*sa).__bindgen_anon_1.sk };
+        if sk.is_null() {
+            return None;
+        }
+        let index = pvd_from_mark(
+            unsafe { (*sk).mark },
+            settings.mark_mask,
+            settings.mark_shift,
+        )?;
+        let pvd = unsafe { PVDS.get(index)? };
+        Some(Marked {
+            sk,
+            index,
+            pvd,
+            policy: find_policy(settings.attach_level),
+        })
+    }
+
+    /// The address the socket is bound to, IPv4 and IPv6 (zero if none).
+    #[inline(always)]
+    pub fn bound_to(&self) -> (u32, [u32; 4]) {
+        unsafe { ((*self.sk).src_ip4, (*self.sk).src_ip6) }
+    }
+
+    /// Whether the socket's source is still mif's to set `by` the calling
+    /// hook (the application chose none).
+    #[inline(always)]
+    fn source_is_ours(&self, by: SourceBy) -> bool {
+        let (port, (src4, src6)) = (unsafe { (*self.sk).src_port }, self.bound_to());
+        !by.app_chose(port, src4, &src6)
+    }
+
+    /// The policy's id for the counters (`u32::MAX`: a socket whose
+    /// process has no policy, steered by another's or chosen).
+    #[inline(always)]
+    fn policy_id(&self) -> u32 {
+        self.policy.map_or(u32::MAX, |p| p.id)
+    }
+}
+
+/// The marked socket behind `sa` whose source is still mif's to set `by`
+/// the calling hook.
 #[inline(always)]
-fn steered_pvd(
-    ctx: &SockAddrContext,
-    settings: &Settings,
-    by: SourceBy,
-) -> Option<(u32, &'static Pvd)> {
-    let sa: *mut bpf_sock_addr = ctx.sock_addr;
-    if !in_managed_netns(sa, settings) {
-        return None;
-    }
-    let sk = unsafe { (*sa).__bindgen_anon_1.sk };
-    if sk.is_null() {
-        return None;
-    }
-    let (mark, port, src4, src6) =
-        unsafe { ((*sk).mark, (*sk).src_port, (*sk).src_ip4, (*sk).src_ip6) };
-    if by.app_chose(port, src4, &src6) {
-        return None;
-    }
-    let index = pvd_from_mark(mark, settings.mark_mask, settings.mark_shift)?;
-    let pvd = unsafe { PVDS.get(index)? };
-    Some((index, pvd))
+fn steered(marked: &Option<Marked>, by: SourceBy) -> Option<&Marked> {
+    marked.as_ref().filter(|m| m.source_is_ours(by))
 }
 
 /// Binds a steered socket to its PvD's source at connect(), unless its
@@ -243,49 +289,21 @@ fn steered_pvd(
 fn bind_or_exclude<A>(
     sa: *mut bpf_sock_addr,
     settings: &Settings,
-    policy: Option<&Policy>,
-    index: u32,
+    marked: &Marked,
     addr: &mut A,
     dst: &[u32; 4],
 ) {
-    if let Some(p) = policy {
+    if let Some(p) = marked.policy {
         if exclude::excludes(p, dst) {
             exclude::unsteer(sa, settings, p);
-            count(p.id, index, Event::Excluded);
+            count(p.id, marked.index, Event::Excluded);
             return;
         }
     }
     let len = core::mem::size_of::<A>() as i32;
     if unsafe { bpf_bind(sa, (addr as *mut A).cast(), len) } == 0 {
-        count(policy.map_or(u32::MAX, |p| p.id), index, Event::Bound);
+        count(marked.policy_id(), marked.index, Event::Bound);
     }
-}
-
-/// The current process's policy, for the socket hooks' work on a socket
-/// that carries a PvD's mark (DNS redirection, the source, exclusions,
-/// counters): found once per hook, and only for such a socket, so
-/// unsteered sockets pay no walk. (Until 2026-12-02 the DNS check and the
-/// source each held a copy of the walk: a steered query walked twice, and
-/// the verifier explored four copies in connect6.) A socket whose source
-/// the application chose walks too, though only a query would need it:
-/// walking only for `steered || port 53` gave the verifier both paths to
-/// explore and doubled these programs' verification (about +120 ms of
-/// start-up), for a walk (a helper call and a lookup) on such sockets.
-#[inline(always)]
-fn policy_of_marked(sa: *mut bpf_sock_addr, settings: &Settings) -> Option<&'static Policy> {
-    if !in_managed_netns(sa, settings) {
-        return None;
-    }
-    let sk = unsafe { (*sa).__bindgen_anon_1.sk };
-    if sk.is_null() {
-        return None;
-    }
-    pvd_from_mark(
-        unsafe { (*sk).mark },
-        settings.mark_mask,
-        settings.mark_shift,
-    )?;
-    find_policy(settings.attach_level)
 }
 
 /// Minimum kernel: 4.17 (5.7 for the netns cookie; 6.0 for SO_BINDTOIFINDEX
@@ -302,27 +320,20 @@ pub fn mif_connect4(ctx: SockAddrContext) -> i32 {
     }
     // Before the source bind: a redirected stub query (127.0.0.53) is no
     // longer a loopback destination and gets the PvD's source like any.
-    let policy = policy_of_marked(ctx.sock_addr, &settings);
-    if dns::redirect4(ctx.sock_addr, &settings, policy) == Dns::Refuse {
+    let sa = ctx.sock_addr;
+    let marked = Marked::of(sa, &settings);
+    if dns::redirect4(sa, marked.as_ref()) == Dns::Refuse {
         return REFUSE;
     }
-    let Some((index, pvd)) = steered_pvd(&ctx, &settings, SourceBy::Bind) else {
+    let Some(m) = steered(&marked, SourceBy::Bind) else {
         return ALLOW;
     };
-    let sa = ctx.sock_addr;
     let dst = unsafe { (*sa).user_ip4 };
-    if pvd.addr4 == 0 || is_loopback4(dst) {
+    if m.pvd.addr4 == 0 || is_loopback4(dst) {
         return ALLOW;
     }
-    let mut bind_addr = SockaddrIn::new(pvd.addr4);
-    bind_or_exclude(
-        sa,
-        &settings,
-        policy,
-        index,
-        &mut bind_addr,
-        &exclude::mapped4(dst),
-    );
+    let mut bind_addr = SockaddrIn::new(m.pvd.addr4);
+    bind_or_exclude(sa, &settings, m, &mut bind_addr, &exclude::mapped4(dst));
     ALLOW
 }
 
@@ -338,20 +349,20 @@ pub fn mif_connect6(ctx: SockAddrContext) -> i32 {
     if exclude::escapes(sa, &settings, &dst) {
         return REFUSE;
     }
-    let policy = policy_of_marked(sa, &settings);
-    if dns::redirect6(sa, &settings, policy) == Dns::Refuse {
+    let marked = Marked::of(sa, &settings);
+    if dns::redirect6(sa, marked.as_ref()) == Dns::Refuse {
         return REFUSE;
     }
     let dst = unsafe { (*sa).user_ip6 };
-    let Some((index, pvd)) = steered_pvd(&ctx, &settings, SourceBy::Bind) else {
+    let Some(m) = steered(&marked, SourceBy::Bind) else {
         return ALLOW;
     };
     // v4-mapped destinations leave by IPv4; an IPv6 source cannot be bound for them.
-    if pvd.addr6 == [0; 4] || is_loopback6(&dst) || is_v4_mapped(&dst) {
+    if m.pvd.addr6 == [0; 4] || is_loopback6(&dst) || is_v4_mapped(&dst) {
         return ALLOW;
     }
-    let mut bind_addr = SockaddrIn6::new(pvd.addr6);
-    bind_or_exclude(sa, &settings, policy, index, &mut bind_addr, &dst);
+    let mut bind_addr = SockaddrIn6::new(m.pvd.addr6);
+    bind_or_exclude(sa, &settings, m, &mut bind_addr, &dst);
     ALLOW
 }
 
@@ -372,21 +383,21 @@ pub fn mif_sendmsg4(ctx: SockAddrContext) -> i32 {
     if exclude::escapes(sa, &settings, &exclude::mapped4(unsafe { (*sa).user_ip4 })) {
         return REFUSE;
     }
-    let policy = policy_of_marked(sa, &settings);
-    if dns::redirect4(sa, &settings, policy) == Dns::Refuse {
+    let marked = Marked::of(sa, &settings);
+    if dns::redirect4(sa, marked.as_ref()) == Dns::Refuse {
         return REFUSE;
     }
-    let Some((index, pvd)) = steered_pvd(&ctx, &settings, SourceBy::Datagram) else {
+    let Some(m) = steered(&marked, SourceBy::Datagram) else {
         return ALLOW;
     };
     unsafe {
         // A source the application chose (IP_PKTINFO) stays.
-        if pvd.addr4 == 0 || (*sa).msg_src_ip4 != 0 || is_loopback4((*sa).user_ip4) {
+        if m.pvd.addr4 == 0 || (*sa).msg_src_ip4 != 0 || is_loopback4((*sa).user_ip4) {
             return ALLOW;
         }
-        (*sa).msg_src_ip4 = pvd.addr4;
+        (*sa).msg_src_ip4 = m.pvd.addr4;
     }
-    count(policy.map_or(u32::MAX, |p| p.id), index, Event::SourceSet);
+    count(m.policy_id(), m.index, Event::SourceSet);
     ALLOW
 }
 
@@ -406,25 +417,25 @@ pub fn mif_sendmsg6(ctx: SockAddrContext) -> i32 {
     if exclude::escapes(sa, &settings, &dst) {
         return REFUSE;
     }
-    let policy = policy_of_marked(sa, &settings);
-    if dns::redirect6(sa, &settings, policy) == Dns::Refuse {
+    let marked = Marked::of(sa, &settings);
+    if dns::redirect6(sa, marked.as_ref()) == Dns::Refuse {
         return REFUSE;
     }
-    let Some((index, pvd)) = steered_pvd(&ctx, &settings, SourceBy::Datagram) else {
+    let Some(m) = steered(&marked, SourceBy::Datagram) else {
         return ALLOW;
     };
     unsafe {
         let dst = (*sa).user_ip6;
-        if pvd.addr6 == [0; 4]
+        if m.pvd.addr6 == [0; 4]
             || (*sa).msg_src_ip6 != [0; 4]
             || is_loopback6(&dst)
             || is_v4_mapped(&dst)
         {
             return ALLOW;
         }
-        write_ip6(&raw mut (*sa).msg_src_ip6, &pvd.addr6);
+        write_ip6(&raw mut (*sa).msg_src_ip6, &m.pvd.addr6);
     }
-    count(policy.map_or(u32::MAX, |p| p.id), index, Event::SourceSet);
+    count(m.policy_id(), m.index, Event::SourceSet);
     ALLOW
 }
 

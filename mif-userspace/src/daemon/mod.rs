@@ -404,6 +404,14 @@ async fn follow(
     // that reliably follows their processes: poll for them, cheaply.
     let mut containers = tokio::time::interval(CONTAINER_SCAN_INTERVAL);
     let mut known_containers = reconciler.foreign_fingerprint();
+    // No watcher (it failed, logged): the cgroups made since the start-up
+    // resolve are looked for once now, later ones at each recheck.
+    if !watcher.is_whole() {
+        reconciler.policy_state_mut().cgroups_changed();
+        if let Err(e) = reconciler.reconcile(false).await {
+            warn!("reconciling: {e:#}");
+        }
+    }
     // Connections older than the strict policies this instance starts
     // with, then than each that arrives.
     let mut predating = predating::PredatingResets::default();
@@ -649,6 +657,9 @@ fn on_tcp_timeout(
 /// policies resolve is seen by the resolve, by an event, or by both.
 struct CgroupWatch {
     watcher: Option<CgroupWatcher>,
+    /// Whether the policies have cgroups to watch (and so, without a
+    /// watcher, the watcher failed).
+    wanted: bool,
     mount: std::path::PathBuf,
 }
 
@@ -657,6 +668,7 @@ impl CgroupWatch {
         let mount = policy_state.cgroup2().mount().to_path_buf();
         let mut watch = Self {
             watcher: None,
+            wanted: false,
             mount,
         };
         watch.follow(policy_state);
@@ -670,6 +682,7 @@ impl CgroupWatch {
     /// before the new watcher existed must be looked for by the caller).
     fn follow(&mut self, policy_state: &PolicyState) -> bool {
         let targets = policy_state.watch_targets();
+        self.wanted = !targets.is_empty();
         if targets.is_empty() {
             self.watcher = None;
             return false;
@@ -681,6 +694,11 @@ impl CgroupWatch {
             .map_err(|e| warn!("watching cgroups for policies: {e}"))
             .ok();
         self.watcher.is_some()
+    }
+
+    /// Whether cgroups that policies name are watched for, or need not be.
+    fn is_whole(&self) -> bool {
+        self.watcher.is_some() || !self.wanted
     }
 
     /// The next change below the roots; pending forever when nothing is watched.

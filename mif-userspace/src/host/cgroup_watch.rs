@@ -59,7 +59,8 @@ pub enum CgroupEvent {
     /// A cgroup at or below a root appeared (parents are reported before
     /// their children).
     Created(String),
-    /// A reported cgroup vanished (children before their parents).
+    /// A cgroup vanished (children before their parents): one reported
+    /// before, or an exact one (see [`CgroupWatcher::with_exact`]).
     Removed(String),
     /// Events were lost (the kernel's queue overflowed), or a directory on
     /// the way to exact cgroups went: walk the roots again.
@@ -113,8 +114,11 @@ pub struct CgroupWatcher {
     /// 100,000 literal policies the paths would be 10 MiB, their keys are
     /// 2. A key two paths share (one chance in 2^64 a pair) costs a report
     /// of the other's changes, which only makes the caller look again.
-    /// Their reports follow inotify's events one for one (the events come
-    /// paired); nothing below them is watched.
+    /// With no record of which exist, their reports are not kept paired: an
+    /// exact cgroup may be reported Created twice (by a listing and by its
+    /// event), or Removed without a Created (made and gone before the
+    /// events were read), which only makes the caller look again. Nothing
+    /// below them is watched.
     exact: HashSet<u64>,
     /// Every proper ancestor of a root or an exact cgroup.
     above: HashSet<String>,
@@ -127,7 +131,7 @@ pub struct CgroupWatcher {
     /// Directories within the roots that exist as far as reports go: each
     /// was reported Created (or was there at the start) and not yet Removed.
     /// Keeps Created/Removed paired and unrepeated when an event and a scan
-    /// see the same directory. Exact cgroups are not kept here.
+    /// see the same directory. Exact cgroups are not kept here, nor paired.
     known: BTreeSet<String>,
     pending: VecDeque<CgroupEvent>,
 }
@@ -360,7 +364,8 @@ impl CgroupWatcher {
     /// root, reporting new directories within roots when `report`. The
     /// watch is added before the directory is listed, so a subdirectory
     /// made meanwhile is seen by the listing, by an event, or by both (the
-    /// known set drops the second), never by neither. Returns the first
+    /// known set drops the second, but for exact cgroups), never by
+    /// neither. Returns the first
     /// hard error (out of watches); directories that vanish are skipped.
     fn visit(&mut self, start: String, report: bool) -> Option<WatchError> {
         let mut first_error = None;
@@ -440,7 +445,7 @@ impl CgroupWatcher {
     }
 
     /// `rel` and everything below it are gone: drop their watches and report
-    /// the known ones removed, deepest first.
+    /// the known ones removed, deepest first, and `rel` itself if exact.
     fn forget(&mut self, rel: &str) {
         let watched = subtree(rel, |r| self.by_rel.range(r..).map(|(k, _)| k));
         for k in watched {
@@ -464,9 +469,12 @@ impl CgroupWatcher {
             self.pending.push_back(CgroupEvent::Removed(k));
         }
         // On the way to exact cgroups, which are known by key only: those
-        // below it cannot be named, so the caller looks at them all. Not on
-        // cgroupfs, which removes a cgroup only once its children are gone
-        // (each with an event of its own) and renames none that has any.
+        // below it cannot be named, so the caller looks at them all. Only
+        // needed where a directory goes with its children (a rename, on a
+        // plain file system); cgroupfs removes a cgroup only once its
+        // children are gone, each with an event of its own, and renames
+        // none that has any, so there it is one look more than needed (a
+        // user's slice gone at logout with an exact policy below it).
         if self.above_exact.contains(rel) {
             self.pending.push_back(CgroupEvent::Rescan);
         }
@@ -617,6 +625,12 @@ mod tests {
         assert_eq!(join("/a", "b"), "/a/b");
         assert_eq!(depth("/"), 0);
         assert_eq!(depth("/a/b"), 2);
+        assert_eq!(ancestors("/").count(), 0);
+        assert_eq!(ancestors("/a").collect::<Vec<_>>(), ["/"]);
+        assert_eq!(ancestors("/a/b/c").collect::<Vec<_>>(), ["/a/b", "/a", "/"]);
+        assert_eq!(proper_ancestors("/a/b"), ["/a", "/"]);
+        assert_eq!(path_key("/a/b"), path_key("/a/b"));
+        assert_ne!(path_key("/a/b"), path_key("/a/c"));
     }
 
     /// A directory to play in: a tempdir standing in for cgroupfs, or a

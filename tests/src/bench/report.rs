@@ -822,6 +822,9 @@ impl Report {
             detail: crr.map_or("not measured".into(), |r| format!("{r:.3}")),
         });
 
+        // Issue 18: the programs' own run time per socket, (b), UDP.
+        out.push(self.per_socket_target(b));
+
         // Issue 18: up to 1,000 policies in at most 8 MiB, whatever the CPUs.
         let memory = self
             .memory
@@ -1021,6 +1024,45 @@ impl Report {
             },
         ));
         out
+    }
+}
+
+impl Report {
+    /// `mif_sock_create` ≤ 150 ns per socket() and `mif_connect4` ≤ 250 ns
+    /// per connect() of variant `b`, from the kernel's BPF statistics.
+    fn per_socket_target(&self, b: Variant) -> Target {
+        let ns = |op: Op, program: &str| {
+            (self.prog_times.iter())
+                .find(|p| p.variant == b && p.op == op)?
+                .programs
+                .iter()
+                .find(|(name, _, _)| name == program)
+                .map(|(_, _, ns)| *ns)
+        };
+        let measured = [
+            (Op::Socket, "mif_sock_create", 150.0),
+            (Op::UdpConnect, "mif_connect4", 250.0),
+        ]
+        .map(|(op, program, limit)| (program, ns(op, program), limit));
+        let met = measured
+            .iter()
+            .map(|(_, ns, limit)| ns.map(|ns| ns <= *limit))
+            .try_fold(true, |all, m| m.map(|m| all && m));
+        let detail = measured
+            .iter()
+            .map(|(program, ns, limit)| match ns {
+                Some(ns) => format!("{program}: {ns:.0} ns (≤ {limit:.0})"),
+                None => format!("{program}: not measured"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        Target {
+            name: "per socket, the programs' own run time: mif_sock_create ≤ 150 ns, \
+                   mif_connect4 ≤ 250 ns"
+                .into(),
+            met,
+            detail,
+        }
     }
 }
 
