@@ -1,6 +1,7 @@
 //! The forwarder's sockets and tasks: listeners on loopback (one port per
-//! PvD index, UDP and TCP, IPv4 and IPv6), and one upstream socket per
-//! query, carrying the chosen PvD's mark and bound to its source address.
+//! PvD index, UDP and TCP, IPv4 and IPv6), and upstream sockets carrying
+//! the chosen PvD's mark and bound to its source address: shared by UDP
+//! queries (see [`super::upstream`]), one per TCP client.
 use std::{
     collections::HashMap,
     io,
@@ -19,7 +20,10 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::message;
+use super::{
+    message,
+    upstream::{Route, Upstreams},
+};
 use crate::backoff::Backoff;
 use crate::{
     apply::kernel_maps::KernelMaps,
@@ -41,7 +45,7 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 /// pinned maps the reconcile loop keeps current.
 const REFRESH: Duration = Duration::from_secs(1);
 /// Largest DNS message (UDP with EDNS, or TCP).
-const MAX_MESSAGE: usize = 65_535;
+pub(super) const MAX_MESSAGE: usize = 65_535;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwarderError {
@@ -237,6 +241,7 @@ impl Forwarder {
             Table::read(maps, &domains)
         };
         let table = Arc::new(RwLock::new(read(&maps)));
+        let upstreams = Upstreams::new(UPSTREAM_TIMEOUT);
 
         let mut tasks = Vec::new();
         for index in 0..MAX_PVDS {
@@ -265,7 +270,12 @@ impl Forwarder {
                         return Err(listen(e));
                     }
                 };
-                tasks.push(tokio::spawn(serve_udp(udp, index, table.clone())));
+                tasks.push(tokio::spawn(serve_udp(
+                    udp,
+                    index,
+                    table.clone(),
+                    upstreams.clone(),
+                )));
                 tasks.push(tokio::spawn(serve_tcp(tcp, index, table.clone())));
             }
         }
@@ -323,7 +333,12 @@ fn snapshot_route(
         .route(index, query)
 }
 
-async fn serve_udp(socket: UdpSocket, index: u32, table: Arc<RwLock<Table>>) {
+async fn serve_udp(
+    socket: UdpSocket,
+    index: u32,
+    table: Arc<RwLock<Table>>,
+    upstreams: Arc<Upstreams>,
+) {
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut backoff = Backoff::new("DNS forwarder (UDP)");
@@ -338,23 +353,22 @@ async fn serve_udp(socket: UdpSocket, index: u32, table: Arc<RwLock<Table>>) {
                 continue;
             }
         };
-        let query = buf[..n].to_vec();
-        let (socket, table) = (socket.clone(), table.clone());
-        tokio::spawn(async move {
-            let reply = match snapshot_route(&table, index, &query) {
-                Some((mark, src, server)) => match udp_exchange(mark, src, server, &query).await {
-                    Ok(reply) => Some(reply),
-                    Err(e) => {
-                        debug!("DNS over UDP to {server} failed: {e}");
-                        None
-                    }
-                },
-                None => message::servfail(&query),
-            };
-            if let Some(reply) = reply {
-                let _ = socket.send_to(&reply, client).await;
+        let query = &buf[..n];
+        // Sent from here, answered by the upstream socket's reader: no
+        // task per query.
+        match snapshot_route(&table, index, query) {
+            Some((mark, src, server)) => {
+                let route = Route { mark, src, server };
+                if let Err(e) = upstreams.send(route, query, client, &socket).await {
+                    debug!("DNS over UDP to {server} failed: {e}");
+                }
             }
-        });
+            None => {
+                if let Some(reply) = message::servfail(query) {
+                    let _ = socket.send_to(&reply, client).await;
+                }
+            }
+        }
     }
 }
 
@@ -400,37 +414,6 @@ async fn serve_tcp_client(
         };
         write_framed(&mut stream, &reply).await?;
     }
-}
-
-/// One query over UDP from `src` with `mark`; the first reply with the
-/// query's id (a stray datagram is skipped), or a timeout.
-async fn udp_exchange(
-    mark: u32,
-    src: IpAddr,
-    server: SocketAddr,
-    query: &[u8],
-) -> io::Result<Vec<u8>> {
-    let std_socket = std::net::UdpSocket::bind(SocketAddr::new(src, 0))?;
-    nix::sys::socket::setsockopt(&std_socket, nix::sys::socket::sockopt::Mark, &mark)?;
-    std_socket.set_nonblocking(true)?;
-    let socket = UdpSocket::from_std(std_socket)?;
-    socket.connect(server).await?;
-    socket.send(query).await?;
-    let want = message::id(query);
-    // Room for the largest message, not zeroed (64 KiB of zeroes per
-    // query were work for nothing).
-    let mut buf = Vec::with_capacity(MAX_MESSAGE);
-    tokio::time::timeout(UPSTREAM_TIMEOUT, async {
-        loop {
-            buf.clear();
-            socket.recv_buf(&mut buf).await?;
-            if message::id(&buf) == want {
-                return Ok(buf);
-            }
-        }
-    })
-    .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))?
 }
 
 /// One query over TCP, framed (RFC 1035 §4.2.2).

@@ -87,7 +87,7 @@ fn question_end(msg: &[u8]) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A query for `name`, type A, with an EDNS OPT record.

@@ -13,10 +13,12 @@
 //! matching domain, that PvD's resolver, and otherwise the
 //! application's PvD's, from that PvD's source address with its mark.
 //!
-//! Messages are relayed byte for byte: EDNS options pass through, and a
-//! truncated UDP answer keeps its TC bit so the client retries over TCP,
-//! which is forwarded as well.
+//! Messages are relayed byte for byte but for the id of UDP queries, which
+//! the forwarder chooses upstream and gives back (see [`upstream`]): EDNS
+//! options pass through, and a truncated UDP answer keeps its TC bit so the
+//! client retries over TCP, which is forwarded as well.
 pub mod forwarder;
 pub mod message;
+mod upstream;
 
 pub use forwarder::ForwarderControl;

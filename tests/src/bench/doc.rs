@@ -365,8 +365,19 @@ pub fn dns_section(r: &Report) -> String {
            datagram's address, not its payload (the name), so the domain \
            cannot be matched there (an earlier note here said it could): it \
            would take a program that reads the packet (tc on loopback) and \
-           rewrites its destination and checksums both ways. A 64 KiB zeroed buffer per query, replaced by an \
-           unzeroed one, made no difference that these runs could see.\n\n";
+           rewrites its destination and checksums both ways. A 64 KiB zeroed \
+           buffer per query, replaced by an unzeroed one, made no difference \
+           that these runs could see. *Fixed 2026-12-02:* each UDP query had \
+           an upstream socket of its own (socket, bind, SO_MARK, connect, a \
+           task, close, and mif's own socket hooks: the forwarder topped out \
+           at about 38,000 queries/s, half of what the resolver answers \
+           directly, so at 20,000/s it was half busy and its queue added most \
+           of the latency); one socket per route now carries 64 queries under \
+           ids of the forwarder's choosing (a keyed hash of a counter) before \
+           a fresh one, another source port, takes over \
+           (mif-userspace/src/dns/upstream.rs). The same run, before and \
+           after, on this machine: +100 → +49 µs at p50 at 20,000/s (p99 4064 \
+           → 1385 µs), as fast as possible 37,685 → 62,297 answers/s.\n\n";
     md
 }
 
