@@ -1,7 +1,7 @@
 //! The forwarder's sockets and tasks: listeners on loopback (one port per
 //! PvD index, UDP and TCP, IPv4 and IPv6), and upstream sockets carrying
 //! the chosen PvD's mark and bound to its source address: shared by UDP
-//! queries (see [`super::upstream`]), one per TCP client.
+//! queries (see [`super::upstream`]), one per TCP query.
 use std::{
     collections::HashMap,
     io,
@@ -37,7 +37,8 @@ use crate::{
 /// DNSSL options and DHCP leases).
 pub type Domains = Arc<RwLock<Vec<(String, String)>>>;
 
-/// How long an upstream resolver has to answer one query.
+/// How long an upstream resolver has to answer one query (over UDP, up to
+/// half a second more: waiting queries are swept twice a second).
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a TCP client may stay idle between queries.
 const TCP_IDLE: Duration = Duration::from_secs(10);
@@ -225,6 +226,7 @@ impl ForwarderControl {
 pub struct Forwarder {
     switch: Array<MapData, DnsForward>,
     tasks: Vec<JoinHandle<()>>,
+    upstreams: Arc<Upstreams>,
 }
 
 impl Forwarder {
@@ -293,7 +295,11 @@ impl Forwarder {
             "DNS forwarder for domains and link-local resolvers on 127.0.0.1 and ::1, ports {base}-{}",
             u32::from(base) + MAX_PVDS - 1
         );
-        Ok(Self { switch, tasks })
+        Ok(Self {
+            switch,
+            tasks,
+            upstreams,
+        })
     }
 }
 
@@ -304,6 +310,7 @@ impl Drop for Forwarder {
         for task in &self.tasks {
             task.abort();
         }
+        self.upstreams.stop();
     }
 }
 
