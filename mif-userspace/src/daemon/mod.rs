@@ -653,6 +653,7 @@ fn on_tcp_timeout(
 
 /// Watches cgroupfs where pattern policies may gain cgroups, so a new
 /// container's cgroup is steered the moment it appears.
+///
 /// Made before the start-up resolve, so that a cgroup made while the
 /// policies resolve is seen by the resolve, by an event, or by both.
 struct CgroupWatch {

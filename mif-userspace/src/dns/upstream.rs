@@ -37,7 +37,7 @@ use super::message;
 
 /// Queries one upstream socket carries before a fresh one (another source
 /// port) takes over.
-pub const QUERIES_PER_SOCKET: u32 = 64;
+const QUERIES_PER_SOCKET: u32 = 64;
 /// How long one upstream socket takes queries, however few.
 const SOCKET_LIFETIME: Duration = Duration::from_secs(1);
 /// How often a reader looks for queries that timed out (and, once its
@@ -82,6 +82,13 @@ struct State {
     /// No longer handed queries (rotated, or idle).
     retired: bool,
     last_used: Option<Instant>,
+}
+
+impl State {
+    /// Whether the socket took no query for `timeout` (or none at all).
+    fn idle(&self, timeout: Duration) -> bool {
+        self.last_used.is_none_or(|t| t.elapsed() >= timeout)
+    }
 }
 
 /// The upstream sockets of one forwarder.
@@ -197,15 +204,13 @@ impl Upstreams {
             // Most calls (after each answer) end here, without the lock
             // every query takes.
             let state = lock(&upstream.state);
-            let idle = state.last_used.is_none_or(|t| t.elapsed() >= self.timeout);
-            if !state.waiting.is_empty() || (!state.retired && !idle) {
+            if !state.waiting.is_empty() || (!state.retired && !state.idle(self.timeout)) {
                 return false;
             }
         }
         let mut current = lock(&self.current);
         let mut state = lock(&upstream.state);
-        let idle = state.last_used.is_none_or(|t| t.elapsed() >= self.timeout);
-        if !state.retired && idle && state.waiting.is_empty() {
+        if !state.retired && state.idle(self.timeout) && state.waiting.is_empty() {
             state.retired = true;
             if current
                 .get(&upstream.route)
@@ -216,9 +221,7 @@ impl Upstreams {
         }
         state.retired && state.waiting.is_empty()
     }
-}
 
-impl Upstreams {
     /// Stops every reader and closes every socket (the forwarder stops):
     /// queries still waiting get no answer.
     pub fn stop(&self) {

@@ -1025,9 +1025,7 @@ impl Report {
         ));
         out
     }
-}
 
-impl Report {
     /// `mif_sock_create` ≤ 150 ns per socket() and `mif_connect4` ≤ 250 ns
     /// per connect() of variant `b`, from the kernel's BPF statistics.
     fn per_socket_target(&self, b: Variant) -> Target {
