@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
+use super::floor::EmptyPrograms;
 use super::kmaps::{program_stats, StatsGuard};
 use super::stats::median;
 use super::testbed::{Testbed, Variant};
@@ -283,35 +284,58 @@ pub fn program_times(
                     iters: vec![(op, n)],
                     worker_cpu: None,
                 };
-                let stats = StatsGuard::enable()?;
-                let before = program_stats(&pin_dir)?;
-                let got = run_worker(tb, variant, CRR_PORT, &params, exe)?;
-                let after = program_stats(&pin_dir)?;
-                drop(stats);
-                measured.insert((variant, op));
-                let ops_run = if op.is_stream() {
-                    // n ms and a warm-up of n/4 + 1 ms, at the measured
-                    // time per write or datagram.
-                    let ns = got.first().map_or(f64::NAN, |g| g.1);
-                    (n + n / 4 + 1) as f64 * 1e6 / ns
+                // For (b), a second run with empty programs beside mif's
+                // (see `floor`): a run of its own, so that mif's figures
+                // are those of a run without them.
+                let floor_runs: &[bool] = if variant == Variant::Mif(0) {
+                    &[false, true]
                 } else {
-                    // The warm-up runs the operation too (a tenth more).
-                    n as f64 * 1.1
+                    &[false]
                 };
-                for (name, time, count) in &after {
-                    let Some((_, t0, c0)) = before.iter().find(|b| &b.0 == name) else {
-                        continue;
+                for &floor in floor_runs {
+                    let empty = floor
+                        .then(|| EmptyPrograms::attach(tb.worker_cgroup(variant)))
+                        .transpose()?;
+                    let read = || -> Result<_> {
+                        Ok(if floor {
+                            EmptyPrograms::stats()
+                        } else {
+                            program_stats(&pin_dir)?
+                        })
                     };
-                    let runs = count.saturating_sub(*c0);
-                    // Not the route check's one socket and connect (nor,
-                    // for a stream, its socket's).
-                    if ops_run.is_nan() || (runs as f64) < ops_run / 2.0 {
-                        continue;
+                    let stats = StatsGuard::enable()?;
+                    let before = read()?;
+                    let got = run_worker(tb, variant, CRR_PORT, &params, exe)?;
+                    let after = read()?;
+                    drop(stats);
+                    drop(empty);
+                    measured.insert((variant, op));
+                    let ops_run = if op.is_stream() {
+                        // n ms and a warm-up of n/4 + 1 ms, at the measured
+                        // time per write or datagram.
+                        let ns = got.first().map_or(f64::NAN, |g| g.1);
+                        (n + n / 4 + 1) as f64 * 1e6 / ns
+                    } else {
+                        // The warm-up runs the operation too (a tenth more).
+                        n as f64 * 1.1
+                    };
+                    for (name, time, count) in &after {
+                        // A program loaded during the run started at zero.
+                        let (t0, c0) = before
+                            .iter()
+                            .find(|b| &b.0 == name)
+                            .map_or((Duration::ZERO, 0), |b| (b.1, b.2));
+                        let runs = count.saturating_sub(c0);
+                        // Not the route check's one socket and connect (nor,
+                        // for a stream, its socket's).
+                        if ops_run.is_nan() || (runs as f64) < ops_run / 2.0 {
+                            continue;
+                        }
+                        let ns = (*time - t0).as_nanos() as f64 / runs as f64;
+                        seen.entry((variant, op, name.clone()))
+                            .or_default()
+                            .push((runs as f64 / ops_run, ns));
                     }
-                    let ns = (*time - *t0).as_nanos() as f64 / runs as f64;
-                    seen.entry((variant, op, name.clone()))
-                        .or_default()
-                        .push((runs as f64 / ops_run, ns));
                 }
             }
         }

@@ -38,6 +38,7 @@ mod api;
 mod daemon;
 mod dns;
 mod doc;
+mod floor;
 mod kmaps;
 mod measure;
 mod memory;

@@ -1037,6 +1037,15 @@ impl Report {
                 .find(|(name, _, _)| name == program)
                 .map(|(_, _, ns)| *ns)
         };
+        // The empty program measured in the same runs as `program`'s.
+        let ns_of = |program: &str, empty: &str| {
+            let op = if program == "mif_sock_create" {
+                Op::Socket
+            } else {
+                Op::UdpConnect
+            };
+            ns(op, empty)
+        };
         let measured = [
             (Op::Socket, "mif_sock_create", 150.0),
             (Op::UdpConnect, "mif_connect4", 250.0),
@@ -1049,7 +1058,13 @@ impl Report {
         let detail = measured
             .iter()
             .map(|(program, ns, limit)| match ns {
-                Some(ns) => format!("{program}: {ns:.0} ns (≤ {limit:.0})"),
+                Some(ns) => {
+                    let empty = super::floor::empty_beside(program)
+                        .and_then(|empty| ns_of(program, empty))
+                        .map(|e| format!("; an empty program beside it {e:.0} ns"))
+                        .unwrap_or_default();
+                    format!("{program}: {ns:.0} ns (≤ {limit:.0}{empty})")
+                }
                 None => format!("{program}: not measured"),
             })
             .collect::<Vec<_>>()
