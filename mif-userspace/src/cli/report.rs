@@ -4,7 +4,7 @@ use std::{
     net::IpAddr,
 };
 
-use mif_common::{names, Counters, NO_PVD, PVD_AVAIL_V4, PVD_AVAIL_V6};
+use mif_common::{names, Counters, Settings, NO_PVD, PVD_AVAIL_V4, PVD_AVAIL_V6};
 use serde::Serialize;
 
 use crate::{
@@ -37,6 +37,34 @@ pub struct InstanceReport {
     pub guarded_cgroups: usize,
     /// Interfaces with the packet guard's links pinned.
     pub guarded_interfaces: usize,
+}
+
+impl InstanceReport {
+    /// The instance `settings` describe, with the path of its attach cgroup
+    /// (None: gone) and what is attached there.
+    fn of(
+        maps: &KernelMaps,
+        settings: &Settings,
+        cgroup2: Option<&Cgroup2>,
+        attach_cgroup: Option<String>,
+    ) -> Self {
+        let attached = match (cgroup2, &attach_cgroup) {
+            (Some(c), Some(rel)) => {
+                attached::mif_programs_at(&c.mount().join(rel.trim_start_matches('/')))
+                    .unwrap_or_default()
+            }
+            _ => BTreeMap::new(),
+        };
+        InstanceReport {
+            mark_mask: format!("{:#x}", settings.mark_mask),
+            netns_cookie: settings.netns_cookie,
+            attach_cgroup,
+            attach_cgroup_id: settings.attach_cgroup_id,
+            attached,
+            guarded_cgroups: guard_links::pinned_links(maps.pins(), names::PROG_GUARD),
+            guarded_interfaces: guard_links::pinned_links(maps.pins(), names::PROG_PKT_GUARD),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -144,30 +172,30 @@ impl MapsReport {
         Self {
             instance: settings.map(|s| {
                 let attach_cgroup = paths.get(&s.attach_cgroup_id).cloned();
-                let attached = match (&cgroup2, &attach_cgroup) {
-                    (Some(c), Some(rel)) => {
-                        attached::mif_programs_at(&c.mount().join(rel.trim_start_matches('/')))
-                            .unwrap_or_default()
-                    }
-                    _ => BTreeMap::new(),
-                };
-                InstanceReport {
-                    mark_mask: format!("{:#x}", s.mark_mask),
-                    netns_cookie: s.netns_cookie,
-                    attach_cgroup,
-                    attach_cgroup_id: s.attach_cgroup_id,
-                    attached,
-                    guarded_cgroups: guard_links::pinned_links(maps.pins(), names::PROG_GUARD),
-                    guarded_interfaces: guard_links::pinned_links(
-                        maps.pins(),
-                        names::PROG_PKT_GUARD,
-                    ),
-                }
+                InstanceReport::of(maps, &s, cgroup2.as_ref(), attach_cgroup)
             }),
             pvds,
             policies,
             counters,
         }
+    }
+
+    /// The instance part of [`Self::read`] alone, for `mif status`: what
+    /// it needs without naming every policy's cgroup, which takes a walk of
+    /// the cgroup tree on a host with many policies.
+    pub fn instance(maps: &KernelMaps) -> Option<InstanceReport> {
+        let settings = maps.settings()?;
+        let cgroup2 = Cgroup2::find().ok();
+        let attach_cgroup = cgroup2.as_ref().and_then(|c| {
+            c.paths_of("/", &HashSet::from([settings.attach_cgroup_id]))
+                .remove(&settings.attach_cgroup_id)
+        });
+        Some(InstanceReport::of(
+            maps,
+            &settings,
+            cgroup2.as_ref(),
+            attach_cgroup,
+        ))
     }
 
     /// Text tables for people.

@@ -42,8 +42,9 @@ impl StatusArgs {
             Err(ClientError::NotRunning(_)) => None,
             Err(e) => return Err(e.into()),
         };
-        let kernel = self.client.maps().ok().map(|m| MapsReport::read(&m));
-        let instance = kernel.as_ref().and_then(|k| k.instance.as_ref());
+        let maps = self.client.maps().ok();
+        let kernel = maps.as_ref().map(MapsReport::instance);
+        let instance = kernel.as_ref().and_then(Option::as_ref);
         let attach_cgroup = instance.and_then(|i| i.attach_cgroup.clone());
         let attached = instance.map(|i| i.attached.clone()).unwrap_or_default();
         let init_cgroup = init_cgroup();

@@ -496,18 +496,22 @@ impl Admin {
 
 fn policy_views(reconciler: &Reconciler) -> Vec<PolicyView> {
     let state = reconciler.policy_state();
+    let matches_of = state.matches();
+    let over_capacity: std::collections::HashSet<u64> =
+        crate::plan::over_capacity(state.resolved(), reconciler.policy_capacity())
+            .iter()
+            .map(|r| r.cgroup_id)
+            .collect();
     state
         .set
         .all()
         .into_iter()
         .map(|(spec, origin): (PolicySpec, Origin)| {
-            let matches = state.matches_of(&spec.cgroup);
+            let matches = matches_of.of(&spec.cgroup);
             let pattern = crate::host::cgroup_pattern::is_pattern(&spec.cgroup);
-            let left_out =
-                crate::plan::over_capacity(state.resolved(), reconciler.policy_capacity())
-                    .iter()
-                    .filter(|r| matches.iter().any(|m| m.cgroup_id == r.cgroup_id))
-                    .count();
+            let left_out = (matches.iter())
+                .filter(|m| over_capacity.contains(&m.cgroup_id))
+                .count();
             PolicyView {
                 id: matches.first().map(|r| r.id),
                 cgroup_id: if pattern {

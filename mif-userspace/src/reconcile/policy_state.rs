@@ -9,6 +9,22 @@ use crate::{
     plan::{ResolvedPolicy, SelectorPolicy},
 };
 
+/// The resolved policies of each policy, from [`PolicyState::matches`].
+pub struct PolicyMatches<'a> {
+    state: &'a PolicyState,
+    by_id: std::collections::HashMap<u32, Vec<&'a ResolvedPolicy>>,
+}
+
+impl<'a> PolicyMatches<'a> {
+    /// The cgroups the policy of `cgroup` (its key: a path, a pattern or a
+    /// selector) currently applies to.
+    pub fn of(&self, cgroup: &str) -> &[&'a ResolvedPolicy] {
+        (self.state.ids.get(cgroup))
+            .and_then(|id| self.by_id.get(&id))
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
 /// The policies to enforce and what they resolve to right now.
 pub struct PolicyState {
     pub set: PolicySet,
@@ -161,12 +177,17 @@ impl PolicyState {
         &self.cgroup2
     }
 
-    /// The cgroups a policy (literal or pattern) currently applies to.
-    pub fn matches_of(&self, cgroup: &str) -> Vec<&ResolvedPolicy> {
-        match self.ids.get(cgroup) {
-            Some(id) => self.resolved.iter().filter(|r| r.id == id).collect(),
-            None => Vec::new(),
+    /// The cgroups each policy (literal or pattern) currently applies to,
+    /// by the policy's cgroup key: one pass over the resolved policies for
+    /// all of them (a pass per policy made `mif policy list` quadratic:
+    /// 12 s with 100,000 policies).
+    pub fn matches(&self) -> PolicyMatches<'_> {
+        let mut by_id: std::collections::HashMap<u32, Vec<&ResolvedPolicy>> =
+            std::collections::HashMap::new();
+        for r in &self.resolved {
+            by_id.entry(r.id).or_default().push(r);
         }
+        PolicyMatches { state: self, by_id }
     }
 
     /// Where new cgroups must be watched for: below the literal prefixes

@@ -690,6 +690,30 @@ impl Report {
                 r.in_map,
             );
         }
+        t += "\nThe admin verbs against the same daemons, the CLI's whole run:\n\n";
+        t += "| PvDs | policies |";
+        for verb in super::scale::ADMIN_VERBS {
+            let _ = write!(t, " `mif {verb}` |");
+        }
+        t += "\n| ---: | ---: |";
+        t += &" ---: |".repeat(super::scale::ADMIN_VERBS.len());
+        t += "\n";
+        for r in self.scale.iter().filter(|r| r.error.is_none()) {
+            let _ = write!(t, "| {} | {} |", r.pvds, count_label(r.policies));
+            for verb in super::scale::ADMIN_VERBS {
+                match r.verbs.iter().find(|(v, _)| *v == verb) {
+                    Some((_, Ok(took))) => {
+                        let _ = write!(t, " {} |", ms(took.as_secs_f64() * 1e3));
+                    }
+                    Some((_, Err(e))) => {
+                        let e: String = e.replace(['\n', '|'], " ").chars().take(80).collect();
+                        let _ = write!(t, " **failed**: {e} |");
+                    }
+                    None => t += " – |",
+                }
+            }
+            t += "\n";
+        }
         t
     }
 

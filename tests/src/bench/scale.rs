@@ -43,8 +43,16 @@ pub struct ScaleRow {
     pub cpu_ms_per_flap: Vec<f64>,
     /// The daemon's CPU use with nothing happening, in % of one CPU.
     pub idle_cpu_pct: f64,
+    /// How long each admin verb took against the ready daemon (see
+    /// [`ADMIN_VERBS`]), the CLI's whole run.
+    pub verbs: Vec<(&'static str, Result<Duration, String>)>,
     pub stop: Duration,
 }
+
+/// The admin verbs timed at each scale: what an operator of a host with
+/// that many policies runs, each answered from the daemon's state or the
+/// pinned maps.
+pub const ADMIN_VERBS: [&str; 4] = ["status", "policy list", "maps", "reload"];
 
 impl ScaleRow {
     pub fn map_bytes(&self) -> u64 {
@@ -216,6 +224,25 @@ fn measure(
             row.in_map
         );
     }
+    for verb in ADMIN_VERBS {
+        super::check_interrupted()?;
+        let mut args: Vec<String> = verb.split(' ').map(str::to_string).collect();
+        args.extend([
+            "--pin-dir".to_string(),
+            daemon.instance.pin_dir.display().to_string(),
+        ]);
+        let t0 = Instant::now();
+        // A verb that fails (or outlasts the lab's command timeout) is
+        // reported in its cell; the row's other figures still count.
+        let took = match crate::mif::run_mif(lab, &args) {
+            Ok(out) if out.status.success() => Ok(t0.elapsed()),
+            Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        row.verbs.push((verb, took));
+    }
+    wait_idle(pid)?;
+    daemon.drain();
     let pvd = maps
         .pvd_index(steered)
         .with_context(|| format!("no PvD {steered}"))?;
