@@ -372,6 +372,14 @@ fn sighup_reloads_and_an_invalid_reload_keeps_the_running_policy() {
         "{stderr}"
     );
     assert_eq!(network_of(&lab, &app), "wwan0");
+    // The daemon holds the running policies, resolved: none of the refused
+    // file's, which a later pass would otherwise install.
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&mif(&lab, &daemon, &["policy", "list", "--json"]))).unwrap();
+    let listed: Vec<(&str, &str)> = (list.as_array().unwrap().iter())
+        .map(|p| (p["cgroup"].as_str().unwrap(), p["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(listed, [(rel.as_str(), "active")], "{list:#}");
     let status: serde_json::Value =
         serde_json::from_str(&ok(&mif(&lab, &daemon, &["status", "--json"]))).unwrap();
     assert!(

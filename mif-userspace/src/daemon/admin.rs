@@ -6,7 +6,10 @@ use std::{path::PathBuf, time::Instant};
 use log::{info, warn};
 use tokio::sync::broadcast;
 
-use super::{prepare::check_config, process_pvd};
+use super::{
+    prepare::{check_unresolved, load_config},
+    process_pvd,
+};
 use crate::{
     apply::loader::GuardTarget,
     control::peer::Peer,
@@ -462,19 +465,17 @@ impl Admin {
     async fn reload_config(&mut self, reconciler: &mut Reconciler) -> Result<(), String> {
         let result = async {
             let interfaces: Vec<String> = reconciler.known_pvd_names().await?.into_iter().collect();
-            let state = reconciler.policy_state();
-            check_config(
-                &self.sources,
-                &self.opts,
-                &interfaces,
-                state.cgroup2(),
-                &state.attach,
-            )
+            let config = load_config(&self.sources, &self.opts, &interfaces)?;
+            // Whether each of the file's policies names a cgroup within the
+            // attach cgroup: judged on the resolve the pass would make.
+            reconciler.replace_config_checked(config, |state| {
+                check_unresolved(&state.set, state.pending(), state.cgroup2(), &state.attach)
+            })
         }
         .await;
         match result {
-            Ok(config) => {
-                for displaced in reconciler.replace_config(config) {
+            Ok(displaced) => {
+                for displaced in displaced {
                     warn!(
                         "the config file now owns cgroup {}: its CLI policy is dropped",
                         displaced.cgroup

@@ -28,7 +28,7 @@ pub fn prepare(
     pvd::check_mark_mask(opts.mark_mask).context("--mark-mask")?;
     let cgroup2 = Cgroup2::find()?;
     let attach = cgroup2.resolve(&opts.cgroup).context("--cgroup")?;
-    let config = check_config_but_cgroups(sources, opts, interfaces)?;
+    let config = load_config(sources, opts, interfaces)?;
     Ok(Prepared {
         config,
         cgroup2,
@@ -36,24 +36,10 @@ pub fn prepare(
     })
 }
 
-/// Loads and checks a config file on reload: as at start, and that each
-/// policy's cgroup exists within the attach cgroup.
-pub fn check_config(
-    sources: &ConfigSources,
-    opts: &InstanceOptions,
-    interfaces: &[String],
-    cgroup2: &Cgroup2,
-    attach: &Cgroup,
-) -> anyhow::Result<Config> {
-    let config = check_config_but_cgroups(sources, opts, interfaces)?;
-    resolve_policy_cgroups(config.policies.iter(), cgroup2, attach)?;
-    Ok(config)
-}
-
-/// After the first resolve: the error for the first policy of the config
-/// file whose cgroup did not resolve (missing, or outside the attach
-/// cgroup), as [`check_config`] gives it. `unresolved` are the cgroups the
-/// resolve left pending; the CLI's saved policies may wait for theirs.
+/// After a resolve (at start, or of a reloaded config): the error for the
+/// first policy of the config file whose cgroup did not resolve (missing,
+/// or outside the attach cgroup). `unresolved` are the cgroups the resolve
+/// left pending; the CLI's saved policies may wait for theirs.
 pub fn check_unresolved(
     policies: &crate::model::policies::PolicySet,
     unresolved: &[crate::model::policies::Pending],
@@ -69,8 +55,10 @@ pub fn check_unresolved(
     resolve_policy_cgroups(of_file, cgroup2, attach).map(drop)
 }
 
-/// Loads a config file and checks what needs no cgroup.
-fn check_config_but_cgroups(
+/// Loads a config file and checks what needs no cgroup: at start and on
+/// reload. Whether each policy's cgroup exists is judged on the resolve
+/// that follows ([`check_unresolved`]).
+pub fn load_config(
     sources: &ConfigSources,
     opts: &InstanceOptions,
     interfaces: &[String],

@@ -167,6 +167,18 @@ impl PolicySet {
         (set, dropped)
     }
 
+    /// A new set of `config`'s policies and this set's CLI policies (less
+    /// those the file now names, returned), leaving this set as it is: for
+    /// a reload that may yet be refused.
+    pub fn with_config(&self, config: &mut Config) -> (PolicySet, Vec<PolicySpec>) {
+        let mut next = PolicySet {
+            config: Vec::new(),
+            cli: self.cli.clone(),
+        };
+        let displaced = next.replace_config(config);
+        (next, displaced)
+    }
+
     /// Takes the policies of a (re)loaded config file, leaving
     /// `config.policies` empty: the set keeps the one copy of them in the
     /// daemon. CLI policies for cgroups the file now names give way; they

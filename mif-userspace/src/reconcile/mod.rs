@@ -307,15 +307,33 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
         all
     }
 
-    /// Takes a reloaded config: its PvDs and its policies.
-    pub fn replace_config(
+    /// Takes a reloaded config, its PvDs and its policies, and resolves
+    /// the policies at once for `check` to judge (that each of the file's
+    /// policies names a cgroup that exists, say). When it refuses, the
+    /// previous config and policies are back, resolved again, and nothing
+    /// reached the kernel. A reload that succeeds so resolves once, where
+    /// checking the cgroups first and resolving in the pass took two
+    /// (0.3 s each with 100,000 policies). Returns the CLI policies that
+    /// gave way to the file's.
+    pub fn replace_config_checked<E>(
         &mut self,
         mut config: Config,
-    ) -> Vec<crate::model::policies::PolicySpec> {
-        let displaced = self.policy.set.replace_config(&mut config);
-        self.policy.stale = true;
-        self.config = config;
-        displaced
+        check: impl FnOnce(&PolicyState) -> Result<(), E>,
+    ) -> Result<Vec<crate::model::policies::PolicySpec>, E> {
+        let (next, displaced) = self.policy.set.with_config(&mut config);
+        let previous_set = std::mem::replace(&mut self.policy.set, next);
+        let previous_config = std::mem::replace(&mut self.config, config);
+        self.policy.resolve();
+        // Cgroups or policies changed: which containers they hold too (as
+        // after the pass's own resolve).
+        self.foreign = None;
+        if let Err(e) = check(&self.policy) {
+            self.policy.set = previous_set;
+            self.config = previous_config;
+            self.policy.resolve();
+            return Err(e);
+        }
+        Ok(displaced)
     }
 
     /// One pass. With `verify`, routing that should already be in place is
