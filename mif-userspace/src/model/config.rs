@@ -837,10 +837,10 @@ impl Policies {
                     format!("list 1 to {MAX_PREFER} PvDs"),
                 ));
             }
-            let mut seen = HashSet::new();
-            let mut prefer = Vec::new();
+            // A list of at most MAX_PREFER: a scan, not a set per policy.
+            let mut prefer: Vec<String> = Vec::with_capacity(prefer_items.len());
             for item in prefer_items {
-                if !seen.insert(item.get_ref().clone()) {
+                if prefer.contains(item.get_ref()) {
                     return Err(checker.error(
                         item.span(),
                         "policy.prefer",
