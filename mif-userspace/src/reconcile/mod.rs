@@ -311,10 +311,13 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
     /// the policies at once for `check` to judge (that each of the file's
     /// policies names a cgroup that exists, say). When it refuses, the
     /// previous config and policies are back, resolved again, and nothing
-    /// reached the kernel. A reload that succeeds so resolves once, where
-    /// checking the cgroups first and resolving in the pass took two
-    /// (0.3 s each with 100,000 policies). Returns the CLI policies that
-    /// gave way to the file's.
+    /// reached the kernel; the refused file's policies keep the ids they
+    /// were given (as any policy's id stays its own), and the next pass
+    /// rebuilds the policy entries it would otherwise have reused. A
+    /// reload that succeeds so resolves once, where checking the cgroups
+    /// first and resolving in the pass took two (0.3 s each with 100,000
+    /// policies); one that is refused resolves twice. Returns the CLI
+    /// policies that gave way to the file's.
     pub fn replace_config_checked<E>(
         &mut self,
         mut config: Config,
@@ -324,15 +327,15 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
         let previous_set = std::mem::replace(&mut self.policy.set, next);
         let previous_config = std::mem::replace(&mut self.config, config);
         self.policy.resolve();
-        // Cgroups or policies changed: which containers they hold too (as
-        // after the pass's own resolve).
-        self.foreign = None;
         if let Err(e) = check(&self.policy) {
             self.policy.set = previous_set;
             self.config = previous_config;
             self.policy.resolve();
             return Err(e);
         }
+        // The policies changed: which containers they hold too (as after
+        // the pass's own resolve).
+        self.foreign = None;
         Ok(displaced)
     }
 

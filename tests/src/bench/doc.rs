@@ -264,9 +264,10 @@ pub fn markdown(r: &Report) -> String {
     md += "\n\n";
     md += &r.scale_table();
     md += "\nThe admin verbs run once each against the ready daemon, before the \
-           link flaps: `mif status` and `mif policy list` ask the daemon, `mif \
-           maps` reads the pinned maps and names each policy's cgroup, `mif \
-           reload` re-reads and re-checks the config and applies it. *History:* \
+           link flaps: `mif status` asks the daemon and reads the pinned maps, \
+           `mif policy list` asks the daemon, `mif maps` reads the pinned \
+           maps and names each policy's cgroup, `mif reload` has the daemon \
+           re-read the config, resolve its policies and apply them. *History:* \
            until 2026-12-02 these were not measured, and with 100,000 policies \
            `mif status` and `mif policy list` did not finish within the lab's \
            10 s command timeout. `mif maps` named each cgroup by its file \

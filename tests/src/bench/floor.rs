@@ -1,11 +1,12 @@
 //! The floor of the kernel's BPF run-time statistics: empty programs
 //! (`r0 = 1; exit`) on the hooks mif's per-socket programs use, attached
-//! beside them to the worker's cgroup while their run time is measured.
-//! With statistics on, the kernel reads its clock before and after every
+//! to the worker's cgroup beside mif's for a run of their own (right after
+//! mif's, so that mif's figures come from runs without them). With
+//! statistics on, the kernel reads its clock before and after every
 //! program (`__bpf_prog_run`), and on a virtual machine those two reads
 //! cost more than a short program: what an empty program reports is the
-//! part of mif's figures that no change to mif can remove, measured in the
-//! same run.
+//! part of mif's figures that no change to mif can remove, measured on the
+//! same machine in the same benchmark.
 //!
 //! Loaded with the raw `bpf(2)` calls: aya loads programs from an object
 //! file only, and two instructions need none.

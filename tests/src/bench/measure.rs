@@ -331,7 +331,7 @@ pub fn program_times(
                         if ops_run.is_nan() || (runs as f64) < ops_run / 2.0 {
                             continue;
                         }
-                        let ns = (*time - t0).as_nanos() as f64 / runs as f64;
+                        let ns = time.saturating_sub(t0).as_nanos() as f64 / runs as f64;
                         seen.entry((variant, op, name.clone()))
                             .or_default()
                             .push((runs as f64 / ops_run, ns));

@@ -50,8 +50,10 @@ pub struct ScaleRow {
 }
 
 /// The admin verbs timed at each scale: what an operator of a host with
-/// that many policies runs, each answered from the daemon's state or the
-/// pinned maps.
+/// that many policies runs. `status` and `policy list` ask the daemon
+/// (and `status` reads the pinned maps), `maps` reads the pinned maps and
+/// names each policy's cgroup, `reload` has the daemon re-read the config,
+/// resolve its policies and apply them.
 pub const ADMIN_VERBS: [&str; 4] = ["status", "policy list", "maps", "reload"];
 
 impl ScaleRow {
