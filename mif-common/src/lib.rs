@@ -652,7 +652,8 @@ pub struct Counters {
     pub refused: u64,
     /// Sockets left untouched because the policy had no available PvD.
     pub unsteered: u64,
-    /// Source addresses bound at connect().
+    /// Sockets given their PvD's source at connect(): bound (IPv6), or
+    /// left to the PvD's routes, which name it (IPv4).
     pub bound: u64,
     /// Source addresses set on unconnected sendmsg().
     pub src_set: u64,

@@ -5,27 +5,6 @@ pub const AF_INET: u32 = 2;
 pub const AF_INET6: u32 = 10;
 
 #[repr(C)]
-pub struct SockaddrIn {
-    family: u16,
-    port: u16,
-    addr: u32,
-    zero: [u8; 8],
-}
-
-impl SockaddrIn {
-    /// `addr` in network byte order; port 0 so connect() picks the port
-    /// (a fixed port would serialise connects on it).
-    pub fn new(addr: u32) -> Self {
-        Self {
-            family: AF_INET as u16,
-            port: 0,
-            addr,
-            zero: [0; 8],
-        }
-    }
-}
-
-#[repr(C)]
 pub struct SockaddrIn6 {
     family: u16,
     port: u16,
@@ -35,6 +14,8 @@ pub struct SockaddrIn6 {
 }
 
 impl SockaddrIn6 {
+    /// `addr` in network byte order; port 0 so connect() picks the port
+    /// (a fixed port would serialise connects on it).
     pub fn new(addr: [u32; 4]) -> Self {
         Self {
             family: AF_INET6 as u16,

@@ -246,7 +246,9 @@ fn sockets_of_a_steered_cgroup_in_another_namespace_are_left_alone() {
 /// deprecated and a secondary one sits in the same subnet. mif prefers the
 /// address that is not deprecated (RFC 6724 rule 3, `best_source`); the
 /// kernel's IPv4 source selection (`inet_select_addr`) takes the primary,
-/// deprecated or not, so only the programs can give a datagram mif's choice.
+/// deprecated or not, so only mif can give a datagram its choice: the
+/// programs for unconnected datagrams, the `src` of the PvD table's routes
+/// for connected IPv4 sockets.
 /// IPv6 source selection follows RFC 6724 itself, so there only the counter
 /// shows that the programs did it.
 #[test]
@@ -273,7 +275,21 @@ fn unconnected_udp_gets_the_pvd_source_where_routing_would_pick_another() {
         preferred.to_string(),
         "mif's choice: {maps:#}"
     );
-    // What routing alone gives a socket with wwan0's mark: the other one.
+    // The kernel's own choice, as its prefix route for wwan0's subnet in
+    // the main table names it: the primary, deprecated or not.
+    let gateway_v4 = Ipv4Addr::new(a, b, c, 1).to_string();
+    let own = lab
+        .ip_host(&["-j", "-4", "route", "get", &gateway_v4])
+        .unwrap();
+    let own: serde_json::Value = serde_json::from_str(&own).unwrap();
+    assert_eq!(
+        own[0]["prefsrc"],
+        wwan.host_v4.to_string(),
+        "the kernel's own choice must differ from mif's, or this proves nothing: {own}"
+    );
+    // What routing gives a socket with wwan0's mark: mif's choice, from
+    // the `src` of every IPv4 route of wwan0's table. connect4 binds
+    // nothing: the connected rows below leave by that route's source.
     let mark = pvd_mark(&daemon, "wwan0").to_string();
     let internet_v4 = INTERNET_V4.to_string();
     let route = lab
@@ -281,18 +297,15 @@ fn unconnected_udp_gets_the_pvd_source_where_routing_would_pick_another() {
         .unwrap();
     let route: serde_json::Value = serde_json::from_str(&route).unwrap();
     assert_eq!(route[0]["dev"], "wwan0", "{route}");
-    assert_eq!(
-        route[0]["prefsrc"],
-        wwan.host_v4.to_string(),
-        "the kernel's own choice must differ from mif's, or this proves nothing: {route}"
-    );
+    assert_eq!(route[0]["prefsrc"], preferred.to_string(), "{route}");
 
     for (family, source) in [
         (Family::V4, IpAddr::from(preferred)),
         (Family::V6, wwan.host_v6.into()),
     ] {
         for proto in Proto::ALL {
-            let before = sources_set(&daemon, "wwan0");
+            let before = stats_count(&daemon, "wwan0", "src_set");
+            let bound_before = stats_count(&daemon, "wwan0", "bound");
             let reply = lab
                 .client(Some(&app), proto, internet(family), None)
                 .unwrap_or_else(|e| panic!("{proto} {family:?}: {e:#}"));
@@ -301,16 +314,19 @@ fn unconnected_udp_gets_the_pvd_source_where_routing_would_pick_another() {
                 source,
             };
             assert_eq!(reply, expected, "{proto} {family:?}");
-            let after = sources_set(&daemon, "wwan0");
+            let after = stats_count(&daemon, "wwan0", "src_set");
+            let bound_after = stats_count(&daemon, "wwan0", "bound");
             if proto == Proto::UdpUnconnected {
                 assert!(
                     after > before,
                     "{proto} {family:?}: src set stayed {before}"
                 );
             } else {
-                // Bound at connect(), as "bound" counts: no datagram of its
-                // own goes through sendmsg's rewrite.
+                // Given its source at connect() (IPv4 by the route, IPv6
+                // by a bind), as "bound" counts: no datagram of its own
+                // goes through sendmsg's rewrite.
                 assert_eq!(after, before, "{proto} {family:?}: src set");
+                assert_eq!(bound_after, bound_before + 1, "{proto} {family:?}: bound");
             }
         }
     }
@@ -328,9 +344,9 @@ fn unconnected_udp_gets_the_pvd_source_where_routing_would_pick_another() {
     assert_eq!(reply.source, IpAddr::from(preferred), "bound to {wildcard}");
 }
 
-/// The "src set" count of `pvd` over every policy, as `mif stats --json`
-/// shows it.
-fn sources_set(daemon: &Daemon, pvd: &str) -> u64 {
+/// The count `field` ("src_set", "bound", ...) of `pvd` over every policy,
+/// as `mif stats --json` shows it.
+fn stats_count(daemon: &Daemon, pvd: &str, field: &str) -> u64 {
     let out = daemon.mif(&["stats", "--json", "--interval", "0"]).unwrap();
     assert!(
         out.status.success(),
@@ -342,6 +358,6 @@ fn sources_set(daemon: &Daemon, pvd: &str) -> u64 {
         .unwrap_or_else(|| panic!("mif stats --json: {rows}"))
         .iter()
         .filter(|row| row["pvd"] == pvd)
-        .map(|row| row["src_set"].as_u64().unwrap())
+        .map(|row| row[field].as_u64().unwrap())
         .sum()
 }

@@ -400,6 +400,7 @@ fn routing(p: &PvdState, rules: &RuleOptions) -> Option<PvdRouting> {
         prefixes,
         routes,
         sources,
+        route_source4: p.addr4,
         mark: p.mark,
         mark_mask: rules.mark_mask,
         mark_priority: rules.mark_priority,
@@ -492,6 +493,8 @@ pub fn installed_routing(
                 prefixes: Vec::new(),
                 routes: Vec::new(),
                 sources,
+                // Removal needs no routes, only the table.
+                route_source4: None,
                 mark: pvd.mark,
                 mark_mask: rules.mark_mask,
                 mark_priority: rules.mark_priority,

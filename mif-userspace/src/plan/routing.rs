@@ -59,6 +59,14 @@ pub struct PvdRouting {
     /// The PvD's addresses; each gets a `from ADDR lookup table` rule so
     /// replies and sockets bound to them leave through the PvD (RFC 8028).
     pub sources: Vec<IpAddr>,
+    /// The source every IPv4 route of the table names (`src`): the PvD's
+    /// own IPv4 address, the one `sock_create`'s mark stands for. A marked
+    /// socket's connect() finds its route in this table and takes the
+    /// route's source, so the connect4 program needs no `bpf_bind` (280 of
+    /// its 663 ns, see docs/benchmarks.md). IPv6 routes name none: the
+    /// kernel refuses an IPv6 `src` while the address is tentative (DAD),
+    /// which every link-up races, so connect6 still binds.
+    pub route_source4: Option<Ipv4Addr>,
     pub mark: u32,
     pub mark_mask: u32,
     /// Priority of the `fwmark mark/mask lookup table` rules (both families).
@@ -126,11 +134,16 @@ impl PvdRouting {
             RouteSpec::unreachable(Ipv4Addr::UNSPECIFIED.into()),
             RouteSpec::unreachable(Ipv6Addr::UNSPECIFIED.into()),
         ];
+        let src = |dst: IpAddr| match dst {
+            IpAddr::V4(_) => self.route_source4.map(IpAddr::V4),
+            IpAddr::V6(_) => None,
+        };
         let prefixes = self.prefixes.iter().map(|&(addr, len)| RouteSpec {
             dst: network(addr, len),
             prefix_len: len,
             metric: PREFIX_METRIC,
             kind: RouteKind::OnLink { oif },
+            src: src(addr),
         });
         let host = self.routes.iter().map(|r| RouteSpec {
             dst: network(r.dst, r.prefix_len),
@@ -140,13 +153,14 @@ impl PvdRouting {
                 Some(via) => RouteKind::Gateway { via, oif },
                 None => RouteKind::OnLink { oif },
             },
+            src: src(r.dst),
         });
         let defaults = [
             (Ipv4Addr::UNSPECIFIED.into(), self.default4),
             (Ipv6Addr::UNSPECIFIED.into(), self.default6),
         ]
         .into_iter()
-        .filter_map(|(dst, hop)| Some(RouteSpec::default_through(dst, hop?, oif)));
+        .filter_map(|(dst, hop)| Some(RouteSpec::default_through(dst, hop?, oif, src(dst))));
         let (on_link, via): (Vec<RouteSpec>, Vec<RouteSpec>) = prefixes
             .chain(host)
             .partition(|r| matches!(r.kind, RouteKind::OnLink { .. }));
@@ -240,6 +254,8 @@ pub(crate) struct RouteSpec {
     pub prefix_len: u8,
     pub metric: u32,
     pub kind: RouteKind,
+    /// The preferred source (`RTA_PREFSRC`), see [`PvdRouting::route_source4`].
+    pub src: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -256,11 +272,12 @@ impl RouteSpec {
             prefix_len: 0,
             metric: UNREACHABLE_METRIC,
             kind: RouteKind::Unreachable,
+            src: None,
         }
     }
 
     /// The default route of family `dst` (`0.0.0.0` or `::`).
-    fn default_through(dst: IpAddr, hop: NextHop, oif: u32) -> Self {
+    fn default_through(dst: IpAddr, hop: NextHop, oif: u32, src: Option<IpAddr>) -> Self {
         Self {
             dst,
             prefix_len: 0,
@@ -269,6 +286,7 @@ impl RouteSpec {
                 NextHop::Gateway(via) => RouteKind::Gateway { via, oif },
                 NextHop::Device => RouteKind::OnLink { oif },
             },
+            src,
         }
     }
 
@@ -297,6 +315,9 @@ impl RouteSpec {
             }
             RouteKind::Unreachable => (RouteType::Unreachable, RouteScope::Universe),
         };
+        if let Some(src) = self.src {
+            msg.attributes.push(RouteAttribute::PrefSource(src.into()));
+        }
         msg.header.kind = kind;
         msg.header.scope = scope;
         msg
@@ -330,6 +351,7 @@ impl RouteSpec {
             prefix_len: msg.header.destination_prefix_length,
             metric: attrs.metric,
             kind,
+            src: attrs.src,
         })
     }
 }
@@ -341,6 +363,9 @@ impl fmt::Display for RouteSpec {
             RouteKind::Gateway { via, oif } => write!(f, "{dst} via {via} dev #{oif}")?,
             RouteKind::OnLink { oif } => write!(f, "{dst} dev #{oif} scope link")?,
             RouteKind::Unreachable => write!(f, "unreachable {dst}")?,
+        }
+        if let Some(src) = self.src {
+            write!(f, " src {src}")?;
         }
         write!(f, " metric {}", self.metric)
     }
@@ -447,6 +472,7 @@ struct RouteAttrs {
     dst: Option<IpAddr>,
     gateway: Option<IpAddr>,
     oif: Option<u32>,
+    src: Option<IpAddr>,
     /// The kernel leaves out `RTA_PRIORITY` for IPv4 metric 0.
     metric: u32,
     /// Next hops beyond a plain gateway and device (multipath, nexthop
@@ -462,6 +488,7 @@ impl RouteAttrs {
                 RouteAttribute::Destination(addr) => attrs.dst = ip_of(addr),
                 RouteAttribute::Gateway(addr) => attrs.gateway = ip_of(addr),
                 RouteAttribute::Oif(oif) => attrs.oif = Some(*oif),
+                RouteAttribute::PrefSource(addr) => attrs.src = ip_of(addr),
                 RouteAttribute::Priority(metric) => attrs.metric = *metric,
                 RouteAttribute::MultiPath(_) | RouteAttribute::Via(_) | RouteAttribute::NhId(_) => {
                     attrs.complex_nexthop = true
@@ -597,6 +624,7 @@ mod tests {
                 "198.18.5.2".parse().unwrap(),
                 "2001:db8:5::2".parse().unwrap(),
             ],
+            route_source4: Some("198.18.5.2".parse().unwrap()),
             mark: 0x0100_0000,
             mark_mask: 0x7f00_0000,
             mark_priority: 9000,
@@ -652,11 +680,11 @@ mod tests {
             [
                 "unreachable 0.0.0.0/0 metric 4294967295",
                 "unreachable ::/0 metric 4294967295",
-                "198.18.5.0/24 dev #7 scope link metric 256",
+                "198.18.5.0/24 dev #7 scope link src 198.18.5.2 metric 256",
                 "2001:db8:5::/64 dev #7 scope link metric 256",
-                "10.99.0.1/32 dev #7 scope link metric 0",
+                "10.99.0.1/32 dev #7 scope link src 198.18.5.2 metric 0",
                 "2001:db8:77::/64 via fe80::2 dev #7 metric 1024",
-                "0.0.0.0/0 dev #7 scope link metric 1024",
+                "0.0.0.0/0 dev #7 scope link src 198.18.5.2 metric 1024",
                 "::/0 via 2001:db8:5::1 dev #7 metric 1024",
             ]
         );
@@ -689,7 +717,7 @@ mod tests {
     fn ipv4_metric_zero_has_no_attribute() {
         let hop = NextHop::Gateway("10.0.0.1".parse().unwrap());
         let mut msg =
-            RouteSpec::default_through(Ipv4Addr::UNSPECIFIED.into(), hop, 3).to_message(1234);
+            RouteSpec::default_through(Ipv4Addr::UNSPECIFIED.into(), hop, 3, None).to_message(1234);
         msg.attributes
             .retain(|a| !matches!(a, RouteAttribute::Priority(_)));
         assert_eq!(RouteSpec::from_message(&msg).unwrap().metric, 0);

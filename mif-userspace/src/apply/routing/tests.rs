@@ -110,6 +110,10 @@ fn plan_for(iface: &Interface) -> PvdRouting {
         prefixes: global().map(|a| (a.addr, a.prefix_len)).collect(),
         routes: Vec::new(),
         sources: global().map(|a| a.addr).collect(),
+        route_source4: global().find_map(|a| match a.addr {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        }),
         mark: 0x0100_0000,
         mark_mask: 0x7f00_0000,
         mark_priority: 9000,
@@ -197,8 +201,8 @@ fn install_and_remove_a_pvd() {
     assert_eq!(
         ns.routes("-4", TABLE),
         [
-            "198.18.5.0/24 dev mif0 proto 241 scope link metric 256",
-            "default via 198.18.5.1 dev mif0 proto 241 metric 1024",
+            "198.18.5.0/24 dev mif0 proto 241 scope link src 198.18.5.2 metric 256",
+            "default via 198.18.5.1 dev mif0 proto 241 src 198.18.5.2 metric 1024",
             "unreachable default proto 241 metric 4294967295",
         ]
     );
@@ -270,8 +274,8 @@ fn install_and_remove_a_pvd() {
     assert_eq!(
         ns.routes("-4", TABLE),
         [
-            "198.18.5.0/24 dev mif0 proto 241 scope link metric 256",
-            "default via 198.18.5.254 dev mif0 proto 241 metric 1024",
+            "198.18.5.0/24 dev mif0 proto 241 scope link src 198.18.5.2 metric 256",
+            "default via 198.18.5.254 dev mif0 proto 241 src 198.18.5.2 metric 1024",
             "unreachable default proto 241 metric 4294967295",
         ]
     );
