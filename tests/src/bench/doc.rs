@@ -667,13 +667,15 @@ fn findings(
             150 ns target; the PvD and the counters are 30 and 35 ns. \
             `mif_connect4` without its counter ran 249 ns against 281 ns. The \
             CPU reports `spec_rstack_overflow: Mitigation: Safe RET`, which \
-            makes every kernel return dearer, so helpers and hash lookups (a \
-            call each; the verifier inlines only array lookups) cost more than \
-            the memory they touch. *Next:* counters in an array indexed by a \
+            makes every kernel return dearer: each helper and each hash \
+            lookup is a call (the verifier turns an array lookup into inline \
+            loads, a hash lookup into a direct call), so the returns may \
+            weigh beside the cache misses above (not measured apart). *Next:* counters in an array indexed by a \
             slot the daemon gives each (policy, PvD) and stores in the policy \
             (no lookup, inlined), and the PvDs in a double-buffered array (two \
-            copies per index and a live-copy index, which keeps the \
-            whole-value replace the hash gives): about 65 ns off `sock_create` and \
+            copies per index and a live-copy index: a reader never sees a \
+            half-written PvD unless two updates land within its read, as \
+            with the hash's reused elements): about 65 ns off `sock_create` and \
             `connect4` by these figures, which meets `connect4` and still \
             misses `sock_create`.\n";
 
