@@ -176,6 +176,7 @@ pub mod names {
     };
     /// Globals set at load time.
     pub const GLOBAL_SETTINGS: &str = "MIF_SETTINGS";
+    pub const GLOBAL_TASK_LAYOUT: &str = "MIF_TASK_LAYOUT";
 }
 
 /// Load-time settings of one instance, a read-only global of the programs.
@@ -195,6 +196,33 @@ pub struct Settings {
     /// Id of the cgroup the programs are attached to (for `mif maps`, which
     /// checks the programs really are attached there).
     pub attach_cgroup_id: u64,
+}
+
+/// Where the running kernel keeps what the socket hooks read of the current
+/// task (from its BTF, at load), a read-only global of the programs: with
+/// it they read the task's cgroup id and, in `sock_create`, its namespace's
+/// cookie with a few loads instead of a helper call each. All zero (no BTF,
+/// or a field missing) means "use the helpers"; the choice is a constant
+/// the verifier folds, so only one path is loaded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskLayout {
+    /// Non-zero when every offset below is the kernel's.
+    pub ready: u32,
+    /// `offsetof(struct task_struct, cgroups)`.
+    pub task_cgroups: u32,
+    /// `offsetof(struct css_set, dfl_cgrp)`.
+    pub css_set_dfl_cgrp: u32,
+    /// `offsetof(struct cgroup, kn)`.
+    pub cgroup_kn: u32,
+    /// `offsetof(struct kernfs_node, id)`.
+    pub kn_id: u32,
+    /// `offsetof(struct task_struct, nsproxy)`.
+    pub task_nsproxy: u32,
+    /// `offsetof(struct nsproxy, net_ns)`.
+    pub nsproxy_net_ns: u32,
+    /// `offsetof(struct net, net_cookie)`.
+    pub net_cookie: u32,
 }
 
 /// Policy flag: refuse the socket when no preferred PvD is available.
@@ -751,6 +779,7 @@ mod pod {
     // SAFETY: all of these are repr(C), made only of integers, with padding
     // spelled out as fields, so every bit pattern is valid.
     unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::TaskLayout {}
     unsafe impl aya::Pod for super::Policy {}
     unsafe impl aya::Pod for super::Pvd {}
     unsafe impl aya::Pod for super::CounterKey {}

@@ -52,7 +52,11 @@
 //! 5.7 (netns cookie in `sock_create`, `connect`, `sendmsg`, `bind`),
 //! 5.18 (`bpf_set_retval` in `setsockopt`, for the MIF API's errors),
 //! 6.0 (`bpf_get_current_ancestor_cgroup_id` in `setsockopt`) and
-//! 6.15 (the netns cookie in the `cgroup_skb` guard).
+//! 6.15 (the netns cookie in the `cgroup_skb` guard). Where the kernel
+//! publishes its BTF, the socket hooks read the task's cgroup id (and
+//! `sock_create` its namespace's cookie) through `bpf_get_current_task_btf`
+//! and the offsets the loader finds there (see `policy::current_cgroup_id`;
+//! verified on 6.18); without BTF they call the helpers above.
 #![no_std]
 #![no_main]
 // For `core::intrinsics::atomic_xadd`: the counters' atomic add (see
@@ -96,7 +100,7 @@ use crate::{
     counters::{count, Event},
     dns::Dns,
     maps::PVDS,
-    policy::{find_policy, in_managed_netns, settings},
+    policy::{created_in_managed_netns, find_policy, in_managed_netns, settings},
 };
 
 /// Let the operation go on.
@@ -117,7 +121,7 @@ pub fn mif_sock_create(ctx: SockContext) -> i32 {
 
 fn try_sock_create(ctx: &SockContext) -> Result<i32, i32> {
     let settings = settings();
-    if !in_managed_netns(ctx.sock, &settings) {
+    if !created_in_managed_netns(ctx.sock, &settings) {
         return Ok(ALLOW);
     }
     let sk: *mut bpf_sock = ctx.sock;

@@ -12,7 +12,7 @@ use std::{
 use mif_tests::{
     e2e::pvd_table,
     lab::{
-        lab_peer_path, ClientReply, Lab, CONTAINER_BRIDGE_V4, CONTAINER_NET_V4,
+        lab_peer_path, ClientReply, Family, Lab, SockMark, CONTAINER_BRIDGE_V4, CONTAINER_NET_V4,
         CONTAINER_PREFIX_LEN, CONTAINER_V4, INTERNET_V4, PEER_PORT,
     },
     mif::Daemon,
@@ -206,6 +206,29 @@ fn a_container_with_its_own_namespace_is_steered_from_the_host_side() {
     let rules = lab.ip_host(&["rule"]).unwrap();
     let rule = format!("from {CONTAINER_V4} lookup {table}");
     assert!(rules.contains(&rule), "no {rule:?} in:\n{rules}");
+    // By mark only in the host's namespace: a socket of the same cgroup
+    // made there carries wwan0's mark, one made in the container's carries
+    // none (sock_create reads the namespace from the creating task).
+    let host_side = lab.sockmark(Some(&scope), Family::V4).unwrap();
+    assert_ne!(host_side.mark, 0, "the host-side socket was not steered");
+    let out = in_container(
+        &container,
+        &scope,
+        &lab_peer_path().unwrap(),
+        &["sockmark", "--family", "4"],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inside = SockMark::parse(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(
+        inside.mark, 0,
+        "a socket of the container's namespace was marked"
+    );
     let _ = sleeper.kill();
     let _ = sleeper.wait();
 }

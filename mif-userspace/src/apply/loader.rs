@@ -96,8 +96,15 @@ impl Capacity {
 /// Loads the programs with this instance's settings. Maps are pinned by name
 /// in the pin directory (reused if already there, whatever their size).
 pub fn load(settings: &Settings, pins: &PinDir, capacity: Capacity) -> Result<Ebpf, LoadError> {
+    let started = std::time::Instant::now();
+    let task_layout = crate::apply::kernel_btf::task_layout();
+    log::debug!(
+        "the kernel's task layout read in {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
     EbpfLoader::new()
         .override_global(names::GLOBAL_SETTINGS, settings, true)
+        .override_global(names::GLOBAL_TASK_LAYOUT, &task_layout, true)
         .map_max_entries(names::MAP_POLICIES, capacity.policies)
         .map_max_entries(names::MAP_COUNTERS, capacity.counters)
         .default_map_pin_directory(pins.maps())

@@ -5,6 +5,7 @@
 //! comes from [`crate::plan`].
 pub mod cgroup_layout;
 pub mod guard_links;
+pub mod kernel_btf;
 pub mod kernel_maps;
 pub mod link_watch;
 pub mod loader;
