@@ -8,9 +8,9 @@
 #![no_std]
 
 /// Version of the map layouts and program semantics. Part of the pin path.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
-/// Most PvDs one instance manages; the PvD table is an array of this size.
+/// Most PvDs one instance manages (PvD indices are below it).
 pub const MAX_PVDS: u32 = 64;
 /// Most PvDs one policy may list in its preference order.
 pub const MAX_PREFER: usize = 8;
@@ -35,6 +35,7 @@ pub const SELECTOR_NAME_MAX: usize = 127;
 pub mod names {
     pub const MAP_POLICIES: &str = "MIF_POLICIES";
     pub const MAP_PVDS: &str = "MIF_PVDS";
+    pub const MAP_PVD_LIVE: &str = "MIF_PVD_LIVE";
     pub const MAP_COUNTERS: &str = "MIF_COUNTERS";
     pub const MAP_PVD_META: &str = "MIF_PVD_META";
     pub const MAP_INSTANCE: &str = "MIF_INSTANCE";
@@ -67,7 +68,7 @@ pub mod names {
     /// the PvD an application chooses by name ([`crate::api`]).
     pub const MAP_PVD_NAMES: &str = "MIF_PVD_NAMES";
     /// All maps, as pinned in the pin directory.
-    pub const MAPS: [&str; 15] = [
+    pub const MAPS: [&str; 16] = [
         MAP_PVD_NAMES,
         MAP_SELECTORS,
         MAP_CG_NAMING,
@@ -79,6 +80,7 @@ pub mod names {
         MAP_DNS_FWD,
         MAP_POLICIES,
         MAP_PVDS,
+        MAP_PVD_LIVE,
         MAP_COUNTERS,
         MAP_PVD_META,
         MAP_INSTANCE,
@@ -432,6 +434,17 @@ pub struct CgroupNaming {
     pub attach_level: u32,
     /// The attach cgroup's id.
     pub attach_id: u64,
+}
+
+/// Where PvD `index`'s copy `live` (0 or 1, from [`names::MAP_PVD_LIVE`])
+/// sits in [`names::MAP_PVDS`]: two copies per PvD, so that the daemon
+/// writes the one no program reads and then flips `live` (one aligned
+/// word), and a program never reads a half-written PvD. An array rather
+/// than a hash map for the lookup: the verifier inlines an array's into a
+/// few instructions, where a hash lookup is a call (30 of `sock_create`'s
+/// 288 ns on the bench machine, see docs/benchmarks.md).
+pub const fn pvd_copy(index: u32, live: u32) -> u32 {
+    index * 2 + (live & 1)
 }
 
 /// Slot in `prefer` that lists no PvD.

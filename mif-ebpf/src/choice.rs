@@ -44,7 +44,7 @@ use mif_common::{
 use crate::{
     addr::{is_v4_mapped, AF_INET6},
     counters::{count, Event},
-    maps::{PVDS, PVD_META, PVD_NAMES},
+    maps::{pvd, PVD_META, PVD_NAMES},
     policy::{find_policy, in_managed_netns},
 };
 
@@ -97,7 +97,7 @@ pub fn set(so: *mut bpf_sockopt, settings: &Settings) -> Verdict {
             return Verdict::Fail(EPERM);
         }
     }
-    let Some(pvd) = (unsafe { PVDS.get(index) }) else {
+    let Some(pvd) = pvd(index) else {
         return Verdict::Fail(ENETUNREACH);
     };
     let v6 = family == AF_INET6;

@@ -41,7 +41,7 @@ use crate::{
     addr::{AF_INET, AF_INET6},
     counters::{count, report_drop, Event},
     exclude::{excludes, mapped4},
-    maps::PVDS,
+    maps::pvd,
     policy::{in_managed_netns, socket_policy},
 };
 
@@ -103,7 +103,7 @@ pub fn uses_interface(policy: &Policy, ifindex: u32) -> bool {
         if index == NO_PVD {
             return false;
         }
-        if let Some(pvd) = unsafe { PVDS.get(u32::from(index)) } {
+        if let Some(pvd) = pvd(u32::from(index)) {
             if pvd.ifindex == ifindex {
                 return true;
             }
@@ -143,7 +143,7 @@ fn excluded_destination(ctx: &SkBuffContext, policy: &Policy) -> bool {
 pub fn pvd_on(ifindex: u32) -> u32 {
     let mut index = 0;
     while index < MAX_PVDS {
-        if let Some(pvd) = unsafe { PVDS.get(index) } {
+        if let Some(pvd) = pvd(index) {
             if pvd.ifindex == ifindex {
                 return index;
             }

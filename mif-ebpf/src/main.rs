@@ -99,7 +99,7 @@ use crate::{
     },
     counters::{count, Event},
     dns::Dns,
-    maps::PVDS,
+    maps::pvd,
     policy::{created_in_managed_netns, find_policy, in_managed_netns, settings},
 };
 
@@ -155,7 +155,7 @@ fn try_sock_create(ctx: &SockContext) -> Result<i32, i32> {
             if index == NO_PVD {
                 break;
             }
-            if let Some(pvd) = unsafe { PVDS.get(u32::from(index)) } {
+            if let Some(pvd) = pvd(u32::from(index)) {
                 if pvd.choosable(want_v6, healthy_only) {
                     unsafe {
                         (*sk).mark = pvd.mark;
@@ -252,7 +252,7 @@ impl Marked {
             settings.mark_mask,
             settings.mark_shift,
         )?;
-        let pvd = unsafe { PVDS.get(index)? };
+        let pvd = pvd(index)?;
         Some(Marked {
             sk,
             index,

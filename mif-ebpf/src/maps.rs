@@ -24,10 +24,27 @@ use mif_common::{
 #[map]
 pub static MIF_POLICIES: HashMap<u64, Policy> = HashMap::pinned(MAX_POLICIES, BPF_F_NO_PREALLOC);
 
-/// PvD index → PvD. A hash map rather than an array: an update replaces the
-/// whole value at once, so a program never reads a half-written PvD.
+/// Two copies of each PvD ([`mif_common::pvd_copy`]); read through [`pvd`].
 #[map]
-pub static MIF_PVDS: HashMap<u32, Pvd> = HashMap::pinned(MAX_PVDS, 0);
+pub static MIF_PVDS: Array<Pvd> = Array::pinned(2 * MAX_PVDS, 0);
+
+/// PvD index → which of its two copies in [`MIF_PVDS`] is the live one.
+#[map]
+pub static MIF_PVD_LIVE: Array<u32> = Array::pinned(MAX_PVDS, 0);
+
+/// The PvD with `index`, `None` when there is none: its live copy, where
+/// an unused index holds zeros (a PvD's mark is never 0). Two inlined
+/// array lookups. The copy a program holds is not rewritten until the
+/// daemon's next change to that PvD after the flip (milliseconds at the
+/// least, against a program's few hundred nanoseconds): as safe as the
+/// preallocated hash map it replaces, whose elements the kernel also
+/// reuses at once.
+#[inline(always)]
+pub fn pvd(index: u32) -> Option<&'static Pvd> {
+    let live = MIF_PVD_LIVE.get(index)?;
+    let pvd = MIF_PVDS.get(mif_common::pvd_copy(index, *live))?;
+    (pvd.mark != 0).then_some(pvd)
+}
 
 /// (policy, PvD) → counters, one copy shared by all CPUs and incremented
 /// with atomic adds (see `counters::count`). Entries are created by the
@@ -93,7 +110,6 @@ pub use MIF_CG_SCRATCH as CG_SCRATCH;
 pub use MIF_COUNTERS as COUNTERS;
 pub use MIF_EXCLUDE as EXCLUDE;
 pub use MIF_POLICIES as POLICIES;
-pub use MIF_PVDS as PVDS;
 pub use MIF_PVD_META as PVD_META;
 pub use MIF_PVD_NAMES as PVD_NAMES;
 pub use MIF_SELECTORS as SELECTORS;

@@ -30,7 +30,7 @@ use mif_common::{sockopt, Policy, Pvd, Settings, COUNTER_NO_PVD, MAX_PVDS, NO_OW
 use crate::{
     addr::{is_link_local6, is_loopback4, is_loopback6, is_v4_mapped},
     counters::{count, Event},
-    maps::PVDS,
+    maps::pvd,
     policy::{in_managed_netns, strict_policy},
 };
 
@@ -70,7 +70,7 @@ pub fn refuses<T>(ctx: *mut T, settings: &Settings, refused: impl FnOnce(&Policy
 fn owner(owns: impl Fn(&Pvd) -> bool, v6: bool) -> (u32, bool) {
     let mut index = 0;
     while index < MAX_PVDS {
-        if let Some(pvd) = unsafe { PVDS.get(index) } {
+        if let Some(pvd) = pvd(index) {
             if owns(pvd) {
                 return (index, pvd.available(v6));
             }

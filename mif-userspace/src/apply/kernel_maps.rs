@@ -231,7 +231,10 @@ impl KernelMaps {
             policy_capacity: max_entries(pins, names::MAP_POLICIES)? as usize,
             policies: typed!(pins, names::MAP_POLICIES),
             policies_fd: own_fd(pins, names::MAP_POLICIES)?,
-            pvds: SharedPvdTable::new(typed!(pins, names::MAP_PVDS)),
+            pvds: SharedPvdTable::new(
+                typed!(pins, names::MAP_PVDS),
+                typed!(pins, names::MAP_PVD_LIVE),
+            ),
             generation: 0,
             meta: typed!(pins, names::MAP_PVD_META),
             names: typed!(pins, names::MAP_PVD_NAMES),

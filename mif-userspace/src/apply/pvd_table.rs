@@ -15,8 +15,8 @@ use std::{
     sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
-use aya::maps::{HashMap, MapData, MapError};
-use mif_common::Pvd;
+use aya::maps::{Array, MapData, MapError};
+use mif_common::{pvd_copy, Pvd, MAX_PVDS};
 
 /// Links that went down, by the generation in which they did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -52,9 +52,18 @@ impl LinkDowns {
     }
 }
 
-/// The pinned `MIF_PVDS` map and the links that went down under it.
+/// The pinned PvD maps and the links that went down under them.
+///
+/// `MIF_PVDS` holds two copies of each PvD and `MIF_PVD_LIVE` which one the
+/// programs read ([`mif_common::pvd_copy`]): a write fills the other copy,
+/// then flips the index, so no program sees a half-written PvD. An index
+/// without a PvD holds zeros in its live copy. Nothing is cached here: the
+/// daemon's passes, its link-down thread, its DNS forwarder and `mif maps`
+/// each read the kernel's maps, and only the daemon writes them (one
+/// writer at a time, behind [`SharedPvdTable`]'s lock).
 pub struct PvdTable {
-    map: HashMap<MapData, u32, Pvd>,
+    copies: Array<MapData, Pvd>,
+    live: Array<MapData, u32>,
     downs: LinkDowns,
 }
 
@@ -63,9 +72,10 @@ pub struct PvdTable {
 pub struct SharedPvdTable(Arc<Mutex<PvdTable>>);
 
 impl SharedPvdTable {
-    pub fn new(map: HashMap<MapData, u32, Pvd>) -> Self {
+    pub fn new(copies: Array<MapData, Pvd>, live: Array<MapData, u32>) -> Self {
         Self(Arc::new(Mutex::new(PvdTable {
-            map,
+            copies,
+            live,
             downs: LinkDowns::default(),
         })))
     }
@@ -88,13 +98,12 @@ impl PvdTable {
     pub fn link_down(&mut self, ifindex: u32) -> Result<Vec<u32>, MapError> {
         self.downs.link_down(ifindex);
         let available: Vec<(u32, Pvd)> = self
-            .map
-            .iter()
-            .filter_map(Result::ok)
+            .entries()
+            .into_iter()
             .filter(|(_, pvd)| pvd.ifindex == ifindex && pvd.flags != 0)
             .collect();
         for (index, pvd) in &available {
-            self.map.insert(index, Pvd { flags: 0, ..*pvd }, 0)?;
+            self.write(*index, &Pvd { flags: 0, ..*pvd })?;
         }
         Ok(available.into_iter().map(|(index, _)| index).collect())
     }
@@ -106,7 +115,20 @@ impl PvdTable {
         if self.downs.down_after(pvd.ifindex, generation) {
             pvd.flags = 0;
         }
-        self.map.insert(index, pvd, 0)
+        self.write(index, &pvd)
+    }
+
+    /// Makes `pvd` PvD `index`'s live copy: written into the spare copy,
+    /// then made live. Nothing is written when it is already the live one
+    /// (every pass writes every PvD).
+    fn write(&mut self, index: u32, pvd: &Pvd) -> Result<(), MapError> {
+        let live = self.live.get(&index, 0)?;
+        if self.copies.get(&pvd_copy(index, live), 0)? == *pvd {
+            return Ok(());
+        }
+        let spare = live ^ 1;
+        self.copies.set(pvd_copy(index, spare), pvd, 0)?;
+        self.live.set(index, spare, 0)
     }
 
     /// See [`LinkDowns::settle`].
@@ -114,17 +136,26 @@ impl PvdTable {
         self.downs.settle(generation);
     }
 
+    /// PvD `index`; `KeyNotFound` when there is none (a zero mark).
     pub fn get(&self, index: u32) -> Result<Pvd, MapError> {
-        self.map.get(&index, 0)
+        let live = self.live.get(&index, 0)?;
+        let pvd = self.copies.get(&pvd_copy(index, live), 0)?;
+        if pvd.mark == 0 {
+            return Err(MapError::KeyNotFound);
+        }
+        Ok(pvd)
     }
 
+    /// Leaves index `index` without a PvD (zeros, as never written).
     pub fn remove(&mut self, index: u32) -> Result<(), MapError> {
-        self.map.remove(&index)
+        self.write(index, &Pvd::default())
     }
 
-    /// Every entry, in no particular order.
+    /// Every PvD, by index.
     pub fn entries(&self) -> Vec<(u32, Pvd)> {
-        self.map.iter().filter_map(Result::ok).collect()
+        (0..MAX_PVDS)
+            .filter_map(|index| Some((index, self.get(index).ok()?)))
+            .collect()
     }
 }
 

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use aya::maps::{HashMap, Map, MapData};
-use mif_common::{names, Policy, Pvd, PvdMeta, LAYOUT_VERSION, MAX_PREFER, NO_PVD};
+use aya::maps::{Array, HashMap, Map, MapData};
+use mif_common::{names, pvd_copy, Policy, Pvd, PvdMeta, LAYOUT_VERSION, MAX_PREFER, NO_PVD};
 
 /// First key of the synthetic policies. Real cgroup ids are kernfs inode
 /// numbers (generation in the high half, inode in the low one), far below.
@@ -46,7 +46,8 @@ fn open(pin_dir: &Path, name: &str) -> Result<Map> {
 /// MIF_POLICIES, MIF_PVDS and MIF_PVD_META of one running daemon.
 pub struct PinnedMaps {
     policies: HashMap<MapData, u64, Policy>,
-    pvds: HashMap<MapData, u32, Pvd>,
+    pvds: Array<MapData, Pvd>,
+    pvd_live: Array<MapData, u32>,
     meta: HashMap<MapData, u32, PvdMeta>,
     /// How many synthetic policies are in the map (as far as we know).
     synthetic: usize,
@@ -57,6 +58,7 @@ impl PinnedMaps {
         Ok(Self {
             policies: open(pin_dir, names::MAP_POLICIES)?.try_into()?,
             pvds: open(pin_dir, names::MAP_PVDS)?.try_into()?,
+            pvd_live: open(pin_dir, names::MAP_PVD_LIVE)?.try_into()?,
             meta: open(pin_dir, names::MAP_PVD_META)?.try_into()?,
             synthetic: 0,
         })
@@ -70,14 +72,21 @@ impl PinnedMaps {
         })
     }
 
-    /// The socket mark of PvD `index`.
-    pub fn pvd_mark(&self, index: u32) -> Option<u32> {
-        self.pvds.get(&index, 0).ok().map(|p| p.mark)
+    /// PvD `index`'s live copy (two map lookups, see `mif_common::pvd_copy`).
+    fn pvd(&self, index: u32) -> Option<Pvd> {
+        let live = self.pvd_live.get(&index, 0).ok()?;
+        let pvd = self.pvds.get(&pvd_copy(index, live), 0).ok()?;
+        (pvd.mark != 0).then_some(pvd)
     }
 
-    /// The `PVD_AVAIL_*` flags of PvD `index` (one map lookup).
+    /// The socket mark of PvD `index`.
+    pub fn pvd_mark(&self, index: u32) -> Option<u32> {
+        self.pvd(index).map(|p| p.mark)
+    }
+
+    /// The `PVD_AVAIL_*` flags of PvD `index`.
     pub fn pvd_flags(&self, index: u32) -> Option<u32> {
-        self.pvds.get(&index, 0).ok().map(|p| p.flags)
+        self.pvd(index).map(|p| p.flags)
     }
 
     pub fn policy_count(&self) -> usize {
