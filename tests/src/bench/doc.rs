@@ -670,14 +670,32 @@ fn findings(
             makes every kernel return dearer: each helper and each hash \
             lookup is a call (the verifier turns an array lookup into inline \
             loads, a hash lookup into a direct call), so the returns may \
-            weigh beside the cache misses above (not measured apart). *Next:* counters in an array indexed by a \
-            slot the daemon gives each (policy, PvD) and stores in the policy \
-            (no lookup, inlined), and the PvDs in a double-buffered array (two \
-            copies per index and a live-copy index: a reader never sees a \
-            half-written PvD unless two updates land within its read, as \
-            with the hash's reused elements): about 65 ns off `sock_create` and \
-            `connect4` by these figures, which meets `connect4` and still \
-            misses `sock_create`.\n";
+            weigh beside the cache misses above (not measured apart). \
+            *Changed* (2026-12-03, later; smoke runs of (b) as above, two \
+            builds run in turn three times): the socket hooks read the \
+            task's cgroup id (`task->cgroups->dfl_cgrp->kn->id`) and \
+            `sock_create` its namespace's cookie (`task->nsproxy->net_ns`, \
+            where `socket()` makes the socket) with loads through \
+            `bpf_get_current_task_btf`, at offsets the daemon reads from the \
+            kernel's BTF at load (3–9 ms) and the verifier checks against \
+            it, instead of a helper call each (`sock_create` 311 → 258 ns, \
+            `connect4` 321 → 270 ns, `sendmsg4` 328 → 276 ns); the PvDs are \
+            in a double-buffered array (two copies per index and a \
+            live-copy index: the daemon writes the copy no program reads, \
+            then flips the index; a reader never sees a half-written PvD \
+            unless two updates land within its read, as with the hash's \
+            reused elements), so a PvD lookup is inline loads (`sock_create` \
+            272–326 → 241–256 ns, `connect4` 270–339 → 265–272 ns). Both \
+            against 2d9270c, in turn: `sock_create` 312–359 → 268–325 ns, \
+            `connect4` 321–329 → 247–267 ns, `sendmsg4` 323–344 → 280–306 \
+            ns. *Next:* \
+            the counters by a slot the daemon gives each (policy, PvD) and \
+            stores in the policy, in an array (about 35 ns a hook by the \
+            profile); not done yet: the slots must survive reloads that \
+            change a policy's PvDs and restarts that adopt the maps, and \
+            every reader of the counters changes. With it `sock_create` \
+            would still be the namespace, the cgroup walk and one hash \
+            lookup of the policy above the floor of an empty program.\n";
 
     // 2. TCP_CRR and the per-packet path.
     *md += "2. **Per connection and per packet.** ";
