@@ -29,6 +29,7 @@ use mif_common::{names, CgroupNaming, Settings};
 use crate::apply::{
     on_demand::{HookNeeds, OnDemandHooks, Waiting},
     pins::PinDir,
+    verify,
 };
 
 /// The kernel programs, built by build.rs and embedded so `mif` is one file.
@@ -70,6 +71,15 @@ pub enum LoadError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+/// Loads (verifies) `$prog` unless [`verify::in_parallel`] did already.
+macro_rules! load_once {
+    ($prog:expr, $program:expr) => {
+        if $prog.fd().is_err() {
+            $prog.load().map_err(failed($program, "load"))?;
+        }
+    };
 }
 
 /// The sizes of the maps that grow with the policies, set at load (the
@@ -131,29 +141,46 @@ pub fn attach(
     needs: HookNeeds,
 ) -> Result<OnDemandHooks, LoadError> {
     let cgroup_fd = open_cgroup(cgroup)?;
+    verify::in_parallel(ebpf, &HOOKS_LARGEST_FIRST);
     let mut waiting = Vec::new();
     for program in names::HOOKS {
         let started = std::time::Instant::now();
         if !needs.wants(program) && !pins.link(program).exists() {
             waiting.push(load_waiting(ebpf, program)?);
-            log::debug!(
-                "{program}: loaded in {:.1} ms, attached when a policy needs it",
-                started.elapsed().as_secs_f64() * 1e3
-            );
             continue;
         }
         let link = attach_one(ebpf, program, &cgroup_fd)?;
         pin_in_place(link, program, pins)?;
-        // Most of start-up: the verifier's time, then the kernel's walk
-        // over every cgroup below the attach point.
+        // The kernel's walk over every cgroup below the attach point.
         log::debug!(
-            "{program}: loaded and attached in {:.1} ms",
+            "{program}: attached in {:.1} ms",
             started.elapsed().as_secs_f64() * 1e3
         );
     }
     let _ = std::fs::remove_file(pins.link(names::PROG_GUARD));
     Ok(OnDemandHooks::new(pins.clone(), cgroup_fd, waiting))
 }
+
+/// The hooks in the order [`verify::in_parallel`] takes them: by the
+/// verifier's time on each (the daemon's debug log), so that no large one
+/// starts last while the other threads idle. Only an ordering: a hook
+/// missing here is still loaded, by its attach step.
+const HOOKS_LARGEST_FIRST: [&str; names::HOOKS.len()] = [
+    names::PROG_CONNECT6,
+    names::PROG_SENDMSG6,
+    names::PROG_SENDMSG4,
+    names::PROG_CONNECT4,
+    names::PROG_SETSOCKOPT,
+    names::PROG_BIND6,
+    names::PROG_SOCK_CREATE,
+    names::PROG_BIND4,
+    names::PROG_GETSOCKOPT,
+    names::PROG_TCP_HEALTH,
+    names::PROG_RECVMSG4,
+    names::PROG_RECVMSG6,
+    names::PROG_GETPEER4,
+    names::PROG_GETPEER6,
+];
 
 /// Attaches (and pins) the on-demand hooks `needs` wants that no earlier
 /// instance attached: an adopted instance's first pass may write the first
@@ -196,7 +223,7 @@ fn load_waiting(ebpf: &mut Ebpf, program: &'static str) -> Result<Waiting, LoadE
         .ok_or(LoadError::MissingProgram(program))?
         .try_into()
         .map_err(failed(program, "type-check"))?;
-    prog.load().map_err(failed(program, "load"))?;
+    load_once!(prog, program);
     let fd = (prog.fd().map_err(failed(program, "load"))?.try_clone()).map_err(|e| {
         LoadError::Program {
             program,
@@ -322,6 +349,7 @@ pub enum GuardTarget {
 /// Verifies and loads the guards ([`names::GUARDS`]); returns those this
 /// kernel runs and, apart, those it cannot (see [`LeftOut`]).
 pub fn load_guards(ebpf: &mut Ebpf) -> Result<(Vec<LoadedGuard>, Vec<LeftOut>), LoadError> {
+    verify::in_parallel(ebpf, &names::GUARDS);
     let mut loaded = Vec::new();
     let mut left_out = Vec::new();
     for program in names::GUARDS {
@@ -344,12 +372,12 @@ fn load_guard(ebpf: &mut Ebpf, program: &'static str) -> Result<LoadedGuard, Loa
         .ok_or(LoadError::MissingProgram(program))?;
     let (fd, attach_type, target) = if program == names::PROG_PKT_GUARD {
         let prog: &mut SchedClassifier = prog.try_into().map_err(failed(program, "type-check"))?;
-        prog.load().map_err(failed(program, "load"))?;
+        load_once!(prog, program);
         let fd = prog.fd().map_err(failed(program, "load"))?.try_clone();
         (fd, BPF_TCX_EGRESS, GuardTarget::Interfaces)
     } else {
         let prog: &mut CgroupSkb = prog.try_into().map_err(failed(program, "type-check"))?;
-        prog.load().map_err(failed(program, "load"))?;
+        load_once!(prog, program);
         let fd = prog.fd().map_err(failed(program, "load"))?.try_clone();
         (fd, BPF_CGROUP_INET_EGRESS, GuardTarget::Cgroups)
     };
@@ -404,7 +432,7 @@ fn failed(program: &'static str, action: &'static str) -> impl FnOnce(ProgramErr
 macro_rules! attach_by_aya {
     ($prog:expr, $ty:ty, $program:expr, $cgroup:expr, $mode:expr) => {{
         let prog: &mut $ty = $prog.try_into().map_err(failed($program, "type-check"))?;
-        prog.load().map_err(failed($program, "load"))?;
+        load_once!(prog, $program);
         let id = prog
             .attach($cgroup, $mode)
             .map_err(failed($program, "attach"))?;
@@ -431,7 +459,7 @@ fn attach_one(ebpf: &mut Ebpf, program: &'static str, cgroup: &File) -> Result<N
             // (no pinning): aya loads it, the link is made here.
             let prog: &mut CgroupSockopt =
                 prog.try_into().map_err(failed(program, "type-check"))?;
-            prog.load().map_err(failed(program, "load"))?;
+            load_once!(prog, program);
             let prog_fd = prog.fd().map_err(failed(program, "attach"))?.as_fd();
             let link = raw::link_create(prog_fd, cgroup.as_fd(), attach_type).map_err(|e| {
                 LoadError::Program {
@@ -678,6 +706,15 @@ mod tests {
             WATCHED_TRACEPOINTS.map(|(program, _)| program),
             names::CGROUP_WATCHERS
         );
+    }
+
+    #[test]
+    fn the_verification_order_has_every_hook_once() {
+        let mut ordered = HOOKS_LARGEST_FIRST.to_vec();
+        let mut hooks = names::HOOKS.to_vec();
+        ordered.sort_unstable();
+        hooks.sort_unstable();
+        assert_eq!(ordered, hooks);
     }
 
     #[test]

@@ -14,3 +14,4 @@ pub mod pins;
 pub mod pvd_table;
 pub mod routing;
 pub mod sockdiag;
+pub mod verify;
