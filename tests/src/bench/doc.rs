@@ -697,12 +697,27 @@ fn findings(
             would still be the namespace, the cgroup walk and one hash \
             lookup of the policy above the floor of an empty program. \
             *Cost:* start-up with 1 policy regressed: smoke runs in turn, \
-            2d9270c 0.28–0.33 s, this build 0.44–0.48 s (the full run above: \
-            0.36–0.37 s). The BTF read is 10–14 ms of it, and the programs' \
-            verification times in the daemon's debug log \
-            (`mif::apply::loader=debug`) are within the noise of before in \
-            one run and 40 % above in the next; the cause is not found \
-            yet.\n";
+            2d9270c 0.24–0.36 s, the task walk 0.30–0.47 s, with the PvD \
+            array too 0.38–0.51 s. *Profile* (the daemon's debug log now \
+            gives each program's verifier time and instructions walked, \
+            `verified_insns`): the task walk left the instruction counts \
+            as they were (`mif_connect4` 18,177 → 17,712) and made each \
+            instruction dearer to verify (`connect4` 32–37 → 45–50 ms, \
+            `connect6` 42–56 → 57–60 ms; loads through BTF pointers are \
+            checked against the kernel's types); the PvD array added \
+            branches (`sendmsg6` 30,663 → 34,110 instructions, `bind6` \
+            10,618 → 16,476). About 470 ms of verification in all, one \
+            program after another. *Fixed:* the programs are verified on \
+            every CPU at once, largest first (the kernel takes no lock \
+            for a privileged loader), then attached: smoke runs in turn, \
+            1 policy 405–518 → 273–315 ms, 1,000 policies 417–567 → \
+            234–345 ms. On two CPUs that is now bound by the verifier's \
+            CPU time; aya's own parse of the kernel's BTF at \
+            `EbpfLoader::new` (about 35 ms, unused: the object has no \
+            CO-RE relocation) has no way around it in aya 0.14. With \
+            100,000 policies the start is the config (0.45–0.57 s) and \
+            the cgroup watcher (0.28–0.35 s) before the programs load, \
+            then resolving (0.48–0.65 s, the verifier beside it).\n";
 
     // 2. TCP_CRR and the per-packet path.
     *md += "2. **Per connection and per packet.** ";
