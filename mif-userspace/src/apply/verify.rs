@@ -4,9 +4,10 @@
 //! each large hook), and it takes its global lock for unprivileged loaders
 //! only: programs a privileged daemon loads from several threads are
 //! verified at once, one per CPU (on 6.18, 1-policy start-ups went from
-//! 405-518 to 273-315 ms on two CPUs). This is only a head start: a program the kernel
-//! refuses here is left unloaded, and the loader's own step for it loads it
-//! again and reports the refusal with the program's name and log.
+//! 405-518 to 273-315 ms on two CPUs). This is only a head start: a
+//! program the kernel refuses here is left unloaded, and the loader's own
+//! step for it loads it again and reports the refusal with the program's
+//! name and log.
 use std::{
     sync::Mutex,
     time::{Duration, Instant},
