@@ -6,9 +6,11 @@
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    os::unix::fs::{DirEntryExt as _, MetadataExt as _},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
+
+use crate::host::subdirs::Subdirs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -171,9 +173,11 @@ impl Cgroup2 {
             if children.len() < READ_DIR_FROM {
                 continue;
             }
-            let Some(entries) = self.subdirectories(parent) else {
+            let dir = self.mount.join(parent.trim_start_matches('/'));
+            let Ok(listing) = Subdirs::read(&dir) else {
                 continue; // resolved one by one below, with their errors
             };
+            let entries: HashMap<&str, u64> = listing.iter().collect();
             for i in children {
                 let rel = &rels[i];
                 let name = &rel[parent.len() + 1..];
@@ -191,23 +195,6 @@ impl Cgroup2 {
             .zip(&rels)
             .map(|(found, rel)| found.unwrap_or_else(|| self.resolve(rel)))
             .collect()
-    }
-
-    /// The subdirectories of the cgroup at `rel` by name, with their
-    /// inode numbers (from the directory's entries, without a lookup each).
-    fn subdirectories(&self, rel: &str) -> Option<HashMap<String, u64>> {
-        let dir = self.mount.join(rel.trim_start_matches('/'));
-        let entries = fs::read_dir(dir).ok()?;
-        let mut found = HashMap::new();
-        for entry in entries {
-            let entry = entry.ok()?;
-            if entry.file_type().ok()?.is_dir() {
-                if let Ok(name) = entry.file_name().into_string() {
-                    found.insert(name, entry.ino());
-                }
-            }
-        }
-        Some(found)
     }
 
     /// Paths (relative to the root) of the cgroups with the given ids. Ids
@@ -297,22 +284,16 @@ impl Cgroup2 {
                 break;
             }
             let dir = self.mount.join(rel.trim_start_matches('/'));
-            let Ok(entries) = fs::read_dir(&dir) else {
+            let Ok(listing) = Subdirs::read(&dir) else {
                 continue;
             };
-            for entry in entries.flatten() {
-                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    continue;
-                }
-                let Ok(name) = entry.file_name().into_string() else {
-                    continue;
-                };
+            for (name, ino) in listing.iter() {
                 let child = match rel.as_str() {
                     "/" => format!("/{name}"),
                     _ => format!("{rel}/{name}"),
                 };
-                if ids.contains(&entry.ino()) {
-                    found.insert(entry.ino(), child.clone());
+                if ids.contains(&ino) {
+                    found.insert(ino, child.clone());
                 }
                 stack.push(child);
             }

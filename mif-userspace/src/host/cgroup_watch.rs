@@ -22,7 +22,7 @@
 //! walk again.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
-    fs, io,
+    io,
     os::fd::{AsFd as _, AsRawFd, RawFd},
     path::{Path, PathBuf},
 };
@@ -33,7 +33,7 @@ use nix::{
 };
 use tokio::io::{unix::AsyncFd, Interest};
 
-use crate::host::cgroup::normalize_cgroup;
+use crate::host::{cgroup::normalize_cgroup, subdirs::Subdirs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -405,8 +405,8 @@ impl CgroupWatcher {
             // `stat` each, nor a copy of each on the stack: 100,000 of them
             // in one directory at start, with as many literal policies).
             let mut children = Vec::new();
-            for name in subdirs(&path) {
-                let child = join(&rel, &name);
+            for (name, _) in listed_in_order(&path).iter() {
+                let child = join(&rel, name);
                 match self.place(&child) {
                     Place::Outside => {}
                     Place::Exact => {
@@ -590,23 +590,17 @@ fn depth(rel: &str) -> usize {
     rel.split('/').filter(|c| !c.is_empty()).count()
 }
 
-/// Subdirectory names of `path`, sorted; empty if it vanished.
-fn subdirs(path: &Path) -> Vec<String> {
-    let Ok(entries) = fs::read_dir(path) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-        .collect();
-    names.sort();
-    names
+/// The subdirectories of `path`, in name order; none if it vanished.
+fn listed_in_order(path: &Path) -> Subdirs {
+    let mut listing = Subdirs::read(path).unwrap_or_default();
+    listing.sort();
+    listing
 }
 
 #[cfg(test)]
 mod tests {
     use std::{
+        fs,
         sync::atomic::{AtomicUsize, Ordering},
         time::Duration,
     };
@@ -720,7 +714,7 @@ mod tests {
             let mut dirs = Vec::new();
             let mut stack = vec![self.path("")];
             while let Some(dir) = stack.pop() {
-                for name in subdirs(&dir) {
+                for (name, _) in listed_in_order(&dir).iter() {
                     stack.push(dir.join(name));
                 }
                 dirs.push(dir);

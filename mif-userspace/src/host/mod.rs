@@ -14,3 +14,4 @@ pub mod foreign_netns;
 pub mod netlink;
 pub mod netns;
 pub mod selector;
+pub mod subdirs;
