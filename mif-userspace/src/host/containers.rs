@@ -12,6 +12,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use nix::errno::Errno;
+
+use crate::host::subdirs::Subdirs;
+
 /// Which runtime created the cgroup, as its name tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -310,9 +314,9 @@ pub fn resolve_container(
                 continue;
             };
             present = true;
-            for name in entries {
+            for (name, _) in entries.iter() {
                 let child = format!("{rel}/{name}");
-                match (classify(top, &name), &query) {
+                match (classify(top, name), &query) {
                     (Some(Found::Container(runtime, full)), Query::Container(prefix)) => {
                         if full.starts_with(prefix.as_str()) {
                             matches.push(ContainerCgroup {
@@ -338,7 +342,7 @@ pub fn resolve_container(
                     }
                     _ => {}
                 }
-                if depth + 1 < MAX_DEPTH && descends(driver, &name) {
+                if depth + 1 < MAX_DEPTH && descends(driver, name) {
                     stack.push((child, depth + 1));
                 }
             }
@@ -375,42 +379,18 @@ pub fn resolve_container(
     }
 }
 
-/// Names of the subdirectories of cgroup `rel`; `None` if it does not exist
-/// (any more: cgroups vanish while we walk).
-fn read_subdirs(mount: &Path, rel: &str) -> Result<Option<Vec<String>>, ContainerError> {
+/// The subdirectories of cgroup `rel`; `None` if it does not exist (any
+/// more: cgroups vanish while we walk).
+fn read_subdirs(mount: &Path, rel: &str) -> Result<Option<Subdirs>, ContainerError> {
     let path = mount.join(rel.trim_start_matches('/'));
-    let io_error = |source| ContainerError::Io {
-        path: path.clone(),
-        source,
-    };
-    let entries = match fs::read_dir(&path) {
-        Ok(entries) => entries,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            ) =>
-        {
-            return Ok(None);
-        }
-        Err(e) => return Err(io_error(e)),
-    };
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_error(e)),
-        };
-        // d_type is reliable on cgroupfs (kernfs) and on the tmpfs/ext4 of
-        // tests, so no stat per entry: cgroup directories are mostly files.
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            if let Some(name) = entry.file_name().to_str() {
-                names.push(name.to_owned());
-            }
-        }
+    match Subdirs::read(&path) {
+        Ok(listing) => Ok(Some(listing)),
+        Err(Errno::ENOENT | Errno::ENOTDIR) => Ok(None),
+        Err(e) => Err(ContainerError::Io {
+            path,
+            source: e.into(),
+        }),
     }
-    Ok(Some(names))
 }
 
 #[cfg(test)]
