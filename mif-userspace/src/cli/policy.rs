@@ -80,7 +80,7 @@ pub enum Bind {
 impl PolicyOptions {
     pub fn spec(&self, cgroup: String) -> PolicySpec {
         PolicySpec {
-            cgroup,
+            cgroup: cgroup.into(),
             terms: PolicyTerms {
                 prefer: self.prefer.clone(),
                 strict: self.strict,
@@ -207,7 +207,7 @@ fn render(policies: &[PolicyView]) -> String {
     .to_vec()];
     for p in policies {
         rows.push(vec![
-            p.spec.cgroup.clone(),
+            p.spec.cgroup.to_string(),
             p.spec.terms.prefer.join(","),
             yes_no(p.spec.terms.strict),
             format!("{:?}", p.spec.terms.bind).to_lowercase(),

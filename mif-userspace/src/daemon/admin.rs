@@ -1,7 +1,7 @@
 //! What the daemon does for the control socket and SIGHUP: report state,
 //! change CLI policies (checked, persisted, applied at once), reload the
 //! config file (an invalid one changes nothing and is reported).
-use std::{path::PathBuf, time::Instant};
+use std::{path::PathBuf, sync::Arc, time::Instant};
 
 use log::{info, warn};
 use tokio::sync::broadcast;
@@ -83,7 +83,7 @@ pub fn choices(reconciler: &Reconciler, peer: &Peer) -> Response {
         ..Default::default()
     };
     if let Some(policy) = found {
-        view.policy = Some(policy.cgroup.clone());
+        view.policy = Some(policy.cgroup.to_string());
         view.prefer = policy.terms.prefer.clone();
         view.allow = policy.terms.allow.clone();
         view.strict = policy.terms.strict;
@@ -318,7 +318,7 @@ impl Admin {
         let cgroup = normalize_cgroup(&process_pvd::cgroup_for(&base, pvd));
         let state = reconciler.policy_state();
         let derived = process_policies(reconciler);
-        if !derived.iter().any(|p| p.cgroup == cgroup)
+        if !derived.iter().any(|p| *p.cgroup == *cgroup)
             && derived.len() >= process_pvd::MAX_PROCESS_POLICIES
         {
             return Err(format!(
@@ -343,7 +343,7 @@ impl Admin {
             Err(e) => return Err(format!("cannot make cgroup {}: {e}", dir.display())),
         };
         let spec = PolicySpec {
-            cgroup: cgroup.clone(),
+            cgroup: cgroup.as_str().into(),
             terms: terms.into(),
         };
         let moved = match self.set_policy(reconciler, spec.clone()).await {
@@ -354,7 +354,7 @@ impl Admin {
         if let Err(e) = moved {
             if process_policies(reconciler)
                 .iter()
-                .any(|p| p.cgroup == cgroup)
+                .any(|p| *p.cgroup == *cgroup)
             {
                 let _ = self.del_policy(reconciler, &cgroup).await;
             }
@@ -400,7 +400,7 @@ impl Admin {
     /// processes are all gone, and their policies.
     async fn remove_empty_process_cgroups(&mut self, reconciler: &mut Reconciler) {
         let mount = reconciler.policy_state().cgroup2().mount().to_path_buf();
-        let empty: Vec<String> = process_policies(reconciler)
+        let empty: Vec<Arc<str>> = process_policies(reconciler)
             .into_iter()
             .map(|p| p.cgroup)
             .filter(|c| {

@@ -452,7 +452,7 @@ async fn follow(
                         .policies()
                         .iter()
                         .find(|p| p.id == id)
-                        .map(|p| p.cgroup.clone())
+                        .map(|p| p.cgroup.to_string())
                 });
                 continue;
             }

@@ -51,7 +51,7 @@ pub fn check_unresolved(
     }
     let pending: std::collections::HashSet<&str> =
         unresolved.iter().map(|p| p.cgroup.as_str()).collect();
-    let of_file = (policies.config_policies()).filter(|p| pending.contains(p.cgroup.as_str()));
+    let of_file = (policies.config_policies()).filter(|p| pending.contains(&*p.cgroup));
     resolve_policy_cgroups(of_file, cgroup2, attach).map(drop)
 }
 
@@ -95,7 +95,7 @@ fn resolve_policy_cgroups<'a>(
     let literals: Vec<_> = policies
         .filter(|p| !crate::host::cgroup_pattern::is_pattern(&p.cgroup))
         .collect();
-    let found = cgroup2.resolve_many(literals.iter().map(|p| p.cgroup.as_str()));
+    let found = cgroup2.resolve_many(literals.iter().map(|p| &*p.cgroup));
     literals
         .into_iter()
         .zip(found)

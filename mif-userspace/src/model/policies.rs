@@ -33,7 +33,7 @@ pub enum Origin {
 /// One policy as an admin wrote it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicySpec {
-    pub cgroup: String,
+    pub cgroup: Arc<str>,
     /// Flattened: the control protocol and the state file keep one flat
     /// object per policy.
     #[serde(flatten)]
@@ -46,10 +46,10 @@ impl PolicySpec {
     /// the fuzz targets run it on every decoded request.
     pub fn checked(mut self) -> Result<Self, PolicyError> {
         check_cgroup_path(&self.cgroup).map_err(|reason| PolicyError::BadCgroup {
-            cgroup: self.cgroup.clone(),
+            cgroup: self.cgroup.to_string(),
             reason,
         })?;
-        self.cgroup = normalize_cgroup(&self.cgroup);
+        self.cgroup = normalize_cgroup(&self.cgroup).into();
         if self.terms.prefer.is_empty() || self.terms.prefer.len() > MAX_PREFER {
             return Err(PolicyError::PreferCount);
         }
@@ -161,7 +161,7 @@ impl PolicySet {
             if set.owned_by_config(&spec.cgroup).is_some() {
                 dropped.push(spec);
             } else {
-                set.cli.insert(spec.cgroup.clone(), spec);
+                set.cli.insert(spec.cgroup.to_string(), spec);
             }
         }
         (set, dropped)
@@ -185,13 +185,21 @@ impl PolicySet {
     /// are returned.
     pub fn replace_config(&mut self, config: &mut Config) -> Vec<PolicySpec> {
         self.config = std::mem::take(&mut config.policies);
-        let owned: Vec<String> = self.config.iter().map(|p| p.cgroup.clone()).collect();
-        owned.iter().filter_map(|cg| self.cli.remove(cg)).collect()
+        if self.cli.is_empty() {
+            return Vec::new();
+        }
+        let owned: std::collections::HashSet<&str> =
+            self.config.iter().map(|p| &*p.cgroup).collect();
+        let (displaced, kept) = std::mem::take(&mut self.cli)
+            .into_iter()
+            .partition(|(cgroup, _)| owned.contains(cgroup.as_str()));
+        self.cli = kept;
+        displaced.into_values().collect()
     }
 
     /// The error for changing, from the CLI, a cgroup the file owns.
     fn owned_by_config(&self, cgroup: &str) -> Option<PolicyError> {
-        let p = self.config.iter().find(|p| p.cgroup == cgroup)?;
+        let p = self.config.iter().find(|p| &*p.cgroup == cgroup)?;
         Some(PolicyError::OwnedByConfig {
             cgroup: cgroup.into(),
             file: p.file.to_path_buf(),
@@ -204,7 +212,7 @@ impl PolicySet {
         if let Some(e) = self.owned_by_config(&spec.cgroup) {
             return Err(e);
         }
-        self.cli.insert(spec.cgroup.clone(), spec);
+        self.cli.insert(spec.cgroup.to_string(), spec);
         Ok(())
     }
 
@@ -221,11 +229,11 @@ impl PolicySet {
     /// Every policy's cgroup and terms, borrowed: the file's in file
     /// order, then the CLI's. (Resolving runs over this on every change of
     /// cgroups; a copy of 100,000 policies each time was tens of MiB.)
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<PolicyTerms>)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<PolicyTerms>)> {
         self.config
             .iter()
-            .map(|p| (p.cgroup.as_str(), &p.terms))
-            .chain(self.cli.values().map(|s| (s.cgroup.as_str(), &s.terms)))
+            .map(|p| (&p.cgroup, &p.terms))
+            .chain(self.cli.values().map(|s| (&s.cgroup, &s.terms)))
     }
 
     /// Every policy with its origin, as copies (for listing them): the
@@ -253,7 +261,8 @@ impl PolicySet {
 /// Stable policy ids by cgroup path: counters are keyed by them.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyIds {
-    by_cgroup: BTreeMap<String, u32>,
+    /// Keyed by the policies' own paths (shared, not copied).
+    by_cgroup: BTreeMap<Arc<str>, u32>,
     /// Highest id handed out: a new id is one more, without a scan of all
     /// ids (that scan made resolving 100,000 policies quadratic).
     highest: u32,
@@ -263,12 +272,12 @@ impl PolicyIds {
     pub fn get(&self, cgroup: &str) -> Option<u32> {
         self.by_cgroup.get(cgroup).copied()
     }
-    pub fn id(&mut self, cgroup: &str) -> u32 {
-        if let Some(&id) = self.by_cgroup.get(cgroup) {
+    pub fn id(&mut self, cgroup: &Arc<str>) -> u32 {
+        if let Some(&id) = self.by_cgroup.get(&**cgroup) {
             return id;
         }
         self.highest += 1;
-        self.by_cgroup.insert(cgroup.to_string(), self.highest);
+        self.by_cgroup.insert(Arc::clone(cgroup), self.highest);
         self.highest
     }
 }
@@ -292,13 +301,20 @@ pub fn resolve(
     let mut pending = Vec::new();
     let (patterns, literals): (Vec<_>, Vec<_>) =
         set.iter().partition(|(cgroup, _)| is_pattern(cgroup));
-    let found = cgroup2.resolve_many(literals.iter().map(|(cgroup, _)| *cgroup));
+    let found = cgroup2.resolve_many(literals.iter().map(|(cgroup, _)| &***cgroup));
+    resolved.reserve_exact(literals.len());
     for ((cgroup, terms), found) in literals.into_iter().zip(found) {
         match found {
             Ok(cg) if cg.is_within(attach) => resolved.push(ResolvedPolicy {
                 id: ids.id(cgroup),
                 cgroup_id: cg.id,
-                cgroup: cg.rel,
+                // The policy's own path (normalised when it was read)
+                // rather than the resolve's copy of it.
+                cgroup: if *cg.rel == **cgroup {
+                    Arc::clone(cgroup)
+                } else {
+                    cg.rel.into()
+                },
                 terms: Arc::clone(terms),
             }),
             _ => pending.push(Pending {
@@ -335,7 +351,7 @@ pub fn resolve(
             resolved.push(ResolvedPolicy {
                 id,
                 cgroup_id: cg.id,
-                cgroup: cg.rel,
+                cgroup: cg.rel.into(),
                 terms: Arc::clone(terms),
             });
         }
@@ -371,7 +387,7 @@ pub fn check_capacity(
     let needed = count(&with);
     if needed > capacity && needed > count(set) {
         return Err(PolicyError::OverCapacity {
-            cgroup: spec.cgroup.clone(),
+            cgroup: spec.cgroup.to_string(),
             limit: capacity,
             needed,
         });
@@ -468,7 +484,7 @@ mod tests {
     fn patterns_are_accepted_as_policy_cgroups() {
         let cfg =
             config("[[policy]]\ncgroup = \"/system.slice/docker-*.scope\"\nprefer = [\"wwan0\"]\n");
-        assert_eq!(cfg.policies[0].cgroup, "/system.slice/docker-*.scope");
+        assert_eq!(&*cfg.policies[0].cgroup, "/system.slice/docker-*.scope");
         let err = parse(
             Path::new("m.toml"),
             "[[policy]]\ncgroup = \"/a/x**\"\nprefer = [\"w\"]\n",
@@ -493,7 +509,7 @@ mod tests {
     #[test]
     fn specs_from_the_control_socket_are_checked_and_normalised() {
         let ok = spec("//a//b/", &["wlan0", "wwan0"]).checked().unwrap();
-        assert_eq!(ok.cgroup, "/a/b");
+        assert_eq!(&*ok.cgroup, "/a/b");
         assert!(matches!(
             spec("a", &["x"]).checked(),
             Err(PolicyError::BadCgroup { .. })
@@ -531,7 +547,8 @@ mod tests {
     #[test]
     fn ids_are_stable_per_cgroup() {
         let mut ids = PolicyIds::default();
-        assert_eq!((ids.id("/a"), ids.id("/b"), ids.id("/a")), (1, 2, 1));
+        let (a, b) = (Arc::from("/a"), Arc::from("/b"));
+        assert_eq!((ids.id(&a), ids.id(&b), ids.id(&a)), (1, 2, 1));
     }
 
     #[test]

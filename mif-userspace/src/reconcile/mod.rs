@@ -297,9 +297,9 @@ impl<H: RoutingHost, M: MapWriter, G: GuardWriter> Reconciler<H, M, G> {
     /// now, and under which policy; cheap (one pass over /proc), so the
     /// daemon can poll it and reconcile when containers come or go. The
     /// next pass uses this scan.
-    pub fn foreign_fingerprint(&mut self) -> Vec<(String, u64)> {
+    pub fn foreign_fingerprint(&mut self) -> Vec<(std::sync::Arc<str>, u64)> {
         let foreign = self.foreign.insert(scan_foreign_processes());
-        let mut all: Vec<(String, u64)> = foreign_claims(&self.policy, foreign)
+        let mut all: Vec<(std::sync::Arc<str>, u64)> = foreign_claims(&self.policy, foreign)
             .into_iter()
             .map(|c| (c.policy.cgroup.clone(), c.netns))
             .collect();

@@ -168,7 +168,7 @@ impl PolicyState {
     pub fn policy_of_cgroup(&self, cgroup: &str) -> Option<&ResolvedPolicy> {
         let at = self
             .by_cgroup
-            .binary_search_by(|i| self.resolved[*i as usize].cgroup.as_str().cmp(cgroup))
+            .binary_search_by(|i| (*self.resolved[*i as usize].cgroup).cmp(cgroup))
             .ok()?;
         self.resolved.get(self.by_cgroup[at] as usize)
     }
