@@ -55,7 +55,7 @@
 //! 6.15 (the netns cookie in the `cgroup_skb` guard). Where the kernel
 //! publishes its BTF, the socket hooks read the task's cgroup id (and
 //! `sock_create` its namespace's cookie) through `bpf_get_current_task_btf`
-//! and the offsets the loader finds there (see `policy::current_cgroup_id`;
+//! and the offsets the loader finds there (see `policy::CurrentTask`;
 //! verified on 6.18); without BTF they call the helpers above.
 #![no_std]
 #![no_main]
@@ -100,7 +100,7 @@ use crate::{
     counters::{count, Event},
     dns::Dns,
     maps::pvd,
-    policy::{created_in_managed_netns, find_policy, in_managed_netns, settings},
+    policy::{find_policy, in_managed_netns, settings, CurrentTask},
 };
 
 /// Let the operation go on.
@@ -121,7 +121,8 @@ pub fn mif_sock_create(ctx: SockContext) -> i32 {
 
 fn try_sock_create(ctx: &SockContext) -> Result<i32, i32> {
     let settings = settings();
-    if !created_in_managed_netns(ctx.sock, &settings) {
+    let task = CurrentTask::get();
+    if !task.creates_in_managed_netns(ctx.sock, &settings) {
         return Ok(ALLOW);
     }
     let sk: *mut bpf_sock = ctx.sock;
@@ -129,7 +130,7 @@ fn try_sock_create(ctx: &SockContext) -> Result<i32, i32> {
     if family != AF_INET && family != AF_INET6 {
         return Ok(ALLOW);
     }
-    let Some(policy) = find_policy(settings.attach_level) else {
+    let Some(policy) = task.policy(settings.attach_level) else {
         return Ok(ALLOW);
     };
     // Raw IP sockets choose their protocol, and with IP_HDRINCL their whole

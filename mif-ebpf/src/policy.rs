@@ -53,44 +53,79 @@ unsafe fn field<T: Copy>(base: *const u8, offset: u32) -> T {
     unsafe { *base.add(offset as usize).cast::<T>() }
 }
 
-/// The current task's cgroup2 id, as `bpf_get_current_cgroup_id` gives it
-/// (`task->cgroups->dfl_cgrp->kn->id`), read with four loads where the
-/// kernel's BTF says where: the helper took 49 of `sock_create`'s 288 ns
-/// on the bench machine (docs/benchmarks.md), its call and return dearer
-/// than the pointers it follows. The walk is what the helper does, under
-/// the same RCU protection (the hooks run in an RCU read section), and the
-/// verifier trusts `cgroups` and `dfl_cgrp` there.
-#[inline(always)]
-pub fn current_cgroup_id() -> u64 {
-    let layout = task_layout();
-    if layout.ready == 0 {
-        return unsafe { bpf_get_current_cgroup_id() };
-    }
-    unsafe {
-        let task = bpf_get_current_task_btf() as *const u8;
-        let css_set: *const u8 = field(task, layout.task_cgroups);
-        let cgroup: *const u8 = field(css_set, layout.css_set_dfl_cgrp);
-        let kn: *const u8 = field(cgroup, layout.cgroup_kn);
-        field(kn, layout.kn_id)
-    }
+/// The current task, read through the kernel's BTF where the loader found
+/// the layout (`MIF_TASK_LAYOUT`), else through helpers. Fetched once per
+/// program: `sock_create` reads both the namespace and the cgroup through
+/// it, and on the kernels mif targets `bpf_get_current_task_btf` is a
+/// helper call (x86-64 JITs inline it only in later kernels), dear where
+/// every return is (docs/benchmarks.md).
+#[derive(Clone, Copy)]
+pub struct CurrentTask {
+    layout: TaskLayout,
+    /// Null when the layout is unknown.
+    task: *const u8,
 }
 
-/// [`in_managed_netns`] for a socket being created: `socket()` makes it in
-/// the calling task's namespace (`current->nsproxy->net_ns`; sockets the
-/// kernel makes for itself never reach the hook), so its cookie is read
-/// from there with three loads where the kernel's BTF says where, instead
-/// of a `bpf_get_netns_cookie` call (29 ns on the bench machine).
-#[inline(always)]
-pub fn created_in_managed_netns<C>(ctx: *mut C, settings: &Settings) -> bool {
-    let layout = task_layout();
-    if layout.ready == 0 {
-        return in_managed_netns(ctx, settings);
+impl CurrentTask {
+    #[inline(always)]
+    pub fn get() -> Self {
+        let layout = task_layout();
+        let task = if layout.ready == 0 {
+            core::ptr::null()
+        } else {
+            unsafe { bpf_get_current_task_btf() as *const u8 }
+        };
+        Self { layout, task }
     }
-    unsafe {
-        let task = bpf_get_current_task_btf() as *const u8;
-        let nsproxy: *const u8 = field(task, layout.task_nsproxy);
-        let net: *const u8 = field(nsproxy, layout.nsproxy_net_ns);
-        field::<u64>(net, layout.net_cookie) == settings.netns_cookie
+
+    /// The task's cgroup2 id, as `bpf_get_current_cgroup_id` gives it
+    /// (`task->cgroups->dfl_cgrp->kn->id`), read with four loads where the
+    /// kernel's BTF says where: the helper took 49 of `sock_create`'s 288
+    /// ns on the bench machine (docs/benchmarks.md), its call and return
+    /// dearer than the pointers it follows. The walk is what the helper
+    /// does, under the same RCU protection (the hooks run in an RCU read
+    /// section), and the verifier trusts `cgroups` and `dfl_cgrp` there.
+    #[inline(always)]
+    pub fn cgroup_id(&self) -> u64 {
+        if self.task.is_null() {
+            return unsafe { bpf_get_current_cgroup_id() };
+        }
+        let layout = &self.layout;
+        unsafe {
+            let css_set: *const u8 = field(self.task, layout.task_cgroups);
+            let cgroup: *const u8 = field(css_set, layout.css_set_dfl_cgrp);
+            let kn: *const u8 = field(cgroup, layout.cgroup_kn);
+            field(kn, layout.kn_id)
+        }
+    }
+
+    /// [`in_managed_netns`] for a socket being created: `socket()` makes it
+    /// in the calling task's namespace (`current->nsproxy->net_ns`; sockets
+    /// the kernel makes for itself never reach the hook), so its cookie is
+    /// read from there with three loads where the kernel's BTF says where,
+    /// instead of a `bpf_get_netns_cookie` call (29 ns on the bench
+    /// machine).
+    #[inline(always)]
+    pub fn creates_in_managed_netns<C>(&self, ctx: *mut C, settings: &Settings) -> bool {
+        if self.task.is_null() {
+            return in_managed_netns(ctx, settings);
+        }
+        let layout = &self.layout;
+        unsafe {
+            let nsproxy: *const u8 = field(self.task, layout.task_nsproxy);
+            let net: *const u8 = field(nsproxy, layout.nsproxy_net_ns);
+            field::<u64>(net, layout.net_cookie) == settings.netns_cookie
+        }
+    }
+
+    /// [`find_policy`] for this task.
+    #[inline(always)]
+    pub fn policy(&self, attach_level: u32) -> Option<&'static Policy> {
+        find_policy_of(
+            self.cgroup_id(),
+            |level| unsafe { bpf_get_current_ancestor_cgroup_id(level) },
+            attach_level,
+        )
     }
 }
 
@@ -129,11 +164,7 @@ pub fn in_managed_netns<C>(ctx: *mut C, settings: &Settings) -> bool {
 /// separately and tripled the programs' load time (see docs/benchmarks.md).
 #[inline(always)]
 pub fn find_policy(attach_level: u32) -> Option<&'static Policy> {
-    find_policy_of(
-        current_cgroup_id(),
-        |level| unsafe { bpf_get_current_ancestor_cgroup_id(level) },
-        attach_level,
-    )
+    CurrentTask::get().policy(attach_level)
 }
 
 /// [`find_policy`] for the cgroup `own` whose ancestor at each level
