@@ -688,7 +688,13 @@ fn findings(
             272–326 → 241–256 ns, `connect4` 270–339 → 265–272 ns). Both \
             against 2d9270c, in turn: `sock_create` 312–359 → 268–325 ns, \
             `connect4` 321–329 → 247–267 ns, `sendmsg4` 323–344 → 280–306 \
-            ns. *Next:* \
+            ns. *Changed* (2026-12-04): `sock_create` read the task twice, \
+            once for the namespace and once for the cgroup, and \
+            `bpf_get_current_task_btf` is a helper call on 6.18 (x86-64 \
+            JITs inline it only in later kernels); it now fetches it once \
+            (`CurrentTask`, mif-ebpf/src/policy.rs). Smoke runs, two builds \
+            in turn six times: `sock_create` 219–276 ns (median 232) → \
+            200–250 ns (median 207). *Next:* \
             the counters by a slot the daemon gives each (policy, PvD) and \
             stores in the policy, in an array (about 35 ns a hook by the \
             profile); not done yet: the slots must survive reloads that \
