@@ -1104,8 +1104,8 @@ pub fn load_all(path: &Path, dir: Option<&Path>) -> Result<Config, ConfigError> 
         return Ok(config);
     };
     // Which file and line already has a policy for a cgroup: a map, not a
-    // scan of every policy so far for each new one (quadratic: a directory
-    // of 100,000 policies took minutes).
+    // scan of every policy so far for each new one (quadratic in the
+    // directory's policies).
     let mut first: HashMap<Arc<str>, (Arc<Path>, usize)> = (config.policies.iter())
         .map(|p| (Arc::clone(&p.cgroup), (Arc::clone(&p.file), p.line)))
         .collect();
