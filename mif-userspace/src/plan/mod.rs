@@ -27,8 +27,9 @@ use crate::{
 pub struct ResolvedPolicy {
     pub id: u32,
     pub cgroup_id: u64,
-    /// A literal policy's own path, shared with the policy set (and the
-    /// ids): with 100,000 policies each copy of the paths was about 5 MiB.
+    /// A literal policy's own path, shared with the policy set and the ids
+    /// (a copy each until 2026-12-04: with 100,000 policies the daemon
+    /// held 61–66 MiB, 44–45 MiB since).
     pub cgroup: std::sync::Arc<str>,
     /// Shared with the policy it came from (and its other cgroups).
     pub terms: std::sync::Arc<PolicyTerms>,
