@@ -116,11 +116,11 @@ pub struct Daemon<'lab> {
     keeps_steering: bool,
 }
 
-/// Writes `toml` to a config file in a fresh directory under the system's
-/// temp dir and returns its path.
+/// Writes `toml` to a config file in a directory of the lab's scratch
+/// directory (so it goes with the lab, also where no [`Daemon`] removed
+/// it) and returns its path.
 pub fn write_config(lab: &Lab, toml: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("mif-test-{}", lab.host_ns_name()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = lab.scratch_dir("mif")?;
     let path = dir.join("mif.toml");
     std::fs::write(&path, toml)?;
     Ok(path)
