@@ -1103,13 +1103,19 @@ pub fn load_all(path: &Path, dir: Option<&Path>) -> Result<Config, ConfigError> 
     let Some(dir) = dir else {
         return Ok(config);
     };
+    let files = policy_files(dir)?;
+    // The daemon reads the default directory even where there is none:
+    // a config file's 100,000 policies need no map then.
+    if files.is_empty() {
+        return Ok(config);
+    }
     // Which file and line already has a policy for a cgroup: a map, not a
     // scan of every policy so far for each new one (quadratic in the
     // directory's policies).
     let mut first: HashMap<Arc<str>, (Arc<Path>, usize)> = (config.policies.iter())
         .map(|p| (Arc::clone(&p.cgroup), (Arc::clone(&p.file), p.line)))
         .collect();
-    for file in policy_files(dir)? {
+    for file in files {
         let text = std::fs::read_to_string(&file)
             .map_err(|e| error_in(&file, 0, "", "", format!("cannot read: {e}")))?;
         let part = parse_file(&file, &text, true)?;
